@@ -1,0 +1,3 @@
+//! virtmail's delivery agent library.
+
+pub mod check;

@@ -1,0 +1,670 @@
+//! The directory compiler: a pure function from one MailServer and the objects of its namespace to
+//! a [`Directory`] plus per-object diagnostics (DESIGN §2, §3).
+//!
+//! One bad object never affects the others: an invalid Mailbox or MailAlias whose address is known
+//! stays in the directory as a *deferring entry* (mail to it waits, as virtual(8) defers a bad uid,
+//! spec V9), everything else that is valid is served.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use crate::address::{self, fold};
+use crate::directory::{AliasEntry, Deferral, Directory, Domain, MailboxEntry, Settings};
+use crate::quantity;
+use crate::resources::{MailAlias, MailDomain, MailServer, Mailbox, MailboxFormat};
+use crate::selector;
+
+/// Why an object is not (fully) served. The names are stable: they are condition reasons,
+/// Event reasons and metric labels.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Another, older object already claims this address.
+    AddressConflict,
+    /// Another, older MailDomain already claims this domain.
+    DomainConflict,
+    /// Another, older mailbox uses this path, or one path lies inside the other.
+    PathConflict,
+    /// Absolute path, `.`/`..`/empty component, NUL, or a path that disagrees with the format.
+    InvalidPath,
+    /// uid or gid missing, 0, or uid below `minimumUid`.
+    InvalidOwner,
+    /// Quota is not a valid quantity.
+    InvalidQuota,
+    /// Address or domain syntax is invalid.
+    InvalidAddress,
+    /// The address's domain is served by no MailDomain.
+    UnknownDomain,
+    /// Aliases that expand into each other.
+    AliasLoop,
+    /// The domain's postmaster address is unusable.
+    InvalidPostmaster,
+    /// The domain's catch-all names no mailbox of the domain.
+    UnknownCatchAll,
+}
+
+impl Reason {
+    /// The stable PascalCase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::AddressConflict => "AddressConflict",
+            Reason::DomainConflict => "DomainConflict",
+            Reason::PathConflict => "PathConflict",
+            Reason::InvalidPath => "InvalidPath",
+            Reason::InvalidOwner => "InvalidOwner",
+            Reason::InvalidQuota => "InvalidQuota",
+            Reason::InvalidAddress => "InvalidAddress",
+            Reason::UnknownDomain => "UnknownDomain",
+            Reason::AliasLoop => "AliasLoop",
+            Reason::InvalidPostmaster => "InvalidPostmaster",
+            Reason::UnknownCatchAll => "UnknownCatchAll",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Kind of a virtmail object.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `MailServer`
+    MailServer,
+    /// `MailDomain`
+    MailDomain,
+    /// `Mailbox`
+    Mailbox,
+    /// `MailAlias`
+    MailAlias,
+}
+
+impl Kind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::MailServer => "MailServer",
+            Kind::MailDomain => "MailDomain",
+            Kind::Mailbox => "Mailbox",
+            Kind::MailAlias => "MailAlias",
+        }
+    }
+}
+
+/// A reference to one object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    /// Kind.
+    pub kind: Kind,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.as_str(), self.name)
+    }
+}
+
+/// What a diagnostic means for the object's mail.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// In the directory, but mail to it is deferred (4.3.5) until it is fixed.
+    Deferring,
+    /// Not in the directory.
+    Excluded,
+    /// Served, with one feature off (e.g. a domain without its catch-all).
+    Degraded,
+}
+
+/// A problem with one object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The object.
+    pub object: ObjectRef,
+    /// Stable reason.
+    pub reason: Reason,
+    /// What is wrong, for people.
+    pub message: String,
+    /// What it means for mail.
+    pub effect: Effect,
+}
+
+/// Output of [`compile`].
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The directory.
+    pub directory: Directory,
+    /// One entry per problem, in input order within each kind.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Every object that belongs to this server (served or diagnosed).
+    pub members: Vec<ObjectRef>,
+}
+
+impl Compiled {
+    /// The first diagnostic of an object, if any.
+    pub fn diagnostic(&self, object: &ObjectRef) -> Option<&Diagnostic> {
+        self.diagnostics.iter().find(|d| &d.object == object)
+    }
+}
+
+/// Everything in a MailServer's namespace that the compiler looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The server.
+    pub server: &'a MailServer,
+    /// All MailDomains of the namespace (the compiler applies the server's selector).
+    pub domains: &'a [MailDomain],
+    /// All Mailboxes of the namespace.
+    pub mailboxes: &'a [Mailbox],
+    /// All MailAliases of the namespace.
+    pub aliases: &'a [MailAlias],
+}
+
+/// Server settings from a MailServer spec.
+pub fn settings(server: &MailServer) -> Settings {
+    let spec = &server.spec;
+    Settings {
+        server: server.name_any(),
+        mailbox_base: spec.mailbox_base.trim_end_matches('/').to_string(),
+        minimum_uid: spec.minimum_uid.max(1),
+        mailbox_lock: spec.mailbox_lock.clone(),
+        mailbox_size_limit: spec.mailbox_size_limit,
+        recipient_delimiter: spec.recipient_delimiter.clone(),
+    }
+}
+
+/// Objects oldest first: by creation time, then by input order (files have no creation time).
+fn oldest_first<K: Resource>(objects: &[K]) -> Vec<&K> {
+    let mut sorted: Vec<(usize, &K)> = objects.iter().enumerate().collect();
+    sorted.sort_by_key(|(index, o)| (o.meta().creation_timestamp.as_ref().map(|t| t.0), *index));
+    sorted.into_iter().map(|(_, o)| o).collect()
+}
+
+fn same_namespace<K: Resource>(server: &MailServer, object: &K) -> bool {
+    match (server.meta().namespace.as_deref(), object.meta().namespace.as_deref()) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+struct Compiler<'a> {
+    inputs: Inputs<'a>,
+    directory: Directory,
+    diagnostics: Vec<Diagnostic>,
+    members: Vec<ObjectRef>,
+    /// Domains of every MailDomain in the namespace, selected by this server or not.
+    known_domains: BTreeSet<String>,
+    /// Default owner/format/quota per served domain.
+    domain_specs: BTreeMap<String, &'a MailDomain>,
+}
+
+/// Compile one server's directory. Pure and deterministic.
+pub fn compile(inputs: Inputs<'_>) -> Compiled {
+    let mut compiler = Compiler {
+        inputs,
+        directory: Directory {
+            settings: settings(inputs.server),
+            domains: BTreeMap::new(),
+            mailboxes: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+        },
+        diagnostics: Vec::new(),
+        members: Vec::new(),
+        known_domains: BTreeSet::new(),
+        domain_specs: BTreeMap::new(),
+    };
+    compiler.domains();
+    compiler.mailboxes();
+    compiler.aliases();
+    compiler.postmasters();
+    compiler.catch_alls();
+    compiler.alias_loops();
+    Compiled {
+        directory: compiler.directory,
+        diagnostics: compiler.diagnostics,
+        members: compiler.members,
+    }
+}
+
+impl<'a> Compiler<'a> {
+    fn diagnose(&mut self, object: ObjectRef, reason: Reason, effect: Effect, message: String) {
+        self.diagnostics.push(Diagnostic { object, reason, message, effect });
+    }
+
+    fn domains(&mut self) {
+        let server = self.inputs.server;
+        let selector = server.spec.domain_selector.as_ref();
+        for domain in oldest_first(self.inputs.domains) {
+            if !same_namespace(server, domain) {
+                continue;
+            }
+            let name = fold(&domain.spec.domain);
+            self.known_domains.insert(name.clone());
+            if !selector::matches(selector, domain.labels()) {
+                continue;
+            }
+            let object = ObjectRef { kind: Kind::MailDomain, name: domain.name_any() };
+            self.members.push(object.clone());
+            if !address::valid_domain(&name) {
+                self.diagnose(
+                    object,
+                    Reason::InvalidAddress,
+                    Effect::Excluded,
+                    format!("{:?} is not a valid domain name", domain.spec.domain),
+                );
+                continue;
+            }
+            if let Some(existing) = self.directory.domains.get(&name) {
+                let message = format!("domain {name} is already defined by MailDomain/{}", existing.object);
+                self.diagnose(object, Reason::DomainConflict, Effect::Excluded, message);
+                continue;
+            }
+            self.directory.domains.insert(
+                name.clone(),
+                Domain {
+                    postmaster: domain.spec.postmaster.clone(),
+                    catch_all: None,
+                    object: object.name.clone(),
+                },
+            );
+            self.domain_specs.insert(name, domain);
+        }
+    }
+
+    /// Decide whether an address belongs to this server. `Err(())` means skip the object; a
+    /// diagnostic has been recorded when the object is invalid for every server.
+    fn claim_address(&mut self, object: &ObjectRef, raw: &str, allow_at_domain: bool) -> Result<String, ()> {
+        let folded = fold(raw);
+        let syntax_ok = match address::split(&folded) {
+            Some(("", domain)) => allow_at_domain && address::valid_domain(domain),
+            Some(_) => address::valid_address(&folded),
+            None => false,
+        };
+        if !syntax_ok {
+            self.members.push(object.clone());
+            self.diagnose(
+                object.clone(),
+                Reason::InvalidAddress,
+                Effect::Excluded,
+                format!("{raw:?} is not a valid address"),
+            );
+            return Err(());
+        }
+        let domain = address::split(&folded).map(|(_, d)| d).unwrap_or_default();
+        if !self.directory.domains.contains_key(domain) {
+            if !self.known_domains.contains(domain) {
+                self.members.push(object.clone());
+                self.diagnose(
+                    object.clone(),
+                    Reason::UnknownDomain,
+                    Effect::Excluded,
+                    format!("no MailDomain serves {domain}"),
+                );
+            }
+            // Otherwise the domain belongs to another server (or lost a DomainConflict, which is
+            // reported on the MailDomain).
+            return Err(());
+        }
+        self.members.push(object.clone());
+        Ok(folded)
+    }
+
+    fn mailboxes(&mut self) {
+        let server = self.inputs.server;
+        let mut claimed_paths: BTreeMap<String, String> = BTreeMap::new();
+        for mailbox in oldest_first(self.inputs.mailboxes) {
+            if !same_namespace(server, mailbox) {
+                continue;
+            }
+            let object = ObjectRef { kind: Kind::Mailbox, name: mailbox.name_any() };
+            let Ok(key) = self.claim_address(&object, &mailbox.spec.address, false) else {
+                continue;
+            };
+            if let Some(existing) = self.directory.mailboxes.get(&key) {
+                let message = format!("{key} is already defined by Mailbox/{}", existing.object);
+                self.diagnose(object, Reason::AddressConflict, Effect::Excluded, message);
+                continue;
+            }
+            let (mut entry, problem) = self.mailbox_entry(&key, mailbox, &object);
+            let problem = problem.or_else(|| {
+                let normalized = entry.path.trim_end_matches('/').to_string();
+                match path_overlap(&claimed_paths, &normalized) {
+                    Some(other) => Some((
+                        Reason::PathConflict,
+                        format!("path {} overlaps the path of Mailbox/{other}", entry.path),
+                    )),
+                    None => {
+                        claimed_paths.insert(normalized, object.name.clone());
+                        None
+                    }
+                }
+            });
+            if let Some((reason, message)) = problem {
+                entry.defer = Some(Deferral { reason, message: message.clone() });
+                self.diagnose(object, reason, Effect::Deferring, message);
+            }
+            self.directory.mailboxes.insert(key, entry);
+        }
+    }
+
+    /// Build a mailbox entry; the first problem found makes it a deferring entry.
+    fn mailbox_entry(
+        &self,
+        key: &str,
+        mailbox: &Mailbox,
+        object: &ObjectRef,
+    ) -> (MailboxEntry, Option<(Reason, String)>) {
+        let spec = &mailbox.spec;
+        let (local, domain) = address::split(key).unwrap_or_default();
+        let defaults = self.domain_specs.get(domain).and_then(|d| d.spec.defaults.as_ref());
+        let format = spec
+            .format
+            .or_else(|| spec.path.as_ref().map(|p| path_format(p)))
+            .or_else(|| defaults.and_then(|d| d.format))
+            .unwrap_or(MailboxFormat::Maildir);
+        let path = match &spec.path {
+            Some(path) => path.clone(),
+            None => match format {
+                MailboxFormat::Maildir => format!("{domain}/{local}/"),
+                MailboxFormat::Mbox => format!("{domain}/{local}"),
+            },
+        };
+        let uid = spec.uid.or_else(|| defaults.and_then(|d| d.uid));
+        let gid = spec.gid.or_else(|| defaults.and_then(|d| d.gid));
+        let quota = spec.quota.as_ref().or_else(|| defaults.and_then(|d| d.quota.as_ref()));
+        let mut problem = check_path(&path, format).map(|m| (Reason::InvalidPath, m));
+        if problem.is_none() {
+            problem = self.check_owner(uid, gid).map(|m| (Reason::InvalidOwner, m));
+        }
+        let quota = match quota.map(quantity::parse_bytes) {
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(message)) => {
+                problem.get_or_insert((Reason::InvalidQuota, message));
+                None
+            }
+            None => None,
+        };
+        let entry = MailboxEntry {
+            path,
+            format,
+            uid: uid.unwrap_or(0),
+            gid: gid.unwrap_or(0),
+            quota,
+            suspended: spec.suspended,
+            defer: None,
+            object: object.name.clone(),
+        };
+        (entry, problem)
+    }
+
+    fn check_owner(&self, uid: Option<u32>, gid: Option<u32>) -> Option<String> {
+        let minimum = self.directory.settings.minimum_uid;
+        match (uid, gid) {
+            (None, _) => Some("no uid: set uid on the Mailbox or defaults.uid on its MailDomain".into()),
+            (_, None) => Some("no gid: set gid on the Mailbox or defaults.gid on its MailDomain".into()),
+            (Some(0), _) => Some("uid 0 is never accepted".into()),
+            (_, Some(0)) => Some("gid 0 is never accepted".into()),
+            (Some(uid), _) if uid < minimum => {
+                Some(format!("uid {uid} is below the server's minimumUid {minimum}"))
+            }
+            (Some(u32::MAX), _) | (_, Some(u32::MAX)) => Some("uid/gid 4294967295 is reserved".into()),
+            _ => None,
+        }
+    }
+
+    fn aliases(&mut self) {
+        let server = self.inputs.server;
+        for alias in oldest_first(self.inputs.aliases) {
+            if !same_namespace(server, alias) {
+                continue;
+            }
+            let object = ObjectRef { kind: Kind::MailAlias, name: alias.name_any() };
+            let Ok(key) = self.claim_address(&object, &alias.spec.address, true) else {
+                continue;
+            };
+            if let Some(existing) = self.directory.aliases.get(&key) {
+                let message = format!(
+                    "{key} is already defined by MailAlias/{}",
+                    existing.object.as_deref().unwrap_or("?")
+                );
+                self.diagnose(object, Reason::AddressConflict, Effect::Excluded, message);
+                continue;
+            }
+            let bad: Vec<&String> =
+                alias.spec.to.iter().filter(|t| !address::valid_address(t)).collect();
+            let defer = if alias.spec.to.is_empty() {
+                Some(Deferral { reason: Reason::InvalidAddress, message: "to is empty".into() })
+            } else if !bad.is_empty() {
+                Some(Deferral {
+                    reason: Reason::InvalidAddress,
+                    message: format!("invalid destination address {:?}", bad[0]),
+                })
+            } else {
+                None
+            };
+            if let Some(d) = &defer {
+                self.diagnose(object.clone(), d.reason, Effect::Deferring, d.message.clone());
+            }
+            self.directory.aliases.insert(
+                key,
+                AliasEntry { to: alias.spec.to.clone(), defer, object: Some(object.name) },
+            );
+        }
+    }
+
+    /// `postmaster@<domain>` is implied as an alias to the domain's postmaster unless a Mailbox
+    /// or MailAlias defines it (the seed: every domain needs a postmaster contact).
+    fn postmasters(&mut self) {
+        let mut implied = Vec::new();
+        for (name, domain) in &self.directory.domains {
+            let key = format!("postmaster@{name}");
+            if self.directory.mailboxes.contains_key(&key) || self.directory.aliases.contains_key(&key) {
+                continue;
+            }
+            let object = ObjectRef { kind: Kind::MailDomain, name: domain.object.clone() };
+            let target = fold(&domain.postmaster);
+            let problem = if !address::valid_address(&target) {
+                Some(format!("postmaster {:?} is not a valid address", domain.postmaster))
+            } else if target == key {
+                Some(format!(
+                    "postmaster is {key} itself but no Mailbox or MailAlias defines it"
+                ))
+            } else {
+                None
+            };
+            match problem {
+                Some(message) => self.diagnostics.push(Diagnostic {
+                    object,
+                    reason: Reason::InvalidPostmaster,
+                    message,
+                    effect: Effect::Degraded,
+                }),
+                None => implied.push((
+                    key,
+                    AliasEntry { to: vec![domain.postmaster.clone()], defer: None, object: None },
+                )),
+            }
+        }
+        self.directory.aliases.extend(implied);
+    }
+
+    fn catch_alls(&mut self) {
+        for (name, spec) in &self.domain_specs {
+            let Some(local) = &spec.spec.catch_all else { continue };
+            let key = format!("{}@{name}", fold(local));
+            if self.directory.mailboxes.contains_key(&key) {
+                if let Some(domain) = self.directory.domains.get_mut(name) {
+                    domain.catch_all = Some(key);
+                }
+            } else {
+                self.diagnostics.push(Diagnostic {
+                    object: ObjectRef { kind: Kind::MailDomain, name: spec.name_any() },
+                    reason: Reason::UnknownCatchAll,
+                    message: format!("catchAll {key} is not a Mailbox of this server"),
+                    effect: Effect::Degraded,
+                });
+            }
+        }
+    }
+
+    /// Aliases that expand into each other (a cycle of two or more; listing oneself is the
+    /// "keep a copy" idiom and allowed) become deferring entries.
+    fn alias_loops(&mut self) {
+        let keys: Vec<&String> = self.directory.aliases.keys().collect();
+        let index: HashMap<&str, usize> =
+            keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let edges: Vec<Vec<usize>> = self
+            .directory
+            .aliases
+            .iter()
+            .map(|(key, entry)| {
+                entry
+                    .to
+                    .iter()
+                    .map(|t| fold(t))
+                    .filter(|t| t != key)
+                    .filter_map(|t| index.get(t.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        let in_cycle = cyclic_nodes(&edges);
+        let looping: Vec<String> =
+            keys.iter().zip(&in_cycle).filter(|(_, c)| **c).map(|(k, _)| (*k).clone()).collect();
+        for key in looping {
+            let Some(entry) = self.directory.aliases.get_mut(&key) else { continue };
+            let message = format!("{key} expands back into itself through other aliases");
+            entry.defer = Some(Deferral { reason: Reason::AliasLoop, message: message.clone() });
+            if let Some(name) = entry.object.clone() {
+                self.diagnose(
+                    ObjectRef { kind: Kind::MailAlias, name },
+                    Reason::AliasLoop,
+                    Effect::Deferring,
+                    message,
+                );
+            }
+        }
+    }
+}
+
+/// The format a path implies: a trailing `/` means Maildir (the seed's rule).
+pub fn path_format(path: &str) -> MailboxFormat {
+    if path.ends_with('/') { MailboxFormat::Maildir } else { MailboxFormat::Mbox }
+}
+
+/// Check a relative mailbox path; `Some(message)` when invalid.
+pub fn check_path(path: &str, format: MailboxFormat) -> Option<String> {
+    if path.is_empty() {
+        return Some("path is empty".into());
+    }
+    if path.contains('\0') {
+        return Some("path contains NUL".into());
+    }
+    if path.starts_with('/') {
+        return Some(format!("path {path:?} is absolute; it must be relative to mailboxBase"));
+    }
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    for component in trimmed.split('/') {
+        match component {
+            "" => return Some(format!("path {path:?} has an empty component")),
+            "." | ".." => return Some(format!("path {path:?} has a {component:?} component")),
+            _ => {}
+        }
+    }
+    if path_format(path) != format {
+        return Some(format!(
+            "path {path:?} {} but format is {format:?}: a trailing '/' means Maildir",
+            if path.ends_with('/') { "ends in '/'" } else { "does not end in '/'" }
+        ));
+    }
+    None
+}
+
+/// The owner of a claimed path equal to, inside, or containing `path`.
+fn path_overlap(claimed: &BTreeMap<String, String>, path: &str) -> Option<String> {
+    if let Some(owner) = claimed.get(path) {
+        return Some(owner.clone());
+    }
+    // An ancestor of `path` is claimed?
+    let mut end = path.len();
+    while let Some(slash) = path[..end].rfind('/') {
+        if let Some(owner) = claimed.get(&path[..slash]) {
+            return Some(owner.clone());
+        }
+        end = slash;
+    }
+    // A descendant of `path` is claimed?
+    let prefix = format!("{path}/");
+    claimed
+        .range(prefix.clone()..)
+        .next()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, owner)| owner.clone())
+}
+
+/// Nodes that lie on a cycle of length ≥ 2 (iterative Tarjan, so 100,000 aliases do not
+/// overflow the stack).
+fn cyclic_nodes(edges: &[Vec<usize>]) -> Vec<bool> {
+    const UNVISITED: usize = usize::MAX;
+    let n = edges.len();
+    let mut index = vec![UNVISITED; n];
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut stack = Vec::new();
+    let mut result = vec![false; n];
+    let mut next = 0;
+    for root in 0..n {
+        if index[root] != UNVISITED {
+            continue;
+        }
+        let mut work: Vec<(usize, usize)> = vec![(root, 0)];
+        index[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        while let Some(&mut (node, ref mut edge)) = work.last_mut() {
+            if let Some(&target) = edges[node].get(*edge) {
+                *edge += 1;
+                if index[target] == UNVISITED {
+                    index[target] = next;
+                    low[target] = next;
+                    next += 1;
+                    stack.push(target);
+                    on_stack[target] = true;
+                    work.push((target, 0));
+                } else if on_stack[target] {
+                    low[node] = low[node].min(index[target]);
+                }
+                continue;
+            }
+            work.pop();
+            if let Some(&(parent, _)) = work.last() {
+                low[parent] = low[parent].min(low[node]);
+            }
+            if low[node] == index[node] {
+                let mut component = Vec::new();
+                while let Some(member) = stack.pop() {
+                    on_stack[member] = false;
+                    component.push(member);
+                    if member == node {
+                        break;
+                    }
+                }
+                if component.len() > 1 {
+                    for member in component {
+                        result[member] = true;
+                    }
+                }
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! The directory: one compiled, versioned, deterministic document per MailServer (DESIGN §3).
+//!
+//! The operator publishes it as ConfigMaps ([`crate::encoding`]); the agent loads it and answers
+//! every lookup from it. Keys are case-folded addresses.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address;
+use crate::resources::{LockMethod, MailboxFormat};
+
+/// Schema identifier written into every encoded directory.
+pub const SCHEMA: &str = "virtmail.io/directory/v1";
+
+/// Server-wide delivery settings (from the MailServer spec).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    /// Name of the MailServer.
+    pub server: String,
+    /// Absolute directory prepended to every mailbox path.
+    pub mailbox_base: String,
+    /// Smallest accepted uid.
+    pub minimum_uid: u32,
+    /// mbox lock methods.
+    pub mailbox_lock: Vec<LockMethod>,
+    /// Largest mbox / Maildir file in bytes; 0 = none.
+    pub mailbox_size_limit: u64,
+    /// Extension delimiter set.
+    pub recipient_delimiter: String,
+}
+
+/// A served domain.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Domain {
+    /// Postmaster contact address.
+    pub postmaster: String,
+    /// Folded address of the mailbox that receives mail for unknown local parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_all: Option<String>,
+    /// Name of the MailDomain object.
+    pub object: String,
+}
+
+/// Why an entry defers instead of delivering: mail waits in Postfix's queue until it is fixed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Deferral {
+    /// Stable reason, e.g. `InvalidOwner`.
+    pub reason: crate::compile::Reason,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// A mailbox entry (Postfix's three tables `virtual_mailbox_maps`, `virtual_uid_maps`,
+/// `virtual_gid_maps` in one record).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxEntry {
+    /// Path relative to the base; ends in `/` for Maildir.
+    pub path: String,
+    /// Mailbox format.
+    pub format: MailboxFormat,
+    /// Owner uid (0 only in deferring entries that had none).
+    pub uid: u32,
+    /// Owner gid (0 only in deferring entries that had none).
+    pub gid: u32,
+    /// Quota in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    /// Mail is refused 450 4.2.1 while set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
+    /// Set on an invalid object whose address is known: deliveries defer 4.3.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defer: Option<Deferral>,
+    /// Name of the Mailbox object (for status reports).
+    pub object: String,
+}
+
+/// An alias entry (Postfix `virtual_alias_maps`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AliasEntry {
+    /// Destination addresses, as written (not folded).
+    pub to: Vec<String>,
+    /// Set on an invalid alias whose address is known: lookups answer a temporary error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defer: Option<Deferral>,
+    /// Name of the MailAlias object; absent for the implied postmaster alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+/// The compiled directory of one MailServer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Directory {
+    /// Server-wide settings.
+    pub settings: Settings,
+    /// Served domains by folded name.
+    pub domains: BTreeMap<String, Domain>,
+    /// Mailboxes by folded address.
+    pub mailboxes: BTreeMap<String, MailboxEntry>,
+    /// Aliases by folded address (`local@domain` or `@domain`).
+    pub aliases: BTreeMap<String, AliasEntry>,
+}
+
+/// Result of looking a recipient up in one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found<'a, T> {
+    /// The key that matched (folded).
+    pub key: &'a str,
+    /// The entry.
+    pub entry: &'a T,
+}
+
+impl Directory {
+    /// Whether mail for `domain` is served here.
+    pub fn serves_domain(&self, domain: &str) -> bool {
+        self.domains.contains_key(&address::fold(domain))
+    }
+
+    /// Look a recipient up in the mailbox table in Postfix's order (spec V3): the full address,
+    /// the address without its extension, then the domain's catch-all mailbox.
+    pub fn find_mailbox(&self, recipient: &str) -> Option<Found<'_, MailboxEntry>> {
+        let folded = address::fold(recipient);
+        if let Some((key, entry)) = self.mailboxes.get_key_value(&folded) {
+            return Some(Found { key, entry });
+        }
+        if let Some(stripped) =
+            address::strip_extension(&folded, &self.settings.recipient_delimiter)
+            && let Some((key, entry)) = self.mailboxes.get_key_value(&stripped)
+        {
+            return Some(Found { key, entry });
+        }
+        let (_, domain) = address::split(&folded)?;
+        let catch_all = self.domains.get(domain)?.catch_all.as_ref()?;
+        let (key, entry) = self.mailboxes.get_key_value(catch_all)?;
+        Some(Found { key, entry })
+    }
+
+    /// Look a recipient up in the alias table: the full address, the address without its
+    /// extension, then `@domain`.
+    pub fn find_alias(&self, recipient: &str) -> Option<Found<'_, AliasEntry>> {
+        let folded = address::fold(recipient);
+        if let Some((key, entry)) = self.aliases.get_key_value(&folded) {
+            return Some(Found { key, entry });
+        }
+        if let Some(stripped) =
+            address::strip_extension(&folded, &self.settings.recipient_delimiter)
+            && let Some((key, entry)) = self.aliases.get_key_value(&stripped)
+        {
+            return Some(Found { key, entry });
+        }
+        let (_, domain) = address::split(&folded)?;
+        // A specific mailbox wins over an `@domain` alias, as in Postfix where the catch-all alias
+        // is only reached for addresses without an entry of their own.
+        if self.find_mailbox_exact(&folded).is_some() {
+            return None;
+        }
+        let (key, entry) = self.aliases.get_key_value(&format!("@{domain}"))?;
+        Some(Found { key, entry })
+    }
+
+    fn find_mailbox_exact(&self, folded: &str) -> Option<&MailboxEntry> {
+        self.mailboxes.get(folded).or_else(|| {
+            address::strip_extension(folded, &self.settings.recipient_delimiter)
+                .and_then(|s| self.mailboxes.get(&s))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> MailboxEntry {
+        MailboxEntry {
+            path: path.into(),
+            format: MailboxFormat::Maildir,
+            uid: 5000,
+            gid: 5000,
+            quota: None,
+            suspended: false,
+            defer: None,
+            object: path.into(),
+        }
+    }
+
+    fn directory() -> Directory {
+        let mut d = Directory {
+            settings: Settings {
+                server: "mail".into(),
+                mailbox_base: "/var/mail/vhosts".into(),
+                minimum_uid: 100,
+                mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
+                mailbox_size_limit: 0,
+                recipient_delimiter: "+".into(),
+            },
+            domains: BTreeMap::new(),
+            mailboxes: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+        };
+        d.domains.insert(
+            "example.test".into(),
+            Domain {
+                postmaster: "admin@example.test".into(),
+                catch_all: Some("info@example.test".into()),
+                object: "example".into(),
+            },
+        );
+        d.mailboxes.insert("alice@example.test".into(), entry("a/"));
+        d.mailboxes.insert("info@example.test".into(), entry("i/"));
+        d.aliases.insert(
+            "@other.test".into(),
+            AliasEntry { to: vec!["alice@example.test".into()], defer: None, object: None },
+        );
+        d.domains.insert(
+            "other.test".into(),
+            Domain { postmaster: "a@example.test".into(), catch_all: None, object: "o".into() },
+        );
+        d
+    }
+
+    #[test]
+    fn v3_lookup_order_full_then_stripped_then_catch_all() {
+        let d = directory();
+        assert_eq!(d.find_mailbox("Alice@Example.TEST").map(|f| f.key), Some("alice@example.test"));
+        assert_eq!(d.find_mailbox("alice+x@example.test").map(|f| f.key), Some("alice@example.test"));
+        assert_eq!(d.find_mailbox("bob@example.test").map(|f| f.key), Some("info@example.test"));
+        assert_eq!(d.find_mailbox("bob@nowhere.test").map(|f| f.key), None);
+    }
+
+    #[test]
+    fn at_domain_alias_applies_only_without_own_entry() {
+        let d = directory();
+        assert_eq!(d.find_alias("x@other.test").map(|f| f.key), Some("@other.test"));
+        assert!(d.find_alias("alice@example.test").is_none());
+    }
+}

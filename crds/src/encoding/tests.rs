@@ -1,0 +1,146 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::directory::{Directory, MailboxEntry, Settings};
+use crate::resources::{LockMethod, MailboxFormat};
+
+fn directory(mailboxes: usize) -> Directory {
+    let mut d = Directory {
+        settings: Settings {
+            server: "mail".into(),
+            mailbox_base: "/var/mail/vhosts".into(),
+            minimum_uid: 100,
+            mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
+            mailbox_size_limit: 51_200_000,
+            recipient_delimiter: "+".into(),
+        },
+        domains: BTreeMap::new(),
+        mailboxes: BTreeMap::new(),
+        aliases: BTreeMap::new(),
+    };
+    for i in 0..100 {
+        d.domains.insert(
+            format!("domain{i}.test"),
+            Domain { postmaster: format!("admin@domain{i}.test"), catch_all: None, object: format!("d{i}") },
+        );
+    }
+    for i in 0..mailboxes {
+        let domain = i % 100;
+        d.mailboxes.insert(
+            format!("user{i}@domain{domain}.test"),
+            MailboxEntry {
+                path: format!("domain{domain}.test/user{i}/"),
+                format: MailboxFormat::Maildir,
+                uid: 5000 + (i as u32 % 1000),
+                gid: 5000,
+                quota: Some(1 << 30),
+                suspended: false,
+                defer: None,
+                object: format!("user{i}-domain{domain}"),
+            },
+        );
+    }
+    d.aliases.insert(
+        "sales@domain1.test".into(),
+        AliasEntry { to: vec!["user1@domain1.test".into()], defer: None, object: Some("sales".into()) },
+    );
+    d
+}
+
+fn shard_map(encoded: &Encoded) -> BTreeMap<String, Data> {
+    encoded.shards.iter().map(|s| (s.name.clone(), s.data.clone())).collect()
+}
+
+#[test]
+fn round_trip() {
+    let d = directory(1000);
+    let encoded = encode(&d);
+    let shards = shard_map(&encoded);
+    let decoded = decode(&encoded.head, |n| shards.get(n)).expect("decode");
+    assert_eq!(decoded, d);
+    assert_eq!(encoded.head[KEY_SCHEMA], SCHEMA);
+    assert_eq!(encoded.head_name, "mail-directory");
+    assert!(encoded.shards.iter().all(|s| s.name.starts_with("mail-directory-")));
+}
+
+#[test]
+fn encoding_is_deterministic() {
+    assert_eq!(encode(&directory(500)), encode(&directory(500)));
+}
+
+#[test]
+fn hundred_thousand_mailboxes_fit_in_shards_under_the_limit() {
+    let d = directory(100_000);
+    let encoded = encode(&d);
+    assert!(encoded.shards.len() > 1, "100,000 mailboxes need several shards");
+    for shard in &encoded.shards {
+        let size: usize = shard.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(size <= SHARD_LIMIT, "shard {} has {size} bytes", shard.name);
+    }
+    let head_size: usize = encoded.head.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(head_size < 64 * 1024);
+    let shards = shard_map(&encoded);
+    assert_eq!(decode(&encoded.head, |n| shards.get(n)).expect("decode").mailboxes.len(), 100_000);
+}
+
+#[test]
+fn one_edit_changes_one_shard() {
+    let d = directory(20_000);
+    let mut edited = d.clone();
+    edited.mailboxes.get_mut("user7@domain7.test").expect("exists").suspended = true;
+    let (a, b) = (encode(&d), encode(&edited));
+    assert_ne!(a.version, b.version);
+    let names_a: Vec<_> = a.shards.iter().map(|s| &s.name).collect();
+    let names_b: Vec<_> = b.shards.iter().map(|s| &s.name).collect();
+    let changed = names_a.iter().zip(&names_b).filter(|(x, y)| x != y).count();
+    assert_eq!(changed, 1);
+}
+
+#[test]
+fn missing_shard_is_refused() {
+    let encoded = encode(&directory(20_000));
+    let mut shards = shard_map(&encoded);
+    let victim = encoded.shards[1].name.clone();
+    shards.remove(&victim);
+    assert_eq!(decode(&encoded.head, |n| shards.get(n)), Err(DecodeError::MissingShard(victim)));
+}
+
+#[test]
+fn stale_or_edited_shard_is_refused() {
+    let encoded = encode(&directory(20_000));
+    let mut shards = shard_map(&encoded);
+    let victim = encoded.shards[0].name.clone();
+    shards
+        .get_mut(&victim)
+        .and_then(|d| d.get_mut(KEY_MAILBOXES))
+        .expect("mailboxes")
+        .push_str("{\"address\":\"evil@domain1.test\"}\n");
+    assert!(matches!(
+        decode(&encoded.head, |n| shards.get(n)),
+        Err(DecodeError::HashMismatch { name, .. }) if name == victim
+    ));
+}
+
+#[test]
+fn head_with_tampered_settings_is_refused() {
+    let encoded = encode(&directory(10));
+    let shards = shard_map(&encoded);
+    let mut head = encoded.head.clone();
+    let settings = head[KEY_SETTINGS].replace("\"minimumUid\": 100", "\"minimumUid\": 1");
+    head.insert(KEY_SETTINGS.into(), settings);
+    assert!(matches!(decode(&head, |n| shards.get(n)), Err(DecodeError::Version { .. })));
+    let mut wrong_schema = encoded.head.clone();
+    wrong_schema.insert(KEY_SCHEMA.into(), "virtmail.io/directory/v0".into());
+    assert!(matches!(decode(&wrong_schema, |n| shards.get(n)), Err(DecodeError::Head(_))));
+}
+
+#[test]
+fn empty_directory_encodes_to_no_shards() {
+    let mut d = directory(0);
+    d.domains.clear();
+    d.aliases.clear();
+    let encoded = encode(&d);
+    assert!(encoded.shards.is_empty());
+    let decoded = decode(&encoded.head, |_| None).expect("decode");
+    assert_eq!(decoded, d);
+}

@@ -1,0 +1,422 @@
+//! The four custom resources of group `virtmail.io`, version `v1alpha1`.
+//!
+//! Doc comments on every field become `kubectl explain` text. Field names follow the Postfix
+//! parameter they stand for, in camelCase (`virtual_minimum_uid` → `minimumUid`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every virtmail resource.
+pub const GROUP: &str = "virtmail.io";
+/// API version of every virtmail resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// A DNS domain name in ASCII (IDNs in their `xn--` form), without a trailing dot.
+pub const DOMAIN_PATTERN: &str =
+    r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
+/// `local@domain`: an unquoted local part (UTF-8 allowed) and a domain as in [`DOMAIN_PATTERN`].
+pub const ADDRESS_PATTERN: &str = r#"^[^@\s"<>()\[\]\\,;:]+@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#;
+/// `local@domain` or `@domain` (a catch-all alias).
+pub const ALIAS_ADDRESS_PATTERN: &str = r#"^[^@\s"<>()\[\]\\,;:]*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#;
+/// A local part without the `@`.
+pub const LOCAL_PART_PATTERN: &str = r#"^[^@\s"<>()\[\]\\,;:]+$"#;
+/// A relative mailbox path: no leading `/`, no NUL.
+pub const PATH_PATTERN: &str = r"^[^/\x00][^\x00]*$";
+/// An absolute directory without `..`.
+pub const BASE_PATTERN: &str = r"^/[^\x00]*$";
+
+/// How an mbox file is locked while mail is appended (Postfix `virtual_mailbox_lock`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMethod {
+    /// POSIX record lock (`fcntl(F_SETLK)`) on the whole file.
+    Fcntl,
+    /// BSD `flock(LOCK_EX)`.
+    Flock,
+    /// A `<mailbox>.lock` file created exclusively beside the mailbox.
+    Dotlock,
+}
+
+/// On-disk mailbox format.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum MailboxFormat {
+    /// A qmail-style maildir (`tmp/ new/ cur/`); its path ends in `/`.
+    Maildir,
+    /// A UNIX mbox file (one file, `From ` separated); its path does not end in `/`.
+    Mbox,
+}
+
+fn default_mailbox_base() -> String {
+    "/var/mail/vhosts".into()
+}
+fn default_minimum_uid() -> u32 {
+    100
+}
+fn default_mailbox_lock() -> Vec<LockMethod> {
+    vec![LockMethod::Fcntl, LockMethod::Dotlock]
+}
+fn default_mailbox_size_limit() -> u64 {
+    51_200_000
+}
+fn default_recipient_delimiter() -> String {
+    "+".into()
+}
+fn default_replicas() -> i32 {
+    1
+}
+
+/// One Postfix + delivery agent StatefulSet serving the MailDomains it selects.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "virtmail.io",
+    version = "v1alpha1",
+    kind = "MailServer",
+    namespaced,
+    status = "MailServerStatus",
+    shortname = "msrv",
+    category = "virtmail",
+    printcolumn(json_path = ".spec.replicas", name = "Replicas", type_ = "integer"),
+    printcolumn(json_path = ".status.readyReplicas", name = "Ready", type_ = "integer"),
+    printcolumn(json_path = ".status.domains", name = "Domains", type_ = "integer"),
+    printcolumn(json_path = ".status.mailboxes", name = "Mailboxes", type_ = "integer"),
+    printcolumn(json_path = ".status.directory.version", name = "Directory", type_ = "string"),
+    printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MailServerSpec {
+    /// Directory prepended to every mailbox path (Postfix `virtual_mailbox_base`). The persistent
+    /// volume is mounted here in the agent container. Absolute.
+    #[serde(default = "default_mailbox_base")]
+    #[schemars(regex(pattern = BASE_PATTERN))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(c, c == '..')").message("mailboxBase must not contain '..'"))]
+    pub mailbox_base: String,
+
+    /// Smallest uid a mailbox may be owned by (Postfix `virtual_minimum_uid`). Mailboxes with a
+    /// smaller uid are kept in the directory as deferring entries (mail waits, never bounces).
+    #[serde(default = "default_minimum_uid")]
+    #[schemars(range(min = 1))]
+    pub minimum_uid: u32,
+
+    /// mbox locking methods, applied in the order dotlock, flock, fcntl (Postfix
+    /// `virtual_mailbox_lock`). Maildir delivery needs no lock.
+    #[serde(default = "default_mailbox_lock")]
+    #[schemars(length(min = 1, max = 3))]
+    pub mailbox_lock: Vec<LockMethod>,
+
+    /// Largest mbox file and largest Maildir message file in bytes, 0 for no limit (Postfix
+    /// `virtual_mailbox_limit`). Postfix's `message_size_limit` is derived from it.
+    #[serde(default = "default_mailbox_size_limit")]
+    pub mailbox_size_limit: u64,
+
+    /// Characters that separate a local part from its extension (`user+ext@domain` delivers to
+    /// `user@domain`). Empty disables extensions (Postfix `recipient_delimiter`).
+    #[serde(default = "default_recipient_delimiter")]
+    #[schemars(length(max = 8))]
+    pub recipient_delimiter: String,
+
+    /// Which MailDomains in this namespace this server serves. Empty or absent selects every
+    /// MailDomain in the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_selector: Option<LabelSelector>,
+
+    /// Number of Postfix + agent pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Persistent volume holding the mailboxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+
+    /// The Postfix container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postfix: Option<PostfixSpec>,
+
+    /// The delivery agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
+}
+
+impl Default for MailServerSpec {
+    fn default() -> Self {
+        // Same values as an empty spec decoded through serde, so `{}` and `Default` agree.
+        serde_json::from_str("{}").expect("an empty MailServer spec is valid")
+    }
+}
+
+/// Where the mailboxes live.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Use this existing PersistentVolumeClaim (shared by all replicas: it must be ReadWriteMany
+    /// when replicas > 1). When absent, a claim template gives each replica its own volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_claim: Option<String>,
+    /// Size requested by the claim template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// StorageClass of the claim template; absent uses the cluster default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Access modes of the claim template (default `[ReadWriteOnce]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_modes: Vec<String>,
+}
+
+/// Settings of the Postfix container.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostfixSpec {
+    /// Container image of Postfix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Compute resources of the Postfix container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra main.cf parameters, applied after virtmail's profile. Parameters that wire Postfix
+    /// to the agent cannot be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Settings of the delivery agent container.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// Container image of the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Compute resources of the agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Log format of the agent: `text` or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+}
+
+/// The compiled directory as published.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryStatus {
+    /// Content version of the published directory.
+    pub version: String,
+    /// Number of shard ConfigMaps.
+    pub shards: u32,
+    /// Bytes of directory data across all shards.
+    pub bytes: u64,
+}
+
+/// Observed state of a MailServer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailServerStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `DirectoryPublished`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Domains served.
+    #[serde(default)]
+    pub domains: u32,
+    /// Mailboxes in the directory (deferring entries included).
+    #[serde(default)]
+    pub mailboxes: u32,
+    /// Aliases in the directory (implied postmaster aliases included).
+    #[serde(default)]
+    pub aliases: u32,
+    /// Objects with a diagnostic.
+    #[serde(default)]
+    pub invalid: u32,
+    /// The published directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryStatus>,
+    /// Pods of the StatefulSet that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+}
+
+/// Fallback owner, format and quota for the mailboxes of a domain.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxDefaults {
+    /// uid that owns mailboxes which set none (Postfix `virtual_uid_maps = static:N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// gid that owns mailboxes which set none (Postfix `virtual_gid_maps = static:N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Format of mailboxes which set none (default Maildir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<MailboxFormat>,
+    /// Quota of mailboxes which set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quantity>,
+}
+
+/// A mail domain whose recipients have virtual mailboxes (Postfix `virtual_mailbox_domains`).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "virtmail.io",
+    version = "v1alpha1",
+    kind = "MailDomain",
+    namespaced,
+    status = "MailDomainStatus",
+    shortname = "mdom",
+    category = "virtmail",
+    printcolumn(json_path = ".spec.domain", name = "Domain", type_ = "string"),
+    printcolumn(json_path = ".spec.postmaster", name = "Postmaster", type_ = "string"),
+    printcolumn(json_path = ".status.mailboxes", name = "Mailboxes", type_ = "integer"),
+    printcolumn(json_path = ".status.conditions[?(@.type==\"Ready\")].status", name = "Ready", type_ = "string"),
+    printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MailDomainSpec {
+    /// The domain name, e.g. `example.com`. Case-insensitive.
+    #[schemars(regex(pattern = DOMAIN_PATTERN), length(max = 253))]
+    pub domain: String,
+    /// Address of the person responsible for this domain (RFC 2142). Unless a Mailbox or
+    /// MailAlias defines `postmaster@<domain>`, virtmail adds an alias to this address.
+    #[schemars(regex(pattern = ADDRESS_PATTERN), length(max = 320))]
+    pub postmaster: String,
+    /// Owner, format and quota used by mailboxes of this domain that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<MailboxDefaults>,
+    /// Local part of a mailbox in this domain that receives mail for every address of the domain
+    /// that has no Mailbox or MailAlias of its own (`@domain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = LOCAL_PART_PATTERN), length(max = 64))]
+    pub catch_all: Option<String>,
+}
+
+/// Observed state of a MailDomain.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailDomainStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: served by a MailServer's published directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Mailboxes of this domain in the directory.
+    #[serde(default)]
+    pub mailboxes: u32,
+    /// MailServers that serve this domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+}
+
+/// One virtual mailbox: a recipient address delivered to a Maildir or an mbox file on the volume.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "virtmail.io",
+    version = "v1alpha1",
+    kind = "Mailbox",
+    namespaced,
+    status = "MailboxStatus",
+    shortname = "mbx",
+    category = "virtmail",
+    printcolumn(json_path = ".spec.address", name = "Address", type_ = "string"),
+    printcolumn(json_path = ".spec.format", name = "Format", type_ = "string"),
+    printcolumn(json_path = ".spec.uid", name = "Uid", type_ = "integer"),
+    printcolumn(json_path = ".status.conditions[?(@.type==\"Ready\")].status", name = "Ready", type_ = "string"),
+    printcolumn(json_path = ".status.conditions[?(@.type==\"Provisioned\")].status", name = "Provisioned", type_ = "string"),
+    printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
+)]
+#[x_kube(validation = Rule::new("!has(self.path) || !has(self.format) || (self.path.endsWith('/') == (self.format == 'Maildir'))").message("a path ending in '/' is a Maildir and an mbox path must not end in '/': make format and path agree"))]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxSpec {
+    /// The recipient address, `local@domain`. Case-insensitive; `local+ext@domain` is delivered
+    /// here too.
+    #[schemars(regex(pattern = ADDRESS_PATTERN), length(max = 320))]
+    pub address: String,
+    /// `Maildir` or `Mbox`. Absent: the path decides (trailing `/` = Maildir), else the domain's
+    /// default, else Maildir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<MailboxFormat>,
+    /// Location below the server's `mailboxBase`. Default `<domain>/<local>/` for Maildir and
+    /// `<domain>/<local>` for Mbox. Relative; no `.` or `..` components, no empty components.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = PATH_PATTERN), length(max = 1024))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(c, c == '..' || c == '.')").message("path must not contain '.' or '..' components"))]
+    #[x_kube(validation = Rule::new("!self.contains('//')").message("path must not contain empty components"))]
+    pub path: Option<String>,
+    /// Owner uid of the mailbox; deliveries run with it. Default: the domain's `defaults.uid`.
+    /// Must be at least the server's `minimumUid`; 0 is never accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub uid: Option<u32>,
+    /// Group of the mailbox. Default: the domain's `defaults.gid`. 0 is never accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub gid: Option<u32>,
+    /// Largest total size of the mailbox (e.g. `1Gi`); mail that would exceed it is refused at
+    /// RCPT with 552 5.2.2. Absent: the domain's default, else no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quantity>,
+    /// Temporarily refuse mail with 450 4.2.1 (senders retry); nothing is bounced.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// Observed state of a Mailbox.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (in the published directory) and `Provisioned` (exists on the volume with the
+    /// right owner, set by the agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Absolute path of the mailbox inside the agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A virtual alias (Postfix `virtual_alias_maps`): mail to `address` goes to every `to` address.
+/// Listing `address` itself in `to` keeps a copy in its own mailbox (the autoreply pattern).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "virtmail.io",
+    version = "v1alpha1",
+    kind = "MailAlias",
+    namespaced,
+    status = "MailAliasStatus",
+    shortname = "malias",
+    category = "virtmail",
+    printcolumn(json_path = ".spec.address", name = "Address", type_ = "string"),
+    printcolumn(json_path = ".spec.to", name = "To", type_ = "string"),
+    printcolumn(json_path = ".status.conditions[?(@.type==\"Ready\")].status", name = "Ready", type_ = "string"),
+    printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MailAliasSpec {
+    /// `local@domain`, or `@domain` for every address of the domain without a Mailbox or
+    /// MailAlias of its own. The domain must be served by a MailDomain.
+    #[schemars(regex(pattern = ALIAS_ADDRESS_PATTERN), length(max = 320))]
+    pub address: String,
+    /// Destination addresses, in this or any other domain.
+    #[schemars(length(min = 1, max = 1000))]
+    pub to: Vec<String>,
+}
+
+/// Observed state of a MailAlias.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailAliasStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: in the published directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

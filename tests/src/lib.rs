@@ -1,0 +1,12 @@
+//! Test support for virtmail's end-to-end suites: locating the workspace and its binaries, and
+//! starting the real components the suites run against.
+
+use std::path::PathBuf;
+
+/// Root of the workspace.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives inside the workspace")
+        .to_path_buf()
+}
