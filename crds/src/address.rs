@@ -25,7 +25,9 @@ pub fn valid_domain(domain: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -37,9 +39,9 @@ pub fn valid_local_part(local: &str) -> bool {
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local.chars().all(|c| {
-            !c.is_control() && !c.is_whitespace() && !"\"<>()[]\\,;:@".contains(c)
-        })
+        && local
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && !"\"<>()[]\\,;:@".contains(c))
 }
 
 /// Whether `address` is `local@domain` with a valid local part and domain.
@@ -128,14 +130,23 @@ mod tests {
 
     #[test]
     fn v4_extension_is_cut_at_first_delimiter() {
-        assert_eq!(strip_extension("user+a+b@d", "+").as_deref(), Some("user@d"));
-        assert_eq!(strip_extension("user-a+b@d", "+-").as_deref(), Some("user@d"));
+        assert_eq!(
+            strip_extension("user+a+b@d", "+").as_deref(),
+            Some("user@d")
+        );
+        assert_eq!(
+            strip_extension("user-a+b@d", "+-").as_deref(),
+            Some("user@d")
+        );
         assert_eq!(strip_extension("user+@d", "+").as_deref(), Some("user@d"));
     }
 
     #[test]
     fn v4_special_and_leading_delimiter_are_not_split() {
-        assert_eq!(strip_extension("postmaster+x@d", "+").as_deref(), Some("postmaster@d"));
+        assert_eq!(
+            strip_extension("postmaster+x@d", "+").as_deref(),
+            Some("postmaster@d")
+        );
         assert_eq!(strip_extension("double-bounce@d", "-"), None);
         assert_eq!(strip_extension("MAILER-DAEMON@d", "-"), None);
         assert_eq!(strip_extension("+x@d", "+"), None);

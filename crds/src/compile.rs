@@ -186,7 +186,10 @@ fn oldest_first<K: Resource>(objects: &[K]) -> Vec<&K> {
 }
 
 fn same_namespace<K: Resource>(server: &MailServer, object: &K) -> bool {
-    match (server.meta().namespace.as_deref(), object.meta().namespace.as_deref()) {
+    match (
+        server.meta().namespace.as_deref(),
+        object.meta().namespace.as_deref(),
+    ) {
         (Some(a), Some(b)) => a == b,
         _ => true,
     }
@@ -233,7 +236,12 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
 
 impl<'a> Compiler<'a> {
     fn diagnose(&mut self, object: ObjectRef, reason: Reason, effect: Effect, message: String) {
-        self.diagnostics.push(Diagnostic { object, reason, message, effect });
+        self.diagnostics.push(Diagnostic {
+            object,
+            reason,
+            message,
+            effect,
+        });
     }
 
     fn domains(&mut self) {
@@ -248,7 +256,10 @@ impl<'a> Compiler<'a> {
             if !selector::matches(selector, domain.labels()) {
                 continue;
             }
-            let object = ObjectRef { kind: Kind::MailDomain, name: domain.name_any() };
+            let object = ObjectRef {
+                kind: Kind::MailDomain,
+                name: domain.name_any(),
+            };
             self.members.push(object.clone());
             if !address::valid_domain(&name) {
                 self.diagnose(
@@ -260,7 +271,10 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             if let Some(existing) = self.directory.domains.get(&name) {
-                let message = format!("domain {name} is already defined by MailDomain/{}", existing.object);
+                let message = format!(
+                    "domain {name} is already defined by MailDomain/{}",
+                    existing.object
+                );
                 self.diagnose(object, Reason::DomainConflict, Effect::Excluded, message);
                 continue;
             }
@@ -278,7 +292,12 @@ impl<'a> Compiler<'a> {
 
     /// Decide whether an address belongs to this server. `Err(())` means skip the object; a
     /// diagnostic has been recorded when the object is invalid for every server.
-    fn claim_address(&mut self, object: &ObjectRef, raw: &str, allow_at_domain: bool) -> Result<String, ()> {
+    fn claim_address(
+        &mut self,
+        object: &ObjectRef,
+        raw: &str,
+        allow_at_domain: bool,
+    ) -> Result<String, ()> {
         let folded = fold(raw);
         let syntax_ok = match address::split(&folded) {
             Some(("", domain)) => allow_at_domain && address::valid_domain(domain),
@@ -321,7 +340,10 @@ impl<'a> Compiler<'a> {
             if !same_namespace(server, mailbox) {
                 continue;
             }
-            let object = ObjectRef { kind: Kind::Mailbox, name: mailbox.name_any() };
+            let object = ObjectRef {
+                kind: Kind::Mailbox,
+                name: mailbox.name_any(),
+            };
             let Ok(key) = self.claim_address(&object, &mailbox.spec.address, false) else {
                 continue;
             };
@@ -345,7 +367,10 @@ impl<'a> Compiler<'a> {
                 }
             });
             if let Some((reason, message)) = problem {
-                entry.defer = Some(Deferral { reason, message: message.clone() });
+                entry.defer = Some(Deferral {
+                    reason,
+                    message: message.clone(),
+                });
                 self.diagnose(object, reason, Effect::Deferring, message);
             }
             self.directory.mailboxes.insert(key, entry);
@@ -361,7 +386,10 @@ impl<'a> Compiler<'a> {
     ) -> (MailboxEntry, Option<(Reason, String)>) {
         let spec = &mailbox.spec;
         let (local, domain) = address::split(key).unwrap_or_default();
-        let defaults = self.domain_specs.get(domain).and_then(|d| d.spec.defaults.as_ref());
+        let defaults = self
+            .domain_specs
+            .get(domain)
+            .and_then(|d| d.spec.defaults.as_ref());
         let format = spec
             .format
             .or_else(|| spec.path.as_ref().map(|p| path_format(p)))
@@ -376,10 +404,15 @@ impl<'a> Compiler<'a> {
         };
         let uid = spec.uid.or_else(|| defaults.and_then(|d| d.uid));
         let gid = spec.gid.or_else(|| defaults.and_then(|d| d.gid));
-        let quota = spec.quota.as_ref().or_else(|| defaults.and_then(|d| d.quota.as_ref()));
+        let quota = spec
+            .quota
+            .as_ref()
+            .or_else(|| defaults.and_then(|d| d.quota.as_ref()));
         let mut problem = check_path(&path, format).map(|m| (Reason::InvalidPath, m));
         if problem.is_none() {
-            problem = self.check_owner(uid, gid).map(|m| (Reason::InvalidOwner, m));
+            problem = self
+                .check_owner(uid, gid)
+                .map(|m| (Reason::InvalidOwner, m));
         }
         let quota = match quota.map(quantity::parse_bytes) {
             Some(Ok(bytes)) => Some(bytes),
@@ -405,14 +438,20 @@ impl<'a> Compiler<'a> {
     fn check_owner(&self, uid: Option<u32>, gid: Option<u32>) -> Option<String> {
         let minimum = self.directory.settings.minimum_uid;
         match (uid, gid) {
-            (None, _) => Some("no uid: set uid on the Mailbox or defaults.uid on its MailDomain".into()),
-            (_, None) => Some("no gid: set gid on the Mailbox or defaults.gid on its MailDomain".into()),
+            (None, _) => {
+                Some("no uid: set uid on the Mailbox or defaults.uid on its MailDomain".into())
+            }
+            (_, None) => {
+                Some("no gid: set gid on the Mailbox or defaults.gid on its MailDomain".into())
+            }
             (Some(0), _) => Some("uid 0 is never accepted".into()),
             (_, Some(0)) => Some("gid 0 is never accepted".into()),
-            (Some(uid), _) if uid < minimum => {
-                Some(format!("uid {uid} is below the server's minimumUid {minimum}"))
+            (Some(uid), _) if uid < minimum => Some(format!(
+                "uid {uid} is below the server's minimumUid {minimum}"
+            )),
+            (Some(u32::MAX), _) | (_, Some(u32::MAX)) => {
+                Some("uid/gid 4294967295 is reserved".into())
             }
-            (Some(u32::MAX), _) | (_, Some(u32::MAX)) => Some("uid/gid 4294967295 is reserved".into()),
             _ => None,
         }
     }
@@ -423,7 +462,10 @@ impl<'a> Compiler<'a> {
             if !same_namespace(server, alias) {
                 continue;
             }
-            let object = ObjectRef { kind: Kind::MailAlias, name: alias.name_any() };
+            let object = ObjectRef {
+                kind: Kind::MailAlias,
+                name: alias.name_any(),
+            };
             let Ok(key) = self.claim_address(&object, &alias.spec.address, true) else {
                 continue;
             };
@@ -435,10 +477,17 @@ impl<'a> Compiler<'a> {
                 self.diagnose(object, Reason::AddressConflict, Effect::Excluded, message);
                 continue;
             }
-            let bad: Vec<&String> =
-                alias.spec.to.iter().filter(|t| !address::valid_address(t)).collect();
+            let bad: Vec<&String> = alias
+                .spec
+                .to
+                .iter()
+                .filter(|t| !address::valid_address(t))
+                .collect();
             let defer = if alias.spec.to.is_empty() {
-                Some(Deferral { reason: Reason::InvalidAddress, message: "to is empty".into() })
+                Some(Deferral {
+                    reason: Reason::InvalidAddress,
+                    message: "to is empty".into(),
+                })
             } else if !bad.is_empty() {
                 Some(Deferral {
                     reason: Reason::InvalidAddress,
@@ -448,11 +497,20 @@ impl<'a> Compiler<'a> {
                 None
             };
             if let Some(d) = &defer {
-                self.diagnose(object.clone(), d.reason, Effect::Deferring, d.message.clone());
+                self.diagnose(
+                    object.clone(),
+                    d.reason,
+                    Effect::Deferring,
+                    d.message.clone(),
+                );
             }
             self.directory.aliases.insert(
                 key,
-                AliasEntry { to: alias.spec.to.clone(), defer, object: Some(object.name) },
+                AliasEntry {
+                    to: alias.spec.to.clone(),
+                    defer,
+                    object: Some(object.name),
+                },
             );
         }
     }
@@ -463,13 +521,21 @@ impl<'a> Compiler<'a> {
         let mut implied = Vec::new();
         for (name, domain) in &self.directory.domains {
             let key = format!("postmaster@{name}");
-            if self.directory.mailboxes.contains_key(&key) || self.directory.aliases.contains_key(&key) {
+            if self.directory.mailboxes.contains_key(&key)
+                || self.directory.aliases.contains_key(&key)
+            {
                 continue;
             }
-            let object = ObjectRef { kind: Kind::MailDomain, name: domain.object.clone() };
+            let object = ObjectRef {
+                kind: Kind::MailDomain,
+                name: domain.object.clone(),
+            };
             let target = fold(&domain.postmaster);
             let problem = if !address::valid_address(&target) {
-                Some(format!("postmaster {:?} is not a valid address", domain.postmaster))
+                Some(format!(
+                    "postmaster {:?} is not a valid address",
+                    domain.postmaster
+                ))
             } else if target == key {
                 Some(format!(
                     "postmaster is {key} itself but no Mailbox or MailAlias defines it"
@@ -486,7 +552,11 @@ impl<'a> Compiler<'a> {
                 }),
                 None => implied.push((
                     key,
-                    AliasEntry { to: vec![domain.postmaster.clone()], defer: None, object: None },
+                    AliasEntry {
+                        to: vec![domain.postmaster.clone()],
+                        defer: None,
+                        object: None,
+                    },
                 )),
             }
         }
@@ -495,7 +565,9 @@ impl<'a> Compiler<'a> {
 
     fn catch_alls(&mut self) {
         for (name, spec) in &self.domain_specs {
-            let Some(local) = &spec.spec.catch_all else { continue };
+            let Some(local) = &spec.spec.catch_all else {
+                continue;
+            };
             let key = format!("{}@{name}", fold(local));
             if self.directory.mailboxes.contains_key(&key) {
                 if let Some(domain) = self.directory.domains.get_mut(name) {
@@ -503,7 +575,10 @@ impl<'a> Compiler<'a> {
                 }
             } else {
                 self.diagnostics.push(Diagnostic {
-                    object: ObjectRef { kind: Kind::MailDomain, name: spec.name_any() },
+                    object: ObjectRef {
+                        kind: Kind::MailDomain,
+                        name: spec.name_any(),
+                    },
                     reason: Reason::UnknownCatchAll,
                     message: format!("catchAll {key} is not a Mailbox of this server"),
                     effect: Effect::Degraded,
@@ -516,8 +591,11 @@ impl<'a> Compiler<'a> {
     /// "keep a copy" idiom and allowed) become deferring entries.
     fn alias_loops(&mut self) {
         let keys: Vec<&String> = self.directory.aliases.keys().collect();
-        let index: HashMap<&str, usize> =
-            keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
         let edges: Vec<Vec<usize>> = self
             .directory
             .aliases
@@ -533,15 +611,27 @@ impl<'a> Compiler<'a> {
             })
             .collect();
         let in_cycle = cyclic_nodes(&edges);
-        let looping: Vec<String> =
-            keys.iter().zip(&in_cycle).filter(|(_, c)| **c).map(|(k, _)| (*k).clone()).collect();
+        let looping: Vec<String> = keys
+            .iter()
+            .zip(&in_cycle)
+            .filter(|(_, c)| **c)
+            .map(|(k, _)| (*k).clone())
+            .collect();
         for key in looping {
-            let Some(entry) = self.directory.aliases.get_mut(&key) else { continue };
+            let Some(entry) = self.directory.aliases.get_mut(&key) else {
+                continue;
+            };
             let message = format!("{key} expands back into itself through other aliases");
-            entry.defer = Some(Deferral { reason: Reason::AliasLoop, message: message.clone() });
+            entry.defer = Some(Deferral {
+                reason: Reason::AliasLoop,
+                message: message.clone(),
+            });
             if let Some(name) = entry.object.clone() {
                 self.diagnose(
-                    ObjectRef { kind: Kind::MailAlias, name },
+                    ObjectRef {
+                        kind: Kind::MailAlias,
+                        name,
+                    },
                     Reason::AliasLoop,
                     Effect::Deferring,
                     message,
@@ -553,7 +643,11 @@ impl<'a> Compiler<'a> {
 
 /// The format a path implies: a trailing `/` means Maildir (the seed's rule).
 pub fn path_format(path: &str) -> MailboxFormat {
-    if path.ends_with('/') { MailboxFormat::Maildir } else { MailboxFormat::Mbox }
+    if path.ends_with('/') {
+        MailboxFormat::Maildir
+    } else {
+        MailboxFormat::Mbox
+    }
 }
 
 /// Check a relative mailbox path; `Some(message)` when invalid.
@@ -565,7 +659,9 @@ pub fn check_path(path: &str, format: MailboxFormat) -> Option<String> {
         return Some("path contains NUL".into());
     }
     if path.starts_with('/') {
-        return Some(format!("path {path:?} is absolute; it must be relative to mailboxBase"));
+        return Some(format!(
+            "path {path:?} is absolute; it must be relative to mailboxBase"
+        ));
     }
     let trimmed = path.strip_suffix('/').unwrap_or(path);
     for component in trimmed.split('/') {
@@ -578,7 +674,11 @@ pub fn check_path(path: &str, format: MailboxFormat) -> Option<String> {
     if path_format(path) != format {
         return Some(format!(
             "path {path:?} {} but format is {format:?}: a trailing '/' means Maildir",
-            if path.ends_with('/') { "ends in '/'" } else { "does not end in '/'" }
+            if path.ends_with('/') {
+                "ends in '/'"
+            } else {
+                "does not end in '/'"
+            }
         ));
     }
     None

@@ -215,11 +215,19 @@ mod tests {
         d.mailboxes.insert("info@example.test".into(), entry("i/"));
         d.aliases.insert(
             "@other.test".into(),
-            AliasEntry { to: vec!["alice@example.test".into()], defer: None, object: None },
+            AliasEntry {
+                to: vec!["alice@example.test".into()],
+                defer: None,
+                object: None,
+            },
         );
         d.domains.insert(
             "other.test".into(),
-            Domain { postmaster: "a@example.test".into(), catch_all: None, object: "o".into() },
+            Domain {
+                postmaster: "a@example.test".into(),
+                catch_all: None,
+                object: "o".into(),
+            },
         );
         d
     }
@@ -227,16 +235,28 @@ mod tests {
     #[test]
     fn v3_lookup_order_full_then_stripped_then_catch_all() {
         let d = directory();
-        assert_eq!(d.find_mailbox("Alice@Example.TEST").map(|f| f.key), Some("alice@example.test"));
-        assert_eq!(d.find_mailbox("alice+x@example.test").map(|f| f.key), Some("alice@example.test"));
-        assert_eq!(d.find_mailbox("bob@example.test").map(|f| f.key), Some("info@example.test"));
+        assert_eq!(
+            d.find_mailbox("Alice@Example.TEST").map(|f| f.key),
+            Some("alice@example.test")
+        );
+        assert_eq!(
+            d.find_mailbox("alice+x@example.test").map(|f| f.key),
+            Some("alice@example.test")
+        );
+        assert_eq!(
+            d.find_mailbox("bob@example.test").map(|f| f.key),
+            Some("info@example.test")
+        );
         assert_eq!(d.find_mailbox("bob@nowhere.test").map(|f| f.key), None);
     }
 
     #[test]
     fn at_domain_alias_applies_only_without_own_entry() {
         let d = directory();
-        assert_eq!(d.find_alias("x@other.test").map(|f| f.key), Some("@other.test"));
+        assert_eq!(
+            d.find_alias("x@other.test").map(|f| f.key),
+            Some("@other.test")
+        );
         assert!(d.find_alias("alice@example.test").is_none());
     }
 }

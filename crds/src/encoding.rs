@@ -198,15 +198,24 @@ pub fn encode(directory: &Directory) -> Encoded {
     // (data key, record key, line) for every record, in a stable order.
     let mut records: Vec<(&str, &str, String)> = Vec::new();
     for (domain, entry) in &directory.domains {
-        let line = json_line(&DomainRecord { domain: domain.clone(), entry: entry.clone() });
+        let line = json_line(&DomainRecord {
+            domain: domain.clone(),
+            entry: entry.clone(),
+        });
         records.push((KEY_DOMAINS, domain, line));
     }
     for (address, entry) in &directory.mailboxes {
-        let line = json_line(&MailboxRecord { address: address.clone(), entry: entry.clone() });
+        let line = json_line(&MailboxRecord {
+            address: address.clone(),
+            entry: entry.clone(),
+        });
         records.push((KEY_MAILBOXES, address, line));
     }
     for (address, entry) in &directory.aliases {
-        let line = json_line(&AliasRecord { address: address.clone(), entry: entry.clone() });
+        let line = json_line(&AliasRecord {
+            address: address.clone(),
+            entry: entry.clone(),
+        });
         records.push((KEY_ALIASES, address, line));
     }
     let total: usize = records.iter().map(|(k, _, l)| k.len() + l.len()).sum();
@@ -229,7 +238,11 @@ pub fn encode(directory: &Directory) -> Encoded {
         .filter(|data| !data.is_empty())
         .map(|data| {
             let hash = data_hash(&data);
-            Shard { name: format!("{server}-directory-{}", &hash[..10]), hash, data }
+            Shard {
+                name: format!("{server}-directory-{}", &hash[..10]),
+                hash,
+                data,
+            }
         })
         .collect();
     let settings = settings_json(&directory.settings);
@@ -256,12 +269,19 @@ pub fn encode(directory: &Directory) -> Encoded {
             shards.len()
         ),
     );
-    Encoded { version, head_name: head_name(server), head, shards }
+    Encoded {
+        version,
+        head_name: head_name(server),
+        head,
+        shards,
+    }
 }
 
 /// A shard the head names: `(name, sha256)`.
 pub fn shard_list(head: &Data) -> Result<Vec<(String, String)>, DecodeError> {
-    let text = head.get(KEY_SHARDS).ok_or_else(|| DecodeError::Head("no shards key".into()))?;
+    let text = head
+        .get(KEY_SHARDS)
+        .ok_or_else(|| DecodeError::Head("no shards key".into()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -287,7 +307,9 @@ fn parse_lines<T: for<'de> Deserialize<'de>>(
     key: &str,
     mut insert: impl FnMut(T),
 ) -> Result<(), DecodeError> {
-    let Some(text) = data.get(key) else { return Ok(()) };
+    let Some(text) = data.get(key) else {
+        return Ok(());
+    };
     for (number, line) in text.lines().enumerate() {
         if line.is_empty() {
             continue;
@@ -315,8 +337,9 @@ pub fn decode<'a>(
         None => return Err(DecodeError::Head("no schema key".into())),
     }
     let version = head_version(head)?;
-    let settings_text =
-        head.get(KEY_SETTINGS).ok_or_else(|| DecodeError::Head("no settings".into()))?;
+    let settings_text = head
+        .get(KEY_SETTINGS)
+        .ok_or_else(|| DecodeError::Head("no settings".into()))?;
     let settings: Settings = serde_json::from_str(settings_text)
         .map_err(|e| DecodeError::Head(format!("settings: {e}")))?;
     let list = shard_list(head)?;
@@ -330,7 +353,11 @@ pub fn decode<'a>(
         let data = shard(name).ok_or_else(|| DecodeError::MissingShard(name.clone()))?;
         let have = data_hash(data);
         if &have != want {
-            return Err(DecodeError::HashMismatch { name: name.clone(), want: want.clone(), have });
+            return Err(DecodeError::HashMismatch {
+                name: name.clone(),
+                want: want.clone(),
+                have,
+            });
         }
         parse_lines(name, data, KEY_DOMAINS, |r: DomainRecord| {
             directory.domains.insert(r.domain, r.entry);
@@ -345,7 +372,10 @@ pub fn decode<'a>(
     let hashes: Vec<&str> = list.iter().map(|(_, h)| h.as_str()).collect();
     let have = version_of(settings_text, &hashes);
     if have != version {
-        return Err(DecodeError::Version { want: version.to_string(), have });
+        return Err(DecodeError::Version {
+            want: version.to_string(),
+            have,
+        });
     }
     Ok(directory)
 }

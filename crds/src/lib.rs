@@ -19,12 +19,21 @@ use kube::CustomResourceExt;
 
 /// The four CustomResourceDefinitions, in a fixed order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![MailServer::crd(), MailDomain::crd(), Mailbox::crd(), MailAlias::crd()]
+    vec![
+        MailServer::crd(),
+        MailDomain::crd(),
+        Mailbox::crd(),
+        MailAlias::crd(),
+    ]
 }
 
 /// File name of each CRD's committed YAML in `crds/`, in the order of [`crds`].
-pub const CRD_FILES: [&str; 4] =
-    ["mailservers.yaml", "maildomains.yaml", "mailboxes.yaml", "mailaliases.yaml"];
+pub const CRD_FILES: [&str; 4] = [
+    "mailservers.yaml",
+    "maildomains.yaml",
+    "mailboxes.yaml",
+    "mailaliases.yaml",
+];
 
 /// YAML of one CRD as committed in `crds/`.
 pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {

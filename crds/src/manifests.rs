@@ -45,7 +45,9 @@ pub enum ManifestError {
         message: String,
     },
     /// A document that is not a virtmail resource.
-    #[error("{at}: unknown kind {kind:?} with apiVersion {api_version:?} (expected {GROUP}/{VERSION} MailServer, MailDomain, Mailbox or MailAlias)")]
+    #[error(
+        "{at}: unknown kind {kind:?} with apiVersion {api_version:?} (expected {GROUP}/{VERSION} MailServer, MailDomain, Mailbox or MailAlias)"
+    )]
     UnknownKind {
         /// Where.
         at: Source,
@@ -55,14 +57,12 @@ pub enum ManifestError {
         api_version: String,
     },
     /// A field has the wrong type or a required field is missing.
-    #[error("{at}: {kind}/{name}: field {field}: {message}")]
+    #[error("{at}: {object}: field {field}: {message}")]
     Field {
         /// Where.
         at: Source,
-        /// Kind.
-        kind: String,
-        /// `metadata.name`.
-        name: String,
+        /// `Kind/name` of the object.
+        object: String,
         /// Path of the field, e.g. `spec.uid`.
         field: String,
         /// What is wrong.
@@ -98,7 +98,10 @@ pub struct Resources {
 impl Resources {
     /// Where an object was read from.
     pub fn source_of(&self, object: &ObjectRef) -> Option<&Source> {
-        self.sources.iter().find(|(o, _)| o == object).map(|(_, s)| s)
+        self.sources
+            .iter()
+            .find(|(o, _)| o == object)
+            .map(|(_, s)| s)
     }
 
     /// Compiler inputs for `server`.
@@ -127,7 +130,10 @@ impl Resources {
                 many => Err(format!(
                     "{} MailServers in the resources ({}): choose one with --server",
                     many.len(),
-                    many.iter().filter_map(|s| s.metadata.name.clone()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .filter_map(|s| s.metadata.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
             },
         }
@@ -136,10 +142,15 @@ impl Resources {
     /// Parse one YAML text (several documents allowed) and add its objects.
     pub fn add_yaml(&mut self, file: &Path, text: &str) -> Result<(), ManifestError> {
         for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let source = Source { file: file.to_path_buf(), document: index + 1 };
-            let value = serde_yaml::Value::deserialize(document).map_err(|e| {
-                ManifestError::Yaml { file: file.to_path_buf(), message: e.to_string() }
-            })?;
+            let source = Source {
+                file: file.to_path_buf(),
+                document: index + 1,
+            };
+            let value =
+                serde_yaml::Value::deserialize(document).map_err(|e| ManifestError::Yaml {
+                    file: file.to_path_buf(),
+                    message: e.to_string(),
+                })?;
             if value.is_null() {
                 continue;
             }
@@ -149,7 +160,13 @@ impl Resources {
     }
 
     fn add_value(&mut self, source: Source, value: serde_yaml::Value) -> Result<(), ManifestError> {
-        let text = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let text = |key: &str| {
+            value
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
         let kind = text("kind");
         let api_version = text("apiVersion");
         let name = value
@@ -164,28 +181,43 @@ impl Resources {
             ("MailDomain", true) => Kind::MailDomain,
             ("Mailbox", true) => Kind::Mailbox,
             ("MailAlias", true) => Kind::MailAlias,
-            _ => return Err(ManifestError::UnknownKind { at: source, kind, api_version }),
+            _ => {
+                return Err(ManifestError::UnknownKind {
+                    at: source,
+                    kind,
+                    api_version,
+                });
+            }
         };
         let field_error = |field: String, message: String| ManifestError::Field {
             at: source.clone(),
-            kind: kind.clone(),
-            name: name.clone(),
+            object: format!("{kind}/{name}"),
             field,
             message,
         };
         if name == "<unnamed>" {
             return Err(field_error("metadata.name".into(), "missing".into()));
         }
-        let object = ObjectRef { kind: parsed_kind, name: name.clone() };
+        let object = ObjectRef {
+            kind: parsed_kind,
+            name: name.clone(),
+        };
         if let Some(first) = self.source_of(&object) {
-            return Err(ManifestError::Duplicate { at: source, object, first: first.clone() });
+            return Err(ManifestError::Duplicate {
+                at: source,
+                object,
+                first: first.clone(),
+            });
         }
         fn typed<T: for<'de> Deserialize<'de>>(
             value: serde_yaml::Value,
         ) -> Result<T, (String, String)> {
             serde_path_to_error::deserialize(value).map_err(|e| {
                 let path = e.path().to_string();
-                (if path == "." { "(object)".into() } else { path }, e.into_inner().to_string())
+                (
+                    if path == "." { "(object)".into() } else { path },
+                    e.into_inner().to_string(),
+                )
             })
         }
         let result = match parsed_kind {
@@ -224,7 +256,10 @@ pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
             }
             if path.is_dir() {
                 pending.push(path);
-            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
                 files.push(path);
             }
         }
@@ -237,8 +272,10 @@ pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 pub fn load_dir(dir: &Path) -> Result<Resources, ManifestError> {
     let mut resources = Resources::default();
     for file in manifest_files(dir)? {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|source| ManifestError::Io { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
+            path: file.clone(),
+            source,
+        })?;
         resources.add_yaml(&file, &text)?;
     }
     Ok(resources)
@@ -252,7 +289,10 @@ mod tests {
     fn wrong_field_type_names_file_object_and_field() {
         let mut r = Resources::default();
         let yaml = "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: bob}\nspec:\n  address: bob@example.test\n  uid: lots\n";
-        let err = r.add_yaml(Path::new("x.yaml"), yaml).unwrap_err().to_string();
+        let err = r
+            .add_yaml(Path::new("x.yaml"), yaml)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("x.yaml"), "{err}");
         assert!(err.contains("Mailbox/bob"), "{err}");
         assert!(err.contains("spec.uid"), "{err}");
@@ -262,7 +302,10 @@ mod tests {
     fn unknown_kind_is_an_error() {
         let mut r = Resources::default();
         let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
-        let err = r.add_yaml(Path::new("cm.yaml"), yaml).unwrap_err().to_string();
+        let err = r
+            .add_yaml(Path::new("cm.yaml"), yaml)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown kind \"ConfigMap\""), "{err}");
     }
 
@@ -273,21 +316,35 @@ mod tests {
         r.add_yaml(Path::new("m.yaml"), yaml).unwrap();
         assert_eq!(r.domains.len(), 1);
         assert_eq!(r.mailboxes.len(), 1);
-        assert_eq!(r.source_of(&ObjectRef { kind: Kind::Mailbox, name: "a".into() }).unwrap().document, 3);
+        assert_eq!(
+            r.source_of(&ObjectRef {
+                kind: Kind::Mailbox,
+                name: "a".into()
+            })
+            .unwrap()
+            .document,
+            3
+        );
     }
 
     #[test]
     fn missing_required_field_is_named() {
         let mut r = Resources::default();
         let yaml = "apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: d}\nspec: {domain: d.test}\n";
-        let err = r.add_yaml(Path::new("d.yaml"), yaml).unwrap_err().to_string();
+        let err = r
+            .add_yaml(Path::new("d.yaml"), yaml)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("postmaster"), "{err}");
     }
 
     #[test]
     fn bad_yaml_names_file() {
         let mut r = Resources::default();
-        let err = r.add_yaml(Path::new("bad.yaml"), "a: [").unwrap_err().to_string();
+        let err = r
+            .add_yaml(Path::new("bad.yaml"), "a: [")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("bad.yaml: invalid YAML"), "{err}");
     }
 }

@@ -31,7 +31,11 @@ pub fn parse_bytes(quantity: &Quantity) -> Result<u64, String> {
                 .map_err(|_| format!("invalid quantity {text:?}"))?;
             10f64.powi(exp)
         }
-        _ => return Err(format!("invalid quantity {text:?}: unknown suffix {suffix:?}")),
+        _ => {
+            return Err(format!(
+                "invalid quantity {text:?}: unknown suffix {suffix:?}"
+            ));
+        }
     };
     let value: f64 = number
         .parse()

@@ -3,6 +3,9 @@
 //! Doc comments on every field become `kubectl explain` text. Field names follow the Postfix
 //! parameter they stand for, in camelCase (`virtual_minimum_uid` → `minimumUid`).
 
+// clippy reads repeated `printcolumn(type_ = …)` arguments of the derive as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -18,8 +21,7 @@ pub const GROUP: &str = "virtmail.io";
 pub const VERSION: &str = "v1alpha1";
 
 /// A DNS domain name in ASCII (IDNs in their `xn--` form), without a trailing dot.
-pub const DOMAIN_PATTERN: &str =
-    r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
+pub const DOMAIN_PATTERN: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
 /// `local@domain`: an unquoted local part (UTF-8 allowed) and a domain as in [`DOMAIN_PATTERN`].
 pub const ADDRESS_PATTERN: &str = r#"^[^@\s"<>()\[\]\\,;:]+@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"#;
 /// `local@domain` or `@domain` (a catch-all alias).
@@ -32,7 +34,9 @@ pub const PATH_PATTERN: &str = r"^[^/\x00][^\x00]*$";
 pub const BASE_PATTERN: &str = r"^/[^\x00]*$";
 
 /// How an mbox file is locked while mail is appended (Postfix `virtual_mailbox_lock`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LockMethod {
     /// POSIX record lock (`fcntl(F_SETLK)`) on the whole file.
@@ -44,7 +48,9 @@ pub enum LockMethod {
 }
 
 /// On-disk mailbox format.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum MailboxFormat {
     /// A qmail-style maildir (`tmp/ new/ cur/`); its path ends in `/`.
     Maildir,
@@ -77,6 +83,7 @@ fn default_replicas() -> i32 {
     group = "virtmail.io",
     version = "v1alpha1",
     kind = "MailServer",
+    doc = "A Postfix + virtmail delivery agent StatefulSet serving the MailDomains it selects.",
     namespaced,
     status = "MailServerStatus",
     shortname = "msrv",
@@ -85,8 +92,16 @@ fn default_replicas() -> i32 {
     printcolumn(json_path = ".status.readyReplicas", name = "Ready", type_ = "integer"),
     printcolumn(json_path = ".status.domains", name = "Domains", type_ = "integer"),
     printcolumn(json_path = ".status.mailboxes", name = "Mailboxes", type_ = "integer"),
-    printcolumn(json_path = ".status.directory.version", name = "Directory", type_ = "string"),
-    printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
+    printcolumn(
+        json_path = ".status.directory.version",
+        name = "Directory",
+        type_ = "string"
+    ),
+    printcolumn(
+        json_path = ".metadata.creationTimestamp",
+        name = "Age",
+        type_ = "date"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MailServerSpec {
@@ -266,6 +281,7 @@ pub struct MailboxDefaults {
     group = "virtmail.io",
     version = "v1alpha1",
     kind = "MailDomain",
+    doc = "A mail domain whose recipients have virtual mailboxes (Postfix virtual_mailbox_domains).",
     namespaced,
     status = "MailDomainStatus",
     shortname = "mdom",
@@ -273,8 +289,16 @@ pub struct MailboxDefaults {
     printcolumn(json_path = ".spec.domain", name = "Domain", type_ = "string"),
     printcolumn(json_path = ".spec.postmaster", name = "Postmaster", type_ = "string"),
     printcolumn(json_path = ".status.mailboxes", name = "Mailboxes", type_ = "integer"),
-    printcolumn(json_path = ".status.conditions[?(@.type==\"Ready\")].status", name = "Ready", type_ = "string"),
-    printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
+    printcolumn(
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        name = "Ready",
+        type_ = "string"
+    ),
+    printcolumn(
+        json_path = ".metadata.creationTimestamp",
+        name = "Age",
+        type_ = "date"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MailDomainSpec {
@@ -319,6 +343,7 @@ pub struct MailDomainStatus {
     group = "virtmail.io",
     version = "v1alpha1",
     kind = "Mailbox",
+    doc = "A virtual mailbox: a recipient address delivered to a Maildir or an mbox file.",
     namespaced,
     status = "MailboxStatus",
     shortname = "mbx",
@@ -326,9 +351,21 @@ pub struct MailDomainStatus {
     printcolumn(json_path = ".spec.address", name = "Address", type_ = "string"),
     printcolumn(json_path = ".spec.format", name = "Format", type_ = "string"),
     printcolumn(json_path = ".spec.uid", name = "Uid", type_ = "integer"),
-    printcolumn(json_path = ".status.conditions[?(@.type==\"Ready\")].status", name = "Ready", type_ = "string"),
-    printcolumn(json_path = ".status.conditions[?(@.type==\"Provisioned\")].status", name = "Provisioned", type_ = "string"),
-    printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
+    printcolumn(
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        name = "Ready",
+        type_ = "string"
+    ),
+    printcolumn(
+        json_path = ".status.conditions[?(@.type==\"Provisioned\")].status",
+        name = "Provisioned",
+        type_ = "string"
+    ),
+    printcolumn(
+        json_path = ".metadata.creationTimestamp",
+        name = "Age",
+        type_ = "date"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.path) || !has(self.format) || (self.path.endsWith('/') == (self.format == 'Maildir'))").message("a path ending in '/' is a Maildir and an mbox path must not end in '/': make format and path agree"))]
 #[serde(rename_all = "camelCase")]
@@ -389,14 +426,23 @@ pub struct MailboxStatus {
     group = "virtmail.io",
     version = "v1alpha1",
     kind = "MailAlias",
+    doc = "A virtual alias (Postfix virtual_alias_maps): mail to address goes to every to address.",
     namespaced,
     status = "MailAliasStatus",
     shortname = "malias",
     category = "virtmail",
     printcolumn(json_path = ".spec.address", name = "Address", type_ = "string"),
     printcolumn(json_path = ".spec.to", name = "To", type_ = "string"),
-    printcolumn(json_path = ".status.conditions[?(@.type==\"Ready\")].status", name = "Ready", type_ = "string"),
-    printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
+    printcolumn(
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        name = "Ready",
+        type_ = "string"
+    ),
+    printcolumn(
+        json_path = ".metadata.creationTimestamp",
+        name = "Age",
+        type_ = "date"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MailAliasSpec {
@@ -405,7 +451,7 @@ pub struct MailAliasSpec {
     #[schemars(regex(pattern = ALIAS_ADDRESS_PATTERN), length(max = 320))]
     pub address: String,
     /// Destination addresses, in this or any other domain.
-    #[schemars(length(min = 1, max = 1000))]
+    #[schemars(length(min = 1, max = 1000), inner(regex(pattern = ADDRESS_PATTERN)))]
     pub to: Vec<String>,
 }
 

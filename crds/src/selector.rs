@@ -7,7 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 /// Whether `labels` match `selector`. An absent or empty selector matches everything.
 /// An unknown operator matches nothing, so a typo never widens a selection.
 pub fn matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
-    let Some(selector) = selector else { return true };
+    let Some(selector) = selector else {
+        return true;
+    };
     let labels_ok = selector
         .match_labels
         .iter()
@@ -33,13 +35,19 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn empty_selector_matches_all() {
         assert!(matches(None, &labels(&[])));
-        assert!(matches(Some(&LabelSelector::default()), &labels(&[("a", "b")])));
+        assert!(matches(
+            Some(&LabelSelector::default()),
+            &labels(&[("a", "b")])
+        ));
     }
 
     #[test]
@@ -52,8 +60,14 @@ mod tests {
                 values: Some(vec!["eu".into(), "us".into()]),
             }]),
         };
-        assert!(matches(Some(&selector), &labels(&[("tier", "gold"), ("region", "eu")])));
-        assert!(!matches(Some(&selector), &labels(&[("tier", "gold"), ("region", "ap")])));
+        assert!(matches(
+            Some(&selector),
+            &labels(&[("tier", "gold"), ("region", "eu")])
+        ));
+        assert!(!matches(
+            Some(&selector),
+            &labels(&[("tier", "gold"), ("region", "ap")])
+        ));
         assert!(!matches(Some(&selector), &labels(&[("region", "eu")])));
         let bogus = LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {

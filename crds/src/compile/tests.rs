@@ -6,7 +6,9 @@ use super::*;
 use crate::manifests::{Resources, load_dir};
 
 fn fixture(name: &str) -> Resources {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     load_dir(&path).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
@@ -46,10 +48,16 @@ fn defaults_and_case_folding() {
     assert_eq!(bob.format, MailboxFormat::Mbox);
     assert_eq!((bob.uid, bob.gid, bob.quota), (5001, 5000, Some(10 << 20)));
     let carol = &d.mailboxes["carol@example.test"];
-    assert_eq!((carol.path.as_str(), carol.format), ("custom/carol", MailboxFormat::Mbox));
+    assert_eq!(
+        (carol.path.as_str(), carol.format),
+        ("custom/carol", MailboxFormat::Mbox)
+    );
     assert!(d.mailboxes["admin@example.test"].suspended);
     // postmaster@ implied as an alias to the domain's postmaster.
-    assert_eq!(d.aliases["postmaster@example.test"].to, vec!["admin@example.test".to_string()]);
+    assert_eq!(
+        d.aliases["postmaster@example.test"].to,
+        vec!["admin@example.test".to_string()]
+    );
     assert_eq!(c.members.len(), 5);
 }
 
@@ -59,13 +67,27 @@ fn address_conflict_older_wins() {
     assert_eq!(
         reasons(&c),
         vec![
-            ("MailAlias/sales-again".into(), Reason::AddressConflict, Effect::Excluded),
-            ("Mailbox/alice-again".into(), Reason::AddressConflict, Effect::Excluded),
+            (
+                "MailAlias/sales-again".into(),
+                Reason::AddressConflict,
+                Effect::Excluded
+            ),
+            (
+                "Mailbox/alice-again".into(),
+                Reason::AddressConflict,
+                Effect::Excluded
+            ),
         ]
     );
     assert_eq!(c.directory.mailboxes["alice@example.test"].object, "alice");
-    assert_eq!(c.directory.mailboxes["alice@example.test"].path, "example.test/alice/");
-    assert_eq!(c.directory.aliases["sales@example.test"].object.as_deref(), Some("sales"));
+    assert_eq!(
+        c.directory.mailboxes["alice@example.test"].path,
+        "example.test/alice/"
+    );
+    assert_eq!(
+        c.directory.aliases["sales@example.test"].object.as_deref(),
+        Some("sales")
+    );
 }
 
 #[test]
@@ -74,16 +96,36 @@ fn path_conflict_defers_the_newer() {
     assert_eq!(
         reasons(&c),
         vec![
-            ("Mailbox/bob".into(), Reason::PathConflict, Effect::Deferring),
-            ("Mailbox/carol".into(), Reason::PathConflict, Effect::Deferring),
-            ("Mailbox/dave".into(), Reason::PathConflict, Effect::Deferring),
+            (
+                "Mailbox/bob".into(),
+                Reason::PathConflict,
+                Effect::Deferring
+            ),
+            (
+                "Mailbox/carol".into(),
+                Reason::PathConflict,
+                Effect::Deferring
+            ),
+            (
+                "Mailbox/dave".into(),
+                Reason::PathConflict,
+                Effect::Deferring
+            ),
         ]
     );
     assert!(c.directory.mailboxes["alice@example.test"].defer.is_none());
     let bob = &c.directory.mailboxes["bob@example.test"];
-    assert_eq!(bob.defer.as_ref().map(|d| d.reason), Some(Reason::PathConflict));
-    assert!(c.diagnostic(&ObjectRef { kind: Kind::Mailbox, name: "bob".into() })
-        .is_some_and(|d| d.message.contains("Mailbox/alice")));
+    assert_eq!(
+        bob.defer.as_ref().map(|d| d.reason),
+        Some(Reason::PathConflict)
+    );
+    assert!(
+        c.diagnostic(&ObjectRef {
+            kind: Kind::Mailbox,
+            name: "bob".into()
+        })
+        .is_some_and(|d| d.message.contains("Mailbox/alice"))
+    );
 }
 
 #[test]
@@ -91,12 +133,22 @@ fn invalid_paths_defer() {
     let c = compile_fixture("invalid-path.yaml", None);
     let expected: Vec<_> = ["absolute", "dot", "dotdot", "empty-component", "mismatch"]
         .iter()
-        .map(|n| (format!("Mailbox/{n}"), Reason::InvalidPath, Effect::Deferring))
+        .map(|n| {
+            (
+                format!("Mailbox/{n}"),
+                Reason::InvalidPath,
+                Effect::Deferring,
+            )
+        })
         .collect();
     assert_eq!(reasons(&c), expected);
     for key in ["absolute", "dotdot", "dot", "empty", "mismatch"] {
         let entry = &c.directory.mailboxes[&format!("{key}@example.test")];
-        assert_eq!(entry.defer.as_ref().map(|d| d.reason), Some(Reason::InvalidPath), "{key}");
+        assert_eq!(
+            entry.defer.as_ref().map(|d| d.reason),
+            Some(Reason::InvalidPath),
+            "{key}"
+        );
     }
     assert!(c.directory.mailboxes["ok@example.test"].defer.is_none());
 }
@@ -109,7 +161,10 @@ fn check_path_rules() {
     assert!(check_path("d/u", Maildir).is_some());
     assert!(check_path("/abs", Mbox).is_some());
     assert!(check_path("a/../b", Mbox).is_some());
-    assert!(check_path("a/..", Mbox).is_some(), "the trailing /.. hole of V14 is closed");
+    assert!(
+        check_path("a/..", Mbox).is_some(),
+        "the trailing /.. hole of V14 is closed"
+    );
     assert!(check_path("..", Mbox).is_some());
     assert!(check_path("a/./b", Mbox).is_some());
     assert!(check_path("a\0b", Mbox).is_some());
@@ -122,11 +177,21 @@ fn v9_v10_invalid_owner_defers() {
     let c = compile_fixture("invalid-owner.yaml", None);
     let expected: Vec<_> = ["low", "nobody", "root", "wheel"]
         .iter()
-        .map(|n| (format!("Mailbox/{n}"), Reason::InvalidOwner, Effect::Deferring))
+        .map(|n| {
+            (
+                format!("Mailbox/{n}"),
+                Reason::InvalidOwner,
+                Effect::Deferring,
+            )
+        })
         .collect();
     assert_eq!(reasons(&c), expected);
     let low = &c.directory.mailboxes["low@example.test"];
-    assert!(low.defer.as_ref().is_some_and(|d| d.message.contains("minimumUid 1000")));
+    assert!(
+        low.defer
+            .as_ref()
+            .is_some_and(|d| d.message.contains("minimumUid 1000"))
+    );
     assert!(c.directory.mailboxes["ok@example.test"].defer.is_none());
 }
 
@@ -136,8 +201,16 @@ fn unknown_domain_is_excluded() {
     assert_eq!(
         reasons(&c),
         vec![
-            ("MailAlias/stray-alias".into(), Reason::UnknownDomain, Effect::Excluded),
-            ("Mailbox/stray".into(), Reason::UnknownDomain, Effect::Excluded),
+            (
+                "MailAlias/stray-alias".into(),
+                Reason::UnknownDomain,
+                Effect::Excluded
+            ),
+            (
+                "Mailbox/stray".into(),
+                Reason::UnknownDomain,
+                Effect::Excluded
+            ),
         ]
     );
     assert!(!c.directory.mailboxes.contains_key("stray@nowhere.test"));
@@ -149,7 +222,13 @@ fn alias_loop_defers_cycle_members_only() {
     let c = compile_fixture("alias-loop.yaml", None);
     let expected: Vec<_> = ["a", "b", "c"]
         .iter()
-        .map(|n| (format!("MailAlias/{n}"), Reason::AliasLoop, Effect::Deferring))
+        .map(|n| {
+            (
+                format!("MailAlias/{n}"),
+                Reason::AliasLoop,
+                Effect::Deferring,
+            )
+        })
         .collect();
     assert_eq!(reasons(&c), expected);
     assert!(c.directory.aliases["d@example.test"].defer.is_none());
@@ -163,7 +242,9 @@ fn cyclic_nodes_finds_only_cycles() {
     assert_eq!(cyclic_nodes(&edges), vec![true, true, true, false, false]);
     // A long chain does not overflow the stack.
     let n = 200_000;
-    let chain: Vec<Vec<usize>> = (0..n).map(|i| if i + 1 < n { vec![i + 1] } else { vec![0] }).collect();
+    let chain: Vec<Vec<usize>> = (0..n)
+        .map(|i| if i + 1 < n { vec![i + 1] } else { vec![0] })
+        .collect();
     assert!(cyclic_nodes(&chain).iter().all(|c| *c));
 }
 
@@ -172,12 +253,22 @@ fn postmaster_is_implied_unless_defined() {
     let c = compile_fixture("postmaster.yaml", None);
     assert_eq!(
         reasons(&c),
-        vec![("MailDomain/three".into(), Reason::InvalidPostmaster, Effect::Degraded)]
+        vec![(
+            "MailDomain/three".into(),
+            Reason::InvalidPostmaster,
+            Effect::Degraded
+        )]
     );
     let aliases = &c.directory.aliases;
-    assert_eq!(aliases["postmaster@one.test"].to, vec!["hostmaster@elsewhere.test".to_string()]);
+    assert_eq!(
+        aliases["postmaster@one.test"].to,
+        vec!["hostmaster@elsewhere.test".to_string()]
+    );
     assert_eq!(aliases["postmaster@one.test"].object, None);
-    assert!(!aliases.contains_key("postmaster@two.test"), "a Mailbox defines it");
+    assert!(
+        !aliases.contains_key("postmaster@two.test"),
+        "a Mailbox defines it"
+    );
     assert!(c.directory.mailboxes.contains_key("postmaster@two.test"));
     assert!(!aliases.contains_key("postmaster@three.test"));
 }
@@ -187,11 +278,20 @@ fn catch_all_names_a_mailbox() {
     let c = compile_fixture("catch-all.yaml", None);
     assert_eq!(
         reasons(&c),
-        vec![("MailDomain/broken".into(), Reason::UnknownCatchAll, Effect::Degraded)]
+        vec![(
+            "MailDomain/broken".into(),
+            Reason::UnknownCatchAll,
+            Effect::Degraded
+        )]
     );
-    assert_eq!(c.directory.domains["example.test"].catch_all.as_deref(), Some("info@example.test"));
     assert_eq!(
-        c.directory.find_mailbox("whoever@example.test").map(|f| f.key),
+        c.directory.domains["example.test"].catch_all.as_deref(),
+        Some("info@example.test")
+    );
+    assert_eq!(
+        c.directory
+            .find_mailbox("whoever@example.test")
+            .map(|f| f.key),
         Some("info@example.test")
     );
     assert!(c.directory.domains.contains_key("broken.test"));
@@ -203,8 +303,14 @@ fn domain_selector_splits_servers() {
     let rest = compile_fixture("domain-selector.yaml", Some("rest"));
     assert_eq!(reasons(&gold), vec![]);
     assert_eq!(reasons(&rest), vec![]);
-    assert_eq!(gold.directory.domains.keys().collect::<Vec<_>>(), vec!["gold.test"]);
-    assert_eq!(rest.directory.domains.keys().collect::<Vec<_>>(), vec!["plain.test"]);
+    assert_eq!(
+        gold.directory.domains.keys().collect::<Vec<_>>(),
+        vec!["gold.test"]
+    );
+    assert_eq!(
+        rest.directory.domains.keys().collect::<Vec<_>>(),
+        vec!["plain.test"]
+    );
     assert!(gold.directory.mailboxes.contains_key("a@gold.test"));
     assert!(!gold.directory.mailboxes.contains_key("a@plain.test"));
     assert_eq!(gold.members.len(), 2);
@@ -219,7 +325,10 @@ fn compile_is_deterministic_and_order_independent_for_valid_input() {
     reversed.mailboxes.reverse();
     let second = compile(reversed.inputs(&server));
     assert_eq!(first.directory, second.directory);
-    assert_eq!(crate::encoding::version(&first.directory), crate::encoding::version(&second.directory));
+    assert_eq!(
+        crate::encoding::version(&first.directory),
+        crate::encoding::version(&second.directory)
+    );
 }
 
 #[test]
@@ -227,11 +336,16 @@ fn creation_timestamp_decides_age_over_input_order() {
     let mut resources = fixture("address-conflict.yaml");
     // Make "alice-again" older than "alice" although it comes later in the file.
     let ts = |s: &str| {
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(s.parse().expect("time")))
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            s.parse().expect("time"),
+        ))
     };
     resources.mailboxes[0].metadata.creation_timestamp = ts("2026-01-02T00:00:00Z");
     resources.mailboxes[1].metadata.creation_timestamp = ts("2026-01-01T00:00:00Z");
     let server = resources.server(None).expect("server");
     let c = compile(resources.inputs(&server));
-    assert_eq!(c.directory.mailboxes["alice@example.test"].object, "alice-again");
+    assert_eq!(
+        c.directory.mailboxes["alice@example.test"].object,
+        "alice-again"
+    );
 }

@@ -21,7 +21,11 @@ fn directory(mailboxes: usize) -> Directory {
     for i in 0..100 {
         d.domains.insert(
             format!("domain{i}.test"),
-            Domain { postmaster: format!("admin@domain{i}.test"), catch_all: None, object: format!("d{i}") },
+            Domain {
+                postmaster: format!("admin@domain{i}.test"),
+                catch_all: None,
+                object: format!("d{i}"),
+            },
         );
     }
     for i in 0..mailboxes {
@@ -42,13 +46,21 @@ fn directory(mailboxes: usize) -> Directory {
     }
     d.aliases.insert(
         "sales@domain1.test".into(),
-        AliasEntry { to: vec!["user1@domain1.test".into()], defer: None, object: Some("sales".into()) },
+        AliasEntry {
+            to: vec!["user1@domain1.test".into()],
+            defer: None,
+            object: Some("sales".into()),
+        },
     );
     d
 }
 
 fn shard_map(encoded: &Encoded) -> BTreeMap<String, Data> {
-    encoded.shards.iter().map(|s| (s.name.clone(), s.data.clone())).collect()
+    encoded
+        .shards
+        .iter()
+        .map(|s| (s.name.clone(), s.data.clone()))
+        .collect()
 }
 
 #[test]
@@ -60,7 +72,12 @@ fn round_trip() {
     assert_eq!(decoded, d);
     assert_eq!(encoded.head[KEY_SCHEMA], SCHEMA);
     assert_eq!(encoded.head_name, "mail-directory");
-    assert!(encoded.shards.iter().all(|s| s.name.starts_with("mail-directory-")));
+    assert!(
+        encoded
+            .shards
+            .iter()
+            .all(|s| s.name.starts_with("mail-directory-"))
+    );
 }
 
 #[test]
@@ -72,7 +89,10 @@ fn encoding_is_deterministic() {
 fn hundred_thousand_mailboxes_fit_in_shards_under_the_limit() {
     let d = directory(100_000);
     let encoded = encode(&d);
-    assert!(encoded.shards.len() > 1, "100,000 mailboxes need several shards");
+    assert!(
+        encoded.shards.len() > 1,
+        "100,000 mailboxes need several shards"
+    );
     for shard in &encoded.shards {
         let size: usize = shard.data.iter().map(|(k, v)| k.len() + v.len()).sum();
         assert!(size <= SHARD_LIMIT, "shard {} has {size} bytes", shard.name);
@@ -80,14 +100,24 @@ fn hundred_thousand_mailboxes_fit_in_shards_under_the_limit() {
     let head_size: usize = encoded.head.iter().map(|(k, v)| k.len() + v.len()).sum();
     assert!(head_size < 64 * 1024);
     let shards = shard_map(&encoded);
-    assert_eq!(decode(&encoded.head, |n| shards.get(n)).expect("decode").mailboxes.len(), 100_000);
+    assert_eq!(
+        decode(&encoded.head, |n| shards.get(n))
+            .expect("decode")
+            .mailboxes
+            .len(),
+        100_000
+    );
 }
 
 #[test]
 fn one_edit_changes_one_shard() {
     let d = directory(20_000);
     let mut edited = d.clone();
-    edited.mailboxes.get_mut("user7@domain7.test").expect("exists").suspended = true;
+    edited
+        .mailboxes
+        .get_mut("user7@domain7.test")
+        .expect("exists")
+        .suspended = true;
     let (a, b) = (encode(&d), encode(&edited));
     assert_ne!(a.version, b.version);
     let names_a: Vec<_> = a.shards.iter().map(|s| &s.name).collect();
@@ -102,7 +132,10 @@ fn missing_shard_is_refused() {
     let mut shards = shard_map(&encoded);
     let victim = encoded.shards[1].name.clone();
     shards.remove(&victim);
-    assert_eq!(decode(&encoded.head, |n| shards.get(n)), Err(DecodeError::MissingShard(victim)));
+    assert_eq!(
+        decode(&encoded.head, |n| shards.get(n)),
+        Err(DecodeError::MissingShard(victim))
+    );
 }
 
 #[test]
@@ -128,10 +161,16 @@ fn head_with_tampered_settings_is_refused() {
     let mut head = encoded.head.clone();
     let settings = head[KEY_SETTINGS].replace("\"minimumUid\": 100", "\"minimumUid\": 1");
     head.insert(KEY_SETTINGS.into(), settings);
-    assert!(matches!(decode(&head, |n| shards.get(n)), Err(DecodeError::Version { .. })));
+    assert!(matches!(
+        decode(&head, |n| shards.get(n)),
+        Err(DecodeError::Version { .. })
+    ));
     let mut wrong_schema = encoded.head.clone();
     wrong_schema.insert(KEY_SCHEMA.into(), "virtmail.io/directory/v0".into());
-    assert!(matches!(decode(&wrong_schema, |n| shards.get(n)), Err(DecodeError::Head(_))));
+    assert!(matches!(
+        decode(&wrong_schema, |n| shards.get(n)),
+        Err(DecodeError::Head(_))
+    ));
 }
 
 #[test]

@@ -1,0 +1,42 @@
+//! The committed CRD manifests in `crds/` match what `virtmail-operator crds` prints.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn committed_crds_are_not_stale() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    let output = Command::new(env!("CARGO_BIN_EXE_virtmail-operator"))
+        .arg("crds")
+        .output()
+        .expect("run virtmail-operator crds");
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).expect("utf-8");
+    let mut committed = String::new();
+    for file in virtmail_crds::CRD_FILES {
+        let path = root.join("crds").join(file);
+        committed.push_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `cargo run -p virtmail-operator -- crds --out crds/`",
+                path.display()
+            )
+        }));
+    }
+    assert!(
+        printed == committed,
+        "crds/*.yaml are stale: run `cargo run -p virtmail-operator -- crds --out crds/`"
+    );
+    for name in ["mailservers", "maildomains", "mailboxes", "mailaliases"] {
+        assert!(
+            printed.contains(&format!("name: {name}.virtmail.io")),
+            "{name}"
+        );
+    }
+    assert!(printed.contains("- mbx"), "short name of Mailbox");
+    assert!(
+        printed.contains("x-kubernetes-validations"),
+        "CEL rules present"
+    );
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Run every virtmail test: installs what is missing, then the whole workspace's tests, including
+# the suites against real kube-apiserver/etcd, Postfix and Dovecot. Run as root (the delivery
+# tests switch to real uids).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+export PATH="$PATH:/usr/local/go/bin"
+echo "==> cargo test --workspace" >&2
+cargo test --workspace --all-targets -- --test-threads "${VIRTMAIL_TEST_THREADS:-2}"
