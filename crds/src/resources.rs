@@ -228,7 +228,7 @@ pub struct DirectoryStatus {
 }
 
 /// Observed state of a MailServer.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailServerStatus {
     /// Generation of the spec this status describes.
@@ -236,6 +236,7 @@ pub struct MailServerStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `DirectoryPublished`, `Degraded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Domains served.
     #[serde(default)]
@@ -320,7 +321,7 @@ pub struct MailDomainSpec {
 }
 
 /// Observed state of a MailDomain.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailDomainStatus {
     /// Generation of the spec this status describes.
@@ -328,6 +329,7 @@ pub struct MailDomainStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`: served by a MailServer's published directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Mailboxes of this domain in the directory.
     #[serde(default)]
@@ -404,7 +406,7 @@ pub struct MailboxSpec {
 }
 
 /// Observed state of a Mailbox.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailboxStatus {
     /// Generation of the spec this status describes.
@@ -413,6 +415,7 @@ pub struct MailboxStatus {
     /// `Ready` (in the published directory) and `Provisioned` (exists on the volume with the
     /// right owner, set by the agent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Absolute path of the mailbox inside the agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -456,7 +459,7 @@ pub struct MailAliasSpec {
 }
 
 /// Observed state of a MailAlias.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailAliasStatus {
     /// Generation of the spec this status describes.
@@ -464,5 +467,6 @@ pub struct MailAliasStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`: in the published directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }
