@@ -2,8 +2,15 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use virtmail_operator::build::BuildConfig;
+use virtmail_operator::controller::{self, RunOptions};
+use virtmail_operator::lease::{self, LeaseConfig};
+use virtmail_operator::metrics::Metrics;
+use virtmail_operator::profile::{self, ProfileInput};
 
 #[derive(Debug, Parser)]
 #[command(name = "virtmail-operator", version, about)]
@@ -20,6 +27,77 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the Postfix profile (main.cf parameters, then master.cf `postconf -F` settings) that
+    /// wires Postfix to an agent's sockets.
+    PostfixProfile {
+        /// The agent's LMTP socket path.
+        #[arg(long, default_value = virtmail_operator::build::LMTP_SOCKET)]
+        lmtp_socket: String,
+        /// The agent's socketmap socket path.
+        #[arg(long, default_value = virtmail_operator::build::SOCKETMAP_SOCKET)]
+        socketmap_socket: String,
+        /// MailServer `mailboxSizeLimit`.
+        #[arg(long, default_value_t = 51_200_000)]
+        mailbox_size_limit: u64,
+        /// MailServer `recipientDelimiter`.
+        #[arg(long, default_value = "+")]
+        recipient_delimiter: String,
+        /// Print only main.cf or only master.cf.
+        #[arg(long, value_parser = ["main", "master"])]
+        only: Option<String>,
+    },
+    /// Run the controller (kubeconfig from the environment, or the in-cluster config).
+    Run {
+        /// Watch only this namespace (default: every namespace).
+        #[arg(long, env = "VIRTMAIL_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        http: String,
+        /// Namespace of the leader-election Lease (default: the pod's namespace).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "virtmail-system")]
+        lease_namespace: String,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "virtmail-operator")]
+        lease_name: String,
+        /// This replica's identity (default: the pod name or host name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Seconds a lease lasts without renewal.
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
+        /// Default agent image of the StatefulSets.
+        #[arg(long, env = "VIRTMAIL_AGENT_IMAGE")]
+        agent_image: Option<String>,
+        /// Default Postfix image of the StatefulSets.
+        #[arg(long, env = "VIRTMAIL_POSTFIX_IMAGE")]
+        postfix_image: Option<String>,
+        /// `text` or `json` logs.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,7 +119,84 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+            Ok(())
+        }
+        Command::PostfixProfile {
+            lmtp_socket,
+            socketmap_socket,
+            mailbox_size_limit,
+            recipient_delimiter,
+            only,
+        } => {
+            let profile = profile::profile(&ProfileInput {
+                lmtp_socket,
+                socketmap_socket,
+                mailbox_size_limit,
+                recipient_delimiter,
+                extra: Default::default(),
+            });
+            match only.as_deref() {
+                Some("main") => print!("{}", profile.main_cf()),
+                Some(_) => print!("{}", profile.master_cf()),
+                None => print!("{}{}", profile.main_cf(), profile.master_cf()),
+            }
+            Ok(())
+        }
+        Command::Run {
+            namespace,
+            http,
+            lease_namespace,
+            lease_name,
+            identity,
+            lease_seconds,
+            agent_image,
+            postfix_image,
+            log_format,
+        } => {
+            init_logs(&log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let client = kube::Client::try_default().await?;
+                let metrics = Arc::new(Metrics::default());
+                let listener = tokio::net::TcpListener::bind(&http).await?;
+                tokio::spawn(virtmail_operator::http::serve(listener, metrics.clone()));
+                let identity = identity
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .unwrap_or_else(|| format!("virtmail-operator-{}", std::process::id()));
+                let lease = LeaseConfig {
+                    namespace: lease_namespace,
+                    name: lease_name,
+                    identity: identity.clone(),
+                    duration: Duration::from_secs(lease_seconds.max(3)),
+                };
+                tokio::select! {
+                    _ = lease::acquire(&client, &lease) => {}
+                    _ = shutdown_signal() => return Ok(()),
+                }
+                metrics.set_leader(true);
+                let defaults = BuildConfig::default();
+                let options = RunOptions {
+                    namespace,
+                    config: BuildConfig {
+                        agent_image: agent_image.unwrap_or(defaults.agent_image),
+                        postfix_image: postfix_image.unwrap_or(defaults.postfix_image),
+                    },
+                    instance: identity,
+                };
+                let lost = lease::keep(client.clone(), lease);
+                tokio::select! {
+                    _ = controller::run(client, options, metrics.clone(), shutdown_signal()) => {
+                        tracing::info!("stopped");
+                        Ok(())
+                    }
+                    _ = lost => {
+                        metrics.set_leader(false);
+                        anyhow::bail!("lost the leader lease; exiting so a restart rejoins the election")
+                    }
+                }
+            })
         }
     }
-    Ok(())
 }

@@ -1,0 +1,516 @@
+//! The "build desired objects" step: pure functions from a MailServer and its compiled directory
+//! to every object the operator owns for it (names are a contract, DESIGN §5 and issue 6).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use virtmail_crds::MailServer;
+use virtmail_crds::encoding::{self, Encoded, LABEL_ROLE, LABEL_SERVER};
+
+use crate::profile::{self, Profile, ProfileInput};
+
+/// Directory in the pod where Postfix and the agent share their sockets.
+pub const SOCKET_DIR: &str = "/run/virtmail";
+/// The agent's LMTP socket in the pod.
+pub const LMTP_SOCKET: &str = "/run/virtmail/lmtp.sock";
+/// The agent's socketmap socket in the pod.
+pub const SOCKETMAP_SOCKET: &str = "/run/virtmail/socketmap.sock";
+/// Port of the agent's HTTP endpoints.
+pub const AGENT_HTTP_PORT: i32 = 8080;
+/// Field manager of every apply.
+pub const FIELD_MANAGER: &str = "virtmail-operator";
+
+/// Images and other operator-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildConfig {
+    /// Default agent image.
+    pub agent_image: String,
+    /// Default Postfix image.
+    pub postfix_image: String,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        let version = env!("CARGO_PKG_VERSION");
+        Self {
+            agent_image: format!("virtmail/agent:{version}"),
+            postfix_image: format!("virtmail/postfix:{version}"),
+        }
+    }
+}
+
+/// Every object owned by one MailServer.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// Directory shards, then the head (apply order).
+    pub directory: Vec<ConfigMap>,
+    /// `<server>-postfix`.
+    pub postfix: ConfigMap,
+    /// `<server>-agent`.
+    pub service_account: ServiceAccount,
+    /// `<server>-agent`.
+    pub role: Role,
+    /// `<server>-agent`.
+    pub role_binding: RoleBinding,
+    /// `<server>`.
+    pub service: Service,
+    /// `<server>`.
+    pub stateful_set: StatefulSet,
+    /// `<server>`, only when replicas > 1.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// Profile parameters the server asked for and did not get.
+    pub refused_parameters: Vec<String>,
+}
+
+/// Names of the owned objects.
+pub fn postfix_config_name(server: &str) -> String {
+    format!("{server}-postfix")
+}
+
+/// ServiceAccount, Role and RoleBinding of the agent.
+pub fn agent_identity_name(server: &str) -> String {
+    format!("{server}-agent")
+}
+
+/// Labels shared by every owned object; the first two select the pods.
+pub fn labels(server: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "virtmail".to_string()),
+        ("app.kubernetes.io/instance".to_string(), server.to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "mailserver".to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            FIELD_MANAGER.to_string(),
+        ),
+    ])
+}
+
+/// Labels that select a server's pods (stable for the StatefulSet's immutable selector).
+fn selector_labels(server: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "virtmail".to_string()),
+        ("app.kubernetes.io/instance".to_string(), server.to_string()),
+    ])
+}
+
+/// Owner reference making `server` the controller of an object (garbage collection).
+pub fn owner_reference(server: &MailServer) -> OwnerReference {
+    server
+        .controller_owner_ref(&())
+        .expect("a MailServer read from the API has a name and uid")
+}
+
+fn meta(server: &MailServer, name: String, extra_labels: &[(&str, &str)]) -> ObjectMeta {
+    let mut labels = labels(&server.name_any());
+    for (k, v) in extra_labels {
+        labels.insert((*k).to_string(), (*v).to_string());
+    }
+    ObjectMeta {
+        name: Some(name),
+        namespace: server.namespace(),
+        labels: Some(labels),
+        owner_references: Some(vec![owner_reference(server)]),
+        ..Default::default()
+    }
+}
+
+/// Directory ConfigMaps: shards first, head last (the apply order that keeps readers safe).
+pub fn directory_config_maps(server: &MailServer, encoded: &Encoded) -> Vec<ConfigMap> {
+    let name = server.name_any();
+    let mut maps: Vec<ConfigMap> = encoded
+        .shards
+        .iter()
+        .map(|shard| ConfigMap {
+            metadata: meta(
+                server,
+                shard.name.clone(),
+                &[(LABEL_SERVER, &name), (LABEL_ROLE, "shard")],
+            ),
+            data: Some(shard.data.clone()),
+            ..Default::default()
+        })
+        .collect();
+    maps.push(ConfigMap {
+        metadata: meta(
+            server,
+            encoded.head_name.clone(),
+            &[(LABEL_SERVER, &name), (LABEL_ROLE, "head")],
+        ),
+        data: Some(encoded.head.clone()),
+        ..Default::default()
+    });
+    maps
+}
+
+/// The Postfix profile for a server.
+pub fn postfix_profile(server: &MailServer) -> Profile {
+    profile::profile(&ProfileInput {
+        lmtp_socket: LMTP_SOCKET.into(),
+        socketmap_socket: SOCKETMAP_SOCKET.into(),
+        mailbox_size_limit: server.spec.mailbox_size_limit,
+        recipient_delimiter: server.spec.recipient_delimiter.clone(),
+        extra: server
+            .spec
+            .postfix
+            .as_ref()
+            .map(|p| p.parameters.clone())
+            .unwrap_or_default(),
+    })
+}
+
+fn volume_mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(AGENT_HTTP_PORT),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        ..Default::default()
+    }
+}
+
+fn runtime_default_seccomp() -> Option<SeccompProfile> {
+    Some(SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    })
+}
+
+/// The agent container: root (it must switch to each mailbox owner) with only the three
+/// capabilities that needs, read-only root filesystem.
+fn agent_container(server: &MailServer, config: &BuildConfig) -> Container {
+    let name = server.name_any();
+    let spec = &server.spec;
+    let agent = spec.agent.clone().unwrap_or_default();
+    let mut args = vec![
+        "serve".to_string(),
+        "--server".into(),
+        name,
+        "--namespace".into(),
+        "$(POD_NAMESPACE)".into(),
+        "--mailbox-base".into(),
+        spec.mailbox_base.clone(),
+        "--lmtp".into(),
+        format!("unix:{LMTP_SOCKET}"),
+        "--socketmap".into(),
+        format!("unix:{SOCKETMAP_SOCKET}"),
+        "--http".into(),
+        format!("0.0.0.0:{AGENT_HTTP_PORT}"),
+    ];
+    if let Some(format) = &agent.log_format {
+        args.extend(["--log-format".into(), format.clone()]);
+    }
+    Container {
+        name: "agent".into(),
+        image: Some(agent.image.unwrap_or_else(|| config.agent_image.clone())),
+        args: Some(args),
+        env: Some(vec![EnvVar {
+            name: "POD_NAMESPACE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: AGENT_HTTP_PORT,
+            ..Default::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", 10)),
+        readiness_probe: Some(http_probe("/readyz", 5)),
+        resources: agent.resources,
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["SETUID".into(), "SETGID".into(), "CHOWN".into()]),
+            }),
+            seccomp_profile: runtime_default_seccomp(),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            volume_mount("sockets", SOCKET_DIR, false),
+            volume_mount("mailboxes", &spec.mailbox_base, false),
+            volume_mount("tmp", "/tmp", false),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// The Postfix container: the image applies `/etc/virtmail/postfix/{main.cf,master.cf}` with
+/// postconf at start. It never sees the mailbox volume.
+fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
+    let postfix = server.spec.postfix.clone().unwrap_or_default();
+    Container {
+        name: "postfix".into(),
+        image: Some(
+            postfix
+                .image
+                .unwrap_or_else(|| config.postfix_image.clone()),
+        ),
+        ports: Some(vec![ContainerPort {
+            name: Some("smtp".into()),
+            container_port: 25,
+            ..Default::default()
+        }]),
+        resources: postfix.resources,
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            seccomp_profile: runtime_default_seccomp(),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            volume_mount("sockets", SOCKET_DIR, false),
+            volume_mount("postfix-config", "/etc/virtmail/postfix", true),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn stateful_set(server: &MailServer, config: &BuildConfig, postfix_hash: &str) -> StatefulSet {
+    let name = server.name_any();
+    let spec = &server.spec;
+    let storage = spec.storage.clone().unwrap_or_default();
+    let mut volumes = vec![
+        empty_dir("sockets"),
+        empty_dir("tmp"),
+        Volume {
+            name: "postfix-config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: postfix_config_name(&name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    let mut claim_templates = None;
+    match &storage.existing_claim {
+        Some(claim) => volumes.push(Volume {
+            name: "mailboxes".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        None => {
+            let access_modes = if storage.access_modes.is_empty() {
+                vec!["ReadWriteOnce".to_string()]
+            } else {
+                storage.access_modes.clone()
+            };
+            claim_templates = Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("mailboxes".into()),
+                    ..Default::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(access_modes),
+                    storage_class_name: storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_string(),
+                            storage
+                                .size
+                                .clone()
+                                .unwrap_or_else(|| Quantity("10Gi".into())),
+                        )])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+        }
+    }
+    let mut pod_labels = labels(&name);
+    pod_labels.remove("app.kubernetes.io/managed-by");
+    StatefulSet {
+        metadata: meta(server, name.clone(), &[]),
+        spec: StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(name.clone()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    // Pods restart when the Postfix profile changes; directory changes reach the
+                    // running agent through its watch instead.
+                    annotations: Some(BTreeMap::from([(
+                        "virtmail.io/postfix-config-hash".to_string(),
+                        postfix_hash.to_string(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(agent_identity_name(&name)),
+                    security_context: Some(PodSecurityContext {
+                        seccomp_profile: runtime_default_seccomp(),
+                        ..Default::default()
+                    }),
+                    containers: vec![
+                        postfix_container(server, config),
+                        agent_container(server, config),
+                    ],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: claim_templates,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Build every owned object. Pure.
+pub fn desired(server: &MailServer, encoded: &Encoded, config: &BuildConfig) -> Desired {
+    let name = server.name_any();
+    let identity = agent_identity_name(&name);
+    let profile = postfix_profile(server);
+    let postfix_data = BTreeMap::from([
+        ("main.cf".to_string(), profile.main_cf()),
+        ("master.cf".to_string(), profile.master_cf()),
+    ]);
+    let postfix_hash =
+        hex::encode(&Sha256::digest(encoding::data_hash(&postfix_data).as_bytes())[..8]);
+    let postfix = ConfigMap {
+        metadata: meta(server, postfix_config_name(&name), &[]),
+        data: Some(postfix_data),
+        ..Default::default()
+    };
+    let service_account = ServiceAccount {
+        metadata: meta(server, identity.clone(), &[]),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta(server, identity.clone(), &[]),
+        rules: Some(vec![
+            // The directory ConfigMaps (shard names change with their content, so the rule
+            // cannot list names; keep MailServers in their own namespace).
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..Default::default()
+            },
+            // The Provisioned condition.
+            PolicyRule {
+                api_groups: Some(vec![virtmail_crds::GROUP.into()]),
+                resources: Some(vec!["mailboxes/status".into()]),
+                verbs: vec!["patch".into()],
+                ..Default::default()
+            },
+        ]),
+    };
+    let role_binding = RoleBinding {
+        metadata: meta(server, identity.clone(), &[]),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: identity.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: identity,
+            namespace: server.namespace(),
+            ..Default::default()
+        }]),
+    };
+    let service = Service {
+        metadata: meta(server, name.clone(), &[]),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("smtp".into()),
+                port: 25,
+                target_port: Some(IntOrString::String("smtp".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod_disruption_budget = (server.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: meta(server, name.clone(), &[]),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    Desired {
+        directory: directory_config_maps(server, encoded),
+        postfix,
+        service_account,
+        role,
+        role_binding,
+        service,
+        stateful_set: stateful_set(server, config, &postfix_hash),
+        pod_disruption_budget,
+        refused_parameters: profile.refused,
+    }
+}
+
+/// Whether an object is owned (as controller) by this server.
+pub fn owned_by<K: Resource>(object: &K, server: &MailServer) -> bool {
+    let uid = server.meta().uid.as_deref();
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,698 @@
+//! The MailServer controller. Reconcile is a named pipeline:
+//! fetch → compile → build → apply → status.
+//!
+//! MailServer is the root; MailDomain, Mailbox and MailAlias changes are mapped to every server
+//! of their namespace (the compiler applies each server's selector), through shared reflector
+//! caches so a reconcile never lists 100,000 mailboxes from the API.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef as KubeRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+use virtmail_crds::encoding::{self, LABEL_ROLE, LABEL_SERVER};
+use virtmail_crds::{
+    Compiled, DirectoryStatus, Inputs, Kind, MailAlias, MailDomain, MailServer, MailServerStatus,
+    Mailbox, ObjectRef, compile,
+};
+
+use crate::build::{self, BuildConfig, Desired, FIELD_MANAGER};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::status::{self, Wanted};
+
+/// Shared state of every reconcile.
+pub struct Context {
+    /// API client (the operator's own identity).
+    pub client: Client,
+    /// Images and defaults.
+    pub config: BuildConfig,
+    /// Cache of MailDomains.
+    pub domains: Store<MailDomain>,
+    /// Cache of Mailboxes.
+    pub mailboxes: Store<Mailbox>,
+    /// Cache of MailAliases.
+    pub aliases: Store<MailAlias>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Consecutive failures per server (exponential backoff).
+    failures: Mutex<HashMap<String, u32>>,
+    /// resourceVersion of each shard after our last apply, to skip unchanged shards.
+    applied_shards: Mutex<HashMap<(String, String), String>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+fn in_namespace<K: Resource<DynamicType = ()> + Clone>(
+    store: &Store<K>,
+    namespace: &str,
+) -> Vec<K> {
+    store
+        .state()
+        .iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+        .map(|o| (**o).clone())
+        .collect()
+}
+
+async fn wait_ready<K>(store: &Store<K>, what: &str) -> Result<()>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready())
+        .await
+        .map_err(|_| Error::NotReady(format!("{what} cache")))?
+        .map_err(|_| Error::NotReady(format!("{what} cache writer dropped")))
+}
+
+/// Server-side apply of one object, with the operator's field manager (forced: the operator owns
+/// these fields).
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?)
+}
+
+/// The apply step: shards, head, then the rest; finally shards the head no longer names.
+async fn apply_desired(
+    ctx: &Context,
+    server: &MailServer,
+    namespace: &str,
+    desired: &Desired,
+) -> Result<()> {
+    let client = &ctx.client;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let server_name = server.name_any();
+    let shard_selector = format!("{LABEL_SERVER}={server_name},{LABEL_ROLE}=shard");
+    let existing = config_maps
+        .list_metadata(&ListParams::default().labels(&shard_selector))
+        .await?;
+    let existing_versions: HashMap<String, String> = existing
+        .items
+        .iter()
+        .filter(|m| build::owned_by(*m, server))
+        .map(|m| (m.name_any(), m.resource_version().unwrap_or_default()))
+        .collect();
+    let (head, shards) = desired
+        .directory
+        .split_last()
+        .expect("the directory has a head");
+    // Shards: skip those present exactly as we last wrote them (content-addressed names; a hand
+    // edit changes the resourceVersion and gets overwritten).
+    let to_apply: Vec<&ConfigMap> = {
+        let applied = ctx.applied_shards.lock().await;
+        shards
+            .iter()
+            .filter(|cm| {
+                let name = cm.name_any();
+                let ours = applied.get(&(namespace.to_string(), name.clone()));
+                ours.is_none() || existing_versions.get(&name) != ours
+            })
+            .collect()
+    };
+    let results: Vec<Result<ConfigMap>> = stream::iter(to_apply.into_iter().cloned())
+        .map(|cm: ConfigMap| async move { apply(client, namespace, &cm).await })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    {
+        let mut applied = ctx.applied_shards.lock().await;
+        for result in results {
+            let cm = result?;
+            applied.insert(
+                (namespace.to_string(), cm.name_any()),
+                cm.resource_version().unwrap_or_default(),
+            );
+        }
+    }
+    apply(client, namespace, head).await?;
+    apply(client, namespace, &desired.postfix).await?;
+    apply(client, namespace, &desired.service_account).await?;
+    apply(client, namespace, &desired.role).await?;
+    apply(client, namespace, &desired.role_binding).await?;
+    apply(client, namespace, &desired.service).await?;
+    apply(client, namespace, &desired.stateful_set).await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    match &desired.pod_disruption_budget {
+        Some(pdb) => {
+            apply(client, namespace, pdb).await?;
+        }
+        None => {
+            if let Some(pdb) = pdbs.get_opt(&server_name).await?
+                && build::owned_by(&pdb, server)
+            {
+                pdbs.delete(&server_name, &DeleteParams::default()).await?;
+            }
+        }
+    }
+    // Only now, with the head naming the new shards applied, remove shards nobody names.
+    let wanted: Vec<String> = shards.iter().map(|cm| cm.name_any()).collect();
+    for name in existing_versions.keys().filter(|n| !wanted.contains(n)) {
+        match config_maps.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        ctx.applied_shards
+            .lock()
+            .await
+            .remove(&(namespace.to_string(), name.clone()));
+    }
+    Ok(())
+}
+
+fn object_status_patch(
+    api_version: &str,
+    kind: &str,
+    status: serde_json::Value,
+) -> serde_json::Value {
+    json!({ "apiVersion": api_version, "kind": kind, "status": status })
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Patch one member object's `Ready` condition (and extra status fields) when it changes, with
+/// an Event on every transition.
+async fn publish_member<K>(
+    ctx: &Context,
+    object: &K,
+    wanted: Wanted,
+    existing: &[Condition],
+    extra: serde_json::Value,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let generation = object.meta().generation;
+    let merged = status::merge(existing, std::slice::from_ref(&wanted), generation, &now());
+    if !status::differs(existing, &merged) {
+        return Ok(());
+    }
+    let mut status = json!({ "observedGeneration": generation, "conditions": merged });
+    if let (Some(target), Some(extra)) = (status.as_object_mut(), extra.as_object()) {
+        target.extend(extra.clone());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let patch = object_status_patch(&K::api_version(&()), &K::kind(&()), status);
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    let previous = existing.iter().find(|c| c.type_ == wanted.type_);
+    let transition =
+        previous.is_none_or(|p| (p.status == "True") != wanted.status || p.reason != wanted.reason);
+    if transition {
+        let event = Event {
+            type_: if wanted.status {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: wanted.reason.clone(),
+            note: Some(wanted.message.clone()),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(error = %e, "cannot publish event");
+        }
+    }
+    Ok(())
+}
+
+fn conditions_of<T>(status: &Option<T>, get: impl Fn(&T) -> &Vec<Condition>) -> Vec<Condition> {
+    status.as_ref().map(get).cloned().unwrap_or_default()
+}
+
+/// The status step for members: Ready on every Mailbox, MailAlias and MailDomain of the server.
+async fn publish_members(
+    ctx: &Context,
+    server: &MailServer,
+    inputs: &Inputs<'_>,
+    compiled: &Compiled,
+) -> Result<()> {
+    let server_name = server.name_any();
+    let base = compiled.directory.settings.mailbox_base.clone();
+    let members: std::collections::HashSet<&ObjectRef> = compiled.members.iter().collect();
+    let is_member = |kind, name: String| members.contains(&ObjectRef { kind, name });
+
+    let mut tasks: Vec<futures::future::BoxFuture<'_, Result<()>>> = Vec::new();
+    for mailbox in inputs
+        .mailboxes
+        .iter()
+        .filter(|m| is_member(Kind::Mailbox, m.name_any()))
+    {
+        let object = ObjectRef {
+            kind: Kind::Mailbox,
+            name: mailbox.name_any(),
+        };
+        let wanted = status::ready_for(compiled, &object, &server_name);
+        let key = virtmail_crds::address::fold(&mailbox.spec.address);
+        let path = compiled
+            .directory
+            .mailboxes
+            .get(&key)
+            .filter(|e| e.object == object.name && e.defer.is_none())
+            .map(|e| format!("{base}/{}", e.path));
+        let existing = conditions_of(&mailbox.status, |s| &s.conditions);
+        let path_changed = mailbox.status.as_ref().and_then(|s| s.path.clone()) != path;
+        let extra = json!({ "path": path });
+        tasks.push(Box::pin(async move {
+            if path_changed {
+                // Force a patch when only the path moved.
+                publish_member(ctx, mailbox, wanted, &[], extra).await
+            } else {
+                publish_member(ctx, mailbox, wanted, &existing, extra).await
+            }
+        }));
+    }
+    for alias in inputs
+        .aliases
+        .iter()
+        .filter(|a| is_member(Kind::MailAlias, a.name_any()))
+    {
+        let object = ObjectRef {
+            kind: Kind::MailAlias,
+            name: alias.name_any(),
+        };
+        let wanted = status::ready_for(compiled, &object, &server_name);
+        let existing = conditions_of(&alias.status, |s| &s.conditions);
+        tasks.push(Box::pin(async move {
+            publish_member(ctx, alias, wanted, &existing, json!({})).await
+        }));
+    }
+    for domain in inputs
+        .domains
+        .iter()
+        .filter(|d| is_member(Kind::MailDomain, d.name_any()))
+    {
+        let object = ObjectRef {
+            kind: Kind::MailDomain,
+            name: domain.name_any(),
+        };
+        let wanted = status::ready_for(compiled, &object, &server_name);
+        let folded = virtmail_crds::address::fold(&domain.spec.domain);
+        let count = compiled
+            .directory
+            .mailboxes
+            .keys()
+            .filter(|k| k.rsplit_once('@').is_some_and(|(_, d)| d == folded))
+            .count();
+        let status = domain.status.clone().unwrap_or_default();
+        let existing =
+            if status.mailboxes as usize != count || status.servers != vec![server_name.clone()] {
+                Vec::new()
+            } else {
+                status.conditions.clone()
+            };
+        let extra = json!({ "mailboxes": count, "servers": [server_name] });
+        tasks.push(Box::pin(async move {
+            publish_member(ctx, domain, wanted, &existing, extra).await
+        }));
+    }
+    let results: Vec<Result<()>> = stream::iter(tasks).buffer_unordered(16).collect().await;
+    results.into_iter().collect()
+}
+
+/// The status step for the server itself.
+async fn publish_server(
+    ctx: &Context,
+    server: &MailServer,
+    compiled: &Compiled,
+    encoded: &encoding::Encoded,
+    desired: &Desired,
+) -> Result<()> {
+    let namespace = server.namespace().unwrap_or_default();
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let ready_replicas = sets
+        .get_opt(&server.name_any())
+        .await?
+        .and_then(|s| s.status)
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let directory = DirectoryStatus {
+        version: encoded.version.clone(),
+        shards: encoded.shards.len() as u32,
+        bytes: encoded.shard_bytes(),
+    };
+    let invalid = compiled
+        .diagnostics
+        .iter()
+        .map(|d| &d.object)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u32;
+    let mut wanted = vec![
+        Wanted {
+            type_: status::DIRECTORY_PUBLISHED,
+            status: true,
+            reason: "Published".into(),
+            message: format!(
+                "version {} in {} shards, {} bytes",
+                directory.version, directory.shards, directory.bytes
+            ),
+        },
+        Wanted {
+            type_: status::READY,
+            status: desired.refused_parameters.is_empty(),
+            reason: if desired.refused_parameters.is_empty() {
+                "Reconciled".into()
+            } else {
+                "ParameterRefused".into()
+            },
+            message: if desired.refused_parameters.is_empty() {
+                format!(
+                    "{} objects served, {invalid} with problems",
+                    compiled.members.len()
+                )
+            } else {
+                desired.refused_parameters.join("; ")
+            },
+        },
+    ];
+    wanted.sort_by_key(|w| w.type_);
+    let previous = server.status.clone().unwrap_or_default();
+    let conditions = status::merge(
+        &previous.conditions,
+        &wanted,
+        server.meta().generation,
+        &now(),
+    );
+    let new_status = MailServerStatus {
+        observed_generation: server.meta().generation,
+        conditions,
+        domains: compiled.directory.domains.len() as u32,
+        mailboxes: compiled.directory.mailboxes.len() as u32,
+        aliases: compiled.directory.aliases.len() as u32,
+        invalid,
+        directory: Some(directory.clone()),
+        ready_replicas,
+    };
+    let unchanged = !status::differs(&previous.conditions, &new_status.conditions)
+        && MailServerStatus {
+            conditions: previous.conditions.clone(),
+            ..new_status.clone()
+        } == previous;
+    if unchanged {
+        return Ok(());
+    }
+    let api: Api<MailServer> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = object_status_patch(
+        &MailServer::api_version(&()),
+        "MailServer",
+        serde_json::to_value(&new_status)?,
+    );
+    api.patch_status(
+        &server.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    if previous.directory.as_ref().map(|d| &d.version) != Some(&directory.version) {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "DirectoryPublished".into(),
+            note: Some(format!(
+                "version {} ({} shards)",
+                directory.version, directory.shards
+            )),
+            action: "Publish".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &server.object_ref(&())).await {
+            warn!(error = %e, "cannot publish event");
+        }
+    }
+    Ok(())
+}
+
+/// One reconcile of one MailServer.
+pub async fn reconcile(server: Arc<MailServer>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_inner(&server, &ctx).await;
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    if result.is_ok() {
+        ctx.failures.lock().await.remove(&server_key(&server));
+    }
+    result
+}
+
+fn server_key(server: &MailServer) -> String {
+    format!(
+        "{}/{}",
+        server.namespace().unwrap_or_default(),
+        server.name_any()
+    )
+}
+
+async fn reconcile_inner(server: &MailServer, ctx: &Context) -> Result<Action> {
+    let namespace = server
+        .namespace()
+        .ok_or_else(|| Error::InvalidSpec("MailServer without namespace".into()))?;
+    if server.meta().deletion_timestamp.is_some() {
+        // Owned objects go with the garbage collector; the volume's data is never touched.
+        return Ok(Action::await_change());
+    }
+    // fetch
+    wait_ready(&ctx.domains, "MailDomain").await?;
+    wait_ready(&ctx.mailboxes, "Mailbox").await?;
+    wait_ready(&ctx.aliases, "MailAlias").await?;
+    let domains = in_namespace(&ctx.domains, &namespace);
+    let mailboxes = in_namespace(&ctx.mailboxes, &namespace);
+    let aliases = in_namespace(&ctx.aliases, &namespace);
+    let inputs = Inputs {
+        server,
+        domains: &domains,
+        mailboxes: &mailboxes,
+        aliases: &aliases,
+    };
+    // compile
+    let compiled = compile(inputs);
+    // build
+    let encoded = encoding::encode(&compiled.directory);
+    let desired = build::desired(server, &encoded, &ctx.config);
+    // apply
+    apply_desired(ctx, server, &namespace, &desired).await?;
+    // status
+    publish_members(ctx, server, &inputs, &compiled).await?;
+    publish_server(ctx, server, &compiled, &encoded, &desired).await?;
+    ctx.metrics
+        .set_directory(&server_key(server), encoded.shard_bytes(), &compiled);
+    info!(
+        server = %server_key(server),
+        version = %encoded.version,
+        shards = encoded.shards.len(),
+        mailboxes = compiled.directory.mailboxes.len(),
+        diagnostics = compiled.diagnostics.len(),
+        "reconciled"
+    );
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+/// Backoff: transient errors retry after 1 s, 2 s, 4 s … up to 5 min, with ±20 % jitter;
+/// invalid specs are parked until the object changes.
+pub fn error_policy(server: Arc<MailServer>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(server = %server_key(&server), category = error.category(), error = %error, "reconcile failed");
+    if !error.is_transient() {
+        return Action::await_change();
+    }
+    let attempt = {
+        // error_policy is synchronous; a contended lock just means a default delay.
+        match ctx.failures.try_lock() {
+            Ok(mut failures) => {
+                let count = failures.entry(server_key(&server)).or_insert(0);
+                *count = count.saturating_add(1);
+                *count
+            }
+            Err(_) => 1,
+        }
+    };
+    Action::requeue(backoff(attempt, jitter_seed()))
+}
+
+fn jitter_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Delay before retry number `attempt` (1-based); `seed` picks the jitter.
+pub fn backoff(attempt: u32, seed: u64) -> Duration {
+    let base = 1000u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(9))
+        .min(300_000);
+    let jitter = (seed % 401) as i64 - 200; // -20 % .. +20 %, in thousandths
+    let millis = base as i64 + base as i64 * jitter / 1000;
+    Duration::from_millis(millis.max(100) as u64)
+}
+
+fn servers_in(store: &Store<MailServer>, namespace: Option<String>) -> Vec<KubeRef<MailServer>> {
+    store
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == namespace)
+        .map(|s| KubeRef::from_obj(s.as_ref()))
+        .collect()
+}
+
+/// Options of [`run`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Watch only this namespace (default: all).
+    pub namespace: Option<String>,
+    /// Images and defaults.
+    pub config: BuildConfig,
+    /// Identity in Events.
+    pub instance: String,
+}
+
+fn api_for<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Run the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: RunOptions,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = &options.namespace;
+    let watch = watcher::Config::default();
+    let (domains, domain_writer) = reflector::store::<MailDomain>();
+    let (mailboxes, mailbox_writer) = reflector::store::<Mailbox>();
+    let (aliases, alias_writer) = reflector::store::<MailAlias>();
+    let domain_stream = watcher(api_for::<MailDomain>(&client, ns), watch.clone())
+        .default_backoff()
+        .reflect(domain_writer)
+        .touched_objects();
+    let mailbox_stream = watcher(api_for::<Mailbox>(&client, ns), watch.clone())
+        .default_backoff()
+        .reflect(mailbox_writer)
+        .touched_objects();
+    let alias_stream = watcher(api_for::<MailAlias>(&client, ns), watch.clone())
+        .default_backoff()
+        .reflect(alias_writer)
+        .touched_objects();
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
+    let controller = Controller::new(api_for::<MailServer>(&client, ns), watch).with_config(
+        ControllerConfig::default()
+            .debounce(Duration::from_millis(300))
+            .concurrency(4),
+    );
+    let store = controller.store();
+    let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    let context = Arc::new(Context {
+        client: client.clone(),
+        config: options.config,
+        domains,
+        mailboxes,
+        aliases,
+        metrics: metrics.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(options.instance),
+            },
+        ),
+        failures: Mutex::default(),
+        applied_shards: Mutex::default(),
+    });
+    metrics.set_ready(true);
+    controller
+        .owns(api_for::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api_for::<Service>(&client, ns), owned.clone())
+        .owns(api_for::<ServiceAccount>(&client, ns), owned.clone())
+        .owns(api_for::<Role>(&client, ns), owned.clone())
+        .owns(api_for::<RoleBinding>(&client, ns), owned)
+        .watches_stream(domain_stream, move |o: MailDomain| {
+            servers_in(&s1, o.namespace())
+        })
+        .watches_stream(mailbox_stream, move |o: Mailbox| {
+            servers_in(&s2, o.namespace())
+        })
+        .watches_stream(alias_stream, move |o: MailAlias| {
+            servers_in(&s3, o.namespace())
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    metrics.set_ready(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_bounded_jitter() {
+        assert_eq!(backoff(1, 200), Duration::from_millis(1000));
+        assert_eq!(backoff(2, 200), Duration::from_millis(2000));
+        assert_eq!(backoff(4, 200), Duration::from_millis(8000));
+        assert_eq!(backoff(30, 200), Duration::from_millis(300_000));
+        assert_eq!(backoff(1, 0), Duration::from_millis(800));
+        assert_eq!(backoff(1, 400), Duration::from_millis(1200));
+    }
+}

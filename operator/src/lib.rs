@@ -1,0 +1,10 @@
+//! virtmail's operator: reconciles MailServers into a published directory and a Postfix pod.
+
+pub mod build;
+pub mod controller;
+pub mod error;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod profile;
+pub mod status;

@@ -1,0 +1,265 @@
+//! The Postfix profile: the main.cf parameters and master.cf settings that wire an unmodified
+//! Postfix to the agent (DESIGN §1). One source of truth: the operator renders it into the
+//! `<server>-postfix` ConfigMap and `virtmail-operator postfix-profile` prints it for reviewers and
+//! for tests that run Postfix outside a cluster.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Postfix's default `message_size_limit`.
+pub const DEFAULT_MESSAGE_SIZE_LIMIT: u64 = 10_240_000;
+
+/// Parameters that wire Postfix to the agent; a MailServer's extra parameters cannot override
+/// them (the agent and Postfix would disagree about addresses or lose mail).
+pub const PROTECTED: &[&str] = &[
+    "virtual_transport",
+    "virtual_mailbox_domains",
+    "virtual_mailbox_maps",
+    "virtual_alias_maps",
+    "virtual_alias_domains",
+    "recipient_delimiter",
+    "lmtp_line_length_limit",
+    "mydestination",
+];
+
+/// master.cf services that Debian's package runs chrooted. The agent's sockets are absolute
+/// paths outside the queue directory, so every service that talks to them runs unchrooted.
+pub const UNCHROOTED_SERVICES: &[&str] = &[
+    "smtp/inet",
+    "pickup/unix",
+    "cleanup/unix",
+    "tlsmgr/unix",
+    "rewrite/unix",
+    "bounce/unix",
+    "defer/unix",
+    "trace/unix",
+    "verify/unix",
+    "flush/unix",
+    "smtp/unix",
+    "relay/unix",
+    "showq/unix",
+    "error/unix",
+    "retry/unix",
+    "discard/unix",
+    "lmtp/unix",
+    "anvil/unix",
+    "scache/unix",
+];
+
+/// What the profile depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileInput {
+    /// Agent LMTP socket (absolute path).
+    pub lmtp_socket: String,
+    /// Agent socketmap socket (absolute path).
+    pub socketmap_socket: String,
+    /// MailServer `mailboxSizeLimit` (0 = none).
+    pub mailbox_size_limit: u64,
+    /// MailServer `recipientDelimiter`.
+    pub recipient_delimiter: String,
+    /// MailServer `postfix.parameters`.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// The rendered profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// main.cf parameters, in order (`postconf -e name=value`).
+    pub main: Vec<(String, String)>,
+    /// master.cf field settings (`postconf -F 'service/type/field = value'`).
+    pub master: Vec<String>,
+    /// Extra parameters that were refused, with why.
+    pub refused: Vec<String>,
+}
+
+/// `message_size_limit` for a mailbox size limit: Postfix's default, never above the mailbox
+/// limit (a message larger than an mbox may grow could never be delivered).
+pub fn message_size_limit(mailbox_size_limit: u64) -> u64 {
+    match mailbox_size_limit {
+        0 => DEFAULT_MESSAGE_SIZE_LIMIT,
+        limit => limit.min(DEFAULT_MESSAGE_SIZE_LIMIT),
+    }
+}
+
+/// Build the profile.
+pub fn profile(input: &ProfileInput) -> Profile {
+    let socketmap = |map: &str| format!("socketmap:unix:{}:{map}", input.socketmap_socket);
+    let mut main: Vec<(String, String)> = [
+        // Postfix delivers nothing locally: every served domain goes to the agent.
+        ("mydestination", String::new()),
+        ("virtual_mailbox_domains", socketmap("domain")),
+        ("virtual_mailbox_maps", socketmap("mailbox")),
+        ("virtual_alias_maps", socketmap("alias")),
+        // Otherwise it defaults to $virtual_alias_maps and Postfix asks the alias map for bare
+        // domain names.
+        ("virtual_alias_domains", String::new()),
+        (
+            "virtual_transport",
+            format!("lmtp:unix:{}", input.lmtp_socket),
+        ),
+        ("recipient_delimiter", input.recipient_delimiter.clone()),
+        // lmtp(8) would split lines over 998 characters; virtual(8) keeps them whole.
+        ("lmtp_line_length_limit", "0".into()),
+        (
+            "message_size_limit",
+            message_size_limit(input.mailbox_size_limit).to_string(),
+        ),
+        ("smtpd_reject_unlisted_recipient", "yes".into()),
+        (
+            "smtpd_relay_restrictions",
+            "permit_mynetworks, reject_unauth_destination".into(),
+        ),
+        ("mynetworks_style", "host".into()),
+        // virtmail hosts mailboxes; it relays nothing unless the administrator says so.
+        (
+            "default_transport",
+            "error:5.7.1 this server only delivers to its virtual mailboxes".into(),
+        ),
+        (
+            "relay_transport",
+            "error:5.7.1 this server only delivers to its virtual mailboxes".into(),
+        ),
+        // Keep every lookup off DNS.
+        ("smtpd_peername_lookup", "no".into()),
+        ("smtp_dns_support_level", "disabled".into()),
+        ("lmtp_dns_support_level", "disabled".into()),
+        ("biff", "no".into()),
+        ("append_dot_mydomain", "no".into()),
+        ("smtputf8_enable", "yes".into()),
+        ("compatibility_level", "3.6".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut refused = Vec::new();
+    for (name, value) in &input.extra {
+        if PROTECTED.contains(&name.as_str()) {
+            refused.push(format!(
+                "{name}: wires Postfix to the agent and cannot be overridden"
+            ));
+            continue;
+        }
+        if name == "message_size_limit" && input.mailbox_size_limit > 0 {
+            match value.trim().parse::<u64>() {
+                Ok(v) if v > 0 && v <= input.mailbox_size_limit => {}
+                _ => {
+                    refused.push(format!(
+                        "message_size_limit: must be a number from 1 to mailboxSizeLimit ({})",
+                        input.mailbox_size_limit
+                    ));
+                    continue;
+                }
+            }
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || value.contains('\n') {
+            refused.push(format!(
+                "{name}: not a main.cf parameter name or a one-line value"
+            ));
+            continue;
+        }
+        match main.iter_mut().find(|(k, _)| k == name) {
+            Some(entry) => entry.1 = value.clone(),
+            None => main.push((name.clone(), value.clone())),
+        }
+    }
+    let master = UNCHROOTED_SERVICES
+        .iter()
+        .map(|s| format!("{s}/chroot = n"))
+        .collect();
+    Profile {
+        main,
+        master,
+        refused,
+    }
+}
+
+impl Profile {
+    /// main.cf lines (`name = value`).
+    pub fn main_cf(&self) -> String {
+        let mut text = String::from("# virtmail Postfix profile (generated; do not edit)\n");
+        for (name, value) in &self.main {
+            let _ = writeln!(text, "{name} = {value}");
+        }
+        text
+    }
+
+    /// `postconf -F` lines for master.cf.
+    pub fn master_cf(&self) -> String {
+        let mut text = String::from("# postconf -F settings (generated; do not edit)\n");
+        for line in &self.master {
+            let _ = writeln!(text, "{line}");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> ProfileInput {
+        ProfileInput {
+            lmtp_socket: "/run/virtmail/lmtp.sock".into(),
+            socketmap_socket: "/run/virtmail/socketmap.sock".into(),
+            mailbox_size_limit: 51_200_000,
+            recipient_delimiter: "+".into(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn get<'a>(p: &'a Profile, name: &str) -> Option<&'a str> {
+        p.main
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn wires_postfix_to_the_agent_sockets() {
+        let p = profile(&input());
+        assert_eq!(
+            get(&p, "virtual_transport"),
+            Some("lmtp:unix:/run/virtmail/lmtp.sock")
+        );
+        assert_eq!(
+            get(&p, "virtual_mailbox_maps"),
+            Some("socketmap:unix:/run/virtmail/socketmap.sock:mailbox")
+        );
+        assert_eq!(get(&p, "virtual_alias_domains"), Some(""));
+        assert_eq!(get(&p, "lmtp_line_length_limit"), Some("0"));
+        assert_eq!(get(&p, "message_size_limit"), Some("10240000"));
+        assert!(p.master.contains(&"lmtp/unix/chroot = n".to_string()));
+        assert!(p.main_cf().contains("\nrecipient_delimiter = +\n"));
+    }
+
+    #[test]
+    fn message_size_limit_never_exceeds_mailbox_limit() {
+        assert_eq!(message_size_limit(1_000_000), 1_000_000);
+        assert_eq!(message_size_limit(0), DEFAULT_MESSAGE_SIZE_LIMIT);
+        let mut i = input();
+        i.mailbox_size_limit = 1_000_000;
+        i.extra
+            .insert("message_size_limit".into(), "2000000".into());
+        let p = profile(&i);
+        assert_eq!(get(&p, "message_size_limit"), Some("1000000"));
+        assert_eq!(p.refused.len(), 1);
+    }
+
+    #[test]
+    fn extra_parameters_apply_but_never_the_protected_ones() {
+        let mut i = input();
+        i.extra.insert("virtual_transport".into(), "virtual".into());
+        i.extra
+            .insert("smtpd_banner".into(), "$myhostname ESMTP".into());
+        i.extra.insert("default_transport".into(), "smtp".into());
+        i.extra.insert("bad name".into(), "x".into());
+        let p = profile(&i);
+        assert_eq!(
+            get(&p, "virtual_transport"),
+            Some("lmtp:unix:/run/virtmail/lmtp.sock")
+        );
+        assert_eq!(get(&p, "smtpd_banner"), Some("$myhostname ESMTP"));
+        assert_eq!(get(&p, "default_transport"), Some("smtp"));
+        assert_eq!(p.refused.len(), 2, "{:?}", p.refused);
+    }
+}
