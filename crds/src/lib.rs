@@ -19,12 +19,40 @@ use kube::CustomResourceExt;
 
 /// The four CustomResourceDefinitions, in a fixed order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         MailServer::crd(),
         MailDomain::crd(),
         Mailbox::crd(),
         MailAlias::crd(),
     ]
+    .into_iter()
+    .map(kubernetes_formats)
+    .collect()
+}
+
+/// Kubernetes knows the integer formats `int32` and `int64` only: unsigned Rust integers become
+/// `int64` with `minimum: 0` (the apiserver warns about `uint32`).
+fn kubernetes_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let unsigned = matches!(
+                    map.get("format").and_then(|f| f.as_str()),
+                    Some("uint" | "uint8" | "uint16" | "uint32" | "uint64")
+                );
+                if unsigned {
+                    map.insert("format".into(), "int64".into());
+                    map.entry("minimum").or_insert(0.into());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD always serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("formats fixed in place keep the CRD valid")
 }
 
 /// File name of each CRD's committed YAML in `crds/`, in the order of [`crds`].

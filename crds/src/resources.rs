@@ -108,7 +108,7 @@ pub struct MailServerSpec {
     /// Directory prepended to every mailbox path (Postfix `virtual_mailbox_base`). The persistent
     /// volume is mounted here in the agent container. Absolute.
     #[serde(default = "default_mailbox_base")]
-    #[schemars(regex(pattern = BASE_PATTERN))]
+    #[schemars(regex(pattern = BASE_PATTERN), length(max = 255))]
     #[x_kube(validation = Rule::new("!self.split('/').exists(c, c == '..')").message("mailboxBase must not contain '..'"))]
     pub mailbox_base: String,
 

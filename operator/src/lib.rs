@@ -7,4 +7,5 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod profile;
+pub mod rbac;
 pub mod status;

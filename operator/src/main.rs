@@ -46,6 +46,19 @@ enum Command {
         #[arg(long, value_parser = ["main", "master"])]
         only: Option<String>,
     },
+    /// Print the operator's RBAC (ClusterRole, ClusterRoleBinding, and a Role and RoleBinding for
+    /// its leader-election Lease) for a service account.
+    Rbac {
+        /// Name of the roles and bindings.
+        #[arg(long, default_value = "virtmail-operator")]
+        name: String,
+        /// Namespace of the operator's service account and Lease.
+        #[arg(long, default_value = "virtmail-system")]
+        namespace: String,
+        /// The operator's service account.
+        #[arg(long, default_value = "virtmail-operator")]
+        service_account: String,
+    },
     /// Run the controller (kubeconfig from the environment, or the in-cluster config).
     Run {
         /// Watch only this namespace (default: every namespace).
@@ -140,6 +153,17 @@ fn main() -> anyhow::Result<()> {
                 Some(_) => print!("{}", profile.master_cf()),
                 None => print!("{}{}", profile.main_cf(), profile.master_cf()),
             }
+            Ok(())
+        }
+        Command::Rbac {
+            name,
+            namespace,
+            service_account,
+        } => {
+            print!(
+                "{}",
+                virtmail_operator::rbac::yaml(&name, &namespace, &service_account)
+            );
             Ok(())
         }
         Command::Run {
