@@ -1,0 +1,4 @@
+//! Cluster mode: the directory comes from the ConfigMaps the operator publishes.
+
+pub mod assemble;
+pub mod source;
