@@ -1,3 +1,5 @@
 //! virtmail's delivery agent library.
 
 pub mod check;
+pub mod cluster;
+pub mod server;

@@ -2,10 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use virtmail_agent::check::{CheckStatus, check};
+use virtmail_agent::server::{
+    self, backend::NoEngine, listen, listen::Addr, logging, logging::LogFormat, reload::FileSource,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "virtmail-agent", version, about)]
@@ -26,6 +31,109 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Serve LMTP, socketmap and HTTP over the directory compiled from `--resources`, reloading
+    /// it when the files change. Stops gracefully on SIGTERM/SIGINT.
+    Serve(Box<ServeArgs>),
+}
+
+/// `serve` arguments. ADDR is `unix:PATH` or `HOST:PORT`.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Directory (or file) of YAML manifests, watched for changes.
+    #[arg(long)]
+    resources: PathBuf,
+    /// MailServer to serve (default: the only one, or an empty default server).
+    #[arg(long)]
+    server: Option<String>,
+    /// Override the MailServer's mailboxBase (running outside a pod).
+    #[arg(long)]
+    mailbox_base: Option<PathBuf>,
+    /// LMTP listen address.
+    #[arg(long)]
+    lmtp: Addr,
+    /// socketmap listen address.
+    #[arg(long)]
+    socketmap: Addr,
+    /// HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long)]
+    http: Addr,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Mode of created unix sockets (octal); Postfix's user must be able to connect.
+    #[arg(long, default_value = "0666", value_parser = listen::parse_mode)]
+    socket_mode: u32,
+    /// Name in the LMTP greeting (default: the kernel host name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Concurrent LMTP sessions; more are refused with 421 4.3.2.
+    #[arg(long, default_value_t = 100)]
+    max_connections: usize,
+    /// Recipients per transaction; more get 452 4.5.3.
+    #[arg(long, default_value_t = 100)]
+    max_recipients: usize,
+    /// Message size limit in bytes (0: the MailServer's mailboxSizeLimit, else 50 MiB).
+    #[arg(long, default_value_t = 0)]
+    max_message_size: u64,
+    /// LMTP command timeout.
+    #[arg(long, default_value = "300s", value_parser = server::parse_duration)]
+    command_timeout: Duration,
+    /// LMTP timeout for each chunk of message data.
+    #[arg(long, default_value = "300s", value_parser = server::parse_duration)]
+    data_timeout: Duration,
+    /// socketmap idle timeout (Postfix closes its idle connections after 10 s).
+    #[arg(long, default_value = "30s", value_parser = server::parse_duration)]
+    socketmap_idle_timeout: Duration,
+    /// How often `--resources` is examined for changes.
+    #[arg(long, default_value = "500ms", value_parser = server::parse_duration)]
+    reload_interval: Duration,
+    /// How long shutdown waits for open LMTP sessions.
+    #[arg(long, default_value = "60s", value_parser = server::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    logging::init(args.log_format);
+    let config = server::Config {
+        source: FileSource {
+            dir: args.resources,
+            server: args.server,
+            mailbox_base: args.mailbox_base,
+            interval: args.reload_interval,
+        },
+        lmtp: args.lmtp,
+        socketmap: args.socketmap,
+        http: args.http,
+        socket_mode: args.socket_mode,
+        hostname: args.hostname.unwrap_or_else(server::default_hostname),
+        limits: server::Limits {
+            max_connections: args.max_connections,
+            max_recipients: args.max_recipients,
+            max_message_size: args.max_message_size,
+            command_timeout: args.command_timeout,
+            data_timeout: args.data_timeout,
+            socketmap_idle: args.socketmap_idle_timeout,
+            shutdown_grace: args.shutdown_grace,
+            ..Default::default()
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(server::run(config, Arc::new(NoEngine))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -39,5 +147,6 @@ fn main() -> ExitCode {
             }
             ExitCode::from(report.status as u8)
         }
+        Command::Serve(args) => serve(*args),
     }
 }
