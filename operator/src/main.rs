@@ -26,6 +26,9 @@ enum Command {
         /// Write `mailservers.yaml`, `maildomains.yaml`, `mailboxes.yaml`, `mailaliases.yaml` here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write Helm chart templates (guarded by `crds.install`, kept on uninstall).
+        #[arg(long)]
+        helm: bool,
     },
     /// Print the Postfix profile (main.cf parameters, then master.cf `postconf -F` settings) that
     /// wires Postfix to an agent's sockets.
@@ -58,6 +61,9 @@ enum Command {
         /// The operator's service account.
         #[arg(long, default_value = "virtmail-operator")]
         service_account: String,
+        /// Instead, write the rule lists for the Helm chart into this directory.
+        #[arg(long)]
+        helm_files: Option<PathBuf>,
     },
     /// Run the controller (kubeconfig from the environment, or the in-cluster config).
     Run {
@@ -115,20 +121,27 @@ async fn shutdown_signal() {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crds { out } => {
+        Command::Crds { out, helm } => {
             let crds = virtmail_crds::crds();
+            let render = |crd| {
+                if helm {
+                    virtmail_crds::crd_helm_template(crd)
+                } else {
+                    virtmail_crds::crd_yaml(crd)
+                }
+            };
             match out {
                 Some(dir) => {
                     for (crd, file) in crds.iter().zip(virtmail_crds::CRD_FILES) {
                         let path = dir.join(file);
-                        std::fs::write(&path, virtmail_crds::crd_yaml(crd))?;
+                        std::fs::write(&path, render(crd))?;
                         eprintln!("wrote {}", path.display());
                     }
                 }
                 None => {
                     let mut stdout = std::io::stdout().lock();
                     for crd in &crds {
-                        stdout.write_all(virtmail_crds::crd_yaml(crd).as_bytes())?;
+                        stdout.write_all(render(crd).as_bytes())?;
                     }
                 }
             }
@@ -159,11 +172,20 @@ fn main() -> anyhow::Result<()> {
             name,
             namespace,
             service_account,
+            helm_files,
         } => {
-            print!(
-                "{}",
-                virtmail_operator::rbac::yaml(&name, &namespace, &service_account)
-            );
+            match helm_files {
+                Some(dir) => {
+                    for (file, text) in virtmail_operator::rbac::helm_files() {
+                        std::fs::write(dir.join(file), text)?;
+                        eprintln!("wrote {}", dir.join(file).display());
+                    }
+                }
+                None => print!(
+                    "{}",
+                    virtmail_operator::rbac::yaml(&name, &namespace, &service_account)
+                ),
+            }
             Ok(())
         }
         Command::Run {

@@ -40,3 +40,40 @@ fn committed_crds_are_not_stale() {
         "CEL rules present"
     );
 }
+
+/// The chart's CRD templates and RBAC rule files are generated from code; fail when stale.
+#[test]
+fn chart_generated_files_are_not_stale() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let status = Command::new(env!("CARGO_BIN_EXE_virtmail-operator"))
+            .args(args)
+            .arg(out.path())
+            .status()
+            .expect("run virtmail-operator");
+        assert!(status.success(), "{args:?}");
+    };
+    run(&["crds", "--helm", "--out"]);
+    run(&["rbac", "--helm-files"]);
+    let expected: Vec<(String, &str)> = virtmail_crds::CRD_FILES
+        .iter()
+        .map(|f| (f.to_string(), "charts/virtmail/templates/crds"))
+        .chain(
+            ["cluster-rules.yaml", "namespace-rules.yaml"]
+                .iter()
+                .map(|f| (f.to_string(), "charts/virtmail/files")),
+        )
+        .collect();
+    for (file, dir) in expected {
+        let generated = std::fs::read_to_string(out.path().join(&file)).expect("generated");
+        let committed = std::fs::read_to_string(root.join(dir).join(&file)).unwrap_or_default();
+        assert!(
+            generated == committed,
+            "{dir}/{file} is stale: run `cargo run -p virtmail-operator -- crds --helm --out \
+             charts/virtmail/templates/crds` and `... rbac --helm-files charts/virtmail/files`"
+        );
+    }
+}
