@@ -340,7 +340,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             return self.reply("452 4.5.3 Too many recipients").await;
         }
         let check = match self.tx.as_ref().and_then(|t| t.snapshot.as_ref()) {
-            None => Err(Status::new("4.3.0", "Directory not loaded yet")),
+            None => Err(Status {
+                code: 451,
+                enhanced: "4.3.0".into(),
+                text: "Directory not loaded yet".into(),
+            }),
             Some(loaded) => self.shared.backend.precheck(&loaded.directory, &address),
         };
         match check {
