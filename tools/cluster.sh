@@ -141,7 +141,7 @@ cmd_build() {
 # binaries
 
 find_etcd() {
-  if [[ -n "${VIRTMAIL_ETCD:-}" ]]; then echo "$VIRTMAIL_ETCD"; return; fi
+  if [[ -n "${VIRTMAIL_ETCD:-}" ]]; then [[ -x "$VIRTMAIL_ETCD" ]] && echo "$VIRTMAIL_ETCD"; return; fi
   if [[ -x "$TOOLS_BIN/etcd" ]]; then echo "$TOOLS_BIN/etcd"; return; fi
   if command -v etcd >/dev/null 2>&1; then command -v etcd; return; fi
   return 1
@@ -160,7 +160,7 @@ need_binaries() {
     log "missing or stale: ${missing[*]}; building"
     cmd_build
   fi
-  find_etcd >/dev/null || die "etcd not found: install Debian's etcd-server (apt-get install -y etcd-server) or set VIRTMAIL_ETCD=/path/to/etcd"
+  find_etcd >/dev/null || die "etcd not found${VIRTMAIL_ETCD:+ at VIRTMAIL_ETCD=$VIRTMAIL_ETCD}: install Debian's etcd-server (apt-get install -y etcd-server) or set VIRTMAIL_ETCD=/path/to/etcd"
   command -v openssl >/dev/null || die "openssl not found (apt-get install -y openssl)"
   command -v curl >/dev/null || die "curl not found (apt-get install -y curl)"
 }
@@ -315,16 +315,20 @@ EOF
 
 env_name() { echo "VIRTMAIL_KUBECONFIG_$(echo "$1" | tr 'a-z-' 'A-Z_')"; }
 
+# One `export NAME=value` line each; values are shell-quoted with printf %q (plain paths print
+# unchanged).
+export_line() { printf 'export %s=%q\n' "$1" "$2"; }
+
 print_env() {
   local kc="$STATE/kubeconfig"
-  echo "export KUBECONFIG=$kc/admin.kubeconfig"
-  echo "export VIRTMAIL_KUBECONFIG_ADMIN=$kc/admin.kubeconfig"
+  export_line KUBECONFIG "$kc/admin.kubeconfig"
+  export_line VIRTMAIL_KUBECONFIG_ADMIN "$kc/admin.kubeconfig"
   while read -r name _user; do
-    echo "export $(env_name "$name")=$kc/$name.kubeconfig"
+    export_line "$(env_name "$name")" "$kc/$name.kubeconfig"
   done <"$STATE/identities"
-  echo "export VIRTMAIL_CLUSTER_SERVER=$(cat "$STATE/server")"
-  echo "export VIRTMAIL_KUBECTL=$TOOLS_BIN/kubectl"
-  echo "export VIRTMAIL_HELM=$TOOLS_BIN/helm"
+  export_line VIRTMAIL_CLUSTER_SERVER "$(cat "$STATE/server")"
+  export_line VIRTMAIL_KUBECTL "$TOOLS_BIN/kubectl"
+  export_line VIRTMAIL_HELM "$TOOLS_BIN/helm"
 }
 
 # ---------------------------------------------------------------------------------------------

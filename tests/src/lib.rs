@@ -1,6 +1,8 @@
 //! Test support for virtmail's end-to-end suites: locating the workspace and its binaries, and
 //! starting the real components the suites run against.
 
+pub mod cluster;
+
 use std::path::PathBuf;
 
 /// Root of the workspace.
