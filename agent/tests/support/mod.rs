@@ -127,8 +127,9 @@ impl Agent {
             .expect("virtmail-agent binary runs");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(self.lmtp_path().exists() && self.map_path().exists() && self.http_path().exists())
-        {
+        // Connectable, not merely present: a killed predecessor leaves stale socket files. The
+        // HTTP socket is bound last, so once it answers the other two are bound as well.
+        while UnixStream::connect(self.http_path()).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent exited early ({status}):\n{}", self.log_text());
             }
