@@ -2,4 +2,5 @@
 
 pub mod check;
 pub mod cluster;
+pub mod deliver;
 pub mod server;

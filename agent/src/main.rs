@@ -34,6 +34,107 @@ enum Command {
     /// Serve LMTP, socketmap and HTTP over the directory compiled from `--resources`, reloading
     /// it when the files change. Stops gracefully on SIGTERM/SIGINT.
     Serve(Box<ServeArgs>),
+    /// Deliver one message from stdin (LF or CRLF line ends) to each RECIPIENT, like
+    /// dovecot-lda. Prints `<recipient> <enhanced-status> <text>` per recipient; exits 0 when all
+    /// were delivered, 75 when any was deferred, 67 when every failure is an unknown user, 69
+    /// for other permanent failures.
+    Deliver(Box<DeliverArgs>),
+}
+
+/// `deliver` arguments.
+#[derive(Debug, clap::Args)]
+struct DeliverArgs {
+    /// Directory (or file) of YAML manifests.
+    #[arg(long)]
+    resources: PathBuf,
+    /// MailServer to deliver for (default: the only one, or an empty default server).
+    #[arg(long)]
+    server: Option<String>,
+    /// Override the MailServer's mailboxBase (running outside a pod).
+    #[arg(long)]
+    mailbox_base: Option<PathBuf>,
+    /// Envelope sender; empty or `<>` for the null sender.
+    #[arg(short = 'f', long = "from", default_value = "")]
+    sender: String,
+    /// Recipient before alias rewriting, for X-Original-To (default: each recipient).
+    #[arg(long)]
+    original_recipient: Option<String>,
+    /// How long to wait for a busy mbox lock (deferred 4.2.0 after that).
+    #[arg(long, default_value = "20s", value_parser = server::parse_duration)]
+    lock_timeout: Duration,
+    /// Recipients.
+    #[arg(required = true)]
+    recipients: Vec<String>,
+}
+
+/// Sysexits EX_TEMPFAIL: used when nothing could be attempted.
+const EX_TEMPFAIL: u8 = 75;
+
+fn deliver(args: DeliverArgs) -> ExitCode {
+    use std::io::Read as _;
+    use virtmail_agent::deliver;
+
+    let unbracket = |a: &str| {
+        a.trim()
+            .strip_prefix('<')
+            .and_then(|a| a.strip_suffix('>'))
+            .unwrap_or(a.trim())
+            .to_string()
+    };
+    let mut message = Vec::new();
+    if let Err(error) = std::io::stdin().read_to_end(&mut message) {
+        eprintln!("error: cannot read the message: {error}");
+        return ExitCode::from(EX_TEMPFAIL);
+    }
+    let message = deliver::crlf_to_lf(&message);
+    let (_, mut compiled) =
+        match virtmail_agent::check::load_and_compile(&args.resources, args.server.as_deref()) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::from(EX_TEMPFAIL);
+            }
+        };
+    for diagnostic in &compiled.diagnostics {
+        eprintln!(
+            "warning: {} {}: {}",
+            diagnostic.object, diagnostic.reason, diagnostic.message
+        );
+    }
+    if let Some(base) = &args.mailbox_base {
+        compiled.directory.settings.mailbox_base = base.display().to_string();
+    }
+    if let Err(error) = deliver::drop_supplementary_groups() {
+        eprintln!("warning: cannot drop supplementary groups: {error}");
+    }
+    let options = deliver::Options {
+        lock_timeout: args.lock_timeout,
+        ..Default::default()
+    };
+    let sender = unbracket(&args.sender);
+    let envelope = deliver::Envelope {
+        sender,
+        recipients: args
+            .recipients
+            .iter()
+            .map(|r| deliver::Recipient {
+                address: unbracket(r),
+                original_recipient: args
+                    .original_recipient
+                    .as_deref()
+                    .map(unbracket)
+                    .unwrap_or_else(|| unbracket(r)),
+            })
+            .collect(),
+    };
+    let outcomes = deliver::deliver(&compiled.directory, &envelope, &message, &options);
+    for outcome in &outcomes {
+        if let Some(warning) = &outcome.status.warning {
+            eprintln!("warning: {warning}");
+        }
+        println!("{} {}", outcome.recipient, outcome.status);
+    }
+    ExitCode::from(deliver::exit_code(outcomes.iter().map(|o| &o.status)))
 }
 
 /// `serve` arguments. ADDR is `unix:PATH` or `HOST:PORT`.
@@ -148,5 +249,6 @@ fn main() -> ExitCode {
             ExitCode::from(report.status as u8)
         }
         Command::Serve(args) => serve(*args),
+        Command::Deliver(args) => deliver(*args),
     }
 }

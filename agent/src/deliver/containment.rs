@@ -1,0 +1,206 @@
+//! Path containment below the mailbox base (DESIGN §4.1).
+//!
+//! # Security
+//!
+//! The directory is not trusted: a mailbox path could name `..`, an absolute path or a NUL, and
+//! a user with shell access to the volume could plant symlinks. Every path is therefore checked
+//! lexically first ([`check_relative`]) and then opened *relative to a directory descriptor of
+//! the base* with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`: the
+//! kernel refuses any resolution that would leave the base or cross a symlink in any component,
+//! including the last, so a swap of a directory for a symlink between check and use cannot
+//! redirect a write. Later operations (create, link, rename, unlink) take a descriptor of the
+//! already-opened parent directory and a single name without `/`, so they stay inside too.
+//!
+//! Only the base itself is opened by its absolute path: it comes from the administrator's
+//! configuration and may legitimately be reached through a symlink.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+/// Flags of every open below the base.
+pub const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// Why a mailbox path is refused before the disk is touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathProblem {
+    /// Empty path.
+    Empty,
+    /// A `..` component (spec V14; virtmail also catches a trailing `/..`).
+    DotDot,
+    /// Absolute path (Postfix would put it under the base with `//`; virtmail refuses).
+    Absolute,
+    /// A NUL byte.
+    Nul,
+    /// A `.` or empty component (`a/./b`, `a//b`): ambiguous with another entry's path.
+    NotNormal,
+}
+
+impl PathProblem {
+    /// Human text for warnings.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PathProblem::Empty => "is empty",
+            PathProblem::DotDot => "contains a .. component",
+            PathProblem::Absolute => "is absolute",
+            PathProblem::Nul => "contains a NUL byte",
+            PathProblem::NotNormal => "contains a . or empty component",
+        }
+    }
+}
+
+/// Check a path relative to the base: no NUL, not absolute, no `..`, `.` or empty components.
+/// One trailing `/` (the Maildir marker, spec V15) is allowed.
+pub fn check_relative(path: &str) -> Result<(), PathProblem> {
+    if path.is_empty() || path == "/" {
+        return Err(PathProblem::Empty);
+    }
+    if path.contains('\0') {
+        return Err(PathProblem::Nul);
+    }
+    // `..` first: Postfix's own check (spec V14) reports it as a configuration error.
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    if trimmed.split('/').any(|c| c == "..") {
+        return Err(PathProblem::DotDot);
+    }
+    if path.starts_with('/') {
+        return Err(PathProblem::Absolute);
+    }
+    if trimmed.split('/').any(|c| c.is_empty() || c == ".") {
+        return Err(PathProblem::NotNormal);
+    }
+    Ok(())
+}
+
+/// `openat2` below `dir` with [`RESOLVE`]. Retries the rare EAGAIN/EINTR the kernel returns
+/// when a concurrent rename raced with the resolution.
+pub fn open_beneath(
+    dir: BorrowedFd<'_>,
+    path: &str,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
+    let mut attempts = 0;
+    loop {
+        match rustix::fs::openat2(dir, path, flags | OFlags::CLOEXEC, mode, RESOLVE) {
+            Err(Errno::AGAIN | Errno::INTR) if attempts < 8 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Open an existing directory below `dir` for reading (usable for `fsync` and as a dirfd).
+pub fn open_dir(dir: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, Errno> {
+    open_beneath(
+        dir,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+}
+
+/// A failure while walking or creating directories: the errno and the path walked so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalkError {
+    /// The error.
+    pub errno: Errno,
+    /// Path (relative to the start) of the component that failed.
+    pub at: String,
+}
+
+/// Open the directory `path` below `dir`, creating every missing component with `mode` (Postfix
+/// `make_dirs()`, spec V24) as the current file system identity. Each component is resolved
+/// with [`RESOLVE`] from the descriptor of its parent, so nothing outside `dir` is touched.
+/// Returns the directory and whether any component was created.
+pub fn make_dirs(
+    dir: BorrowedFd<'_>,
+    path: &str,
+    mode: Mode,
+) -> Result<(OwnedFd, bool), WalkError> {
+    // Fast path: everything exists.
+    match open_dir(dir, path) {
+        Ok(fd) => return Ok((fd, false)),
+        Err(Errno::NOENT) => {}
+        Err(errno) => {
+            return Err(WalkError {
+                errno,
+                at: path.to_string(),
+            });
+        }
+    }
+    let mut current: Option<OwnedFd> = None;
+    let mut walked = String::new();
+    let mut created = false;
+    for component in path.split('/').filter(|c| !c.is_empty()) {
+        if !walked.is_empty() {
+            walked.push('/');
+        }
+        walked.push_str(component);
+        let parent = current.as_ref().map(|fd| fd.as_fd()).unwrap_or(dir);
+        let fail = |errno| WalkError {
+            errno,
+            at: walked.clone(),
+        };
+        let next = match open_dir(parent, component) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(parent, component, mode) {
+                    Ok(()) => created = true,
+                    // Another delivery created it meanwhile.
+                    Err(Errno::EXIST) => {}
+                    Err(errno) => return Err(fail(errno)),
+                }
+                open_dir(parent, component).map_err(fail)?
+            }
+            Err(errno) => return Err(fail(errno)),
+        };
+        current = Some(next);
+    }
+    match current {
+        Some(fd) => Ok((fd, created)),
+        None => open_dir(dir, ".")
+            .map(|fd| (fd, false))
+            .map_err(|errno| WalkError {
+                errno,
+                at: ".".into(),
+            }),
+    }
+}
+
+/// Whether an errno from a [`RESOLVE`] open means the path is unsafe rather than unusable:
+/// ELOOP (a symlink, refused by RESOLVE_NO_SYMLINKS) or EXDEV (an escape from the base).
+pub fn unsafe_errno(errno: Errno) -> Option<&'static str> {
+    match errno {
+        Errno::LOOP => Some("crosses a symbolic link"),
+        Errno::XDEV => Some("leaves the mailbox base"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v14_dotdot_is_caught_anywhere() {
+        assert_eq!(check_relative("../x/"), Err(PathProblem::DotDot));
+        assert_eq!(check_relative("x/../y"), Err(PathProblem::DotDot));
+        assert_eq!(check_relative("x/.."), Err(PathProblem::DotDot));
+        assert_eq!(check_relative("x/../"), Err(PathProblem::DotDot));
+    }
+
+    #[test]
+    fn absolute_nul_dot_and_empty_are_refused() {
+        assert_eq!(check_relative("/etc/x"), Err(PathProblem::Absolute));
+        assert_eq!(check_relative("a\0b"), Err(PathProblem::Nul));
+        assert_eq!(check_relative("a/./b"), Err(PathProblem::NotNormal));
+        assert_eq!(check_relative("a//b"), Err(PathProblem::NotNormal));
+        assert_eq!(check_relative(""), Err(PathProblem::Empty));
+        assert_eq!(check_relative("d/u/"), Ok(()));
+        assert_eq!(check_relative("d/u"), Ok(()));
+        assert_eq!(check_relative("d/..u"), Ok(()));
+    }
+}

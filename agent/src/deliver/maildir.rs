@@ -1,0 +1,432 @@
+//! Maildir delivery (spec V24–V28) with DESIGN §4 durability, Dovecot names and Maildir++
+//! quota.
+//!
+//! Sequence: make the maildir and `tmp/ new/ cur/` when missing (0700, as the recipient, spec
+//! V24/V27 and DESIGN §4.6); check the maildir's owner; create `tmp/<unique>` with `O_EXCL`
+//! 0600; write; fsync; `renameat2(RENAME_NOREPLACE)` into `new/<unique>,S=<size>,W=<vsize>`
+//! (never clobbers; falls back to link+unlink where the file system lacks it); fsync `new/`;
+//! append to `maildirsize`. Any failure removes what this delivery created in `tmp/` or `new/`.
+//!
+//! # Security
+//!
+//! Runs under the recipient's file system identity. Every directory is resolved one contained
+//! component at a time from the base descriptor (symlinks refused), files are created by name
+//! relative to an opened directory with `O_EXCL | O_NOFOLLOW`, and the maildir directory, `tmp/`
+//! and `new/` must be owned by the recipient's uid (DESIGN §4.2; virtual(8) does not check,
+//! spec V28).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use super::containment::{self, WalkError, open_beneath};
+use super::mbox::write_all;
+use super::message;
+use super::status::{Failure, Place, Stage};
+use super::{Options, Target, unsafe_path};
+
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+/// Dovecot and Courier recalculate a `maildirsize` larger than this.
+const MAILDIRSIZE_LIMIT: usize = 5120;
+
+/// Distinguishes deliveries within one process and microsecond (`Q<n>`).
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+fn io(what: impl Into<String>, errno: Errno, stage: Stage, target: &Target) -> Failure {
+    let warning = (errno == Errno::ACCESS).then(|| {
+        format!(
+            "maildir access problem for UID/GID={}/{}: {} (Mailbox/{})",
+            target.uid, target.gid, target.full_path, target.object
+        )
+    });
+    Failure::Io {
+        place: Place::Maildir,
+        what: what.into(),
+        errno,
+        stage,
+        warning,
+    }
+}
+
+fn walk_failure(target: &Target, prefix: &str, error: WalkError) -> Failure {
+    match containment::unsafe_errno(error.errno) {
+        Some(problem) => unsafe_path(
+            &target.object,
+            &target.key,
+            &format!("{prefix}{}", error.at),
+            problem,
+            Place::Maildir,
+        ),
+        None => io(
+            format!("create maildir directory {prefix}{}", error.at),
+            error.errno,
+            Stage::Open,
+            target,
+        ),
+    }
+}
+
+fn check_owner(fd: &OwnedFd, what: &str, target: &Target) -> Result<(), Failure> {
+    let stat = rustix::fs::fstat(fd).map_err(|errno| io(what, errno, Stage::Open, target))?;
+    if stat.st_uid != target.uid {
+        return Err(Failure::Refused {
+            place: Place::Maildir,
+            reason: format!("{what} is not owned by recipient"),
+            warning: Some(format!(
+                "recipient {}: {what} is owned by uid {}, not {} (Mailbox/{})",
+                target.key, stat.st_uid, target.uid, target.object
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// The opened maildir and its subdirectories.
+#[derive(Debug)]
+struct Maildir {
+    root: OwnedFd,
+    tmp: OwnedFd,
+    new: OwnedFd,
+}
+
+fn open_maildir(base: &OwnedFd, target: &Target, create: bool) -> Result<Maildir, Failure> {
+    let relative = target.path.trim_end_matches('/');
+    let base_prefix = format!("{}/", target.base);
+    let root = if create {
+        containment::make_dirs(base.as_fd(), relative, Mode::from_raw_mode(DIR_MODE))
+            .map(|(fd, _)| fd)
+    } else {
+        containment::open_dir(base.as_fd(), relative).map_err(|errno| WalkError {
+            errno,
+            at: relative.to_string(),
+        })
+    }
+    .map_err(|e| walk_failure(target, &base_prefix, e))?;
+    check_owner(&root, &target.full_path, target)?;
+    let mut subdirs = Vec::with_capacity(3);
+    // DESIGN §4.6: all three always exist after a delivery (virtual(8) may skip cur/, V27).
+    for sub in ["tmp", "new", "cur"] {
+        let fd = if create {
+            containment::make_dirs(root.as_fd(), sub, Mode::from_raw_mode(DIR_MODE))
+                .map(|(fd, _)| fd)
+        } else {
+            containment::open_dir(root.as_fd(), sub).map_err(|errno| WalkError {
+                errno,
+                at: sub.to_string(),
+            })
+        }
+        .map_err(|e| walk_failure(target, &target.full_path, e))?;
+        subdirs.push(fd);
+    }
+    let _cur = subdirs.pop();
+    let new = subdirs.pop().expect("three subdirectories");
+    let tmp = subdirs.pop().expect("three subdirectories");
+    check_owner(&tmp, &format!("{}tmp/", target.full_path), target)?;
+    check_owner(&new, &format!("{}new/", target.full_path), target)?;
+    Ok(Maildir { root, tmp, new })
+}
+
+/// Host name for file names: `/` and `:` escaped as maildir.html says, `,` too (Dovecot splits
+/// the name at commas).
+fn escaped_host(host: &str) -> String {
+    host.replace('/', "\\057")
+        .replace(':', "\\072")
+        .replace(',', "\\054")
+}
+
+/// A unique base name, Dovecot style: `<sec>.M<usec>P<pid>Q<n>.<host>`.
+fn unique_name(host: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    format!(
+        "{}.M{}P{}Q{}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        rustix::process::getpid().as_raw_nonzero(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed),
+        escaped_host(host)
+    )
+}
+
+/// Deliver as the current file system identity. Returns the new file's path and size.
+pub fn deliver(
+    base: &OwnedFd,
+    target: &Target,
+    headers: &[u8],
+    message: &[u8],
+    options: &Options,
+) -> Result<(String, u64), Failure> {
+    let maildir = open_maildir(base, target, true)?;
+
+    let mut data = Vec::with_capacity(headers.len() + message.len() + 1);
+    data.extend_from_slice(headers);
+    data.extend_from_slice(message);
+    message::push_final_newline(&mut data, message);
+    let size = data.len() as u64;
+
+    // V29: each Maildir file is capped; checked before anything is created.
+    if target.size_limit > 0 && size > target.size_limit {
+        return Err(Failure::TooLarge {
+            place: Place::Maildir,
+        });
+    }
+    if let Some(quota) = target.quota {
+        let used = usage_of(&maildir.root, quota).unwrap_or(0);
+        if used + size > quota {
+            return Err(Failure::OverQuota {
+                place: Place::Maildir,
+            });
+        }
+    }
+
+    // tmp/<unique>, O_EXCL: a name collision picks another name.
+    let mut attempts = 0;
+    let (tmp_name, file) = loop {
+        let name = unique_name(&options.hostname);
+        match rustix::fs::openat(
+            &maildir.tmp,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(FILE_MODE),
+        ) {
+            Ok(fd) => break (name, fd),
+            Err(Errno::EXIST) if attempts < 8 => attempts += 1,
+            Err(errno) => {
+                return Err(io(
+                    format!("create maildir file {}tmp/{name}", target.full_path),
+                    errno,
+                    Stage::Open,
+                    target,
+                ));
+            }
+        }
+    };
+    let remove_tmp = || {
+        let _ = rustix::fs::unlinkat(&maildir.tmp, tmp_name.as_str(), AtFlags::empty());
+    };
+    if let Err(errno) = write_all(&file, &data).and_then(|()| rustix::fs::fsync(&file)) {
+        drop(file);
+        remove_tmp();
+        return Err(io("error writing message", errno, Stage::Write, target));
+    }
+    drop(file);
+
+    let vsize = message::virtual_size(&data);
+    let mut final_name = format!("{tmp_name},S={size},W={vsize}");
+    let mut attempts = 0;
+    loop {
+        let renamed = rustix::fs::renameat_with(
+            &maildir.tmp,
+            tmp_name.as_str(),
+            &maildir.new,
+            final_name.as_str(),
+            RenameFlags::NOREPLACE,
+        );
+        let result = match renamed {
+            // File systems without RENAME_NOREPLACE: link (never clobbers) then unlink.
+            Err(Errno::INVAL | Errno::NOSYS) => rustix::fs::linkat(
+                &maildir.tmp,
+                tmp_name.as_str(),
+                &maildir.new,
+                final_name.as_str(),
+                AtFlags::empty(),
+            )
+            .map(|()| remove_tmp()),
+            other => other,
+        };
+        match result {
+            Ok(()) => break,
+            Err(Errno::EXIST) if attempts < 8 => {
+                attempts += 1;
+                final_name = format!("{},S={size},W={vsize}", unique_name(&options.hostname));
+            }
+            Err(errno) => {
+                remove_tmp();
+                return Err(io(
+                    format!("create maildir file {}new/{final_name}", target.full_path),
+                    errno,
+                    Stage::Open,
+                    target,
+                ));
+            }
+        }
+    }
+    // DESIGN §4.3: the directory entry is durable before we report success.
+    if let Err(errno) = rustix::fs::fsync(&maildir.new) {
+        let _ = rustix::fs::unlinkat(&maildir.new, final_name.as_str(), AtFlags::empty());
+        return Err(io("error writing message", errno, Stage::Write, target));
+    }
+    if target.quota.is_some() {
+        record_in_maildirsize(&maildir.root, size);
+    }
+    Ok((format!("{}new/{final_name}", target.full_path), size))
+}
+
+/// Maildir++ usage in bytes for the RCPT-time check; `None` when the maildir cannot be read.
+pub fn usage(base: &OwnedFd, target: &Target, quota: u64) -> Option<u64> {
+    let maildir = match containment::open_dir(base.as_fd(), target.path.trim_end_matches('/')) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Some(0),
+        Err(_) => return None,
+    };
+    usage_of(&maildir, quota)
+}
+
+/// Usage from `maildirsize`, recalculated (and rewritten) when it is missing or unusable, as
+/// Dovecot's and Courier's quota code do.
+fn usage_of(root: &OwnedFd, quota: u64) -> Option<u64> {
+    if let Some(bytes) = read_maildirsize(root) {
+        return Some(bytes);
+    }
+    let (bytes, count) = recalculate(root)?;
+    write_maildirsize(root, quota, bytes, count);
+    Some(bytes)
+}
+
+/// Sum the data lines of `maildirsize`. `None` if missing, too large, with NUL, unparsable or
+/// negative (the cases in which Dovecot rebuilds it).
+fn read_maildirsize(root: &OwnedFd) -> Option<u64> {
+    let fd = open_beneath(
+        root.as_fd(),
+        "maildirsize",
+        OFlags::RDONLY | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut buffer = vec![0u8; MAILDIRSIZE_LIMIT + 1];
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match rustix::io::read(&fd, &mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+    if filled > MAILDIRSIZE_LIMIT || buffer[..filled].contains(&0) {
+        return None;
+    }
+    let text = std::str::from_utf8(&buffer[..filled]).ok()?;
+    let mut lines = text.lines();
+    lines.next()?;
+    let mut bytes: i64 = 0;
+    let mut count: i64 = 0;
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split_whitespace();
+        bytes += fields.next()?.parse::<i64>().ok()?;
+        count += fields.next()?.parse::<i64>().ok()?;
+    }
+    if bytes < 0 || count < 0 {
+        return None;
+    }
+    Some(bytes as u64)
+}
+
+/// Sum the sizes of the messages in `new/` and `cur/` of the root and of every Maildir++
+/// folder (`.Name/`), Trash included (as Dovecot counts).
+fn recalculate(root: &OwnedFd) -> Option<(u64, u64)> {
+    let mut bytes = 0;
+    let mut count = 0;
+    let mut folders = vec![String::new()];
+    for entry in Dir::read_from(root).ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.')
+            && name != "."
+            && name != ".."
+            && entry.file_type() == FileType::Directory
+        {
+            folders.push(format!("{name}/"));
+        }
+    }
+    for folder in folders {
+        for sub in ["new", "cur"] {
+            let Ok(dir) = containment::open_dir(root.as_fd(), &format!("{folder}{sub}")) else {
+                continue;
+            };
+            let Ok(entries) = Dir::read_from(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let size = size_from_name(&name).or_else(|| {
+                    rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                        .ok()
+                        .map(|s| s.st_size as u64)
+                });
+                if let Some(size) = size {
+                    bytes += size;
+                    count += 1;
+                }
+            }
+        }
+    }
+    Some((bytes, count))
+}
+
+/// The `,S=<n>` field of a Maildir file name.
+fn size_from_name(name: &str) -> Option<u64> {
+    let base = name.split(':').next()?;
+    base.split(',')
+        .skip(1)
+        .find_map(|field| field.strip_prefix("S="))
+        .and_then(|n| n.parse().ok())
+}
+
+/// Write a fresh `maildirsize` (tmp file + rename, as Courier does). Best effort: it is a cache.
+fn write_maildirsize(root: &OwnedFd, quota: u64, bytes: u64, count: u64) {
+    let content = format!("{quota}S\n{bytes} {count}\n");
+    let tmp_name = format!("tmp/{}.maildirsize", unique_name("quota"));
+    let Ok(fd) = open_beneath(
+        root.as_fd(),
+        &tmp_name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(FILE_MODE),
+    ) else {
+        return;
+    };
+    let written = write_all(&fd, content.as_bytes()).is_ok();
+    drop(fd);
+    if !written || rustix::fs::renameat(root, tmp_name.as_str(), root, "maildirsize").is_err() {
+        let _ = rustix::fs::unlinkat(root, tmp_name.as_str(), AtFlags::empty());
+    }
+}
+
+/// Append `<size> 1` to an existing `maildirsize` (O_APPEND, one write, as Dovecot does).
+fn record_in_maildirsize(root: &OwnedFd, size: u64) {
+    if let Ok(fd) = open_beneath(
+        root.as_fd(),
+        "maildirsize",
+        OFlags::WRONLY | OFlags::APPEND | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) {
+        let _ = write_all(&fd, format!("{size} 1\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dovecot_unique_name_shape() {
+        let name = unique_name("mx/a:b,c");
+        let parts: Vec<&str> = name.splitn(3, '.').collect();
+        assert!(parts[0].parse::<u64>().is_ok());
+        assert!(parts[1].starts_with('M') && parts[1].contains('P') && parts[1].contains('Q'));
+        assert_eq!(parts[2], "mx\\057a\\072b\\054c");
+    }
+
+    #[test]
+    fn size_field_is_parsed() {
+        assert_eq!(size_from_name("1.M2P3.h,S=1000,W=1030:2,FRSa"), Some(1000));
+        assert_eq!(size_from_name("1.M2P3.h"), None);
+    }
+}

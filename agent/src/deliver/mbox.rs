@@ -1,0 +1,286 @@
+//! mbox delivery (spec V17–V23).
+//!
+//! # Security
+//!
+//! Runs under the recipient's file system identity (the caller holds an
+//! [`FsIdentity`](super::identity::FsIdentity)). The parent directory is opened contained below
+//! the base and never created (spec V18); the mailbox is opened relative to that descriptor
+//! with symlinks refused, checked to be a regular file with one link, owned by the recipient,
+//! and the same inode before and after opening and locking (spec V17, V19, V20). Writes happen
+//! only while every configured lock is held, and any failure truncates the file back to its
+//! original length before the locks are released (spec V22), so a reader never sees half a
+//! message. The size limit and quota are checked before the first byte is written.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+use virtmail_crds::resources::LockMethod;
+
+use super::containment::{self, open_beneath};
+use super::lock;
+use super::message;
+use super::status::{Failure, Place, Stage};
+use super::{Options, Target, unsafe_path};
+
+/// Split `a/b/c` into (`Some("a/b")`, `c`); `c` into (`None`, `c`).
+fn split_parent(path: &str) -> (Option<&str>, &str) {
+    match path.rsplit_once('/') {
+        Some((parent, name)) => (Some(parent), name),
+        None => (None, path),
+    }
+}
+
+fn io(target: &Target, what: impl Into<String>, errno: Errno, stage: Stage) -> Failure {
+    Failure::Io {
+        place: Place::Mbox(target.full_path.clone()),
+        what: what.into(),
+        errno,
+        stage,
+        warning: None,
+    }
+}
+
+fn refused(target: &Target, reason: impl Into<String>) -> Failure {
+    Failure::Refused {
+        place: Place::Mbox(target.full_path.clone()),
+        reason: reason.into(),
+        warning: None,
+    }
+}
+
+fn unsafe_errno(target: &Target, errno: Errno) -> Option<Failure> {
+    containment::unsafe_errno(errno).map(|problem| {
+        unsafe_path(
+            &target.object,
+            &target.key,
+            &target.full_path,
+            problem,
+            Place::Mbox(target.full_path.clone()),
+        )
+    })
+}
+
+/// The current size of the mbox file, for the RCPT-time quota check. `None` when unknown.
+pub fn usage(base: &OwnedFd, target: &Target) -> Option<u64> {
+    match open_beneath(
+        base.as_fd(),
+        &target.path,
+        OFlags::PATH | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Ok(fd) => rustix::fs::fstat(&fd).ok().map(|s| s.st_size as u64),
+        Err(Errno::NOENT) => Some(0),
+        Err(_) => None,
+    }
+}
+
+/// Deliver as the current file system identity. Returns the bytes appended.
+pub fn deliver(
+    base: &OwnedFd,
+    target: &Target,
+    from_line: &[u8],
+    headers: &[u8],
+    message: &[u8],
+    options: &Options,
+) -> Result<u64, Failure> {
+    let dotlock_wanted = target.locks.contains(&LockMethod::Dotlock);
+    let (parent_path, name) = split_parent(&target.path);
+
+    // The parent directory must exist: virtual(8) does not create it (V18).
+    let parent_fd;
+    let parent: BorrowedFd<'_> = match parent_path {
+        None => base.as_fd(),
+        Some(parent_path) => {
+            parent_fd = containment::open_dir(base.as_fd(), parent_path).map_err(|errno| {
+                unsafe_errno(target, errno).unwrap_or_else(|| {
+                    let what = if dotlock_wanted {
+                        format!("unable to create lock file {}.lock", target.full_path)
+                    } else {
+                        "cannot create file exclusively".to_string()
+                    };
+                    io(target, what, errno, Stage::Open)
+                })
+            })?;
+            parent_fd.as_fd()
+        }
+    };
+
+    // What is there now (lstat): the dotlock is taken only for a missing or regular file.
+    let before: Option<Stat> = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => {
+            match FileType::from_raw_mode(stat.st_mode) {
+                FileType::RegularFile => {}
+                FileType::Symlink => {
+                    return Err(unsafe_path(
+                        &target.object,
+                        &target.key,
+                        &target.full_path,
+                        "is a symbolic link",
+                        Place::Mbox(target.full_path.clone()),
+                    ));
+                }
+                FileType::Directory => return Err(refused(target, "file is a directory")),
+                _ => {
+                    return Err(Failure::NotRegular {
+                        recipient: target.key.clone(),
+                        path: target.full_path.clone(),
+                    });
+                }
+            }
+            Some(stat)
+        }
+        Err(Errno::NOENT) => None,
+        Err(errno) => return Err(io(target, "cannot open file", errno, Stage::Open)),
+    };
+
+    let deadline = Instant::now() + options.lock_timeout;
+    // Declared before the file so that it is dropped (removed) after the file is closed.
+    let _dotlock = if dotlock_wanted {
+        Some(
+            lock::dotlock(parent, name, deadline, options.stale_lock_time).map_err(|errno| {
+                io(
+                    target,
+                    format!("unable to create lock file {}.lock", target.full_path),
+                    errno,
+                    Stage::Open,
+                )
+            })?,
+        )
+    } else {
+        None
+    };
+
+    let file = open_mailbox(parent, name, target)?;
+    let stat = rustix::fs::fstat(&file)
+        .map_err(|errno| io(target, "cannot open file", errno, Stage::Open))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(Failure::NotRegular {
+            recipient: target.key.clone(),
+            path: target.full_path.clone(),
+        });
+    }
+    if let Some(before) = &before
+        && (before.st_dev != stat.st_dev || before.st_ino != stat.st_ino)
+    {
+        return Err(refused(target, "file status changed unexpectedly"));
+    }
+    if stat.st_nlink != 1 {
+        return Err(refused(
+            target,
+            format!("file has {} hard links", stat.st_nlink),
+        ));
+    }
+    if stat.st_uid != target.uid {
+        return Err(Failure::Refused {
+            place: Place::None,
+            reason: format!("destination {} is not owned by recipient", target.full_path),
+            warning: Some(format!(
+                "recipient {}: {} is owned by uid {}, not {} (Mailbox/{})",
+                target.key, target.full_path, stat.st_uid, target.uid, target.object
+            )),
+        });
+    }
+
+    for method in &target.locks {
+        let locked = match method {
+            LockMethod::Flock => lock::flock(file.as_fd(), deadline),
+            LockMethod::Fcntl => lock::fcntl(file.as_fd(), deadline),
+            LockMethod::Dotlock => Ok(()),
+        };
+        locked.map_err(|errno| {
+            io(
+                target,
+                "unable to lock for exclusive access",
+                errno,
+                Stage::Open,
+            )
+        })?;
+    }
+    let stat = rustix::fs::fstat(&file)
+        .map_err(|errno| io(target, "cannot open file", errno, Stage::Open))?;
+    if stat.st_nlink != 1 {
+        return Err(refused(target, "target file status changed unexpectedly"));
+    }
+
+    let mut data = Vec::with_capacity(from_line.len() + headers.len() + message.len() + 64);
+    data.extend_from_slice(from_line);
+    data.extend_from_slice(headers);
+    message::push_mbox_quoted(&mut data, message);
+    data.push(b'\n');
+
+    let original_length = stat.st_size as u64;
+    let new_length = original_length + data.len() as u64;
+    // V29 without RLIMIT_FSIZE (process-wide): refused before writing, so no partial data.
+    if target.size_limit > 0 && new_length > target.size_limit {
+        return Err(Failure::TooLarge {
+            place: Place::Mbox(target.full_path.clone()),
+        });
+    }
+    if target.quota.is_some_and(|quota| new_length > quota) {
+        return Err(Failure::OverQuota {
+            place: Place::Mbox(target.full_path.clone()),
+        });
+    }
+
+    if let Err(errno) = write_all(&file, &data).and_then(|()| rustix::fs::fsync(&file)) {
+        // V22: truncate back while the locks are still held.
+        let _ = rustix::fs::ftruncate(&file, original_length);
+        let _ = rustix::fs::fsync(&file);
+        return Err(io(target, "error writing message", errno, Stage::Write));
+    }
+    drop(file);
+    Ok(data.len() as u64)
+}
+
+/// safe_open(): open an existing file, else create it exclusively (0600), else reopen.
+fn open_mailbox(parent: BorrowedFd<'_>, name: &str, target: &Target) -> Result<OwnedFd, Failure> {
+    let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let classify_open = |errno: Errno, what: &str| -> Failure {
+        match errno {
+            Errno::LOOP => unsafe_path(
+                &target.object,
+                &target.key,
+                &target.full_path,
+                "is a symbolic link",
+                Place::Mbox(target.full_path.clone()),
+            ),
+            Errno::ISDIR => refused(target, "file is a directory"),
+            errno => {
+                unsafe_errno(target, errno).unwrap_or_else(|| io(target, what, errno, Stage::Open))
+            }
+        }
+    };
+    for _ in 0..2 {
+        match open_beneath(parent, name, flags, Mode::empty()) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOENT) => {}
+            Err(errno) => return Err(classify_open(errno, "cannot open file")),
+        }
+        match open_beneath(
+            parent,
+            name,
+            flags | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::EXIST) => continue,
+            Err(errno) => return Err(classify_open(errno, "cannot create file exclusively")),
+        }
+    }
+    Err(io(target, "cannot open file", Errno::EXIST, Stage::Open))
+}
+
+/// Write everything, resuming after short writes and EINTR.
+pub(crate) fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => data = &data[n..],
+            Err(Errno::INTR) => {}
+            Err(errno) => return Err(errno),
+        }
+    }
+    Ok(())
+}
