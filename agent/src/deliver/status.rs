@@ -221,9 +221,12 @@ fn errno_code(errno: Errno, stage: Stage) -> Code {
 
 /// `strerror()` text for an errno, as Postfix's `%m`.
 pub fn strerror(errno: Errno) -> String {
-    nix::errno::Errno::from_raw(errno.raw_os_error())
-        .desc()
-        .to_string()
+    // std formats with the C library's strerror_r and appends " (os error N)".
+    let text = std::io::Error::from_raw_os_error(errno.raw_os_error()).to_string();
+    match text.rfind(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
 }
 
 /// Turn a failure into a status: the one place that decides class, code and text.
