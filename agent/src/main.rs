@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use virtmail_agent::check::{CheckStatus, check};
 use virtmail_agent::server::{
-    self, backend::NoEngine, listen, listen::Addr, logging, logging::LogFormat, reload::FileSource,
+    self, listen, listen::Addr, logging, logging::LogFormat, reload::FileSource,
 };
 
 #[derive(Debug, Parser)]
@@ -228,7 +228,13 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(server::run(config, Arc::new(NoEngine))) {
+    // Deliveries switch only the file system identity, per thread; no inherited group may
+    // leak into them.
+    if let Err(error) = virtmail_agent::deliver::drop_supplementary_groups() {
+        tracing::warn!("cannot drop supplementary groups: {error}");
+    }
+    let engine = Arc::new(virtmail_agent::deliver::Engine::default());
+    match runtime.block_on(server::run(config, engine)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

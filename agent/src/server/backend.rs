@@ -90,30 +90,3 @@ pub trait Backend: Send + Sync + Debug + 'static {
         message: &[u8],
     ) -> Delivered;
 }
-
-/// Stand-in used until the delivery engine is wired in: RCPT checks from the directory alone,
-/// and every delivery deferred (never a false 250).
-#[derive(Debug, Default)]
-pub struct NoEngine;
-
-impl Backend for NoEngine {
-    fn precheck(&self, directory: &Directory, recipient: &str) -> Result<(), Status> {
-        match directory.find_mailbox(recipient) {
-            None => Err(Status::new("5.1.1", "User unknown")),
-            Some(found) if found.entry.defer.is_some() => {
-                Err(Status::new("4.3.5", "Mailbox configuration error"))
-            }
-            Some(found) if found.entry.suspended => Err(Status::new("4.2.1", "Mailbox suspended")),
-            Some(_) => Ok(()),
-        }
-    }
-
-    fn deliver(&self, _: &Directory, _: &str, _: &Recipient, _: &[u8]) -> Delivered {
-        Delivered {
-            status: Status::new("4.3.0", "Delivery engine not available"),
-            path: None,
-            size: 0,
-            duration: Duration::ZERO,
-        }
-    }
-}

@@ -1,0 +1,389 @@
+//! LMTP and socketmap load generator (a benchmark, not a test).
+//!
+//! ```text
+//! cargo bench -p virtmail-agent --bench lmtp -- lmtp [--messages N] [--size S] [--connections C]
+//!     [--mailboxes U] [--target unix:PATH|HOST:PORT] [--domain D]
+//! cargo bench -p virtmail-agent --bench lmtp -- socketmap [--mailboxes U] [--queries N]
+//!     [--connections C]
+//! ```
+//! Without `--target` it starts its own `virtmail-agent serve` on unix sockets in a temporary
+//! directory, with U Maildir mailboxes owned by uid/gid 5000 (run as root). With `--target` it
+//! drives any LMTP server (e.g. Dovecot) with recipients `u<i>@<domain>`.
+//! Each connection sends MAIL, RCPT and DATA in one write, then the body; latency is measured
+//! from that write to the post-dot reply.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn machine_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("machine: nproc={cores} cpu=\"{cpu}\" kernel={kernel}")
+}
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
+        self.0
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| self.0.get(i + 1))
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("bad value for {name}: {v}"))
+            })
+            .unwrap_or(default)
+    }
+    fn text(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| self.0.get(i + 1))
+            .cloned()
+    }
+}
+
+/// A connection to `unix:PATH` or `HOST:PORT`.
+trait Conn: Read + Write + Send {}
+impl Conn for UnixStream {}
+impl Conn for std::net::TcpStream {}
+
+fn connect(target: &str) -> Box<dyn Conn> {
+    if let Some(path) = target.strip_prefix("unix:") {
+        Box::new(UnixStream::connect(path).expect("connect"))
+    } else {
+        let s = std::net::TcpStream::connect(target).expect("connect");
+        s.set_nodelay(true).unwrap();
+        Box::new(s)
+    }
+}
+
+struct Agent {
+    child: Child,
+    _dir: tempfile::TempDir,
+    lmtp: PathBuf,
+    map: PathBuf,
+    base: PathBuf,
+    ready_after: Duration,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn resources(mailboxes: usize) -> String {
+    let mut y = String::from(
+        "apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n",
+    );
+    for i in 0..mailboxes {
+        y.push_str(&format!(
+            "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: u{i}}}\nspec: {{address: u{i}@bench.test}}\n"
+        ));
+    }
+    y
+}
+
+fn start_agent(mailboxes: usize) -> Agent {
+    let dir = tempfile::tempdir().unwrap();
+    let res = dir.path().join("resources");
+    let base = dir.path().join("mail");
+    std::fs::create_dir_all(&res).unwrap();
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(res.join("bench.yaml"), resources(mailboxes)).unwrap();
+    let (lmtp, map, http) = (
+        dir.path().join("lmtp.sock"),
+        dir.path().join("map.sock"),
+        dir.path().join("http.sock"),
+    );
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_virtmail-agent"))
+        .arg("serve")
+        .arg("--resources")
+        .arg(&res)
+        .arg("--mailbox-base")
+        .arg(&base)
+        .arg("--lmtp")
+        .arg(format!("unix:{}", lmtp.display()))
+        .arg("--socketmap")
+        .arg(format!("unix:{}", map.display()))
+        .arg("--http")
+        .arg(format!("unix:{}", http.display()))
+        .args(["--max-connections", "1000"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start virtmail-agent");
+    while UnixStream::connect(&http).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "agent did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Agent {
+        child,
+        _dir: dir,
+        lmtp,
+        map,
+        base,
+        ready_after: started.elapsed(),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn body(size: usize) -> Vec<u8> {
+    let mut b = b"From: bench@remote.test\r\nSubject: bench\r\n\r\n".to_vec();
+    let line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n";
+    while b.len() < size {
+        b.extend_from_slice(line);
+    }
+    b.truncate(size.saturating_sub(2).max(b.len().min(size)));
+    if !b.ends_with(b"\r\n") {
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(b".\r\n");
+    b
+}
+
+fn lmtp(args: &Args) {
+    let messages: usize = args.get("--messages", 2000);
+    let size: usize = args.get("--size", 4096);
+    let conns: usize = args.get("--connections", 8);
+    let mailboxes: usize = args.get("--mailboxes", 100);
+    let domain = args.text("--domain").unwrap_or_else(|| "bench.test".into());
+    let agent = match args.text("--target") {
+        Some(_) => None,
+        None => Some(start_agent(mailboxes)),
+    };
+    let target = args
+        .text("--target")
+        .unwrap_or_else(|| format!("unix:{}", agent.as_ref().unwrap().lmtp.display()));
+    let data = body(size);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..conns)
+        .map(|c| {
+            let (target, data, domain) = (target.clone(), data.clone(), domain.clone());
+            std::thread::spawn(move || {
+                let mut stream = connect(&target);
+                let mut lat = Vec::new();
+                let mut classes = [0usize; 6];
+                let mut r = LineReader::default();
+                r.reply(&mut stream);
+                stream.write_all(b"LHLO bench.test\r\n").unwrap();
+                r.reply(&mut stream);
+                let mut i = c;
+                while i < messages {
+                    let rcpt = format!("u{}@{domain}", i % mailboxes);
+                    let t = Instant::now();
+                    let head = format!(
+                        "MAIL FROM:<bench@remote.test> SIZE={size}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n"
+                    );
+                    stream.write_all(head.as_bytes()).unwrap();
+                    let mail = r.reply(&mut stream);
+                    let rcpt_reply = r.reply(&mut stream);
+                    let go = r.reply(&mut stream);
+                    if !go.starts_with("354") {
+                        panic!("no 354: {mail} {rcpt_reply} {go}");
+                    }
+                    stream.write_all(&data).unwrap();
+                    let done = r.reply(&mut stream);
+                    lat.push(t.elapsed());
+                    let class = usize::from(done.as_bytes()[0] - b'0');
+                    classes[class.min(5)] += 1;
+                    i += conns;
+                }
+                stream.write_all(b"QUIT\r\n").unwrap();
+                (lat, classes)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut classes = [0usize; 6];
+    for t in threads {
+        let (l, c) = t.join().unwrap();
+        lat.extend(l);
+        for (a, b) in classes.iter_mut().zip(c) {
+            *a += b;
+        }
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    println!("{}", machine_line());
+    println!(
+        "lmtp target={} messages={messages} size={size} connections={conns} mailboxes={mailboxes}",
+        if agent.is_some() {
+            "virtmail-agent"
+        } else {
+            target.as_str()
+        }
+    );
+    println!(
+        "result: {:.0} deliveries/s in {:.2}s; 2xx={} 4xx={} 5xx={}; latency ms p50={:.2} p90={:.2} p99={:.2}",
+        messages as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        classes[2],
+        classes[4],
+        classes[5],
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99)
+    );
+    if let Some(agent) = &agent {
+        let files = count_files(&agent.base);
+        println!("files in the mailbox base after the run: {files}");
+    }
+}
+
+/// Reads CRLF reply lines from a boxed stream with its own buffer.
+#[derive(Default)]
+struct LineReader {
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    fn line(&mut self, s: &mut Box<dyn Conn>) -> String {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn reply(&mut self, s: &mut Box<dyn Conn>) -> String {
+        let mut all = String::new();
+        loop {
+            let line = self.line(s);
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => pending.push(e.path()),
+                    Ok(_) => n += 1,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    n
+}
+
+fn socketmap(args: &Args) {
+    let mailboxes: usize = args.get("--mailboxes", 100_000);
+    let queries: usize = args.get("--queries", 200_000);
+    let conns: usize = args.get("--connections", 8);
+    let agent = start_agent(mailboxes);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..conns)
+        .map(|c| {
+            let path = agent.map.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(path).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut lat = Vec::with_capacity(queries / conns + 1);
+                let mut found = 0;
+                let mut i = c;
+                while i < queries {
+                    // Every fourth key is unknown; the rest carry an extension and mixed case.
+                    let key = if i % 4 == 3 {
+                        format!("mailbox nobody{i}@bench.test")
+                    } else {
+                        format!("mailbox U{}+ext@Bench.TEST", (i * 7919) % mailboxes)
+                    };
+                    let t = Instant::now();
+                    s.write_all(format!("{}:{},", key.len(), key).as_bytes())
+                        .unwrap();
+                    let mut len = Vec::new();
+                    r.read_until(b':', &mut len).unwrap();
+                    let n: usize = std::str::from_utf8(&len[..len.len() - 1])
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    let mut reply = vec![0u8; n + 1];
+                    r.read_exact(&mut reply).unwrap();
+                    lat.push(t.elapsed());
+                    if reply.starts_with(b"OK ") {
+                        found += 1;
+                    }
+                    i += conns;
+                }
+                (lat, found)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    let mut found = 0;
+    for t in threads {
+        let (l, f) = t.join().unwrap();
+        lat.extend(l);
+        found += f;
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    println!("{}", machine_line());
+    println!(
+        "socketmap mailboxes={mailboxes} queries={queries} connections={conns}; agent ready after {:.2}s (compile + load)",
+        agent.ready_after.as_secs_f64()
+    );
+    println!(
+        "result: {:.0} lookups/s in {:.2}s; found={found}; latency ms p50={:.3} p90={:.3} p99={:.3}",
+        queries as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99)
+    );
+}
+
+fn main() {
+    let args = Args(std::env::args().skip(1).collect());
+    // `cargo bench` adds `--bench`; the word `socketmap` picks the lookup benchmark.
+    if args.0.iter().any(|a| a == "socketmap") {
+        socketmap(&args);
+    } else {
+        lmtp(&args);
+    }
+}
