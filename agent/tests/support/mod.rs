@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,7 +87,19 @@ impl Agent {
     pub fn start_with(yaml: Option<&str>, extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("resources")).unwrap();
-        std::fs::create_dir_all(dir.path().join("mail")).unwrap();
+        // Deliveries run as uid 5000/5001: the path to the base must be searchable, and the
+        // domain directories (provisioned by an operator in production) writable by both.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for domain in ["example.test", "catchall.test"] {
+            let path = dir.path().join("mail").join(domain);
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        std::fs::set_permissions(
+            dir.path().join("mail"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         if let Some(yaml) = yaml {
             std::fs::write(dir.path().join("resources/all.yaml"), yaml).unwrap();
         }
