@@ -208,9 +208,12 @@ fn main() -> anyhow::Result<()> {
                 let metrics = Arc::new(Metrics::default());
                 let listener = tokio::net::TcpListener::bind(&http).await?;
                 tokio::spawn(virtmail_operator::http::serve(listener, metrics.clone()));
-                let identity = identity
-                    .or_else(|| std::env::var("HOSTNAME").ok())
-                    .unwrap_or_else(|| format!("virtmail-operator-{}", std::process::id()));
+                // Pod names are unique; outside a pod the host name alone is not (two replicas
+                // on one machine), so the pid is added.
+                let identity = identity.unwrap_or_else(|| {
+                    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "virtmail-operator".into());
+                    format!("{host}-{}", std::process::id())
+                });
                 let lease = LeaseConfig {
                     namespace: lease_namespace,
                     name: lease_name,

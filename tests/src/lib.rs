@@ -2,6 +2,8 @@
 //! starting the real components the suites run against.
 
 pub mod cluster;
+pub mod operator;
+pub mod process;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,52 @@
+//! The operator as a real process, running with its own RBAC identity
+//! (`system:serviceaccount:virtmail-system:virtmail-operator`) against the real control plane.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::cluster::{Cluster, cluster, run, run_with_stdin};
+use crate::process::{Process, binary};
+
+/// Namespace of the operator's identity and leases.
+pub const OPERATOR_NAMESPACE: &str = "virtmail-system";
+
+static RBAC: OnceLock<()> = OnceLock::new();
+
+/// Install the operator's RBAC exactly as `virtmail-operator rbac` prints it (once per process).
+pub fn install_rbac(cluster: &Cluster) {
+    RBAC.get_or_init(|| {
+        let _ = run(cluster
+            .kubectl()
+            .args(["create", "namespace", OPERATOR_NAMESPACE]));
+        let yaml = run(Command::new(binary("virtmail-operator")).args([
+            "rbac",
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--service-account",
+            "virtmail-operator",
+        ]))
+        .expect("virtmail-operator rbac");
+        run_with_stdin(cluster.kubectl().args(["apply", "-f", "-"]), &yaml)
+            .expect("apply the operator's RBAC");
+    });
+}
+
+/// Start the operator watching `namespace`, as the operator identity, with its own Lease name
+/// (so parallel tests do not wait on each other's leader).
+pub fn start(namespace: &str, lease: &str) -> Process {
+    let cluster = cluster();
+    install_rbac(cluster);
+    let mut command = Command::new(binary("virtmail-operator"));
+    command
+        .env("KUBECONFIG", cluster.kubeconfig("operator"))
+        .env("RUST_LOG", "info,kube=warn")
+        .args(["run", "--http", "127.0.0.1:0", "--namespace", namespace])
+        .args([
+            "--lease-namespace",
+            OPERATOR_NAMESPACE,
+            "--lease-name",
+            lease,
+        ])
+        .args(["--lease-seconds", "6"]);
+    Process::start(&format!("operator-{lease}"), command)
+}

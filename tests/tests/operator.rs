@@ -1,0 +1,386 @@
+//! The operator against the real control plane, running with its own RBAC identity (issue 6).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use virtmail_crds::{compile, encoding, manifests};
+use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::process::wait_for;
+use virtmail_tests::{operator, workspace_root};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The directory version `virtmail-agent check` computes locally for the same manifests.
+fn local_encoding(dir: &Path, namespace: &str) -> encoding::Encoded {
+    let resources = manifests::load_dir(dir).expect("manifests");
+    let mut server = resources.server(None).expect("server");
+    server.metadata.namespace = Some(namespace.into());
+    encoding::encode(&compile(resources.inputs(&server)).directory)
+}
+
+fn status_version(ns: &TestNamespace, server: &str) -> Option<String> {
+    let json = ns.get_json("mailserver", server);
+    json.pointer("/status/directory/version")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+fn wait_version(ns: &TestNamespace, server: &str, want: &str) {
+    wait_for(
+        &format!("MailServer/{server} to publish version {want}"),
+        WAIT,
+        || (status_version(ns, server).as_deref() == Some(want)).then_some(()),
+    );
+}
+
+fn condition(object: &Value, kind: &str) -> Option<(String, String)> {
+    object
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+fn resource_version(ns: &TestNamespace, resource: &str, name: &str) -> String {
+    ns.get_json(resource, name)["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn config_map_names(ns: &TestNamespace) -> Vec<String> {
+    let out = run(ns.kubectl().args(["get", "configmaps", "-o", "name"])).expect("list configmaps");
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("configmap/"))
+        .filter(|n| *n != "kube-root-ca.crt")
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn example_becomes_the_exact_directory_and_pod_layout() {
+    let ns = cluster().namespace("operator-example");
+    let example = workspace_root().join("examples/1-virtual-for-all-mail");
+    ns.apply_file(&example).expect("apply example 1");
+    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let local = local_encoding(&example, ns.name());
+    wait_version(&ns, "mail", &local.version);
+
+    // The directory ConfigMaps are exactly the local encoding.
+    let head = ns.get_json("configmap", "mail-directory");
+    let head_data: BTreeMap<String, String> =
+        serde_json::from_value(head["data"].clone()).expect("head data");
+    assert_eq!(head_data, local.head);
+    for shard in &local.shards {
+        let cm = ns.get_json("configmap", &shard.name);
+        let data: BTreeMap<String, String> =
+            serde_json::from_value(cm["data"].clone()).expect("data");
+        assert_eq!(data, shard.data, "shard {}", shard.name);
+        assert_eq!(cm["metadata"]["labels"]["virtmail.io/directory"], "shard");
+    }
+    let mut expected: Vec<String> = local.shards.iter().map(|s| s.name.clone()).collect();
+    expected.extend(["mail-directory".to_string(), "mail-postfix".to_string()]);
+    expected.sort();
+    assert_eq!(config_map_names(&ns), expected);
+
+    // The Postfix profile is the one `virtmail-operator postfix-profile` prints.
+    let postfix = ns.get_json("configmap", "mail-postfix");
+    let main_cf = postfix["data"]["main.cf"].as_str().expect("main.cf");
+    assert!(
+        main_cf.contains("virtual_transport = lmtp:unix:/run/virtmail/lmtp.sock\n"),
+        "{main_cf}"
+    );
+    assert!(
+        main_cf.contains(
+            "virtual_mailbox_maps = socketmap:unix:/run/virtmail/socketmap.sock:mailbox\n"
+        )
+    );
+
+    // Pod layout, service and the agent's identity, all owned by the MailServer.
+    let server_uid = ns.get_json("mailserver", "mail")["metadata"]["uid"].clone();
+    for (resource, name) in [
+        ("statefulset", "mail"),
+        ("service", "mail"),
+        ("serviceaccount", "mail-agent"),
+        ("role", "mail-agent"),
+        ("rolebinding", "mail-agent"),
+        ("configmap", "mail-postfix"),
+    ] {
+        let object = ns.get_json(resource, name);
+        let owner = &object["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            owner["uid"], server_uid,
+            "{resource}/{name} is owned by the MailServer"
+        );
+        assert_eq!(owner["controller"], true);
+    }
+    let sts = ns.get_json("statefulset", "mail");
+    let containers = sts["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["postfix", "agent"]);
+    let role = ns.get_json("role", "mail-agent");
+    assert_eq!(role["rules"].as_array().map(Vec::len), Some(2));
+
+    // Every object reports Ready with the observed generation.
+    wait_for("Mailboxes Ready", WAIT, || {
+        let mbx = ns.get_json("mailbox", "test1-virtual1");
+        (condition(&mbx, "Ready") == Some(("True".into(), "Published".into()))).then_some(())
+    });
+    let mbx = ns.get_json("mailbox", "test2-virtual2");
+    assert_eq!(mbx["status"]["path"], "/var/mail/vhosts/test2/");
+    assert_eq!(
+        mbx["status"]["observedGeneration"],
+        mbx["metadata"]["generation"]
+    );
+    let server = ns.get_json("mailserver", "mail");
+    assert_eq!(
+        condition(&server, "DirectoryPublished").map(|c| c.0),
+        Some("True".into())
+    );
+    assert_eq!(server["status"]["mailboxes"], 2);
+    assert_eq!(
+        server["status"]["observedGeneration"],
+        server["metadata"]["generation"]
+    );
+    let domain = ns.get_json("maildomain", "virtual1");
+    assert_eq!(
+        condition(&domain, "Ready"),
+        Some(("True".into(), "Published".into()))
+    );
+    assert_eq!(domain["status"]["mailboxes"], 1);
+}
+
+#[test]
+fn editing_one_mailbox_changes_only_the_directory() {
+    let ns = cluster().namespace("operator-edit");
+    let example = workspace_root().join("examples/3-many-virtual-users");
+    ns.apply_file(&example).expect("apply example 3");
+    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let local = local_encoding(&example, ns.name());
+    wait_version(&ns, "mail", &local.version);
+    let before: Vec<(&str, &str, String)> = [
+        ("statefulset", "mail"),
+        ("service", "mail"),
+        ("configmap", "mail-postfix"),
+        ("role", "mail-agent"),
+        ("rolebinding", "mail-agent"),
+        ("serviceaccount", "mail-agent"),
+    ]
+    .into_iter()
+    .map(|(r, n)| (r, n, resource_version(&ns, r, n)))
+    .collect();
+    let shards_before = config_map_names(&ns);
+    let mbx = ns.get_json("mailbox", "alice-virtual1");
+    let ready_since = mbx["status"]["conditions"][0]["lastTransitionTime"].clone();
+
+    run(ns.kubectl().args([
+        "patch",
+        "mailbox",
+        "alice-virtual1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspended":true}}"#,
+    ]))
+    .expect("patch");
+    wait_for("a new directory version", WAIT, || {
+        status_version(&ns, "mail").filter(|v| v != &local.version)
+    });
+    for (resource, name, version) in &before {
+        assert_eq!(
+            &resource_version(&ns, resource, name),
+            version,
+            "{resource}/{name} untouched"
+        );
+    }
+    let shards_after = config_map_names(&ns);
+    let changed = shards_after
+        .iter()
+        .filter(|n| !shards_before.contains(n))
+        .count();
+    assert_eq!(
+        changed, 1,
+        "one shard replaced: {shards_before:?} -> {shards_after:?}"
+    );
+    assert_eq!(
+        shards_after.len(),
+        shards_before.len(),
+        "the old shard is pruned"
+    );
+    // Still Ready (suspended is served, not an error): lastTransitionTime does not move.
+    let mbx = wait_for("observedGeneration 2", WAIT, || {
+        let m = ns.get_json("mailbox", "alice-virtual1");
+        (m["status"]["observedGeneration"] == 2).then_some(m)
+    });
+    assert_eq!(
+        mbx["status"]["conditions"][0]["lastTransitionTime"],
+        ready_since
+    );
+}
+
+#[test]
+fn invalid_and_conflicting_objects_get_their_reasons_while_the_rest_works() {
+    let ns = cluster().namespace("operator-invalid");
+    let fixtures = workspace_root().join("crds/fixtures");
+    // The schema already refuses uid 0 and gid 0; the rest of the fixture is created.
+    let refused = ns
+        .apply_file(&fixtures.join("invalid-owner.yaml"))
+        .expect_err("uid 0 refused");
+    assert!(
+        refused
+            .stderr
+            .contains("spec.uid in body should be greater than or equal to 1"),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .stderr
+            .contains("spec.gid in body should be greater than or equal to 1"),
+        "{refused}"
+    );
+    // Two conflicting mailboxes, the second newer.
+    ns.apply(
+        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: ok-again}\nspec: {address: OK@example.test, uid: 5000, gid: 5000, path: other/ok/}\n",
+    )
+    .expect("apply conflicting mailbox");
+    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let expect = [
+        ("ok", "True", "Published"),
+        ("low", "False", "InvalidOwner"),
+        ("nobody", "False", "InvalidOwner"),
+        ("ok-again", "False", "AddressConflict"),
+    ];
+    for (name, status, reason) in expect {
+        wait_for(
+            &format!("Mailbox/{name} Ready={status} {reason}"),
+            WAIT,
+            || {
+                let mbx = ns.get_json("mailbox", name);
+                (condition(&mbx, "Ready") == Some((status.into(), reason.into()))).then_some(())
+            },
+        );
+    }
+    let events = run(ns.kubectl().args(["get", "events", "-o", "json"])).expect("events");
+    let events: Value = serde_json::from_str(&events).expect("json");
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"InvalidOwner"), "{reasons:?}");
+    assert!(reasons.contains(&"AddressConflict"), "{reasons:?}");
+    let server = ns.get_json("mailserver", "mail");
+    assert_eq!(server["status"]["invalid"], 3);
+    // The deferring entries are in the directory (mail to them waits, never bounces).
+    let head = ns.get_json("configmap", "mail-directory");
+    assert!(
+        head["data"]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mailboxes=3")
+    );
+}
+
+#[test]
+fn deleting_the_mail_server_garbage_collects_what_it_owns() {
+    let ns = cluster().namespace("operator-gc");
+    let example = workspace_root().join("examples/5-autoreply-copy");
+    ns.apply_file(&example).expect("apply example 5");
+    let operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let local = local_encoding(&example, ns.name());
+    wait_version(&ns, "mail", &local.version);
+    run(ns
+        .kubectl()
+        .args(["delete", "mailserver", "mail", "--wait=true"]))
+    .expect("delete");
+    // The real garbage collector of kube-controller-manager removes the owned objects.
+    wait_for(
+        "owned objects to be garbage-collected",
+        Duration::from_secs(90),
+        || {
+            let cms = config_map_names(&ns);
+            let sts = run(ns
+                .kubectl()
+                .args(["get", "statefulsets,services,roles", "-o", "name"]))
+            .unwrap_or_default();
+            (cms.is_empty() && sts.trim().is_empty()).then_some(())
+        },
+    );
+    // Mailboxes and domains stay: they are the administrator's.
+    assert!(ns.get_json("mailbox", "user")["metadata"]["name"] == "user");
+    drop(operator);
+}
+
+#[test]
+fn two_replicas_never_fight_and_the_standby_takes_over() {
+    let ns = cluster().namespace("operator-ha");
+    let example = workspace_root().join("examples/4-forwarding-old-address");
+    ns.apply_file(&example).expect("apply example 4");
+    let lease = format!("lease-{}", ns.name());
+    let mut first = operator::start(ns.name(), &lease);
+    let local = local_encoding(&example, ns.name());
+    wait_version(&ns, "mail", &local.version);
+    let mut second = operator::start(ns.name(), &lease);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !second.log().contains("reconciled"),
+        "the standby must not reconcile:\n{}",
+        second.log()
+    );
+    // One field manager owns the objects, so nothing flips back and forth.
+    let sts = ns.get_json("statefulset", "mail");
+    let managers: Vec<&str> = sts["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(
+        managers
+            .iter()
+            .all(|m| *m == "virtmail-operator" || m.starts_with("kube-controller-manager")),
+        "{managers:?}"
+    );
+    let rv = resource_version(&ns, "statefulset", "mail");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        resource_version(&ns, "statefulset", "mail"),
+        rv,
+        "no apply loop"
+    );
+
+    // The leader stops; the standby takes the lease and reconciles the next change.
+    first.stop(Duration::from_secs(10));
+    run(ns.kubectl().args([
+        "patch",
+        "mailbox",
+        "new-user",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspended":true}}"#,
+    ]))
+    .expect("patch");
+    wait_for(
+        "the standby to publish a new version",
+        Duration::from_secs(60),
+        || status_version(&ns, "mail").filter(|v| v != &local.version),
+    );
+    assert!(second.running());
+    assert!(second.log().contains("leader"), "{}", second.log());
+}
