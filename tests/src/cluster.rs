@@ -203,7 +203,14 @@ impl Cluster {
     pub fn namespace(&'static self, test: &str) -> TestNamespace {
         let label = label_value(test);
         let n = NAMESPACES.fetch_add(1, Ordering::Relaxed);
-        let suffix = format!("-{}-{n}", std::process::id());
+        // Unique across processes and runs (a reused plane may still hold an earlier run's
+        // namespaces, terminating or kept).
+        let unique = {
+            use std::hash::BuildHasher;
+            let h = std::hash::RandomState::new();
+            h.hash_one((std::process::id(), n, std::time::SystemTime::now())) as u32
+        };
+        let suffix = format!("-{n}-{unique:08x}");
         let mut base: String = label.to_ascii_lowercase().replace(['_', '.'], "-");
         base.truncate(63 - 2 - suffix.len());
         let name = format!("t-{}{suffix}", base.trim_end_matches('-'));
