@@ -167,7 +167,7 @@ fn maildir_new_owned_by_another_uid_defers_420() {
 fn v29_size_limit_bounces_522_and_leaves_nothing_in_new_or_tmp() {
     let mut w = world();
     w.directory.settings.mailbox_size_limit = 200;
-    let outcome = w.deliver(ALICE, &vec![b'x'; 300]);
+    let outcome = w.deliver(ALICE, &[b'x'; 300]);
     assert_eq!(
         outcome.status.to_string(),
         "5.2.2 maildir delivery failed: error writing message: File too large"
@@ -193,7 +193,7 @@ fn maildirsize_quota_is_dovecot_readable_and_enforced() {
     assert_eq!(total as u64, first.size);
     assert_eq!(owner(&root.join("maildirsize")), (UID, GID));
     // Over quota with this message: refused, nothing written.
-    let outcome = w.deliver(ALICE, &vec![b'q'; 900]);
+    let outcome = w.deliver(ALICE, &[b'q'; 900]);
     assert_eq!(code(&outcome.status), "5.2.2", "{}", outcome.status);
     assert_eq!(names(&root.join("new")).len(), 1);
     // Fill it up: RCPT time refuses too.
@@ -216,7 +216,7 @@ fn maildirsize_is_recalculated_from_s_fields_when_unusable() {
     fs::write(root.join("cur/1.M1P1.h,S=4000:2,S"), b"x").unwrap();
     fs::write(root.join(".Sent/cur/2.M1P1.h,S=5000:2,S"), b"x").unwrap();
     fs::write(root.join("maildirsize"), "garbage\n-5 x\n").unwrap();
-    let outcome = w.deliver(ALICE, &vec![b'q'; 2000]);
+    let outcome = w.deliver(ALICE, &[b'q'; 2000]);
     assert_eq!(code(&outcome.status), "5.2.2", "{}", outcome.status);
     assert!(
         fs::read_to_string(root.join("maildirsize"))

@@ -224,7 +224,7 @@ fn v19_busy_fcntl_lock_defers_420() {
 }
 
 /// Fork a child that takes a classic `F_SETLK` write lock on `file` and waits for SIGTERM.
-fn hold_fcntl_lock_in_child(file: &fs::File) -> nix::unistd::Pid {
+fn hold_fcntl_lock_in_child(file: &fs::File) -> std::process::Child {
     use std::os::fd::AsRawFd;
     let script = format!(
         "import fcntl,os,time,sys\nfd=os.open('/proc/{}/fd/{}',os.O_WRONLY)\nfcntl.lockf(fd,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(60)\n",
@@ -244,12 +244,12 @@ fn hold_fcntl_lock_in_child(file: &fs::File) -> nix::unistd::Pid {
     )
     .unwrap();
     assert_eq!(line.trim(), "locked");
-    nix::unistd::Pid::from_raw(child.id() as i32)
+    child
 }
 
-fn release_child(pid: nix::unistd::Pid) {
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(pid, None);
+fn release_child(mut child: std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn v29_size_limit_bounces_522_and_leaves_the_mbox_unchanged() {
     let path = w.base.join("example.test/bob");
     let before = fs::read(&path).unwrap();
     w.directory.settings.mailbox_size_limit = before.len() as u64 + 50;
-    let outcome = w.deliver(BOB, &vec![b'x'; 100]);
+    let outcome = w.deliver(BOB, &[b'x'; 100]);
     assert_eq!(
         outcome.status.to_string(),
         format!(
@@ -278,7 +278,7 @@ fn mbox_quota_is_checked_at_rcpt_and_at_delivery() {
     let path = w.base.join("example.test/bob");
     let before = fs::read(&path).unwrap();
     // Would go over: refused at delivery, nothing written.
-    let outcome = w.deliver(BOB, &vec![b'y'; 300]);
+    let outcome = w.deliver(BOB, &[b'y'; 300]);
     assert_eq!(code(&outcome.status), "5.2.2", "{}", outcome.status);
     assert_eq!(outcome.status.reply_code(), 552);
     assert_eq!(fs::read(&path).unwrap(), before);

@@ -93,13 +93,10 @@ pub fn open_beneath(
 }
 
 /// Open an existing directory below `dir` for reading (usable for `fsync` and as a dirfd).
+/// No `O_NOFOLLOW`: with `O_DIRECTORY` it would turn a final symlink into ENOTDIR, while
+/// RESOLVE_NO_SYMLINKS reports it as ELOOP, which we classify as unsafe.
 pub fn open_dir(dir: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, Errno> {
-    open_beneath(
-        dir,
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
+    open_beneath(dir, path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
 }
 
 /// A failure while walking or creating directories: the errno and the path walked so far.

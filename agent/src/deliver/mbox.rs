@@ -64,12 +64,7 @@ fn unsafe_errno(target: &Target, errno: Errno) -> Option<Failure> {
 
 /// The current size of the mbox file, for the RCPT-time quota check. `None` when unknown.
 pub fn usage(base: &OwnedFd, target: &Target) -> Option<u64> {
-    match open_beneath(
-        base.as_fd(),
-        &target.path,
-        OFlags::PATH | OFlags::NOFOLLOW,
-        Mode::empty(),
-    ) {
+    match open_beneath(base.as_fd(), &target.path, OFlags::PATH, Mode::empty()) {
         Ok(fd) => rustix::fs::fstat(&fd).ok().map(|s| s.st_size as u64),
         Err(Errno::NOENT) => Some(0),
         Err(_) => None,

@@ -172,10 +172,15 @@ impl World {
 
     /// Write manifests for the CLI: server with `mailbox_base`, domain, the given YAML docs.
     pub fn resources(&self, extra: &str) -> PathBuf {
+        self.resources_with("{mailboxBase: /nonexistent/base}", extra)
+    }
+
+    /// Like [`World::resources`] with the MailServer's `spec` as given (flow YAML).
+    pub fn resources_with(&self, server_spec: &str, extra: &str) -> PathBuf {
         let dir = self.dir.path().join("resources");
         fs::create_dir_all(&dir).unwrap();
         let yaml = format!(
-            "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\nspec: {{mailboxBase: /nonexistent/base}}\n---\n\
+            "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\nspec: {server_spec}\n---\n\
              apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: example}}\nspec:\n  domain: {DOMAIN}\n  postmaster: postmaster@{DOMAIN}\n  defaults: {{uid: {UID}, gid: {GID}}}\n---\n\
              apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: postmaster}}\nspec: {{address: postmaster@{DOMAIN}}}\n{extra}"
         );

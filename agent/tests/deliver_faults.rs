@@ -1,0 +1,76 @@
+//! Faults: a full file system (a 1 MiB tmpfs mounted for the test) leaves the mbox at its
+//! original length and nothing in Maildir new/ or tmp/ (spec V22, V30; DESIGN §4.3).
+
+mod deliver_support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use deliver_support::*;
+
+fn big() -> Vec<u8> {
+    let mut m = b"Subject: big\n\n".to_vec();
+    for i in 0..40_000 {
+        m.extend_from_slice(
+            format!("line {i:08} of a message too large for the disk\n").as_bytes(),
+        );
+    }
+    m
+}
+
+#[test]
+fn v30_disk_full_defers_430_and_truncates_the_mbox_back() {
+    let mut w = World::new();
+    let tmpfs = Tmpfs::mount(w.dir.path(), "1m");
+    fs::set_permissions(&tmpfs.path, fs::Permissions::from_mode(0o755)).unwrap();
+    w.directory.settings.mailbox_base = tmpfs.path.display().to_string();
+    let domain = tmpfs.path.join(DOMAIN);
+    fs::create_dir(&domain).unwrap();
+    chown(&domain, UID, GID);
+    w.mailbox("bob@example.test", "example.test/bob");
+    assert_eq!(
+        code(&w.deliver("bob@example.test", MESSAGE).status),
+        "2.0.0"
+    );
+    let before = fs::read(domain.join("bob")).unwrap();
+    let outcome = w.deliver("bob@example.test", &big());
+    assert_eq!(
+        outcome.status.to_string(),
+        format!(
+            "4.3.0 delivery failed to mailbox {}: error writing message: No space left on device",
+            domain.join("bob").display()
+        )
+    );
+    assert_eq!(outcome.status.reply_code(), 452);
+    assert_eq!(fs::read(domain.join("bob")).unwrap(), before);
+    assert_eq!(names(&domain), vec!["bob"], "dotlock removed");
+    drop(tmpfs);
+}
+
+#[test]
+fn v30_disk_full_defers_430_and_leaves_nothing_in_maildir() {
+    let mut w = World::new();
+    let tmpfs = Tmpfs::mount(w.dir.path(), "1m");
+    fs::set_permissions(&tmpfs.path, fs::Permissions::from_mode(0o755)).unwrap();
+    w.directory.settings.mailbox_base = tmpfs.path.display().to_string();
+    let domain = tmpfs.path.join(DOMAIN);
+    fs::create_dir(&domain).unwrap();
+    chown(&domain, UID, GID);
+    w.mailbox("alice@example.test", "example.test/alice/");
+    assert_eq!(
+        code(&w.deliver("alice@example.test", MESSAGE).status),
+        "2.0.0"
+    );
+    let outcome = w.deliver("alice@example.test", &big());
+    assert_eq!(
+        outcome.status.to_string(),
+        "4.3.0 maildir delivery failed: error writing message: No space left on device"
+    );
+    assert_eq!(
+        names(&domain.join("alice/new")).len(),
+        1,
+        "only the first message"
+    );
+    assert!(names(&domain.join("alice/tmp")).is_empty());
+    drop(tmpfs);
+}
