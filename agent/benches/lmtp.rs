@@ -13,6 +13,7 @@
 //! from that write to the post-dot reply.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -109,7 +110,15 @@ fn start_agent(mailboxes: usize) -> Agent {
     let res = dir.path().join("resources");
     let base = dir.path().join("mail");
     std::fs::create_dir_all(&res).unwrap();
-    std::fs::create_dir_all(&base).unwrap();
+    // Deliveries run as uid 5000: the base must be searchable and the domain directory writable.
+    std::fs::create_dir_all(base.join("bench.test")).unwrap();
+    for (path, mode) in [
+        (dir.path(), 0o755),
+        (&base, 0o755),
+        (&base.join("bench.test"), 0o777),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
     std::fs::write(res.join("bench.yaml"), resources(mailboxes)).unwrap();
     let (lmtp, map, http) = (
         dir.path().join("lmtp.sock"),
