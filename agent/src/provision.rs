@@ -1,0 +1,467 @@
+//! Provisioning ("volume layouts"): on each new directory version, create what is missing — the
+//! Maildir with `tmp/ new/ cur/` or the mbox file — owned by the mailbox's uid/gid with modes
+//! 0700/0600, and report per mailbox whether it is there with the right owner.
+//!
+//! Layout rules (documented for administrators in docs/PROVISIONING.md):
+//! - Missing parent directories of a mailbox (e.g. `<domain>/`) are created by the agent as root,
+//!   mode 0711: every mailbox owner can pass through, nobody can list them. The parent of an mbox
+//!   that is dotlocked gets mode 1777 (sticky, like `/var/mail`), because the recipient must
+//!   create `<mbox>.lock` beside it (spec V19).
+//! - A Maildir is created *as the recipient* (so quotas and ownership are the kernel's doing);
+//!   an mbox file is created by root and given to the recipient with `fchown` (CAP_CHOWN), since
+//!   its parent may be shared.
+//! - Existing mail is never deleted, moved or chmod'ed. An existing path with the wrong owner, a
+//!   symlink, or the wrong type is reported, not "fixed". Removed mailboxes keep their data.
+//!
+//! # Security
+//!
+//! Every path is checked lexically and opened relative to a descriptor of the base with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` (see
+//! [`crate::deliver::containment`]); work as the recipient happens under a per-thread file system
+//! identity ([`crate::deliver::identity::FsIdentity`]) on the calling thread only.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
+use virtmail_crds::Directory;
+use virtmail_crds::directory::MailboxEntry;
+use virtmail_crds::resources::{LockMethod, MailboxFormat};
+
+use crate::deliver::containment::{self, check_relative, make_dirs, open_beneath, open_dir};
+use crate::deliver::identity::FsIdentity;
+
+/// Result for one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Folded address.
+    pub address: String,
+    /// Name of the Mailbox object.
+    pub object: String,
+    /// Absolute path.
+    pub path: String,
+    /// What was found or done.
+    pub state: State,
+}
+
+/// Provisioning state of one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Present with the right owner (nothing to do).
+    Present,
+    /// Created now (or completed: a missing `tmp/ new/ cur/`).
+    Created,
+    /// Not usable; `reason` is a stable PascalCase word.
+    Problem {
+        /// `Deferring`, `Symlink`, `WrongType`, `OwnerMismatch`, `InvalidPath`, `Unreachable`,
+        /// `IoError`.
+        reason: &'static str,
+        /// Detail for people.
+        message: String,
+    },
+}
+
+impl State {
+    /// `(status, reason, message)` of the `Provisioned` condition.
+    pub fn condition(&self, path: &str) -> (bool, &'static str, String) {
+        match self {
+            State::Present => (
+                true,
+                "Present",
+                format!("{path} exists with the right owner"),
+            ),
+            State::Created => (true, "Created", format!("{path} created")),
+            State::Problem { reason, message } => (false, reason, message.clone()),
+        }
+    }
+}
+
+fn problem(reason: &'static str, message: impl Into<String>) -> State {
+    State::Problem {
+        reason,
+        message: message.into(),
+    }
+}
+
+fn errno_problem(what: &str, path: &str, errno: Errno) -> State {
+    match errno {
+        Errno::LOOP | Errno::XDEV => problem(
+            "Symlink",
+            format!("{what} {path} crosses a symbolic link or leaves the base; not touched"),
+        ),
+        Errno::NOTDIR => problem(
+            "WrongType",
+            format!("{what} {path}: a component is not a directory"),
+        ),
+        Errno::ACCESS | Errno::PERM => {
+            problem("Unreachable", format!("{what} {path}: permission denied"))
+        }
+        other => problem("IoError", format!("{what} {path}: {other}")),
+    }
+}
+
+/// Provision every mailbox of `directory` below the already-open `base`. Blocking; call it on a
+/// thread of its own (it switches that thread's file system identity while it works).
+pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> Vec<Report> {
+    let dotlock = directory
+        .settings
+        .mailbox_lock
+        .contains(&LockMethod::Dotlock);
+    directory
+        .mailboxes
+        .iter()
+        .map(|(address, entry)| Report {
+            address: address.clone(),
+            object: entry.object.clone(),
+            path: format!("{base_path}/{}", entry.path),
+            state: provision_one(base, entry, dotlock),
+        })
+        .collect()
+}
+
+/// Provision one mailbox.
+pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> State {
+    if let Some(deferral) = &entry.defer {
+        return problem(
+            "Deferring",
+            format!("{}: {}", deferral.reason, deferral.message),
+        );
+    }
+    if entry.uid == 0 || entry.gid == 0 {
+        return problem("InvalidOwner", "uid/gid 0 is never used");
+    }
+    if let Err(p) = check_relative(&entry.path) {
+        return problem(
+            "InvalidPath",
+            format!("path {} {}", entry.path, p.describe()),
+        );
+    }
+    let trimmed = entry.path.trim_end_matches('/');
+    let (parent, leaf) = match trimmed.rsplit_once('/') {
+        Some((parent, leaf)) => (Some(parent), leaf),
+        None => (None, trimmed),
+    };
+    let parent_mode = if entry.format == MailboxFormat::Mbox && dotlock {
+        Mode::from_raw_mode(0o1777)
+    } else {
+        Mode::from_raw_mode(0o711)
+    };
+    let parent_fd = match parent {
+        None => match open_dir(base.as_fd(), ".") {
+            Ok(fd) => fd,
+            Err(e) => return errno_problem("mailbox base", ".", e),
+        },
+        Some(parent) => match make_dirs(base.as_fd(), parent, parent_mode) {
+            Ok((fd, created)) => {
+                if created {
+                    // mkdir applies the umask; set the documented mode on what we just made.
+                    let _ = rustix::fs::fchmod(&fd, parent_mode);
+                }
+                fd
+            }
+            Err(e) => return errno_problem("parent directory", &e.at, e.errno),
+        },
+    };
+    match entry.format {
+        MailboxFormat::Maildir => maildir(&parent_fd, leaf, entry),
+        MailboxFormat::Mbox => mbox(&parent_fd, leaf, entry),
+    }
+}
+
+fn owner_check(
+    fd: &OwnedFd,
+    entry: &MailboxEntry,
+    path: &str,
+    want: FileType,
+) -> Result<(), State> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| errno_problem("stat", path, e))?;
+    if FileType::from_raw_mode(stat.st_mode) != want {
+        return Err(problem(
+            "WrongType",
+            format!("{path} is not a {}", kind_name(want)),
+        ));
+    }
+    if stat.st_uid != entry.uid {
+        return Err(problem(
+            "OwnerMismatch",
+            format!(
+                "{path} is owned by uid {}, the Mailbox says {}; not changed",
+                stat.st_uid, entry.uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn kind_name(t: FileType) -> &'static str {
+    if t == FileType::Directory {
+        "directory"
+    } else {
+        "regular file"
+    }
+}
+
+fn maildir(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
+    let path = &entry.path;
+    // The maildir itself is made by root (its parent may be a shared, root-owned directory) and
+    // given to the recipient before anything is put in it.
+    let created = match open_dir(parent.as_fd(), leaf) {
+        Ok(_) => false,
+        Err(Errno::NOENT) => match rustix::fs::mkdirat(parent, leaf, Mode::from_raw_mode(0o700)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
+            Err(e) => return errno_problem("create maildir", path, e),
+        },
+        Err(e) => return errno_problem("open maildir", path, e),
+    };
+    let dir = match open_dir(parent.as_fd(), leaf) {
+        Ok(fd) => fd,
+        Err(e) => return errno_problem("open maildir", path, e),
+    };
+    if created {
+        let stat = match rustix::fs::fstat(&dir) {
+            Ok(stat) => stat,
+            Err(e) => return errno_problem("stat", path, e),
+        };
+        // Only what we just made (still root's) is handed over; anything else is left alone.
+        if stat.st_uid == 0 {
+            let owner = rustix::fs::fchown(
+                &dir,
+                Some(rustix::fs::Uid::from_raw(entry.uid)),
+                Some(rustix::fs::Gid::from_raw(entry.gid)),
+            )
+            .and_then(|()| rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700)));
+            if let Err(e) = owner {
+                return errno_problem("chown", path, e);
+            }
+        }
+    }
+    if let Err(state) = owner_check(&dir, entry, path, FileType::Directory) {
+        return state;
+    }
+    // tmp/ new/ cur/ are created as the recipient.
+    let identity = match FsIdentity::assume(entry.uid, entry.gid) {
+        Ok(identity) => identity,
+        Err(e) => {
+            return problem(
+                "IoError",
+                format!("cannot switch to {}/{}: {e:?}", entry.uid, entry.gid),
+            );
+        }
+    };
+    let mut completed = created;
+    for sub in ["tmp", "new", "cur"] {
+        let sub_path = format!("{path}{sub}");
+        match open_dir(dir.as_fd(), sub) {
+            Ok(fd) => {
+                if let Err(state) = owner_check(&fd, entry, &sub_path, FileType::Directory) {
+                    return state;
+                }
+            }
+            Err(Errno::NOENT) => match rustix::fs::mkdirat(&dir, sub, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => completed = true,
+                Err(e) => return errno_problem("create", &sub_path, e),
+            },
+            Err(e) => return errno_problem("open", &sub_path, e),
+        }
+    }
+    drop(identity);
+    if completed {
+        State::Created
+    } else {
+        State::Present
+    }
+}
+
+fn mbox(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
+    let path = &entry.path;
+    let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    match open_beneath(parent.as_fd(), leaf, flags, Mode::empty()) {
+        Ok(fd) => match owner_check(&fd, entry, path, FileType::RegularFile) {
+            Ok(()) => State::Present,
+            Err(state) => state,
+        },
+        Err(Errno::NOENT) => {
+            let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+            match open_beneath(parent.as_fd(), leaf, create, Mode::from_raw_mode(0o600)) {
+                Ok(fd) => {
+                    let owner = rustix::fs::fchown(
+                        &fd,
+                        Some(rustix::fs::Uid::from_raw(entry.uid)),
+                        Some(rustix::fs::Gid::from_raw(entry.gid)),
+                    );
+                    let mode = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600));
+                    match owner.and(mode) {
+                        Ok(()) => State::Created,
+                        Err(e) => errno_problem("chown", path, e),
+                    }
+                }
+                // Created by a delivery meanwhile: examine it next time.
+                Err(Errno::EXIST) => State::Present,
+                Err(e) => errno_problem("create mbox", path, e),
+            }
+        }
+        // A FIFO would block a plain open; O_NONBLOCK makes it ENXIO.
+        Err(Errno::NXIO) => problem("WrongType", format!("{path} is not a regular file")),
+        Err(Errno::ISDIR) => problem("WrongType", format!("{path} is a directory")),
+        Err(e) => errno_problem("open mbox", path, e),
+    }
+}
+
+/// Whether a delivery errno means the path was unsafe (re-exported for callers' messages).
+pub fn unsafe_reason(errno: Errno) -> Option<&'static str> {
+    containment::unsafe_errno(errno)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    use virtmail_crds::directory::Deferral;
+
+    fn entry(path: &str, format: MailboxFormat, uid: u32) -> MailboxEntry {
+        MailboxEntry {
+            path: path.into(),
+            format,
+            uid,
+            gid: uid,
+            quota: None,
+            suspended: false,
+            defer: None,
+            object: "o".into(),
+        }
+    }
+
+    fn base() -> (tempfile::TempDir, OwnedFd) {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "provisioning tests need root (real uids)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let fd = rustix::fs::open(
+            dir.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("open base");
+        (dir, fd)
+    }
+
+    #[test]
+    fn creates_maildir_as_recipient_with_tmp_new_cur_and_parent_0711() {
+        let (dir, fd) = base();
+        let e = entry("d.test/alice/", MailboxFormat::Maildir, 5101);
+        assert_eq!(provision_one(&fd, &e, true), State::Created);
+        let root = dir.path().join("d.test");
+        let meta = std::fs::metadata(&root).expect("parent");
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o711));
+        for sub in ["", "tmp", "new", "cur"] {
+            let m = std::fs::metadata(root.join("alice").join(sub)).expect("maildir part");
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o777),
+                (5101, 5101, 0o700),
+                "{sub}"
+            );
+        }
+        assert_eq!(
+            provision_one(&fd, &e, true),
+            State::Present,
+            "second run changes nothing"
+        );
+    }
+
+    #[test]
+    fn creates_mbox_0600_owned_by_recipient_in_sticky_parent() {
+        let (dir, fd) = base();
+        let e = entry("d.test/bob", MailboxFormat::Mbox, 5102);
+        assert_eq!(provision_one(&fd, &e, true), State::Created);
+        let m = std::fs::metadata(dir.path().join("d.test/bob")).expect("mbox");
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o777, m.len()),
+            (5102, 5102, 0o600, 0)
+        );
+        let p = std::fs::metadata(dir.path().join("d.test")).expect("parent");
+        assert_eq!(p.mode() & 0o7777, 0o1777);
+        assert_eq!(provision_one(&fd, &e, true), State::Present);
+    }
+
+    #[test]
+    fn existing_mail_with_wrong_owner_is_reported_not_fixed() {
+        let (dir, fd) = base();
+        std::fs::write(dir.path().join("carol"), b"From x\n\nold mail\n").expect("mbox");
+        std::os::unix::fs::chown(dir.path().join("carol"), Some(5200), Some(5200)).expect("chown");
+        let e = entry("carol", MailboxFormat::Mbox, 5103);
+        assert!(matches!(
+            provision_one(&fd, &e, true),
+            State::Problem {
+                reason: "OwnerMismatch",
+                ..
+            }
+        ));
+        let m = std::fs::metadata(dir.path().join("carol")).expect("kept");
+        assert_eq!((m.uid(), m.len()), (5200, 17), "nothing changed");
+    }
+
+    #[test]
+    fn symlinks_and_wrong_types_are_reported_and_nothing_outside_is_touched() {
+        let (dir, fd) = base();
+        let outside = tempfile::tempdir().expect("outside");
+        symlink(outside.path(), dir.path().join("evil")).expect("symlink");
+        let e = entry("evil/alice/", MailboxFormat::Maildir, 5104);
+        assert!(matches!(
+            provision_one(&fd, &e, true),
+            State::Problem {
+                reason: "Symlink",
+                ..
+            }
+        ));
+        symlink(outside.path().join("target"), dir.path().join("link-mbox")).expect("symlink");
+        let e = entry("link-mbox", MailboxFormat::Mbox, 5104);
+        assert!(matches!(
+            provision_one(&fd, &e, true),
+            State::Problem {
+                reason: "Symlink",
+                ..
+            }
+        ));
+        assert_eq!(
+            std::fs::read_dir(outside.path()).expect("outside").count(),
+            0
+        );
+        std::fs::create_dir(dir.path().join("a-dir")).expect("dir");
+        let e = entry("a-dir", MailboxFormat::Mbox, 5104);
+        assert!(matches!(
+            provision_one(&fd, &e, true),
+            State::Problem {
+                reason: "WrongType",
+                ..
+            }
+        ));
+        std::fs::write(dir.path().join("a-file"), b"").expect("file");
+        let e = entry("a-file/", MailboxFormat::Maildir, 5104);
+        assert!(matches!(
+            provision_one(&fd, &e, true),
+            State::Problem { .. }
+        ));
+    }
+
+    #[test]
+    fn deferring_entries_are_not_provisioned() {
+        let (dir, fd) = base();
+        let mut e = entry("x/", MailboxFormat::Maildir, 5105);
+        e.defer = Some(Deferral {
+            reason: virtmail_crds::Reason::InvalidOwner,
+            message: "m".into(),
+        });
+        assert!(matches!(
+            provision_one(&fd, &e, true),
+            State::Problem {
+                reason: "Deferring",
+                ..
+            }
+        ));
+        assert!(!dir.path().join("x").exists());
+    }
+}
