@@ -1,4 +1,112 @@
-//! Cluster mode: the directory comes from the ConfigMaps the operator publishes.
+//! Cluster mode: the directory comes from the ConfigMaps the operator publishes; each new
+//! version is provisioned on the volume and reported on the Mailboxes.
 
 pub mod assemble;
 pub mod source;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::Client;
+use rustix::fs::{Mode, OFlags};
+use tokio::sync::watch;
+use virtmail_crds::Directory;
+
+use crate::provision;
+use source::SourceState;
+
+/// Where the directory comes from in cluster mode.
+#[derive(Debug, Clone)]
+pub struct ClusterSource {
+    /// Namespace of the MailServer.
+    pub namespace: String,
+    /// Name of the MailServer.
+    pub server: String,
+    /// Mailbox base to provision (default: the directory's `mailboxBase`).
+    pub mailbox_base: Option<PathBuf>,
+    /// What the source last saw.
+    pub state: Arc<SourceState>,
+}
+
+impl ClusterSource {
+    /// Watch, publish every complete version through `publish`, provision it and report.
+    /// Runs until `stop` turns true.
+    pub async fn run(
+        self,
+        client: Client,
+        publish: impl Fn(Directory) + Send + Sync + 'static,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let (versions_tx, versions_rx) = watch::channel::<Option<Arc<Directory>>>(None);
+        let provisioner = tokio::spawn(provision_loop(
+            client.clone(),
+            self.namespace.clone(),
+            self.mailbox_base.clone(),
+            versions_rx,
+        ));
+        let watch_task = source::run(
+            client,
+            &self.namespace,
+            &self.server,
+            self.state.clone(),
+            move |d, _| {
+                let shared = Arc::new(d);
+                publish((*shared).clone());
+                let _ = versions_tx.send(Some(shared));
+            },
+        );
+        tokio::select! {
+            _ = watch_task => {}
+            _ = async { while stop.changed().await.is_ok() && !*stop.borrow() {} } => {}
+        }
+        provisioner.abort();
+    }
+}
+
+/// Provision each new version (latest only, one at a time) and patch the Mailbox statuses.
+async fn provision_loop(
+    client: Client,
+    namespace: String,
+    base_override: Option<PathBuf>,
+    mut versions: watch::Receiver<Option<Arc<Directory>>>,
+) {
+    let mut written = status::Written::default();
+    while versions.changed().await.is_ok() {
+        let Some(directory) = versions.borrow_and_update().clone() else {
+            continue;
+        };
+        let base = base_override
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&directory.settings.mailbox_base));
+        let job = tokio::task::spawn_blocking(move || {
+            let fd = rustix::fs::open(
+                &base,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| format!("mailbox base {}: {e}", base.display()))?;
+            Ok::<_, String>(provision::provision_all(
+                &fd,
+                &base.to_string_lossy(),
+                &directory,
+            ))
+        });
+        match job.await {
+            Ok(Ok(reports)) => {
+                let created = reports
+                    .iter()
+                    .filter(|r| r.state == provision::State::Created)
+                    .count();
+                let problems = reports
+                    .iter()
+                    .filter(|r| matches!(r.state, provision::State::Problem { .. }))
+                    .count();
+                tracing::info!(mailboxes = reports.len(), created, problems, "provisioned");
+                status::publish(&client, &namespace, &reports, &mut written).await;
+            }
+            Ok(Err(error)) => tracing::error!(%error, "cannot provision"),
+            Err(error) => tracing::error!(%error, "provisioning task failed"),
+        }
+    }
+}
