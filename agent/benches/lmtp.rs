@@ -207,13 +207,18 @@ fn lmtp(args: &Args) {
                 let mut r = LineReader::default();
                 r.reply(&mut stream);
                 stream.write_all(b"LHLO bench.test\r\n").unwrap();
-                r.reply(&mut stream);
+                // Send SIZE only where announced (Dovecot refuses it otherwise).
+                let size_param = if r.reply(&mut stream).contains("SIZE") {
+                    format!(" SIZE={size}")
+                } else {
+                    String::new()
+                };
                 let mut i = c;
                 while i < messages {
                     let rcpt = format!("u{}@{domain}", i % mailboxes);
                     let t = Instant::now();
                     let head = format!(
-                        "MAIL FROM:<bench@remote.test> SIZE={size}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n"
+                        "MAIL FROM:<bench@remote.test>{size_param}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n"
                     );
                     stream.write_all(head.as_bytes()).unwrap();
                     let mail = r.reply(&mut stream);
