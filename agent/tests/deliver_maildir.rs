@@ -224,3 +224,25 @@ fn maildirsize_is_recalculated_from_s_fields_when_unusable() {
             .starts_with("10000S\n9000 2\n")
     );
 }
+
+#[test]
+fn stale_tmp_files_are_removed_and_fresh_ones_kept() {
+    let w = world();
+    assert_eq!(code(&w.deliver(ALICE, MESSAGE).status), "2.0.0");
+    let tmp = w.base.join("example.test/alice/tmp");
+    let old = tmp.join("1.M1P1.crashed");
+    let fresh = tmp.join("2.M1P1.in-progress");
+    for path in [&old, &fresh] {
+        fs::write(path, b"partial").unwrap();
+        chown(path, UID, GID);
+    }
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    assert_eq!(code(&w.deliver(ALICE, MESSAGE).status), "2.0.0");
+    assert_eq!(names(&tmp), vec!["2.M1P1.in-progress"]);
+}

@@ -264,7 +264,39 @@ pub fn deliver(
     if target.quota.is_some() {
         record_in_maildirsize(&maildir.root, size);
     }
+    clean_stale_tmp(&maildir.tmp);
     Ok((format!("{}new/{final_name}", target.full_path), size))
+}
+
+/// Files in `tmp/` untouched for this long are debris of crashed deliveries (qmail's rule).
+const STALE_TMP: Duration = Duration::from_secs(36 * 3600);
+
+/// Remove stale files from `tmp/` (DESIGN §4.6; virtual(8) never does, spec V27). Best effort,
+/// as the recipient, regular files only, by name relative to the opened `tmp/`.
+fn clean_stale_tmp(tmp: &OwnedFd) {
+    let Ok(entries) = Dir::read_from(tmp) else {
+        return;
+    };
+    let Some(limit) = SystemTime::now()
+        .checked_sub(STALE_TMP)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+    else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_bytes().starts_with(b".") {
+            continue;
+        }
+        let Ok(stat) = rustix::fs::statat(tmp, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+            && stat.st_mtime.max(0) as u64 <= limit.as_secs()
+        {
+            let _ = rustix::fs::unlinkat(tmp, name, AtFlags::empty());
+        }
+    }
 }
 
 /// Maildir++ usage in bytes for the RCPT-time check; `None` when the maildir cannot be read.
