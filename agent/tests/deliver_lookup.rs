@@ -212,3 +212,31 @@ fn deliveries_of_different_recipients_run_concurrently_on_threads() {
     // The test thread's own identity was never changed.
     assert_eq!(nix::unistd::geteuid().as_raw(), 0);
 }
+
+#[test]
+fn v16_identity_is_restored_on_the_delivering_thread() {
+    let w = world();
+    assert_eq!(
+        code(&w.deliver("alice@example.test", MESSAGE).status),
+        "2.0.0"
+    );
+    // setfsuid(-1) changes nothing and returns the current file system ids.
+    let fsuid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(u32::MAX)).as_raw();
+    let fsgid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(u32::MAX)).as_raw();
+    assert_eq!((fsuid, fsgid), (0, 0));
+}
+
+#[test]
+fn v16_root_identity_is_refused_by_the_guard() {
+    require_root();
+    use virtmail_agent::deliver::identity::FsIdentity;
+    assert!(FsIdentity::assume(0, GID).is_err());
+    assert!(FsIdentity::assume(UID, 0).is_err());
+    let dir = tempfile::tempdir().unwrap();
+    let guard = FsIdentity::assume(UID, GID).unwrap();
+    // The kernel now checks as uid 5001: a root-only directory is closed.
+    let denied = fs::write(dir.path().join("x"), b"x").unwrap_err();
+    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied);
+    drop(guard);
+    fs::write(dir.path().join("x"), b"x").unwrap();
+}
