@@ -1,0 +1,139 @@
+//! What the engine writes is what Dovecot reads: its `imap` (run pre-authenticated as the
+//! recipient, no daemon) sees our Maildir names with the right `,S=`/`,W=` sizes, our
+//! `maildirsize` through its quota plugin, and our mbox messages.
+
+mod deliver_support;
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use deliver_support::*;
+
+const IMAP: &str = "/usr/lib/dovecot/imap";
+
+/// Run Dovecot's imap binary as the recipient with `mail_location`, feeding `commands`.
+fn imap(w: &World, mail_location: &str, home: &Path, commands: &str) -> (String, String) {
+    assert!(
+        Path::new(IMAP).exists(),
+        "{IMAP} is missing: install Debian's dovecot-imapd (scripts/install-deps.sh does)"
+    );
+    let dir = w.dir.path().join("dovecot");
+    fs::create_dir_all(dir.join("run")).unwrap();
+    let log = dir.join("dovecot.log");
+    fs::write(&log, b"").unwrap();
+    for path in [dir.join("run"), log.clone()] {
+        chown(&path, UID, GID);
+    }
+    let config = dir.join("dovecot.conf");
+    fs::write(
+        &config,
+        format!(
+            "base_dir = {run}\nstate_dir = {run}\nlog_path = {log}\nssl = no\nprotocols =\n\
+             mail_uid = {UID}\nmail_gid = {GID}\nfirst_valid_uid = 100\n\
+             mail_plugins = quota imap_quota\n\
+             plugin {{\n  quota = maildir:User quota\n  quota_rule = *:storage=1M\n}}\n",
+            run = dir.join("run").display(),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(IMAP)
+        .arg("-c")
+        .arg(&config)
+        .arg("-o")
+        .arg(format!("mail_location={mail_location}"))
+        .env_clear()
+        .env("USER", "recipient")
+        .env("HOME", home)
+        .uid(UID)
+        .gid(GID)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dovecot imap");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(commands.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let log = fs::read_to_string(&log).unwrap() + &String::from_utf8_lossy(&output.stderr);
+    (stdout, log)
+}
+
+#[test]
+fn dovecot_reads_our_maildir_sizes_and_maildirsize_quota() {
+    let mut w = World::new();
+    w.domain_dir();
+    w.mailbox("alice@example.test", "example.test/alice/").quota = Some(1 << 20);
+    let mut sizes = Vec::new();
+    for i in 0..3 {
+        let message = format!("Subject: m{i}\nFrom: x@origin.test\n\nFrom the body\nline\n");
+        let outcome = w.deliver("alice@example.test", message.as_bytes());
+        assert_eq!(code(&outcome.status), "2.0.0");
+        let name = outcome.path.unwrap();
+        let w_size: u64 = name.rsplit(",W=").next().unwrap().parse().unwrap();
+        sizes.push(w_size);
+    }
+    let root = w.base.join("example.test/alice");
+    let (out, log) = imap(
+        &w,
+        &format!("maildir:{}", root.display()),
+        &root,
+        "a select INBOX\r\nb fetch 1:* (RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n\
+         c getquotaroot INBOX\r\nd logout\r\n",
+    );
+    assert!(out.contains("* 3 EXISTS"), "{out}\n{log}");
+    for (i, size) in sizes.iter().enumerate() {
+        assert!(
+            out.contains(&format!("* {} FETCH (RFC822.SIZE {size} ", i + 1)),
+            "RFC822.SIZE = our W: {out}"
+        );
+    }
+    assert!(
+        out.contains("* QUOTA \"User quota\" (STORAGE 1 1024)"),
+        "{out}"
+    );
+    assert!(!log.contains("Error") && !log.contains("wrong S"), "{log}");
+}
+
+#[test]
+fn dovecot_reads_our_mbox() {
+    let mut w = World::new();
+    w.domain_dir();
+    w.mailbox("bob@example.test", "example.test/bob");
+    for i in 0..3 {
+        let message = format!("Subject: m{i}\n\nFrom the body\nline\n");
+        assert_eq!(
+            code(&w.deliver("bob@example.test", message.as_bytes()).status),
+            "2.0.0"
+        );
+    }
+    let home = w.base.join("example.test");
+    let (out, log) = imap(
+        &w,
+        &format!(
+            "mbox:{}:INBOX={}",
+            home.join("mail").display(),
+            home.join("bob").display()
+        ),
+        &home,
+        "a select INBOX\r\nb fetch 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[TEXT])\r\nd logout\r\n",
+    );
+    assert!(out.contains("* 3 EXISTS"), "{out}\n{log}");
+    for i in 0..3 {
+        assert!(out.contains(&format!("Subject: m{i}")), "{out}");
+    }
+    assert_eq!(
+        out.matches(">From the body\r\nline\r\n").count(),
+        3,
+        "{out}"
+    );
+    assert!(!log.contains("Error"), "{log}");
+}
