@@ -119,3 +119,32 @@ fn null_sender_and_original_recipient_options() {
         "\nReturn-Path: <>\nX-Original-To: list@example.test\nDelivered-To: bob@example.test\n"
     ));
 }
+
+#[test]
+fn v21_from_line_date_is_local_time_from_tz() {
+    assert!(
+        std::path::Path::new("/usr/share/zoneinfo/Asia/Kolkata").exists(),
+        "this test needs the time zone database (Debian package tzdata)"
+    );
+    let (w, res) = world();
+    let date_with = |tz: &str| {
+        let (_, err, rc) = w.cli_env(&res, &["bob@example.test"], MESSAGE, &[("TZ", tz)]);
+        assert_eq!(rc, 0, "{err}");
+        let text = fs::read_to_string(w.base.join("example.test/bob")).unwrap();
+        let line = text
+            .lines()
+            .rfind(|l| l.starts_with("From "))
+            .unwrap()
+            .to_string();
+        let date = line.split_once("  ").unwrap().1.to_string();
+        jiff::civil::DateTime::strptime("%a %b %e %H:%M:%S %Y", &date)
+            .unwrap_or_else(|e| panic!("{date:?} is not asctime: {e}"))
+    };
+    let utc = date_with("UTC");
+    let india = date_with("Asia/Kolkata");
+    let offset = utc.duration_until(india).as_secs();
+    assert!(
+        (5 * 3600 + 1800..5 * 3600 + 1800 + 10).contains(&offset),
+        "UTC {utc} vs Asia/Kolkata {india}"
+    );
+}

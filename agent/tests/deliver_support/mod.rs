@@ -190,7 +190,19 @@ impl World {
 
     /// Run `virtmail-agent deliver` with `--mailbox-base` pointing at this world's base.
     pub fn cli(&self, resources: &Path, args: &[&str], stdin: &[u8]) -> (String, String, i32) {
+        self.cli_env(resources, args, stdin, &[])
+    }
+
+    /// [`World::cli`] with extra environment variables.
+    pub fn cli_env(
+        &self,
+        resources: &Path,
+        args: &[&str],
+        stdin: &[u8],
+        env: &[(&str, &str)],
+    ) -> (String, String, i32) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_virtmail-agent"))
+            .envs(env.iter().copied())
             .arg("deliver")
             .arg("--resources")
             .arg(resources)
