@@ -413,21 +413,25 @@ fn size_from_name(name: &str) -> Option<u64> {
 }
 
 /// Write a fresh `maildirsize` (tmp file + rename, as Courier does). Best effort: it is a cache.
+/// The temporary file lives in `tmp/`, reached through a contained descriptor.
 fn write_maildirsize(root: &OwnedFd, quota: u64, bytes: u64, count: u64) {
     let content = format!("{quota}S\n{bytes} {count}\n");
-    let tmp_name = format!("tmp/{}.maildirsize", unique_name("quota"));
-    let Ok(fd) = open_beneath(
-        root.as_fd(),
-        &tmp_name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
+    let Ok(tmp) = containment::open_dir(root.as_fd(), "tmp") else {
+        return;
+    };
+    let name = format!("{}.maildirsize", unique_name("quota"));
+    let Ok(fd) = rustix::fs::openat(
+        &tmp,
+        name.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(FILE_MODE),
     ) else {
         return;
     };
     let written = write_all(&fd, content.as_bytes()).is_ok();
     drop(fd);
-    if !written || rustix::fs::renameat(root, tmp_name.as_str(), root, "maildirsize").is_err() {
-        let _ = rustix::fs::unlinkat(root, tmp_name.as_str(), AtFlags::empty());
+    if !written || rustix::fs::renameat(&tmp, name.as_str(), root, "maildirsize").is_err() {
+        let _ = rustix::fs::unlinkat(&tmp, name.as_str(), AtFlags::empty());
     }
 }
 
