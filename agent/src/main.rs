@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use virtmail_agent::check::{CheckStatus, check};
+use virtmail_agent::cluster::ClusterSource;
 use virtmail_agent::server::{
     self, listen, listen::Addr, logging, logging::LogFormat, reload::FileSource,
 };
@@ -140,10 +141,18 @@ fn deliver(args: DeliverArgs) -> ExitCode {
 /// `serve` arguments. ADDR is `unix:PATH` or `HOST:PORT`.
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Directory (or file) of YAML manifests, watched for changes.
-    #[arg(long)]
-    resources: PathBuf,
-    /// MailServer to serve (default: the only one, or an empty default server).
+    /// Standalone mode: directory (or file) of YAML manifests, watched for changes.
+    #[arg(
+        long,
+        conflicts_with = "namespace",
+        required_unless_present = "namespace"
+    )]
+    resources: Option<PathBuf>,
+    /// Cluster mode: namespace of the MailServer whose directory ConfigMaps are watched
+    /// (kubeconfig from the environment, or the pod's service account). Needs --server.
+    #[arg(long, requires = "server")]
+    namespace: Option<String>,
+    /// MailServer to serve (standalone default: the only one, or an empty default server).
     #[arg(long)]
     server: Option<String>,
     /// Override the MailServer's mailboxBase (running outside a pod).
@@ -196,11 +205,20 @@ struct ServeArgs {
 fn serve(args: ServeArgs) -> ExitCode {
     logging::init(args.log_format);
     let config = server::Config {
-        source: FileSource {
-            dir: args.resources,
-            server: args.server,
-            mailbox_base: args.mailbox_base,
-            interval: args.reload_interval,
+        source: match (args.resources, args.namespace) {
+            (Some(dir), _) => server::Source::Files(FileSource {
+                dir,
+                server: args.server,
+                mailbox_base: args.mailbox_base,
+                interval: args.reload_interval,
+            }),
+            (None, Some(namespace)) => server::Source::Cluster(ClusterSource {
+                namespace,
+                server: args.server.unwrap_or_default(),
+                mailbox_base: args.mailbox_base,
+                state: Default::default(),
+            }),
+            (None, None) => unreachable!("clap requires --resources or --namespace"),
         },
         lmtp: args.lmtp,
         socketmap: args.socketmap,

@@ -35,7 +35,7 @@ impl ClusterSource {
     pub async fn run(
         self,
         client: Client,
-        publish: impl Fn(Directory) + Send + Sync + 'static,
+        publish: impl Fn(Directory, &str) + Send + Sync + 'static,
         mut stop: watch::Receiver<bool>,
     ) {
         let (versions_tx, versions_rx) = watch::channel::<Option<Arc<Directory>>>(None);
@@ -45,14 +45,18 @@ impl ClusterSource {
             self.mailbox_base.clone(),
             versions_rx,
         ));
+        let base = self.mailbox_base.clone();
         let watch_task = source::run(
             client,
             &self.namespace,
             &self.server,
             self.state.clone(),
-            move |d, _| {
-                let shared = Arc::new(d);
-                publish((*shared).clone());
+            move |mut directory, version| {
+                if let Some(base) = &base {
+                    directory.settings.mailbox_base = base.display().to_string();
+                }
+                let shared = Arc::new(directory);
+                publish((*shared).clone(), version);
                 let _ = versions_tx.send(Some(shared));
             },
         );

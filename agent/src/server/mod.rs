@@ -63,11 +63,20 @@ impl Default for Limits {
     }
 }
 
+/// Where the directory comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Standalone: resource manifests under `--resources`.
+    Files(FileSource),
+    /// Cluster: the directory ConfigMaps the operator publishes (`--namespace`, `--server`).
+    Cluster(crate::cluster::ClusterSource),
+}
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Standalone directory source.
-    pub source: FileSource,
+    /// Where the directory comes from.
+    pub source: Source,
     /// LMTP address.
     pub lmtp: Addr,
     /// socketmap address.
@@ -112,8 +121,8 @@ pub fn default_hostname() -> String {
 pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let holder = Arc::new(Holder::default());
-    {
-        let (source, h, m) = (config.source.clone(), holder.clone(), metrics.clone());
+    if let Source::Files(source) = &config.source {
+        let (source, h, m) = (source.clone(), holder.clone(), metrics.clone());
         tokio::task::spawn_blocking(move || source.load(&h, &m)).await?;
     }
     let lmtp = Listener::bind(&config.lmtp, config.socket_mode)
@@ -142,12 +151,28 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()
         hostname: config.hostname.clone(),
         shutdown: stop_rx.clone(),
     });
-    tokio::spawn(
-        config
-            .source
-            .clone()
-            .run(holder.clone(), metrics.clone(), stop_rx.clone()),
-    );
+    match config.source.clone() {
+        Source::Files(source) => {
+            tokio::spawn(source.run(holder.clone(), metrics.clone(), stop_rx.clone()));
+        }
+        Source::Cluster(source) => {
+            // kubeconfig from the environment, or the pod's service account.
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot reach the Kubernetes API (cluster mode)")?;
+            let (h, m) = (holder.clone(), metrics.clone());
+            let publish = move |directory: virtmail_crds::Directory, version: &str| {
+                let loaded = h.swap_with_version(directory, version.to_string());
+                m.reload_ok(0);
+                tracing::info!(
+                    version = %loaded.version,
+                    mailboxes = loaded.directory.mailboxes.len(),
+                    "directory loaded from ConfigMaps"
+                );
+            };
+            tokio::spawn(source.run(client, publish, stop_rx.clone()));
+        }
+    }
 
     let sessions = Arc::new(Semaphore::new(config.limits.max_connections));
     let lmtp_task = tokio::spawn(accept_lmtp(lmtp, shared.clone(), sessions.clone()));

@@ -41,8 +41,14 @@ impl Holder {
 
     /// Replace the directory.
     pub fn swap(&self, directory: Directory) -> Arc<Loaded> {
+        let version = encoding::version(&directory);
+        self.swap_with_version(directory, version)
+    }
+
+    /// Replace the directory with one whose version is known (as published in ConfigMaps).
+    pub fn swap_with_version(&self, directory: Directory, version: String) -> Arc<Loaded> {
         let loaded = Arc::new(Loaded {
-            version: encoding::version(&directory),
+            version,
             directory,
             loaded_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)

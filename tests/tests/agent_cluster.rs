@@ -1,0 +1,240 @@
+//! The agent in cluster mode (issue 7): the operator publishes the directory, the agent watches
+//! it with exactly the RBAC the operator grants it (`<server>-agent`), provisions the volume,
+//! reports `Provisioned`, answers socketmap and delivers LMTP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::process::{Process, binary, wait_for};
+use virtmail_tests::{operator, workspace_root};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A kubeconfig that acts as `user` through the admin's impersonation right, so the agent runs
+/// with exactly the permissions RBAC gives that service account.
+fn impersonating_kubeconfig(dir: &Path, user: &str, namespace: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(&cluster().admin_kubeconfig).expect("admin kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig yaml");
+    let users = config["users"].as_sequence_mut().expect("users");
+    for entry in users {
+        entry["user"]["as"] = user.into();
+        entry["user"]["as-groups"] = serde_yaml::Value::Sequence(vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}").into(),
+            "system:authenticated".into(),
+        ]);
+    }
+    let path = dir.join("agent.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write kubeconfig");
+    path
+}
+
+fn socketmap(socket: &Path, request: &str) -> Option<String> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "{}:{},", request.len(), request).ok()?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        stream.read_exact(&mut byte).ok()?;
+        if byte[0] == b':' {
+            break;
+        }
+        reply.push(byte[0]);
+    }
+    let len: usize = String::from_utf8(reply).ok()?.parse().ok()?;
+    let mut body = vec![0u8; len + 1];
+    stream.read_exact(&mut body).ok()?;
+    body.pop();
+    String::from_utf8(body).ok()
+}
+
+/// One LMTP transaction; returns the reply to the final dot.
+fn lmtp(socket: &Path, recipient: &str, body: &str) -> String {
+    let stream = UnixStream::connect(socket).expect("connect LMTP");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut reply = || {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("reply");
+            text.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return text;
+            }
+        }
+    };
+    reply();
+    for command in [
+        "LHLO test.invalid".to_string(),
+        "MAIL FROM:<sender@example.test>".into(),
+        format!("RCPT TO:<{recipient}>"),
+    ] {
+        write!(writer, "{command}\r\n").expect("write");
+        let r = reply();
+        if !r.starts_with('2') {
+            return r;
+        }
+    }
+    write!(writer, "DATA\r\n").expect("write");
+    assert!(reply().starts_with("354"));
+    write!(writer, "Subject: test\r\n\r\n{body}\r\n.\r\n").expect("write");
+    let r = reply();
+    let _ = write!(writer, "QUIT\r\n");
+    r
+}
+
+fn condition(object: &Value, kind: &str) -> Option<(String, String)> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+fn wait_provisioned(ns: &TestNamespace, mailbox: &str, want: (&str, &str)) {
+    wait_for(
+        &format!("Mailbox/{mailbox} Provisioned {want:?}"),
+        WAIT,
+        || {
+            let m = ns.get_json("mailbox", mailbox);
+            (condition(&m, "Provisioned") == Some((want.0.into(), want.1.into()))).then_some(())
+        },
+    );
+}
+
+#[test]
+fn agent_follows_the_published_directory_provisions_and_delivers() {
+    let ns = cluster().namespace("agent-cluster");
+    ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail"))
+        .expect("example 1");
+    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    wait_for("the directory head", WAIT, || {
+        run(ns.kubectl().args(["get", "configmap", "mail-directory"])).ok()
+    });
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("vhosts");
+    std::fs::create_dir(&base).expect("base");
+    let lmtp_socket = work.path().join("lmtp.sock");
+    let map_socket = work.path().join("socketmap.sock");
+    let kubeconfig = impersonating_kubeconfig(
+        work.path(),
+        &format!("system:serviceaccount:{}:mail-agent", ns.name()),
+        ns.name(),
+    );
+    let mut command = Command::new(binary("virtmail-agent"));
+    command
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info,kube=warn")
+        .args([
+            "serve",
+            "--namespace",
+            ns.name(),
+            "--server",
+            "mail",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--mailbox-base")
+        .arg(&base)
+        .arg("--lmtp")
+        .arg(format!("unix:{}", lmtp_socket.display()))
+        .arg("--socketmap")
+        .arg(format!("unix:{}", map_socket.display()));
+    let agent = Process::start("agent", command);
+
+    // The directory arrives through the API and answers Postfix's lookups.
+    wait_for("socketmap to know test1@virtual1.test", WAIT, || {
+        socketmap(&map_socket, "mailbox Test1+x@Virtual1.test").filter(|r| r.starts_with("OK "))
+    });
+    assert_eq!(
+        socketmap(&map_socket, "mailbox nobody@virtual1.test").as_deref(),
+        Some("NOTFOUND ")
+    );
+
+    // Provisioned on the volume with the right owners, and reported.
+    wait_provisioned(&ns, "test1-virtual1", ("True", "Created"));
+    wait_provisioned(&ns, "test2-virtual2", ("True", "Created"));
+    let mbox = std::fs::metadata(base.join("test1")).expect("mbox provisioned");
+    assert_eq!(
+        (mbox.uid(), mbox.gid(), mbox.mode() & 0o777),
+        (5001, 5001, 0o600)
+    );
+    for sub in ["", "tmp", "new", "cur"] {
+        let m = std::fs::metadata(base.join("test2").join(sub)).expect("maildir provisioned");
+        assert_eq!((m.uid(), m.mode() & 0o777), (5002, 0o700), "test2/{sub}");
+    }
+    // The operator's Ready and the agent's Provisioned live side by side.
+    let m = ns.get_json("mailbox", "test2-virtual2");
+    assert_eq!(
+        condition(&m, "Ready"),
+        Some(("True".into(), "Published".into()))
+    );
+
+    // Mail is delivered to the provisioned Maildir.
+    let reply = lmtp(
+        &lmtp_socket,
+        "test2@virtual2.test",
+        "hello from the cluster",
+    );
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    let delivered: Vec<_> = std::fs::read_dir(base.join("test2/new"))
+        .expect("new/")
+        .flatten()
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    let text = std::fs::read_to_string(delivered[0].path()).expect("message");
+    assert!(
+        text.contains("Delivered-To: test2@virtual2.test\n")
+            && text.contains("hello from the cluster")
+    );
+
+    // Changing the uid: the data is not touched, the status says why, deliveries defer.
+    run(ns.kubectl().args([
+        "patch",
+        "mailbox",
+        "test2-virtual2",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"uid":5003}}"#,
+    ]))
+    .expect("patch uid");
+    wait_provisioned(&ns, "test2-virtual2", ("False", "OwnerMismatch"));
+    let reply = wait_for("delivery to defer after the uid change", WAIT, || {
+        let r = lmtp(&lmtp_socket, "test2@virtual2.test", "after uid change");
+        r.starts_with('4').then_some(r)
+    });
+    assert!(reply.contains("4.2.0"), "{reply}");
+    assert_eq!(
+        std::fs::metadata(base.join("test2")).expect("kept").uid(),
+        5002
+    );
+
+    // Deleting a Mailbox: lookups say NOTFOUND, the data stays.
+    run(ns.kubectl().args(["delete", "mailbox", "test1-virtual1"])).expect("delete mailbox");
+    wait_for("socketmap to forget test1", WAIT, || {
+        (socketmap(&map_socket, "mailbox test1@virtual1.test").as_deref() == Some("NOTFOUND "))
+            .then_some(())
+    });
+    assert!(
+        base.join("test1").is_file(),
+        "a removed mailbox keeps its data"
+    );
+    drop(agent);
+}
