@@ -150,6 +150,18 @@ fn v19_dotlock_is_created_as_recipient_and_removed_afterwards() {
     let w = world();
     assert_eq!(code(&w.deliver(BOB, MESSAGE).status), "2.0.0");
     assert_eq!(names(&w.base.join("example.test")), vec!["bob"]);
+    // The recipient may not create files in a root-owned 0755 directory: the lock (created
+    // first, V19) fails, so it was never created with root's rights.
+    let domain = w.base.join("example.test");
+    chown(&domain, 0, 0);
+    fs::set_permissions(&domain, fs::Permissions::from_mode(0o755)).unwrap();
+    let outcome = w.deliver(BOB, MESSAGE);
+    assert_eq!(code(&outcome.status), "4.2.0");
+    assert!(
+        outcome.status.text.ends_with("bob.lock: Permission denied"),
+        "{}",
+        outcome.status
+    );
 }
 
 #[test]
