@@ -7,7 +7,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # Debian packages: Postfix and Dovecot (end-to-end mail tests), etcd (the control plane),
 # openssl and curl (control-plane certificates and health checks), python3 (LMTP conformance client), util-linux (mount).
-APT_PACKAGES=(postfix dovecot-imapd dovecot-lmtpd etcd-server openssl curl python3 util-linux procps)
+APT_PACKAGES=(postfix dovecot-imapd dovecot-lmtpd etcd-server openssl curl python3 util-linux procps tzdata)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -164,7 +164,15 @@ pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> Sta
     };
     match entry.format {
         MailboxFormat::Maildir => maildir(&parent_fd, leaf, entry),
-        MailboxFormat::Mbox => mbox(&parent_fd, leaf, entry),
+        MailboxFormat::Mbox => match mbox(&parent_fd, leaf, entry) {
+            ok @ (State::Present | State::Created) if dotlock => {
+                match dotlock_possible(&parent_fd, leaf, entry) {
+                    Ok(()) => ok,
+                    Err(state) => state,
+                }
+            }
+            other => other,
+        },
     }
 }
 
@@ -308,6 +316,37 @@ fn mbox(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
     }
 }
 
+/// Whether the recipient can create `<mbox>.lock` beside the mbox (spec V19: a dotlock needs a
+/// parent directory the recipient may write). Probed by taking and releasing the lock once.
+fn dotlock_possible(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> Result<(), State> {
+    let lock = format!("{leaf}.lock");
+    let _identity = FsIdentity::assume(entry.uid, entry.gid).map_err(|e| {
+        problem(
+            "IoError",
+            format!("cannot switch to {}/{}: {e:?}", entry.uid, entry.gid),
+        )
+    })?;
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+    match open_beneath(parent.as_fd(), &lock, flags, Mode::empty()) {
+        Ok(fd) => {
+            drop(fd);
+            let _ = rustix::fs::unlinkat(parent, lock.as_str(), rustix::fs::AtFlags::empty());
+            Ok(())
+        }
+        // Held by a delivery right now: evidently possible.
+        Err(Errno::EXIST) => Ok(()),
+        Err(Errno::ACCESS | Errno::PERM) => Err(problem(
+            "DotlockNotPossible",
+            format!(
+                "uid {} cannot create {}.lock beside the mbox: make its directory writable for \
+                 the owner (mode 1777, like /var/mail) or remove dotlock from mailboxLock",
+                entry.uid, entry.path
+            ),
+        )),
+        Err(e) => Err(errno_problem("dotlock", &entry.path, e)),
+    }
+}
+
 /// Whether a delivery errno means the path was unsafe (re-exported for callers' messages).
 pub fn unsafe_reason(errno: Errno) -> Option<&'static str> {
     containment::unsafe_errno(errno)
@@ -393,6 +432,7 @@ mod tests {
         std::fs::write(dir.path().join("carol"), b"From x\n\nold mail\n").expect("mbox");
         std::os::unix::fs::chown(dir.path().join("carol"), Some(5200), Some(5200)).expect("chown");
         let e = entry("carol", MailboxFormat::Mbox, 5103);
+        // (dotlock off: only the owner is examined)
         assert!(matches!(
             provision_one(&fd, &e, true),
             State::Problem {
@@ -445,6 +485,34 @@ mod tests {
             provision_one(&fd, &e, true),
             State::Problem { .. }
         ));
+    }
+
+    #[test]
+    fn v19_mbox_in_a_directory_the_owner_cannot_write_reports_dotlock_not_possible() {
+        let (dir, fd) = base();
+        let e = entry("dave", MailboxFormat::Mbox, 5106);
+        // The base is root's 0755: the file is created, the dotlock could never be.
+        assert!(matches!(
+            provision_one(&fd, &e, true),
+            State::Problem {
+                reason: "DotlockNotPossible",
+                ..
+            }
+        ));
+        assert!(dir.path().join("dave").is_file());
+        assert!(!dir.path().join("dave.lock").exists());
+        assert_eq!(
+            provision_one(&fd, &e, false),
+            State::Present,
+            "fine without dotlock"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod");
+        assert_eq!(provision_one(&fd, &e, true), State::Present);
+        assert!(
+            !dir.path().join("dave.lock").exists(),
+            "the probe releases its lock"
+        );
     }
 
     #[test]
