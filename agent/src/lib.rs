@@ -1,7 +1,7 @@
 //! virtmail's delivery agent library.
 
 pub mod check;
-pub mod provision;
 pub mod cluster;
 pub mod deliver;
+pub mod provision;
 pub mod server;
