@@ -77,3 +77,41 @@ fn chart_generated_files_are_not_stale() {
         );
     }
 }
+
+/// deploy/virtmail.yaml is the chart rendered by deploy/render.sh; fail when stale.
+#[test]
+fn deploy_manifests_are_rendered_from_the_chart() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    let helm = root.join("target/tools/bin/helm");
+    assert!(
+        helm.is_file(),
+        "{} is missing: run tools/cluster.sh build",
+        helm.display()
+    );
+    let committed =
+        std::fs::read_to_string(root.join("deploy/virtmail.yaml")).expect("deploy/virtmail.yaml");
+    let out = Command::new(&helm)
+        .args(["template", "virtmail"])
+        .arg(root.join("charts/virtmail"))
+        .args([
+            "--namespace",
+            "virtmail-system",
+            "--set",
+            "serviceAccount.name=virtmail-operator",
+        ])
+        .output()
+        .expect("helm template");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        committed.ends_with(&rendered),
+        "deploy/virtmail.yaml is stale: run deploy/render.sh"
+    );
+    assert!(committed.contains("pod-security.kubernetes.io/enforce: restricted"));
+}

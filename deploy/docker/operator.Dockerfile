@@ -1,0 +1,13 @@
+# virtmail-operator: a static binary on a distroless base, non-root (restricted PSS).
+# Build from the repository root: docker build -f deploy/docker/operator.Dockerfile -t virtmail/operator .
+FROM rust:1.95-bookworm AS build
+RUN rustup target add x86_64-unknown-linux-musl && apt-get update && apt-get install -y musl-tools
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin virtmail-operator
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /src/target/x86_64-unknown-linux-musl/release/virtmail-operator /virtmail-operator
+USER 65532:65532
+ENTRYPOINT ["/virtmail-operator"]
+CMD ["run"]
