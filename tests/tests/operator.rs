@@ -71,6 +71,16 @@ fn config_map_names(ns: &TestNamespace) -> Vec<String> {
 #[test]
 fn example_becomes_the_exact_directory_and_pod_layout() {
     let ns = cluster().namespace("operator-example");
+    // The StatefulSet's pods must pass the "baseline" Pod Security Standard (the agent keeps only
+    // SETUID, SETGID and CHOWN): the real PodSecurity admission judges the pod the StatefulSet
+    // controller creates.
+    run(ns.cluster().kubectl().args([
+        "label",
+        "namespace",
+        ns.name(),
+        "pod-security.kubernetes.io/enforce=baseline",
+    ]))
+    .expect("label namespace");
     let example = workspace_root().join("examples/1-virtual-for-all-mail");
     ns.apply_file(&example).expect("apply example 1");
     let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
@@ -134,6 +144,11 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
         .filter_map(|c| c["name"].as_str())
         .collect();
     assert_eq!(names, vec!["postfix", "agent"]);
+    wait_for("pod mail-0 admitted under baseline", WAIT, || {
+        run(ns.kubectl().args(["get", "pod", "mail-0", "-o", "name"])).ok()
+    });
+    let events = run(ns.kubectl().args(["get", "events"])).unwrap_or_default();
+    assert!(!events.contains("violates PodSecurity"), "{events}");
     let role = ns.get_json("role", "mail-agent");
     assert_eq!(role["rules"].as_array().map(Vec::len), Some(2));
 
