@@ -2,7 +2,11 @@
 //! starting the real components the suites run against.
 
 pub mod cluster;
+pub mod dovecot;
+pub mod mail;
+pub mod mailstack;
 pub mod operator;
+pub mod postfix;
 pub mod process;
 
 use std::path::PathBuf;
