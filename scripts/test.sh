@@ -11,4 +11,4 @@ if [ "${CI:-}" = true ]; then
   trap 'tools/cluster.sh down >/dev/null 2>&1 || true' EXIT
 fi
 echo "==> cargo test --workspace" >&2
-cargo test --workspace -- --test-threads "${VIRTMAIL_TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads "${VIRTMAIL_TEST_THREADS:-2}"

@@ -152,6 +152,9 @@ struct ServeArgs {
     /// (kubeconfig from the environment, or the pod's service account). Needs --server.
     #[arg(long, requires = "server")]
     namespace: Option<String>,
+    /// Cluster mode: re-examine the volume this often even without a new directory version.
+    #[arg(long, default_value = "60s", value_parser = server::parse_duration)]
+    reprovision_interval: Duration,
     /// MailServer to serve (standalone default: the only one, or an empty default server).
     #[arg(long)]
     server: Option<String>,
@@ -217,6 +220,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 server: args.server.unwrap_or_default(),
                 mailbox_base: args.mailbox_base,
                 state: Default::default(),
+                reprovision_interval: args.reprovision_interval,
             }),
             (None, None) => unreachable!("clap requires --resources or --namespace"),
         },

@@ -3,7 +3,7 @@
 //! reports `Provisioned`, answers socketmap and delivers LMTP.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -150,6 +150,8 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
             "mail",
             "--http",
             "127.0.0.1:0",
+            "--reprovision-interval",
+            "1s",
         ])
         .arg("--mailbox-base")
         .arg(&base)
@@ -169,8 +171,13 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     );
 
     // Provisioned on the volume with the right owners, and reported.
-    wait_provisioned(&ns, "test1-virtual1", ("True", "Created"));
+    // test1 is an mbox directly in the base (the seed's Example 1); with the base at 0755 its
+    // owner could never create the dotlock beside it, and the status says so …
+    wait_provisioned(&ns, "test1-virtual1", ("False", "DotlockNotPossible"));
     wait_provisioned(&ns, "test2-virtual2", ("True", "Created"));
+    // … until the administrator makes the base sticky and writable, like /var/mail.
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod base");
+    wait_provisioned(&ns, "test1-virtual1", ("True", "Present"));
     let mbox = std::fs::metadata(base.join("test1")).expect("mbox provisioned");
     assert_eq!(
         (mbox.uid(), mbox.gid(), mbox.mode() & 0o777),

@@ -147,8 +147,20 @@ fn chart_installs_under_restricted_and_the_operator_works_with_exactly_its_rbac(
     );
     assert_eq!(can(&["update", "leases", "-n", CHART_NAMESPACE]), "yes");
     assert_eq!(can(&["escalate", "roles", "-A"]), "no");
-    assert_eq!(can(&["patch", "mailboxes.virtmail.io", "--subresource=status", "-A"]), "yes");
-    assert_eq!(can(&["patch", "mailboxes.virtmail.io", "-A"]), "no", "spec is the administrator's");
+    assert_eq!(
+        can(&[
+            "patch",
+            "mailboxes.virtmail.io",
+            "--subresource=status",
+            "-A"
+        ]),
+        "yes"
+    );
+    assert_eq!(
+        can(&["patch", "mailboxes.virtmail.io", "-A"]),
+        "no",
+        "spec is the administrator's"
+    );
 
     // The operator with the chart's identity (a token of that service account) reconciles an
     // example: any RBAC rule missing from the chart fails here.

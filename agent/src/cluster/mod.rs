@@ -27,6 +27,9 @@ pub struct ClusterSource {
     pub mailbox_base: Option<PathBuf>,
     /// What the source last saw.
     pub state: Arc<SourceState>,
+    /// Provisioning also runs this often without a new version, so a volume fixed by an
+    /// administrator (an owner corrected, a directory made writable) is reported promptly.
+    pub reprovision_interval: std::time::Duration,
 }
 
 impl ClusterSource {
@@ -43,6 +46,7 @@ impl ClusterSource {
             client.clone(),
             self.namespace.clone(),
             self.mailbox_base.clone(),
+            self.reprovision_interval,
             versions_rx,
         ));
         let base = self.mailbox_base.clone();
@@ -73,10 +77,15 @@ async fn provision_loop(
     client: Client,
     namespace: String,
     base_override: Option<PathBuf>,
+    interval: std::time::Duration,
     mut versions: watch::Receiver<Option<Arc<Directory>>>,
 ) {
     let mut written = status::Written::default();
-    while versions.changed().await.is_ok() {
+    loop {
+        tokio::select! {
+            changed = versions.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(interval) => {}
+        }
         let Some(directory) = versions.borrow_and_update().clone() else {
             continue;
         };
