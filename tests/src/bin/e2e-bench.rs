@@ -1,0 +1,350 @@
+//! End-to-end delivery benchmark (not a test): Postfix → virtmail-agent (LMTP), Postfix →
+//! virtual(8), Postfix → Dovecot LMTP, in one run on one machine, all durable as each delivers.
+//!
+//! Each round and target starts fresh: a private Postfix from `virtmail-operator postfix-profile`
+//! (+ the harness's test-local settings), M mailboxes (even: Maildir, odd: mbox) owned by uid/gid
+//! 5000, then N messages of S bytes, one recipient each, spread over the mailboxes, sent over C
+//! concurrent SMTP sessions. The clock runs from the first connect until all N messages are
+//! counted on disk (Maildir files, mbox From_ lines). Rounds interleave the targets; the median is
+//! reported.
+//!
+//! ```sh
+//! cargo run --release -p virtmail-tests --bin e2e-bench -- --messages 2000 --sessions 10 --rounds 3
+//! ```
+//! Needs root, Postfix, Dovecot (imapd + lmtpd).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use virtmail_tests::dovecot::{self, Dovecot};
+use virtmail_tests::mail::Smtp;
+use virtmail_tests::postfix::{self, Config, Postfix, free_port};
+use virtmail_tests::process::{Process, wait_for};
+use virtmail_tests::workspace_root;
+
+#[derive(Debug, Clone)]
+struct Options {
+    messages: usize,
+    sessions: usize,
+    size: usize,
+    mailboxes: usize,
+    rounds: usize,
+    targets: Vec<String>,
+}
+
+fn parse() -> Options {
+    let mut o = Options {
+        messages: 2000,
+        sessions: 10,
+        size: 4096,
+        mailboxes: 100,
+        rounds: 3,
+        targets: vec!["agent".into(), "virtual".into(), "dovecot".into()],
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        let n = || value.parse::<usize>().expect("a number");
+        match args[i].as_str() {
+            "--messages" => o.messages = n(),
+            "--sessions" => o.sessions = n(),
+            "--size" => o.size = n(),
+            "--mailboxes" => o.mailboxes = n(),
+            "--rounds" => o.rounds = n(),
+            "--targets" => o.targets = value.split(',').map(str::to_string).collect(),
+            // cargo bench/run may pass this.
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    o
+}
+
+fn main() {
+    let o = parse();
+    let agent = build_release_agent();
+    let mut results: Vec<(String, Vec<f64>)> =
+        o.targets.iter().map(|t| (t.clone(), vec![])).collect();
+    for round in 1..=o.rounds {
+        for (target, rates) in &mut results {
+            let (elapsed, rate) = run(target, &o, &agent);
+            eprintln!(
+                "round {round} {target}: {} messages in {:.2} s = {rate:.0}/s",
+                o.messages,
+                elapsed.as_secs_f64()
+            );
+            rates.push(rate);
+        }
+    }
+    println!("machine: {}", machine());
+    println!(
+        "command: cargo run --release -p virtmail-tests --bin e2e-bench -- --messages {} --sessions {} --size {} --mailboxes {} --rounds {}",
+        o.messages, o.sessions, o.size, o.mailboxes, o.rounds
+    );
+    println!("| path | messages/s (median of {}) | rounds |", o.rounds);
+    println!("|---|---|---|");
+    for (target, rates) in &results {
+        let mut sorted = rates.clone();
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let median = sorted[sorted.len() / 2];
+        let all: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        println!("| {} | {median:.0} | {} |", label(target), all.join(" / "));
+    }
+}
+
+fn label(target: &str) -> &'static str {
+    match target {
+        "agent" => "Postfix → virtmail-agent (LMTP)",
+        "virtual" => "Postfix → virtual(8)",
+        "dovecot" => "Postfix → Dovecot LMTP",
+        _ => "?",
+    }
+}
+
+fn machine() -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T", "/tmp"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "nproc={nproc} cpu=\"{cpu}\" kernel={} fs(/tmp)={fs} loadavg-at-end=\"{}\"",
+        kernel.trim(),
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    )
+}
+
+fn build_release_agent() -> PathBuf {
+    let root = workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "--quiet", "--bin", "virtmail-agent"])
+        .status()
+        .expect("cargo build --release");
+    assert!(
+        status.success(),
+        "cargo build --release --bin virtmail-agent"
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("release/virtmail-agent")
+}
+
+fn mailbox(i: usize) -> (String, bool) {
+    (format!("u{i}@bench.test"), i % 2 == 0)
+}
+
+/// One round of one target: (elapsed, messages/s).
+fn run(target: &str, o: &Options, agent_bin: &Path) -> (Duration, f64) {
+    let dir = tempfile::Builder::new()
+        .prefix("virtmail-e2e-bench-")
+        .tempdir()
+        .expect("tempdir");
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = root.join("mail");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let port = free_port();
+    let mut _agent = None;
+    let mut _dovecot = None;
+    let mut config: Config;
+    let vmailbox: String = (0..o.mailboxes)
+        .map(|i| {
+            let (a, maildir) = mailbox(i);
+            format!("{a} u{i}{}\n", if maildir { "/" } else { "" })
+        })
+        .collect();
+    match target {
+        "agent" => {
+            std::fs::create_dir(root.join("resources")).unwrap();
+            std::fs::create_dir(root.join("sock")).unwrap();
+            std::fs::set_permissions(root.join("sock"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            let mut yaml = String::from(
+                "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n",
+            );
+            for i in 0..o.mailboxes {
+                let (a, maildir) = mailbox(i);
+                yaml.push_str(&format!(
+                    "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: u{i}}}\nspec: {{address: {a}, format: {}, path: u{i}{}}}\n",
+                    if maildir { "Maildir" } else { "Mbox" },
+                    if maildir { "/" } else { "" }
+                ));
+            }
+            std::fs::write(root.join("resources/all.yaml"), yaml).unwrap();
+            let lmtp = root.join("sock/lmtp.sock");
+            let map = root.join("sock/map.sock");
+            let mut command = Command::new(agent_bin);
+            command
+                .arg("serve")
+                .arg("--resources")
+                .arg(root.join("resources"))
+                .arg("--mailbox-base")
+                .arg(&base)
+                .arg("--lmtp")
+                .arg(format!("unix:{}", lmtp.display()))
+                .arg("--socketmap")
+                .arg(format!("unix:{}", map.display()))
+                .arg("--http")
+                .arg(format!("127.0.0.1:{}", free_port()));
+            let agent = Process::start("virtmail-agent", command);
+            wait_for("agent sockets", Duration::from_secs(30), || {
+                (std::os::unix::net::UnixStream::connect(&lmtp).is_ok()
+                    && std::os::unix::net::UnixStream::connect(&map).is_ok())
+                .then_some(())
+            });
+            _agent = Some(agent);
+            config = postfix::profile(&lmtp, &map, 51_200_000, "+");
+            postfix::test_local(&mut config, &root.join("postfix"), port);
+        }
+        "virtual" | "dovecot" => {
+            config = postfix::profile(
+                Path::new("/nonexistent/lmtp.sock"),
+                Path::new("/nonexistent/map.sock"),
+                51_200_000,
+                "+",
+            );
+            postfix::test_local(&mut config, &root.join("postfix"), port);
+            let etc = root.join("postfix/etc");
+            config
+                .set("virtual_mailbox_domains", "bench.test")
+                .set(
+                    "virtual_mailbox_maps",
+                    format!("texthash:{}", etc.join("vmailbox").display()),
+                )
+                .set("virtual_alias_maps", "");
+            config.files = vec![("vmailbox".into(), vmailbox)];
+            if target == "virtual" {
+                config
+                    .set("virtual_transport", "virtual")
+                    .set("virtual_mailbox_base", base.display().to_string())
+                    .set("virtual_minimum_uid", "100")
+                    .set("virtual_uid_maps", "static:5000")
+                    .set("virtual_gid_maps", "static:5000");
+            } else {
+                let users: Vec<dovecot::User> = (0..o.mailboxes)
+                    .map(|i| {
+                        let (name, maildir) = mailbox(i);
+                        dovecot::User {
+                            name,
+                            uid: 5000,
+                            gid: 5000,
+                            format: if maildir {
+                                dovecot::Format::Maildir
+                            } else {
+                                dovecot::Format::Mbox
+                            },
+                            path: base.join(format!("u{i}")),
+                        }
+                    })
+                    .collect();
+                let d = Dovecot::start(&root.join("dovecot"), &users, true);
+                config.set(
+                    "virtual_transport",
+                    format!("lmtp:unix:{}", d.lmtp_socket().unwrap().display()),
+                );
+                _dovecot = Some(d);
+            }
+        }
+        other => panic!("unknown target {other} (agent, virtual, dovecot)"),
+    }
+    let postfix = Postfix::start(&root.join("postfix"), port, config);
+
+    let mut body = String::new();
+    let mut n = 0;
+    while body.len() < o.size.saturating_sub(250) {
+        body.push_str(&format!(
+            "line {n:06} of the benchmark message, padded to about 64 b\n"
+        ));
+        n += 1;
+    }
+    let start = Instant::now();
+    let per_session = o.messages.div_ceil(o.sessions);
+    std::thread::scope(|s| {
+        for session in 0..o.sessions {
+            let body = &body;
+            s.spawn(move || {
+                let mut smtp = Smtp::connect(port);
+                for k in 0..per_session {
+                    let index = session * per_session + k;
+                    if index >= o.messages {
+                        break;
+                    }
+                    let (rcpt, _) = mailbox(index % o.mailboxes);
+                    let msg = format!(
+                        "From: <bench@remote.test>\nTo: <{rcpt}>\nSubject: bench {index}\nMessage-ID: <{index}@bench.test>\n\n{body}"
+                    );
+                    assert_eq!(smtp.mail("bench@remote.test", "").code, 250);
+                    let r = smtp.rcpt(&rcpt);
+                    assert_eq!(r.code, 250, "{rcpt}: {r}");
+                    let r = smtp.data(msg.as_bytes());
+                    assert_eq!(r.code, 250, "{r}");
+                }
+                smtp.quit();
+            });
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let count = count_on_disk(&base, o.mailboxes);
+        if count >= o.messages {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{target}: only {count} of {} on disk after 900 s\n{}",
+            o.messages,
+            postfix.queue()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = start.elapsed();
+    drop(postfix);
+    (elapsed, o.messages as f64 / elapsed.as_secs_f64())
+}
+
+fn count_on_disk(base: &Path, mailboxes: usize) -> usize {
+    (0..mailboxes)
+        .map(|i| {
+            let path = base.join(format!("u{i}"));
+            let (_, maildir) = mailbox(i);
+            if maildir {
+                ["new", "cur"]
+                    .iter()
+                    .map(|sub| {
+                        std::fs::read_dir(path.join(sub)).map_or(0, |d| {
+                            d.flatten()
+                                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                                .count()
+                        })
+                    })
+                    .sum::<usize>()
+            } else {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                usize::from(bytes.starts_with(b"From "))
+                    + bytes.windows(7).filter(|w| w == b"\n\nFrom ").count()
+            }
+        })
+        .sum()
+}
