@@ -19,6 +19,7 @@ pub const PROTECTED: &[&str] = &[
     "virtual_alias_domains",
     "recipient_delimiter",
     "lmtp_line_length_limit",
+    "lmtp_destination_recipient_limit",
     "mydestination",
 ];
 
@@ -100,6 +101,9 @@ pub fn profile(input: &ProfileInput) -> Profile {
         ("recipient_delimiter", input.recipient_delimiter.clone()),
         // lmtp(8) would split lines over 998 characters; virtual(8) keeps them whole.
         ("lmtp_line_length_limit", "0".into()),
+        // One recipient per LMTP transaction, so lmtp(8) can prepend X-Original-To (master.cf
+        // flags=O): the address before alias expansion, as virtual(8) writes it.
+        ("lmtp_destination_recipient_limit", "1".into()),
         (
             "message_size_limit",
             message_size_limit(input.mailbox_size_limit).to_string(),
@@ -162,10 +166,11 @@ pub fn profile(input: &ProfileInput) -> Profile {
             None => main.push((name.clone(), value.clone())),
         }
     }
-    let master = UNCHROOTED_SERVICES
+    let mut master: Vec<String> = UNCHROOTED_SERVICES
         .iter()
         .map(|s| format!("{s}/chroot = n"))
         .collect();
+    master.push("lmtp/unix/command = lmtp flags=O".into());
     Profile {
         main,
         master,

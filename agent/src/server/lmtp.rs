@@ -426,7 +426,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         };
         let backend = self.shared.backend.clone();
         let (send, mut results) = tokio::sync::mpsc::unbounded_channel();
-        let recipients = tx.recipients.clone();
+        let mut recipients = tx.recipients.clone();
+        let mut message = message;
+        if let [only] = recipients.as_mut_slice()
+            && let Some(original) = take_postfix_original_recipient(&mut message)
+        {
+            only.original = original;
+        }
         let sender = tx.sender.clone();
         let size = message.len();
         // One blocking task per transaction: the engine switches fsuid per thread, and replies
@@ -801,5 +807,64 @@ mod tests {
         );
         assert_eq!(decode_orcpt("rfc822;a+2@x.test"), None);
         assert_eq!(decode_orcpt("x400;foo"), None);
+    }
+}
+
+/// The original recipient that Postfix's lmtp(8) prepends with master.cf `flags=O` (the virtmail
+/// profile sets it, with one recipient per transaction): an `X-Original-To:` header as the very
+/// first line. It is taken off the message and used for the copy's own `X-Original-To`, so the
+/// header order is virtual(8)'s (Return-Path, X-Original-To, Delivered-To) and the address is
+/// the one before alias expansion, which LMTP alone cannot carry without DSN.
+///
+/// Mail that came through Postfix otherwise always starts with Postfix's own `Received:`, so a
+/// sender cannot put an `X-Original-To:` first.
+pub fn take_postfix_original_recipient(message: &mut Vec<u8>) -> Option<String> {
+    const NAME: &[u8] = b"X-Original-To: ";
+    if !message.starts_with(NAME) {
+        return None;
+    }
+    let end = message.iter().position(|b| *b == b'\n')?;
+    // A folded (continued) header is not what Postfix writes: leave the message alone.
+    if matches!(message.get(end + 1), Some(b' ' | b'\t')) {
+        return None;
+    }
+    let value = std::str::from_utf8(&message[NAME.len()..end]).ok()?.trim();
+    let value = value
+        .strip_prefix('<')
+        .and_then(|v| v.strip_suffix('>'))
+        .unwrap_or(value);
+    if value.is_empty() {
+        return None;
+    }
+    let value = value.to_string();
+    message.drain(..=end);
+    Some(value)
+}
+
+#[cfg(test)]
+mod original_recipient_tests {
+    use super::take_postfix_original_recipient;
+
+    #[test]
+    fn postfix_prepended_x_original_to_is_taken_off() {
+        let mut m = b"X-Original-To: postmaster@virtual1.test\nReceived: x\n\nbody\n".to_vec();
+        assert_eq!(
+            take_postfix_original_recipient(&mut m).as_deref(),
+            Some("postmaster@virtual1.test")
+        );
+        assert_eq!(m, b"Received: x\n\nbody\n");
+    }
+
+    #[test]
+    fn other_messages_are_left_alone() {
+        for text in [
+            &b"Received: x\nX-Original-To: a@b\n\n"[..],
+            b"X-Original-To: a@b\n continued\n\n",
+            b"X-Original-To: \n\n",
+        ] {
+            let mut m = text.to_vec();
+            assert_eq!(take_postfix_original_recipient(&mut m), None);
+            assert_eq!(m, text);
+        }
     }
 }
