@@ -222,6 +222,10 @@ fn compare(agent_base: &Path, virtual_base: &Path, expected: &[usize; 2]) {
                 "{address}: agent (left) and virtual(8) (right) differ"
             );
         }
+        if *n == 0 {
+            // virtual(8) never creates a mailbox nobody wrote to (the agent provisions it).
+            continue;
+        }
         // Same owner and modes of the mailbox and its files.
         for base in [agent_base, virtual_base] {
             let meta = std::fs::metadata(base.join(path)).unwrap();
