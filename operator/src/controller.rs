@@ -619,14 +619,20 @@ pub async fn run(
     let (aliases, alias_writer) = reflector::store::<MailAlias>();
     let domain_stream = watcher(api_for::<MailDomain>(&client, ns), watch.clone())
         .default_backoff()
+        // managedFields are most of an object's size and never read here.
+        .modify(|o| o.managed_fields_mut().clear())
         .reflect(domain_writer)
         .touched_objects();
     let mailbox_stream = watcher(api_for::<Mailbox>(&client, ns), watch.clone())
         .default_backoff()
+        // managedFields are most of an object's size and never read here.
+        .modify(|o| o.managed_fields_mut().clear())
         .reflect(mailbox_writer)
         .touched_objects();
     let alias_stream = watcher(api_for::<MailAlias>(&client, ns), watch.clone())
         .default_backoff()
+        // managedFields are most of an object's size and never read here.
+        .modify(|o| o.managed_fields_mut().clear())
         .reflect(alias_writer)
         .touched_objects();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
