@@ -168,7 +168,7 @@ fn build_release_agent() -> PathBuf {
 }
 
 fn mailbox(i: usize) -> (String, bool) {
-    (format!("u{i}@bench.test"), i % 2 == 0)
+    (format!("u{i}@bench.test"), i.is_multiple_of(2))
 }
 
 /// One round of one target: (elapsed, messages/s).
