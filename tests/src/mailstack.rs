@@ -357,7 +357,8 @@ impl MailStack {
                     self.postfix.queue()
                 );
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // Each probe re-reads the whole mailbox (20 MB in one test): not too often.
+            std::thread::sleep(Duration::from_millis(200));
         };
         let d = mail::delivery(&copy);
         assert_eq!(
