@@ -8,6 +8,8 @@
 #   tools/cluster.sh env      print the export lines of the running plane (fails if none)
 #   tools/cluster.sh status   report each component (exit 0 running, 3 not running, 1 degraded)
 #   tools/cluster.sh down     stop the plane by pid and remove its state
+#   tools/cluster.sh stop-apiserver | start-apiserver
+#                             fault injection: stop kube-apiserver alone, start it again
 #
 # Only the export lines go to stdout; all progress goes to stderr, so
 #   eval "$(tools/cluster.sh up)"
@@ -450,25 +452,8 @@ do_up() {
     --quota-backend-bytes $((2 * 1024 * 1024 * 1024)) --log-level warn --logger zap
   wait_for "etcd /health" etcd_healthy etcd
 
+  start_apiserver "$p_etcd" "$p_api"
   local pki="$STATE/pki"
-  start kube-apiserver "$TOOLS_BIN/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$p_etcd" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$p_api" \
-    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-    --client-ca-file "$pki/ca.crt" \
-    --requestheader-client-ca-file "$pki/front-proxy-ca.crt" \
-    --requestheader-allowed-names front-proxy-client \
-    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
-    --requestheader-extra-headers-prefix X-Remote-Extra- \
-    --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
-    --service-account-issuer "https://127.0.0.1:$p_api" \
-    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 \
-    --authorization-mode Node,RBAC \
-    --token-auth-file "$STATE/tokens.csv" \
-    --endpoint-reconciler-type none \
-    --profiling=false \
-    --v 1
   wait_for "kube-apiserver /readyz" api_ready kube-apiserver
   local t_ready; t_ready="$(date +%s.%N)"
   echo "$t0 $t_ready" >"$STATE/startup-times"
@@ -491,6 +476,47 @@ do_up() {
   log "plane up at https://127.0.0.1:$p_api: apiserver ready $(awk '{printf "%.1f", $2 - $1}' "$STATE/startup-times")s after start, all up $(awk -v t="$(date +%s.%N)" '{printf "%.1f", t - $1}' "$STATE/startup-times")s"
   print_env
 }
+
+# kube-apiserver on the plane's recorded ports (also used by start-apiserver).
+start_apiserver() {
+  local p_etcd="$1" p_api="$2" pki="$STATE/pki"
+  start kube-apiserver "$TOOLS_BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$p_etcd" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$p_api" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --requestheader-client-ca-file "$pki/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
+    --service-account-issuer "https://127.0.0.1:$p_api" \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --authorization-mode Node,RBAC \
+    --token-auth-file "$STATE/tokens.csv" \
+    --endpoint-reconciler-type none \
+    --profiling=false \
+    --v 1
+}
+
+port_of() { awk -v n="$1" '$1 == n {print $2}' "$STATE/ports"; }
+
+# Stop only kube-apiserver (fault injection: etcd and the controller-manager keep running).
+cmd_stop_apiserver() {
+  running_component kube-apiserver
+  stop kube-apiserver
+}
+
+# Start kube-apiserver again on the same port, with the same state.
+cmd_start_apiserver() {
+  [[ -f "$STATE/ports" ]] || die "no plane in $STATE"
+  alive kube-apiserver && { log "kube-apiserver already running"; return 0; }
+  start_apiserver "$(port_of etcd)" "$(port_of apiserver)"
+  wait_for "kube-apiserver /readyz" api_ready kube-apiserver
+}
+
+running_component() { alive "$1" || die "$1 is not running in $STATE"; }
 
 with_lock() {
   mkdir -p "$(dirname "$LOCK_FILE")"
@@ -542,7 +568,7 @@ cmd_status() {
   return 1
 }
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-}" in
   build)  with_lock cmd_build ;;
@@ -550,6 +576,8 @@ case "${1:-}" in
   down)   with_lock cmd_down ;;
   env)    cmd_env ;;
   status) cmd_status ;;
+  stop-apiserver)  with_lock cmd_stop_apiserver ;;
+  start-apiserver) with_lock cmd_start_apiserver ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

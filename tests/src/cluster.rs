@@ -422,14 +422,31 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<String, CommandE
 
 /// Runs `tools/cluster.sh up`, passing its progress (a first build takes minutes) straight to
 /// the terminal, and parses the `export NAME=value` lines it prints.
+static CLUSTER_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Use a private plane in `dir` (instead of `target/cluster`) for this test process; call it
+/// before the first [`cluster`]. For suites that inject faults into the plane.
+pub fn use_cluster_dir(dir: &Path) {
+    let _ = CLUSTER_DIR.set(dir.to_path_buf());
+}
+
+/// `bash tools/cluster.sh <command>` for this process's plane.
+pub fn cluster_script(command: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace_root().join("tools/cluster.sh"))
+        .arg(command);
+    if let Some(dir) = CLUSTER_DIR.get() {
+        cmd.env("VIRTMAIL_CLUSTER_DIR", dir);
+    }
+    cmd
+}
+
 fn run_cluster_script(script: &Path) -> Result<BTreeMap<String, String>, String> {
     if !script.is_file() {
         return Err(format!("{} is missing", script.display()));
     }
     let started = Instant::now();
-    let mut child = Command::new("bash")
-        .arg(script)
-        .arg("up")
+    let mut child = cluster_script("up")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

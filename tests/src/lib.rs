@@ -1,6 +1,7 @@
 //! Test support for virtmail's end-to-end suites: locating the workspace and its binaries, and
 //! starting the real components the suites run against.
 
+pub mod agent;
 pub mod cluster;
 pub mod dovecot;
 pub mod mail;

@@ -2,97 +2,17 @@
 //! it with exactly the RBAC the operator grants it (`<server>-agent`), provisions the volume,
 //! reports `Provisioned`, answers socketmap and delivers LMTP.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use virtmail_tests::agent::{impersonating_kubeconfig, lmtp, socketmap};
 use virtmail_tests::cluster::{TestNamespace, cluster, run};
 use virtmail_tests::process::{Process, binary, wait_for};
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A kubeconfig that acts as `user` through the admin's impersonation right, so the agent runs
-/// with exactly the permissions RBAC gives that service account.
-fn impersonating_kubeconfig(dir: &Path, user: &str, namespace: &str) -> PathBuf {
-    let admin = std::fs::read_to_string(&cluster().admin_kubeconfig).expect("admin kubeconfig");
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig yaml");
-    let users = config["users"].as_sequence_mut().expect("users");
-    for entry in users {
-        entry["user"]["as"] = user.into();
-        entry["user"]["as-groups"] = serde_yaml::Value::Sequence(vec![
-            "system:serviceaccounts".into(),
-            format!("system:serviceaccounts:{namespace}").into(),
-            "system:authenticated".into(),
-        ]);
-    }
-    let path = dir.join("agent.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write kubeconfig");
-    path
-}
-
-fn socketmap(socket: &Path, request: &str) -> Option<String> {
-    let mut stream = UnixStream::connect(socket).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "{}:{},", request.len(), request).ok()?;
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        stream.read_exact(&mut byte).ok()?;
-        if byte[0] == b':' {
-            break;
-        }
-        reply.push(byte[0]);
-    }
-    let len: usize = String::from_utf8(reply).ok()?.parse().ok()?;
-    let mut body = vec![0u8; len + 1];
-    stream.read_exact(&mut body).ok()?;
-    body.pop();
-    String::from_utf8(body).ok()
-}
-
-/// One LMTP transaction; returns the reply to the final dot.
-fn lmtp(socket: &Path, recipient: &str, body: &str) -> String {
-    let stream = UnixStream::connect(socket).expect("connect LMTP");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut writer = stream;
-    let mut reply = || {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("reply");
-            text.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return text;
-            }
-        }
-    };
-    reply();
-    for command in [
-        "LHLO test.invalid".to_string(),
-        "MAIL FROM:<sender@example.test>".into(),
-        format!("RCPT TO:<{recipient}>"),
-    ] {
-        write!(writer, "{command}\r\n").expect("write");
-        let r = reply();
-        if !r.starts_with('2') {
-            return r;
-        }
-    }
-    write!(writer, "DATA\r\n").expect("write");
-    assert!(reply().starts_with("354"));
-    write!(writer, "Subject: test\r\n\r\n{body}\r\n.\r\n").expect("write");
-    let r = reply();
-    let _ = write!(writer, "QUIT\r\n");
-    r
-}
 
 fn condition(object: &Value, kind: &str) -> Option<(String, String)> {
     object["status"]["conditions"]

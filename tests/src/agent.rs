@@ -1,0 +1,140 @@
+//! The agent as a real process in cluster mode, and small clients for its sockets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cluster::cluster;
+use crate::process::{Process, binary};
+
+/// A kubeconfig that acts as `user` through the admin's impersonation right, so the agent runs
+/// with exactly the permissions RBAC gives that service account.
+pub fn impersonating_kubeconfig(dir: &Path, user: &str, namespace: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(&cluster().admin_kubeconfig).expect("admin kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig yaml");
+    let users = config["users"].as_sequence_mut().expect("users");
+    for entry in users {
+        entry["user"]["as"] = user.into();
+        entry["user"]["as-groups"] = serde_yaml::Value::Sequence(vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}").into(),
+            "system:authenticated".into(),
+        ]);
+    }
+    let path = dir.join("agent.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write kubeconfig");
+    path
+}
+
+/// One socketmap request (`map key`); the reply payload.
+pub fn socketmap(socket: &Path, request: &str) -> Option<String> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "{}:{},", request.len(), request).ok()?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        stream.read_exact(&mut byte).ok()?;
+        if byte[0] == b':' {
+            break;
+        }
+        reply.push(byte[0]);
+    }
+    let len: usize = String::from_utf8(reply).ok()?.parse().ok()?;
+    let mut body = vec![0u8; len + 1];
+    stream.read_exact(&mut body).ok()?;
+    body.pop();
+    String::from_utf8(body).ok()
+}
+
+/// One LMTP transaction; returns the reply to the final dot.
+pub fn lmtp(socket: &Path, recipient: &str, body: &str) -> String {
+    let stream = UnixStream::connect(socket).expect("connect LMTP");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut reply = || {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("reply");
+            text.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return text;
+            }
+        }
+    };
+    reply();
+    for command in [
+        "LHLO test.invalid".to_string(),
+        "MAIL FROM:<sender@example.test>".into(),
+        format!("RCPT TO:<{recipient}>"),
+    ] {
+        write!(writer, "{command}\r\n").expect("write");
+        let r = reply();
+        if !r.starts_with('2') {
+            return r;
+        }
+    }
+    write!(writer, "DATA\r\n").expect("write");
+    assert!(reply().starts_with("354"));
+    write!(writer, "Subject: test\r\n\r\n{body}\r\n.\r\n").expect("write");
+    let r = reply();
+    let _ = write!(writer, "QUIT\r\n");
+    r
+}
+
+/// Sockets and volume of one agent.
+#[derive(Debug)]
+pub struct Agent {
+    /// The process.
+    pub process: Process,
+    /// Mailbox base (mode 1777, as for the seed's Example 1).
+    pub base: PathBuf,
+    /// LMTP socket.
+    pub lmtp: PathBuf,
+    /// socketmap socket.
+    pub socketmap: PathBuf,
+    _work: tempfile::TempDir,
+}
+
+/// Start `virtmail-agent serve` in cluster mode for MailServer `server` in `namespace`, as the
+/// ServiceAccount `<server>-agent` the operator creates (through impersonation, so RBAC applies).
+pub fn start(namespace: &str, server: &str) -> Agent {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = work.path().join("vhosts");
+    std::fs::create_dir(&base).expect("base");
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let lmtp = work.path().join("lmtp.sock");
+    let socketmap = work.path().join("socketmap.sock");
+    let kubeconfig = impersonating_kubeconfig(
+        work.path(),
+        &format!("system:serviceaccount:{namespace}:{server}-agent"),
+        namespace,
+    );
+    let mut command = Command::new(binary("virtmail-agent"));
+    command
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info,kube=warn")
+        .args(["serve", "--namespace", namespace, "--server", server])
+        .args(["--http", "127.0.0.1:0", "--reprovision-interval", "1s"])
+        .arg("--mailbox-base")
+        .arg(&base)
+        .arg("--lmtp")
+        .arg(format!("unix:{}", lmtp.display()))
+        .arg("--socketmap")
+        .arg(format!("unix:{}", socketmap.display()));
+    let process = Process::start("agent", command);
+    Agent {
+        process,
+        base,
+        lmtp,
+        socketmap,
+        _work: work,
+    }
+}

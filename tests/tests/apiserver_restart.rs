@@ -1,0 +1,100 @@
+//! Control-plane faults (issues 6 and 7): with kube-apiserver stopped, the agent keeps answering
+//! and delivering with the last directory it verified; when the apiserver comes back, the
+//! operator and the agent both resume, and a change made afterwards reaches Postfix's lookups.
+//!
+//! This suite stops the apiserver, so it runs on a private plane of its own
+//! (`target/cluster-restart`), never the one other suites share.
+
+use std::time::Duration;
+
+use virtmail_tests::agent::{self, lmtp, socketmap};
+use virtmail_tests::cluster::{self, cluster, run};
+use virtmail_tests::process::wait_for;
+use virtmail_tests::{operator, workspace_root};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn cluster_script(command: &str) {
+    let status = cluster::cluster_script(command)
+        .status()
+        .expect("run tools/cluster.sh");
+    assert!(status.success(), "tools/cluster.sh {command} failed");
+}
+
+/// Stops the private plane when the test ends, passing or failing.
+struct PrivatePlane;
+
+impl Drop for PrivatePlane {
+    fn drop(&mut self) {
+        let _ = cluster::cluster_script("down").status();
+    }
+}
+
+#[test]
+fn apiserver_restart_is_survived_by_operator_and_agent() {
+    // Before the plane starts: every tools/cluster.sh of this process uses the private plane.
+    cluster::use_cluster_dir(&workspace_root().join("target/cluster-restart"));
+    let _plane = PrivatePlane;
+    let ns = cluster().namespace("apiserver-restart");
+    ns.apply_file(&workspace_root().join("examples/2-coexisting-with-local"))
+        .expect("example 2");
+    let lease = format!("lease-{}", ns.name());
+    let mut operator = operator::start(ns.name(), &lease);
+    let agent = agent::start(ns.name(), "mail");
+    wait_for("the agent to serve the directory", WAIT, || {
+        socketmap(&agent.socketmap, "mailbox test2@virtual2.test").filter(|r| r.starts_with("OK "))
+    });
+
+    cluster_script("stop-apiserver");
+    assert!(
+        run(ns
+            .kubectl()
+            .args(["get", "mailboxes", "--request-timeout=3s"]))
+        .is_err(),
+        "apiserver is down"
+    );
+    // Fail static: lookups and deliveries go on with the last verified directory.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        socketmap(&agent.socketmap, "mailbox test2@virtual2.test")
+            .is_some_and(|r| r.starts_with("OK "))
+    );
+    let reply = lmtp(
+        &agent.lmtp,
+        "test2@virtual2.test",
+        "delivered while the apiserver is down",
+    );
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+
+    cluster_script("start-apiserver");
+    // An operator that could not renew its lease for a whole lease duration stops, as
+    // controller-runtime's do, and its pod is restarted by the kubelet; stand in for the kubelet.
+    if !operator.running() {
+        assert!(
+            operator.log().contains("lost the leader lease"),
+            "{}",
+            operator.log()
+        );
+        operator = operator::start(ns.name(), &lease);
+    }
+    // A change after the restart flows through operator and agent again.
+    ns.apply(
+        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: late}\nspec: {address: late@virtual2.test}\n",
+    )
+    .expect("apply a new Mailbox");
+    wait_for(
+        "the new mailbox to reach the agent after the restart",
+        WAIT,
+        || {
+            socketmap(&agent.socketmap, "mailbox late@virtual2.test")
+                .filter(|r| r.starts_with("OK "))
+        },
+    );
+    let reply = lmtp(&agent.lmtp, "late@virtual2.test", "after the restart");
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    let delivered = std::fs::read_dir(agent.base.join("virtual2.test/late/new"))
+        .expect("new/")
+        .count();
+    assert_eq!(delivered, 1);
+    drop(operator);
+}
