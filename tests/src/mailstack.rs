@@ -38,9 +38,18 @@ pub struct Builder {
     postfix_main: Vec<(String, String)>,
     postfix_entries: Vec<String>,
     postfix_files: Vec<(String, String)>,
+    admin_layout: bool,
 }
 
 impl Builder {
+    /// Whether the harness prepares the mailboxes' parent directories as an administrator would
+    /// (default: yes). With `false` the base is an empty root-owned 0755 directory and only the
+    /// agent's own provisioning can make mail deliverable.
+    pub fn admin_layout(mut self, prepare: bool) -> Self {
+        self.admin_layout = prepare;
+        self
+    }
+
     /// Add a resources file (name, YAML).
     pub fn resource(mut self, name: &str, yaml: &str) -> Self {
         self.resources.push((name.into(), yaml.into()));
@@ -82,6 +91,7 @@ pub struct MailStack {
     dovecot: Dovecot,
     agent: Process,
     http_port: u16,
+    admin_layout: bool,
     dir: tempfile::TempDir,
 }
 
@@ -113,6 +123,7 @@ impl MailStack {
             postfix_main: Vec::new(),
             postfix_entries: Vec::new(),
             postfix_files: Vec::new(),
+            admin_layout: true,
         }
     }
 
@@ -135,7 +146,10 @@ impl MailStack {
         for (name, text) in &builder.resources {
             std::fs::write(root.join("resources").join(name), text).expect("write resources");
         }
-        let stack_paths = StackPaths { root: root.clone() };
+        let stack_paths = StackPaths {
+            root: root.clone(),
+            admin_layout: builder.admin_layout,
+        };
         let directory = stack_paths.directory();
         stack_paths.prepare_layout(&directory);
 
@@ -205,6 +219,7 @@ impl MailStack {
             dovecot,
             agent,
             http_port,
+            admin_layout: builder.admin_layout,
             dir,
         }
     }
@@ -212,6 +227,7 @@ impl MailStack {
     fn paths(&self) -> StackPaths {
         StackPaths {
             root: self.dir.path().to_path_buf(),
+            admin_layout: self.admin_layout,
         }
     }
 
@@ -401,6 +417,7 @@ impl MailStack {
 #[derive(Debug)]
 struct StackPaths {
     root: PathBuf,
+    admin_layout: bool,
 }
 
 impl StackPaths {
@@ -426,6 +443,9 @@ impl StackPaths {
     /// recipient can create its Maildir or mbox and the mbox's `.lock`. The mailboxes themselves
     /// are created by the agent, as the recipient.
     fn prepare_layout(&self, directory: &Directory) {
+        if !self.admin_layout {
+            return;
+        }
         let base = self.root.join("mail");
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
         for entry in directory.mailboxes.values() {
