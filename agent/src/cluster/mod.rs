@@ -72,6 +72,38 @@ impl ClusterSource {
     }
 }
 
+/// Provision one directory below its `mailboxBase` (blocking; call on a blocking thread).
+pub fn provision_directory(directory: &Directory) -> Result<Vec<provision::Report>, String> {
+    let base = PathBuf::from(&directory.settings.mailbox_base);
+    let fd = rustix::fs::open(
+        &base,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("mailbox base {}: {e}", base.display()))?;
+    Ok(provision::provision_all(
+        &fd,
+        &base.to_string_lossy(),
+        directory,
+    ))
+}
+
+/// Log a provisioning round: one summary line, one warning per problem.
+pub fn log_reports(reports: &[provision::Report]) {
+    let created = reports
+        .iter()
+        .filter(|r| r.state == provision::State::Created)
+        .count();
+    let mut problems = 0;
+    for r in reports {
+        if let provision::State::Problem { reason, message } = &r.state {
+            problems += 1;
+            tracing::warn!(mailbox = %r.object, path = %r.path, reason, "{message}");
+        }
+    }
+    tracing::info!(mailboxes = reports.len(), created, problems, "provisioned");
+}
+
 /// Provision each new version (latest only, one at a time) and patch the Mailbox statuses.
 async fn provision_loop(
     client: Client,

@@ -154,6 +154,10 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()
     match config.source.clone() {
         Source::Files(source) => {
             tokio::spawn(source.run(holder.clone(), metrics.clone(), stop_rx.clone()));
+            tokio::spawn(provision_standalone(
+                holder.clone(),
+                Duration::from_secs(60),
+            ));
         }
         Source::Cluster(source) => {
             // kubeconfig from the environment, or the pod's service account.
@@ -193,6 +197,34 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()
         ),
     }
     Ok(())
+}
+
+/// Standalone mode: provision the mailboxes of every directory swapped in (and again every
+/// `interval`, so a volume fixed by hand is picked up). There is no API to report to; problems
+/// are logged.
+async fn provision_standalone(holder: Arc<Holder>, interval: Duration) {
+    let mut done: Option<(String, std::time::Instant)> = None;
+    loop {
+        if let Some(loaded) = holder.current() {
+            let due = match &done {
+                Some((version, at)) => *version != loaded.version || at.elapsed() >= interval,
+                None => true,
+            };
+            if due {
+                let version = loaded.version.clone();
+                let job = tokio::task::spawn_blocking(move || {
+                    crate::cluster::provision_directory(&loaded.directory)
+                });
+                match job.await {
+                    Ok(Ok(reports)) => crate::cluster::log_reports(&reports),
+                    Ok(Err(error)) => tracing::error!(%error, "cannot provision"),
+                    Err(error) => tracing::error!(%error, "provisioning task failed"),
+                }
+                done = Some((version, std::time::Instant::now()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
