@@ -28,7 +28,7 @@ use virtmail_crds::Directory;
 use virtmail_crds::directory::MailboxEntry;
 use virtmail_crds::resources::{LockMethod, MailboxFormat};
 
-use crate::deliver::containment::{self, check_relative, make_dirs, open_beneath, open_dir};
+use crate::deliver::containment::{check_relative, make_dirs, open_beneath, open_dir};
 use crate::deliver::identity::FsIdentity;
 
 /// Result for one mailbox.
@@ -345,11 +345,6 @@ fn dotlock_possible(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> Resul
         )),
         Err(e) => Err(errno_problem("dotlock", &entry.path, e)),
     }
-}
-
-/// Whether a delivery errno means the path was unsafe (re-exported for callers' messages).
-pub fn unsafe_reason(errno: Errno) -> Option<&'static str> {
-    containment::unsafe_errno(errno)
 }
 
 #[cfg(test)]

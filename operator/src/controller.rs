@@ -219,6 +219,7 @@ async fn publish_member<K>(
     wanted: Wanted,
     existing: &[Condition],
     extra: serde_json::Value,
+    extra_changed: bool,
 ) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -228,7 +229,7 @@ where
 {
     let generation = object.meta().generation;
     let merged = status::merge(existing, std::slice::from_ref(&wanted), generation, &now());
-    if !status::differs(existing, &merged) {
+    if !extra_changed && !status::differs(existing, &merged) {
         return Ok(());
     }
     let mut status = json!({ "observedGeneration": generation, "conditions": merged });
@@ -281,6 +282,13 @@ async fn publish_members(
     let members: std::collections::HashSet<&ObjectRef> = compiled.members.iter().collect();
     let is_member = |kind, name: String| members.contains(&ObjectRef { kind, name });
 
+    // One pass over the mailboxes, not one per domain.
+    let mut mailboxes_per_domain: HashMap<&str, usize> = HashMap::new();
+    for key in compiled.directory.mailboxes.keys() {
+        if let Some((_, domain)) = key.rsplit_once('@') {
+            *mailboxes_per_domain.entry(domain).or_default() += 1;
+        }
+    }
     let mut tasks: Vec<futures::future::BoxFuture<'_, Result<()>>> = Vec::new();
     for mailbox in inputs
         .mailboxes
@@ -303,12 +311,7 @@ async fn publish_members(
         let path_changed = mailbox.status.as_ref().and_then(|s| s.path.clone()) != path;
         let extra = json!({ "path": path });
         tasks.push(Box::pin(async move {
-            if path_changed {
-                // Force a patch when only the path moved.
-                publish_member(ctx, mailbox, wanted, &[], extra).await
-            } else {
-                publish_member(ctx, mailbox, wanted, &existing, extra).await
-            }
+            publish_member(ctx, mailbox, wanted, &existing, extra, path_changed).await
         }));
     }
     for alias in inputs
@@ -323,7 +326,7 @@ async fn publish_members(
         let wanted = status::ready_for(compiled, &object, &server_name);
         let existing = conditions_of(&alias.status, |s| &s.conditions);
         tasks.push(Box::pin(async move {
-            publish_member(ctx, alias, wanted, &existing, json!({})).await
+            publish_member(ctx, alias, wanted, &existing, json!({}), false).await
         }));
     }
     for domain in inputs
@@ -337,22 +340,24 @@ async fn publish_members(
         };
         let wanted = status::ready_for(compiled, &object, &server_name);
         let folded = virtmail_crds::address::fold(&domain.spec.domain);
-        let count = compiled
-            .directory
-            .mailboxes
-            .keys()
-            .filter(|k| k.rsplit_once('@').is_some_and(|(_, d)| d == folded))
-            .count();
+        let count = mailboxes_per_domain
+            .get(folded.as_str())
+            .copied()
+            .unwrap_or(0);
         let status = domain.status.clone().unwrap_or_default();
-        let existing =
-            if status.mailboxes as usize != count || status.servers != vec![server_name.clone()] {
-                Vec::new()
-            } else {
-                status.conditions.clone()
-            };
+        let extra_changed =
+            status.mailboxes as usize != count || status.servers != vec![server_name.clone()];
         let extra = json!({ "mailboxes": count, "servers": [server_name] });
         tasks.push(Box::pin(async move {
-            publish_member(ctx, domain, wanted, &existing, extra).await
+            publish_member(
+                ctx,
+                domain,
+                wanted,
+                &status.conditions,
+                extra,
+                extra_changed,
+            )
+            .await
         }));
     }
     let results: Vec<Result<()>> = stream::iter(tasks).buffer_unordered(16).collect().await;

@@ -38,14 +38,13 @@ impl ClusterSource {
     pub async fn run(
         self,
         client: Client,
-        publish: impl Fn(Directory, &str) + Send + Sync + 'static,
+        publish: impl Fn(Arc<Directory>, &str) + Send + Sync + 'static,
         mut stop: watch::Receiver<bool>,
     ) {
         let (versions_tx, versions_rx) = watch::channel::<Option<Arc<Directory>>>(None);
         let provisioner = tokio::spawn(provision_loop(
             client.clone(),
             self.namespace.clone(),
-            self.mailbox_base.clone(),
             self.reprovision_interval,
             versions_rx,
         ));
@@ -60,7 +59,7 @@ impl ClusterSource {
                     directory.settings.mailbox_base = base.display().to_string();
                 }
                 let shared = Arc::new(directory);
-                publish((*shared).clone(), version);
+                publish(shared.clone(), version);
                 let _ = versions_tx.send(Some(shared));
             },
         );
@@ -108,7 +107,6 @@ pub fn log_reports(reports: &[provision::Report]) {
 async fn provision_loop(
     client: Client,
     namespace: String,
-    base_override: Option<PathBuf>,
     interval: std::time::Duration,
     mut versions: watch::Receiver<Option<Arc<Directory>>>,
 ) {
@@ -121,37 +119,27 @@ async fn provision_loop(
         let Some(directory) = versions.borrow_and_update().clone() else {
             continue;
         };
-        let base = base_override
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(&directory.settings.mailbox_base));
-        let job = tokio::task::spawn_blocking(move || {
-            let fd = rustix::fs::open(
-                &base,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| format!("mailbox base {}: {e}", base.display()))?;
-            Ok::<_, String>(provision::provision_all(
-                &fd,
-                &base.to_string_lossy(),
-                &directory,
-            ))
-        });
-        match job.await {
-            Ok(Ok(reports)) => {
-                let created = reports
-                    .iter()
-                    .filter(|r| r.state == provision::State::Created)
-                    .count();
-                let problems = reports
-                    .iter()
-                    .filter(|r| matches!(r.state, provision::State::Problem { .. }))
-                    .count();
-                tracing::info!(mailboxes = reports.len(), created, problems, "provisioned");
-                status::publish(&client, &namespace, &reports, &mut written).await;
-            }
-            Ok(Err(error)) => tracing::error!(%error, "cannot provision"),
-            Err(error) => tracing::error!(%error, "provisioning task failed"),
+        if let Some(reports) = provision_round(directory).await {
+            status::publish(&client, &namespace, &reports, &mut written).await;
+        }
+    }
+}
+
+/// One provisioning round on a blocking thread (it switches that thread's file system
+/// identity), logged; `None` when the base cannot be opened. Shared by both modes.
+pub async fn provision_round(directory: Arc<Directory>) -> Option<Vec<provision::Report>> {
+    match tokio::task::spawn_blocking(move || provision_directory(&directory)).await {
+        Ok(Ok(reports)) => {
+            log_reports(&reports);
+            Some(reports)
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, "cannot provision");
+            None
+        }
+        Err(error) => {
+            tracing::error!(%error, "provisioning task failed");
+            None
         }
     }
 }

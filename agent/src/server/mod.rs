@@ -165,7 +165,7 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()
                 .await
                 .context("cannot reach the Kubernetes API (cluster mode)")?;
             let (h, m) = (holder.clone(), metrics.clone());
-            let publish = move |directory: virtmail_crds::Directory, version: &str| {
+            let publish = move |directory: Arc<virtmail_crds::Directory>, version: &str| {
                 let loaded = h.swap_with_version(directory, version.to_string());
                 m.reload_ok(0);
                 tracing::info!(
@@ -212,14 +212,7 @@ async fn provision_standalone(holder: Arc<Holder>, interval: Duration) {
             };
             if due {
                 let version = loaded.version.clone();
-                let job = tokio::task::spawn_blocking(move || {
-                    crate::cluster::provision_directory(&loaded.directory)
-                });
-                match job.await {
-                    Ok(Ok(reports)) => crate::cluster::log_reports(&reports),
-                    Ok(Err(error)) => tracing::error!(%error, "cannot provision"),
-                    Err(error) => tracing::error!(%error, "provisioning task failed"),
-                }
+                crate::cluster::provision_round(loaded.directory.clone()).await;
                 done = Some((version, std::time::Instant::now()));
             }
         }

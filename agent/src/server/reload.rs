@@ -20,7 +20,7 @@ use crate::check::load_and_compile;
 #[derive(Debug)]
 pub struct Loaded {
     /// The directory.
-    pub directory: Directory,
+    pub directory: Arc<Directory>,
     /// Its content version (as published in ConfigMaps).
     pub version: String,
     /// When it was swapped in (Unix seconds).
@@ -46,7 +46,12 @@ impl Holder {
     }
 
     /// Replace the directory with one whose version is known (as published in ConfigMaps).
-    pub fn swap_with_version(&self, directory: Directory, version: String) -> Arc<Loaded> {
+    pub fn swap_with_version(
+        &self,
+        directory: impl Into<Arc<Directory>>,
+        version: String,
+    ) -> Arc<Loaded> {
+        let directory = directory.into();
         let loaded = Arc::new(Loaded {
             version,
             directory,

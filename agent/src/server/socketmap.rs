@@ -228,7 +228,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
             Err(_) => (map_index(frame_map_name(&frame)), Reply::NotFound),
             Ok(request) => {
                 let current = shared.directory.current();
-                lookup(current.as_deref().map(|l| &l.directory), request)
+                lookup(current.as_deref().map(|l| &*l.directory), request)
             }
         };
         shared.metrics.lookup(map, reply.result_index());
