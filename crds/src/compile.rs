@@ -179,9 +179,16 @@ pub fn settings(server: &MailServer) -> Settings {
 }
 
 /// Objects oldest first: by creation time, then by input order (files have no creation time).
+/// Objects from the API tie on creation time (one-second resolution) and arrive in cache order,
+/// which differs between processes: ties are broken by name, so every replica picks the same
+/// winner. Input order decides only among objects without a creation time (files).
 fn oldest_first<K: Resource>(objects: &[K]) -> Vec<&K> {
     let mut sorted: Vec<(usize, &K)> = objects.iter().enumerate().collect();
-    sorted.sort_by_key(|(index, o)| (o.meta().creation_timestamp.as_ref().map(|t| t.0), *index));
+    sorted.sort_by_key(|(index, o)| {
+        let created = o.meta().creation_timestamp.as_ref().map(|t| t.0);
+        let file_order = if created.is_some() { 0 } else { *index };
+        (created, file_order, o.meta().name.clone())
+    });
     sorted.into_iter().map(|(_, o)| o).collect()
 }
 

@@ -349,3 +349,27 @@ fn creation_timestamp_decides_age_over_input_order() {
         "alice-again"
     );
 }
+
+#[test]
+fn same_second_creation_is_decided_by_name_whatever_the_cache_order() {
+    let mut resources = fixture("address-conflict.yaml");
+    let second = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().expect("time"),
+    ));
+    for m in &mut resources.mailboxes {
+        m.metadata.creation_timestamp = second.clone();
+    }
+    let server = resources.server(None).expect("server");
+    let forward = compile(resources.inputs(&server));
+    resources.mailboxes.reverse();
+    let backward = compile(resources.inputs(&server));
+    assert_eq!(
+        forward.directory.mailboxes["alice@example.test"].object,
+        "alice"
+    );
+    assert_eq!(
+        backward.directory.mailboxes["alice@example.test"].object,
+        "alice"
+    );
+    assert_eq!(forward.directory, backward.directory);
+}
