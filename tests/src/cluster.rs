@@ -430,6 +430,16 @@ pub fn use_cluster_dir(dir: &Path) {
     let _ = CLUSTER_DIR.set(dir.to_path_buf());
 }
 
+static CLUSTER_IDENTITIES: OnceLock<String> = OnceLock::new();
+
+/// Extra identities for this process's plane, as `tools/cluster.sh`'s
+/// `VIRTMAIL_CLUSTER_IDENTITIES` (`name=user;name=user`): each gets a static token and a
+/// kubeconfig ([`Cluster::kubeconfig`]`("name")`). Call before the first [`cluster`], with a
+/// private plane ([`use_cluster_dir`]) whose namespaces are known in advance.
+pub fn use_cluster_identities(identities: &str) {
+    let _ = CLUSTER_IDENTITIES.set(identities.to_owned());
+}
+
 /// `bash tools/cluster.sh <command>` for this process's plane.
 pub fn cluster_script(command: &str) -> Command {
     let mut cmd = Command::new("bash");
@@ -437,6 +447,9 @@ pub fn cluster_script(command: &str) -> Command {
         .arg(command);
     if let Some(dir) = CLUSTER_DIR.get() {
         cmd.env("VIRTMAIL_CLUSTER_DIR", dir);
+    }
+    if let Some(identities) = CLUSTER_IDENTITIES.get() {
+        cmd.env("VIRTMAIL_CLUSTER_IDENTITIES", identities);
     }
     cmd
 }
