@@ -39,6 +39,7 @@ pub struct Builder {
     postfix_entries: Vec<String>,
     postfix_files: Vec<(String, String)>,
     admin_layout: bool,
+    base_tmpfs: Option<String>,
 }
 
 impl Builder {
@@ -47,6 +48,13 @@ impl Builder {
     /// agent's own provisioning can make mail deliverable.
     pub fn admin_layout(mut self, prepare: bool) -> Self {
         self.admin_layout = prepare;
+        self
+    }
+
+    /// Put the mailbox base on a tmpfs of `size` (`mount -t tmpfs -o size=<size>`, e.g. `"4m"`),
+    /// mounted before anything starts and unmounted after everything stopped (needs root).
+    pub fn base_tmpfs(mut self, size: &str) -> Self {
+        self.base_tmpfs = Some(size.into());
         self
     }
 
@@ -90,8 +98,12 @@ pub struct MailStack {
     postfix: Postfix,
     dovecot: Dovecot,
     agent: Process,
+    /// Agents killed by [`MailStack::kill_agent`], kept for their logs.
+    killed_agents: Vec<Process>,
     http_port: u16,
     admin_layout: bool,
+    /// Unmounted after the agent and Dovecot stopped, before the directory is removed.
+    _base_tmpfs: Option<BaseTmpfs>,
     dir: tempfile::TempDir,
 }
 
@@ -124,6 +136,7 @@ impl MailStack {
             postfix_entries: Vec::new(),
             postfix_files: Vec::new(),
             admin_layout: true,
+            base_tmpfs: None,
         }
     }
 
@@ -143,6 +156,10 @@ impl MailStack {
             std::fs::set_permissions(root.join(sub), std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
         }
+        let base_tmpfs = builder
+            .base_tmpfs
+            .as_deref()
+            .map(|size| BaseTmpfs::mount(&root.join("mail"), size));
         for (name, text) in &builder.resources {
             std::fs::write(root.join("resources").join(name), text).expect("write resources");
         }
@@ -155,33 +172,7 @@ impl MailStack {
 
         // The agent.
         let http_port = free_port();
-        let mut command = Command::new(binary("virtmail-agent"));
-        command
-            .arg("serve")
-            .arg("--resources")
-            .arg(root.join("resources"))
-            .arg("--mailbox-base")
-            .arg(root.join("mail"))
-            .arg("--lmtp")
-            .arg(format!("unix:{}", stack_paths.lmtp().display()))
-            .arg("--socketmap")
-            .arg(format!("unix:{}", stack_paths.socketmap().display()))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("--hostname")
-            .arg("agent.virtmail.test");
-        let mut agent = Process::start("virtmail-agent", command);
-        wait_for("the agent's sockets", Duration::from_secs(60), || {
-            assert!(agent.running(), "the agent exited:\n{}", agent.log());
-            (std::os::unix::net::UnixStream::connect(stack_paths.lmtp()).is_ok()
-                && std::os::unix::net::UnixStream::connect(stack_paths.socketmap()).is_ok())
-            .then_some(())
-        });
-        wait_for("agent /readyz", Duration::from_secs(10), || {
-            http_get(http_port, "/readyz")
-                .filter(|(code, _)| *code == 200)
-                .map(|_| ())
-        });
+        let agent = stack_paths.start_agent(http_port);
 
         // Dovecot over the same base.
         let dovecot = Dovecot::start(
@@ -218,10 +209,40 @@ impl MailStack {
             postfix,
             dovecot,
             agent,
+            killed_agents: Vec::new(),
             http_port,
             admin_layout: builder.admin_layout,
+            _base_tmpfs: base_tmpfs,
             dir,
         }
+    }
+
+    /// `kill -9` the agent (no shutdown, no cleanup, sockets left behind) and reap it. Its log
+    /// stays part of [`MailStack::agent_log`].
+    pub fn kill_agent(&mut self) {
+        self.agent.kill();
+    }
+
+    /// Start the agent again on the same sockets and ports after [`MailStack::kill_agent`],
+    /// waiting until it is ready.
+    pub fn restart_agent(&mut self) {
+        assert!(
+            self.agent.pid() == 0,
+            "restart_agent: the agent still runs (kill_agent first)"
+        );
+        let restarted = self.paths().start_agent(self.http_port);
+        self.killed_agents
+            .push(std::mem::replace(&mut self.agent, restarted));
+    }
+
+    /// Whether the agent runs now.
+    pub fn agent_running(&mut self) -> bool {
+        self.agent.running()
+    }
+
+    /// The agent's pid (0 while killed).
+    pub fn agent_pid(&self) -> u32 {
+        self.agent.pid()
     }
 
     fn paths(&self) -> StackPaths {
@@ -270,9 +291,15 @@ impl MailStack {
         &self.dovecot
     }
 
-    /// The agent's log so far.
+    /// The agent's log so far (of every instance, oldest first, when it was restarted).
     pub fn agent_log(&self) -> String {
-        self.agent.log()
+        let mut log = String::new();
+        for killed in &self.killed_agents {
+            log.push_str(&killed.log());
+            log.push_str("==== killed with SIGKILL, restarted\n");
+        }
+        log.push_str(&self.agent.log());
+        log
     }
 
     /// `GET path` on the agent's HTTP port: (status, body).
@@ -429,6 +456,38 @@ impl StackPaths {
         self.root.join("sock/socketmap.sock")
     }
 
+    /// `virtmail-agent serve` for this stack, started and waited for (sockets, `/readyz`).
+    fn start_agent(&self, http_port: u16) -> Process {
+        let mut command = Command::new(binary("virtmail-agent"));
+        command
+            .arg("serve")
+            .arg("--resources")
+            .arg(self.root.join("resources"))
+            .arg("--mailbox-base")
+            .arg(self.root.join("mail"))
+            .arg("--lmtp")
+            .arg(format!("unix:{}", self.lmtp().display()))
+            .arg("--socketmap")
+            .arg(format!("unix:{}", self.socketmap().display()))
+            .arg("--http")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("--hostname")
+            .arg("agent.virtmail.test");
+        let mut agent = Process::start("virtmail-agent", command);
+        wait_for("the agent's sockets", Duration::from_secs(60), || {
+            assert!(agent.running(), "the agent exited:\n{}", agent.log());
+            (std::os::unix::net::UnixStream::connect(self.lmtp()).is_ok()
+                && std::os::unix::net::UnixStream::connect(self.socketmap()).is_ok())
+            .then_some(())
+        });
+        wait_for("agent /readyz", Duration::from_secs(10), || {
+            http_get(http_port, "/readyz")
+                .filter(|(code, _)| *code == 200)
+                .map(|_| ())
+        });
+        agent
+    }
+
     fn directory(&self) -> Directory {
         let resources = manifests::load_dir(&self.root.join("resources"))
             .unwrap_or_else(|e| panic!("resources: {e}"));
@@ -537,6 +596,41 @@ pub fn split_mbox(bytes: &[u8]) -> Vec<Vec<u8>> {
         out.push(message);
     }
     out
+}
+
+/// A tmpfs mounted as a stack's mailbox base; unmounted (lazily) on drop.
+#[derive(Debug)]
+struct BaseTmpfs {
+    path: PathBuf,
+}
+
+impl BaseTmpfs {
+    fn mount(path: &Path, size: &str) -> BaseTmpfs {
+        assert_eq!(
+            nix::unistd::geteuid().as_raw(),
+            0,
+            "a tmpfs mailbox base needs root (mount -t tmpfs)"
+        );
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mount -t tmpfs -o size={size} {}: {e}", path.display()));
+        BaseTmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for BaseTmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("warning: cannot unmount {}: {e}", self.path.display());
+        }
+    }
 }
 
 /// Minimal HTTP/1.0 GET on 127.0.0.1: (status, body).

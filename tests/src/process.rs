@@ -93,6 +93,14 @@ impl Process {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// SIGKILL it now (no chance to clean up, as `kill -9`) and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Send SIGTERM and wait up to `grace`, then SIGKILL. Returns the exit code, if any.
     pub fn stop(&mut self, grace: Duration) -> Option<i32> {
         let mut child = self.child.take()?;
