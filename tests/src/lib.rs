@@ -9,6 +9,7 @@ pub mod mailstack;
 pub mod operator;
 pub mod postfix;
 pub mod process;
+pub mod reliability;
 
 use std::path::PathBuf;
 
