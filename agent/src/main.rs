@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use virtmail_agent::check::{CheckStatus, check};
 use virtmail_agent::cluster::ClusterSource;
+use virtmail_agent::cluster::mounted::MountedSource;
 use virtmail_agent::server::{
     self, listen, listen::Addr, logging, logging::LogFormat, reload::FileSource,
 };
@@ -144,15 +145,24 @@ struct ServeArgs {
     /// Standalone mode: directory (or file) of YAML manifests, watched for changes.
     #[arg(
         long,
-        conflicts_with = "namespace",
-        required_unless_present = "namespace"
+        conflicts_with_all = ["namespace", "directory_dir"],
+        required_unless_present_any = ["namespace", "directory_dir"]
     )]
     resources: Option<PathBuf>,
+    /// Mounted-files mode: a projected volume of the directory ConfigMaps (head keys at the top,
+    /// each shard's keys under `<shard name>/`), for pods without API access. The kubelet's
+    /// `..data` swaps are followed; no Mailbox status is written.
+    #[arg(long, conflicts_with = "namespace")]
+    directory_dir: Option<PathBuf>,
+    /// Mounted-files mode: how often the volume is examined for a new payload.
+    #[arg(long, default_value = "1s", value_parser = server::parse_duration)]
+    directory_poll_interval: Duration,
     /// Cluster mode: namespace of the MailServer whose directory ConfigMaps are watched
     /// (kubeconfig from the environment, or the pod's service account). Needs --server.
     #[arg(long, requires = "server")]
     namespace: Option<String>,
-    /// Cluster mode: re-examine the volume this often even without a new directory version.
+    /// Cluster and mounted-files modes: re-examine the mailbox volume this often even without a
+    /// new directory version.
     #[arg(long, default_value = "60s", value_parser = server::parse_duration)]
     reprovision_interval: Duration,
     /// MailServer to serve (standalone default: the only one, or an empty default server).
@@ -208,21 +218,31 @@ struct ServeArgs {
 fn serve(args: ServeArgs) -> ExitCode {
     logging::init(args.log_format);
     let config = server::Config {
-        source: match (args.resources, args.namespace) {
-            (Some(dir), _) => server::Source::Files(FileSource {
+        source: match (args.resources, args.directory_dir, args.namespace) {
+            (Some(dir), _, _) => server::Source::Files(FileSource {
                 dir,
                 server: args.server,
                 mailbox_base: args.mailbox_base,
                 interval: args.reload_interval,
             }),
-            (None, Some(namespace)) => server::Source::Cluster(ClusterSource {
+            (None, Some(dir), _) => server::Source::Mounted(MountedSource {
+                dir,
+                server: args.server,
+                mailbox_base: args.mailbox_base,
+                interval: args.directory_poll_interval,
+                reprovision_interval: args.reprovision_interval,
+                state: Default::default(),
+            }),
+            (None, None, Some(namespace)) => server::Source::Cluster(ClusterSource {
                 namespace,
                 server: args.server.unwrap_or_default(),
                 mailbox_base: args.mailbox_base,
                 state: Default::default(),
                 reprovision_interval: args.reprovision_interval,
             }),
-            (None, None) => unreachable!("clap requires --resources or --namespace"),
+            (None, None, None) => {
+                unreachable!("clap requires --resources, --directory-dir or --namespace")
+            }
         },
         lmtp: args.lmtp,
         socketmap: args.socketmap,

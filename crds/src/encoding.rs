@@ -2,11 +2,16 @@
 //! `kubectl get cm -o yaml`, schema-versioned and sharded.
 //!
 //! The head ConfigMap `<server>-directory` carries the schema, the version, the settings and the
-//! list of shards with their SHA-256. Each shard ConfigMap `<server>-directory-<hash>` holds JSON
-//! Lines of domains, mailboxes and aliases. Shard names are content-addressed: a changed shard
-//! gets a new name, so a reader that holds the head for version N can always tell whether it has
-//! every shard of version N. Records are spread over shards by a hash of their key, so editing one
-//! mailbox rewrites one shard.
+//! list of shards with their SHA-256. Each shard ConfigMap `<server>-directory-<NN>` holds JSON
+//! Lines of domains, mailboxes and aliases. Records are spread over shards by a hash of their key,
+//! so editing one mailbox rewrites one shard.
+//!
+//! Shard names are stable slots, not content-addressed: a pod that may not call the API gets the
+//! directory through a projected ConfigMap volume, and a volume can only name ConfigMaps known
+//! when the pod is created ([`MOUNT_SLOTS`] optional slots). Consistency does not come from the
+//! names but from the hashes: a reader assembles the version the head names only when every
+//! shard it lists is present with exactly the listed SHA-256, so a shard rewritten before its
+//! head (or a head before its shards) is never served half-new.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +42,14 @@ pub const KEY_DOMAINS: &str = "domains.jsonl";
 pub const KEY_MAILBOXES: &str = "mailboxes.jsonl";
 /// Alias records.
 pub const KEY_ALIASES: &str = "aliases.jsonl";
+
+/// Shard slots a projected volume lists (all optional). Sharding aims at [`SHARD_TARGET`] per
+/// shard, so 64 slots hold about 32 MiB of records (some 200,000 mailboxes); a directory that
+/// needs more grows the list to the next multiple of 64.
+pub const MOUNT_SLOTS: usize = 64;
+
+/// Annotation on each shard ConfigMap carrying the SHA-256 of its data (the head lists the same).
+pub const ANNOTATION_SHARD_HASH: &str = "virtmail.io/shard-hash";
 
 /// Label put on every directory ConfigMap, naming the server.
 pub const LABEL_SERVER: &str = "virtmail.io/server";
@@ -144,6 +157,17 @@ pub fn head_name(server: &str) -> String {
     format!("{server}-directory")
 }
 
+/// Name of shard slot `index` of a server.
+pub fn shard_name(server: &str, index: usize) -> String {
+    format!("{server}-directory-{index:02}")
+}
+
+/// Shard slots a mounted directory volume must list for `shards` shards: [`MOUNT_SLOTS`], or the
+/// next multiple of it.
+pub fn mount_slots(shards: usize) -> usize {
+    shards.div_ceil(MOUNT_SLOTS).max(1) * MOUNT_SLOTS
+}
+
 fn data_size(data: &Data) -> usize {
     data.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
@@ -235,14 +259,12 @@ pub fn encode(directory: &Directory) -> Encoded {
     };
     let shards: Vec<Shard> = shard_data
         .into_iter()
-        .filter(|data| !data.is_empty())
-        .map(|data| {
-            let hash = data_hash(&data);
-            Shard {
-                name: format!("{server}-directory-{}", &hash[..10]),
-                hash,
-                data,
-            }
+        .enumerate()
+        .filter(|(_, data)| !data.is_empty())
+        .map(|(index, data)| Shard {
+            name: shard_name(server, index),
+            hash: data_hash(&data),
+            data,
         })
         .collect();
     let settings = settings_json(&directory.settings);

@@ -213,6 +213,23 @@ pub struct AgentSpec {
     /// Log format of the agent: `text` or `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    /// How the agent receives the directory: `Api` (default) watches the directory ConfigMaps
+    /// through the Kubernetes API and sees changes within a second; `MountedFiles` reads them
+    /// from a projected ConfigMap volume, for clusters that forbid API access from pods (changes
+    /// then arrive with the kubelet's sync, up to about a minute, and the agent reports
+    /// provisioning in its logs and metrics instead of the Mailbox status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_source: Option<DirectorySource>,
+}
+
+/// How the agent receives the directory.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DirectorySource {
+    /// Watch the ConfigMaps through the API (the agent's ServiceAccount may get/list/watch them).
+    #[default]
+    Api,
+    /// Read a projected ConfigMap volume; the pod gets no API token.
+    MountedFiles,
 }
 
 /// The compiled directory as published.

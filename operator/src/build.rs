@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -18,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
-use virtmail_crds::MailServer;
-use virtmail_crds::encoding::{self, Encoded, LABEL_ROLE, LABEL_SERVER};
+use virtmail_crds::encoding::{self, ANNOTATION_SHARD_HASH, Encoded, LABEL_ROLE, LABEL_SERVER};
+use virtmail_crds::{DirectorySource, MailServer};
 
 use crate::profile::{self, Profile, ProfileInput};
 
@@ -29,6 +30,9 @@ pub const SOCKET_DIR: &str = "/run/virtmail";
 pub const LMTP_SOCKET: &str = "/run/virtmail/lmtp.sock";
 /// The agent's socketmap socket in the pod.
 pub const SOCKETMAP_SOCKET: &str = "/run/virtmail/socketmap.sock";
+/// Where the agent reads the directory in `MountedFiles` mode (a projected volume: the head's
+/// keys at the top, each shard's keys under a directory named after the shard ConfigMap).
+pub const DIRECTORY_DIR: &str = "/etc/virtmail/directory";
 /// Port of the agent's HTTP endpoints.
 pub const AGENT_HTTP_PORT: i32 = 8080;
 /// Field manager of every apply.
@@ -137,14 +141,21 @@ pub fn directory_config_maps(server: &MailServer, encoded: &Encoded) -> Vec<Conf
     let mut maps: Vec<ConfigMap> = encoded
         .shards
         .iter()
-        .map(|shard| ConfigMap {
-            metadata: meta(
+        .map(|shard| {
+            let mut metadata = meta(
                 server,
                 shard.name.clone(),
                 &[(LABEL_SERVER, &name), (LABEL_ROLE, "shard")],
-            ),
-            data: Some(shard.data.clone()),
-            ..Default::default()
+            );
+            metadata.annotations = Some(BTreeMap::from([(
+                ANNOTATION_SHARD_HASH.to_string(),
+                shard.hash.clone(),
+            )]));
+            ConfigMap {
+                metadata,
+                data: Some(shard.data.clone()),
+                ..Default::default()
+            }
         })
         .collect();
     maps.push(ConfigMap {
@@ -217,12 +228,26 @@ fn agent_container(server: &MailServer, config: &BuildConfig) -> Container {
     let name = server.name_any();
     let spec = &server.spec;
     let agent = spec.agent.clone().unwrap_or_default();
+    let mounted = directory_source(server) == DirectorySource::MountedFiles;
+    let source = if mounted {
+        ["--directory-dir".to_string(), DIRECTORY_DIR.into()]
+    } else {
+        ["--namespace".to_string(), "$(POD_NAMESPACE)".into()]
+    };
+    let mut mounts = vec![
+        volume_mount("sockets", SOCKET_DIR, false),
+        volume_mount("mailboxes", &spec.mailbox_base, false),
+        volume_mount("tmp", "/tmp", false),
+    ];
+    if mounted {
+        mounts.push(volume_mount("directory", DIRECTORY_DIR, true));
+    }
     let mut args = vec![
         "serve".to_string(),
         "--server".into(),
         name,
-        "--namespace".into(),
-        "$(POD_NAMESPACE)".into(),
+        source[0].clone(),
+        source[1].clone(),
         "--mailbox-base".into(),
         spec.mailbox_base.clone(),
         "--lmtp".into(),
@@ -270,11 +295,64 @@ fn agent_container(server: &MailServer, config: &BuildConfig) -> Container {
             seccomp_profile: runtime_default_seccomp(),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            volume_mount("sockets", SOCKET_DIR, false),
-            volume_mount("mailboxes", &spec.mailbox_base, false),
-            volume_mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+/// The MailServer's directory source (default `Api`).
+pub fn directory_source(server: &MailServer) -> DirectorySource {
+    server
+        .spec
+        .agent
+        .as_ref()
+        .and_then(|a| a.directory_source)
+        .unwrap_or_default()
+}
+
+/// `MountedFiles` mode: one projected volume with the head (keys at the top) and a fixed list of
+/// optional shard slots (keys under `<shard name>/`), so the volume never has to change when
+/// shards are rewritten; the kubelet swaps the whole volume at once (`..data`), and the agent
+/// still serves a version only when every shard matches the head's hash.
+fn directory_volume(server: &MailServer, shards: usize) -> Volume {
+    let name = server.name_any();
+    let mut sources = vec![VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name: encoding::head_name(&name),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    for index in 0..encoding::mount_slots(shards) {
+        let shard = encoding::shard_name(&name, index);
+        let items = [
+            encoding::KEY_DOMAINS,
+            encoding::KEY_MAILBOXES,
+            encoding::KEY_ALIASES,
+        ]
+        .iter()
+        .map(|key| KeyToPath {
+            key: (*key).to_string(),
+            path: format!("{shard}/{key}"),
+            ..Default::default()
+        })
+        .collect();
+        sources.push(VolumeProjection {
+            config_map: Some(ConfigMapProjection {
+                name: shard,
+                optional: Some(true),
+                items: Some(items),
+            }),
+            ..Default::default()
+        });
+    }
+    Volume {
+        name: "directory".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -309,9 +387,15 @@ fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
     }
 }
 
-fn stateful_set(server: &MailServer, config: &BuildConfig, postfix_hash: &str) -> StatefulSet {
+fn stateful_set(
+    server: &MailServer,
+    config: &BuildConfig,
+    postfix_hash: &str,
+    shards: usize,
+) -> StatefulSet {
     let name = server.name_any();
     let spec = &server.spec;
+    let mounted = directory_source(server) == DirectorySource::MountedFiles;
     let storage = spec.storage.clone().unwrap_or_default();
     let mut volumes = vec![
         empty_dir("sockets"),
@@ -325,6 +409,9 @@ fn stateful_set(server: &MailServer, config: &BuildConfig, postfix_hash: &str) -
             ..Default::default()
         },
     ];
+    if mounted {
+        volumes.push(directory_volume(server, shards));
+    }
     let mut claim_templates = None;
     match &storage.existing_claim {
         Some(claim) => volumes.push(Volume {
@@ -389,6 +476,8 @@ fn stateful_set(server: &MailServer, config: &BuildConfig, postfix_hash: &str) -
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(agent_identity_name(&name)),
+                    // MountedFiles is for clusters that forbid API access from pods.
+                    automount_service_account_token: mounted.then_some(false),
                     security_context: Some(PodSecurityContext {
                         seccomp_profile: runtime_default_seccomp(),
                         ..Default::default()
@@ -430,23 +519,30 @@ pub fn desired(server: &MailServer, encoded: &Encoded, config: &BuildConfig) -> 
     };
     let role = Role {
         metadata: meta(server, identity.clone(), &[]),
-        rules: Some(vec![
-            // The directory ConfigMaps (shard names change with their content, so the rule
-            // cannot list names; keep MailServers in their own namespace).
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["configmaps".into()]),
-                verbs: vec!["get".into(), "list".into(), "watch".into()],
-                ..Default::default()
+        // MountedFiles: the pod gets no token, so the Role grants nothing.
+        rules: Some(
+            if directory_source(server) == DirectorySource::MountedFiles {
+                Vec::new()
+            } else {
+                vec![
+                    // The directory ConfigMaps (the agent watches them with a label selector, which
+                    // resourceNames cannot restrict; keep MailServers in their own namespace).
+                    PolicyRule {
+                        api_groups: Some(vec![String::new()]),
+                        resources: Some(vec!["configmaps".into()]),
+                        verbs: vec!["get".into(), "list".into(), "watch".into()],
+                        ..Default::default()
+                    },
+                    // The Provisioned condition.
+                    PolicyRule {
+                        api_groups: Some(vec![virtmail_crds::GROUP.into()]),
+                        resources: Some(vec!["mailboxes/status".into()]),
+                        verbs: vec!["patch".into()],
+                        ..Default::default()
+                    },
+                ]
             },
-            // The Provisioned condition.
-            PolicyRule {
-                api_groups: Some(vec![virtmail_crds::GROUP.into()]),
-                resources: Some(vec!["mailboxes/status".into()]),
-                verbs: vec!["patch".into()],
-                ..Default::default()
-            },
-        ]),
+        ),
     };
     let role_binding = RoleBinding {
         metadata: meta(server, identity.clone(), &[]),
@@ -495,7 +591,7 @@ pub fn desired(server: &MailServer, encoded: &Encoded, config: &BuildConfig) -> 
         role,
         role_binding,
         service,
-        stateful_set: stateful_set(server, config, &postfix_hash),
+        stateful_set: stateful_set(server, config, &postfix_hash, encoded.shards.len()),
         pod_disruption_budget,
         refused_parameters: profile.refused,
     }

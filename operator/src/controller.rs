@@ -56,8 +56,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per server (exponential backoff).
     failures: Mutex<HashMap<String, u32>>,
-    /// resourceVersion of each shard after our last apply, to skip unchanged shards.
-    applied_shards: Mutex<HashMap<(String, String), String>>,
+    /// Content hash and resourceVersion of each shard after our last apply, to skip shards
+    /// that already hold what we want.
+    applied_shards: Mutex<HashMap<(String, String), (String, String)>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -111,6 +112,14 @@ where
         .await?)
 }
 
+/// The content hash the build step put on a shard ConfigMap.
+fn shard_hash(cm: &ConfigMap) -> String {
+    cm.annotations()
+        .get(encoding::ANNOTATION_SHARD_HASH)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The apply step: shards, head, then the rest; finally shards the head no longer names.
 async fn apply_desired(
     ctx: &Context,
@@ -135,16 +144,22 @@ async fn apply_desired(
         .directory
         .split_last()
         .expect("the directory has a head");
-    // Shards: skip those present exactly as we last wrote them (content-addressed names; a hand
-    // edit changes the resourceVersion and gets overwritten).
+    // Shards: skip those present exactly as we last wrote them, with the content we want now
+    // (same hash, same resourceVersion); a hand edit changes the resourceVersion and gets
+    // overwritten.
     let to_apply: Vec<&ConfigMap> = {
         let applied = ctx.applied_shards.lock().await;
         shards
             .iter()
             .filter(|cm| {
                 let name = cm.name_any();
-                let ours = applied.get(&(namespace.to_string(), name.clone()));
-                ours.is_none() || existing_versions.get(&name) != ours
+                let want = shard_hash(cm);
+                match applied.get(&(namespace.to_string(), name.clone())) {
+                    Some((hash, version)) => {
+                        *hash != want || existing_versions.get(&name) != Some(version)
+                    }
+                    None => true,
+                }
             })
             .collect()
     };
@@ -159,7 +174,7 @@ async fn apply_desired(
             let cm = result?;
             applied.insert(
                 (namespace.to_string(), cm.name_any()),
-                cm.resource_version().unwrap_or_default(),
+                (shard_hash(&cm), cm.resource_version().unwrap_or_default()),
             );
         }
     }

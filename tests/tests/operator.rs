@@ -56,6 +56,23 @@ fn resource_version(ns: &TestNamespace, resource: &str, name: &str) -> String {
         .to_owned()
 }
 
+/// Directory ConfigMaps (head and shards) with their resourceVersions.
+fn config_map_versions(ns: &TestNamespace) -> BTreeMap<String, String> {
+    let out = run(ns.kubectl().args([
+        "get",
+        "configmaps",
+        "-l",
+        "virtmail.io/directory",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name}{" "}{.metadata.resourceVersion}{"\n"}{end}"#,
+    ]))
+    .expect("list configmaps");
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
 fn config_map_names(ns: &TestNamespace) -> Vec<String> {
     let out = run(ns.kubectl().args(["get", "configmaps", "-o", "name"])).expect("list configmaps");
     let mut names: Vec<String> = out
@@ -200,7 +217,7 @@ fn editing_one_mailbox_changes_only_the_directory() {
     .into_iter()
     .map(|(r, n)| (r, n, resource_version(&ns, r, n)))
     .collect();
-    let shards_before = config_map_names(&ns);
+    let shards_before = config_map_versions(&ns);
     let mbx = ns.get_json("mailbox", "alice-virtual1");
     let ready_since = mbx["status"]["conditions"][0]["lastTransitionTime"].clone();
 
@@ -223,19 +240,20 @@ fn editing_one_mailbox_changes_only_the_directory() {
             "{resource}/{name} untouched"
         );
     }
-    let shards_after = config_map_names(&ns);
-    let changed = shards_after
-        .iter()
-        .filter(|n| !shards_before.contains(n))
-        .count();
+    let shards_after = config_map_versions(&ns);
     assert_eq!(
-        changed, 1,
-        "one shard replaced: {shards_before:?} -> {shards_after:?}"
+        shards_after.keys().collect::<Vec<_>>(),
+        shards_before.keys().collect::<Vec<_>>(),
+        "shard names are stable slots: none created, none pruned"
     );
-    assert_eq!(
-        shards_after.len(),
-        shards_before.len(),
-        "the old shard is pruned"
+    let changed: Vec<&String> = shards_after
+        .iter()
+        .filter(|(name, version)| shards_before.get(*name) != Some(version))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        changed.len() == 2 && changed.contains(&&"mail-directory".to_string()),
+        "the head and exactly one shard rewritten: {shards_before:?} -> {shards_after:?}"
     );
     // Still Ready (suspended is served, not an error): lastTransitionTime does not move.
     let mbx = wait_for("observedGeneration 2", WAIT, || {

@@ -2,6 +2,7 @@
 //! version is provisioned on the volume and reported on the Mailboxes.
 
 pub mod assemble;
+pub mod mounted;
 pub mod source;
 pub mod status;
 

@@ -40,7 +40,7 @@ impl SourceState {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn update(&self, f: impl FnOnce(&mut SourceStatus)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut SourceStatus)) {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }
@@ -132,30 +132,48 @@ pub async fn run(
         if !settled {
             continue;
         }
-        let serving = state.get().serving;
-        match assemble(seen.head.as_ref(), &seen.shards, serving.as_deref()) {
-            Assembly::Ready { directory, version } => {
-                info!(%version, mailboxes = directory.mailboxes.len(), "directory version assembled");
-                publish(*directory, &version);
-                state.update(|s| {
-                    s.serving = Some(version);
-                    s.pending = None;
-                });
-            }
-            Assembly::Unchanged => state.update(|s| s.pending = None),
-            Assembly::NoHead => {
-                state.update(|s| s.pending = Some(format!("no ConfigMap {head_name}")))
-            }
-            Assembly::Waiting { version, missing } => state.update(|s| {
-                s.pending = Some(format!(
-                    "version {version} waits for shards {}",
-                    missing.join(", ")
-                ))
-            }),
-            Assembly::Invalid { version, error } => {
-                warn!(?version, %error, "directory version refused; serving the last good version");
-                state.update(|s| s.pending = Some(format!("version {version:?} refused: {error}")));
-            }
+        let assembly = assemble(
+            seen.head.as_ref(),
+            &seen.shards,
+            state.get().serving.as_deref(),
+        );
+        settle(
+            &state,
+            &format!("ConfigMap {head_name}"),
+            assembly,
+            &publish,
+        );
+    }
+}
+
+/// Act on one assembly attempt (both sources): publish a new version, or record in `state` why
+/// the newest one cannot be served yet. `head` names where the head comes from, for people.
+pub fn settle(
+    state: &SourceState,
+    head: &str,
+    assembly: Assembly,
+    publish: &impl Fn(Directory, &str),
+) {
+    match assembly {
+        Assembly::Ready { directory, version } => {
+            info!(%version, mailboxes = directory.mailboxes.len(), "directory version assembled");
+            publish(*directory, &version);
+            state.update(|s| {
+                s.serving = Some(version);
+                s.pending = None;
+            });
+        }
+        Assembly::Unchanged => state.update(|s| s.pending = None),
+        Assembly::NoHead => state.update(|s| s.pending = Some(format!("no {head}"))),
+        Assembly::Waiting { version, missing } => state.update(|s| {
+            s.pending = Some(format!(
+                "version {version} waits for shards {}",
+                missing.join(", ")
+            ))
+        }),
+        Assembly::Invalid { version, error } => {
+            warn!(?version, %error, "directory version refused; serving the last good version");
+            state.update(|s| s.pending = Some(format!("version {version:?} refused: {error}")));
         }
     }
 }

@@ -64,6 +64,42 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
     }
 }
 
+/// Why the newest directory version is not served, one line per fact (fail static: the last
+/// good version keeps serving meanwhile).
+fn source_detail(shared: &Shared) -> String {
+    let Some(state) = &shared.source else {
+        return String::new();
+    };
+    let status = state.get();
+    let mut out = String::new();
+    if let Some(pending) = &status.pending {
+        out.push_str(&format!("pending: {pending}\n"));
+    }
+    if let Some(error) = &status.watch_error {
+        out.push_str(&format!("source error: {error}\n"));
+    }
+    out
+}
+
+/// Gauges of the directory source: 1 while a newer version cannot be served, 1 while the source
+/// cannot be read (API unreachable, volume unreadable).
+fn source_metrics(shared: &Shared) -> String {
+    let Some(state) = &shared.source else {
+        return String::new();
+    };
+    let status = state.get();
+    format!(
+        "# HELP virtmail_directory_pending 1 while a newer directory version cannot be served yet (missing or mismatched shard); the last good version keeps serving.\n\
+         # TYPE virtmail_directory_pending gauge\n\
+         virtmail_directory_pending {}\n\
+         # HELP virtmail_directory_source_error 1 while the directory source cannot be read (API unreachable, volume unreadable).\n\
+         # TYPE virtmail_directory_source_error gauge\n\
+         virtmail_directory_source_error {}\n",
+        u8::from(status.pending.is_some()),
+        u8::from(status.watch_error.is_some())
+    )
+}
+
 fn respond(head: &str, shared: &Shared) -> (u16, &'static str, String, bool) {
     let mut words = head.lines().next().unwrap_or("").split(' ');
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
@@ -83,21 +119,26 @@ fn respond(head: &str, shared: &Shared) -> (u16, &'static str, String, bool) {
                     200,
                     text,
                     format!(
-                        "ready: server {} directory version {} ({} domains, {} mailboxes, {} aliases)\n",
+                        "ready: server {} directory version {} ({} domains, {} mailboxes, {} aliases)\n{}",
                         loaded.directory.settings.server,
                         loaded.version,
                         loaded.directory.domains.len(),
                         loaded.directory.mailboxes.len(),
-                        loaded.directory.aliases.len()
+                        loaded.directory.aliases.len(),
+                        source_detail(shared)
                     ),
                 ),
-                None => (503, text, "not ready: no directory loaded\n".to_string()),
+                None => (
+                    503,
+                    text,
+                    format!("not ready: no directory loaded\n{}", source_detail(shared)),
+                ),
             }
         }
         "/metrics" => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(&shared.directory),
+            shared.metrics.render(&shared.directory) + &source_metrics(shared),
         ),
         _ => (404, text, "not found\n".to_string()),
     };

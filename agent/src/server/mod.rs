@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 
+use crate::cluster::source::SourceState;
 use backend::Backend;
 use listen::{Addr, Listener};
 use metrics::Metrics;
@@ -70,6 +71,20 @@ pub enum Source {
     Files(FileSource),
     /// Cluster: the directory ConfigMaps the operator publishes (`--namespace`, `--server`).
     Cluster(crate::cluster::ClusterSource),
+    /// Cluster without API access: the same ConfigMaps as a projected volume (`--directory-dir`).
+    Mounted(crate::cluster::mounted::MountedSource),
+}
+
+impl Source {
+    /// What a directory source reports for `/readyz` and `/metrics` (none in standalone mode,
+    /// which reports through its reload counters).
+    pub fn state(&self) -> Option<Arc<SourceState>> {
+        match self {
+            Source::Files(_) => None,
+            Source::Cluster(source) => Some(source.state.clone()),
+            Source::Mounted(source) => Some(source.state.clone()),
+        }
+    }
 }
 
 /// Everything `serve` needs.
@@ -104,6 +119,8 @@ pub struct Shared {
     pub backend: Arc<dyn Backend>,
     /// Greeting name.
     pub hostname: String,
+    /// Why the newest directory version is not served (cluster and mounted modes).
+    pub source: Option<Arc<SourceState>>,
     /// Turns true when shutdown begins.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -149,8 +166,20 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()
         limits: config.limits.clone(),
         backend,
         hostname: config.hostname.clone(),
+        source: config.source.state(),
         shutdown: stop_rx.clone(),
     });
+    let publish_into = |holder: Arc<Holder>, metrics: Arc<Metrics>, from: &'static str| {
+        move |directory: Arc<virtmail_crds::Directory>, version: &str| {
+            let loaded = holder.swap_with_version(directory, version.to_string());
+            metrics.reload_ok(0);
+            tracing::info!(
+                version = %loaded.version,
+                mailboxes = loaded.directory.mailboxes.len(),
+                "directory loaded from {from}"
+            );
+        }
+    };
     match config.source.clone() {
         Source::Files(source) => {
             tokio::spawn(source.run(holder.clone(), metrics.clone(), stop_rx.clone()));
@@ -164,17 +193,15 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()
             let client = kube::Client::try_default()
                 .await
                 .context("cannot reach the Kubernetes API (cluster mode)")?;
-            let (h, m) = (holder.clone(), metrics.clone());
-            let publish = move |directory: Arc<virtmail_crds::Directory>, version: &str| {
-                let loaded = h.swap_with_version(directory, version.to_string());
-                m.reload_ok(0);
-                tracing::info!(
-                    version = %loaded.version,
-                    mailboxes = loaded.directory.mailboxes.len(),
-                    "directory loaded from ConfigMaps"
-                );
-            };
+            let publish = publish_into(holder.clone(), metrics.clone(), "ConfigMaps");
             tokio::spawn(source.run(client, publish, stop_rx.clone()));
+        }
+        Source::Mounted(source) => {
+            let publish = publish_into(holder.clone(), metrics.clone(), "the mounted volume");
+            // No API: provisioning problems go to the log (as in standalone mode).
+            let interval = source.reprovision_interval;
+            tokio::spawn(source.run(publish, stop_rx.clone()));
+            tokio::spawn(provision_standalone(holder.clone(), interval));
         }
     }
 

@@ -122,8 +122,55 @@ fn one_edit_changes_one_shard() {
     assert_ne!(a.version, b.version);
     let names_a: Vec<_> = a.shards.iter().map(|s| &s.name).collect();
     let names_b: Vec<_> = b.shards.iter().map(|s| &s.name).collect();
-    let changed = names_a.iter().zip(&names_b).filter(|(x, y)| x != y).count();
+    assert_eq!(names_a, names_b, "shard names are stable slots");
+    let changed = a
+        .shards
+        .iter()
+        .zip(&b.shards)
+        .filter(|(x, y)| x.hash != y.hash)
+        .count();
     assert_eq!(changed, 1);
+}
+
+#[test]
+fn shard_names_are_numbered_slots_within_the_mount_slots() {
+    let encoded = encode(&directory(100_000));
+    for shard in &encoded.shards {
+        let index = shard
+            .name
+            .strip_prefix("mail-directory-")
+            .expect("slot name");
+        assert_eq!(index.len(), 2, "{}", shard.name);
+        let index: usize = index.parse().expect("numbered");
+        assert!(index < mount_slots(encoded.shards.len()));
+    }
+    assert_eq!(mount_slots(1), MOUNT_SLOTS);
+    assert_eq!(mount_slots(64), 64);
+    assert_eq!(mount_slots(65), 128);
+    assert_eq!(shard_name("mail", 7), "mail-directory-07");
+    assert_eq!(shard_name("mail", 123), "mail-directory-123");
+}
+
+#[test]
+fn a_shard_rewritten_before_its_head_is_refused_not_served() {
+    // Stable names: the new content of a slot can arrive while the old head is still present.
+    let d = directory(20_000);
+    let mut edited = d.clone();
+    edited
+        .mailboxes
+        .get_mut("user7@domain7.test")
+        .expect("exists")
+        .suspended = true;
+    let (old, new) = (encode(&d), encode(&edited));
+    let mut shards = shard_map(&old);
+    for shard in &new.shards {
+        shards.insert(shard.name.clone(), shard.data.clone());
+    }
+    assert!(matches!(
+        decode(&old.head, |n| shards.get(n)),
+        Err(DecodeError::HashMismatch { .. })
+    ));
+    assert_eq!(decode(&new.head, |n| shards.get(n)), Ok(edited));
 }
 
 #[test]

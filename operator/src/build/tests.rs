@@ -183,3 +183,140 @@ fn postfix_config_hash_changes_only_with_the_profile() {
     bigger.spec.mailbox_size_limit = 1_000_000;
     assert_ne!(hash(&server, &encoded), hash(&bigger, &encoded));
 }
+
+#[test]
+fn shard_config_maps_carry_their_hash() {
+    let (server, encoded) = example_server("3-many-virtual-users");
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    for (cm, shard) in d.directory.iter().zip(&encoded.shards) {
+        assert_eq!(cm.metadata.name.as_deref(), Some(shard.name.as_str()));
+        assert_eq!(
+            cm.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_SHARD_HASH)),
+            Some(&shard.hash)
+        );
+    }
+}
+
+fn mounted_server(example: &str) -> (MailServer, Encoded) {
+    let (mut server, encoded) = example_server(example);
+    server.spec.agent = Some(virtmail_crds::AgentSpec {
+        directory_source: Some(DirectorySource::MountedFiles),
+        ..Default::default()
+    });
+    (server, encoded)
+}
+
+#[test]
+fn api_mode_mounts_no_directory_and_keeps_the_token() {
+    let (server, encoded) = example_server("1-virtual-for-all-mail");
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    let pod = d.stateful_set.spec.template.spec.expect("pod");
+    assert_eq!(pod.automount_service_account_token, None);
+    assert!(pod.volumes.iter().flatten().all(|v| v.name != "directory"));
+    let agent = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "agent")
+        .expect("agent");
+    let args = agent.args.clone().unwrap_or_default().join(" ");
+    assert!(args.contains("--namespace $(POD_NAMESPACE)"), "{args}");
+    assert!(!args.contains("--directory-dir"), "{args}");
+}
+
+#[test]
+fn mounted_files_mode_projects_head_and_every_shard_slot_without_a_token() {
+    let (server, encoded) = mounted_server("3-many-virtual-users");
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    let pod = d.stateful_set.spec.template.spec.expect("pod");
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let agent = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "agent")
+        .expect("agent");
+    let args = agent.args.clone().unwrap_or_default().join(" ");
+    assert!(
+        args.contains("--directory-dir /etc/virtmail/directory"),
+        "{args}"
+    );
+    assert!(!args.contains("--namespace"), "{args}");
+    let mount = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "directory")
+        .expect("directory mount");
+    assert_eq!(mount.mount_path, DIRECTORY_DIR);
+    assert_eq!(mount.read_only, Some(true));
+    let postfix = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "postfix")
+        .expect("postfix");
+    assert!(
+        postfix
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != "directory")
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "directory")
+        .expect("directory volume");
+    let sources = volume
+        .projected
+        .as_ref()
+        .and_then(|p| p.sources.clone())
+        .expect("projected sources");
+    assert_eq!(sources.len(), 1 + encoding::MOUNT_SLOTS);
+    let head = sources[0].config_map.as_ref().expect("head");
+    assert_eq!(head.name, "mail-directory");
+    assert_eq!(head.items, None, "the head's keys land at the top");
+    assert_eq!(
+        head.optional,
+        Some(true),
+        "the pod starts before the first publish"
+    );
+    // Every shard the directory has now is among the slots, with its keys under its name.
+    for shard in &encoded.shards {
+        let slot = sources
+            .iter()
+            .filter_map(|s| s.config_map.as_ref())
+            .find(|c| c.name == shard.name)
+            .expect("shard slot");
+        assert_eq!(slot.optional, Some(true));
+        let paths: Vec<String> = slot
+            .items
+            .iter()
+            .flatten()
+            .map(|i| format!("{}={}", i.key, i.path))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                format!("domains.jsonl={}/domains.jsonl", shard.name),
+                format!("mailboxes.jsonl={}/mailboxes.jsonl", shard.name),
+                format!("aliases.jsonl={}/aliases.jsonl", shard.name),
+            ]
+        );
+    }
+    // The pod has no token, so the Role grants nothing.
+    assert_eq!(d.role.rules, Some(Vec::new()));
+}
+
+#[test]
+fn mounted_files_volume_changes_only_when_the_shard_count_passes_a_slot_boundary() {
+    let (server, encoded) = mounted_server("1-virtual-for-all-mail");
+    let config = BuildConfig::default();
+    let a = stateful_set(&server, &config, "h", encoded.shards.len());
+    let b = stateful_set(&server, &config, "h", 64);
+    let c = stateful_set(&server, &config, "h", 65);
+    assert_eq!(a, b);
+    assert_ne!(b, c);
+}

@@ -1,0 +1,300 @@
+//! Mounted-files mode: the directory from a projected ConfigMap volume, for clusters that forbid
+//! API access from pods (`serve --directory-dir DIR`).
+//!
+//! Layout (what the operator's StatefulSet projects, `operator/src/build.rs`): the head's keys
+//! (`schema`, `version`, `settings.json`, `shards`, …) as files at the top, and each shard's keys
+//! under a directory named after the shard ConfigMap (`<server>-directory-07/mailboxes.jsonl`).
+//!
+//! The kubelet writes such a volume atomically: the files live in a timestamped directory
+//! `..2026_11_25_12_00_00.123`, the symlink `..data` points at it, and a new payload is written
+//! to a new timestamped directory and swapped in by renaming a fresh `..data` over the old one;
+//! the old directory is then removed. Reading through the top-level names could mix two payloads
+//! (and hit the removal), so a snapshot is read from the directory `..data` points at, and read
+//! again from scratch if that directory vanishes under it. A plain directory without `..data`
+//! (written by hand or by a tool) is read as it is.
+//!
+//! The kubelet fills each ConfigMap of the volume from its own cache, so one payload can hold a
+//! new shard beside an old head. Such a set is never served: the same assembly step as the API
+//! source accepts a version only when every shard matches the head's hash, and the last good
+//! version keeps serving until a later sync brings a consistent set (fail static).
+//!
+//! # Security
+//! The volume is written by the kubelet and mounted read-only; still, nothing is followed out of
+//! it: `..data` must name a single entry of the volume, and symlinks inside a snapshot are
+//! ignored.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use virtmail_crds::Directory;
+use virtmail_crds::encoding::Data;
+
+use super::assemble::{Assembly, assemble};
+use super::source::{SourceState, settle};
+
+/// The kubelet's symlink to the current payload.
+const DATA_LINK: &str = "..data";
+/// How many times a snapshot is re-read when the kubelet swaps the payload during the read.
+const READ_ATTEMPTS: usize = 5;
+/// A version that could not be assembled is tried again at least this often, even if the volume
+/// did not change (a plain directory edited in place keeps its modification times coarse).
+const RETRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Where the directory comes from in mounted-files mode.
+#[derive(Debug, Clone)]
+pub struct MountedSource {
+    /// The mounted volume.
+    pub dir: PathBuf,
+    /// The MailServer the directory must belong to (its `settings.server`), if given.
+    pub server: Option<String>,
+    /// Mailbox base to provision (default: the directory's `mailboxBase`).
+    pub mailbox_base: Option<PathBuf>,
+    /// How often the volume is examined for a new payload.
+    pub interval: Duration,
+    /// Provisioning also runs this often without a new version.
+    pub reprovision_interval: Duration,
+    /// What the source last saw.
+    pub state: Arc<SourceState>,
+}
+
+/// One consistent read of the volume.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Identifies the payload: the `..data` target, or a signature of names, sizes and
+    /// modification times for a plain directory.
+    pub key: String,
+    /// The head's keys, if the head is present.
+    pub head: Option<Data>,
+    /// Shards by ConfigMap name.
+    pub shards: BTreeMap<String, Data>,
+}
+
+/// The directory holding the current payload, and the payload's key when it is a kubelet volume.
+fn payload_root(dir: &Path) -> io::Result<(PathBuf, Option<String>)> {
+    match std::fs::read_link(dir.join(DATA_LINK)) {
+        Ok(target) => {
+            let mut components = target.components();
+            match (components.next(), components.next()) {
+                (Some(Component::Normal(name)), None) => {
+                    let name = name.to_string_lossy().into_owned();
+                    Ok((dir.join(&name), Some(name)))
+                }
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}/{DATA_LINK} points outside the volume: {}",
+                        dir.display(),
+                        target.display()
+                    ),
+                )),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((dir.to_path_buf(), None)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Regular files of a directory as ConfigMap data; dot-names and symlinks are skipped, and
+/// subdirectories are returned by name.
+fn read_entries(dir: &Path) -> io::Result<(Data, Vec<String>)> {
+    let mut files = Data::new();
+    let mut subdirs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        if kind.is_file() {
+            let bytes = std::fs::read(entry.path())?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is not UTF-8", entry.path().display()),
+                )
+            })?;
+            files.insert(name, text);
+        } else if kind.is_dir() {
+            subdirs.push(name);
+        }
+    }
+    Ok((files, subdirs))
+}
+
+/// A signature of a plain directory: every entry's name, size and modification time, one level
+/// down.
+fn plain_signature(root: &Path) -> io::Result<String> {
+    let mut lines = Vec::new();
+    let mut visit = |dir: &Path, prefix: &str| -> io::Result<Vec<String>> {
+        let mut subdirs = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata()?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .unwrap_or_default();
+            lines.push(format!(
+                "{prefix}{name} {} {}",
+                meta.len(),
+                mtime.as_nanos()
+            ));
+            if meta.is_dir() && !name.starts_with('.') {
+                subdirs.push(name);
+            }
+        }
+        Ok(subdirs)
+    };
+    for sub in visit(root, "")? {
+        visit(&root.join(&sub), &format!("{sub}/"))?;
+    }
+    lines.sort();
+    Ok(lines.join("\n"))
+}
+
+/// The key of the payload now in the volume (cheap: one readlink, or stat calls).
+pub fn payload_key(dir: &Path) -> io::Result<String> {
+    match payload_root(dir)? {
+        (_, Some(name)) => Ok(name),
+        (root, None) => plain_signature(&root),
+    }
+}
+
+fn is_vanished(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+/// Read one consistent snapshot of the volume.
+pub fn read_snapshot(dir: &Path) -> io::Result<Snapshot> {
+    let mut last = None;
+    for _ in 0..READ_ATTEMPTS {
+        match read_once(dir) {
+            Ok(snapshot) => return Ok(snapshot),
+            // The kubelet removed the payload we were reading: read the new one.
+            Err(e) if is_vanished(&e) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("volume keeps changing")))
+}
+
+fn read_once(dir: &Path) -> io::Result<Snapshot> {
+    let (root, kubelet_key) = payload_root(dir)?;
+    let key = match &kubelet_key {
+        Some(name) => name.clone(),
+        None => plain_signature(&root)?,
+    };
+    let (head, subdirs) = read_entries(&root)?;
+    let mut shards = BTreeMap::new();
+    for name in subdirs {
+        let (data, _) = read_entries(&root.join(&name))?;
+        shards.insert(name, data);
+    }
+    // A payload swapped while we read it may be half old, half new: read again.
+    if let Some(name) = kubelet_key
+        && payload_root(dir)?.1.as_deref() != Some(name.as_str())
+    {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "payload swapped"));
+    }
+    Ok(Snapshot {
+        key,
+        head: (!head.is_empty()).then_some(head),
+        shards,
+    })
+}
+
+/// Assemble what a snapshot holds, refusing a directory of another server.
+pub fn assemble_snapshot(
+    snapshot: &Snapshot,
+    server: Option<&str>,
+    serving: Option<&str>,
+) -> Assembly {
+    let assembly = assemble(snapshot.head.as_ref(), &snapshot.shards, serving);
+    match (assembly, server) {
+        (Assembly::Ready { directory, .. }, Some(want)) if directory.settings.server != want => {
+            Assembly::Invalid {
+                version: None,
+                error: virtmail_crds::encoding::DecodeError::Head(format!(
+                    "the directory is of server {:?}, not {want:?}",
+                    directory.settings.server
+                )),
+            }
+        }
+        (assembly, _) => assembly,
+    }
+}
+
+impl MountedSource {
+    /// Examine the volume every `interval` and publish every new complete version, until `stop`
+    /// turns true.
+    pub async fn run(
+        self,
+        publish: impl Fn(Arc<Directory>, &str) + Send + Sync + 'static,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut attempted: Option<(String, Instant)> = None;
+        let head = format!("directory head in {}", self.dir.display());
+        let base = self.mailbox_base.clone();
+        let publish = move |mut directory: Directory, version: &str| {
+            if let Some(base) = &base {
+                directory.settings.mailbox_base = base.display().to_string();
+            }
+            publish(Arc::new(directory), version);
+        };
+        loop {
+            let dir = self.dir.clone();
+            let key = tokio::task::spawn_blocking(move || payload_key(&dir)).await;
+            match key {
+                Ok(Ok(key)) => {
+                    let pending = self.state.get().pending.is_some();
+                    let due = match &attempted {
+                        Some((last, at)) => {
+                            *last != key || (pending && at.elapsed() >= RETRY_INTERVAL)
+                        }
+                        None => true,
+                    };
+                    if due {
+                        attempted = Some((key, Instant::now()));
+                        self.attempt(&head, &publish).await;
+                    }
+                }
+                Ok(Err(error)) => self.failed(error.to_string()),
+                Err(error) => self.failed(error.to_string()),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = stop.changed() => if *stop.borrow() { return },
+            }
+        }
+    }
+
+    async fn attempt(&self, head: &str, publish: &impl Fn(Directory, &str)) {
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || read_snapshot(&dir)).await {
+            Ok(Ok(snapshot)) => {
+                self.state.update(|s| s.watch_error = None);
+                let serving = self.state.get().serving;
+                let assembly =
+                    assemble_snapshot(&snapshot, self.server.as_deref(), serving.as_deref());
+                settle(&self.state, head, assembly, publish);
+            }
+            Ok(Err(error)) => self.failed(error.to_string()),
+            Err(error) => self.failed(error.to_string()),
+        }
+    }
+
+    fn failed(&self, error: String) {
+        tracing::warn!(dir = %self.dir.display(), %error, "cannot read the directory volume; serving the last good version");
+        self.state.update(|s| s.watch_error = Some(error));
+    }
+}
+
+#[cfg(test)]
+mod tests;

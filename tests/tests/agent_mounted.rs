@@ -1,0 +1,216 @@
+//! The agent's mounted-files mode (issue 7, for clusters that forbid API access from pods): the
+//! operator publishes the directory and declares the projected volume in the StatefulSet; the
+//! volume is written from the real apiserver as the kubelet writes it (`..data` swaps, see
+//! `virtmail_tests::kubelet`); the agent runs with no API credentials at all, follows the swaps,
+//! and never serves a set whose shards do not match the head. Also the control-plane fault of
+//! issue 9: a shard edited or deleted by hand is restored by the operator.
+
+use std::process::Command;
+use std::time::Duration;
+
+use virtmail_crds::encoding;
+use virtmail_tests::agent::{lmtp, socketmap};
+use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::kubelet::{self, ProjectedVolume};
+use virtmail_tests::postfix::free_port;
+use virtmail_tests::process::{Process, binary, wait_for};
+use virtmail_tests::{operator, workspace_root};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect http");
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text
+}
+
+fn shard_names(ns: &TestNamespace) -> Vec<String> {
+    run(ns.kubectl().args([
+        "get",
+        "configmaps",
+        "-l",
+        "virtmail.io/directory=shard",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]))
+    .expect("list shards")
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn data_hash_of(ns: &TestNamespace, name: &str) -> String {
+    let cm = ns.get_json("configmap", name);
+    let data: encoding::Data = serde_json::from_value(cm["data"].clone()).unwrap_or_default();
+    encoding::data_hash(&data)
+}
+
+#[test]
+fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_undone() {
+    let ns = cluster().namespace("agent-mounted");
+    ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail"))
+        .expect("example 1");
+    run(ns.kubectl().args([
+        "patch",
+        "mailserver",
+        "mail",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"agent":{"directorySource":"MountedFiles"}}}"#,
+    ]))
+    .expect("MountedFiles");
+    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let sts = wait_for("the StatefulSet with the directory volume", WAIT, || {
+        let text = run(ns
+            .kubectl()
+            .args(["get", "statefulset", "mail", "-o", "json"]))
+        .ok()?;
+        let sts: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let volumes = sts["spec"]["template"]["spec"]["volumes"]
+            .as_array()?
+            .clone();
+        volumes
+            .iter()
+            .any(|v| v["name"] == "directory")
+            .then_some(sts)
+    });
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["automountServiceAccountToken"], false,
+        "no API token in the pod"
+    );
+    wait_for("the directory head", WAIT, || {
+        run(ns.kubectl().args(["get", "configmap", "mail-directory"])).ok()
+    });
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let sources = kubelet::projected_sources(&ns, "mail", "directory");
+    let volume = ProjectedVolume::start(
+        &ns,
+        sources,
+        &work.path().join("directory"),
+        Duration::from_millis(300),
+    );
+    let base = work.path().join("vhosts");
+    std::fs::create_dir(&base).expect("base");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    }
+    let lmtp_socket = work.path().join("lmtp.sock");
+    let map_socket = work.path().join("socketmap.sock");
+    let port = free_port();
+    let mut command = Command::new(binary("virtmail-agent"));
+    command
+        // No credentials at all: the mode is for pods without API access.
+        .env_remove("KUBECONFIG")
+        .env("HOME", work.path())
+        .env("RUST_LOG", "info")
+        .arg("serve")
+        .arg("--directory-dir")
+        .arg(&volume.dir)
+        .args(["--server", "mail", "--directory-poll-interval", "200ms"])
+        .args([
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--reprovision-interval",
+            "1s",
+        ])
+        .arg("--mailbox-base")
+        .arg(&base)
+        .arg("--lmtp")
+        .arg(format!("unix:{}", lmtp_socket.display()))
+        .arg("--socketmap")
+        .arg(format!("unix:{}", map_socket.display()));
+    let agent = Process::start("agent", command);
+
+    // Served from the volume: lookups, provisioning and delivery.
+    wait_for("test1 in the mounted directory", WAIT, || {
+        socketmap(&map_socket, "mailbox test1@virtual1.test").filter(|r| r.starts_with("OK "))
+    });
+    assert_eq!(
+        socketmap(&map_socket, "mailbox nobody@virtual1.test").as_deref(),
+        Some("NOTFOUND ")
+    );
+    let reply = wait_for("a delivery to test1", WAIT, || {
+        let reply = lmtp(
+            &lmtp_socket,
+            "test1@virtual1.test",
+            "Subject: mounted\r\n\r\nhi\r\n",
+        );
+        reply.contains("250 2.0.0").then_some(reply)
+    });
+    assert!(reply.contains("250 2.0.0"), "{reply}");
+    let ready = http_get(port, "/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.0 200") || ready.starts_with("HTTP/1.1 200"),
+        "{ready}"
+    );
+    let version_before = ns.get_json("mailserver", "mail")["status"]["directory"]["version"]
+        .as_str()
+        .expect("published version")
+        .to_string();
+    assert!(ready.contains(&version_before), "{ready}");
+
+    // A new Mailbox reaches the agent through the next payload.
+    ns.apply(
+        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata:\n  name: fresh\nspec:\n  address: fresh@virtual1.test\n  path: virtual1.test/fresh/\n  uid: 5005\n  gid: 5005\n",
+    )
+    .expect("new mailbox");
+    wait_for("fresh@ after a kubelet swap", WAIT, || {
+        socketmap(&map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
+    });
+    assert!(
+        volume.writes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "a new payload was swapped in"
+    );
+
+    // Control-plane faults: a shard edited by hand, then deleted by hand. The operator restores
+    // it; the agent never serves the edited content (its hash does not match the head).
+    let shard = shard_names(&ns).into_iter().next().expect("a shard");
+    let want = data_hash_of(&ns, &shard);
+    run(ns.kubectl().args([
+        "patch",
+        "configmap",
+        &shard,
+        "--type=merge",
+        "-p",
+        r#"{"data":{"mailboxes.jsonl":"{\"address\":\"evil@virtual1.test\"}\n"}}"#,
+    ]))
+    .expect("hand edit");
+    wait_for("the operator to restore the edited shard", WAIT, || {
+        assert_eq!(
+            socketmap(&map_socket, "mailbox evil@virtual1.test").as_deref(),
+            Some("NOTFOUND "),
+            "the edited shard is never served"
+        );
+        (data_hash_of(&ns, &shard) == want).then_some(())
+    });
+    run(ns.kubectl().args(["delete", "configmap", &shard])).expect("hand delete");
+    wait_for("the operator to recreate the deleted shard", WAIT, || {
+        run(ns.kubectl().args(["get", "configmap", &shard]))
+            .ok()
+            .filter(|_| data_hash_of(&ns, &shard) == want)
+    });
+    // Throughout, the agent kept answering from a verified version.
+    assert_eq!(
+        socketmap(&map_socket, "mailbox evil@virtual1.test").as_deref(),
+        Some("NOTFOUND ")
+    );
+    wait_for("fresh@ still served after the faults", WAIT, || {
+        socketmap(&map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
+    });
+    let log = agent.log();
+    assert!(
+        !log.contains("evil@"),
+        "the edited shard never reached the served directory"
+    );
+    let metrics = http_get(port, "/metrics");
+    assert!(metrics.contains("virtmail_directory_pending "), "{metrics}");
+    assert!(
+        metrics.contains("virtmail_directory_source_error 0"),
+        "{metrics}"
+    );
+}
