@@ -6,6 +6,14 @@
 //! already-opened, contained parent directory, as the recipient, with mode 0 like Postfix.
 //! A stale lock (ctime older than the stale time, 500 s) is removed; nothing else is.
 //!
+//! Breaking a stale lock is "stat, then unlink by name", which races: a delivery that judged the
+//! old lock stale could unlink a fresh lock another delivery created after the old one was gone,
+//! and both would then append at once (Postfix's `dot_lockfile()` has the same window). Our
+//! deliveries therefore break a lock only while holding an exclusive `flock` on the parent
+//! directory and after checking again under it, so among this agent's threads and every other
+//! virtmail process on the volume only one breaks a given stale lock and nobody removes a
+//! fresh one. Releasing removes the lock only if it is still the file we created.
+//!
 //! Kernel locks differ from Postfix in one deliberate way: the fcntl lock is an *open file
 //! description* lock (`F_OFD_SETLK`). It conflicts with the classic `F_SETLK` locks of Postfix,
 //! Dovecot and mutt exactly like a classic lock, but it is owned by the open file rather than
@@ -56,11 +64,19 @@ impl Backoff {
 pub struct DotLock<'a> {
     dir: BorrowedFd<'a>,
     name: String,
+    /// Device and inode of the lock file we created.
+    id: (u64, u64),
 }
 
 impl Drop for DotLock<'_> {
     fn drop(&mut self) {
-        let _ = rustix::fs::unlinkat(self.dir, self.name.as_str(), AtFlags::empty());
+        // Not ours any more (broken as stale by someone else, and maybe re-created): leave it.
+        match rustix::fs::statat(self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) if (stat.st_dev, stat.st_ino) == self.id => {
+                let _ = rustix::fs::unlinkat(self.dir, self.name.as_str(), AtFlags::empty());
+            }
+            _ => {}
+        }
     }
 }
 
@@ -83,13 +99,24 @@ pub fn dotlock<'a>(
             Mode::empty(),
         ) {
             Ok(fd) => {
+                let stat = rustix::fs::fstat(&fd);
                 drop(fd);
-                return Ok(DotLock { dir, name });
+                return match stat {
+                    Ok(stat) => Ok(DotLock {
+                        dir,
+                        name,
+                        id: (stat.st_dev, stat.st_ino),
+                    }),
+                    Err(errno) => {
+                        let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+                        Err(errno)
+                    }
+                };
             }
             Err(Errno::EXIST) => {
                 if lock_is_stale(dir, &name, stale) {
-                    match rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty()) {
-                        Ok(()) | Err(Errno::NOENT) => continue,
+                    match break_stale(dir, &name, stale, deadline) {
+                        Ok(()) => continue,
                         Err(errno) => return Err(errno),
                     }
                 }
@@ -102,6 +129,39 @@ pub fn dotlock<'a>(
     }
 }
 
+/// Remove the stale lock `name`, serialized with every other breaker of this agent (all
+/// threads and processes) by an exclusive `flock` on the directory, and only if it is still
+/// stale once that is held. Without the directory lock (e.g. an unreadable directory) it falls
+/// back to Postfix's plain unlink.
+fn break_stale(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    stale: Duration,
+    deadline: Instant,
+) -> Result<(), Errno> {
+    let guard = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+    .filter(|fd| flock(fd.as_fd(), deadline).is_ok());
+    if guard.is_some() && !lock_is_stale(dir, name, stale) {
+        // Someone else broke it (and maybe holds a fresh lock now): wait as usual.
+        return Ok(());
+    }
+    let result = match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(errno) => Err(errno),
+    };
+    // Closing the descriptor releases the flock.
+    drop(guard);
+    result
+}
+
+/// Whether the lock's ctime is more than `stale` ago (Postfix `stale_lock_time`), to the
+/// nanosecond: a lock created late in a second is not stale a second early.
 fn lock_is_stale(dir: BorrowedFd<'_>, name: &str, stale: Duration) -> bool {
     let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
         return false;
@@ -109,7 +169,10 @@ fn lock_is_stale(dir: BorrowedFd<'_>, name: &str, stale: Duration) -> bool {
     let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) else {
         return false;
     };
-    let ctime = Duration::new(stat.st_ctime.max(0) as u64, 0);
+    let nanos = u32::try_from(stat.st_ctime_nsec)
+        .unwrap_or(0)
+        .min(999_999_999);
+    let ctime = Duration::new(stat.st_ctime.max(0) as u64, nanos);
     now > ctime + stale
 }
 
