@@ -152,17 +152,83 @@ impl Compiled {
     }
 }
 
-/// Everything in a MailServer's namespace that the compiler looks at.
+/// Everything in a MailServer's namespace that the compiler looks at, borrowed (the operator
+/// compiles straight from its caches: at 100,000 Mailboxes a copy would double its memory).
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
     /// The server.
     pub server: &'a MailServer,
     /// All MailDomains of the namespace (the compiler applies the server's selector).
-    pub domains: &'a [MailDomain],
+    pub domains: Objects<'a, MailDomain>,
     /// All Mailboxes of the namespace.
-    pub mailboxes: &'a [Mailbox],
+    pub mailboxes: Objects<'a, Mailbox>,
     /// All MailAliases of the namespace.
-    pub aliases: &'a [MailAlias],
+    pub aliases: Objects<'a, MailAlias>,
+}
+
+/// A borrowed list of objects: a plain slice (manifests) or the shared objects of a cache.
+#[derive(Debug)]
+pub enum Objects<'a, T> {
+    /// Objects owned by the caller.
+    Slice(&'a [T]),
+    /// Objects shared with a cache (kube's reflector stores hand out `Arc`s).
+    Shared(&'a [std::sync::Arc<T>]),
+}
+
+impl<T> Clone for Objects<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Objects<'_, T> {}
+
+impl<'a, T> Objects<'a, T> {
+    /// The objects, in list order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a T> + 'a {
+        let (slice, shared): (&'a [T], &'a [std::sync::Arc<T>]) = match *self {
+            Objects::Slice(s) => (s, &[]),
+            Objects::Shared(s) => (&[], s),
+        };
+        slice.iter().chain(shared.iter().map(|o| &**o))
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        match self {
+            Objects::Slice(s) => s.len(),
+            Objects::Shared(s) => s.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a, T> From<&'a [T]> for Objects<'a, T> {
+    fn from(objects: &'a [T]) -> Self {
+        Objects::Slice(objects)
+    }
+}
+
+impl<'a, T> From<&'a Vec<T>> for Objects<'a, T> {
+    fn from(objects: &'a Vec<T>) -> Self {
+        Objects::Slice(objects)
+    }
+}
+
+impl<'a, T> From<&'a [std::sync::Arc<T>]> for Objects<'a, T> {
+    fn from(objects: &'a [std::sync::Arc<T>]) -> Self {
+        Objects::Shared(objects)
+    }
+}
+
+impl<'a, T> From<&'a Vec<std::sync::Arc<T>>> for Objects<'a, T> {
+    fn from(objects: &'a Vec<std::sync::Arc<T>>) -> Self {
+        Objects::Shared(objects)
+    }
 }
 
 /// Server settings from a MailServer spec.
@@ -182,12 +248,15 @@ pub fn settings(server: &MailServer) -> Settings {
 /// Objects from the API tie on creation time (one-second resolution) and arrive in cache order,
 /// which differs between processes: ties are broken by name, so every replica picks the same
 /// winner. Input order decides only among objects without a creation time (files).
-fn oldest_first<K: Resource>(objects: &[K]) -> Vec<&K> {
+fn oldest_first<'a, K: Resource>(objects: Objects<'a, K>) -> Vec<&'a K> {
     let mut sorted: Vec<(usize, &K)> = objects.iter().enumerate().collect();
-    sorted.sort_by_key(|(index, o)| {
-        let created = o.meta().creation_timestamp.as_ref().map(|t| t.0);
-        let file_order = if created.is_some() { 0 } else { *index };
-        (created, file_order, o.meta().name.clone())
+    sorted.sort_by(|(ia, a), (ib, b)| {
+        let key = |index: usize, o: &'a K| {
+            let created = o.meta().creation_timestamp.as_ref().map(|t| t.0);
+            let file_order = if created.is_some() { 0 } else { index };
+            (created, file_order, o.meta().name.as_deref())
+        };
+        key(*ia, a).cmp(&key(*ib, b))
     });
     sorted.into_iter().map(|(_, o)| o).collect()
 }

@@ -10,7 +10,9 @@ pub mod quantity;
 pub mod resources;
 pub mod selector;
 
-pub use compile::{Compiled, Diagnostic, Effect, Inputs, Kind, ObjectRef, Reason, compile};
+pub use compile::{
+    Compiled, Diagnostic, Effect, Inputs, Kind, ObjectRef, Objects, Reason, compile,
+};
 pub use directory::Directory;
 pub use resources::*;
 

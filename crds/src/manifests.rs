@@ -108,9 +108,9 @@ impl Resources {
     pub fn inputs<'a>(&'a self, server: &'a MailServer) -> Inputs<'a> {
         Inputs {
             server,
-            domains: &self.domains,
-            mailboxes: &self.mailboxes,
-            aliases: &self.aliases,
+            domains: (&self.domains).into(),
+            mailboxes: (&self.mailboxes).into(),
+            aliases: (&self.aliases).into(),
         }
     }
 

@@ -59,6 +59,8 @@ pub struct Context {
     /// Content hash and resourceVersion of each shard after our last apply, to skip shards
     /// that already hold what we want.
     applied_shards: Mutex<HashMap<(String, String), (String, String)>>,
+    /// The member-status task of each server (the newest reconcile's replaces the older one).
+    member_status: std::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -67,15 +69,16 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// The cached objects of one namespace, shared with the cache (never copied: at 100,000
+/// Mailboxes a copy per reconcile would double the operator's memory).
 fn in_namespace<K: Resource<DynamicType = ()> + Clone>(
     store: &Store<K>,
     namespace: &str,
-) -> Vec<K> {
+) -> Vec<Arc<K>> {
     store
         .state()
-        .iter()
+        .into_iter()
         .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
-        .map(|o| (**o).clone())
         .collect()
 }
 
@@ -227,7 +230,7 @@ fn now() -> Time {
 }
 
 /// Patch one member object's `Ready` condition (and extra status fields) when it changes, with
-/// an Event on every transition.
+/// an Event on every transition (a first `Ready=True` excepted).
 async fn publish_member<K>(
     ctx: &Context,
     object: &K,
@@ -260,8 +263,13 @@ where
     )
     .await?;
     let previous = existing.iter().find(|c| c.type_ == wanted.type_);
-    let transition =
-        previous.is_none_or(|p| (p.status == "True") != wanted.status || p.reason != wanted.reason);
+    // An Event for every change of state and every problem, but not for a new object becoming
+    // Ready as expected: the condition records that, and 100,000 Mailboxes created at once must
+    // not mean 100,000 Events.
+    let transition = match previous {
+        Some(p) => (p.status == "True") != wanted.status || p.reason != wanted.reason,
+        None => !wanted.status,
+    };
     if transition {
         let event = Event {
             type_: if wanted.status {
@@ -490,10 +498,58 @@ async fn publish_server(
     Ok(())
 }
 
+/// The members' `Ready` conditions, after the directory is published and apart from the
+/// reconcile: mail depends on the directory, not on 100,000 status patches, so those must not
+/// hold back the next version. The newest reconcile's task replaces an older one still running
+/// (every patch is an idempotent apply, so stopping one halfway loses nothing); failures are
+/// retried with backoff, then left to the next reconcile.
+fn spawn_member_status(server: &Arc<MailServer>, ctx: &Arc<Context>, compiled: Compiled) {
+    let key = server_key(server);
+    let (server, task_ctx) = (server.clone(), ctx.clone());
+    let task = tokio::spawn(async move {
+        let Some(namespace) = server.namespace() else {
+            return;
+        };
+        let mut first = Some(compiled);
+        for attempt in 1..=3 {
+            let domains = in_namespace(&task_ctx.domains, &namespace);
+            let mailboxes = in_namespace(&task_ctx.mailboxes, &namespace);
+            let aliases = in_namespace(&task_ctx.aliases, &namespace);
+            let inputs = Inputs {
+                server: &server,
+                domains: (&domains).into(),
+                mailboxes: (&mailboxes).into(),
+                aliases: (&aliases).into(),
+            };
+            // The reconcile's compile first; a retry compiles what the caches hold then.
+            let compiled = first.take().unwrap_or_else(|| compile(inputs));
+            match publish_members(&task_ctx, &server, &inputs, &compiled).await {
+                Ok(()) => return,
+                Err(error) => {
+                    warn!(server = %server_key(&server), category = error.category(), %error, attempt, "member status not published");
+                    task_ctx.metrics.observe_status_failure(error.category());
+                    tokio::time::sleep(backoff(attempt, jitter_seed())).await;
+                }
+            }
+        }
+    });
+    let mut tasks = ctx.member_status.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(older) = tasks.insert(key, task) {
+        older.abort();
+    }
+}
+
 /// One reconcile of one MailServer.
 pub async fn reconcile(server: Arc<MailServer>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = reconcile_inner(&server, &ctx).await;
+    let result = reconcile_inner(&server, &ctx)
+        .await
+        .map(|(action, compiled)| {
+            if let Some(compiled) = compiled {
+                spawn_member_status(&server, &ctx, compiled);
+            }
+            action
+        });
     ctx.metrics.observe_reconcile(
         started.elapsed(),
         result.as_ref().err().map(Error::category),
@@ -512,13 +568,15 @@ fn server_key(server: &MailServer) -> String {
     )
 }
 
-async fn reconcile_inner(server: &MailServer, ctx: &Context) -> Result<Action> {
+/// The pipeline; returns the compiled directory for the members' status task when the server
+/// was published.
+async fn reconcile_inner(server: &MailServer, ctx: &Context) -> Result<(Action, Option<Compiled>)> {
     let namespace = server
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("MailServer without namespace".into()))?;
     if server.meta().deletion_timestamp.is_some() {
         // Owned objects go with the garbage collector; the volume's data is never touched.
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), None));
     }
     // fetch
     wait_ready(&ctx.domains, "MailDomain").await?;
@@ -529,9 +587,9 @@ async fn reconcile_inner(server: &MailServer, ctx: &Context) -> Result<Action> {
     let aliases = in_namespace(&ctx.aliases, &namespace);
     let inputs = Inputs {
         server,
-        domains: &domains,
-        mailboxes: &mailboxes,
-        aliases: &aliases,
+        domains: (&domains).into(),
+        mailboxes: (&mailboxes).into(),
+        aliases: (&aliases).into(),
     };
     // compile
     let compiled = compile(inputs);
@@ -540,8 +598,7 @@ async fn reconcile_inner(server: &MailServer, ctx: &Context) -> Result<Action> {
     let desired = build::desired(server, &encoded, &ctx.config);
     // apply
     apply_desired(ctx, server, &namespace, &desired).await?;
-    // status
-    publish_members(ctx, server, &inputs, &compiled).await?;
+    // status: the server's now; the members' in the background (see spawn_member_status)
     publish_server(ctx, server, &compiled, &encoded, &desired).await?;
     ctx.metrics
         .set_directory(&server_key(server), encoded.shard_bytes(), &compiled);
@@ -553,7 +610,7 @@ async fn reconcile_inner(server: &MailServer, ctx: &Context) -> Result<Action> {
         diagnostics = compiled.diagnostics.len(),
         "reconciled"
     );
-    Ok(Action::requeue(Duration::from_secs(600)))
+    Ok((Action::requeue(Duration::from_secs(600)), Some(compiled)))
 }
 
 /// Backoff: transient errors retry after 1 s, 2 s, 4 s … up to 5 min, with ±20 % jitter;
@@ -679,6 +736,7 @@ pub async fn run(
         ),
         failures: Mutex::default(),
         applied_shards: Mutex::default(),
+        member_status: Default::default(),
     });
     metrics.set_ready(true);
     controller

@@ -61,6 +61,11 @@ impl Metrics {
         }
     }
 
+    /// Count a failure outside a reconcile (the members' status task), by category.
+    pub fn observe_status_failure(&self, category: &'static str) {
+        *lock(&self.failures).entry(category).or_default() += 1;
+    }
+
     /// Record the published directory of a server.
     pub fn set_directory(&self, server: &str, bytes: u64, compiled: &Compiled) {
         lock(&self.servers).insert(
