@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod dovecot;
+pub mod e2e;
 pub mod kubelet;
 pub mod mail;
 pub mod mailstack;
