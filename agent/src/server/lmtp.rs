@@ -867,4 +867,19 @@ mod original_recipient_tests {
             assert_eq!(m, text);
         }
     }
+
+    /// Found by fuzzing (`lmtp_command`): a bare CR inside the first line made its rest part of
+    /// the "recipient", and the agent wrote CR and control characters into X-Original-To.
+    #[test]
+    fn x_original_to_with_control_characters_is_left_in_the_message() {
+        for text in [
+            &b"X-Original-To: team@example.test\r\x08Received: x\n\nbody\n"[..],
+            b"X-Original-To: a\0b@example.test\nReceived: x\n\n",
+            b"X-Original-To: a@example.test\x1b[2J\nReceived: x\n\n",
+        ] {
+            let mut m = text.to_vec();
+            assert_eq!(take_postfix_original_recipient(&mut m), None);
+            assert_eq!(m, text);
+        }
+    }
 }
