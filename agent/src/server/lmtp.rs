@@ -833,7 +833,9 @@ pub fn take_postfix_original_recipient(message: &mut Vec<u8>) -> Option<String> 
         .strip_prefix('<')
         .and_then(|v| v.strip_suffix('>'))
         .unwrap_or(value);
-    if value.is_empty() {
+    // Postfix writes an address: anything with control characters (a bare CR, say) is not its
+    // header, and would be written into the mailbox as a header the agent vouches for.
+    if value.is_empty() || value.chars().any(char::is_control) {
         return None;
     }
     let value = value.to_string();
