@@ -106,35 +106,36 @@ fn mbox_len(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-fn crash_leaves_no_partial_mbox_entry(locks: &str) {
-    let (w, resources) = world(locks);
+/// Deliver to bob's mbox once, then kill a huge delivery half way. Returns the mbox as it was
+/// before the killed delivery (complete copies of huge messages whose write finished before a
+/// kill are part of it).
+fn partial_mbox_append(w: &World, resources: &Path) -> Vec<u8> {
     let mbox = w.base.join("example.test/bob");
-    deliver_small(&w, &resources, "bob@example.test");
+    deliver_small(w, resources, "bob@example.test");
     let huge = huge();
-    let mut before = Vec::new();
-    let mut caught = false;
     for _attempt in 0..8 {
-        // A write that finished before the kill leaves a complete copy: part of "before".
-        before = fs::read(&mbox).unwrap();
+        let before = fs::read(&mbox).unwrap();
         let length = before.len() as u64;
         // Half done: longer than before, shorter than a whole copy.
         let partial = || {
             let now = mbox_len(&mbox);
             now > length && now < length + huge.len() as u64
         };
-        if kill_mid_write(&w, &resources, "bob@example.test", &huge, partial) {
-            caught = true;
-            break;
+        if kill_mid_write(w, resources, "bob@example.test", &huge, partial) {
+            assert!(
+                mbox_len(&mbox) > length,
+                "the killed write left a partial entry (the test's premise)"
+            );
+            return before;
         }
     }
-    assert!(
-        caught,
-        "never caught the mbox write half done in 8 attempts"
-    );
-    assert!(
-        mbox_len(&mbox) > before.len() as u64,
-        "the killed write left a partial entry (the test's premise)"
-    );
+    panic!("never caught the mbox write half done in 8 attempts");
+}
+
+fn crash_leaves_no_partial_mbox_entry(locks: &str) {
+    let (w, resources) = world(locks);
+    let mbox = w.base.join("example.test/bob");
+    let before = partial_mbox_append(&w, &resources);
     deliver_small(&w, &resources, "bob@example.test");
     let after = fs::read(&mbox).unwrap();
     assert!(
@@ -158,6 +159,28 @@ fn crash_leaves_no_partial_mbox_entry(locks: &str) {
 #[test]
 fn killed_mbox_append_is_truncated_back_by_the_next_delivery_fcntl() {
     crash_leaves_no_partial_mbox_entry("fcntl");
+}
+
+#[test]
+fn bytes_appended_by_others_after_a_crashed_append_are_never_truncated() {
+    let (w, resources) = world("fcntl");
+    let mbox = w.base.join("example.test/bob");
+    partial_mbox_append(&w, &resources);
+    // Another program appends without honouring locks (or after the crash released them).
+    let mut file = fs::OpenOptions::new().append(true).open(&mbox).unwrap();
+    file.write_all(
+        b"\nFrom other@elsewhere.test  Wed Nov 25 10:00:00 2026\nSubject: foreign\n\nforeign\n\n",
+    )
+    .unwrap();
+    drop(file);
+    let with_foreign = fs::read(&mbox).unwrap();
+    deliver_small(&w, &resources, "bob@example.test");
+    let after = fs::read(&mbox).unwrap();
+    assert!(
+        after.starts_with(&with_foreign),
+        "nothing is cut when the bytes after the crashed append are not provably ours"
+    );
+    assert!(after.ends_with(b"\n\nsmall\n\n"));
 }
 
 #[test]

@@ -7,6 +7,18 @@
 //! (never clobbers; falls back to link+unlink where the file system lacks it); fsync `new/`;
 //! append to `maildirsize`. Any failure removes what this delivery created in `tmp/` or `new/`.
 //!
+//! # Crash safety
+//!
+//! A delivery killed before its rename leaves its file in `tmp/` (a crash after the rename
+//! leaves a complete message in `new/`, which is kept: its reply may have been sent). Such a file
+//! was never acknowledged, so it is removed at the next delivery to that maildir, but only when
+//! it is provably ours and provably dead: the name has our exact shape
+//! (`<sec>.M<usec>P<pid>Q<n>.<our host>`, or our `maildirsize` temporary), the time in the name
+//! is before this process's first Maildir delivery (so no delivery of ours can still be writing
+//! it), and the pid in the name is ours (an earlier incarnation in a container, where the agent
+//! is always pid 1) or no longer exists. Other programs' files in `tmp/` are left alone until
+//! they are 36 hours old (qmail's rule).
+//!
 //! # Security
 //!
 //! Runs under the recipient's file system identity. Every directory is resolved one contained
@@ -16,6 +28,7 @@
 //! spec V28).
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -138,11 +151,20 @@ fn escaped_host(host: &str) -> String {
         .replace(',', "\\054")
 }
 
+/// When this process first named a Maildir file: every name it makes is at or after this, every
+/// name made by an earlier process before it.
+static STARTED: LazyLock<Duration> = LazyLock::new(now);
+
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
 /// A unique base name, Dovecot style: `<sec>.M<usec>P<pid>Q<n>.<host>`.
 fn unique_name(host: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
+    LazyLock::force(&STARTED);
+    let now = now();
     format!(
         "{}.M{}P{}Q{}.{}",
         now.as_secs(),
@@ -264,16 +286,53 @@ pub fn deliver(
     if target.quota.is_some() {
         record_in_maildirsize(&maildir.root, size);
     }
-    clean_stale_tmp(&maildir.tmp);
+    clean_stale_tmp(&maildir.tmp, &options.hostname);
     Ok((format!("{}new/{final_name}", target.full_path), size))
 }
 
 /// Files in `tmp/` untouched for this long are debris of crashed deliveries (qmail's rule).
 const STALE_TMP: Duration = Duration::from_secs(36 * 3600);
 
-/// Remove stale files from `tmp/` (DESIGN §4.6; virtual(8) never does, spec V27). Best effort,
-/// as the recipient, regular files only, by name relative to the opened `tmp/`.
-fn clean_stale_tmp(tmp: &OwnedFd) {
+/// If `name` is a `tmp/` name this program makes for `host`: the time and pid in it.
+fn our_tmp_name(name: &str, host: &str) -> Option<(Duration, u32)> {
+    let (sec, rest) = name.split_once('.')?;
+    let (unique, rest_host) = rest.split_once('.')?;
+    let ours = rest_host == escaped_host(host) || rest_host == "quota.maildirsize";
+    if !ours {
+        return None;
+    }
+    let unique = unique.strip_prefix('M')?;
+    let (usec, rest) = unique.split_once('P')?;
+    let (pid, sequence) = rest.split_once('Q')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(sec) && digits(usec) && digits(pid) && digits(sequence)) {
+        return None;
+    }
+    let usec: u32 = usec.parse().ok().filter(|u| *u < 1_000_000)?;
+    Some((
+        Duration::new(sec.parse().ok()?, usec * 1000),
+        pid.parse().ok()?,
+    ))
+}
+
+/// Whether `tmp/<name>` was left by a delivery of ours that died (see "Crash safety").
+fn left_by_dead_delivery(name: &str, host: &str) -> bool {
+    let Some((named_at, pid)) = our_tmp_name(name, host) else {
+        return false;
+    };
+    if named_at >= *STARTED {
+        return false;
+    }
+    let own = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    pid == own
+        || rustix::process::Pid::from_raw(pid as i32)
+            .is_some_and(|p| rustix::process::test_kill_process(p) == Err(Errno::SRCH))
+}
+
+/// Remove stale files from `tmp/` (DESIGN §4.6; virtual(8) never does, spec V27): files of dead
+/// deliveries of ours at once, anything else after 36 hours. Best effort, as the recipient,
+/// regular files only, by name relative to the opened `tmp/`.
+fn clean_stale_tmp(tmp: &OwnedFd, host: &str) {
     let Ok(entries) = Dir::read_from(tmp) else {
         return;
     };
@@ -291,9 +350,9 @@ fn clean_stale_tmp(tmp: &OwnedFd) {
         let Ok(stat) = rustix::fs::statat(tmp, name, AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };
-        if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
-            && stat.st_mtime.max(0) as u64 <= limit.as_secs()
-        {
+        let stale = stat.st_mtime.max(0) as u64 <= limit.as_secs()
+            || left_by_dead_delivery(&name.to_string_lossy(), host);
+        if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile && stale {
             let _ = rustix::fs::unlinkat(tmp, name, AtFlags::empty());
         }
     }
@@ -458,6 +517,39 @@ mod tests {
         assert!(parts[0].parse::<u64>().is_ok());
         assert!(parts[1].starts_with('M') && parts[1].contains('P') && parts[1].contains('Q'));
         assert_eq!(parts[2], "mx\\057a\\072b\\054c");
+    }
+
+    #[test]
+    fn only_our_tmp_names_of_earlier_processes_count_as_dead_deliveries() {
+        let own = rustix::process::getpid().as_raw_nonzero().get();
+        let name = unique_name("mx.test");
+        assert!(our_tmp_name(&name, "mx.test").is_some());
+        assert!(
+            !left_by_dead_delivery(&name, "mx.test"),
+            "a name of this process is in flight"
+        );
+        let earlier = format!("1000.M5P{own}Q0.mx.test");
+        assert_eq!(
+            our_tmp_name(&earlier, "mx.test"),
+            Some((Duration::new(1000, 5000), own as u32))
+        );
+        assert!(
+            left_by_dead_delivery(&earlier, "mx.test"),
+            "our pid, before we started"
+        );
+        assert!(left_by_dead_delivery(
+            "1000.M5P1000000000Q0.quota.maildirsize",
+            "mx.test"
+        ));
+        // pid 1 exists and is not us: its deliveries may still be running.
+        assert!(!left_by_dead_delivery("1000.M5P1Q0.mx.test", "mx.test"));
+        assert!(!left_by_dead_delivery(&earlier, "other.host"));
+        assert!(!left_by_dead_delivery("1000.12345_6.mx.test", "mx.test"));
+        assert!(!left_by_dead_delivery(
+            "1000.M5P9Q0.mx.test,S=10",
+            "mx.test"
+        ));
+        assert!(our_tmp_name("x.M5P9Q0.mx.test", "mx.test").is_none());
     }
 
     #[test]

@@ -10,12 +10,41 @@
 //! only while every configured lock is held, and any failure truncates the file back to its
 //! original length before the locks are released (spec V22), so a reader never sees half a
 //! message. The size limit and quota are checked before the first byte is written.
+//!
+//! # Crash safety
+//!
+//! In-process truncation cannot run when the agent is killed (`kill -9`, OOM killer, node
+//! crash) in the middle of an append, so every append is announced in an *intent journal*
+//! first: `.<mbox>.virtmail-append` beside the mbox, owned by the recipient, 0600, created on
+//! the first delivery and kept (it is empty between deliveries). Under the mailbox locks:
+//!
+//! 1. **Recover.** A non-empty journal is an append that never finished cleanly. Its record
+//!    names the mbox (device, inode), the length `L` before the append, the length `n` of the
+//!    data, and a hash of every piece of the data between `L`, the 4 KiB boundaries of the file
+//!    and `L + n`. The file is truncated back to `L` only when *all* of these hold: same inode;
+//!    current size strictly between `L` and `L + n` (a complete append is kept: its reply may
+//!    have been sent, and a duplicate is better than a loss); the size falls on one of those
+//!    boundaries (the kernel stops a killed `write(2)` at a page boundary); and every piece
+//!    between `L` and the size hashes to the recorded value, i.e. the bytes there are provably
+//!    our unacknowledged partial write and nothing anyone appended or rewrote afterwards (a
+//!    Dovecot expunge, an MDA that ignored a stale lock). Anything else is left alone and logged.
+//!    Then the journal is emptied.
+//! 2. **Announce.** The record is written to the journal and `fdatasync`ed (on a new journal the
+//!    directory is fsynced too) before the first byte of the append, so it survives power loss.
+//! 3. **Append, fsync**, then empty the journal (no fsync needed: a record left behind by a
+//!    power loss describes a complete append, which recovery keeps) and only then report success.
+//!
+//! Acknowledged mail is never truncated: success is reported after the journal was emptied, and
+//! recovery only cuts bytes that hash-match the announced, incomplete append. Where the
+//! recipient cannot create the journal (an mbox parent directory it may not write), delivery
+//! works as before without crash recovery.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
+use sha2::{Digest, Sha256};
 use virtmail_crds::resources::LockMethod;
 
 use super::containment::{self, open_beneath};
@@ -193,6 +222,10 @@ pub fn deliver(
             )
         })?;
     }
+    let journal = Journal::open(parent, name, target);
+    if let Some(journal) = &journal {
+        journal.recover(parent, name, &file, target);
+    }
     let stat = rustix::fs::fstat(&file)
         .map_err(|errno| io(target, "cannot open file", errno, Stage::Open))?;
     if stat.st_nlink != 1 {
@@ -219,14 +252,287 @@ pub fn deliver(
         });
     }
 
+    if let Some(journal) = &journal {
+        journal
+            .announce(&stat, original_length, &data)
+            .map_err(|errno| io(target, "error writing message", errno, Stage::Write))?;
+    }
     if let Err(errno) = write_all(&file, &data).and_then(|()| rustix::fs::fsync(&file)) {
         // V22: truncate back while the locks are still held.
         let _ = rustix::fs::ftruncate(&file, original_length);
         let _ = rustix::fs::fsync(&file);
+        if let Some(journal) = &journal {
+            journal.clear();
+        }
         return Err(io(target, "error writing message", errno, Stage::Write));
+    }
+    if let Some(journal) = &journal {
+        journal.clear();
     }
     drop(file);
     Ok(data.len() as u64)
+}
+
+/// Pieces of an append are cut at multiples of this in the file (the page size): a killed
+/// `write(2)` stops at a page (folio) boundary.
+const PIECE: u64 = 4096;
+/// First line of a journal record.
+const JOURNAL_MAGIC: &str = "virtmail-mbox-append 1";
+/// A journal larger than this is not ours (50 MB of data needs about 210 kB).
+const JOURNAL_LIMIT: usize = 16 << 20;
+
+/// The intent journal of one mbox (see "Crash safety" above).
+#[derive(Debug)]
+struct Journal {
+    fd: OwnedFd,
+    name: String,
+}
+
+/// The boundaries of the pieces of an append of `length` bytes at `from`.
+fn piece_ends(from: u64, length: u64) -> impl Iterator<Item = u64> {
+    let end = from + length;
+    let mut at = from;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        at = ((at / PIECE + 1) * PIECE).min(end);
+        Some(at)
+    })
+}
+
+fn piece_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A parsed journal record.
+#[derive(Debug, PartialEq, Eq)]
+struct Intent {
+    dev: u64,
+    ino: u64,
+    from: u64,
+    length: u64,
+    hashes: Vec<String>,
+}
+
+impl Intent {
+    fn parse(text: &str) -> Option<Intent> {
+        let mut lines = text.lines();
+        (lines.next()? == JOURNAL_MAGIC).then_some(())?;
+        let fields = |line: &str, a: &str, b: &str| -> Option<(u64, u64)> {
+            let mut w = line.split(' ');
+            (w.next()? == a).then_some(())?;
+            let x = w.next()?.parse().ok()?;
+            (w.next()? == b).then_some(())?;
+            let y = w.next()?.parse().ok()?;
+            w.next().is_none().then_some((x, y))
+        };
+        let (dev, ino) = fields(lines.next()?, "dev", "ino")?;
+        let (from, length) = fields(lines.next()?, "from", "length")?;
+        let mut hashes = Vec::new();
+        for line in lines.by_ref() {
+            if line == "end" {
+                let pieces = piece_ends(from, length).count();
+                return (hashes.len() == pieces).then_some(Intent {
+                    dev,
+                    ino,
+                    from,
+                    length,
+                    hashes,
+                });
+            }
+            hashes.push(line.to_string());
+        }
+        // Torn record: the append it announces never started.
+        None
+    }
+}
+
+impl Journal {
+    /// Open (or create, as the recipient) the journal beside mbox `name`. `None` when it cannot
+    /// be used: then delivery goes on without crash recovery.
+    fn open(parent: BorrowedFd<'_>, name: &str, target: &Target) -> Option<Journal> {
+        let journal_name = format!(".{name}.virtmail-append");
+        let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = match rustix::fs::openat(parent, journal_name.as_str(), flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                let fd = rustix::fs::openat(
+                    parent,
+                    journal_name.as_str(),
+                    flags | OFlags::CREATE | OFlags::EXCL,
+                    Mode::from_raw_mode(0o600),
+                )
+                .ok()?;
+                // The new name must survive power loss before it is relied on.
+                let dir = containment::open_dir(parent, ".").ok()?;
+                rustix::fs::fsync(&dir).ok()?;
+                fd
+            }
+            Err(_) => return None,
+        };
+        let stat = rustix::fs::fstat(&fd).ok()?;
+        let usable = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+            && stat.st_nlink == 1
+            && stat.st_uid == target.uid;
+        usable.then(|| Journal {
+            fd,
+            name: format!("{}/.{name}.virtmail-append", parent_dir(&target.full_path)),
+        })
+    }
+
+    /// Step 1: undo a provably partial, unacknowledged append of a crashed delivery. `file` is
+    /// the locked mbox `name` in `parent` (opened for appending only).
+    fn recover(&self, parent: BorrowedFd<'_>, name: &str, file: &OwnedFd, target: &Target) {
+        let Ok(stat) = rustix::fs::fstat(&self.fd) else {
+            return;
+        };
+        if stat.st_size == 0 {
+            return;
+        }
+        let text = if (stat.st_size as usize) <= JOURNAL_LIMIT {
+            read_all(&self.fd, stat.st_size as usize)
+        } else {
+            None
+        };
+        let intent = text.as_deref().and_then(Intent::parse);
+        if let Some(intent) = intent
+            && let Ok(now) = rustix::fs::fstat(file)
+            && now.st_dev == intent.dev
+            && now.st_ino == intent.ino
+        {
+            let size = now.st_size as u64;
+            if size > intent.from && size < intent.from + intent.length {
+                // The append-only descriptor cannot be read: a second one, for the same inode.
+                let reader = open_beneath(
+                    parent,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+                    Mode::empty(),
+                )
+                .ok()
+                .filter(|fd| {
+                    rustix::fs::fstat(fd)
+                        .is_ok_and(|s| s.st_dev == intent.dev && s.st_ino == intent.ino)
+                });
+                if reader.is_some_and(|reader| verify(&reader, &intent, size)) {
+                    let truncated = rustix::fs::ftruncate(file, intent.from)
+                        .and_then(|()| rustix::fs::fsync(file));
+                    match truncated {
+                        Ok(()) => tracing::warn!(
+                            "{}: removed {} bytes of an append interrupted by a crash (never acknowledged; the sender retries)",
+                            target.full_path,
+                            size - intent.from
+                        ),
+                        Err(errno) => {
+                            // Keep the journal: the next delivery tries again.
+                            tracing::warn!(
+                                "{}: cannot truncate an append interrupted by a crash: {errno}",
+                                target.full_path
+                            );
+                            return;
+                        }
+                    }
+                } else {
+                    tracing::warn!(
+                        "{}: {} bytes after offset {} do not match the append interrupted by a crash; left as they are",
+                        target.full_path,
+                        size - intent.from,
+                        intent.from
+                    );
+                }
+            }
+        }
+        self.clear();
+    }
+
+    /// Step 2: announce an append of `data` at `from`, durably.
+    fn announce(&self, stat: &Stat, from: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut record = format!(
+            "{JOURNAL_MAGIC}\ndev {} ino {}\nfrom {from} length {}\n",
+            stat.st_dev,
+            stat.st_ino,
+            data.len()
+        );
+        let mut start = 0usize;
+        for end in piece_ends(from, data.len() as u64) {
+            let end = (end - from) as usize;
+            record.push_str(&piece_hash(&data[start..end]));
+            record.push('\n');
+            start = end;
+        }
+        record.push_str("end\n");
+        rustix::fs::ftruncate(&self.fd, 0)?;
+        let mut written = 0;
+        while written < record.len() {
+            match rustix::io::pwrite(&self.fd, &record.as_bytes()[written..], written as u64) {
+                Ok(0) => return Err(Errno::IO),
+                Ok(n) => written += n,
+                Err(Errno::INTR) => {}
+                Err(errno) => return Err(errno),
+            }
+        }
+        rustix::fs::fdatasync(&self.fd)
+    }
+
+    /// Step 3: the append is complete (or undone): forget it.
+    fn clear(&self) {
+        if let Err(errno) = rustix::fs::ftruncate(&self.fd, 0) {
+            tracing::warn!("{}: cannot empty the journal: {errno}", self.name);
+        }
+    }
+}
+
+/// Whether the bytes of `file` from `intent.from` to `size` are exactly the first pieces of the
+/// announced append.
+fn verify(file: &OwnedFd, intent: &Intent, size: u64) -> bool {
+    let mut start = intent.from;
+    for (end, want) in piece_ends(intent.from, intent.length).zip(&intent.hashes) {
+        if end > size {
+            // The size is not on a piece boundary: not a write the kernel stopped.
+            return false;
+        }
+        let mut piece = vec![0u8; (end - start) as usize];
+        let mut filled = 0;
+        while filled < piece.len() {
+            match rustix::io::pread(file, &mut piece[filled..], start + filled as u64) {
+                Ok(0) => return false,
+                Ok(n) => filled += n,
+                Err(Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+        if piece_hash(&piece) != *want {
+            return false;
+        }
+        if end == size {
+            return true;
+        }
+        start = end;
+    }
+    false
+}
+
+fn read_all(fd: &OwnedFd, size: usize) -> Option<String> {
+    let mut buffer = vec![0u8; size];
+    let mut filled = 0;
+    while filled < size {
+        match rustix::io::pread(fd, &mut buffer[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+    buffer.truncate(filled);
+    String::from_utf8(buffer).ok()
+}
+
+fn parent_dir(full_path: &str) -> &str {
+    full_path.rsplit_once('/').map_or(".", |(p, _)| p)
 }
 
 /// safe_open(): open an existing file, else create it exclusively (0600), else reopen.
@@ -278,4 +584,38 @@ pub(crate) fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_end_on_page_boundaries_and_at_the_end() {
+        assert_eq!(
+            piece_ends(4000, 10_000).collect::<Vec<_>>(),
+            vec![4096, 8192, 12288, 14000]
+        );
+        assert_eq!(piece_ends(8192, 100).collect::<Vec<_>>(), vec![8292]);
+        assert_eq!(piece_ends(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn journal_records_parse_only_when_complete() {
+        let record = format!(
+            "{JOURNAL_MAGIC}\ndev 1 ino 2\nfrom 4000 length 200\n{}\n{}\nend\n",
+            piece_hash(b"a"),
+            piece_hash(b"b")
+        );
+        let intent = Intent::parse(&record).expect("complete record");
+        assert_eq!(
+            (intent.dev, intent.ino, intent.from, intent.length),
+            (1, 2, 4000, 200)
+        );
+        assert_eq!(intent.hashes.len(), 2);
+        assert_eq!(Intent::parse(&record[..record.len() - 4]), None, "torn");
+        assert_eq!(Intent::parse("From someone\n"), None, "not ours");
+        let wrong_count = record.replacen(&format!("{}\n", piece_hash(b"b")), "", 1);
+        assert_eq!(Intent::parse(&wrong_count), None);
+    }
 }
