@@ -94,8 +94,8 @@ fn run(locks: &str) {
     }
     assert_eq!(
         names(&w.base.join("example.test")),
-        vec!["bob"],
-        "dotlock left behind"
+        vec![".bob.virtmail-append", "bob"],
+        "dotlock left behind (the empty append journal stays)"
     );
 }
 

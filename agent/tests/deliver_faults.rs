@@ -43,7 +43,18 @@ fn v30_disk_full_defers_430_and_truncates_the_mbox_back() {
     );
     assert_eq!(outcome.status.reply_code(), 452);
     assert_eq!(fs::read(domain.join("bob")).unwrap(), before);
-    assert_eq!(names(&domain), vec!["bob"], "dotlock removed");
+    assert_eq!(
+        names(&domain),
+        vec![".bob.virtmail-append", "bob"],
+        "dotlock removed (the empty append journal stays)"
+    );
+    assert_eq!(
+        fs::metadata(domain.join(".bob.virtmail-append"))
+            .unwrap()
+            .len(),
+        0,
+        "the journal of the failed append is cleared"
+    );
     drop(tmpfs);
 }
 

@@ -149,7 +149,17 @@ fn v18_missing_parent_directory_defers_420_and_is_not_created() {
 fn v19_dotlock_is_created_as_recipient_and_removed_afterwards() {
     let w = world();
     assert_eq!(code(&w.deliver(BOB, MESSAGE).status), "2.0.0");
-    assert_eq!(names(&w.base.join("example.test")), vec!["bob"]);
+    // The dotlock is gone; the (empty) append journal of crash recovery stays.
+    assert_eq!(
+        names(&w.base.join("example.test")),
+        vec![".bob.virtmail-append", "bob"]
+    );
+    assert_eq!(
+        fs::metadata(w.base.join("example.test/.bob.virtmail-append"))
+            .unwrap()
+            .len(),
+        0
+    );
     // The recipient may not create files in a root-owned 0755 directory: the lock (created
     // first, V19) fails, so it was never created with root's rights.
     let domain = w.base.join("example.test");
