@@ -156,3 +156,16 @@ fn lmtp_harness_answers_the_seed_sessions_like_the_real_server() {
     let (out, delivered) = targets::lmtp_session(&seed("client-vanishes-inside-data"));
     assert_eq!(delivered, 0, "{}", String::from_utf8_lossy(&out));
 }
+
+/// Found by fuzzing (`lmtp_command`): the reply to a long unknown recipient repeated the address
+/// in its text and went over RFC 5321's 512 octets per reply line.
+#[test]
+fn lmtp_reply_to_a_long_unknown_recipient_stays_within_512_octets() {
+    let local = "x".repeat(64);
+    let domain = format!("{}.example.test", "d".repeat(170));
+    let input =
+        format!("LHLO mx.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<{local}@{domain}>\r\nQUIT\r\n");
+    let (out, _) = targets::lmtp_session(input.as_bytes());
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("\r\n550 5.1.1 <"), "{text}");
+}
