@@ -90,6 +90,22 @@ pub async fn refuse<S: AsyncWrite + Unpin>(mut stream: S) {
     let _ = stream.shutdown().await;
 }
 
+/// Longest reply line without its CRLF (RFC 5321 §4.5.3.1.5: 512 octets with it).
+const MAX_REPLY_TEXT: usize = 510;
+
+/// `text` cut at a character boundary to [`MAX_REPLY_TEXT`] octets: replies repeat addresses of
+/// up to 256 octets, so a long one would otherwise make a line no client has to accept.
+fn within_reply_limit(text: &str) -> &str {
+    if text.len() <= MAX_REPLY_TEXT {
+        return text;
+    }
+    let mut end = MAX_REPLY_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A command line as read.
 enum Line {
     Text(Vec<u8>),
@@ -121,8 +137,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         }
     }
 
-    /// Queue a reply line (CRLF added).
+    /// Queue a reply line (CRLF added), cut to RFC 5321's 512 octets.
     async fn reply(&mut self, text: &str) -> Step {
+        let text = within_reply_limit(text);
         let write = async {
             self.writer.write_all(text.as_bytes()).await?;
             self.writer.write_all(b"\r\n").await
@@ -779,6 +796,15 @@ mod tests {
         assert_eq!(end, Some(10));
         assert_eq!(body, None);
         assert_eq!(decode(b"123\r\n.\r\n", 4).1.unwrap(), b"123\n");
+    }
+
+    #[test]
+    fn reply_limit_cuts_long_text_at_a_character_boundary() {
+        assert_eq!(within_reply_limit("250 2.0.0 OK"), "250 2.0.0 OK");
+        let long = format!("550 5.1.1 {}", "ä".repeat(300));
+        let cut = within_reply_limit(&long);
+        assert!(cut.len() <= MAX_REPLY_TEXT && cut.len() >= MAX_REPLY_TEXT - 1);
+        assert!(long.starts_with(cut));
     }
 
     #[test]
