@@ -152,8 +152,12 @@ fn escaped_host(host: &str) -> String {
 }
 
 /// When this process first named a Maildir file: every name it makes is at or after this, every
-/// name made by an earlier process before it.
-static STARTED: LazyLock<Duration> = LazyLock::new(now);
+/// name made by an earlier process before it. Truncated to whole microseconds like the time in
+/// a name, or the first name (made in the same microsecond) would look older than the process.
+static STARTED: LazyLock<Duration> = LazyLock::new(|| {
+    let now = now();
+    Duration::new(now.as_secs(), now.subsec_micros() * 1000)
+});
 
 fn now() -> Duration {
     SystemTime::now()
