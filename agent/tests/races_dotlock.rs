@@ -46,7 +46,7 @@ fn plant_dead_lock(path: &Path) {
     fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(path)
         .unwrap_or_else(|e| panic!("plant {}: {e}", path.display()));
     chown(path, UID, GID);
@@ -264,7 +264,7 @@ fn stale_lock_round(
                     let Ok(file) = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
-                        .mode(0)
+                        .mode(0o000)
                         .open(&lock)
                     else {
                         std::thread::yield_now();

@@ -351,6 +351,9 @@ fn copies_by_tag(
     copies
 }
 
+/// What the sender threads record per message tag.
+type Ledger<T> = Arc<Mutex<BTreeMap<String, T>>>;
+
 /// Outcome classes of final replies.
 #[derive(Debug, Default, Clone)]
 struct Tally {
@@ -454,7 +457,7 @@ fn symlink_swaps_during_delivery_never_write_outside_the_base_and_lose_no_mail()
 
     const SENDERS: usize = 4;
     let per_sender = iterations(250);
-    let sent: Arc<Mutex<BTreeMap<String, (String, Vec<u8>, String)>>> = Arc::default();
+    let sent: Ledger<(String, Vec<u8>, String)> = Arc::default();
     let started = Instant::now();
     let senders: Vec<_> = (0..SENDERS)
         .map(|s| {
@@ -734,7 +737,7 @@ fn dovecot_reading_an_mbox_while_the_agent_appends_sees_only_whole_messages() {
     // Paced appends (a few ms apart), so that reads and appends interleave for a while.
     const WRITERS: usize = 2;
     let per_writer = iterations(100);
-    let sent: Arc<Mutex<BTreeMap<String, (Vec<u8>, String)>>> = Arc::default();
+    let sent: Ledger<(Vec<u8>, String)> = Arc::default();
     let slowest: Arc<Mutex<Duration>> = Arc::default();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -891,7 +894,7 @@ fn two_agents_on_one_volume_deliver_to_the_same_mailboxes_exactly_once() {
 
     const SENDERS: usize = 4;
     let per_sender = iterations(40);
-    let sent: Arc<Mutex<BTreeMap<String, (Vec<u8>, Vec<String>)>>> = Arc::default();
+    let sent: Ledger<(Vec<u8>, Vec<String>)> = Arc::default();
     let senders: Vec<_> = (0..SENDERS)
         .map(|s| {
             let lmtp = if s % 2 == 0 { &one.lmtp } else { &two.lmtp }.clone();
