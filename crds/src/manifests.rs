@@ -338,6 +338,28 @@ mod tests {
         assert!(err.contains("postmaster"), "{err}");
     }
 
+    /// Found by fuzzing (`resources_yaml`): a MailServer named `mail kind` loaded, and its
+    /// directory could not go through the ConfigMap encoding. The apiserver refuses such names.
+    #[test]
+    fn object_name_the_apiserver_would_refuse_is_an_error() {
+        for name in ["\"mail kind\"", "Mail", "a/b", "a_b", "-a", "a.", "\"\""] {
+            for kind in ["MailServer", "Mailbox"] {
+                let mut r = Resources::default();
+                let yaml = format!(
+                    "apiVersion: virtmail.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {{address: a@d.test}}\n"
+                );
+                let err = r
+                    .add_yaml(Path::new("n.yaml"), &yaml)
+                    .expect_err(&yaml)
+                    .to_string();
+                assert!(err.contains("field metadata.name"), "{err}");
+            }
+        }
+        let mut r = Resources::default();
+        let yaml = "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail-1.example}\nspec: {}\n";
+        r.add_yaml(Path::new("ok.yaml"), yaml).unwrap();
+    }
+
     #[test]
     fn bad_yaml_names_file() {
         let mut r = Resources::default();

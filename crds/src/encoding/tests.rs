@@ -230,3 +230,26 @@ fn empty_directory_encodes_to_no_shards() {
     let decoded = decode(&encoded.head, |_| None).expect("decode");
     assert_eq!(decoded, d);
 }
+
+/// Found by fuzzing (`directory_decode`): a head whose settings name a server that is no object
+/// name (`"fuzz "`) decoded, but the directory could not be encoded again (its shard names would
+/// hold a space, which the shard list cannot carry).
+#[test]
+fn head_naming_a_server_that_is_no_object_name_is_refused() {
+    for server in ["fuzz ", "a b", "Mail", "mail/x", "", "mail\n"] {
+        let encoded = encode(&directory(10));
+        let shards = shard_map(&encoded);
+        let mut head = encoded.head.clone();
+        let settings = head[KEY_SETTINGS].replace(
+            "\"server\": \"mail\"",
+            &format!("\"server\": {}", serde_json::to_string(server).unwrap()),
+        );
+        let hashes: Vec<&str> = encoded.shards.iter().map(|s| s.hash.as_str()).collect();
+        head.insert(KEY_VERSION.into(), version_of(&settings, &hashes));
+        head.insert(KEY_SETTINGS.into(), settings);
+        assert!(
+            matches!(decode(&head, |n| shards.get(n)), Err(DecodeError::Head(_))),
+            "server {server:?} accepted"
+        );
+    }
+}
