@@ -974,3 +974,76 @@ fn two_agents_on_one_volume_deliver_to_the_same_mailboxes_exactly_once() {
         file.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A stale dotlock through LMTP, with the agent's default timings.
+
+#[test]
+fn dotlock_left_by_a_dead_process_defers_with_default_timings_and_the_retry_lands() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let volume = Volume::new();
+    let mut agent = volume.agent("agent");
+    volume.wait_ready(&mut [&mut agent]);
+    // What a killed delivery leaves: `<mbox>.lock`, mode 0, the recipient's, an mtime an hour
+    // old. Its ctime is now: Postfix (and the agent) judge staleness by ctime against
+    // stale_lock_time (500 s), so it is not stale yet.
+    let lock = volume.base.join("mb.test/bob.lock");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(&lock)
+        .expect("plant the dead process's dotlock");
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .expect("old mtime");
+    drop(file);
+    std::os::unix::fs::chown(&lock, Some(UID), Some(GID)).expect("chown lock");
+
+    let blocked = {
+        let lmtp = agent.lmtp.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let reply = Lmtp::connect(&lmtp)
+                .deliver(&[BOB], &message("locked-out", 2000))
+                .remove(0);
+            (reply, started.elapsed())
+        })
+    };
+    // Meanwhile other mailboxes are not held up.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let other = Lmtp::connect(&agent.lmtp)
+        .deliver(&[ALICE], &message("not-held-up", 2000))
+        .remove(0);
+    assert!(other.starts_with("250 2.0.0"), "{other}");
+    let other_took = started.elapsed();
+
+    let (reply, waited) = blocked.join().expect("blocked delivery");
+    assert!(
+        reply.starts_with("451 4.2.0") && reply.contains("bob.lock: File exists"),
+        "a dotlock younger than 500 s must defer the delivery 4.2.0 after the lock timeout: {reply}"
+    );
+    assert!(
+        waited >= Duration::from_secs(19),
+        "deferred after {waited:?}, before the 20 s lock timeout"
+    );
+    assert!(lock.exists(), "the agent removed a lock that was not stale");
+    assert_eq!(
+        fs::metadata(volume.mbox()).expect("mbox").len(),
+        0,
+        "mail was written without the lock"
+    );
+    // The lock goes (500 s later, or an administrator removes it): Postfix's retry lands once.
+    fs::remove_file(&lock).expect("remove the dead lock");
+    let retry = Lmtp::connect(&agent.lmtp)
+        .deliver(&[BOB], &message("locked-out", 2000))
+        .remove(0);
+    assert!(retry.starts_with("250 2.0.0"), "{retry}");
+    let stored = stored_messages(&volume.mbox(), MailboxFormat::Mbox);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0], stored_form(BOB, &message("locked-out", 2000)));
+    volume.assert_no_debris();
+    eprintln!(
+        "stale dotlock via LMTP: deferred after {waited:.1?} ({reply}); another mailbox delivered in {other_took:.1?} meanwhile; retry delivered"
+    );
+}
