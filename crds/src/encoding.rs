@@ -364,6 +364,12 @@ pub fn decode<'a>(
         .ok_or_else(|| DecodeError::Head("no settings".into()))?;
     let settings: Settings = serde_json::from_str(settings_text)
         .map_err(|e| DecodeError::Head(format!("settings: {e}")))?;
+    if !crate::resources::valid_object_name(&settings.server) {
+        return Err(DecodeError::Head(format!(
+            "settings: server {:?} is not an object name",
+            settings.server
+        )));
+    }
     let list = shard_list(head)?;
     let mut directory = Directory {
         settings,

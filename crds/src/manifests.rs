@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::compile::{Inputs, Kind, ObjectRef};
-use crate::resources::{GROUP, MailAlias, MailDomain, MailServer, Mailbox, VERSION};
+use crate::resources::{
+    GROUP, MailAlias, MailDomain, MailServer, Mailbox, VERSION, valid_object_name,
+};
 
 /// Where an object was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +199,12 @@ impl Resources {
         };
         if name == "<unnamed>" {
             return Err(field_error("metadata.name".into(), "missing".into()));
+        }
+        if !valid_object_name(&name) {
+            return Err(field_error(
+                "metadata.name".into(),
+                format!("{name:?} is not a valid name (lowercase letters, digits, '-' and '.')"),
+            ));
         }
         let object = ObjectRef {
             kind: parsed_kind,

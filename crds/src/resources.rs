@@ -20,6 +20,23 @@ pub const GROUP: &str = "virtmail.io";
 /// API version of every virtmail resource.
 pub const VERSION: &str = "v1alpha1";
 
+/// Whether `name` is a name the apiserver accepts for these objects and their ConfigMaps (an
+/// RFC 1123 subdomain: at most 253 characters, dot-separated labels of lowercase letters, digits
+/// and inner `-`). The manifest loader and the directory decoder hold names to it, so standalone
+/// mode accepts what a cluster would and every directory can be encoded again.
+pub fn valid_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
 /// A DNS domain name in ASCII (IDNs in their `xn--` form), without a trailing dot.
 pub const DOMAIN_PATTERN: &str = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
 /// `local@domain`: an unquoted local part (UTF-8 allowed) and a domain as in [`DOMAIN_PATTERN`].
