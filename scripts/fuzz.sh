@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz virtmail's parsers with cargo-fuzz (libFuzzer): scripts/fuzz.sh [TARGET|all] [SECONDS]
+# Reproduce one input (a crash artifact): scripts/fuzz.sh TARGET FILE
 #
 # Targets (fuzz/fuzz_targets/, logic in fuzz/src/lib.rs): lmtp_command, lmtp_data,
 # socketmap_netstring, resources_yaml, directory_decode, mbox_quoting. Each runs for SECONDS
@@ -34,7 +35,12 @@ case "$which" in
     targets=("$which")
     ;;
 esac
-if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
+replay=
+if [ -f "$seconds" ]; then
+  # scripts/fuzz.sh TARGET FILE: run the target once on FILE (e.g. a crash artifact).
+  replay=$(realpath "$seconds")
+  [ "$which" != all ] || { echo "name the target of $replay" >&2; exit 2; }
+elif ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
   echo "SECONDS must be a positive number, not $seconds" >&2
   exit 2
 fi
@@ -64,6 +70,10 @@ echo "==> building ${targets[*]} (sanitizer $sanitizer, debug assertions on)" >&
 for target in "${targets[@]}"; do
   nice -n "$niceness" "${fuzz[@]}" build "${common[@]}" "$target" >&2
 done
+
+if [ -n "$replay" ]; then
+  exec nice -n "$niceness" "${fuzz[@]}" run "${common[@]}" "$which" "$replay"
+fi
 
 mkdir -p target/fuzz/logs
 summaries=()
