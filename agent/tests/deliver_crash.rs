@@ -96,7 +96,7 @@ fn kill_mid_write(
 fn deliver_small(w: &World, resources: &Path, rcpt: &str) {
     let (out, err, rc) = w.cli(
         resources,
-        &["-f", "sender@origin.test", rcpt],
+        &["-f", "sender@origin.test", "--lock-timeout", "5s", rcpt],
         b"Subject: after the crash\r\n\r\nsmall\r\n",
     );
     assert_eq!(rc, 0, "{out}{err}");
@@ -149,6 +149,10 @@ fn crash_leaves_no_partial_mbox_entry(locks: &str) {
         &added[..added.len().min(300)]
     );
     assert!(
+        !mbox.with_file_name("bob.lock").exists(),
+        "no dotlock left behind"
+    );
+    assert!(
         !added.contains("written while the writer is killed")
             && added.matches("\nFrom ").count() == 0,
         "nothing of the killed, unacknowledged write is left ({} bytes added)",
@@ -159,6 +163,13 @@ fn crash_leaves_no_partial_mbox_entry(locks: &str) {
 #[test]
 fn killed_mbox_append_is_truncated_back_by_the_next_delivery_fcntl() {
     crash_leaves_no_partial_mbox_entry("fcntl");
+}
+
+#[test]
+fn killed_mbox_append_under_a_dotlock_is_recovered_without_waiting_for_the_stale_time() {
+    // The killed process leaves its dotlock behind; the next delivery must not wait 500 s for it
+    // to go stale: the lock is provably the dead delivery's (journal), so it is broken at once.
+    crash_leaves_no_partial_mbox_entry("fcntl, dotlock");
 }
 
 #[test]
