@@ -60,7 +60,7 @@ pub struct Context {
     /// that already hold what we want.
     applied_shards: Mutex<HashMap<(String, String), (String, String)>>,
     /// The member-status task of each server (the newest reconcile's replaces the older one).
-    member_status: std::sync::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    member_status: std::sync::Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -503,8 +503,21 @@ async fn publish_server(
 /// hold back the next version. The newest reconcile's task replaces an older one still running
 /// (every patch is an idempotent apply, so stopping one halfway loses nothing); failures are
 /// retried with backoff, then left to the next reconcile.
-fn spawn_member_status(server: &Arc<MailServer>, ctx: &Arc<Context>, compiled: Compiled) {
+fn spawn_member_status(
+    server: &Arc<MailServer>,
+    ctx: &Arc<Context>,
+    compiled: Compiled,
+    version: String,
+) {
     let key = server_key(server);
+    let mut tasks = ctx.member_status.lock().unwrap_or_else(|e| e.into_inner());
+    // A task for this very version is still at work: it will write the same conditions.
+    if let Some((running, task)) = tasks.get(&key)
+        && *running == version
+        && !task.is_finished()
+    {
+        return;
+    }
     let (server, task_ctx) = (server.clone(), ctx.clone());
     let task = tokio::spawn(async move {
         let Some(namespace) = server.namespace() else {
@@ -533,8 +546,7 @@ fn spawn_member_status(server: &Arc<MailServer>, ctx: &Arc<Context>, compiled: C
             }
         }
     });
-    let mut tasks = ctx.member_status.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(older) = tasks.insert(key, task) {
+    if let Some((_, older)) = tasks.insert(key, (version, task)) {
         older.abort();
     }
 }
@@ -545,8 +557,8 @@ pub async fn reconcile(server: Arc<MailServer>, ctx: Arc<Context>) -> Result<Act
     let result = reconcile_inner(&server, &ctx)
         .await
         .map(|(action, compiled)| {
-            if let Some(compiled) = compiled {
-                spawn_member_status(&server, &ctx, compiled);
+            if let Some((compiled, version)) = compiled {
+                spawn_member_status(&server, &ctx, compiled, version);
             }
             action
         });
@@ -570,7 +582,10 @@ fn server_key(server: &MailServer) -> String {
 
 /// The pipeline; returns the compiled directory for the members' status task when the server
 /// was published.
-async fn reconcile_inner(server: &MailServer, ctx: &Context) -> Result<(Action, Option<Compiled>)> {
+async fn reconcile_inner(
+    server: &MailServer,
+    ctx: &Context,
+) -> Result<(Action, Option<(Compiled, String)>)> {
     let namespace = server
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("MailServer without namespace".into()))?;
@@ -610,7 +625,10 @@ async fn reconcile_inner(server: &MailServer, ctx: &Context) -> Result<(Action, 
         diagnostics = compiled.diagnostics.len(),
         "reconciled"
     );
-    Ok((Action::requeue(Duration::from_secs(600)), Some(compiled)))
+    Ok((
+        Action::requeue(Duration::from_secs(600)),
+        Some((compiled, encoded.version)),
+    ))
 }
 
 /// Backoff: transient errors retry after 1 s, 2 s, 4 s … up to 5 min, with ±20 % jitter;
@@ -682,6 +700,46 @@ where
     }
 }
 
+/// What the compiler reads of a member object: its spec (`generation`), its labels (domain
+/// selectors) and whether it is being deleted. Status is not among them.
+fn compiler_input_fingerprint<K: Resource>(object: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let meta = object.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Member objects whose compiler inputs changed (created, spec or labels edited, deleted).
+/// Status-only changes are dropped: the operator's own `Ready` patches and the agent's
+/// `Provisioned` ones would otherwise trigger a reconcile each (100,000 of them at scale).
+fn compiler_input_changes<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+{
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let uid = |o: &K| o.meta().uid.clone().unwrap_or_default();
+    events.filter_map(move |event| {
+        let out = match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                let fingerprint = compiler_input_fingerprint(&o);
+                (seen.insert(uid(&o), fingerprint) != Some(fingerprint)).then_some(Ok(o))
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                seen.remove(&uid(&o));
+                Some(Ok(o))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(out)
+    })
+}
+
 /// Run the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -699,19 +757,19 @@ pub async fn run(
         // managedFields are most of an object's size and never read here.
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(domain_writer)
-        .touched_objects();
+        .boxed();
     let mailbox_stream = watcher(api_for::<Mailbox>(&client, ns), watch.clone())
         .default_backoff()
         // managedFields are most of an object's size and never read here.
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(mailbox_writer)
-        .touched_objects();
+        .boxed();
     let alias_stream = watcher(api_for::<MailAlias>(&client, ns), watch.clone())
         .default_backoff()
         // managedFields are most of an object's size and never read here.
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(alias_writer)
-        .touched_objects();
+        .boxed();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
     let controller = Controller::new(api_for::<MailServer>(&client, ns), watch).with_config(
         ControllerConfig::default()
@@ -746,13 +804,14 @@ pub async fn run(
         .owns(api_for::<ServiceAccount>(&client, ns), owned.clone())
         .owns(api_for::<Role>(&client, ns), owned.clone())
         .owns(api_for::<RoleBinding>(&client, ns), owned)
-        .watches_stream(domain_stream, move |o: MailDomain| {
-            servers_in(&s1, o.namespace())
-        })
-        .watches_stream(mailbox_stream, move |o: Mailbox| {
+        .watches_stream(
+            compiler_input_changes(domain_stream),
+            move |o: MailDomain| servers_in(&s1, o.namespace()),
+        )
+        .watches_stream(compiler_input_changes(mailbox_stream), move |o: Mailbox| {
             servers_in(&s2, o.namespace())
         })
-        .watches_stream(alias_stream, move |o: MailAlias| {
+        .watches_stream(compiler_input_changes(alias_stream), move |o: MailAlias| {
             servers_in(&s3, o.namespace())
         })
         .graceful_shutdown_on(shutdown)
