@@ -1,20 +1,22 @@
 //! Races against the real agent (issue 9, part 4): real `virtmail-agent serve` processes over
 //! unix-socket LMTP, real uid switching (run as root), a real Dovecot IMAP server.
 //!
-//! - An attacker swaps mailbox directories (the Maildir, its `new/`, the mbox's parent) and the
-//!   mbox file for symlinks pointing outside the base, atomically and in a loop, while
-//!   deliveries run: nothing is ever written outside the base, every 250 is in the mailbox
-//!   exactly once, everything else is a 4xx (Postfix retries it), and the retries land.
+//! - An attacker swaps mailbox directories (the Maildir, its `new/` and `tmp/`, the mbox's
+//!   parent) and the mbox file for symlinks pointing outside the base, atomically and in a
+//!   loop, while deliveries run: nothing is ever written outside the base, every 250 is in the
+//!   mailbox exactly once, everything else is a 4xx (Postfix retries it), and the retries land.
 //! - Dovecot reads an mbox over IMAP (SELECT and EXAMINE, FETCH) while the agent appends: every
 //!   view is a whole-message prefix of the final mailbox, never shrinking, and the final
 //!   mailbox holds every message byte for byte (lock methods agree: fcntl, formats-protocols.md
-//!   §4.3).
+//!   §4.3), even though Dovecot rewrites the file to add its X-UID headers meanwhile.
 //! - Two agents on one volume deliver to the same Maildir and mbox at once: every 250 message
 //!   is there exactly once, byte for byte, the mbox is not interleaved, no tmp file or dotlock
 //!   is left.
+//! - A dotlock left by a dead process defers the mailbox 4.2.0 with serve's default timings
+//!   (ctime younger than 500 s), holds up no other mailbox, and the retry lands once.
 //!
-//! Counts are printed (`--nocapture`); `VIRTMAIL_RACES_ITERATIONS` scales the loops for a
-//! longer run.
+//! Engine-level dotlock and Maildir tmp races are in `agent/tests/races_*.rs`. Counts are
+//! printed (`--nocapture`); `VIRTMAIL_RACES_ITERATIONS` scales the loops for a longer run.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -67,11 +69,13 @@ struct Volume {
     resources: PathBuf,
 }
 
+/// No mailbox size limit (V29): long runs (`VIRTMAIL_RACES_ITERATIONS`) grow the mbox past the
+/// default 51,200,000 bytes.
 const RESOURCES: &str = r#"
 apiVersion: virtmail.io/v1alpha1
 kind: MailServer
 metadata: {name: mail}
-spec: {}
+spec: {mailboxSizeLimit: 0}
 ---
 apiVersion: virtmail.io/v1alpha1
 kind: MailDomain
@@ -426,6 +430,7 @@ fn symlink_swaps_during_delivery_never_write_outside_the_base_and_lose_no_mail()
             volume.outside.clone(),
         ),
         (open_dir(&volume.maildir()), "new", volume.outside.clone()),
+        (open_dir(&volume.maildir()), "tmp", volume.outside.clone()),
         (open_dir(&volume.base), "mb.test", volume.outside.clone()),
         (
             open_dir(&volume.base.join("mb.test")),
