@@ -34,12 +34,24 @@
 //! 3. **Append, fsync**, then empty the journal (no fsync needed: a record left behind by a
 //!    power loss describes a complete append, which recovery keeps) and only then report success.
 //!
+//! **Dotlocks of dead deliveries.** A killed delivery also leaves its `<mbox>.lock` behind,
+//! which would block the mailbox for the stale time (500 s, as after a crashed virtual(8)).
+//! Right after taking a dotlock, a delivery records it in the journal's first 256 bytes: the
+//! lock's inode and ctime, its pid, pid namespace, host name and process start. A delivery that
+//! finds a dotlock in its way removes it at once only when that record matches the lock file
+//! exactly and its owner is provably dead: same host and pid namespace, and the pid no longer
+//! exists (or it is our own pid with another process start: a container restart, where the
+//! agent is always pid 1). Any other lock (Postfix, Dovecot, mutt, a live agent, or one whose
+//! owner cannot be judged) is waited for as before. Threads of one process check and break
+//! such locks one at a time, so one of them cannot remove a fresh lock another just took.
+//!
 //! Acknowledged mail is never truncated: success is reported after the journal was emptied, and
 //! recovery only cuts bytes that hash-match the announced, incomplete append. Where the
 //! recipient cannot create the journal (an mbox parent directory it may not write), delivery
 //! works as before without crash recovery.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
@@ -160,9 +172,15 @@ pub fn deliver(
     };
 
     let deadline = Instant::now() + options.lock_timeout;
+    // Crash safety (see above). Declared before the dotlock so that its claim on the dotlock is
+    // withdrawn after the dotlock is removed.
+    let journal = Journal::open(parent, name, target);
     // Declared before the file so that it is dropped (removed) after the file is closed.
     let _dotlock = if dotlock_wanted {
-        Some(
+        if let Some(journal) = &journal {
+            journal.break_orphaned_dotlock(parent, name, target, &options.hostname);
+        }
+        let dotlock =
             lock::dotlock(parent, name, deadline, options.stale_lock_time).map_err(|errno| {
                 io(
                     target,
@@ -170,8 +188,11 @@ pub fn deliver(
                     errno,
                     Stage::Open,
                 )
-            })?,
-        )
+            })?;
+        if let Some(journal) = &journal {
+            journal.claim_dotlock(parent, name, &options.hostname);
+        }
+        Some(dotlock)
     } else {
         None
     };
@@ -222,7 +243,6 @@ pub fn deliver(
             )
         })?;
     }
-    let journal = Journal::open(parent, name, target);
     if let Some(journal) = &journal {
         journal.recover(parent, name, &file, target);
     }
@@ -273,6 +293,76 @@ pub fn deliver(
     Ok(data.len() as u64)
 }
 
+/// The first bytes of the journal: who holds the dotlock (padded with NULs).
+const SLOT: u64 = 256;
+
+/// One delivery thread at a time checks and breaks dotlocks of dead deliveries.
+static ORPHANS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// This process: its start (unique with its pid) and pid namespace.
+static PROCESS: LazyLock<(u128, String)> = LazyLock::new(|| {
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    (start, namespace)
+});
+
+/// The dotlock owner recorded in a journal's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    ino: u64,
+    ctime: (i64, i64),
+    pid: u32,
+    namespace: String,
+    start: u128,
+    host: String,
+}
+
+impl Owner {
+    fn line(&self) -> String {
+        format!(
+            "lock {} {} {} pid {} ns {} start {} host {}\n",
+            self.ino, self.ctime.0, self.ctime.1, self.pid, self.namespace, self.start, self.host
+        )
+    }
+
+    fn parse(slot: &[u8]) -> Option<Owner> {
+        let end = slot.iter().position(|&b| b == b'\n')?;
+        let text = std::str::from_utf8(&slot[..end]).ok()?;
+        let w: Vec<&str> = text.split(' ').collect();
+        if w.len() != 12 || w[0] != "lock" || w[4] != "pid" || w[6] != "ns" || w[8] != "start" {
+            return None;
+        }
+        (w[10] == "host").then_some(())?;
+        Some(Owner {
+            ino: w[1].parse().ok()?,
+            ctime: (w[2].parse().ok()?, w[3].parse().ok()?),
+            pid: w[5].parse().ok()?,
+            namespace: w[7].to_string(),
+            start: w[9].parse().ok()?,
+            host: w[11].to_string(),
+        })
+    }
+
+    /// Whether the owner is provably gone (see "Crash safety").
+    fn is_dead(&self, host: &str) -> bool {
+        let (start, namespace) = &*PROCESS;
+        if self.host != host || namespace.is_empty() || self.namespace != *namespace {
+            return false;
+        }
+        let own = rustix::process::getpid().as_raw_nonzero().get() as u32;
+        if self.pid == own {
+            return self.start != *start;
+        }
+        rustix::process::Pid::from_raw(self.pid as i32)
+            .is_some_and(|p| rustix::process::test_kill_process(p) == Err(Errno::SRCH))
+    }
+}
+
 /// Pieces of an append are cut at multiples of this in the file (the page size): a killed
 /// `write(2)` stops at a page (folio) boundary.
 const PIECE: u64 = 4096;
@@ -286,6 +376,8 @@ const JOURNAL_LIMIT: usize = 16 << 20;
 struct Journal {
     fd: OwnedFd,
     name: String,
+    /// Whether the slot names our dotlock (withdrawn on drop, after the dotlock is gone).
+    claimed: std::cell::Cell<bool>,
 }
 
 /// The boundaries of the pieces of an append of `length` bytes at `from`.
@@ -381,20 +473,93 @@ impl Journal {
         usable.then(|| Journal {
             fd,
             name: format!("{}/.{name}.virtmail-append", parent_dir(&target.full_path)),
+            claimed: std::cell::Cell::new(false),
         })
+    }
+
+    fn size(&self) -> u64 {
+        rustix::fs::fstat(&self.fd).map_or(0, |s| s.st_size as u64)
+    }
+
+    /// Remove `<name>.lock` if the slot proves it is the lock of a dead delivery of ours.
+    fn break_orphaned_dotlock(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &str,
+        target: &Target,
+        host: &str,
+    ) {
+        let lock_name = format!("{name}.lock");
+        if rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_err() {
+            return;
+        }
+        let _one_at_a_time = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(lock) = rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        else {
+            return;
+        };
+        let mut slot = [0u8; SLOT as usize];
+        let Ok(n) = rustix::io::pread(&self.fd, &mut slot, 0) else {
+            return;
+        };
+        let Some(owner) = Owner::parse(&slot[..n]) else {
+            return;
+        };
+        let same_lock = FileType::from_raw_mode(lock.st_mode) == FileType::RegularFile
+            && owner.ino == lock.st_ino
+            && owner.ctime == (lock.st_ctime as i64, lock.st_ctime_nsec as i64);
+        if same_lock && owner.is_dead(host) {
+            match rustix::fs::unlinkat(parent, lock_name.as_str(), AtFlags::empty()) {
+                Ok(()) => tracing::warn!(
+                    "{}.lock: removed the dotlock of a delivery that died (pid {})",
+                    target.full_path,
+                    owner.pid
+                ),
+                Err(errno) => tracing::warn!(
+                    "{}.lock: cannot remove the dotlock of a dead delivery: {errno}",
+                    target.full_path
+                ),
+            }
+        }
+    }
+
+    /// Record the dotlock just taken as ours (no fsync: only a process crash needs it).
+    fn claim_dotlock(&self, parent: BorrowedFd<'_>, name: &str, host: &str) {
+        let lock_name = format!("{name}.lock");
+        let Ok(lock) = rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        else {
+            return;
+        };
+        let (start, namespace) = &*PROCESS;
+        let line = Owner {
+            ino: lock.st_ino,
+            ctime: (lock.st_ctime as i64, lock.st_ctime_nsec as i64),
+            pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
+            namespace: namespace.clone(),
+            start: *start,
+            host: host.to_string(),
+        }
+        .line();
+        // A host name with spaces or a very long one cannot be recorded: no claim, no breaking.
+        if line.len() > SLOT as usize || host.contains([' ', '\n']) {
+            return;
+        }
+        let mut slot = [0u8; SLOT as usize];
+        slot[..line.len()].copy_from_slice(line.as_bytes());
+        if rustix::io::pwrite(&self.fd, &slot, 0) == Ok(slot.len()) {
+            self.claimed.set(true);
+        }
     }
 
     /// Step 1: undo a provably partial, unacknowledged append of a crashed delivery. `file` is
     /// the locked mbox `name` in `parent` (opened for appending only).
     fn recover(&self, parent: BorrowedFd<'_>, name: &str, file: &OwnedFd, target: &Target) {
-        let Ok(stat) = rustix::fs::fstat(&self.fd) else {
-            return;
-        };
-        if stat.st_size == 0 {
+        let size = self.size();
+        if size <= SLOT {
             return;
         }
-        let text = if (stat.st_size as usize) <= JOURNAL_LIMIT {
-            read_all(&self.fd, stat.st_size as usize)
+        let text = if size - SLOT <= JOURNAL_LIMIT as u64 {
+            read_all(&self.fd, SLOT, (size - SLOT) as usize)
         } else {
             None
         };
@@ -465,10 +630,14 @@ impl Journal {
             start = end;
         }
         record.push_str("end\n");
-        rustix::fs::ftruncate(&self.fd, 0)?;
+        rustix::fs::ftruncate(&self.fd, SLOT)?;
         let mut written = 0;
         while written < record.len() {
-            match rustix::io::pwrite(&self.fd, &record.as_bytes()[written..], written as u64) {
+            match rustix::io::pwrite(
+                &self.fd,
+                &record.as_bytes()[written..],
+                SLOT + written as u64,
+            ) {
                 Ok(0) => return Err(Errno::IO),
                 Ok(n) => written += n,
                 Err(Errno::INTR) => {}
@@ -478,10 +647,27 @@ impl Journal {
         rustix::fs::fdatasync(&self.fd)
     }
 
-    /// Step 3: the append is complete (or undone): forget it.
+    /// Step 3: the append is complete (or undone): forget it (the dotlock claim stays until
+    /// the dotlock is gone).
     fn clear(&self) {
-        if let Err(errno) = rustix::fs::ftruncate(&self.fd, 0) {
+        let keep = if self.claimed.get() { SLOT } else { 0 };
+        if let Err(errno) = rustix::fs::ftruncate(&self.fd, keep) {
             tracing::warn!("{}: cannot empty the journal: {errno}", self.name);
+        }
+    }
+}
+
+impl Drop for Journal {
+    /// After the dotlock was removed: withdraw the claim (an append record that could not be
+    /// recovered yet stays for the next delivery).
+    fn drop(&mut self) {
+        if !self.claimed.get() {
+            return;
+        }
+        if self.size() <= SLOT {
+            let _ = rustix::fs::ftruncate(&self.fd, 0);
+        } else {
+            let _ = rustix::io::pwrite(&self.fd, &[0u8; SLOT as usize], 0);
         }
     }
 }
@@ -516,11 +702,11 @@ fn verify(file: &OwnedFd, intent: &Intent, size: u64) -> bool {
     false
 }
 
-fn read_all(fd: &OwnedFd, size: usize) -> Option<String> {
+fn read_all(fd: &OwnedFd, offset: u64, size: usize) -> Option<String> {
     let mut buffer = vec![0u8; size];
     let mut filled = 0;
     while filled < size {
-        match rustix::io::pread(fd, &mut buffer[filled..], filled as u64) {
+        match rustix::io::pread(fd, &mut buffer[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(Errno::INTR) => {}
@@ -598,6 +784,46 @@ mod tests {
         );
         assert_eq!(piece_ends(8192, 100).collect::<Vec<_>>(), vec![8292]);
         assert_eq!(piece_ends(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn dotlock_owner_round_trips_and_only_dead_owners_are_dead() {
+        let (start, namespace) = PROCESS.clone();
+        let own = rustix::process::getpid().as_raw_nonzero().get() as u32;
+        let owner = Owner {
+            ino: 7,
+            ctime: (1_700_000_000, 123),
+            pid: own,
+            namespace: namespace.clone(),
+            start,
+            host: "mx.test".into(),
+        };
+        assert_eq!(Owner::parse(owner.line().as_bytes()), Some(owner.clone()));
+        assert!(!owner.is_dead("mx.test"), "this very process");
+        let earlier = Owner {
+            start: start - 1,
+            ..owner.clone()
+        };
+        assert!(
+            earlier.is_dead("mx.test"),
+            "our pid, another start: a restart"
+        );
+        assert!(!earlier.is_dead("other.host"));
+        let elsewhere = Owner {
+            namespace: "pid:[1]".into(),
+            ..owner.clone()
+        };
+        assert!(
+            !elsewhere.is_dead("mx.test"),
+            "another pid namespace: cannot judge"
+        );
+        let pid1 = Owner {
+            pid: 1,
+            ..owner.clone()
+        };
+        assert!(!pid1.is_dead("mx.test"), "pid 1 lives");
+        assert_eq!(Owner::parse(b"lock 1 2\n"), None);
+        assert_eq!(Owner::parse(&[0u8; 256]), None);
     }
 
     #[test]
