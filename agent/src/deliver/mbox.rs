@@ -507,7 +507,7 @@ impl Journal {
         };
         let same_lock = FileType::from_raw_mode(lock.st_mode) == FileType::RegularFile
             && owner.ino == lock.st_ino
-            && owner.ctime == (lock.st_ctime as i64, lock.st_ctime_nsec as i64);
+            && owner.ctime == (lock.st_ctime, lock.st_ctime_nsec as i64);
         if same_lock && owner.is_dead(host) {
             match rustix::fs::unlinkat(parent, lock_name.as_str(), AtFlags::empty()) {
                 Ok(()) => tracing::warn!(
@@ -533,7 +533,7 @@ impl Journal {
         let (start, namespace) = &*PROCESS;
         let line = Owner {
             ino: lock.st_ino,
-            ctime: (lock.st_ctime as i64, lock.st_ctime_nsec as i64),
+            ctime: (lock.st_ctime, lock.st_ctime_nsec as i64),
             pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
             namespace: namespace.clone(),
             start: *start,
