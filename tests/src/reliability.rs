@@ -66,11 +66,11 @@ impl Rng {
 }
 
 /// Resources: one MailServer, one domain and `mailboxes` mailboxes `user<i>@crash.test`, even
-/// ones Maildir, odd ones mbox, each with its own uid/gid (5100 + i). Locks are the default
-/// (`fcntl` and `dotlock`), as in production.
-pub fn resources(mailboxes: usize) -> String {
+/// ones Maildir, odd ones mbox, each with its own uid/gid (5100 + i); mbox locks `locks` (e.g.
+/// `"fcntl, dotlock"`, the default).
+pub fn resources(mailboxes: usize, locks: &str) -> String {
     let mut yaml = format!(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\nspec: {{}}\n---\n\
+        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\nspec: {{mailboxLock: [{locks}]}}\n---\n\
          apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: crash}}\n\
          spec: {{domain: {DOMAIN}, postmaster: user0@{DOMAIN}, defaults: {{uid: 5100, gid: 5100}}}}\n"
     );
@@ -238,10 +238,8 @@ pub fn scan(stack: &MailStack) -> Scan {
                             .find_map(|f| f.strip_prefix("S="))
                             .and_then(|v| v.parse::<usize>().ok());
                         if s != Some(bytes.len()) && copy.problem.is_none() {
-                            copy.problem = Some(format!(
-                                "name says S={s:?}, file has {} bytes",
-                                bytes.len()
-                            ));
+                            copy.problem =
+                                Some(format!("name says S={s:?}, file has {} bytes", bytes.len()));
                         }
                         result.copies.push(copy);
                     }
@@ -377,7 +375,10 @@ impl Tally {
             && self.corrupt.is_empty()
             && self.stray_tmp.is_empty()
             && self.leftover_locks.is_empty()
-            && self.duplicates.iter().all(|(_, _, unavoidable)| *unavoidable)
+            && self
+                .duplicates
+                .iter()
+                .all(|(_, _, unavoidable)| *unavoidable)
             && self.unique == self.accepted
     }
 }
@@ -484,8 +485,10 @@ pub fn tally(accepted: &BTreeMap<String, Accepted>, scan: &Scan, postfix_log: &s
             continue;
         }
         if copy.hash.as_deref() != Some(want.hash.as_str()) {
-            t.corrupt
-                .push(format!("{}: {id} content differs from what was sent", copy.place));
+            t.corrupt.push(format!(
+                "{}: {id} content differs from what was sent",
+                copy.place
+            ));
             continue;
         }
         t.delivered += 1;
@@ -564,6 +567,8 @@ pub struct CrashOptions {
     pub sessions: usize,
     /// Mailboxes (even Maildir, odd mbox).
     pub mailboxes: usize,
+    /// mbox lock methods of the MailServer (`"fcntl, dotlock"` is the default).
+    pub locks: String,
     /// How long the drained queue may take after the last message was accepted.
     pub drain_timeout: Duration,
     /// Print progress to stderr.
@@ -578,6 +583,7 @@ impl Default for CrashOptions {
             seed: 1,
             sessions: 4,
             mailboxes: 12,
+            locks: "fcntl, dotlock".into(),
             drain_timeout: Duration::from_secs(300),
             progress: false,
         }
@@ -587,7 +593,7 @@ impl Default for CrashOptions {
 /// Run the load with `kill -9` faults and return the tally (and the stack, for diagnostics).
 pub fn crash_run(options: &CrashOptions) -> (Tally, MailStack) {
     let started = Instant::now();
-    let mut stack = MailStack::resources(&resources(options.mailboxes)).start();
+    let mut stack = MailStack::resources(&resources(options.mailboxes, &options.locks)).start();
     let port = stack.smtp_port();
     let next = Arc::new(AtomicUsize::new(0));
     let accepted_count = Arc::new(AtomicUsize::new(0));
@@ -638,7 +644,10 @@ pub fn crash_run(options: &CrashOptions) -> (Tally, MailStack) {
                     let permanent = result.mail.code >= 500
                         || result.rcpt.iter().any(|r| r.code >= 500)
                         || result.data.as_ref().is_some_and(|d| d.code >= 500);
-                    assert!(!permanent, "Postfix refused message {n} permanently: {result:?}");
+                    assert!(
+                        !permanent,
+                        "Postfix refused message {n} permanently: {result:?}"
+                    );
                     retries.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(200));
                 }

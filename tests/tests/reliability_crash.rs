@@ -17,6 +17,7 @@ fn every_accepted_message_lands_exactly_once_across_agent_kills() {
         seed: 20261125,
         sessions: 4,
         mailboxes: 12,
+        locks: "fcntl, dotlock".into(),
         drain_timeout: Duration::from_secs(120),
         progress: true,
     };

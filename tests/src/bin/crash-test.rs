@@ -22,6 +22,7 @@ fn parse() -> CrashOptions {
         seed: 1,
         sessions: 6,
         mailboxes: 40,
+        locks: "fcntl, dotlock".into(),
         drain_timeout: Duration::from_secs(1800),
         progress: true,
     };
@@ -40,8 +41,9 @@ fn parse() -> CrashOptions {
             "--seed" => o.seed = n(),
             "--sessions" => o.sessions = n() as usize,
             "--mailboxes" => o.mailboxes = n() as usize,
+            "--locks" => o.locks = value.clone(),
             other => panic!(
-                "unknown argument {other}; use --messages N --kills K --seed S --sessions C --mailboxes M"
+                "unknown argument {other}; use --messages N --kills K --seed S --sessions C --mailboxes M --locks 'fcntl, dotlock'"
             ),
         }
         i += 2;
@@ -52,13 +54,13 @@ fn parse() -> CrashOptions {
 fn main() {
     let o = parse();
     eprintln!(
-        "crash test: {} messages, {} kills, seed {}, {} SMTP sessions, {} mailboxes (even Maildir, odd mbox)",
-        o.messages, o.kills, o.seed, o.sessions, o.mailboxes
+        "crash test: {} messages, {} kills, seed {}, {} SMTP sessions, {} mailboxes (even Maildir, odd mbox), mbox locks [{}]",
+        o.messages, o.kills, o.seed, o.sessions, o.mailboxes, o.locks
     );
     let (tally, stack) = crash_run(&o);
     println!(
-        "command: cargo run --release -p virtmail-tests --bin crash-test -- --messages {} --kills {} --seed {} --sessions {} --mailboxes {}",
-        o.messages, o.kills, o.seed, o.sessions, o.mailboxes
+        "command: cargo run --release -p virtmail-tests --bin crash-test -- --messages {} --kills {} --seed {} --sessions {} --mailboxes {} --locks '{}'",
+        o.messages, o.kills, o.seed, o.sessions, o.mailboxes, o.locks
     );
     println!("{tally}");
     if !tally.clean() {
