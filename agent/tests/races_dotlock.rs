@@ -196,8 +196,9 @@ fn dotlock_with_an_old_mtime_but_a_recent_ctime_is_not_stale() {
 
 #[test]
 fn dotlock_younger_than_the_stale_time_is_never_broken_even_across_a_second_boundary() {
-    // A lock created late in a second (ctime x.95) must still count as fresh half a second
-    // later (at x+1.45): its age is 0.5 s, well below a 1 s stale time.
+    // A lock created late in a second (ctime x.9) must still count as fresh 1.5 s later (at
+    // x+2.4): its age is 1.5 s, below a 2 s stale time (judging by whole seconds of ctime would
+    // break it at x+2, at an age of 1.1 s).
     let (w, boxes) = stale_world(1);
     let (address, mbox) = boxes[0].clone();
     let lock = lock_of(&mbox);
@@ -212,13 +213,13 @@ fn dotlock_younger_than_the_stale_time_is_never_broken_even_across_a_second_boun
     }
     plant_dead_lock(&lock);
     let mut opts = options();
-    opts.stale_lock_time = Duration::from_secs(1);
-    opts.lock_timeout = Duration::from_millis(500);
+    opts.stale_lock_time = Duration::from_secs(2);
+    opts.lock_timeout = Duration::from_millis(1500);
     let outcome = w.deliver_with(&address, "s@origin.test", &message("M", 3), &opts);
     assert_eq!(
         code(&outcome.status),
         "4.2.0",
-        "a 0.5 s old lock was treated as stale (1 s): {}",
+        "a 1.5 s old lock was treated as stale (2 s): {}",
         outcome.status
     );
     assert!(lock.exists(), "a live lock was removed");
