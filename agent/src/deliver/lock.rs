@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 /// Postfix `stale_lock_time`.
@@ -129,16 +129,28 @@ pub fn dotlock<'a>(
     }
 }
 
-/// Remove the stale lock `name`, serialized with every other breaker of this agent (all
-/// threads and processes) by an exclusive `flock` on the directory, and only if it is still
-/// stale once that is held. Without the directory lock (e.g. an unreadable directory) it falls
-/// back to Postfix's plain unlink.
+/// Remove the stale lock `name` (see [`break_dotlock_if`]).
 fn break_stale(
     dir: BorrowedFd<'_>,
     name: &str,
     stale: Duration,
     deadline: Instant,
 ) -> Result<(), Errno> {
+    break_dotlock_if(dir, name, deadline, |stat| is_stale(stat, stale)).map(|_| ())
+}
+
+/// Remove the dotlock `name` in `dir` if `breakable` says so of the lock file found there,
+/// judged while holding an exclusive `flock` on the directory. Every breaker that goes through
+/// here (threads and processes of virtmail, by the stale-time rule or any other) is therefore
+/// serialized, and none removes a lock created after the one it judged. Without the directory
+/// lock (e.g. an unreadable directory) the judgement is made without it, as Postfix does.
+/// Returns whether a lock was removed.
+pub fn break_dotlock_if(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    deadline: Instant,
+    breakable: impl Fn(&Stat) -> bool,
+) -> Result<bool, Errno> {
     let guard = rustix::fs::openat(
         dir,
         ".",
@@ -147,12 +159,16 @@ fn break_stale(
     )
     .ok()
     .filter(|fd| flock(fd.as_fd(), deadline).is_ok());
-    if guard.is_some() && !lock_is_stale(dir, name, stale) {
+    let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        return Ok(false);
+    };
+    if !breakable(&stat) {
         // Someone else broke it (and maybe holds a fresh lock now): wait as usual.
-        return Ok(());
+        return Ok(false);
     }
     let result = match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
         Err(errno) => Err(errno),
     };
     // Closing the descriptor releases the flock.
@@ -163,9 +179,11 @@ fn break_stale(
 /// Whether the lock's ctime is more than `stale` ago (Postfix `stale_lock_time`), to the
 /// nanosecond: a lock created late in a second is not stale a second early.
 fn lock_is_stale(dir: BorrowedFd<'_>, name: &str, stale: Duration) -> bool {
-    let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
-        return false;
-    };
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|stat| is_stale(&stat, stale))
+}
+
+fn is_stale(stat: &Stat, stale: Duration) -> bool {
     let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) else {
         return false;
     };
