@@ -363,6 +363,9 @@ pub struct Tally {
     pub leftover_locks: Vec<String>,
     /// `kill -9` injected.
     pub kills: usize,
+    /// Recoveries the restarted agents logged: partial mbox appends truncated back, dotlocks of
+    /// dead deliveries broken, Maildir tmp files of dead deliveries removed.
+    pub recovered: (usize, usize, usize),
     /// Wall time of the run.
     pub seconds: f64,
 }
@@ -408,6 +411,11 @@ impl fmt::Display for Tally {
             self.corrupt.len(),
             self.stray_tmp.len(),
             self.leftover_locks.len()
+        )?;
+        writeln!(
+            f,
+            "recovered by the restarted agents: {} partial mbox appends truncated back, {} dead deliveries' dotlocks broken, {} dead deliveries' tmp files removed",
+            self.recovered.0, self.recovered.1, self.recovered.2
         )?;
         write!(
             f,
@@ -739,8 +747,33 @@ pub fn crash_run(options: &CrashOptions) -> (Tally, MailStack) {
     t.sent = sent.load(Ordering::Relaxed);
     t.smtp_retries = retries.load(Ordering::Relaxed);
     t.kills = kills;
+    let log = without_colours(&stack.agent_log());
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    t.recovered = (
+        count("of an append interrupted by a crash (never acknowledged"),
+        count("removed the dotlock of a delivery that died"),
+        count("(left by a delivery that died or 36 hours old"),
+    );
     t.seconds = started.elapsed().as_secs_f64();
     (t, stack)
+}
+
+/// `log` without terminal colour sequences (`ESC [ ... m`), as the agent writes to a terminal.
+pub fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -356,8 +356,14 @@ fn clean_stale_tmp(tmp: &OwnedFd, host: &str) {
         };
         let stale = stat.st_mtime.max(0) as u64 <= limit.as_secs()
             || left_by_dead_delivery(&name.to_string_lossy(), host);
-        if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile && stale {
-            let _ = rustix::fs::unlinkat(tmp, name, AtFlags::empty());
+        if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+            && stale
+            && rustix::fs::unlinkat(tmp, name, AtFlags::empty()).is_ok()
+        {
+            tracing::info!(
+                "removed tmp/{} (left by a delivery that died or 36 hours old; never acknowledged)",
+                name.to_string_lossy()
+            );
         }
     }
 }
