@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use virtmail_tests::mail::message;
 use virtmail_tests::mailstack::MailStack;
+use virtmail_tests::reliability::without_colours;
 
 const SENDER: &str = "sender@remote.test";
 const MAILDIR: &str = "alice@example.test";
@@ -59,24 +60,6 @@ fn fill(dir: &Path) -> std::path::PathBuf {
 
 fn libc_enospc() -> i32 {
     nix::errno::Errno::ENOSPC as i32
-}
-
-/// The agent's log without terminal colour sequences (`ESC [ ... m`).
-fn without_colours(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn files(dir: &Path) -> Vec<String> {
