@@ -2,9 +2,11 @@
 //! unix-socket LMTP, real uid switching (run as root), a real Dovecot IMAP server.
 //!
 //! - An attacker swaps mailbox directories (the Maildir, its `new/` and `tmp/`, the mbox's
-//!   parent) and the mbox file for symlinks pointing outside the base, atomically and in a
-//!   loop, while deliveries run: nothing is ever written outside the base, every 250 is in the
-//!   mailbox exactly once, everything else is a 4xx (Postfix retries it), and the retries land.
+//!   parent) and the mbox file for symlinks pointing outside the base in a loop while
+//!   deliveries run, atomically (`RENAME_EXCHANGE`) or by renaming the original away first (so
+//!   that deliveries also meet a missing path and re-create mailboxes): nothing is ever written
+//!   outside the base, every 250 is stored exactly once inside it, everything else is a 4xx
+//!   (Postfix retries it), and the retries land.
 //! - Dovecot reads an mbox over IMAP (SELECT and EXAMINE, FETCH) while the agent appends: every
 //!   view is a whole-message prefix of the final mailbox, never shrinking, and the final
 //!   mailbox holds every message byte for byte (lock methods agree: fcntl, formats-protocols.md
@@ -414,8 +416,87 @@ fn swap_loop(dir: fs::File, name: &str, target: &Path, stop: &AtomicBool) -> usi
     swaps
 }
 
+/// Rename `name` away, put a symlink to `target` in its place, then remove the symlink and rename
+/// the original back, until `stop`: the path is missing for a moment and a symlink for a while.
+/// A delivery may create a new mailbox in that window (a Maildir is made when missing, V24; an
+/// mbox file too, V18): then the original cannot go back, so the newcomer is moved aside to
+/// `<name>.recreated.<n>` (it stays inside the base) and the original returns. Returns the
+/// number of swaps and of mailboxes moved aside.
+fn rename_away_loop(dir: fs::File, name: &str, target: &Path, stop: &AtomicBool) -> (usize, usize) {
+    let away = format!("{name}.away");
+    let rename =
+        |from: &str, to: &str| renameat2(&dir, from, &dir, to, RenameFlags::RENAME_NOREPLACE);
+    let mut swaps = 0;
+    let mut recreated = 0;
+    let mut round: u64 = 7;
+    while !stop.load(Ordering::SeqCst) {
+        rename(name, away.as_str()).unwrap_or_else(|e| panic!("rename {name} away: {e}"));
+        round = round
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // Every other round the path stays missing for up to 0.5 ms first.
+        if round & (1 << 20) != 0 {
+            std::thread::sleep(Duration::from_micros((round >> 24) % 500));
+        }
+        let linked = nix::unistd::symlinkat(target, &dir, name).is_ok();
+        std::thread::sleep(Duration::from_micros((round >> 33) % 1000));
+        if linked {
+            nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .expect("remove the attacker's symlink");
+        }
+        // Put the original back; whatever a delivery created meanwhile moves aside.
+        while let Err(errno) = rename(away.as_str(), name) {
+            assert_eq!(errno, nix::errno::Errno::EEXIST, "rename {away} back");
+            let aside = format!("{name}.recreated.{recreated}");
+            match rename(name, aside.as_str()) {
+                Ok(()) => recreated += 1,
+                Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => panic!("move the recreated {name} aside: {e}"),
+            }
+        }
+        swaps += 1;
+        std::thread::sleep(Duration::from_micros((round >> 40) % 3000));
+    }
+    (swaps, recreated)
+}
+
+/// Entries of `dir` named `name` or `<name>.recreated.<n>`.
+fn with_recreated(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let prefix = format!("{name}.recreated.");
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n == name || n.starts_with(&prefix))
+                .map(|n| dir.join(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    paths.sort();
+    paths
+}
+
+/// How the attacker replaces mailbox paths with symlinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attack {
+    /// `renameat2(RENAME_EXCHANGE)`: the path always exists.
+    Exchange,
+    /// Rename away, symlink, remove the symlink, rename back: the path is missing at times.
+    RenameAway,
+}
+
 #[test]
 fn symlink_swaps_during_delivery_never_write_outside_the_base_and_lose_no_mail() {
+    symlink_attack(Attack::Exchange);
+}
+
+#[test]
+fn rename_away_and_symlink_during_delivery_never_write_outside_the_base_and_lose_no_mail() {
+    symlink_attack(Attack::RenameAway);
+}
+
+fn symlink_attack(attack: Attack) {
     let volume = Volume::new();
     let mut agent = volume.agent("agent");
     volume.wait_ready(&mut [&mut agent]);
@@ -440,9 +521,18 @@ fn symlink_swaps_during_delivery_never_write_outside_the_base_and_lose_no_mail()
     ];
     let attackers: Vec<_> = swaps
         .into_iter()
+        // The rename-away attacker works on the mailboxes and the mbox's parent (a delivery
+        // re-creating `new/` or `tmp/` inside the Maildir is the Exchange case's business).
+        .filter(|(_, name, _)| attack == Attack::Exchange || !matches!(*name, "new" | "tmp"))
         .map(|(dir, name, target)| {
             let stop = stop.clone();
-            std::thread::spawn(move || (name, swap_loop(dir, name, &target, &stop)))
+            std::thread::spawn(move || match attack {
+                Attack::Exchange => (name, swap_loop(dir, name, &target, &stop), 0),
+                Attack::RenameAway => {
+                    let (swaps, recreated) = rename_away_loop(dir, name, &target, &stop);
+                    (name, swaps, recreated)
+                }
+            })
         })
         .collect();
     // A watcher checks the outside directory all along, not only at the end.
@@ -486,10 +576,12 @@ fn symlink_swaps_during_delivery_never_write_outside_the_base_and_lose_no_mail()
     }
     let attack_time = started.elapsed();
     stop.store(true, Ordering::SeqCst);
-    let swap_counts: Vec<(&str, usize)> = attackers
+    let results: Vec<(&str, usize, usize)> = attackers
         .into_iter()
         .map(|a| a.join().expect("attacker thread"))
         .collect();
+    let swap_counts: Vec<(&str, usize)> = results.iter().map(|r| (r.0, r.1)).collect();
+    let recreated: usize = results.iter().map(|r| r.2).sum();
     let checks = watcher
         .join()
         .expect("watcher thread")
@@ -513,17 +605,20 @@ fn symlink_swaps_during_delivery_never_write_outside_the_base_and_lose_no_mail()
         .iter()
         .map(|(tag, (_, body, _))| (tag.clone(), body.clone()))
         .collect();
+    // Every copy inside the base counts: the mailbox, and any mailbox a delivery created while
+    // the attacker had the original away (moved aside, inside the base).
     let check_landed = |sent: &BTreeMap<String, (String, Vec<u8>, String)>, phase: &str| {
-        let maildir = copies_by_tag(
-            &stored_messages(&volume.maildir(), MailboxFormat::Maildir),
-            ALICE,
-            &originals,
-        );
-        let mbox = copies_by_tag(
-            &stored_messages(&volume.mbox(), MailboxFormat::Mbox),
-            BOB,
-            &originals,
-        );
+        let maildirs: Vec<Vec<u8>> = with_recreated(&volume.base.join("md.test"), "alice")
+            .iter()
+            .flat_map(|dir| stored_messages(dir, MailboxFormat::Maildir))
+            .collect();
+        let mboxes: Vec<Vec<u8>> = with_recreated(&volume.base, "mb.test")
+            .iter()
+            .flat_map(|dir| with_recreated(dir, "bob"))
+            .flat_map(|file| stored_messages(&file, MailboxFormat::Mbox))
+            .collect();
+        let maildir = copies_by_tag(&maildirs, ALICE, &originals);
+        let mbox = copies_by_tag(&mboxes, BOB, &originals);
         for (tag, (rcpt, _, reply)) in sent {
             let copies = if rcpt == ALICE { &maildir } else { &mbox };
             let n = copies.get(tag).copied().unwrap_or(0);
@@ -553,7 +648,7 @@ fn symlink_swaps_during_delivery_never_write_outside_the_base_and_lose_no_mail()
         .unwrap_or_else(|e| panic!("containment broken: {e}"));
     let warnings = agent.process.log().matches("unsafe mailbox path").count();
     eprintln!(
-        "symlink swaps: {} deliveries in {attack_time:.1?} ({} delivered, deferred {:?}), swaps {swap_counts:?}, {checks} outside checks, {retried} retried and delivered, {warnings} unsafe-path log lines",
+        "symlink swaps ({attack:?}): {} deliveries in {attack_time:.1?} ({} delivered, deferred {:?}), swaps {swap_counts:?}, {recreated} mailboxes re-created meanwhile and moved aside, {checks} outside checks, {retried} retried and delivered, {warnings} unsafe-path log lines",
         sent.len(),
         tally.delivered,
         tally.deferred
