@@ -802,6 +802,26 @@ fn dovecot_reading_an_mbox_while_the_agent_appends_sees_only_whole_messages() {
         }],
         false,
     );
+    // For experiments: other Dovecot mbox lock settings as `READ|WRITE`, e.g. upstream's default
+    // `VIRTMAIL_RACES_DOVECOT_LOCKS="fcntl|dotlock fcntl"` or Debian's packaged one
+    // `"fcntl|fcntl dotlock"` (formats-protocols.md §4.3), applied with a reload.
+    if let Ok(locks) = std::env::var("VIRTMAIL_RACES_DOVECOT_LOCKS") {
+        let (read, write) = locks.split_once('|').unwrap_or((&locks, &locks));
+        let conf = volume.dir.path().join("dovecot/dovecot.conf");
+        let mut text = fs::read_to_string(&conf).expect("dovecot.conf");
+        text.push_str(&format!(
+            "mbox_read_locks = {read}\nmbox_write_locks = {write}\n"
+        ));
+        fs::write(&conf, text).expect("dovecot.conf");
+        let reload = Command::new("doveadm")
+            .arg("-c")
+            .arg(&conf)
+            .arg("reload")
+            .output()
+            .expect("doveadm reload");
+        assert!(reload.status.success(), "doveadm reload: {reload:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let stop_file = volume.dir.path().join("reader.stop");
     let mut reader = Command::new("python3")
         .arg("-c")
