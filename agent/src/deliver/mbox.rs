@@ -42,8 +42,9 @@
 //! exactly and its owner is provably dead: same host and pid namespace, and the pid no longer
 //! exists (or it is our own pid with another process start: a container restart, where the
 //! agent is always pid 1). Any other lock (Postfix, Dovecot, mutt, a live agent, or one whose
-//! owner cannot be judged) is waited for as before. Threads of one process check and break
-//! such locks one at a time, so one of them cannot remove a fresh lock another just took.
+//! owner cannot be judged) is waited for as before. The judgement and the removal happen under
+//! the directory `flock` of [`lock::break_dotlock_if`], like the stale-time rule, so no breaker
+//! of ours removes a fresh lock another just took.
 //!
 //! Acknowledged mail is never truncated: success is reported after the journal was emptied, and
 //! recovery only cuts bytes that hash-match the announced, incomplete append. Where the
@@ -178,7 +179,7 @@ pub fn deliver(
     // Declared before the file so that it is dropped (removed) after the file is closed.
     let _dotlock = if dotlock_wanted {
         if let Some(journal) = &journal {
-            journal.break_orphaned_dotlock(parent, name, target, &options.hostname);
+            journal.break_orphaned_dotlock(parent, name, target, &options.hostname, deadline);
         }
         let dotlock =
             lock::dotlock(parent, name, deadline, options.stale_lock_time).map_err(|errno| {
@@ -488,16 +489,15 @@ impl Journal {
         name: &str,
         target: &Target,
         host: &str,
+        deadline: Instant,
     ) {
         let lock_name = format!("{name}.lock");
         if rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_err() {
             return;
         }
+        // Threads of this process judge one at a time even where the directory flock that
+        // `break_dotlock_if` takes is not available.
         let _one_at_a_time = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
-        let Ok(lock) = rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-        else {
-            return;
-        };
         let mut slot = [0u8; SLOT as usize];
         let Ok(n) = rustix::io::pread(&self.fd, &mut slot, 0) else {
             return;
@@ -505,21 +505,23 @@ impl Journal {
         let Some(owner) = Owner::parse(&slot[..n]) else {
             return;
         };
-        let same_lock = FileType::from_raw_mode(lock.st_mode) == FileType::RegularFile
-            && owner.ino == lock.st_ino
-            && owner.ctime == (lock.st_ctime, lock.st_ctime_nsec as i64);
-        if same_lock && owner.is_dead(host) {
-            match rustix::fs::unlinkat(parent, lock_name.as_str(), AtFlags::empty()) {
-                Ok(()) => tracing::warn!(
-                    "{}.lock: removed the dotlock of a delivery that died (pid {})",
-                    target.full_path,
-                    owner.pid
-                ),
-                Err(errno) => tracing::warn!(
-                    "{}.lock: cannot remove the dotlock of a dead delivery: {errno}",
-                    target.full_path
-                ),
-            }
+        let orphaned = |lock: &Stat| {
+            FileType::from_raw_mode(lock.st_mode) == FileType::RegularFile
+                && owner.ino == lock.st_ino
+                && owner.ctime == (lock.st_ctime, lock.st_ctime_nsec as i64)
+                && owner.is_dead(host)
+        };
+        match lock::break_dotlock_if(parent, &lock_name, deadline, orphaned) {
+            Ok(true) => tracing::warn!(
+                "{}.lock: removed the dotlock of a delivery that died (pid {})",
+                target.full_path,
+                owner.pid
+            ),
+            Ok(false) => {}
+            Err(errno) => tracing::warn!(
+                "{}.lock: cannot remove the dotlock of a dead delivery: {errno}",
+                target.full_path
+            ),
         }
     }
 
