@@ -229,68 +229,84 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Patch one member object's `Ready` condition (and extra status fields) when it changes, with
-/// an Event on every transition (a first `Ready=True` excepted).
-async fn publish_member<K>(
-    ctx: &Context,
-    object: &K,
+/// One member status patch, decided synchronously (cheap, no allocation for members whose
+/// status is already right) and sent later: at 100,000 members only the few patches in flight
+/// may hold a request future.
+struct MemberPatch<'a, K> {
+    object: &'a K,
+    status: serde_json::Value,
+    event: Option<Event>,
+}
+
+/// The patch that brings one member's `Ready` condition (and extra status fields) to what is
+/// wanted, if anything changes, with an Event for every change of state and every problem
+/// (not for a new object becoming Ready as expected: the condition records that, and 100,000
+/// Mailboxes created at once must not mean 100,000 Events).
+fn member_patch<'a, K: Resource>(
+    object: &'a K,
     wanted: Wanted,
     existing: &[Condition],
     extra: serde_json::Value,
     extra_changed: bool,
-) -> Result<()>
+) -> Option<MemberPatch<'a, K>> {
+    let generation = object.meta().generation;
+    let merged = status::merge(existing, std::slice::from_ref(&wanted), generation, &now());
+    if !extra_changed && !status::differs(existing, &merged) {
+        return None;
+    }
+    let mut status = json!({ "observedGeneration": generation, "conditions": merged });
+    if let (Some(target), serde_json::Value::Object(extra)) = (status.as_object_mut(), extra) {
+        target.extend(extra);
+    }
+    let transition = match existing.iter().find(|c| c.type_ == wanted.type_) {
+        Some(p) => (p.status == "True") != wanted.status || p.reason != wanted.reason,
+        None => !wanted.status,
+    };
+    let event = transition.then(|| Event {
+        type_: if wanted.status {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: wanted.reason,
+        note: Some(wanted.message),
+        action: "Compile".into(),
+        secondary: None,
+    });
+    Some(MemberPatch {
+        object,
+        status,
+        event,
+    })
+}
+
+/// Send one member status patch (server-side apply of the status) and its Event.
+async fn send_member_patch<K>(ctx: &Context, patch: MemberPatch<'_, K>) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let generation = object.meta().generation;
-    let merged = status::merge(existing, std::slice::from_ref(&wanted), generation, &now());
-    if !extra_changed && !status::differs(existing, &merged) {
-        return Ok(());
-    }
-    let mut status = json!({ "observedGeneration": generation, "conditions": merged });
-    if let (Some(target), Some(extra)) = (status.as_object_mut(), extra.as_object()) {
-        target.extend(extra.clone());
-    }
+    let object = patch.object;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
-    let patch = object_status_patch(&K::api_version(&()), &K::kind(&()), status);
+    let body = object_status_patch(&K::api_version(&()), &K::kind(&()), patch.status);
     api.patch_status(
         &object.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        &Patch::Apply(&body),
     )
     .await?;
-    let previous = existing.iter().find(|c| c.type_ == wanted.type_);
-    // An Event for every change of state and every problem, but not for a new object becoming
-    // Ready as expected: the condition records that, and 100,000 Mailboxes created at once must
-    // not mean 100,000 Events.
-    let transition = match previous {
-        Some(p) => (p.status == "True") != wanted.status || p.reason != wanted.reason,
-        None => !wanted.status,
-    };
-    if transition {
-        let event = Event {
-            type_: if wanted.status {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: wanted.reason.clone(),
-            note: Some(wanted.message.clone()),
-            action: "Compile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
-            warn!(error = %e, "cannot publish event");
-        }
+    if let Some(event) = patch.event
+        && let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await
+    {
+        warn!(error = %e, "cannot publish event");
     }
     Ok(())
 }
 
-fn conditions_of<T>(status: &Option<T>, get: impl Fn(&T) -> &Vec<Condition>) -> Vec<Condition> {
-    status.as_ref().map(get).cloned().unwrap_or_default()
+fn conditions_of<T>(status: &Option<T>, get: impl Fn(&T) -> &Vec<Condition>) -> &[Condition] {
+    status.as_ref().map_or(&[], |s| get(s).as_slice())
 }
 
 /// The status step for members: Ready on every Mailbox, MailAlias and MailDomain of the server.
@@ -312,7 +328,7 @@ async fn publish_members(
             *mailboxes_per_domain.entry(domain).or_default() += 1;
         }
     }
-    let mut tasks: Vec<futures::future::BoxFuture<'_, Result<()>>> = Vec::new();
+    let mut mailbox_patches = Vec::new();
     for mailbox in inputs
         .mailboxes
         .iter()
@@ -331,12 +347,11 @@ async fn publish_members(
             .filter(|e| e.object == object.name && e.defer.is_none())
             .map(|e| format!("{base}/{}", e.path));
         let existing = conditions_of(&mailbox.status, |s| &s.conditions);
-        let path_changed = mailbox.status.as_ref().and_then(|s| s.path.clone()) != path;
+        let path_changed = mailbox.status.as_ref().and_then(|s| s.path.as_ref()) != path.as_ref();
         let extra = json!({ "path": path });
-        tasks.push(Box::pin(async move {
-            publish_member(ctx, mailbox, wanted, &existing, extra, path_changed).await
-        }));
+        mailbox_patches.extend(member_patch(mailbox, wanted, existing, extra, path_changed));
     }
+    let mut alias_patches = Vec::new();
     for alias in inputs
         .aliases
         .iter()
@@ -348,10 +363,9 @@ async fn publish_members(
         };
         let wanted = status::ready_for(compiled, &object, &server_name);
         let existing = conditions_of(&alias.status, |s| &s.conditions);
-        tasks.push(Box::pin(async move {
-            publish_member(ctx, alias, wanted, &existing, json!({}), false).await
-        }));
+        alias_patches.extend(member_patch(alias, wanted, existing, json!({}), false));
     }
+    let mut domain_patches = Vec::new();
     for domain in inputs
         .domains
         .iter()
@@ -371,20 +385,53 @@ async fn publish_members(
         let extra_changed =
             status.mailboxes as usize != count || status.servers != vec![server_name.clone()];
         let extra = json!({ "mailboxes": count, "servers": [server_name] });
-        tasks.push(Box::pin(async move {
-            publish_member(
-                ctx,
-                domain,
-                wanted,
-                &status.conditions,
-                extra,
-                extra_changed,
-            )
-            .await
-        }));
+        domain_patches.extend(member_patch(
+            domain,
+            wanted,
+            &status.conditions,
+            extra,
+            extra_changed,
+        ));
     }
-    let results: Vec<Result<()>> = stream::iter(tasks).buffer_unordered(16).collect().await;
-    results.into_iter().collect()
+    let mut pending = mailbox_patches
+        .into_iter()
+        .map(AnyPatch::Mailbox)
+        .chain(alias_patches.into_iter().map(AnyPatch::Alias))
+        .chain(domain_patches.into_iter().map(AnyPatch::Domain));
+    // Futures are made as they are sent: 16 in flight, never one per member.
+    let mut in_flight = stream::FuturesUnordered::new();
+    let mut first_error = None;
+    loop {
+        while in_flight.len() < 16 {
+            match pending.next() {
+                Some(patch) => in_flight.push(send_any_patch(ctx, patch)),
+                None => break,
+            }
+        }
+        match in_flight.next().await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            None => break,
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// A member patch of any kind.
+enum AnyPatch<'a> {
+    Mailbox(MemberPatch<'a, Mailbox>),
+    Alias(MemberPatch<'a, MailAlias>),
+    Domain(MemberPatch<'a, MailDomain>),
+}
+
+async fn send_any_patch(ctx: &Context, patch: AnyPatch<'_>) -> Result<()> {
+    match patch {
+        AnyPatch::Mailbox(p) => send_member_patch(ctx, p).await,
+        AnyPatch::Alias(p) => send_member_patch(ctx, p).await,
+        AnyPatch::Domain(p) => send_member_patch(ctx, p).await,
+    }
 }
 
 /// The status step for the server itself.
