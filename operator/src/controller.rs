@@ -328,29 +328,30 @@ async fn publish_members(
             *mailboxes_per_domain.entry(domain).or_default() += 1;
         }
     }
-    let mut mailbox_patches = Vec::new();
-    for mailbox in inputs
+    // Mailboxes lazily (one patch body at a time, not 100,000); aliases and domains are few.
+    let mailbox_patches = inputs
         .mailboxes
         .iter()
         .filter(|m| is_member(Kind::Mailbox, m.name_any()))
-    {
-        let object = ObjectRef {
-            kind: Kind::Mailbox,
-            name: mailbox.name_any(),
-        };
-        let wanted = status::ready_for(compiled, &object, &server_name);
-        let key = virtmail_crds::address::fold(&mailbox.spec.address);
-        let path = compiled
-            .directory
-            .mailboxes
-            .get(&key)
-            .filter(|e| e.object == object.name && e.defer.is_none())
-            .map(|e| format!("{base}/{}", e.path));
-        let existing = conditions_of(&mailbox.status, |s| &s.conditions);
-        let path_changed = mailbox.status.as_ref().and_then(|s| s.path.as_ref()) != path.as_ref();
-        let extra = json!({ "path": path });
-        mailbox_patches.extend(member_patch(mailbox, wanted, existing, extra, path_changed));
-    }
+        .filter_map(|mailbox| {
+            let object = ObjectRef {
+                kind: Kind::Mailbox,
+                name: mailbox.name_any(),
+            };
+            let wanted = status::ready_for(compiled, &object, &server_name);
+            let key = virtmail_crds::address::fold(&mailbox.spec.address);
+            let path = compiled
+                .directory
+                .mailboxes
+                .get(&key)
+                .filter(|e| e.object == object.name && e.defer.is_none())
+                .map(|e| format!("{base}/{}", e.path));
+            let existing = conditions_of(&mailbox.status, |s| &s.conditions);
+            let path_changed =
+                mailbox.status.as_ref().and_then(|s| s.path.as_ref()) != path.as_ref();
+            let extra = json!({ "path": path });
+            member_patch(mailbox, wanted, existing, extra, path_changed)
+        });
     let mut alias_patches = Vec::new();
     for alias in inputs
         .aliases
@@ -394,7 +395,6 @@ async fn publish_members(
         ));
     }
     let mut pending = mailbox_patches
-        .into_iter()
         .map(AnyPatch::Mailbox)
         .chain(alias_patches.into_iter().map(AnyPatch::Alias))
         .chain(domain_patches.into_iter().map(AnyPatch::Domain));
@@ -747,6 +747,15 @@ where
     }
 }
 
+/// Drop what the operator never reads from a cached member object: managedFields and
+/// annotations (kubectl's last-applied-configuration repeats the whole spec) are most of its
+/// size, and 100,000 Mailboxes stay in memory.
+fn trim_cached<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
 /// What the compiler reads of a member object: its spec (`generation`), its labels (domain
 /// selectors) and whether it is being deleted. Status is not among them.
 fn compiler_input_fingerprint<K: Resource>(object: &K) -> u64 {
@@ -801,20 +810,17 @@ pub async fn run(
     let (aliases, alias_writer) = reflector::store::<MailAlias>();
     let domain_stream = watcher(api_for::<MailDomain>(&client, ns), watch.clone())
         .default_backoff()
-        // managedFields are most of an object's size and never read here.
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(trim_cached)
         .reflect(domain_writer)
         .boxed();
     let mailbox_stream = watcher(api_for::<Mailbox>(&client, ns), watch.clone())
         .default_backoff()
-        // managedFields are most of an object's size and never read here.
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(trim_cached)
         .reflect(mailbox_writer)
         .boxed();
     let alias_stream = watcher(api_for::<MailAlias>(&client, ns), watch.clone())
         .default_backoff()
-        // managedFields are most of an object's size and never read here.
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(trim_cached)
         .reflect(alias_writer)
         .boxed();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
