@@ -602,6 +602,12 @@ impl Default for CrashOptions {
 pub fn crash_run(options: &CrashOptions) -> (Tally, MailStack) {
     let started = Instant::now();
     let mut stack = MailStack::resources(&resources(options.mailboxes, &options.locks)).start();
+    if options.progress {
+        eprintln!(
+            "[{:6.1}s] Postfix, agent and Dovecot are up; sending",
+            started.elapsed().as_secs_f64()
+        );
+    }
     let port = stack.smtp_port();
     let next = Arc::new(AtomicUsize::new(0));
     let accepted_count = Arc::new(AtomicUsize::new(0));
