@@ -38,6 +38,8 @@ pub struct Options {
     pub agent_kubeconfig: PathBuf,
     /// The agent binary (default: the debug build).
     pub agent_binary: Option<PathBuf>,
+    /// The operator binary that prints the Postfix profile (default: the debug build).
+    pub operator_binary: Option<PathBuf>,
     /// Whether to start Dovecot (IMAP) too.
     pub dovecot: bool,
     /// main.cf settings on top of the profile and the test-local settings.
@@ -50,6 +52,7 @@ impl Options {
         Options {
             agent_kubeconfig: agent_kubeconfig.to_path_buf(),
             agent_binary: None,
+            operator_binary: None,
             dovecot: true,
             postfix_params: Vec::new(),
         }
@@ -152,12 +155,25 @@ impl ClusterMail {
             Dovecot::start(&root.join("dovecot"), &users, false)
         });
         let port = free_port();
-        let mut config = postfix::profile(
-            &lmtp,
-            &socketmap,
-            spec["mailboxSizeLimit"].as_u64().unwrap_or(51_200_000),
-            spec["recipientDelimiter"].as_str().unwrap_or("+"),
-        );
+        let size_limit = spec["mailboxSizeLimit"].as_u64().unwrap_or(51_200_000);
+        let delimiter = spec["recipientDelimiter"].as_str().unwrap_or("+");
+        let mut config = match &options.operator_binary {
+            None => postfix::profile(&lmtp, &socketmap, size_limit, delimiter),
+            Some(operator) => {
+                let text = run(Command::new(operator)
+                    .arg("postfix-profile")
+                    .arg("--lmtp-socket")
+                    .arg(&lmtp)
+                    .arg("--socketmap-socket")
+                    .arg(&socketmap)
+                    .arg("--mailbox-size-limit")
+                    .arg(size_limit.to_string())
+                    .arg("--recipient-delimiter")
+                    .arg(delimiter))
+                .unwrap_or_else(|e| panic!("postfix-profile: {e}"));
+                postfix::parse_profile(&text)
+            }
+        };
         postfix::test_local(&mut config, &root.join("postfix"), port);
         for (name, value) in &options.postfix_params {
             config.set(name, value.clone());

@@ -1,0 +1,450 @@
+//! Latency from `kubectl apply` of a new Mailbox to the first accepted RCPT for it (issue 7's
+//! benchmark; not a test). Every component is real and out of cluster: a private control plane
+//! (`target/cluster-apply-latency`, started afresh and stopped at the end), the operator and the
+//! agent in cluster mode (release builds, each with its own token), and a private Postfix
+//! configured by the operator's profile.
+//!
+//! Each sample creates Mailbox `lat-<n>` (`lat-<n>@bench.test`) with `kubectl apply -f -` as the
+//! administrator and, from the moment kubectl is started, polls every `--poll-ms` both Postfix's
+//! smtpd (`RCPT TO` in one SMTP session, until 250) and the agent's socketmap (`mailbox`, until
+//! `OK`). Baselines measured in the same run, once per sample: the `kubectl apply` call itself,
+//! one RCPT for an existing mailbox through Postfix, one socketmap lookup for it.
+//!
+//! ```sh
+//! cargo run --release -p virtmail-tests --bin apply-latency -- --samples 50 [--existing 1000]
+//! ```
+//! `--operator BIN --agent BIN` use prebuilt binaries instead of building the release ones;
+//! `--keep-plane` leaves the plane running for a look afterwards (`VIRTMAIL_CLUSTER_DIR=
+//! target/cluster-apply-latency tools/cluster.sh down` stops it).
+//! Needs root, Postfix, Go/etcd for the plane (as `tools/cluster.sh`).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use virtmail_tests::agent::socketmap;
+use virtmail_tests::cluster::{self, cluster, run, run_with_stdin};
+use virtmail_tests::e2e::{ClusterMail, Options};
+use virtmail_tests::mail::Smtp;
+use virtmail_tests::process::{Process, wait_for};
+use virtmail_tests::workspace_root;
+
+const NS: &str = "virtmail-latency";
+const SENDER: &str = "probe@remote.test";
+/// A sample that takes longer aborts the run (something is broken).
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+struct Args {
+    samples: usize,
+    existing: usize,
+    poll: Duration,
+    gap: Duration,
+    keep_plane: bool,
+    operator: Option<PathBuf>,
+    agent: Option<PathBuf>,
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        samples: 50,
+        existing: 0,
+        poll: Duration::from_millis(5),
+        gap: Duration::from_millis(500),
+        keep_plane: false,
+        operator: None,
+        agent: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        let n = || {
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{} wants a number", args[i]))
+        };
+        match args[i].as_str() {
+            "--samples" => a.samples = n() as usize,
+            "--existing" => a.existing = n() as usize,
+            "--poll-ms" => a.poll = Duration::from_millis(n()),
+            "--gap-ms" => a.gap = Duration::from_millis(n()),
+            "--operator" => a.operator = Some(PathBuf::from(&value)),
+            "--agent" => a.agent = Some(PathBuf::from(&value)),
+            "--keep-plane" => {
+                a.keep_plane = true;
+                i += 1;
+                continue;
+            }
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => panic!(
+                "unknown argument {other}; usage: apply-latency [--samples N] [--existing M] \
+                 [--poll-ms MS] [--gap-ms MS] [--keep-plane] [--operator BIN] [--agent BIN]"
+            ),
+        }
+        i += 2;
+    }
+    a
+}
+
+/// Stops the private plane at the end unless asked to keep it.
+struct PrivatePlane(bool);
+
+impl Drop for PrivatePlane {
+    fn drop(&mut self) {
+        if !self.0 {
+            let _ = cluster::cluster_script("down").output();
+        }
+    }
+}
+
+fn release_binary(name: &str) -> PathBuf {
+    let root = workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "--quiet", "--bin", name])
+        .status()
+        .expect("run cargo build --release");
+    assert!(
+        status.success(),
+        "cargo build --release --bin {name} failed"
+    );
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("release")
+        .join(name)
+}
+
+fn kubectl() -> Command {
+    let mut cmd = cluster().kubectl();
+    cmd.args(["-n", NS]);
+    cmd
+}
+
+fn mailbox_yaml(name: &str, address: &str) -> String {
+    format!(
+        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: {name}}}\n\
+         spec: {{address: {address}}}\n"
+    )
+}
+
+/// One sample: durations from the start of `kubectl apply` (and from its exit).
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    apply_call: Duration,
+    to_socketmap: Duration,
+    to_rcpt: Duration,
+    to_rcpt_after_apply: Duration,
+    rcpt_existing: Duration,
+    socketmap_existing: Duration,
+}
+
+fn main() {
+    let args = parse();
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "run as root: the agent delivers and provisions as each mailbox's uid"
+    );
+    // Prebuilt binaries (e.g. copies of a release build) or the workspace's release build.
+    let operator_bin = args.operator.clone().unwrap_or_else(|| {
+        eprintln!("building the operator (release) ...");
+        release_binary("virtmail-operator")
+    });
+    let agent_bin = args.agent.clone().unwrap_or_else(|| {
+        eprintln!("building the agent (release) ...");
+        release_binary("virtmail-agent")
+    });
+
+    cluster::use_cluster_dir(&workspace_root().join("target/cluster-apply-latency"));
+    cluster::use_cluster_identities(&format!(
+        "latency-agent=system:serviceaccount:{NS}:mail-agent"
+    ));
+    let _ = cluster::cluster_script("down").output();
+    let _plane = PrivatePlane(args.keep_plane);
+    let cluster = cluster();
+    run(cluster.kubectl().args(["create", "namespace", NS])).expect("namespace");
+    let _ = run(cluster
+        .kubectl()
+        .args(["create", "namespace", "virtmail-system"]));
+    let rbac = run(Command::new(&operator_bin).args([
+        "rbac",
+        "--namespace",
+        "virtmail-system",
+        "--service-account",
+        "virtmail-operator",
+    ]))
+    .expect("virtmail-operator rbac");
+    run_with_stdin(cluster.kubectl().args(["apply", "-f", "-"]), &rbac).expect("operator RBAC");
+
+    // The server, one domain (Maildir for uid 5000 by default), an existing mailbox for the
+    // baselines, and --existing more.
+    let mut yaml = String::from(
+        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\n\
+         apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\n\
+         spec: {domain: bench.test, postmaster: postmaster@remote.test, \
+         defaults: {uid: 5000, gid: 5000, format: Maildir}}\n---\n",
+    );
+    yaml.push_str(&mailbox_yaml("known", "known@bench.test"));
+    for n in 0..args.existing {
+        yaml.push_str("---\n");
+        yaml.push_str(&mailbox_yaml(
+            &format!("e-{n}"),
+            &format!("e-{n}@bench.test"),
+        ));
+    }
+    run_with_stdin(kubectl().args(["apply", "-f", "-"]), &yaml).expect("apply the server");
+
+    let mut operator_cmd = Command::new(&operator_bin);
+    operator_cmd
+        .env("KUBECONFIG", cluster.kubeconfig("operator"))
+        .env("RUST_LOG", "info,kube=warn")
+        .args(["run", "--http", "127.0.0.1:0", "--namespace", NS])
+        .args(["--lease-namespace", "virtmail-system", "--lease-name", NS]);
+    let mut operator = Process::start("operator", operator_cmd);
+    wait_for(
+        "the directory and the agent's RBAC",
+        Duration::from_secs(300),
+        || {
+            assert!(operator.running(), "operator exited:\n{}", operator.log());
+            run(kubectl().args([
+                "get",
+                "configmap/mail-directory",
+                "serviceaccount/mail-agent",
+            ]))
+            .ok()
+        },
+    );
+    let mut options = Options::new(cluster.kubeconfig("latency-agent"));
+    options.agent_binary = Some(agent_bin);
+    options.operator_binary = Some(operator_bin);
+    options.dovecot = false;
+    // The probe's rejected RCPTs are errors to smtpd: no error sleeps or disconnects for them.
+    for (name, value) in [
+        ("smtpd_error_sleep_time", "0"),
+        ("smtpd_soft_error_limit", "1000000"),
+        ("smtpd_hard_error_limit", "1000000"),
+    ] {
+        options.postfix_params.push((name.into(), value.into()));
+    }
+    let mail = ClusterMail::start(cluster, NS, "mail", options);
+    let map = mail.socketmap_socket();
+    wait_for(
+        "the agent to serve known@bench.test",
+        Duration::from_secs(300),
+        || socketmap(&map, "mailbox known@bench.test").filter(|r| r.starts_with("OK ")),
+    );
+    let port = mail.smtp_port();
+
+    let mut samples = Vec::new();
+    for n in 0..args.samples {
+        // Baselines, with the directory settled.
+        let mut smtp = Smtp::connect(port);
+        assert_eq!(smtp.mail(SENDER, "").code, 250);
+        let t = Instant::now();
+        let known = smtp.rcpt("known@bench.test");
+        let rcpt_existing = t.elapsed();
+        assert_eq!(known.code, 250, "{known}");
+        let t = Instant::now();
+        let hit = socketmap(&map, "mailbox known@bench.test");
+        let socketmap_existing = t.elapsed();
+        assert!(hit.is_some_and(|r| r.starts_with("OK ")));
+        smtp.rset();
+
+        let address = format!("lat-{n}@bench.test");
+        assert_ne!(smtp.rcpt(&address).code, 250, "{address} exists already");
+        let (tx, rx) = mpsc::channel();
+        let start = Instant::now();
+        let deadline = start + SAMPLE_TIMEOUT;
+        let poll = args.poll;
+        let map_probe = {
+            let (map, address, tx) = (map.clone(), address.clone(), tx.clone());
+            std::thread::spawn(move || {
+                while Instant::now() < deadline {
+                    let reply = socketmap(&map, &format!("mailbox {address}"));
+                    if reply.is_some_and(|r| r.starts_with("OK ")) {
+                        let _ = tx.send(("socketmap", start.elapsed()));
+                        return;
+                    }
+                    std::thread::sleep(poll);
+                }
+            })
+        };
+        smtp.quit();
+        // A new SMTP session per probe: one session that has seen the recipient rejected kept
+        // rejecting it (no 250 within 60 s while the agent answered OK), new sessions do not.
+        let rcpt_probe = {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                while Instant::now() < deadline {
+                    let mut smtp = Smtp::connect(port);
+                    assert_eq!(smtp.mail(SENDER, "").code, 250);
+                    let accepted = smtp.rcpt(&address).code == 250;
+                    let elapsed = start.elapsed();
+                    smtp.quit();
+                    if accepted {
+                        let _ = tx.send(("rcpt", elapsed));
+                        return;
+                    }
+                    std::thread::sleep(poll);
+                }
+            })
+        };
+        let applied = run_with_stdin(
+            kubectl().args(["apply", "-f", "-"]),
+            &mailbox_yaml(&format!("lat-{n}"), &address),
+        );
+        let apply_call = start.elapsed();
+        applied.expect("kubectl apply");
+        let mut to_socketmap = None;
+        let mut to_rcpt = None;
+        for (what, elapsed) in rx.iter().take(2) {
+            match what {
+                "socketmap" => to_socketmap = Some(elapsed),
+                _ => to_rcpt = Some(elapsed),
+            }
+        }
+        let _ = map_probe.join();
+        let _ = rcpt_probe.join();
+        match (to_socketmap, to_rcpt) {
+            (Some(to_socketmap), Some(to_rcpt)) => {
+                let s = Sample {
+                    apply_call,
+                    to_socketmap,
+                    to_rcpt,
+                    to_rcpt_after_apply: to_rcpt.saturating_sub(apply_call),
+                    rcpt_existing,
+                    socketmap_existing,
+                };
+                eprintln!(
+                    "sample {n:>3}: kubectl apply {:>6.1} ms, socketmap OK {:>7.1} ms, RCPT 250 {:>7.1} ms",
+                    ms(s.apply_call),
+                    ms(s.to_socketmap),
+                    ms(s.to_rcpt)
+                );
+                samples.push(s);
+            }
+            _ => {
+                // Not a latency: something is broken. Show why and stop (dropping everything).
+                let tail = |log: String| {
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                };
+                panic!(
+                    "sample {n}: {address} not accepted within {SAMPLE_TIMEOUT:?} (socketmap {to_socketmap:?}, RCPT {to_rcpt:?})\n\
+                     Mailbox:\n{}\nConfigMaps:\n{}\noperator log:\n{}\nagent log:\n{}",
+                    run(kubectl().args(["get", "mailbox", &format!("lat-{n}"), "-o", "yaml"]))
+                        .unwrap_or_else(|e| e.to_string()),
+                    run(kubectl().args(["get", "configmaps"])).unwrap_or_else(|e| e.to_string()),
+                    tail(operator.log()),
+                    tail(mail.agent_log()),
+                );
+            }
+        }
+        std::thread::sleep(args.gap);
+    }
+    drop(mail);
+    drop(operator);
+    report(&args, &samples);
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// One measured duration of a sample.
+type Field = fn(&Sample) -> Duration;
+
+fn report(args: &Args, samples: &[Sample]) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "command: cargo run --release -p virtmail-tests --bin apply-latency -- --samples {} --existing {} --poll-ms {} --gap-ms {}",
+        args.samples,
+        args.existing,
+        args.poll.as_millis(),
+        args.gap.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "samples: {} (each accepted; a sample over {SAMPLE_TIMEOUT:?} aborts the run); directory of {} mailboxes before the first sample",
+        samples.len(),
+        args.existing + 1
+    );
+    let rows: [(&str, Field); 6] = [
+        (
+            "apply → RCPT 250 through Postfix (from kubectl start)",
+            |s| s.to_rcpt,
+        ),
+        (
+            "apply → socketmap OK at the agent (from kubectl start)",
+            |s| s.to_socketmap,
+        ),
+        ("apply → RCPT 250 (from kubectl exit)", |s| {
+            s.to_rcpt_after_apply
+        }),
+        ("baseline: the `kubectl apply` call", |s| s.apply_call),
+        ("baseline: RCPT for an existing mailbox", |s| {
+            s.rcpt_existing
+        }),
+        ("baseline: socketmap lookup, existing", |s| {
+            s.socketmap_existing
+        }),
+    ];
+    let _ = writeln!(out, "| measured | p50 ms | p90 ms | p99 ms | max ms |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    let mut p50 = Vec::new();
+    for (label, get) in rows {
+        let mut values: Vec<f64> = samples.iter().map(|s| ms(get(s))).collect();
+        values.sort_by(|a, b| a.total_cmp(b));
+        let (a, b, c, d) = (
+            percentile(&values, 50.0),
+            percentile(&values, 90.0),
+            percentile(&values, 99.0),
+            values.last().copied().unwrap_or(f64::NAN),
+        );
+        p50.push(a);
+        let _ = writeln!(out, "| {label} | {a:.1} | {b:.1} | {c:.1} | {d:.1} |");
+    }
+    let _ = writeln!(
+        out,
+        "ratios of medians: apply→RCPT / kubectl apply call = {:.2}; apply→RCPT / apply→socketmap = {:.2}",
+        p50[0] / p50[3],
+        p50[0] / p50[1]
+    );
+}
+
+fn machine() -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "nproc={nproc} cpu=\"{cpu}\" kernel={} loadavg-at-end=\"{}\"",
+        kernel.trim(),
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    )
+}
