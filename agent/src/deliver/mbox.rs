@@ -173,8 +173,7 @@ pub fn deliver(
     };
 
     let deadline = Instant::now() + options.lock_timeout;
-    // Crash safety (see above). Declared before the dotlock so that its claim on the dotlock is
-    // withdrawn after the dotlock is removed.
+    // Crash safety (see above); opened first, it tells whether a dotlock in the way is dead.
     let journal = Journal::open(parent, name, target);
     // Declared before the file so that it is dropped (removed) after the file is closed.
     let _dotlock = if dotlock_wanted {
@@ -197,6 +196,9 @@ pub fn deliver(
     } else {
         None
     };
+    // Declared after the dotlock, so dropped before it: the claim is withdrawn while the lock is
+    // still ours (afterwards the next holder's claim would be erased).
+    let _claim = Claim(journal.as_ref());
 
     let file = open_mailbox(parent, name, target)?;
     let stat = rustix::fs::fstat(&file)
@@ -377,7 +379,7 @@ const JOURNAL_LIMIT: usize = 16 << 20;
 struct Journal {
     fd: OwnedFd,
     name: String,
-    /// Whether the slot names our dotlock (withdrawn on drop, after the dotlock is gone).
+    /// Whether the slot names our dotlock (withdrawn by [`Claim`] just before it is removed).
     claimed: std::cell::Cell<bool>,
 }
 
@@ -659,17 +661,23 @@ impl Journal {
     }
 }
 
-impl Drop for Journal {
-    /// After the dotlock was removed: withdraw the claim (an append record that could not be
-    /// recovered yet stays for the next delivery).
+/// Withdraws the journal's dotlock claim when dropped, just before the dotlock is removed (an
+/// append record that could not be recovered yet stays for the next delivery).
+#[derive(Debug)]
+struct Claim<'a>(Option<&'a Journal>);
+
+impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if !self.claimed.get() {
+        let Some(journal) = self.0 else {
+            return;
+        };
+        if !journal.claimed.replace(false) {
             return;
         }
-        if self.size() <= SLOT {
-            let _ = rustix::fs::ftruncate(&self.fd, 0);
+        if journal.size() <= SLOT {
+            let _ = rustix::fs::ftruncate(&journal.fd, 0);
         } else {
-            let _ = rustix::io::pwrite(&self.fd, &[0u8; SLOT as usize], 0);
+            let _ = rustix::io::pwrite(&journal.fd, &[0u8; SLOT as usize], 0);
         }
     }
 }
