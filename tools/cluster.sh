@@ -10,6 +10,8 @@
 #   tools/cluster.sh down     stop the plane by pid and remove its state
 #   tools/cluster.sh stop-apiserver | start-apiserver
 #                             fault injection: stop kube-apiserver alone, start it again
+#   tools/cluster.sh restart-etcd [SECONDS]
+#                             fault injection: stop etcd, wait (default 3 s), start it again
 #
 # Only the export lines go to stdout; all progress goes to stderr, so
 #   eval "$(tools/cluster.sh up)"
@@ -443,13 +445,7 @@ do_up() {
   done <"$STATE/identities"
   chmod 600 "$STATE/tokens.csv" "$STATE/admin.token"
 
-  start etcd "$etcd_bin" \
-    --name virtmail --data-dir "$STATE/etcd" \
-    --listen-client-urls "http://127.0.0.1:$p_etcd" --advertise-client-urls "http://127.0.0.1:$p_etcd" \
-    --listen-peer-urls "http://127.0.0.1:$p_peer" --initial-advertise-peer-urls "http://127.0.0.1:$p_peer" \
-    --initial-cluster "virtmail=http://127.0.0.1:$p_peer" --initial-cluster-state new \
-    --auto-compaction-mode periodic --auto-compaction-retention 1h \
-    --quota-backend-bytes $((2 * 1024 * 1024 * 1024)) --log-level warn --logger zap
+  start_etcd "$etcd_bin" "$p_etcd" "$p_peer"
   wait_for "etcd /health" etcd_healthy etcd
 
   start_apiserver "$p_etcd" "$p_api"
@@ -475,6 +471,19 @@ do_up() {
   wait_for "the default ServiceAccount (controller-manager working)" default_sa_exists kube-controller-manager
   log "plane up at https://127.0.0.1:$p_api: apiserver ready $(awk '{printf "%.1f", $2 - $1}' "$STATE/startup-times")s after start, all up $(awk -v t="$(date +%s.%N)" '{printf "%.1f", t - $1}' "$STATE/startup-times")s"
   print_env
+}
+
+# etcd on the plane's recorded ports and data directory (also used by restart-etcd: a member
+# restarted on its data directory ignores the --initial-* flags).
+start_etcd() {
+  local etcd_bin="$1" p_etcd="$2" p_peer="$3"
+  start etcd "$etcd_bin" \
+    --name virtmail --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$p_etcd" --advertise-client-urls "http://127.0.0.1:$p_etcd" \
+    --listen-peer-urls "http://127.0.0.1:$p_peer" --initial-advertise-peer-urls "http://127.0.0.1:$p_peer" \
+    --initial-cluster "virtmail=http://127.0.0.1:$p_peer" --initial-cluster-state new \
+    --auto-compaction-mode periodic --auto-compaction-retention 1h \
+    --quota-backend-bytes $((2 * 1024 * 1024 * 1024)) --log-level warn --logger zap
 }
 
 # kube-apiserver on the plane's recorded ports (also used by start-apiserver).
@@ -513,6 +522,18 @@ cmd_start_apiserver() {
   [[ -f "$STATE/ports" ]] || die "no plane in $STATE"
   alive kube-apiserver && { log "kube-apiserver already running"; return 0; }
   start_apiserver "$(port_of etcd)" "$(port_of apiserver)"
+  wait_for "kube-apiserver /readyz" api_ready kube-apiserver
+}
+
+# Stop etcd (the apiserver keeps running and answers errors), wait SECONDS, start it again on
+# the same data directory, and wait until the apiserver is ready again.
+cmd_restart_etcd() {
+  local down="${1:-3}"
+  running_component etcd
+  stop etcd
+  sleep "$down"
+  start_etcd "$(find_etcd)" "$(port_of etcd)" "$(port_of etcd-peer)"
+  wait_for "etcd /health" etcd_healthy etcd
   wait_for "kube-apiserver /readyz" api_ready kube-apiserver
 }
 
@@ -568,7 +589,7 @@ cmd_status() {
   return 1
 }
 
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-}" in
   build)  with_lock cmd_build ;;
@@ -578,6 +599,7 @@ case "${1:-}" in
   status) cmd_status ;;
   stop-apiserver)  with_lock cmd_stop_apiserver ;;
   start-apiserver) with_lock cmd_start_apiserver ;;
+  restart-etcd)    with_lock cmd_restart_etcd "${2:-3}" ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

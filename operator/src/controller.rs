@@ -824,11 +824,12 @@ pub async fn run(
         .reflect(alias_writer)
         .boxed();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
-    let controller = Controller::new(api_for::<MailServer>(&client, ns), watch).with_config(
-        ControllerConfig::default()
-            .debounce(Duration::from_millis(300))
-            .concurrency(4),
-    );
+    // No debounce: kube's is trailing-edge and keeps delaying while changes keep coming, so a
+    // steady stream of Mailbox creations would never be published. Batching comes from the
+    // controller itself: changes arriving during a reconcile of a server coalesce into one next
+    // reconcile.
+    let controller = Controller::new(api_for::<MailServer>(&client, ns), watch)
+        .with_config(ControllerConfig::default().concurrency(4));
     let store = controller.store();
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
     let context = Arc::new(Context {

@@ -1,4 +1,4 @@
-//! Control-plane faults (issues 6 and 7): with kube-apiserver stopped, the agent keeps answering
+//! Control-plane faults (issues 6, 7 and 9): with kube-apiserver stopped (and later etcd), the agent keeps answering
 //! and delivering with the last directory it verified; when the apiserver comes back, the
 //! operator and the agent both resume, and a change made afterwards reaches Postfix's lookups.
 //!
@@ -96,5 +96,42 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
         .expect("new/")
         .count();
     assert_eq!(delivered, 1);
+
+    // etcd restarted (issue 9): the apiserver answers errors meanwhile; the agent keeps serving,
+    // and afterwards changes flow again.
+    let restart = std::thread::spawn(|| {
+        let status = cluster::cluster_script("restart-etcd")
+            .arg("5")
+            .status()
+            .expect("run tools/cluster.sh");
+        assert!(status.success(), "tools/cluster.sh restart-etcd 5 failed");
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let reply = lmtp(&agent.lmtp, "late@virtual2.test", "while etcd is down");
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    restart.join().expect("restart-etcd");
+    if !operator.running() {
+        assert!(
+            operator.log().contains("lost the leader lease"),
+            "{}",
+            operator.log()
+        );
+        operator = operator::start(ns.name(), &lease);
+    }
+    ns.apply(
+        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: after-etcd}\nspec: {address: after-etcd@virtual2.test}\n",
+    )
+    .expect("apply a Mailbox after the etcd restart");
+    wait_for("the new mailbox after the etcd restart", WAIT, || {
+        socketmap(&agent.socketmap, "mailbox after-etcd@virtual2.test")
+            .filter(|r| r.starts_with("OK "))
+    });
+    assert_eq!(
+        std::fs::read_dir(agent.base.join("virtual2.test/late/new"))
+            .expect("new/")
+            .count(),
+        2,
+        "the message delivered while etcd was down is there"
+    );
     drop(operator);
 }

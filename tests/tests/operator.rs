@@ -417,3 +417,57 @@ fn two_replicas_never_fight_and_the_standby_takes_over() {
     assert!(second.running());
     assert!(second.log().contains("leader"), "{}", second.log());
 }
+
+#[test]
+fn a_steady_stream_of_new_mailboxes_is_published_while_it_lasts() {
+    // A trailing-edge debounce would hold every reconcile back as long as changes keep coming.
+    let ns = cluster().namespace("operator-stream");
+    ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail"))
+        .expect("example 1");
+    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    wait_for("the first publish", WAIT, || status_version(&ns, "mail"));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (kubectl_ns, flag) = (ns.name().to_string(), done.clone());
+    let cluster = ns.cluster();
+    // One kubectl creating 1,500 Mailboxes back to back: a change every few milliseconds for
+    // tens of seconds.
+    let yaml: String = (0..1500)
+        .map(|i| {
+            format!(
+                "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: s{i}}}\nspec: {{address: s{i}@virtual1.test, path: virtual1.test/s{i}/}}\n"
+            )
+        })
+        .collect();
+    let creator = std::thread::spawn(move || {
+        virtmail_tests::cluster::run_with_stdin(
+            cluster
+                .kubectl()
+                .args(["-n", &kubectl_ns, "create", "-f", "-"]),
+            &yaml,
+        )
+        .expect("create");
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let published = wait_for(
+        "mailboxes published while they are still being created",
+        WAIT,
+        || {
+            let head = ns.get_json("configmap", "mail-directory");
+            let summary = head["data"]["summary"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let count: usize = summary
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("mailboxes="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            (count >= 2 + 50).then_some(done.load(std::sync::atomic::Ordering::SeqCst))
+        },
+    );
+    assert!(
+        !published,
+        "the directory was published only after the stream of changes stopped"
+    );
+    creator.join().expect("creator");
+}
