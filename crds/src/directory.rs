@@ -117,6 +117,66 @@ pub struct Found<'a, T> {
 }
 
 impl Directory {
+    /// A directory of a real server's shape, for tests and benchmarks: 100 domains
+    /// (`domain<i>.test`), `mailboxes` mailboxes `user<i>@domain<i % 100>.test` (every fourth an
+    /// mbox, the rest Maildirs; uids 5000–5999, gid 5000, 1 GiB quota) and one alias
+    /// `sales@domain<i>.test` per domain.
+    pub fn synthetic(mailboxes: usize) -> Directory {
+        let mut d = Directory {
+            settings: Settings {
+                server: "mail".into(),
+                mailbox_base: "/var/mail/vhosts".into(),
+                minimum_uid: 100,
+                mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
+                mailbox_size_limit: 51_200_000,
+                recipient_delimiter: "+".into(),
+            },
+            domains: BTreeMap::new(),
+            mailboxes: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+        };
+        for i in 0..100 {
+            d.domains.insert(
+                format!("domain{i}.test"),
+                Domain {
+                    postmaster: format!("admin@domain{i}.test"),
+                    catch_all: None,
+                    object: format!("d{i}"),
+                },
+            );
+            d.aliases.insert(
+                format!("sales@domain{i}.test"),
+                AliasEntry {
+                    to: vec![format!("user{i}@domain{i}.test")],
+                    defer: None,
+                    object: Some(format!("sales-{i}")),
+                },
+            );
+        }
+        for i in 0..mailboxes {
+            let domain = i % 100;
+            let mbox = i % 4 == 3;
+            d.mailboxes.insert(
+                format!("user{i}@domain{domain}.test"),
+                MailboxEntry {
+                    path: format!("domain{domain}.test/user{i}{}", if mbox { "" } else { "/" }),
+                    format: if mbox {
+                        MailboxFormat::Mbox
+                    } else {
+                        MailboxFormat::Maildir
+                    },
+                    uid: 5000 + (i as u32 % 1000),
+                    gid: 5000,
+                    quota: Some(1 << 30),
+                    suspended: false,
+                    defer: None,
+                    object: format!("user{i}-domain{domain}"),
+                },
+            );
+        }
+        d
+    }
+
     /// Whether mail for `domain` is served here.
     pub fn serves_domain(&self, domain: &str) -> bool {
         self.domains.contains_key(&address::fold(domain))

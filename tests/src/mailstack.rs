@@ -25,7 +25,7 @@ use virtmail_crds::{Directory, compile, manifests};
 use crate::dovecot::{self, Dovecot};
 use crate::mail::{self, Fetched, Sent};
 use crate::postfix::{self, Postfix, free_port};
-use crate::process::{Process, binary, wait_for};
+use crate::process::{Process, binary, http_get, wait_for};
 use crate::workspace_root;
 
 /// How long a test waits for mail to land.
@@ -631,24 +631,6 @@ impl Drop for BaseTmpfs {
             eprintln!("warning: cannot unmount {}: {e}", self.path.display());
         }
     }
-}
-
-/// Minimal HTTP/1.0 GET on 127.0.0.1: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
 }
 
 #[cfg(test)]

@@ -18,28 +18,86 @@ static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
 /// Path of a workspace binary (`virtmail-operator`, `virtmail-agent`), built with cargo if this
 /// process has not built it yet. Panics naming the binary if it cannot be built.
 pub fn binary(name: &str) -> PathBuf {
+    build(name, "debug")
+}
+
+/// The release build of a workspace binary, for benchmarks (measured as shipped).
+pub fn release_binary(name: &str) -> PathBuf {
+    build(name, "release")
+}
+
+fn build(name: &str, profile: &str) -> PathBuf {
+    let key = format!("{profile}/{name}");
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.get(name) {
+    if let Some(path) = built.get(&key) {
         return path.clone();
     }
     let root = workspace_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
         .current_dir(&root)
-        .args(["build", "--quiet", "--bin", name])
+        .args(["build", "--quiet", "--bin", name]);
+    if profile == "release" {
+        cargo.arg("--release");
+    }
+    let status = cargo
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build {name}: {e}"));
-    assert!(status.success(), "cargo build --bin {name} failed");
+    assert!(
+        status.success(),
+        "cargo build --bin {name} ({profile}) failed"
+    );
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let path = target.join("debug").join(name);
+    let path = target.join(profile).join(name);
     assert!(
         path.is_file(),
         "{} is missing after cargo build",
         path.display()
     );
-    built.insert(name.to_string(), path.clone());
+    built.insert(key, path.clone());
     path
+}
+
+/// Minimal HTTP/1.0 GET on 127.0.0.1 (the agent's and operator's `/readyz`, `/metrics`):
+/// (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// The machine line every benchmark prints: cores, CPU model, kernel, load average now.
+pub fn machine_line() -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "nproc={nproc} cpu=\"{cpu}\" kernel={} loadavg=\"{}\"",
+        kernel.trim(),
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    )
 }
 
 /// A running child process.

@@ -13,19 +13,10 @@ use virtmail_tests::agent::{lmtp, socketmap};
 use virtmail_tests::cluster::{TestNamespace, cluster, run};
 use virtmail_tests::kubelet::{self, ProjectedVolume};
 use virtmail_tests::postfix::free_port;
-use virtmail_tests::process::{Process, binary, wait_for};
+use virtmail_tests::process::{Process, binary, http_get, wait_for};
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect http");
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
-    text
-}
 
 fn shard_names(ns: &TestNamespace) -> Vec<String> {
     run(ns.kubectl().args([
@@ -143,11 +134,8 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
         reply.contains("250 2.0.0").then_some(reply)
     });
     assert!(reply.contains("250 2.0.0"), "{reply}");
-    let ready = http_get(port, "/readyz");
-    assert!(
-        ready.starts_with("HTTP/1.0 200") || ready.starts_with("HTTP/1.1 200"),
-        "{ready}"
-    );
+    let (code, ready) = http_get(port, "/readyz").expect("/readyz answers");
+    assert_eq!(code, 200, "{ready}");
     let version_before = ns.get_json("mailserver", "mail")["status"]["directory"]["version"]
         .as_str()
         .expect("published version")
@@ -207,7 +195,7 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
         !log.contains("evil@"),
         "the edited shard never reached the served directory"
     );
-    let metrics = http_get(port, "/metrics");
+    let (_, metrics) = http_get(port, "/metrics").expect("/metrics answers");
     assert!(metrics.contains("virtmail_directory_pending "), "{metrics}");
     assert!(
         metrics.contains("virtmail_directory_source_error 0"),

@@ -1,58 +1,10 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::directory::{Directory, MailboxEntry, Settings};
-use crate::resources::{LockMethod, MailboxFormat};
+use crate::directory::Directory;
 
 fn directory(mailboxes: usize) -> Directory {
-    let mut d = Directory {
-        settings: Settings {
-            server: "mail".into(),
-            mailbox_base: "/var/mail/vhosts".into(),
-            minimum_uid: 100,
-            mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
-            mailbox_size_limit: 51_200_000,
-            recipient_delimiter: "+".into(),
-        },
-        domains: BTreeMap::new(),
-        mailboxes: BTreeMap::new(),
-        aliases: BTreeMap::new(),
-    };
-    for i in 0..100 {
-        d.domains.insert(
-            format!("domain{i}.test"),
-            Domain {
-                postmaster: format!("admin@domain{i}.test"),
-                catch_all: None,
-                object: format!("d{i}"),
-            },
-        );
-    }
-    for i in 0..mailboxes {
-        let domain = i % 100;
-        d.mailboxes.insert(
-            format!("user{i}@domain{domain}.test"),
-            MailboxEntry {
-                path: format!("domain{domain}.test/user{i}/"),
-                format: MailboxFormat::Maildir,
-                uid: 5000 + (i as u32 % 1000),
-                gid: 5000,
-                quota: Some(1 << 30),
-                suspended: false,
-                defer: None,
-                object: format!("user{i}-domain{domain}"),
-            },
-        );
-    }
-    d.aliases.insert(
-        "sales@domain1.test".into(),
-        AliasEntry {
-            to: vec!["user1@domain1.test".into()],
-            defer: None,
-            object: Some("sales".into()),
-        },
-    );
-    d
+    Directory::synthetic(mailboxes)
 }
 
 fn shard_map(encoded: &Encoded) -> BTreeMap<String, Data> {

@@ -8,98 +8,13 @@
 //! cargo run --release -p virtmail-tests --bin agent-rss -- [N ...]     (default: 10000 100000)
 //! ```
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use virtmail_crds::directory::{AliasEntry, Domain, MailboxEntry, Settings};
-use virtmail_crds::resources::{LockMethod, MailboxFormat};
 use virtmail_crds::{Directory, encoding};
 use virtmail_tests::agent::socketmap;
 use virtmail_tests::postfix::free_port;
-use virtmail_tests::process::{Process, wait_for};
-use virtmail_tests::workspace_root;
-
-/// The release build of the agent (memory is measured as shipped).
-fn release_agent() -> std::path::PathBuf {
-    let root = workspace_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["build", "--quiet", "--release", "--bin", "virtmail-agent"])
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "cargo build --release --bin virtmail-agent failed"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("release/virtmail-agent")
-}
-
-/// A directory like a real server's: 100 domains, N mailboxes (a quarter mbox), one alias each
-/// domain.
-fn synthetic(mailboxes: usize) -> Directory {
-    let mut d = Directory {
-        settings: Settings {
-            server: "mail".into(),
-            mailbox_base: "/var/mail/vhosts".into(),
-            minimum_uid: 100,
-            mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
-            mailbox_size_limit: 51_200_000,
-            recipient_delimiter: "+".into(),
-        },
-        domains: BTreeMap::new(),
-        mailboxes: BTreeMap::new(),
-        aliases: BTreeMap::new(),
-    };
-    for i in 0..100 {
-        d.domains.insert(
-            format!("domain{i}.test"),
-            Domain {
-                postmaster: format!("admin@domain{i}.test"),
-                catch_all: None,
-                object: format!("d{i}"),
-            },
-        );
-        d.aliases.insert(
-            format!("sales@domain{i}.test"),
-            AliasEntry {
-                to: vec![format!("user{i}@domain{i}.test")],
-                defer: None,
-                object: Some(format!("sales-{i}")),
-            },
-        );
-    }
-    for i in 0..mailboxes {
-        let domain = i % 100;
-        let mbox = i % 4 == 3;
-        d.mailboxes.insert(
-            format!("user{i}@domain{domain}.test"),
-            MailboxEntry {
-                path: if mbox {
-                    format!("domain{domain}.test/user{i}")
-                } else {
-                    format!("domain{domain}.test/user{i}/")
-                },
-                format: if mbox {
-                    MailboxFormat::Mbox
-                } else {
-                    MailboxFormat::Maildir
-                },
-                uid: 5000 + (i as u32 % 1000),
-                gid: 5000,
-                quota: Some(1 << 30),
-                suspended: false,
-                defer: None,
-                object: format!("user{i}-domain{domain}"),
-            },
-        );
-    }
-    d
-}
+use virtmail_tests::process::{Process, http_get, machine_line, release_binary, wait_for};
 
 /// Write the encoded directory in the mounted-files layout (head keys at the top, each shard's
 /// keys under its name).
@@ -127,14 +42,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    Some(text)
-}
-
 struct Row {
     mailboxes: usize,
     shards: usize,
@@ -146,7 +53,7 @@ struct Row {
 
 fn measure(agent_binary: &std::path::Path, mailboxes: usize) -> Row {
     let work = tempfile::tempdir().expect("tempdir");
-    let directory = synthetic(mailboxes);
+    let directory = Directory::synthetic(mailboxes);
     let (version, shards) = write_volume(&work.path().join("directory"), &directory);
     drop(directory);
     let base = work.path().join("vhosts");
@@ -170,7 +77,7 @@ fn measure(agent_binary: &std::path::Path, mailboxes: usize) -> Row {
     let started = Instant::now();
     let mut agent = Process::start("agent", command);
     wait_for("the directory loaded", Duration::from_secs(300), || {
-        http_get(port, "/readyz").filter(|r| r.contains(&version))
+        http_get(port, "/readyz").filter(|(_, body)| body.contains(&version))
     });
     let loaded = started.elapsed();
     // One provisioning round: every Maildir's cur/ (or mbox file) exists.
@@ -214,21 +121,8 @@ fn main() {
             args
         }
     };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!(
-        "machine: {} cores, {cpu}, kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        kernel.trim()
-    );
-    let agent = release_agent();
+    println!("machine: {}", machine_line());
+    let agent = release_binary("virtmail-agent");
     eprintln!("baseline: empty directory");
     let baseline = measure(&agent, 0);
     println!(

@@ -28,7 +28,7 @@ use virtmail_tests::agent::socketmap;
 use virtmail_tests::cluster::{self, cluster, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, Options};
 use virtmail_tests::mail::Smtp;
-use virtmail_tests::process::{Process, wait_for};
+use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
 use virtmail_tests::workspace_root;
 
 const NS: &str = "virtmail-latency";
@@ -101,24 +101,6 @@ impl Drop for PrivatePlane {
             let _ = cluster::cluster_script("down").output();
         }
     }
-}
-
-fn release_binary(name: &str) -> PathBuf {
-    let root = workspace_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["build", "--release", "--quiet", "--bin", name])
-        .status()
-        .expect("run cargo build --release");
-    assert!(
-        status.success(),
-        "cargo build --release --bin {name} failed"
-    );
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("release")
-        .join(name)
 }
 
 fn kubectl() -> Command {
@@ -389,7 +371,7 @@ type Field = fn(&Sample) -> Duration;
 
 fn report(args: &Args, samples: &[Sample]) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "machine: {}", machine());
+    let _ = writeln!(out, "machine: {}", machine_line());
     let _ = writeln!(
         out,
         "command: cargo run --release -p virtmail-tests --bin apply-latency -- --samples {} --existing {} --poll-ms {} --gap-ms {}",
@@ -445,24 +427,4 @@ fn report(args: &Args, samples: &[Sample]) {
         p50[0] / p50[3],
         p50[0] / p50[1]
     );
-}
-
-fn machine() -> String {
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "nproc={nproc} cpu=\"{cpu}\" kernel={} loadavg-at-end=\"{}\"",
-        kernel.trim(),
-        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
-    )
 }

@@ -14,15 +14,14 @@
 //! Needs root, Postfix, Dovecot (imapd + lmtpd).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use virtmail_tests::dovecot::{self, Dovecot};
 use virtmail_tests::mail::Smtp;
 use virtmail_tests::postfix::{self, Config, Postfix, free_port};
-use virtmail_tests::process::{Process, wait_for};
-use virtmail_tests::workspace_root;
+use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -69,7 +68,7 @@ fn parse() -> Options {
 
 fn main() {
     let o = parse();
-    let agent = build_release_agent();
+    let agent = release_binary("virtmail-agent");
     let mut results: Vec<(String, bool, Vec<f64>)> = Vec::new();
     for drain in [false, true] {
         for t in &o.targets {
@@ -126,45 +125,12 @@ fn label(target: &str) -> &'static str {
 }
 
 fn machine() -> String {
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let fs = Command::new("stat")
         .args(["-f", "-c", "%T", "/tmp"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    format!(
-        "nproc={nproc} cpu=\"{cpu}\" kernel={} fs(/tmp)={fs} loadavg-at-end=\"{}\"",
-        kernel.trim(),
-        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
-    )
-}
-
-fn build_release_agent() -> PathBuf {
-    let root = workspace_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["build", "--release", "--quiet", "--bin", "virtmail-agent"])
-        .status()
-        .expect("cargo build --release");
-    assert!(
-        status.success(),
-        "cargo build --release --bin virtmail-agent"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("release/virtmail-agent")
+    format!("{} fs(/tmp)={fs}", machine_line())
 }
 
 fn mailbox(i: usize) -> (String, bool) {
