@@ -82,6 +82,40 @@ fn in_namespace<K: Resource<DynamicType = ()> + Clone>(
         .collect()
 }
 
+/// The member objects of one namespace, as the caches hold them at one moment.
+struct Members {
+    domains: Vec<Arc<MailDomain>>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    aliases: Vec<Arc<MailAlias>>,
+}
+
+impl Members {
+    fn of(ctx: &Context, namespace: &str) -> Members {
+        Members {
+            domains: in_namespace(&ctx.domains, namespace),
+            mailboxes: in_namespace(&ctx.mailboxes, namespace),
+            aliases: in_namespace(&ctx.aliases, namespace),
+        }
+    }
+
+    fn inputs<'a>(&'a self, server: &'a MailServer) -> Inputs<'a> {
+        Inputs {
+            server,
+            domains: (&self.domains).into(),
+            mailboxes: (&self.mailboxes).into(),
+            aliases: (&self.aliases).into(),
+        }
+    }
+}
+
+/// What a published reconcile hands to the members' status task: the objects it compiled, the
+/// result and its version.
+struct Published {
+    members: Members,
+    compiled: Compiled,
+    version: String,
+}
+
 async fn wait_ready<K>(store: &Store<K>, what: &str) -> Result<()>
 where
     K: Resource + Clone + 'static,
@@ -550,12 +584,12 @@ async fn publish_server(
 /// hold back the next version. The newest reconcile's task replaces an older one still running
 /// (every patch is an idempotent apply, so stopping one halfway loses nothing); failures are
 /// retried with backoff, then left to the next reconcile.
-fn spawn_member_status(
-    server: &Arc<MailServer>,
-    ctx: &Arc<Context>,
-    compiled: Compiled,
-    version: String,
-) {
+fn spawn_member_status(server: &Arc<MailServer>, ctx: &Arc<Context>, published: Published) {
+    let Published {
+        members,
+        compiled,
+        version,
+    } = published;
     let key = server_key(server);
     let mut tasks = ctx.member_status.lock().unwrap_or_else(|e| e.into_inner());
     // A task for this very version is still at work: it will write the same conditions.
@@ -570,19 +604,15 @@ fn spawn_member_status(
         let Some(namespace) = server.namespace() else {
             return;
         };
-        let mut first = Some(compiled);
+        // The reconcile's objects and compile first; a retry takes what the caches hold then.
+        let mut first = Some((members, compiled));
         for attempt in 1..=3 {
-            let domains = in_namespace(&task_ctx.domains, &namespace);
-            let mailboxes = in_namespace(&task_ctx.mailboxes, &namespace);
-            let aliases = in_namespace(&task_ctx.aliases, &namespace);
-            let inputs = Inputs {
-                server: &server,
-                domains: (&domains).into(),
-                mailboxes: (&mailboxes).into(),
-                aliases: (&aliases).into(),
-            };
-            // The reconcile's compile first; a retry compiles what the caches hold then.
-            let compiled = first.take().unwrap_or_else(|| compile(inputs));
+            let (members, compiled) = first.take().unwrap_or_else(|| {
+                let members = Members::of(&task_ctx, &namespace);
+                let compiled = compile(members.inputs(&server));
+                (members, compiled)
+            });
+            let inputs = members.inputs(&server);
             match publish_members(&task_ctx, &server, &inputs, &compiled).await {
                 Ok(()) => return,
                 Err(error) => {
@@ -603,9 +633,9 @@ pub async fn reconcile(server: Arc<MailServer>, ctx: Arc<Context>) -> Result<Act
     let started = Instant::now();
     let result = reconcile_inner(&server, &ctx)
         .await
-        .map(|(action, compiled)| {
-            if let Some((compiled, version)) = compiled {
-                spawn_member_status(&server, &ctx, compiled, version);
+        .map(|(action, published)| {
+            if let Some(published) = published {
+                spawn_member_status(&server, &ctx, published);
             }
             action
         });
@@ -632,7 +662,7 @@ fn server_key(server: &MailServer) -> String {
 async fn reconcile_inner(
     server: &MailServer,
     ctx: &Context,
-) -> Result<(Action, Option<(Compiled, String)>)> {
+) -> Result<(Action, Option<Published>)> {
     let namespace = server
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("MailServer without namespace".into()))?;
@@ -644,17 +674,9 @@ async fn reconcile_inner(
     wait_ready(&ctx.domains, "MailDomain").await?;
     wait_ready(&ctx.mailboxes, "Mailbox").await?;
     wait_ready(&ctx.aliases, "MailAlias").await?;
-    let domains = in_namespace(&ctx.domains, &namespace);
-    let mailboxes = in_namespace(&ctx.mailboxes, &namespace);
-    let aliases = in_namespace(&ctx.aliases, &namespace);
-    let inputs = Inputs {
-        server,
-        domains: (&domains).into(),
-        mailboxes: (&mailboxes).into(),
-        aliases: (&aliases).into(),
-    };
+    let members = Members::of(ctx, &namespace);
     // compile
-    let compiled = compile(inputs);
+    let compiled = compile(members.inputs(server));
     // build
     let encoded = encoding::encode(&compiled.directory);
     let desired = build::desired(server, &encoded, &ctx.config);
@@ -674,7 +696,11 @@ async fn reconcile_inner(
     );
     Ok((
         Action::requeue(Duration::from_secs(600)),
-        Some((compiled, encoded.version)),
+        Some(Published {
+            members,
+            compiled,
+            version: encoded.version,
+        }),
     ))
 }
 

@@ -50,3 +50,15 @@ pub fn start(namespace: &str, lease: &str) -> Process {
         .args(["--lease-seconds", "6"]);
     Process::start(&format!("operator-{lease}"), command)
 }
+
+/// Stand in for the kubelet after a control-plane outage: an operator that could not renew its
+/// lease for a whole lease duration stops (as controller-runtime's do) and must have said why;
+/// start it again. A running operator is left alone.
+pub fn restart_if_lease_lost(operator: &mut Process, namespace: &str, lease: &str) {
+    if operator.running() {
+        return;
+    }
+    let log = operator.log();
+    assert!(log.contains("lost the leader lease"), "{log}");
+    *operator = start(namespace, lease);
+}

@@ -69,14 +69,7 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
     cluster_script("start-apiserver");
     // An operator that could not renew its lease for a whole lease duration stops, as
     // controller-runtime's do, and its pod is restarted by the kubelet; stand in for the kubelet.
-    if !operator.running() {
-        assert!(
-            operator.log().contains("lost the leader lease"),
-            "{}",
-            operator.log()
-        );
-        operator = operator::start(ns.name(), &lease);
-    }
+    operator::restart_if_lease_lost(&mut operator, ns.name(), &lease);
     // A change after the restart flows through operator and agent again.
     ns.apply(
         "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: late}\nspec: {address: late@virtual2.test}\n",
@@ -110,14 +103,7 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
     let reply = lmtp(&agent.lmtp, "late@virtual2.test", "while etcd is down");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     restart.join().expect("restart-etcd");
-    if !operator.running() {
-        assert!(
-            operator.log().contains("lost the leader lease"),
-            "{}",
-            operator.log()
-        );
-        operator = operator::start(ns.name(), &lease);
-    }
+    operator::restart_if_lease_lost(&mut operator, ns.name(), &lease);
     ns.apply(
         "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: after-etcd}\nspec: {address: after-etcd@virtual2.test}\n",
     )

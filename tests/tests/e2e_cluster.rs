@@ -419,14 +419,7 @@ fn kubectl_changes_reach_postfix_and_the_volume_and_an_apiserver_outage_keeps_ma
     cluster_script("start-apiserver");
     // An operator that could not renew its lease for a whole lease duration stops (as
     // controller-runtime's do) and the kubelet would restart it; stand in for the kubelet.
-    if !operator.running() {
-        assert!(
-            operator.log().contains("lost the leader lease"),
-            "{}",
-            operator.log()
-        );
-        operator = operator::start(NS, "e2e");
-    }
+    operator::restart_if_lease_lost(&mut operator, NS, "e2e");
     run_with_stdin(
         kubectl().args(["apply", "-f", "-"]),
         "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: late-virtual2}\n\
