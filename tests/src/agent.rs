@@ -99,12 +99,44 @@ pub struct Agent {
     pub lmtp: PathBuf,
     /// socketmap socket.
     pub socketmap: PathBuf,
+    /// Port of `/healthz`, `/readyz`, `/metrics` on 127.0.0.1.
+    pub http_port: u16,
     _work: tempfile::TempDir,
 }
 
 /// Start `virtmail-agent serve` in cluster mode for MailServer `server` in `namespace`, as the
 /// ServiceAccount `<server>-agent` the operator creates (through impersonation, so RBAC applies).
 pub fn start(namespace: &str, server: &str) -> Agent {
+    launch(|command, work| {
+        let kubeconfig = impersonating_kubeconfig(
+            work,
+            &format!("system:serviceaccount:{namespace}:{server}-agent"),
+            namespace,
+        );
+        command
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--namespace", namespace, "--server", server]);
+    })
+}
+
+/// Start `virtmail-agent serve` in mounted-files mode on the volume `dir` for MailServer
+/// `server`, with no API credentials at all (the mode is for pods without API access).
+pub fn start_mounted(dir: &Path, server: &str) -> Agent {
+    launch(|command, work| {
+        command
+            .env_remove("KUBECONFIG")
+            .env("HOME", work)
+            .env("RUST_LOG", "info")
+            .arg("--directory-dir")
+            .arg(dir)
+            .args(["--server", server, "--directory-poll-interval", "200ms"]);
+    })
+}
+
+/// `serve` on a fresh 1777 base and sockets in a scratch directory; `source` adds the directory
+/// source's flags and environment.
+fn launch(source: impl FnOnce(&mut Command, &Path)) -> Agent {
     use std::os::unix::fs::PermissionsExt;
     let work = tempfile::tempdir().expect("tempdir");
     let base = work.path().join("vhosts");
@@ -112,17 +144,13 @@ pub fn start(namespace: &str, server: &str) -> Agent {
     std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
     let lmtp = work.path().join("lmtp.sock");
     let socketmap = work.path().join("socketmap.sock");
-    let kubeconfig = impersonating_kubeconfig(
-        work.path(),
-        &format!("system:serviceaccount:{namespace}:{server}-agent"),
-        namespace,
-    );
+    let http_port = crate::postfix::free_port();
     let mut command = Command::new(binary("virtmail-agent"));
+    command.arg("serve");
+    source(&mut command, work.path());
     command
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
-        .args(["serve", "--namespace", namespace, "--server", server])
-        .args(["--http", "127.0.0.1:0", "--reprovision-interval", "1s"])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(["--reprovision-interval", "1s"])
         .arg("--mailbox-base")
         .arg(&base)
         .arg("--lmtp")
@@ -135,6 +163,7 @@ pub fn start(namespace: &str, server: &str) -> Agent {
         base,
         lmtp,
         socketmap,
+        http_port,
         _work: work,
     }
 }

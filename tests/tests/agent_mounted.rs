@@ -5,15 +5,13 @@
 //! and never serves a set whose shards do not match the head. Also the control-plane fault of
 //! issue 9: a shard edited or deleted by hand is restored by the operator.
 
-use std::process::Command;
 use std::time::Duration;
 
 use virtmail_crds::encoding;
-use virtmail_tests::agent::{lmtp, socketmap};
+use virtmail_tests::agent::{self, lmtp, socketmap};
 use virtmail_tests::cluster::{TestNamespace, cluster, run};
 use virtmail_tests::kubelet::{self, ProjectedVolume};
-use virtmail_tests::postfix::free_port;
-use virtmail_tests::process::{Process, binary, http_get, wait_for};
+use virtmail_tests::process::{http_get, wait_for};
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -84,50 +82,20 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
         &work.path().join("directory"),
         Duration::from_millis(300),
     );
-    let base = work.path().join("vhosts");
-    std::fs::create_dir(&base).expect("base");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
-    }
-    let lmtp_socket = work.path().join("lmtp.sock");
-    let map_socket = work.path().join("socketmap.sock");
-    let port = free_port();
-    let mut command = Command::new(binary("virtmail-agent"));
-    command
-        // No credentials at all: the mode is for pods without API access.
-        .env_remove("KUBECONFIG")
-        .env("HOME", work.path())
-        .env("RUST_LOG", "info")
-        .arg("serve")
-        .arg("--directory-dir")
-        .arg(&volume.dir)
-        .args(["--server", "mail", "--directory-poll-interval", "200ms"])
-        .args([
-            "--http",
-            &format!("127.0.0.1:{port}"),
-            "--reprovision-interval",
-            "1s",
-        ])
-        .arg("--mailbox-base")
-        .arg(&base)
-        .arg("--lmtp")
-        .arg(format!("unix:{}", lmtp_socket.display()))
-        .arg("--socketmap")
-        .arg(format!("unix:{}", map_socket.display()));
-    let agent = Process::start("agent", command);
+    let agent = agent::start_mounted(&volume.dir, "mail");
+    let (lmtp_socket, map_socket, port) = (&agent.lmtp, &agent.socketmap, agent.http_port);
 
     // Served from the volume: lookups, provisioning and delivery.
     wait_for("test1 in the mounted directory", WAIT, || {
-        socketmap(&map_socket, "mailbox test1@virtual1.test").filter(|r| r.starts_with("OK "))
+        socketmap(map_socket, "mailbox test1@virtual1.test").filter(|r| r.starts_with("OK "))
     });
     assert_eq!(
-        socketmap(&map_socket, "mailbox nobody@virtual1.test").as_deref(),
+        socketmap(map_socket, "mailbox nobody@virtual1.test").as_deref(),
         Some("NOTFOUND ")
     );
     let reply = wait_for("a delivery to test1", WAIT, || {
         let reply = lmtp(
-            &lmtp_socket,
+            lmtp_socket,
             "test1@virtual1.test",
             "Subject: mounted\r\n\r\nhi\r\n",
         );
@@ -148,7 +116,7 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     )
     .expect("new mailbox");
     wait_for("fresh@ after a kubelet swap", WAIT, || {
-        socketmap(&map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
+        socketmap(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
     });
     assert!(
         volume.writes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
@@ -170,7 +138,7 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     .expect("hand edit");
     wait_for("the operator to restore the edited shard", WAIT, || {
         assert_eq!(
-            socketmap(&map_socket, "mailbox evil@virtual1.test").as_deref(),
+            socketmap(map_socket, "mailbox evil@virtual1.test").as_deref(),
             Some("NOTFOUND "),
             "the edited shard is never served"
         );
@@ -184,13 +152,13 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     });
     // Throughout, the agent kept answering from a verified version.
     assert_eq!(
-        socketmap(&map_socket, "mailbox evil@virtual1.test").as_deref(),
+        socketmap(map_socket, "mailbox evil@virtual1.test").as_deref(),
         Some("NOTFOUND ")
     );
     wait_for("fresh@ still served after the faults", WAIT, || {
-        socketmap(&map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
+        socketmap(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
     });
-    let log = agent.log();
+    let log = agent.process.log();
     assert!(
         !log.contains("evil@"),
         "the edited shard never reached the served directory"
