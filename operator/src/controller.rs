@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
@@ -15,10 +16,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::predicates;
 use kube::runtime::reflector::{self, ObjectRef as KubeRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -59,8 +62,13 @@ pub struct Context {
     /// Content hash and resourceVersion of each shard after our last apply, to skip shards
     /// that already hold what we want.
     applied_shards: Mutex<HashMap<(String, String), (String, String)>>,
-    /// The member-status task of each server (the newest reconcile's replaces the older one).
-    member_status: std::sync::Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>,
+    /// The last compile of each server, reused while its inputs are unchanged.
+    snapshots: std::sync::Mutex<HashMap<String, Arc<Snapshot>>>,
+    /// The member-status task of each server, with the snapshot it works from.
+    member_status: std::sync::Mutex<HashMap<String, StatusTask>>,
+    /// Counts changes of compiler inputs (see [`compiler_input_changes`]): a snapshot compiled
+    /// at epoch E is current while the epoch is still E.
+    inputs_epoch: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Context {
@@ -82,7 +90,9 @@ fn in_namespace<K: Resource<DynamicType = ()> + Clone>(
         .collect()
 }
 
-/// The member objects of one namespace, as the caches hold them at one moment.
+/// The member objects of one namespace, as the caches hold them at one moment. Held only while
+/// compiling: the caches replace objects as their statuses change, and holding the old ones
+/// would keep two copies of 100,000 Mailboxes alive.
 struct Members {
     domains: Vec<Arc<MailDomain>>,
     mailboxes: Vec<Arc<Mailbox>>,
@@ -108,12 +118,85 @@ impl Members {
     }
 }
 
-/// What a published reconcile hands to the members' status task: the objects it compiled, the
-/// result and its version.
-struct Published {
-    members: Members,
+/// A members' status task and the snapshot it works from.
+type StatusTask = (Arc<Snapshot>, tokio::task::JoinHandle<()>);
+
+/// What the compiler's result depends on besides the member caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SnapshotKey {
+    /// [`Context::inputs_epoch`] read before the caches were.
+    epoch: u64,
+    /// The server's uid and generation (its spec).
+    server_uid: Option<String>,
+    server_generation: Option<i64>,
+}
+
+impl SnapshotKey {
+    fn of(ctx: &Context, server: &MailServer) -> SnapshotKey {
+        SnapshotKey {
+            epoch: ctx.inputs_epoch.load(Ordering::SeqCst),
+            server_uid: server.meta().uid.clone(),
+            server_generation: server.meta().generation,
+        }
+    }
+}
+
+/// One compile and its encoding. Kept until the server's inputs change: a reconcile of an
+/// unchanged server (an owned object edited, the periodic requeue) reuses it instead of
+/// compiling 100,000 mailboxes again, and the members' status task shares it, so there is one
+/// compiled directory in memory, not one per reconcile in flight.
+struct Snapshot {
+    key: SnapshotKey,
     compiled: Compiled,
-    version: String,
+    encoded: encoding::Encoded,
+}
+
+impl Context {
+    /// The server's snapshot for these inputs: the kept one if its key still holds, else a new
+    /// compile. Before compiling, the outdated snapshot is let go (with the status task that
+    /// works from it) so the old and the new directory are never in memory together.
+    fn snapshot(&self, server: &MailServer, namespace: &str) -> Arc<Snapshot> {
+        let server_key = server_key(server);
+        // The epoch first: the caches read after it hold at least every change it counts.
+        let key = SnapshotKey::of(self, server);
+        {
+            let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(kept) = snapshots.get(&server_key)
+                && kept.key == key
+            {
+                return kept.clone();
+            }
+            snapshots.remove(&server_key);
+        }
+        if let Some((_, task)) = self
+            .member_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&server_key)
+        {
+            task.abort();
+        }
+        let compiled = {
+            let members = Members::of(self, namespace);
+            compile(members.inputs(server))
+        };
+        let encoded = encoding::encode(&compiled.directory);
+        let snapshot = Arc::new(Snapshot {
+            key,
+            compiled,
+            encoded,
+        });
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server_key, snapshot.clone());
+        snapshot
+    }
+
+    /// Whether a snapshot's compile still reflects the caches.
+    fn is_current(&self, snapshot: &Snapshot) -> bool {
+        snapshot.key.epoch == self.inputs_epoch.load(Ordering::SeqCst)
+    }
 }
 
 async fn wait_ready<K>(store: &Store<K>, what: &str) -> Result<()>
@@ -162,6 +245,7 @@ async fn apply_desired(
     ctx: &Context,
     server: &MailServer,
     namespace: &str,
+    encoded: &encoding::Encoded,
     desired: &Desired,
 ) -> Result<()> {
     let client = &ctx.client;
@@ -177,31 +261,30 @@ async fn apply_desired(
         .filter(|m| build::owned_by(*m, server))
         .map(|m| (m.name_any(), m.resource_version().unwrap_or_default()))
         .collect();
-    let (head, shards) = desired
-        .directory
-        .split_last()
-        .expect("the directory has a head");
     // Shards: skip those present exactly as we last wrote them, with the content we want now
     // (same hash, same resourceVersion); a hand edit changes the resourceVersion and gets
     // overwritten.
-    let to_apply: Vec<&ConfigMap> = {
+    let to_apply: Vec<usize> = {
         let applied = ctx.applied_shards.lock().await;
-        shards
-            .iter()
-            .filter(|cm| {
-                let name = cm.name_any();
-                let want = shard_hash(cm);
-                match applied.get(&(namespace.to_string(), name.clone())) {
+        (0..encoded.shards.len())
+            .filter(|&index| {
+                let shard = &encoded.shards[index];
+                match applied.get(&(namespace.to_string(), shard.name.clone())) {
                     Some((hash, version)) => {
-                        *hash != want || existing_versions.get(&name) != Some(version)
+                        *hash != shard.hash || existing_versions.get(&shard.name) != Some(version)
                     }
                     None => true,
                 }
             })
             .collect()
     };
-    let results: Vec<Result<ConfigMap>> = stream::iter(to_apply.into_iter().cloned())
-        .map(|cm: ConfigMap| async move { apply(client, namespace, &cm).await })
+    let results: Vec<Result<ConfigMap>> = stream::iter(to_apply)
+        .map(|index| {
+            // Indices, not references: a stream of borrowed shards is not `Send` for every
+            // lifetime, which the controller requires.
+            let config_map = build::shard_config_map(server, &encoded.shards[index]);
+            async move { apply(client, namespace, &config_map).await }
+        })
         .buffer_unordered(8)
         .collect()
         .await;
@@ -215,7 +298,7 @@ async fn apply_desired(
             );
         }
     }
-    apply(client, namespace, head).await?;
+    apply(client, namespace, &desired.head).await?;
     apply(client, namespace, &desired.postfix).await?;
     apply(client, namespace, &desired.service_account).await?;
     apply(client, namespace, &desired.role).await?;
@@ -236,8 +319,12 @@ async fn apply_desired(
         }
     }
     // Only now, with the head naming the new shards applied, remove shards nobody names.
-    let wanted: Vec<String> = shards.iter().map(|cm| cm.name_any()).collect();
-    for name in existing_versions.keys().filter(|n| !wanted.contains(n)) {
+    let wanted: std::collections::HashSet<&str> =
+        encoded.shards.iter().map(|s| s.name.as_str()).collect();
+    for name in existing_versions
+        .keys()
+        .filter(|n| !wanted.contains(n.as_str()))
+    {
         match config_maps.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -265,9 +352,9 @@ fn now() -> Time {
 
 /// One member status patch, decided synchronously (cheap, no allocation for members whose
 /// status is already right) and sent later: at 100,000 members only the few patches in flight
-/// may hold a request future.
-struct MemberPatch<'a, K> {
-    object: &'a K,
+/// may hold a request future or an object.
+struct MemberPatch<K> {
+    object: Arc<K>,
     status: serde_json::Value,
     event: Option<Event>,
 }
@@ -276,13 +363,14 @@ struct MemberPatch<'a, K> {
 /// wanted, if anything changes, with an Event for every change of state and every problem
 /// (not for a new object becoming Ready as expected: the condition records that, and 100,000
 /// Mailboxes created at once must not mean 100,000 Events).
-fn member_patch<'a, K: Resource>(
-    object: &'a K,
+fn member_patch<K: Resource>(
+    object: Arc<K>,
     wanted: Wanted,
-    existing: &[Condition],
+    conditions: fn(&K) -> &[Condition],
     extra: serde_json::Value,
     extra_changed: bool,
-) -> Option<MemberPatch<'a, K>> {
+) -> Option<MemberPatch<K>> {
+    let existing = conditions(&object);
     let generation = object.meta().generation;
     let merged = status::merge(existing, std::slice::from_ref(&wanted), generation, &now());
     if !extra_changed && !status::differs(existing, &merged) {
@@ -315,7 +403,7 @@ fn member_patch<'a, K: Resource>(
 }
 
 /// Send one member status patch (server-side apply of the status) and its Event.
-async fn send_member_patch<K>(ctx: &Context, patch: MemberPatch<'_, K>) -> Result<()>
+async fn send_member_patch<K>(ctx: &Context, patch: MemberPatch<K>) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -339,99 +427,115 @@ where
     Ok(())
 }
 
-fn conditions_of<T>(status: &Option<T>, get: impl Fn(&T) -> &Vec<Condition>) -> &[Condition] {
-    status.as_ref().map_or(&[], |s| get(s).as_slice())
+fn mailbox_conditions(mailbox: &Mailbox) -> &[Condition] {
+    mailbox.status.as_ref().map_or(&[], |s| &s.conditions)
 }
 
-/// The status step for members: Ready on every Mailbox, MailAlias and MailDomain of the server.
-async fn publish_members(
-    ctx: &Context,
-    server: &MailServer,
-    inputs: &Inputs<'_>,
-    compiled: &Compiled,
-) -> Result<()> {
-    let server_name = server.name_any();
-    let base = compiled.directory.settings.mailbox_base.clone();
-    let members: std::collections::HashSet<&ObjectRef> = compiled.members.iter().collect();
-    let is_member = |kind, name: String| members.contains(&ObjectRef { kind, name });
+fn alias_conditions(alias: &MailAlias) -> &[Condition] {
+    alias.status.as_ref().map_or(&[], |s| &s.conditions)
+}
 
-    // One pass over the mailboxes, not one per domain.
-    let mut mailboxes_per_domain: HashMap<&str, usize> = HashMap::new();
-    for key in compiled.directory.mailboxes.keys() {
-        if let Some((_, domain)) = key.rsplit_once('@') {
-            *mailboxes_per_domain.entry(domain).or_default() += 1;
+fn domain_conditions(domain: &MailDomain) -> &[Condition] {
+    domain.status.as_ref().map_or(&[], |s| &s.conditions)
+}
+
+/// The cached object of a member, as the cache holds it now (its status is the freshest).
+fn cached<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store.get(&KubeRef::new(name).within(namespace))
+}
+
+/// What a snapshot wants of its members' statuses.
+struct MemberStatuses<'a> {
+    ctx: &'a Context,
+    namespace: &'a str,
+    server_name: String,
+    compiled: &'a Compiled,
+    /// Mailboxes per domain, for the MailDomains' status (one pass, not one per domain).
+    mailboxes_per_domain: HashMap<&'a str, usize>,
+}
+
+impl<'a> MemberStatuses<'a> {
+    fn new(
+        ctx: &'a Context,
+        server: &MailServer,
+        namespace: &'a str,
+        compiled: &'a Compiled,
+    ) -> Self {
+        let mut mailboxes_per_domain: HashMap<&str, usize> = HashMap::new();
+        for key in compiled.directory.mailboxes.keys() {
+            if let Some((_, domain)) = key.rsplit_once('@') {
+                *mailboxes_per_domain.entry(domain).or_default() += 1;
+            }
+        }
+        MemberStatuses {
+            ctx,
+            namespace,
+            server_name: server.name_any(),
+            compiled,
+            mailboxes_per_domain,
         }
     }
-    // Mailboxes lazily (one patch body at a time, not 100,000); aliases and domains are few.
-    let mailbox_patches = inputs
-        .mailboxes
-        .iter()
-        .filter(|m| is_member(Kind::Mailbox, m.name_any()))
-        .filter_map(|mailbox| {
-            let object = ObjectRef {
-                kind: Kind::Mailbox,
-                name: mailbox.name_any(),
-            };
-            let wanted = status::ready_for(compiled, &object, &server_name);
-            let key = virtmail_crds::address::fold(&mailbox.spec.address);
-            let path = compiled
-                .directory
-                .mailboxes
-                .get(&key)
-                .filter(|e| e.object == object.name && e.defer.is_none())
-                .map(|e| format!("{base}/{}", e.path));
-            let existing = conditions_of(&mailbox.status, |s| &s.conditions);
-            let path_changed =
-                mailbox.status.as_ref().and_then(|s| s.path.as_ref()) != path.as_ref();
-            let extra = json!({ "path": path });
-            member_patch(mailbox, wanted, existing, extra, path_changed)
-        });
-    let mut alias_patches = Vec::new();
-    for alias in inputs
-        .aliases
-        .iter()
-        .filter(|a| is_member(Kind::MailAlias, a.name_any()))
-    {
-        let object = ObjectRef {
-            kind: Kind::MailAlias,
-            name: alias.name_any(),
-        };
-        let wanted = status::ready_for(compiled, &object, &server_name);
-        let existing = conditions_of(&alias.status, |s| &s.conditions);
-        alias_patches.extend(member_patch(alias, wanted, existing, json!({}), false));
+
+    /// The patch one member needs, if any (none for a member no longer in the cache).
+    fn patch(&self, member: &ObjectRef) -> Option<AnyPatch> {
+        let (ctx, namespace, compiled) = (self.ctx, self.namespace, self.compiled);
+        let wanted = status::ready_for(compiled, member, &self.server_name);
+        match member.kind {
+            Kind::Mailbox => {
+                let mailbox = cached(&ctx.mailboxes, namespace, &member.name)?;
+                let base = &compiled.directory.settings.mailbox_base;
+                let key = virtmail_crds::address::fold(&mailbox.spec.address);
+                let path = compiled
+                    .directory
+                    .mailboxes
+                    .get(&key)
+                    .filter(|e| e.object == member.name && e.defer.is_none())
+                    .map(|e| format!("{base}/{}", e.path));
+                let path_changed =
+                    mailbox.status.as_ref().and_then(|s| s.path.as_ref()) != path.as_ref();
+                let extra = json!({ "path": path });
+                member_patch(mailbox, wanted, mailbox_conditions, extra, path_changed)
+                    .map(AnyPatch::Mailbox)
+            }
+            Kind::MailAlias => {
+                let alias = cached(&ctx.aliases, namespace, &member.name)?;
+                member_patch(alias, wanted, alias_conditions, json!({}), false).map(AnyPatch::Alias)
+            }
+            Kind::MailDomain => {
+                let domain = cached(&ctx.domains, namespace, &member.name)?;
+                let folded = virtmail_crds::address::fold(&domain.spec.domain);
+                let count = self
+                    .mailboxes_per_domain
+                    .get(folded.as_str())
+                    .copied()
+                    .unwrap_or(0);
+                let extra_changed = domain.status.as_ref().is_none_or(|s| {
+                    s.mailboxes as usize != count || s.servers != [self.server_name.as_str()]
+                });
+                let extra = json!({ "mailboxes": count, "servers": [self.server_name] });
+                member_patch(domain, wanted, domain_conditions, extra, extra_changed)
+                    .map(AnyPatch::Domain)
+            }
+            Kind::MailServer => None,
+        }
     }
-    let mut domain_patches = Vec::new();
-    for domain in inputs
-        .domains
+}
+
+/// The status step for members: Ready on every Mailbox, MailAlias and MailDomain of the server,
+/// read from the caches as they are when each patch is decided. Stops early (successfully)
+/// when the inputs change: a newer snapshot and its own task are on the way.
+async fn publish_members(ctx: &Context, server: &MailServer, snapshot: &Snapshot) -> Result<()> {
+    let namespace = server.namespace().unwrap_or_default();
+    let statuses = MemberStatuses::new(ctx, server, &namespace, &snapshot.compiled);
+    let mut pending = snapshot
+        .compiled
+        .members
         .iter()
-        .filter(|d| is_member(Kind::MailDomain, d.name_any()))
-    {
-        let object = ObjectRef {
-            kind: Kind::MailDomain,
-            name: domain.name_any(),
-        };
-        let wanted = status::ready_for(compiled, &object, &server_name);
-        let folded = virtmail_crds::address::fold(&domain.spec.domain);
-        let count = mailboxes_per_domain
-            .get(folded.as_str())
-            .copied()
-            .unwrap_or(0);
-        let status = domain.status.clone().unwrap_or_default();
-        let extra_changed =
-            status.mailboxes as usize != count || status.servers != vec![server_name.clone()];
-        let extra = json!({ "mailboxes": count, "servers": [server_name] });
-        domain_patches.extend(member_patch(
-            domain,
-            wanted,
-            &status.conditions,
-            extra,
-            extra_changed,
-        ));
-    }
-    let mut pending = mailbox_patches
-        .map(AnyPatch::Mailbox)
-        .chain(alias_patches.into_iter().map(AnyPatch::Alias))
-        .chain(domain_patches.into_iter().map(AnyPatch::Domain));
+        .take_while(|_| ctx.is_current(snapshot))
+        .filter_map(|member| statuses.patch(member));
     // Futures are made as they are sent: 16 in flight, never one per member.
     let mut in_flight = stream::FuturesUnordered::new();
     let mut first_error = None;
@@ -454,13 +558,13 @@ async fn publish_members(
 }
 
 /// A member patch of any kind.
-enum AnyPatch<'a> {
-    Mailbox(MemberPatch<'a, Mailbox>),
-    Alias(MemberPatch<'a, MailAlias>),
-    Domain(MemberPatch<'a, MailDomain>),
+enum AnyPatch {
+    Mailbox(MemberPatch<Mailbox>),
+    Alias(MemberPatch<MailAlias>),
+    Domain(MemberPatch<MailDomain>),
 }
 
-async fn send_any_patch(ctx: &Context, patch: AnyPatch<'_>) -> Result<()> {
+async fn send_any_patch(ctx: &Context, patch: AnyPatch) -> Result<()> {
     match patch {
         AnyPatch::Mailbox(p) => send_member_patch(ctx, p).await,
         AnyPatch::Alias(p) => send_member_patch(ctx, p).await,
@@ -581,39 +685,23 @@ async fn publish_server(
 
 /// The members' `Ready` conditions, after the directory is published and apart from the
 /// reconcile: mail depends on the directory, not on 100,000 status patches, so those must not
-/// hold back the next version. The newest reconcile's task replaces an older one still running
-/// (every patch is an idempotent apply, so stopping one halfway loses nothing); failures are
-/// retried with backoff, then left to the next reconcile.
-fn spawn_member_status(server: &Arc<MailServer>, ctx: &Arc<Context>, published: Published) {
-    let Published {
-        members,
-        compiled,
-        version,
-    } = published;
+/// hold back the next version. A task already working from this snapshot is left alone; one
+/// from an older snapshot was stopped when the new one was compiled (every patch is an
+/// idempotent apply, so stopping one halfway loses nothing). Failures are retried with
+/// backoff, then left to the next reconcile.
+fn spawn_member_status(server: &Arc<MailServer>, ctx: &Arc<Context>, snapshot: Arc<Snapshot>) {
     let key = server_key(server);
     let mut tasks = ctx.member_status.lock().unwrap_or_else(|e| e.into_inner());
-    // A task for this very version is still at work: it will write the same conditions.
     if let Some((running, task)) = tasks.get(&key)
-        && *running == version
+        && Arc::ptr_eq(running, &snapshot)
         && !task.is_finished()
     {
         return;
     }
-    let (server, task_ctx) = (server.clone(), ctx.clone());
+    let (server, task_ctx, task_snapshot) = (server.clone(), ctx.clone(), snapshot.clone());
     let task = tokio::spawn(async move {
-        let Some(namespace) = server.namespace() else {
-            return;
-        };
-        // The reconcile's objects and compile first; a retry takes what the caches hold then.
-        let mut first = Some((members, compiled));
         for attempt in 1..=3 {
-            let (members, compiled) = first.take().unwrap_or_else(|| {
-                let members = Members::of(&task_ctx, &namespace);
-                let compiled = compile(members.inputs(&server));
-                (members, compiled)
-            });
-            let inputs = members.inputs(&server);
-            match publish_members(&task_ctx, &server, &inputs, &compiled).await {
+            match publish_members(&task_ctx, &server, &task_snapshot).await {
                 Ok(()) => return,
                 Err(error) => {
                     warn!(server = %server_key(&server), category = error.category(), %error, attempt, "member status not published");
@@ -623,7 +711,7 @@ fn spawn_member_status(server: &Arc<MailServer>, ctx: &Arc<Context>, published: 
             }
         }
     });
-    if let Some((_, older)) = tasks.insert(key, (version, task)) {
+    if let Some((_, older)) = tasks.insert(key, (snapshot, task)) {
         older.abort();
     }
 }
@@ -634,8 +722,8 @@ pub async fn reconcile(server: Arc<MailServer>, ctx: Arc<Context>) -> Result<Act
     let result = reconcile_inner(&server, &ctx)
         .await
         .map(|(action, published)| {
-            if let Some(published) = published {
-                spawn_member_status(&server, &ctx, published);
+            if let Some(snapshot) = published {
+                spawn_member_status(&server, &ctx, snapshot);
             }
             action
         });
@@ -657,12 +745,12 @@ fn server_key(server: &MailServer) -> String {
     )
 }
 
-/// The pipeline; returns the compiled directory for the members' status task when the server
-/// was published.
+/// The pipeline; returns the snapshot for the members' status task when the server was
+/// published.
 async fn reconcile_inner(
     server: &MailServer,
     ctx: &Context,
-) -> Result<(Action, Option<Published>)> {
+) -> Result<(Action, Option<Arc<Snapshot>>)> {
     let namespace = server
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("MailServer without namespace".into()))?;
@@ -674,18 +762,17 @@ async fn reconcile_inner(
     wait_ready(&ctx.domains, "MailDomain").await?;
     wait_ready(&ctx.mailboxes, "Mailbox").await?;
     wait_ready(&ctx.aliases, "MailAlias").await?;
-    let members = Members::of(ctx, &namespace);
-    // compile
-    let compiled = compile(members.inputs(server));
+    // compile (or reuse the last compile while nothing it reads has changed)
+    let snapshot = ctx.snapshot(server, &namespace);
+    let (compiled, encoded) = (&snapshot.compiled, &snapshot.encoded);
     // build
-    let encoded = encoding::encode(&compiled.directory);
-    let desired = build::desired(server, &encoded, &ctx.config);
+    let desired = build::desired(server, encoded, &ctx.config);
     // apply
-    apply_desired(ctx, server, &namespace, &desired).await?;
+    apply_desired(ctx, server, &namespace, encoded, &desired).await?;
     // status: the server's now; the members' in the background (see spawn_member_status)
-    publish_server(ctx, server, &compiled, &encoded, &desired).await?;
+    publish_server(ctx, server, compiled, encoded, &desired).await?;
     ctx.metrics
-        .set_directory(&server_key(server), encoded.shard_bytes(), &compiled);
+        .set_directory(&server_key(server), encoded.shard_bytes(), compiled);
     info!(
         server = %server_key(server),
         version = %encoded.version,
@@ -694,14 +781,7 @@ async fn reconcile_inner(
         diagnostics = compiled.diagnostics.len(),
         "reconciled"
     );
-    Ok((
-        Action::requeue(Duration::from_secs(600)),
-        Some(Published {
-            members,
-            compiled,
-            version: encoded.version,
-        }),
-    ))
+    Ok((Action::requeue(Duration::from_secs(600)), Some(snapshot)))
 }
 
 /// Backoff: transient errors retry after 1 s, 2 s, 4 s … up to 5 min, with ±20 % jitter;
@@ -794,32 +874,134 @@ fn compiler_input_fingerprint<K: Resource>(object: &K) -> u64 {
     hasher.finish()
 }
 
-/// Member objects whose compiler inputs changed (created, spec or labels edited, deleted).
-/// Status-only changes are dropped: the operator's own `Ready` patches and the agent's
-/// `Provisioned` ones would otherwise trigger a reconcile each (100,000 of them at scale).
+fn uid_key<K: Resource>(object: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    object.meta().uid.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What [`compiler_input_changes`] remembers of one object: 24 bytes, not the object.
+struct Seen {
+    fingerprint: u64,
+    /// Index into the interned namespaces.
+    namespace: u32,
+    /// Seen in the relist under way.
+    relisted: bool,
+}
+
+/// Member objects whose compiler inputs changed (created, spec or labels edited, deleted), as
+/// triggers carrying the object's namespace. Status-only changes are dropped: the operator's
+/// own `Ready` patches and the agent's `Provisioned` ones would otherwise trigger a reconcile
+/// each (100,000 of them at scale). Every trigger advances `epoch`, which tells a reconcile
+/// whether its last compile is still current.
+///
+/// After a relist (the watch was down, e.g. the apiserver restarted) the cache silently drops
+/// objects deleted meanwhile; there is no Delete event for them, so one trigger per namespace
+/// that lost objects stands in for it.
 fn compiler_input_changes<K>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+    epoch: Arc<AtomicU64>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource + Send + 'static,
 {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    let uid = |o: &K| o.meta().uid.clone().unwrap_or_default();
-    events.filter_map(move |event| {
-        let out = match event {
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                let fingerprint = compiler_input_fingerprint(&o);
-                (seen.insert(uid(&o), fingerprint) != Some(fingerprint)).then_some(Ok(o))
+    let mut seen: HashMap<u64, Seen> = HashMap::new();
+    let mut namespaces: Vec<Option<String>> = Vec::new();
+    let intern =
+        move |namespace: Option<String>, namespaces: &mut Vec<Option<String>>| match namespaces
+            .iter()
+            .position(|n| *n == namespace)
+        {
+            Some(index) => index as u32,
+            None => {
+                namespaces.push(namespace);
+                (namespaces.len() - 1) as u32
             }
-            Ok(watcher::Event::Delete(o)) => {
-                seen.remove(&uid(&o));
-                Some(Ok(o))
-            }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-            Err(e) => Some(Err(e)),
         };
-        futures::future::ready(out)
-    })
+    // kube's trigger path looks the trigger up by name, so it carries one (only its namespace
+    // is mapped to servers).
+    let trigger = |namespace: Option<String>| {
+        ObjectMeta {
+            name: Some("compiler-input-change".into()),
+            namespace,
+            ..ObjectMeta::default()
+        }
+        .into_response_partial::<K>()
+    };
+    events
+        .map(move |event| {
+            let triggers: Vec<Result<PartialObjectMeta<K>, watcher::Error>> = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    let fingerprint = compiler_input_fingerprint(&o);
+                    let namespace = intern(o.meta().namespace.clone(), &mut namespaces);
+                    let previous = seen.insert(
+                        uid_key(&o),
+                        Seen {
+                            fingerprint,
+                            namespace,
+                            relisted: true,
+                        },
+                    );
+                    if previous.is_some_and(|p| p.fingerprint == fingerprint) {
+                        vec![]
+                    } else {
+                        vec![Ok(trigger(o.meta().namespace.clone()))]
+                    }
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    seen.remove(&uid_key(&o));
+                    vec![Ok(trigger(o.meta().namespace.clone()))]
+                }
+                Ok(watcher::Event::Init) => {
+                    for entry in seen.values_mut() {
+                        entry.relisted = false;
+                    }
+                    vec![]
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let mut lost: Vec<u32> = Vec::new();
+                    seen.retain(|_, entry| {
+                        if !entry.relisted && !lost.contains(&entry.namespace) {
+                            lost.push(entry.namespace);
+                        }
+                        entry.relisted
+                    });
+                    lost.into_iter()
+                        .map(|index| Ok(trigger(namespaces[index as usize].clone())))
+                        .collect()
+                }
+                Err(e) => vec![Err(e)],
+            };
+            if triggers.iter().any(Result::is_ok) {
+                epoch.fetch_add(1, Ordering::SeqCst);
+            }
+            stream::iter(triggers)
+        })
+        .flatten()
+}
+
+/// Changes of one kind of owned object, as metadata (apiserver sends no data or spec).
+fn owned_changes<K>(
+    client: &Client,
+    namespace: &Option<String>,
+    config: &watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(
+        api_for::<PartialObjectMeta<K>>(client, namespace),
+        config.clone(),
+    )
+    .default_backoff()
+    .touched_objects()
 }
 
 /// Run the controller until `shutdown` resolves.
@@ -850,14 +1032,24 @@ pub async fn run(
         .reflect(alias_writer)
         .boxed();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
+    // MailServers trigger on spec changes only (generation): the operator's own status patch
+    // must not cause the next reconcile. Owned objects trigger on any change (drift is
+    // repaired) and are watched as metadata: their owner reference is all a trigger needs, and
+    // the directory shards' data would otherwise come back with every write.
+    let (servers, server_writer) = reflector::store::<MailServer>();
+    let server_triggers = watcher(api_for::<MailServer>(&client, ns), watch.clone())
+        .default_backoff()
+        .reflect(server_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
     // No debounce: kube's is trailing-edge and keeps delaying while changes keep coming, so a
     // steady stream of Mailbox creations would never be published. Batching comes from the
     // controller itself: changes arriving during a reconcile of a server coalesce into one next
     // reconcile.
-    let controller = Controller::new(api_for::<MailServer>(&client, ns), watch)
+    let controller = Controller::for_stream(server_triggers, servers.clone())
         .with_config(ControllerConfig::default().concurrency(4));
-    let store = controller.store();
-    let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    let (s1, s2, s3) = (servers.clone(), servers.clone(), servers);
+    let inputs_epoch = Arc::new(AtomicU64::new(0));
     let context = Arc::new(Context {
         client: client.clone(),
         config: options.config,
@@ -874,26 +1066,30 @@ pub async fn run(
         ),
         failures: Mutex::default(),
         applied_shards: Mutex::default(),
+        snapshots: Default::default(),
         member_status: Default::default(),
+        inputs_epoch: inputs_epoch.clone(),
     });
     metrics.set_ready(true);
     controller
-        .owns(api_for::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
-        .owns(api_for::<Service>(&client, ns), owned.clone())
-        .owns(api_for::<ServiceAccount>(&client, ns), owned.clone())
-        .owns(api_for::<Role>(&client, ns), owned.clone())
-        .owns(api_for::<RoleBinding>(&client, ns), owned)
+        .owns_stream(owned_changes::<ConfigMap>(&client, ns, &owned))
+        .owns_stream(owned_changes::<StatefulSet>(&client, ns, &owned))
+        .owns_stream(owned_changes::<Service>(&client, ns, &owned))
+        .owns_stream(owned_changes::<ServiceAccount>(&client, ns, &owned))
+        .owns_stream(owned_changes::<Role>(&client, ns, &owned))
+        .owns_stream(owned_changes::<RoleBinding>(&client, ns, &owned))
         .watches_stream(
-            compiler_input_changes(domain_stream),
-            move |o: MailDomain| servers_in(&s1, o.namespace()),
+            compiler_input_changes(domain_stream, inputs_epoch.clone()),
+            move |o: PartialObjectMeta<MailDomain>| servers_in(&s1, o.namespace()),
         )
-        .watches_stream(compiler_input_changes(mailbox_stream), move |o: Mailbox| {
-            servers_in(&s2, o.namespace())
-        })
-        .watches_stream(compiler_input_changes(alias_stream), move |o: MailAlias| {
-            servers_in(&s3, o.namespace())
-        })
+        .watches_stream(
+            compiler_input_changes(mailbox_stream, inputs_epoch.clone()),
+            move |o: PartialObjectMeta<Mailbox>| servers_in(&s2, o.namespace()),
+        )
+        .watches_stream(
+            compiler_input_changes(alias_stream, inputs_epoch),
+            move |o: PartialObjectMeta<MailAlias>| servers_in(&s3, o.namespace()),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

@@ -24,11 +24,13 @@ fn example_server(example: &str) -> (MailServer, Encoded) {
 fn owned_object_names_are_the_contract() {
     let (server, encoded) = example_server("1-virtual-for-all-mail");
     let d = desired(&server, &encoded, &BuildConfig::default());
+    let directory = directory_config_maps(&server, &encoded);
+    assert_eq!(d.head, *directory.last().expect("head"));
     assert_eq!(
-        d.directory.last().and_then(|c| c.metadata.name.as_deref()),
+        directory.last().and_then(|c| c.metadata.name.as_deref()),
         Some("mail-directory")
     );
-    assert!(d.directory[..d.directory.len() - 1].iter().all(|c| {
+    assert!(directory[..directory.len() - 1].iter().all(|c| {
         c.metadata
             .name
             .as_deref()
@@ -187,8 +189,10 @@ fn postfix_config_hash_changes_only_with_the_profile() {
 #[test]
 fn shard_config_maps_carry_their_hash() {
     let (server, encoded) = example_server("3-many-virtual-users");
-    let d = desired(&server, &encoded, &BuildConfig::default());
-    for (cm, shard) in d.directory.iter().zip(&encoded.shards) {
+    for (cm, shard) in directory_config_maps(&server, &encoded)
+        .iter()
+        .zip(&encoded.shards)
+    {
         assert_eq!(cm.metadata.name.as_deref(), Some(shard.name.as_str()));
         assert_eq!(
             cm.metadata
