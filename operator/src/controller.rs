@@ -1114,4 +1114,81 @@ mod tests {
         assert_eq!(backoff(1, 0), Duration::from_millis(800));
         assert_eq!(backoff(1, 400), Duration::from_millis(1200));
     }
+
+    fn mailbox(namespace: &str, name: &str, generation: i64, ready: bool) -> Mailbox {
+        serde_json::from_value(json!({
+            "apiVersion": "virtmail.io/v1alpha1",
+            "kind": "Mailbox",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{namespace}-{name}"),
+                         "generation": generation},
+            "spec": {"address": format!("{name}@example.test")},
+            "status": {"conditions": if ready {
+                json!([{"type": "Ready", "status": "True", "reason": "Published", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+            } else { json!([]) }},
+        }))
+        .expect("a Mailbox")
+    }
+
+    /// Feeds `events` through [`compiler_input_changes`] and returns the namespaces of the
+    /// triggers it emitted and how far the epoch moved.
+    fn triggers_for(events: Vec<watcher::Event<Mailbox>>) -> (Vec<String>, u64) {
+        let epoch = Arc::new(AtomicU64::new(0));
+        let triggers = futures::executor::block_on(
+            compiler_input_changes(stream::iter(events.into_iter().map(Ok)), epoch.clone())
+                .collect::<Vec<_>>(),
+        );
+        let namespaces = triggers
+            .into_iter()
+            .map(|t| {
+                let t = t.expect("no watcher error was fed");
+                assert_eq!(t.name_any(), "compiler-input-change");
+                t.namespace().expect("a trigger carries its namespace")
+            })
+            .collect();
+        (namespaces, epoch.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn compiler_inputs_trigger_on_create_edit_and_delete_but_not_on_status() {
+        use watcher::Event::*;
+        let (namespaces, epoch) = triggers_for(vec![
+            Init,
+            InitApply(mailbox("a", "u1", 1, false)),
+            InitDone,
+            // The operator's own Ready patch: status only.
+            Apply(mailbox("a", "u1", 1, true)),
+            // A spec edit moves the generation.
+            Apply(mailbox("a", "u1", 2, true)),
+            Apply(mailbox("b", "u2", 1, false)),
+            Delete(mailbox("b", "u2", 1, false)),
+        ]);
+        assert_eq!(namespaces, ["a", "a", "b", "b"]);
+        assert_eq!(epoch, 4, "every trigger advances the epoch");
+    }
+
+    #[test]
+    fn objects_lost_in_a_relist_trigger_their_namespace_once() {
+        use watcher::Event::*;
+        let (namespaces, epoch) = triggers_for(vec![
+            Init,
+            InitApply(mailbox("a", "u1", 1, false)),
+            InitApply(mailbox("a", "u2", 1, false)),
+            InitApply(mailbox("b", "u3", 1, false)),
+            InitApply(mailbox("c", "u4", 1, false)),
+            InitDone,
+            // The watch was down; u1 and u2 (namespace a) were deleted meanwhile, c unchanged.
+            Init,
+            InitApply(mailbox("b", "u3", 1, false)),
+            InitApply(mailbox("c", "u4", 1, true)),
+            InitDone,
+            // A second relist that loses nothing triggers nothing.
+            Init,
+            InitApply(mailbox("b", "u3", 1, false)),
+            InitApply(mailbox("c", "u4", 1, true)),
+            InitDone,
+        ]);
+        assert_eq!(namespaces, ["a", "a", "b", "c", "a"]);
+        assert_eq!(epoch, 5);
+    }
 }
