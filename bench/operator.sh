@@ -24,15 +24,25 @@ trap 'kill "$(cat "$W/op.pid" 2>/dev/null)" 2>/dev/null || true; tools/cluster.s
 "$OP" rbac | "$K" apply -f - >/dev/null
 
 now() { date +%s.%N; }
+start_operator() { # N NAMESPACE LOG-SUFFIX
+  KUBECONFIG="$VIRTMAIL_KUBECONFIG_OPERATOR" RUST_LOG="${RUST_LOG:-warn}" "$OP" run --namespace "$2" --http 127.0.0.1:0 \
+    --lease-name "bench-$1" >"$W/op-$1-$3.log" 2>&1 &
+  echo $! >"$W/op.pid"
+}
+stop_operator() {
+  kill "$(cat "$W/op.pid")"; wait "$(cat "$W/op.pid")" 2>/dev/null || true
+}
+peak_rss() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$(cat "$W/op.pid")/status"; }
+wait_new_version() { # NAMESPACE VERSION-BEFORE
+  until [[ "$("$K" -n "$1" get mailserver mail -o jsonpath='{.status.directory.version}')" != "$2" ]]; do sleep 0.05; done
+}
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
-echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | one edit → new version (s) | operator peak RSS (MiB) |"
-echo "|---|---|---|---|---|---|"
+echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | one edit → new version (s) | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) |"
+echo "|---|---|---|---|---|---|---|---|"
 for n in "${SIZES[@]}"; do
   ns="bench-$n"
   "$K" create namespace "$ns" >/dev/null
-  KUBECONFIG="$VIRTMAIL_KUBECONFIG_OPERATOR" RUST_LOG="${RUST_LOG:-warn}" "$OP" run --namespace "$ns" --http 127.0.0.1:0 \
-    --lease-name "bench-$n" >"$W/op-$n.log" 2>&1 &
-  echo $! >"$W/op.pid"
+  start_operator "$n" "$ns" warm
   printf 'apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n' | "$K" -n "$ns" apply -f - >/dev/null
   rm -f "$W/part-$n."*
   python3 - "$n" "$W/part-$n" <<'PY'
@@ -58,11 +68,21 @@ PY
   before="$("$K" -n "$ns" get mailserver mail -o jsonpath='{.status.directory.version}')"
   start=$(now)
   "$K" -n "$ns" patch mailbox u7 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
-  until [[ "$("$K" -n "$ns" get mailserver mail -o jsonpath='{.status.directory.version}')" != "$before" ]]; do sleep 0.05; done
+  wait_new_version "$ns" "$before"
   edit=$(python3 -c "print($(now) - $start)")
-  rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$(cat "$W/op.pid")/status")
+  rss=$(peak_rss)
+  stop_operator
+  # Cold start: an operator started against N existing Mailboxes, one of them edited while no
+  # operator ran, until the directory with that edit is published (list, compile, apply).
+  before="$("$K" -n "$ns" get mailserver mail -o jsonpath='{.status.directory.version}')"
+  "$K" -n "$ns" patch mailbox u8 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
+  start=$(now)
+  start_operator "$n" "$ns" cold
+  wait_new_version "$ns" "$before"
+  cold=$(python3 -c "print($(now) - $start)")
+  cold_rss=$(peak_rss)
+  stop_operator
   lag=$(python3 -c "print(max(0.0, $published - $created))")
-  printf '| %s | %.1f | %.1f | %.1f | %.2f | %s |\n' "$n" "$created" "$published" "$lag" "$edit" "$rss"
-  kill "$(cat "$W/op.pid")"; wait "$(cat "$W/op.pid")" 2>/dev/null || true
+  printf '| %s | %.1f | %.1f | %.1f | %.2f | %s | %.1f | %s |\n' "$n" "$created" "$published" "$lag" "$edit" "$rss" "$cold" "$cold_rss"
 done
 echo "command: bench/operator.sh ${SIZES[*]}"

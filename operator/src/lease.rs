@@ -136,6 +136,35 @@ pub async fn keep(client: Client, config: LeaseConfig) {
     }
 }
 
+/// Give the lease up on a graceful stop, so a standby (or the next rollout's pod) takes over
+/// at its next try instead of waiting for the lease to expire. Only a lease this replica still
+/// holds is touched; a conflict means someone else already has it.
+pub async fn release(client: &Client, config: &LeaseConfig) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    let Some(mut lease) = api.get_opt(&config.name).await? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(());
+    };
+    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => {
+            info!(lease = %config.name, identity = %config.identity, "released");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -234,9 +234,13 @@ fn main() -> anyhow::Result<()> {
                     },
                     instance: identity,
                 };
-                let lost = lease::keep(client.clone(), lease);
+                let lost = lease::keep(client.clone(), lease.clone());
                 tokio::select! {
-                    _ = controller::run(client, options, metrics.clone(), shutdown_signal()) => {
+                    _ = controller::run(client.clone(), options, metrics.clone(), shutdown_signal()) => {
+                        metrics.set_leader(false);
+                        if let Err(e) = lease::release(&client, &lease).await {
+                            tracing::warn!(error = %e, "lease release; a standby takes over when it expires");
+                        }
                         tracing::info!("stopped");
                         Ok(())
                     }

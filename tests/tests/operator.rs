@@ -405,8 +405,29 @@ fn two_replicas_never_fight_and_the_standby_takes_over() {
         "no apply loop"
     );
 
-    // The leader stops; the standby takes the lease and reconciles the next change.
-    first.stop(Duration::from_secs(10));
+    // The leader stops gracefully and gives the lease up (the standby need not wait for it to
+    // expire); the standby takes it and reconciles the next change.
+    assert_eq!(
+        first.stop(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        first.log()
+    );
+    assert!(first.log().contains("released"), "{}", first.log());
+    let holder = run(ns.kubectl().args([
+        "-n",
+        operator::OPERATOR_NAMESPACE,
+        "get",
+        "lease",
+        &lease,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]))
+    .expect("get lease");
+    assert!(
+        holder.is_empty() || !first.log().contains(&holder),
+        "the stopped leader still holds the lease: {holder}"
+    );
     run(ns.kubectl().args([
         "patch",
         "mailbox",
