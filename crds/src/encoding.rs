@@ -168,7 +168,8 @@ pub fn mount_slots(shards: usize) -> usize {
     shards.div_ceil(MOUNT_SLOTS).max(1) * MOUNT_SLOTS
 }
 
-fn data_size(data: &Data) -> usize {
+/// Bytes of a ConfigMap's data (keys and values), as counted against the size limit.
+pub fn data_size(data: &Data) -> usize {
     data.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 

@@ -39,6 +39,7 @@ use virtmail_crds::{
 use crate::build::{self, BuildConfig, Desired, FIELD_MANAGER};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::pacing::WriteBudget;
 use crate::status::{self, Wanted};
 
 /// Shared state of every reconcile.
@@ -53,6 +54,8 @@ pub struct Context {
     pub mailboxes: Store<Mailbox>,
     /// Cache of MailAliases.
     pub aliases: Store<MailAlias>,
+    /// Cache of MailServers (to forget what deleted servers left behind).
+    pub servers: Store<MailServer>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Event recorder.
@@ -66,6 +69,8 @@ pub struct Context {
     snapshots: std::sync::Mutex<HashMap<String, Arc<Snapshot>>>,
     /// The member-status task of each server, with the snapshot it works from.
     member_status: std::sync::Mutex<HashMap<String, StatusTask>>,
+    /// Paces directory writes (see [`crate::pacing`]); one for all servers, as they share etcd.
+    write_budget: std::sync::Mutex<WriteBudget>,
     /// Counts changes of compiler inputs (see [`compiler_input_changes`]): a snapshot compiled
     /// at epoch E is current while the epoch is still E.
     inputs_epoch: Arc<AtomicU64>,
@@ -156,6 +161,7 @@ impl Context {
     /// compile. Before compiling, the outdated snapshot is let go (with the status task that
     /// works from it) so the old and the new directory are never in memory together.
     fn snapshot(&self, server: &MailServer, namespace: &str) -> Arc<Snapshot> {
+        self.forget_deleted_servers();
         let server_key = server_key(server);
         // The epoch first: the caches read after it hold at least every change it counts.
         let key = SnapshotKey::of(self, server);
@@ -191,6 +197,35 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .insert(server_key, snapshot.clone());
         snapshot
+    }
+
+    /// Drop the snapshots and status tasks of servers no longer in the cache: a deleted server
+    /// is never reconciled again, and its snapshot holds a whole compiled directory.
+    fn forget_deleted_servers(&self) {
+        let exists = |key: &String| {
+            let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+            self.servers
+                .get(&KubeRef::new(name).within(namespace))
+                .is_some()
+        };
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| exists(key));
+        self.member_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, (_, task)| {
+                let keep = exists(key);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, WriteBudget> {
+        self.write_budget.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether a snapshot's compile still reflects the caches.
@@ -241,13 +276,14 @@ fn shard_hash(cm: &ConfigMap) -> String {
 }
 
 /// The apply step: shards, head, then the rest; finally shards the head no longer names.
+/// Returns the directory bytes written (shards applied and the head).
 async fn apply_desired(
     ctx: &Context,
     server: &MailServer,
     namespace: &str,
     encoded: &encoding::Encoded,
     desired: &Desired,
-) -> Result<()> {
+) -> Result<u64> {
     let client = &ctx.client;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let server_name = server.name_any();
@@ -278,6 +314,11 @@ async fn apply_desired(
             })
             .collect()
     };
+    let written = to_apply
+        .iter()
+        .map(|&index| encoding::data_size(&encoded.shards[index].data) as u64)
+        .sum::<u64>()
+        + encoding::data_size(&encoded.head) as u64;
     let results: Vec<Result<ConfigMap>> = stream::iter(to_apply)
         .map(|index| {
             // Indices, not references: a stream of borrowed shards is not `Send` for every
@@ -335,7 +376,7 @@ async fn apply_desired(
             .await
             .remove(&(namespace.to_string(), name.clone()));
     }
-    Ok(())
+    Ok(written)
 }
 
 fn object_status_patch(
@@ -762,13 +803,25 @@ async fn reconcile_inner(
     wait_ready(&ctx.domains, "MailDomain").await?;
     wait_ready(&ctx.mailboxes, "Mailbox").await?;
     wait_ready(&ctx.aliases, "MailAlias").await?;
+    // pace: before compiling, so a paced server costs nothing while changes keep coming (they
+    // coalesce into the reconcile after the wait)
+    if let Some(wait) = ctx.budget().wait(Instant::now()) {
+        tracing::debug!(server = %server_key(server), ?wait, "directory writes paced");
+        ctx.metrics.observe_paced();
+        return Ok((Action::requeue(wait), None));
+    }
     // compile (or reuse the last compile while nothing it reads has changed)
     let snapshot = ctx.snapshot(server, &namespace);
     let (compiled, encoded) = (&snapshot.compiled, &snapshot.encoded);
     // build
     let desired = build::desired(server, encoded, &ctx.config);
     // apply
-    apply_desired(ctx, server, &namespace, encoded, &desired).await?;
+    let written = apply_desired(ctx, server, &namespace, encoded, &desired).await;
+    // Partly written counts too: pacing is about etcd's history, not success.
+    let bytes = *written.as_ref().unwrap_or(&encoded.shard_bytes());
+    ctx.budget().spend(bytes, Instant::now());
+    ctx.metrics.observe_written(bytes);
+    written?;
     // status: the server's now; the members' in the background (see spawn_member_status)
     publish_server(ctx, server, compiled, encoded, &desired).await?;
     ctx.metrics
@@ -840,6 +893,9 @@ pub struct RunOptions {
     pub config: BuildConfig,
     /// Identity in Events.
     pub instance: String,
+    /// Average directory bytes written per second, over all servers (0: unpaced); see
+    /// [`crate::pacing`].
+    pub directory_write_rate: u64,
 }
 
 fn api_for<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -1048,7 +1104,7 @@ pub async fn run(
     // reconcile.
     let controller = Controller::for_stream(server_triggers, servers.clone())
         .with_config(ControllerConfig::default().concurrency(4));
-    let (s1, s2, s3) = (servers.clone(), servers.clone(), servers);
+    let (s1, s2, s3) = (servers.clone(), servers.clone(), servers.clone());
     let inputs_epoch = Arc::new(AtomicU64::new(0));
     let context = Arc::new(Context {
         client: client.clone(),
@@ -1056,6 +1112,7 @@ pub async fn run(
         domains,
         mailboxes,
         aliases,
+        servers,
         metrics: metrics.clone(),
         recorder: Recorder::new(
             client.clone(),
@@ -1069,6 +1126,10 @@ pub async fn run(
         snapshots: Default::default(),
         member_status: Default::default(),
         inputs_epoch: inputs_epoch.clone(),
+        write_budget: std::sync::Mutex::new(WriteBudget::new(
+            options.directory_write_rate,
+            Instant::now(),
+        )),
     });
     metrics.set_ready(true);
     controller

@@ -6,6 +6,7 @@ pub mod error;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod pacing;
 pub mod profile;
 pub mod rbac;
 pub mod status;

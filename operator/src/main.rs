@@ -91,6 +91,12 @@ enum Command {
         /// Default Postfix image of the StatefulSets.
         #[arg(long, env = "VIRTMAIL_POSTFIX_IMAGE")]
         postfix_image: Option<String>,
+        /// Average bytes per second of directory ConfigMaps written, over all servers, with
+        /// bursts of 30 seconds' worth; 0 means unpaced. etcd keeps every revision until the
+        /// apiserver compacts (every 5 minutes by default): at 1 MiB/s that history stays far
+        /// below etcd's default 2 GiB quota even while 100,000 mailboxes are being created.
+        #[arg(long, env = "VIRTMAIL_DIRECTORY_WRITE_RATE", default_value_t = 1024 * 1024)]
+        directory_write_rate: u64,
         /// `text` or `json` logs.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
@@ -197,6 +203,7 @@ fn main() -> anyhow::Result<()> {
             lease_seconds,
             agent_image,
             postfix_image,
+            directory_write_rate,
             log_format,
         } => {
             init_logs(&log_format);
@@ -233,6 +240,7 @@ fn main() -> anyhow::Result<()> {
                         postfix_image: postfix_image.unwrap_or(defaults.postfix_image),
                     },
                     instance: identity,
+                    directory_write_rate,
                 };
                 let lost = lease::keep(client.clone(), lease.clone());
                 tokio::select! {

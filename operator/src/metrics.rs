@@ -31,6 +31,8 @@ struct ServerFigures {
 #[derive(Debug, Default)]
 pub struct Metrics {
     reconciles: AtomicU64,
+    paced: AtomicU64,
+    written: AtomicU64,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     duration: Mutex<Histogram>,
     servers: Mutex<BTreeMap<String, ServerFigures>>,
@@ -59,6 +61,16 @@ impl Metrics {
                 h.counts[i] += 1;
             }
         }
+    }
+
+    /// Count a reconcile put off by the directory write budget.
+    pub fn observe_paced(&self) {
+        self.paced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count directory bytes written to the apiserver.
+    pub fn observe_written(&self, bytes: u64) {
+        self.written.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Count a failure outside a reconcile (the members' status task), by category.
@@ -108,6 +120,22 @@ impl Metrics {
             "virtmail_operator_reconciles_total {}",
             self.reconciles.load(Ordering::Relaxed)
         );
+        for (name, help, value) in [
+            (
+                "virtmail_operator_paced_reconciles_total",
+                "Reconciles put off because directory writes used up their budget.",
+                &self.paced,
+            ),
+            (
+                "virtmail_operator_directory_written_bytes_total",
+                "Directory bytes (shards and heads) written to the apiserver.",
+                &self.written,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
         let _ = writeln!(
             out,
             "# HELP virtmail_operator_reconcile_failures_total Failed reconciles by error category."
@@ -207,7 +235,18 @@ mod tests {
         let m = Metrics::default();
         m.observe_reconcile(Duration::from_millis(30), None);
         m.observe_reconcile(Duration::from_secs(2), Some("ApiError"));
+        m.observe_paced();
+        m.observe_written(1000);
+        m.observe_written(24);
         let text = m.render();
+        assert!(
+            text.contains("virtmail_operator_paced_reconciles_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("virtmail_operator_directory_written_bytes_total 1024\n"),
+            "{text}"
+        );
         assert!(
             text.contains("virtmail_operator_reconciles_total 2\n"),
             "{text}"
