@@ -276,14 +276,15 @@ fn shard_hash(cm: &ConfigMap) -> String {
 }
 
 /// The apply step: shards, head, then the rest; finally shards the head no longer names.
-/// Returns the directory bytes written (shards applied and the head).
+/// The directory write is first taken from the write budget; when the budget refuses it,
+/// nothing is applied and the wait is returned (see [`crate::pacing`]).
 async fn apply_desired(
     ctx: &Context,
     server: &MailServer,
     namespace: &str,
     encoded: &encoding::Encoded,
     desired: &Desired,
-) -> Result<u64> {
+) -> Result<Option<Duration>> {
     let client = &ctx.client;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let server_name = server.name_any();
@@ -314,11 +315,23 @@ async fn apply_desired(
             })
             .collect()
     };
-    let written = to_apply
-        .iter()
-        .map(|&index| encoding::data_size(&encoded.shards[index].data) as u64)
-        .sum::<u64>()
-        + encoding::data_size(&encoded.head) as u64;
+    // The head changes only with its shards (an unchanged apply writes no etcd revision).
+    let written = match to_apply.is_empty() {
+        true => 0,
+        false => {
+            to_apply
+                .iter()
+                .map(|&index| encoding::data_size(&encoded.shards[index].data) as u64)
+                .sum::<u64>()
+                + encoding::data_size(&encoded.head) as u64
+        }
+    };
+    if written > 0 {
+        if let Err(wait) = ctx.budget().take(written, Instant::now()) {
+            return Ok(Some(wait));
+        }
+        ctx.metrics.observe_written(written);
+    }
     let results: Vec<Result<ConfigMap>> = stream::iter(to_apply)
         .map(|index| {
             // Indices, not references: a stream of borrowed shards is not `Send` for every
@@ -376,7 +389,7 @@ async fn apply_desired(
             .await
             .remove(&(namespace.to_string(), name.clone()));
     }
-    Ok(written)
+    Ok(None)
 }
 
 fn object_status_patch(
@@ -803,12 +816,10 @@ async fn reconcile_inner(
     wait_ready(&ctx.domains, "MailDomain").await?;
     wait_ready(&ctx.mailboxes, "Mailbox").await?;
     wait_ready(&ctx.aliases, "MailAlias").await?;
-    // pace: before compiling, so a paced server costs nothing while changes keep coming (they
-    // coalesce into the reconcile after the wait)
-    if let Some(wait) = ctx.budget().wait(Instant::now()) {
-        tracing::debug!(server = %server_key(server), ?wait, "directory writes paced");
-        ctx.metrics.observe_paced();
-        return Ok((Action::requeue(wait), None));
+    // While the write budget is held, a reconcile would only compile to be refused: wait
+    // (changes meanwhile coalesce into the reconcile after the wait).
+    if let Some(wait) = ctx.budget().held(Instant::now()) {
+        return Ok((paced(server, ctx, wait), None));
     }
     // compile (or reuse the last compile while nothing it reads has changed)
     let snapshot = ctx.snapshot(server, &namespace);
@@ -816,12 +827,9 @@ async fn reconcile_inner(
     // build
     let desired = build::desired(server, encoded, &ctx.config);
     // apply
-    let written = apply_desired(ctx, server, &namespace, encoded, &desired).await;
-    // Partly written counts too: pacing is about etcd's history, not success.
-    let bytes = *written.as_ref().unwrap_or(&encoded.shard_bytes());
-    ctx.budget().spend(bytes, Instant::now());
-    ctx.metrics.observe_written(bytes);
-    written?;
+    if let Some(wait) = apply_desired(ctx, server, &namespace, encoded, &desired).await? {
+        return Ok((paced(server, ctx, wait), None));
+    }
     // status: the server's now; the members' in the background (see spawn_member_status)
     publish_server(ctx, server, compiled, encoded, &desired).await?;
     ctx.metrics
@@ -835,6 +843,13 @@ async fn reconcile_inner(
         "reconciled"
     );
     Ok((Action::requeue(Duration::from_secs(600)), Some(snapshot)))
+}
+
+/// A reconcile put off by the directory write budget.
+fn paced(server: &MailServer, ctx: &Context, wait: Duration) -> Action {
+    tracing::debug!(server = %server_key(server), ?wait, "directory writes paced");
+    ctx.metrics.observe_paced();
+    Action::requeue(wait)
 }
 
 /// Backoff: transient errors retry after 1 s, 2 s, 4 s … up to 5 min, with ±20 % jitter;

@@ -10,19 +10,28 @@
 
 use std::time::{Duration, Instant};
 
-/// A token bucket of bytes: refills at `rate` bytes per second up to `burst` bytes; a write may
-/// start while the balance is not negative and spends its size (the balance may go below zero,
-/// so one write larger than the burst is never blocked forever).
+/// A token bucket of bytes, refilling at `rate` bytes per second up to `burst` bytes.
+///
+/// A large write (bulk changes) may start while the balance is not negative, and may overdraw it
+/// by its own size. A small write (an edit: a shard or two) may also start on credit, as long as
+/// the overdraft stays within one burst, so an edit right after a bulk import is not queued
+/// behind the import's pace. Either way the average stays at `rate`. A refused write holds the
+/// bucket until the balance is back at zero, so a reconcile in that time need not compile to
+/// learn that it would be refused too.
 #[derive(Debug, Clone)]
 pub struct WriteBudget {
     rate: f64,
     burst: f64,
     balance: f64,
     updated: Instant,
+    held_until: Option<Instant>,
 }
 
 /// How many seconds of the rate the bucket holds when full.
 pub const BURST_SECONDS: u64 = 30;
+
+/// A write is small when it is at most this fraction of the burst (about 4 s of the rate).
+const SMALL_FRACTION: f64 = 1.0 / 8.0;
 
 impl WriteBudget {
     /// A full bucket refilling at `bytes_per_second` (0 means unpaced).
@@ -33,6 +42,7 @@ impl WriteBudget {
             burst,
             balance: burst,
             updated: now,
+            held_until: None,
         }
     }
 
@@ -42,22 +52,32 @@ impl WriteBudget {
         self.updated = now;
     }
 
-    /// How long until a write may start, or `None` if it may start now.
-    pub fn wait(&mut self, now: Instant) -> Option<Duration> {
-        if self.rate <= 0.0 {
-            return None;
-        }
-        self.refill(now);
-        (self.balance < 0.0).then(|| Duration::from_secs_f64(-self.balance / self.rate))
+    /// How long the bucket is still held after a refused write, if it is.
+    pub fn held(&self, now: Instant) -> Option<Duration> {
+        self.held_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
     }
 
-    /// Account for `bytes` written.
-    pub fn spend(&mut self, bytes: u64, now: Instant) {
+    /// Take `bytes` for a write starting now, or say how long to wait.
+    pub fn take(&mut self, bytes: u64, now: Instant) -> Result<(), Duration> {
         if self.rate <= 0.0 {
-            return;
+            return Ok(());
+        }
+        if let Some(wait) = self.held(now) {
+            return Err(wait);
         }
         self.refill(now);
-        self.balance -= bytes as f64;
+        let bytes = bytes as f64;
+        let small = bytes <= self.burst * SMALL_FRACTION;
+        if self.balance >= 0.0 || (small && self.balance - bytes >= -self.burst) {
+            self.balance -= bytes;
+            self.held_until = None;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64(-self.balance / self.rate);
+        self.held_until = Some(now + wait);
+        Err(wait)
     }
 }
 
@@ -67,45 +87,73 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
-    #[test]
-    fn a_full_bucket_lets_writes_through_until_the_burst_is_spent() {
-        let start = Instant::now();
-        let mut budget = WriteBudget::new(MIB, start);
-        for _ in 0..2 {
-            assert_eq!(budget.wait(start), None);
-            budget.spend(12 * MIB, start);
-        }
-        // 30 MiB burst - 24 MiB: a third write may start, and overdraws.
-        assert_eq!(budget.wait(start), None);
-        budget.spend(12 * MIB, start);
-        assert_eq!(budget.wait(start), Some(Duration::from_secs(6)));
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
     }
 
     #[test]
-    fn an_overdrawn_bucket_paces_writes_to_the_rate() {
+    fn a_full_bucket_lets_large_writes_through_until_it_is_overdrawn() {
         let start = Instant::now();
         let mut budget = WriteBudget::new(MIB, start);
-        budget.spend(40 * MIB, start);
-        assert_eq!(budget.wait(start), Some(Duration::from_secs(10)));
-        let later = start + Duration::from_secs(4);
-        assert_eq!(budget.wait(later), Some(Duration::from_secs(6)));
-        assert_eq!(budget.wait(start + Duration::from_secs(10)), None);
+        // 30 MiB of burst: three 12 MiB writes start, the third overdraws by 6 MiB.
+        for _ in 0..3 {
+            assert_eq!(budget.take(12 * MIB, start), Ok(()));
+        }
+        assert_eq!(budget.take(12 * MIB, start), Err(secs(6)));
+    }
+
+    #[test]
+    fn a_refused_write_holds_the_bucket_until_the_balance_is_back() {
+        let start = Instant::now();
+        let mut budget = WriteBudget::new(MIB, start);
+        assert_eq!(budget.take(40 * MIB, start), Ok(()));
+        assert_eq!(budget.take(12 * MIB, start), Err(secs(10)));
+        assert_eq!(budget.held(start + secs(4)), Some(secs(6)));
+        // Held: even a small write waits now (it would have passed on credit before).
+        assert_eq!(budget.take(MIB, start + secs(4)), Err(secs(6)));
+        assert_eq!(budget.held(start + secs(10)), None);
+        assert_eq!(budget.take(12 * MIB, start + secs(10)), Ok(()));
+    }
+
+    #[test]
+    fn a_small_write_goes_on_credit_within_one_burst() {
+        let start = Instant::now();
+        let mut budget = WriteBudget::new(MIB, start);
+        // A bulk import leaves the balance at -12 MiB.
+        assert_eq!(budget.take(42 * MIB, start), Ok(()));
+        // An edit (one shard) is not queued behind it...
+        assert_eq!(budget.take(MIB, start), Ok(()));
+        // ...but a large write is.
+        assert_eq!(budget.take(12 * MIB, start), Err(secs(13)));
+    }
+
+    #[test]
+    fn small_writes_on_credit_stop_at_one_burst_of_overdraft() {
+        let start = Instant::now();
+        let mut budget = WriteBudget::new(MIB, start);
+        assert_eq!(budget.take(30 * MIB, start), Ok(()));
+        for _ in 0..10 {
+            assert_eq!(budget.take(3 * MIB, start), Ok(()));
+        }
+        // -30 MiB: the average holds, whatever the size of the writes.
+        assert_eq!(budget.take(3 * MIB, start), Err(secs(30)));
     }
 
     #[test]
     fn refill_stops_at_the_burst() {
         let start = Instant::now();
         let mut budget = WriteBudget::new(MIB, start);
-        let much_later = start + Duration::from_secs(3600);
-        budget.spend(31 * MIB, much_later);
-        assert_eq!(budget.wait(much_later), Some(Duration::from_secs(1)));
+        let much_later = start + secs(3600);
+        assert_eq!(budget.take(31 * MIB, much_later), Ok(()));
+        assert_eq!(budget.take(12 * MIB, much_later), Err(secs(1)));
     }
 
     #[test]
     fn rate_zero_never_paces() {
         let start = Instant::now();
         let mut budget = WriteBudget::new(0, start);
-        budget.spend(u64::MAX, start);
-        assert_eq!(budget.wait(start), None);
+        assert_eq!(budget.take(u64::MAX, start), Ok(()));
+        assert_eq!(budget.take(u64::MAX, start), Ok(()));
+        assert_eq!(budget.held(start), None);
     }
 }

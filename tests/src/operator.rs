@@ -34,13 +34,20 @@ pub fn install_rbac(cluster: &Cluster) {
 /// Start the operator watching `namespace`, as the operator identity, with its own Lease name
 /// (so parallel tests do not wait on each other's leader).
 pub fn start(namespace: &str, lease: &str) -> Process {
+    start_with(namespace, lease, 0, &[])
+}
+
+/// [`start`] with /metrics on `http_port` of 127.0.0.1 (0: any) and extra `run` flags.
+pub fn start_with(namespace: &str, lease: &str, http_port: u16, extra: &[&str]) -> Process {
     let cluster = cluster();
     install_rbac(cluster);
     let mut command = Command::new(binary("virtmail-operator"));
     command
         .env("KUBECONFIG", cluster.kubeconfig("operator"))
         .env("RUST_LOG", "info,kube=warn")
-        .args(["run", "--http", "127.0.0.1:0", "--namespace", namespace])
+        .args(["run", "--namespace", namespace])
+        .arg(format!("--http=127.0.0.1:{http_port}"))
+        .args(extra)
         .args([
             "--lease-namespace",
             OPERATOR_NAMESPACE,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 use virtmail_crds::{compile, encoding, manifests};
 use virtmail_tests::cluster::{TestNamespace, cluster, run};
-use virtmail_tests::process::wait_for;
+use virtmail_tests::postfix::free_port;
+use virtmail_tests::process::{http_get, wait_for};
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -271,6 +272,66 @@ fn editing_one_mailbox_changes_only_the_directory() {
         mbx["status"]["conditions"][0]["lastTransitionTime"],
         ready_since
     );
+}
+
+/// A counter from the operator's /metrics.
+fn metric(port: u16, name: &str) -> u64 {
+    let (_, text) = http_get(port, "/metrics").expect("operator /metrics answers");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+}
+
+#[test]
+fn directory_writes_over_budget_are_paced_and_then_published() {
+    let ns = cluster().namespace("operator-paced");
+    let example = workspace_root().join("examples/3-many-virtual-users");
+    ns.apply_file(&example).expect("apply example 3");
+    let local = local_encoding(&example, ns.name());
+    // A rate at which the first publish overdraws the bucket (30 s of burst) by 10 s' worth,
+    // and an edit (the head and one shard) is too large to go on credit (over 1/8 of a burst).
+    let head = encoding::data_size(&local.head) as u64;
+    let first_write = local.shard_bytes() + head;
+    let smallest_edit = head
+        + local
+            .shards
+            .iter()
+            .map(|s| encoding::data_size(&s.data) as u64)
+            .min()
+            .expect("shards");
+    let rate = (first_write / 40).max(1);
+    assert!(
+        smallest_edit * 8 > rate * 30,
+        "example 3 no longer suits this test: {first_write} bytes, edits from {smallest_edit}"
+    );
+    let port = free_port();
+    let _operator = operator::start_with(
+        ns.name(),
+        &format!("lease-{}", ns.name()),
+        port,
+        &[&format!("--directory-write-rate={rate}")],
+    );
+    wait_version(&ns, "mail", &local.version);
+    assert_eq!(
+        metric(port, "virtmail_operator_directory_written_bytes_total"),
+        first_write,
+        "every shard and the head written once"
+    );
+    run(ns.kubectl().args([
+        "patch",
+        "mailbox",
+        "alice-virtual1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspended":true}}"#,
+    ]))
+    .expect("patch");
+    // Put off (the bucket is overdrawn), not dropped: published once the budget allows.
+    wait_for("the edit to be published", WAIT, || {
+        status_version(&ns, "mail").filter(|v| v != &local.version)
+    });
+    assert!(metric(port, "virtmail_operator_paced_reconciles_total") > 0);
+    assert!(metric(port, "virtmail_operator_directory_written_bytes_total") > first_write);
 }
 
 #[test]
