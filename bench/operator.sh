@@ -33,8 +33,9 @@ stop_operator() {
   kill "$(cat "$W/op.pid")"; wait "$(cat "$W/op.pid")" 2>/dev/null || true
 }
 peak_rss() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$(cat "$W/op.pid")/status"; }
+version() { "$K" -n "$1" get mailserver mail -o jsonpath='{.status.directory.version}'; } # NAMESPACE
 wait_new_version() { # NAMESPACE VERSION-BEFORE
-  until [[ "$("$K" -n "$1" get mailserver mail -o jsonpath='{.status.directory.version}')" != "$2" ]]; do sleep 0.05; done
+  until [[ "$(version "$1")" != "$2" ]]; do sleep 0.05; done
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | one edit → new version (s) | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) |"
@@ -65,7 +66,7 @@ PY
   published=$(python3 -c "print($(now) - $start)")
   wait "$waiter"
   created=$(cat "$W/created-$n")
-  before="$("$K" -n "$ns" get mailserver mail -o jsonpath='{.status.directory.version}')"
+  before="$(version "$ns")"
   start=$(now)
   "$K" -n "$ns" patch mailbox u7 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
   wait_new_version "$ns" "$before"
@@ -74,7 +75,7 @@ PY
   stop_operator
   # Cold start: an operator started against N existing Mailboxes, one of them edited while no
   # operator ran, until the directory with that edit is published (list, compile, apply).
-  before="$("$K" -n "$ns" get mailserver mail -o jsonpath='{.status.directory.version}')"
+  before="$(version "$ns")"
   "$K" -n "$ns" patch mailbox u8 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
   start=$(now)
   start_operator "$n" "$ns" cold

@@ -161,7 +161,6 @@ impl Context {
     /// compile. Before compiling, the outdated snapshot is let go (with the status task that
     /// works from it) so the old and the new directory are never in memory together.
     fn snapshot(&self, server: &MailServer, namespace: &str) -> Arc<Snapshot> {
-        self.forget_deleted_servers();
         let server_key = server_key(server);
         // The epoch first: the caches read after it hold at least every change it counts.
         let key = SnapshotKey::of(self, server);
@@ -174,6 +173,7 @@ impl Context {
             }
             snapshots.remove(&server_key);
         }
+        self.forget_deleted_servers();
         if let Some((_, task)) = self
             .member_status
             .lock()
@@ -316,17 +316,12 @@ async fn apply_desired(
             .collect()
     };
     // The head changes only with its shards (an unchanged apply writes no etcd revision).
-    let written = match to_apply.is_empty() {
-        true => 0,
-        false => {
-            to_apply
-                .iter()
-                .map(|&index| encoding::data_size(&encoded.shards[index].data) as u64)
-                .sum::<u64>()
-                + encoding::data_size(&encoded.head) as u64
-        }
-    };
-    if written > 0 {
+    if !to_apply.is_empty() {
+        let written = to_apply
+            .iter()
+            .map(|&index| encoding::data_size(&encoded.shards[index].data) as u64)
+            .sum::<u64>()
+            + encoding::data_size(&encoded.head) as u64;
         if let Err(wait) = ctx.budget().take(written, Instant::now()) {
             return Ok(Some(wait));
         }

@@ -61,6 +61,16 @@ fn spec(config: &LeaseConfig, previous: Option<&LeaseSpec>, now: Timestamp) -> L
     }
 }
 
+/// A lease write's outcome: `Ok(true)` when it went through, `Ok(false)` when another
+/// replica wrote first (409: the resourceVersion or the name was taken).
+fn written(result: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Try once to take or renew the lease. `Ok(true)` when held.
 pub async fn try_acquire(client: &Client, config: &LeaseConfig) -> Result<bool, kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
@@ -74,11 +84,7 @@ pub async fn try_acquire(client: &Client, config: &LeaseConfig) -> Result<bool, 
                 },
                 spec: Some(spec(config, None, now)),
             };
-            match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            }
+            written(api.create(&PostParams::default(), &lease).await)
         }
         Some(mut lease) => {
             let current = lease.spec.clone().unwrap_or_default();
@@ -87,14 +93,10 @@ pub async fn try_acquire(client: &Client, config: &LeaseConfig) -> Result<bool, 
             }
             lease.spec = Some(spec(config, Some(&current), now));
             // replace() carries the resourceVersion: a concurrent taker gets 409 and loses.
-            match api
-                .replace(&config.name, &PostParams::default(), &lease)
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            }
+            written(
+                api.replace(&config.name, &PostParams::default(), &lease)
+                    .await,
+            )
         }
     }
 }
@@ -152,17 +154,13 @@ pub async fn release(client: &Client, config: &LeaseConfig) -> Result<(), kube::
     }
     spec.holder_identity = None;
     spec.renew_time = Some(MicroTime(Timestamp::now()));
-    match api
-        .replace(&config.name, &PostParams::default(), &lease)
-        .await
-    {
-        Ok(_) => {
-            info!(lease = %config.name, identity = %config.identity, "released");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e),
+    if written(
+        api.replace(&config.name, &PostParams::default(), &lease)
+            .await,
+    )? {
+        info!(lease = %config.name, identity = %config.identity, "released");
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -110,17 +110,12 @@ impl Metrics {
     /// Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP virtmail_operator_reconciles_total Reconciles run."
-        );
-        let _ = writeln!(out, "# TYPE virtmail_operator_reconciles_total counter");
-        let _ = writeln!(
-            out,
-            "virtmail_operator_reconciles_total {}",
-            self.reconciles.load(Ordering::Relaxed)
-        );
         for (name, help, value) in [
+            (
+                "virtmail_operator_reconciles_total",
+                "Reconciles run.",
+                &self.reconciles,
+            ),
             (
                 "virtmail_operator_paced_reconciles_total",
                 "Reconciles put off because directory writes used up their budget.",

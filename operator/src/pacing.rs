@@ -91,10 +91,15 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    /// A full bucket of 1 MiB/s (30 MiB of burst), and the moment it was made.
+    fn full_bucket() -> (WriteBudget, Instant) {
+        let start = Instant::now();
+        (WriteBudget::new(MIB, start), start)
+    }
+
     #[test]
     fn a_full_bucket_lets_large_writes_through_until_it_is_overdrawn() {
-        let start = Instant::now();
-        let mut budget = WriteBudget::new(MIB, start);
+        let (mut budget, start) = full_bucket();
         // 30 MiB of burst: three 12 MiB writes start, the third overdraws by 6 MiB.
         for _ in 0..3 {
             assert_eq!(budget.take(12 * MIB, start), Ok(()));
@@ -104,8 +109,7 @@ mod tests {
 
     #[test]
     fn a_refused_write_holds_the_bucket_until_the_balance_is_back() {
-        let start = Instant::now();
-        let mut budget = WriteBudget::new(MIB, start);
+        let (mut budget, start) = full_bucket();
         assert_eq!(budget.take(40 * MIB, start), Ok(()));
         assert_eq!(budget.take(12 * MIB, start), Err(secs(10)));
         assert_eq!(budget.held(start + secs(4)), Some(secs(6)));
@@ -117,8 +121,7 @@ mod tests {
 
     #[test]
     fn a_small_write_goes_on_credit_within_one_burst() {
-        let start = Instant::now();
-        let mut budget = WriteBudget::new(MIB, start);
+        let (mut budget, start) = full_bucket();
         // A bulk import leaves the balance at -12 MiB.
         assert_eq!(budget.take(42 * MIB, start), Ok(()));
         // An edit (one shard) is not queued behind it...
@@ -129,8 +132,7 @@ mod tests {
 
     #[test]
     fn small_writes_on_credit_stop_at_one_burst_of_overdraft() {
-        let start = Instant::now();
-        let mut budget = WriteBudget::new(MIB, start);
+        let (mut budget, start) = full_bucket();
         assert_eq!(budget.take(30 * MIB, start), Ok(()));
         for _ in 0..10 {
             assert_eq!(budget.take(3 * MIB, start), Ok(()));
@@ -141,8 +143,7 @@ mod tests {
 
     #[test]
     fn refill_stops_at_the_burst() {
-        let start = Instant::now();
-        let mut budget = WriteBudget::new(MIB, start);
+        let (mut budget, start) = full_bucket();
         let much_later = start + secs(3600);
         assert_eq!(budget.take(31 * MIB, much_later), Ok(()));
         assert_eq!(budget.take(12 * MIB, much_later), Err(secs(1)));

@@ -36,6 +36,19 @@ fn wait_version(ns: &TestNamespace, server: &str, want: &str) {
     );
 }
 
+/// Edit a Mailbox's spec (suspend it): a change that moves the directory to a new version.
+fn suspend(ns: &TestNamespace, mailbox: &str) {
+    run(ns.kubectl().args([
+        "patch",
+        "mailbox",
+        mailbox,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspended":true}}"#,
+    ]))
+    .expect("patch");
+}
+
 fn condition(object: &Value, kind: &str) -> Option<(String, String)> {
     object
         .pointer("/status/conditions")?
@@ -229,15 +242,7 @@ fn editing_one_mailbox_changes_only_the_directory() {
     let mbx = ns.get_json("mailbox", "alice-virtual1");
     let ready_since = mbx["status"]["conditions"][0]["lastTransitionTime"].clone();
 
-    run(ns.kubectl().args([
-        "patch",
-        "mailbox",
-        "alice-virtual1",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspended":true}}"#,
-    ]))
-    .expect("patch");
+    suspend(&ns, "alice-virtual1");
     wait_for("a new directory version", WAIT, || {
         status_version(&ns, "mail").filter(|v| v != &local.version)
     });
@@ -317,15 +322,7 @@ fn directory_writes_over_budget_are_paced_and_then_published() {
         first_write,
         "every shard and the head written once"
     );
-    run(ns.kubectl().args([
-        "patch",
-        "mailbox",
-        "alice-virtual1",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspended":true}}"#,
-    ]))
-    .expect("patch");
+    suspend(&ns, "alice-virtual1");
     // Put off (the bucket is overdrawn), not dropped: published once the budget allows.
     wait_for("the edit to be published", WAIT, || {
         status_version(&ns, "mail").filter(|v| v != &local.version)
@@ -489,15 +486,7 @@ fn two_replicas_never_fight_and_the_standby_takes_over() {
         holder.is_empty() || !first.log().contains(&holder),
         "the stopped leader still holds the lease: {holder}"
     );
-    run(ns.kubectl().args([
-        "patch",
-        "mailbox",
-        "new-user",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspended":true}}"#,
-    ]))
-    .expect("patch");
+    suspend(&ns, "new-user");
     wait_for(
         "the standby to publish a new version",
         Duration::from_secs(60),
