@@ -2,8 +2,8 @@
 //! fetch → compile → build → apply → status.
 //!
 //! MailServer is the root; MailDomain, Mailbox and MailAlias changes are mapped to every server
-//! of their namespace (the compiler applies each server's selector), through shared reflector
-//! caches so a reconcile never lists 100,000 mailboxes from the API.
+//! of their namespace (the compiler applies each server's selector), through shared member
+//! caches (see [`crate::cache`]) so a reconcile never lists 100,000 mailboxes from the API.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -37,6 +37,7 @@ use virtmail_crds::{
 };
 
 use crate::build::{self, BuildConfig, Desired, FIELD_MANAGER};
+use crate::cache::MemberCache;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::pacing::WriteBudget;
@@ -49,11 +50,11 @@ pub struct Context {
     /// Images and defaults.
     pub config: BuildConfig,
     /// Cache of MailDomains.
-    pub domains: Store<MailDomain>,
+    pub domains: MemberCache<MailDomain>,
     /// Cache of Mailboxes.
-    pub mailboxes: Store<Mailbox>,
+    pub mailboxes: MemberCache<Mailbox>,
     /// Cache of MailAliases.
-    pub aliases: Store<MailAlias>,
+    pub aliases: MemberCache<MailAlias>,
     /// Cache of MailServers (to forget what deleted servers left behind).
     pub servers: Store<MailServer>,
     /// Metrics.
@@ -82,19 +83,6 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// The cached objects of one namespace, shared with the cache (never copied: at 100,000
-/// Mailboxes a copy per reconcile would double the operator's memory).
-fn in_namespace<K: Resource<DynamicType = ()> + Clone>(
-    store: &Store<K>,
-    namespace: &str,
-) -> Vec<Arc<K>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
-        .collect()
-}
-
 /// The member objects of one namespace, as the caches hold them at one moment. Held only while
 /// compiling: the caches replace objects as their statuses change, and holding the old ones
 /// would keep two copies of 100,000 Mailboxes alive.
@@ -107,9 +95,9 @@ struct Members {
 impl Members {
     fn of(ctx: &Context, namespace: &str) -> Members {
         Members {
-            domains: in_namespace(&ctx.domains, namespace),
-            mailboxes: in_namespace(&ctx.mailboxes, namespace),
-            aliases: in_namespace(&ctx.aliases, namespace),
+            domains: ctx.domains.in_namespace(namespace),
+            mailboxes: ctx.mailboxes.in_namespace(namespace),
+            aliases: ctx.aliases.in_namespace(namespace),
         }
     }
 
@@ -234,15 +222,12 @@ impl Context {
     }
 }
 
-async fn wait_ready<K>(store: &Store<K>, what: &str) -> Result<()>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready())
-        .await
-        .map_err(|_| Error::NotReady(format!("{what} cache")))?
-        .map_err(|_| Error::NotReady(format!("{what} cache writer dropped")))
+async fn wait_ready<K>(cache: &MemberCache<K>, what: &str) -> Result<()> {
+    if cache.wait_ready(Duration::from_secs(30)).await {
+        Ok(())
+    } else {
+        Err(Error::NotReady(format!("{what} cache")))
+    }
 }
 
 /// Server-side apply of one object, with the operator's field manager (forced: the operator owns
@@ -488,14 +473,6 @@ fn domain_conditions(domain: &MailDomain) -> &[Condition] {
     domain.status.as_ref().map_or(&[], |s| &s.conditions)
 }
 
-/// The cached object of a member, as the cache holds it now (its status is the freshest).
-fn cached<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
-where
-    K: Resource<DynamicType = ()> + Clone,
-{
-    store.get(&KubeRef::new(name).within(namespace))
-}
-
 /// What a snapshot wants of its members' statuses.
 struct MemberStatuses<'a> {
     ctx: &'a Context,
@@ -534,7 +511,7 @@ impl<'a> MemberStatuses<'a> {
         let wanted = status::ready_for(compiled, member, &self.server_name);
         match member.kind {
             Kind::Mailbox => {
-                let mailbox = cached(&ctx.mailboxes, namespace, &member.name)?;
+                let mailbox = ctx.mailboxes.get(namespace, &member.name)?;
                 let base = &compiled.directory.settings.mailbox_base;
                 let key = virtmail_crds::address::fold(&mailbox.spec.address);
                 let path = compiled
@@ -550,11 +527,11 @@ impl<'a> MemberStatuses<'a> {
                     .map(AnyPatch::Mailbox)
             }
             Kind::MailAlias => {
-                let alias = cached(&ctx.aliases, namespace, &member.name)?;
+                let alias = ctx.aliases.get(namespace, &member.name)?;
                 member_patch(alias, wanted, alias_conditions, json!({}), false).map(AnyPatch::Alias)
             }
             Kind::MailDomain => {
-                let domain = cached(&ctx.domains, namespace, &member.name)?;
+                let domain = ctx.domains.get(namespace, &member.name)?;
                 let folded = virtmail_crds::address::fold(&domain.spec.domain);
                 let count = self
                     .mailboxes_per_domain
@@ -921,11 +898,13 @@ where
 
 /// Drop what the operator never reads from a cached member object: managedFields and
 /// annotations (kubectl's last-applied-configuration repeats the whole spec) are most of its
-/// size, and 100,000 Mailboxes stay in memory.
+/// size, and 100,000 Mailboxes stay in memory. The resourceVersion is not read either (status
+/// patches are applies, not updates; the watcher has taken it before this runs).
 fn trim_cached<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     meta.managed_fields = None;
     meta.annotations = None;
+    meta.resource_version = None;
 }
 
 /// What the compiler reads of a member object: its spec (`generation`), its labels (domain
@@ -1070,6 +1049,14 @@ where
     .touched_objects()
 }
 
+/// Feeds a member cache from its watch stream (before the events go on to the triggers).
+fn cache_writer<K: Resource + Clone>(
+    cache: &MemberCache<K>,
+) -> impl FnMut(&watcher::Event<K>) + use<K> {
+    let cache = cache.clone();
+    move |event| cache.apply(event)
+}
+
 /// Run the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -1079,23 +1066,21 @@ pub async fn run(
 ) {
     let ns = &options.namespace;
     let watch = watcher::Config::default();
-    let (domains, domain_writer) = reflector::store::<MailDomain>();
-    let (mailboxes, mailbox_writer) = reflector::store::<Mailbox>();
-    let (aliases, alias_writer) = reflector::store::<MailAlias>();
+    let (domains, mailboxes, aliases) = Default::default();
     let domain_stream = watcher(api_for::<MailDomain>(&client, ns), watch.clone())
         .default_backoff()
         .modify(trim_cached)
-        .reflect(domain_writer)
+        .inspect_ok(cache_writer(&domains))
         .boxed();
     let mailbox_stream = watcher(api_for::<Mailbox>(&client, ns), watch.clone())
         .default_backoff()
         .modify(trim_cached)
-        .reflect(mailbox_writer)
+        .inspect_ok(cache_writer(&mailboxes))
         .boxed();
     let alias_stream = watcher(api_for::<MailAlias>(&client, ns), watch.clone())
         .default_backoff()
         .modify(trim_cached)
-        .reflect(alias_writer)
+        .inspect_ok(cache_writer(&aliases))
         .boxed();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
     // MailServers trigger on spec changes only (generation): the operator's own status patch

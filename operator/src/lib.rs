@@ -1,6 +1,7 @@
 //! virtmail's operator: reconciles MailServers into a published directory and a Postfix pod.
 
 pub mod build;
+pub mod cache;
 pub mod controller;
 pub mod error;
 pub mod http;

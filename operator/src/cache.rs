@@ -1,0 +1,232 @@
+//! Member caches: the MailDomains, Mailboxes and MailAliases the compiler reads, fed by their
+//! watch streams, grouped by namespace and keyed by name.
+//!
+//! kube's reflector `Store` is one map over all namespaces whose key (`ObjectRef`) copies each
+//! object's name, namespace, uid and resourceVersion. At 100,000 Mailboxes those keys and the
+//! map's spare capacity are tens of MiB, and finding one namespace's objects scans them all.
+//! Here a key is the name alone, inside its namespace's map.
+//!
+//! Semantics follow the reflector: a relist (`Init` … `InitDone`) is buffered and replaces the
+//! namespace maps at once, so readers never see a half-listed cache, and the cache is ready
+//! from the first `InitDone` on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kube::Resource;
+use kube::runtime::watcher::Event;
+
+/// Objects per namespace, per name.
+type Namespaces<K> = HashMap<String, HashMap<String, Arc<K>>>;
+
+struct State<K> {
+    current: Namespaces<K>,
+    /// The relist under way, if any.
+    relist: Option<Namespaces<K>>,
+}
+
+/// A cache of one kind of member object (cheap to clone: clones share it).
+pub struct MemberCache<K> {
+    state: Arc<RwLock<State<K>>>,
+    ready: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl<K> Clone for MemberCache<K> {
+    fn clone(&self) -> Self {
+        MemberCache {
+            state: self.state.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
+impl<K> std::fmt::Debug for MemberCache<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberCache")
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> Default for MemberCache<K> {
+    fn default() -> Self {
+        MemberCache {
+            state: Arc::new(RwLock::new(State {
+                current: HashMap::new(),
+                relist: None,
+            })),
+            ready: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
+
+fn insert<K: Resource + Clone>(namespaces: &mut Namespaces<K>, object: &K) {
+    let meta = object.meta();
+    let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name) else {
+        return; // members are namespaced and named; the API never sends one without
+    };
+    let objects = match namespaces.get_mut(namespace.as_str()) {
+        Some(objects) => objects,
+        None => namespaces.entry(namespace.clone()).or_default(),
+    };
+    objects.insert(name.clone(), Arc::new(object.clone()));
+}
+
+impl<K: Resource + Clone> MemberCache<K> {
+    /// Apply one watch event (call it before the event goes on, as the reflector does, so
+    /// whoever reacts to the event reads a cache that holds it).
+    pub fn apply(&self, event: &Event<K>) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Apply(object) => insert(&mut state.current, object),
+            Event::Delete(object) => {
+                let meta = object.meta();
+                if let (Some(namespace), Some(name)) = (&meta.namespace, &meta.name)
+                    && let Some(objects) = state.current.get_mut(namespace.as_str())
+                {
+                    objects.remove(name.as_str());
+                    if objects.is_empty() {
+                        state.current.remove(namespace.as_str());
+                    }
+                }
+            }
+            Event::Init => state.relist = Some(HashMap::new()),
+            Event::InitApply(object) => insert(state.relist.get_or_insert_default(), object),
+            Event::InitDone => {
+                // The old maps are dropped here, after the swap: never a moment with neither.
+                let relisted = state.relist.take().unwrap_or_default();
+                let _old = std::mem::replace(&mut state.current, relisted);
+                drop(state);
+                self.ready.send_replace(true);
+            }
+        }
+    }
+}
+
+impl<K> MemberCache<K> {
+    /// The objects of one namespace (shared with the cache, never copied).
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .current
+            .get(namespace)
+            .map(|objects| objects.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// One object, as the cache holds it now.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.current.get(namespace)?.get(name).cloned()
+    }
+
+    /// Whether the first list has completed.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Wait until the first list has completed; false if it has not within `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut ready = self.ready.subscribe();
+        tokio::time::timeout(timeout, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+    use virtmail_crds::{Mailbox, MailboxSpec};
+
+    fn mailbox(namespace: &str, name: &str, address: &str) -> Mailbox {
+        Mailbox {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec: MailboxSpec {
+                address: address.into(),
+                ..MailboxSpec::default()
+            },
+            status: None,
+        }
+    }
+
+    fn names(cache: &MemberCache<Mailbox>, namespace: &str) -> Vec<String> {
+        let mut names: Vec<String> = cache
+            .in_namespace(namespace)
+            .iter()
+            .map(|m| m.metadata.name.clone().unwrap_or_default())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn objects_are_found_by_namespace_and_name() {
+        let cache = MemberCache::default();
+        cache.apply(&Event::Apply(mailbox("a", "m1", "one@a.test")));
+        cache.apply(&Event::Apply(mailbox("a", "m2", "two@a.test")));
+        cache.apply(&Event::Apply(mailbox("b", "m1", "one@b.test")));
+        assert_eq!(names(&cache, "a"), ["m1", "m2"]);
+        assert_eq!(names(&cache, "b"), ["m1"]);
+        assert!(names(&cache, "c").is_empty());
+        assert_eq!(cache.get("b", "m1").unwrap().spec.address, "one@b.test");
+        assert!(cache.get("b", "m2").is_none());
+        // A modification replaces the object.
+        cache.apply(&Event::Apply(mailbox("a", "m1", "uno@a.test")));
+        assert_eq!(cache.get("a", "m1").unwrap().spec.address, "uno@a.test");
+        assert_eq!(names(&cache, "a"), ["m1", "m2"]);
+    }
+
+    #[test]
+    fn deletes_remove_only_their_object() {
+        let cache = MemberCache::default();
+        cache.apply(&Event::Apply(mailbox("a", "m1", "one@a.test")));
+        cache.apply(&Event::Apply(mailbox("b", "m1", "one@b.test")));
+        cache.apply(&Event::Delete(mailbox("a", "m1", "one@a.test")));
+        assert!(cache.get("a", "m1").is_none());
+        assert!(names(&cache, "a").is_empty());
+        assert_eq!(names(&cache, "b"), ["m1"]);
+        // Deleting what is not cached changes nothing.
+        cache.apply(&Event::Delete(mailbox("c", "m9", "x@c.test")));
+        assert_eq!(names(&cache, "b"), ["m1"]);
+    }
+
+    #[test]
+    fn a_relist_replaces_the_cache_at_once_and_makes_it_ready() {
+        let cache = MemberCache::default();
+        assert!(!cache.is_ready());
+        cache.apply(&Event::Init);
+        cache.apply(&Event::InitApply(mailbox("a", "m1", "one@a.test")));
+        // Not listed completely yet: not ready, nothing visible.
+        assert!(!cache.is_ready());
+        assert!(cache.get("a", "m1").is_none());
+        cache.apply(&Event::InitDone);
+        assert!(cache.is_ready());
+        assert_eq!(names(&cache, "a"), ["m1"]);
+        // A later relist that lost m1 (deleted while the watch was down) and found m2: readers
+        // see the old cache until it is done, then only what the relist saw.
+        cache.apply(&Event::Init);
+        cache.apply(&Event::InitApply(mailbox("a", "m2", "two@a.test")));
+        assert_eq!(names(&cache, "a"), ["m1"]);
+        cache.apply(&Event::InitDone);
+        assert_eq!(names(&cache, "a"), ["m2"]);
+        assert!(cache.is_ready());
+    }
+
+    #[tokio::test]
+    async fn wait_ready_returns_when_the_first_list_completes_or_times_out() {
+        let cache: MemberCache<Mailbox> = MemberCache::default();
+        assert!(!cache.wait_ready(Duration::from_millis(20)).await);
+        let writer = cache.clone();
+        let waiter = tokio::spawn(async move { cache.wait_ready(Duration::from_secs(30)).await });
+        writer.apply(&Event::Init);
+        writer.apply(&Event::InitDone);
+        assert!(waiter.await.unwrap());
+    }
+}
