@@ -12,6 +12,15 @@ use virtmail_operator::lease::{self, LeaseConfig};
 use virtmail_operator::metrics::Metrics;
 use virtmail_operator::profile::{self, ProfileInput};
 
+/// mimalloc instead of glibc's malloc: the operator keeps 100,000 cached Mailboxes while it
+/// replaces them one by one (every status write comes back as a new object) and compiles,
+/// encodes and sends directories of many MiB again and again. glibc kept the freed memory in
+/// its arenas: heaptrack saw a 136 MiB heap peak under 274 MiB of RSS. Peak RSS at 100,000
+/// (bench/operator.sh, creates / cold start): glibc 290 / 203 MiB, jemalloc 241 / 189,
+/// mimalloc 227 / 226; mimalloc has the lowest peak and builds without autotools.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "virtmail-operator", version, about)]
 struct Cli {
