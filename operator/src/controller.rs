@@ -307,7 +307,8 @@ async fn apply_desired(
             .map(|&index| encoding::data_size(&encoded.shards[index].data) as u64)
             .sum::<u64>()
             + encoding::data_size(&encoded.head) as u64;
-        if let Err(wait) = ctx.budget().take(written, Instant::now()) {
+        let whole = encoded.shard_bytes() + encoding::data_size(&encoded.head) as u64;
+        if let Err(wait) = ctx.budget().take(written, whole, Instant::now()) {
             return Ok(Some(wait));
         }
         ctx.metrics.observe_written(written);
