@@ -7,8 +7,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # Debian packages: Postfix and Dovecot (end-to-end mail tests), etcd (the control plane),
 # openssl and curl (control-plane certificates and health checks), python3 (LMTP conformance client), util-linux (mount),
-# gcc and libc6-dev (the linker, and the C compiler that builds the operator's allocator, mimalloc).
-APT_PACKAGES=(postfix dovecot-imapd dovecot-lmtpd etcd-server openssl curl python3 util-linux procps tzdata gcc libc6-dev)
+# gcc, libc6-dev and make (the linker, and the build of the operator's allocator, jemalloc).
+APT_PACKAGES=(postfix dovecot-imapd dovecot-lmtpd etcd-server openssl curl python3 util-linux procps tzdata gcc libc6-dev make)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
