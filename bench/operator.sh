@@ -37,9 +37,29 @@ version() { "$K" -n "$1" get mailserver mail -o jsonpath='{.status.directory.ver
 wait_new_version() { # NAMESPACE VERSION-BEFORE
   until [[ "$(version "$1")" != "$2" ]]; do sleep 0.05; done
 }
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(a) for a in sys.argv[1:]))' "$@"; }
+# One timed edit: a watch on the MailServer is opened first (so that seeing the new version costs
+# no kubectl start-up), then the Mailbox is patched; prints "edit→version patch-call" seconds.
+timed_edit() { # NAMESPACE MAILBOX
+  local before v start patched fd watcher
+  before="$(version "$1")"
+  exec {fd}< <("$K" -n "$1" get mailserver mail -w -o jsonpath='{.status.directory.version}{"\n"}')
+  watcher=$!
+  read -r -u "$fd" v # the watch is up: its first line is the current state
+  start=$(now)
+  "$K" -n "$1" patch mailbox "$2" --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
+  patched=$(now)
+  while read -r -u "$fd" v; do [[ -n "$v" && "$v" != "$before" ]] && break; done
+  python3 -c "print($(now) - $start, $patched - $start)"
+  kill "$watcher" 2>/dev/null || true
+  exec {fd}<&-
+}
+ready() { # NAMESPACE MAILBOX
+  [[ "$("$K" -n "$1" get mailbox "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+}
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
-echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | one edit → new version (s) | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | create → every member Ready (s) | first edit → new version (s) | edit → new version, median of 5 (s) | kubectl patch call, median (s, baseline) | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${SIZES[@]}"; do
   ns="bench-$n"
   "$K" create namespace "$ns" >/dev/null
@@ -66,11 +86,19 @@ PY
   published=$(python3 -c "print($(now) - $start)")
   wait "$waiter"
   created=$(cat "$W/created-$n")
-  before="$(version "$ns")"
-  start=$(now)
-  "$K" -n "$ns" patch mailbox u7 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
-  wait_new_version "$ns" "$before"
-  edit=$(python3 -c "print($(now) - $start)")
+  # The first edit lands while the members' Ready statuses are still being written.
+  read -r first _ < <(timed_edit "$ns" u7)
+  # Members' statuses are written oldest first: the last created being Ready means all are.
+  for i in 1 2 3 4; do until ready "$ns" "u$((n - i))"; do sleep 0.5; done; done
+  all_ready=$(python3 -c "print($(now) - $start)")
+  edits=() calls=()
+  for m in u9 u11 u13 u15 u17; do
+    read -r e c < <(timed_edit "$ns" "$m")
+    edits+=("$e") calls+=("$c")
+    sleep 1
+  done
+  edit=$(median "${edits[@]}") call=$(median "${calls[@]}")
+  echo "  $n edits (s): ${edits[*]}; patch calls (s): ${calls[*]}" >&2
   rss=$(peak_rss)
   stop_operator
   # Cold start: an operator started against N existing Mailboxes, one of them edited while no
@@ -84,6 +112,6 @@ PY
   cold_rss=$(peak_rss)
   stop_operator
   lag=$(python3 -c "print(max(0.0, $published - $created))")
-  printf '| %s | %.1f | %.1f | %.1f | %.2f | %s | %.1f | %s |\n' "$n" "$created" "$published" "$lag" "$edit" "$rss" "$cold" "$cold_rss"
+  printf '| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f | %s | %.1f | %s |\n' "$n" "$created" "$published" "$lag" "$all_ready" "$first" "$edit" "$call" "$rss" "$cold" "$cold_rss"
 done
 echo "command: bench/operator.sh ${SIZES[*]}"

@@ -40,6 +40,7 @@ use crate::build::{self, BuildConfig, Desired, FIELD_MANAGER};
 use crate::cache::MemberCache;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::owned::{self, OwnedVersions};
 use crate::pacing::WriteBudget;
 use crate::status::{self, Wanted};
 
@@ -63,9 +64,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per server (exponential backoff).
     failures: Mutex<HashMap<String, u32>>,
-    /// Content hash and resourceVersion of each shard after our last apply, to skip shards
-    /// that already hold what we want.
-    applied_shards: Mutex<HashMap<(String, String), (String, String)>>,
+    /// Versions of owned objects and of the operator's writes to them (skips unchanged
+    /// applies; see [`crate::owned`]).
+    owned: Arc<OwnedVersions>,
     /// The last compile of each server, reused while its inputs are unchanged.
     snapshots: std::sync::Mutex<HashMap<String, Arc<Snapshot>>>,
     /// The member-status task of each server, with the snapshot it works from.
@@ -252,6 +253,46 @@ where
         .await?)
 }
 
+/// Server-side apply of one owned object unless it already holds exactly this content from the
+/// operator's last write (see [`crate::owned`]). `current` is its resourceVersion if just
+/// listed. Returns whether it was written.
+async fn apply_owned<K>(
+    ctx: &Context,
+    namespace: &str,
+    object: &K,
+    hash: String,
+    current: Option<&str>,
+) -> Result<bool>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let mut key = owned::key_of(object);
+    key.1 = namespace.to_string();
+    if ctx.owned.unchanged(&key, &hash, current) {
+        return Ok(false);
+    }
+    let written = apply(&ctx.client, namespace, object).await?;
+    ctx.owned
+        .wrote(key, hash, written.resource_version().unwrap_or_default());
+    Ok(true)
+}
+
+/// [`apply_owned`] for an object whose content hash is that of its serialization.
+async fn apply_if_changed<K>(ctx: &Context, namespace: &str, object: &K) -> Result<bool>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    apply_owned(ctx, namespace, object, owned::content_hash(object), None).await
+}
+
 /// The content hash the build step put on a shard ConfigMap.
 fn shard_hash(cm: &ConfigMap) -> String {
     cm.annotations()
@@ -286,20 +327,16 @@ async fn apply_desired(
     // Shards: skip those present exactly as we last wrote them, with the content we want now
     // (same hash, same resourceVersion); a hand edit changes the resourceVersion and gets
     // overwritten.
-    let to_apply: Vec<usize> = {
-        let applied = ctx.applied_shards.lock().await;
-        (0..encoded.shards.len())
-            .filter(|&index| {
-                let shard = &encoded.shards[index];
-                match applied.get(&(namespace.to_string(), shard.name.clone())) {
-                    Some((hash, version)) => {
-                        *hash != shard.hash || existing_versions.get(&shard.name) != Some(version)
-                    }
-                    None => true,
-                }
+    let shard_key = |name: &str| ("ConfigMap", namespace.to_string(), name.to_string());
+    let to_apply: Vec<usize> = (0..encoded.shards.len())
+        .filter(|&index| {
+            let shard = &encoded.shards[index];
+            !existing_versions.get(&shard.name).is_some_and(|current| {
+                ctx.owned
+                    .unchanged(&shard_key(&shard.name), &shard.hash, Some(current))
             })
-            .collect()
-    };
+        })
+        .collect();
     // The head changes only with its shards (an unchanged apply writes no etcd revision).
     if !to_apply.is_empty() {
         let written = to_apply
@@ -323,33 +360,41 @@ async fn apply_desired(
         .buffer_unordered(8)
         .collect()
         .await;
-    {
-        let mut applied = ctx.applied_shards.lock().await;
-        for result in results {
-            let cm = result?;
-            applied.insert(
-                (namespace.to_string(), cm.name_any()),
-                (shard_hash(&cm), cm.resource_version().unwrap_or_default()),
-            );
-        }
+    for result in results {
+        let cm = result?;
+        ctx.owned.wrote(
+            shard_key(&cm.name_any()),
+            shard_hash(&cm),
+            cm.resource_version().unwrap_or_default(),
+        );
     }
-    apply(client, namespace, &desired.head).await?;
-    apply(client, namespace, &desired.postfix).await?;
-    apply(client, namespace, &desired.service_account).await?;
-    apply(client, namespace, &desired.role).await?;
-    apply(client, namespace, &desired.role_binding).await?;
-    apply(client, namespace, &desired.service).await?;
-    apply(client, namespace, &desired.stateful_set).await?;
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+    // Each of the rest is skipped while it holds our last write (an edit of one Mailbox
+    // changes only a shard and the head).
+    apply_if_changed(ctx, namespace, &desired.head).await?;
+    apply_if_changed(ctx, namespace, &desired.postfix).await?;
+    apply_if_changed(ctx, namespace, &desired.service_account).await?;
+    apply_if_changed(ctx, namespace, &desired.role).await?;
+    apply_if_changed(ctx, namespace, &desired.role_binding).await?;
+    apply_if_changed(ctx, namespace, &desired.service).await?;
+    apply_if_changed(ctx, namespace, &desired.stateful_set).await?;
     match &desired.pod_disruption_budget {
         Some(pdb) => {
-            apply(client, namespace, pdb).await?;
+            apply_if_changed(ctx, namespace, pdb).await?;
         }
         None => {
-            if let Some(pdb) = pdbs.get_opt(&server_name).await?
+            // Only a budget the watch has seen can be there to delete.
+            let key = (
+                "PodDisruptionBudget",
+                namespace.to_string(),
+                server_name.clone(),
+            );
+            let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+            if ctx.owned.observed(&key)
+                && let Some(pdb) = pdbs.get_opt(&server_name).await?
                 && build::owned_by(&pdb, server)
             {
                 pdbs.delete(&server_name, &DeleteParams::default()).await?;
+                ctx.owned.forget(&key);
             }
         }
     }
@@ -365,10 +410,7 @@ async fn apply_desired(
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
-        ctx.applied_shards
-            .lock()
-            .await
-            .remove(&(namespace.to_string(), name.clone()));
+        ctx.owned.forget(&shard_key(name));
     }
     Ok(None)
 }
@@ -795,16 +837,22 @@ async fn reconcile_inner(
         return Ok((paced(server, ctx, wait), None));
     }
     // compile (or reuse the last compile while nothing it reads has changed)
+    let step = Instant::now();
     let snapshot = ctx.snapshot(server, &namespace);
+    let compile_took = step.elapsed();
     let (compiled, encoded) = (&snapshot.compiled, &snapshot.encoded);
     // build
     let desired = build::desired(server, encoded, &ctx.config);
     // apply
+    let step = Instant::now();
     if let Some(wait) = apply_desired(ctx, server, &namespace, encoded, &desired).await? {
         return Ok((paced(server, ctx, wait), None));
     }
+    let apply_took = step.elapsed();
     // status: the server's now; the members' in the background (see spawn_member_status)
+    let step = Instant::now();
     publish_server(ctx, server, compiled, encoded, &desired).await?;
+    let status_took = step.elapsed();
     ctx.metrics
         .set_directory(&server_key(server), encoded.shard_bytes(), compiled);
     info!(
@@ -813,6 +861,9 @@ async fn reconcile_inner(
         shards = encoded.shards.len(),
         mailboxes = compiled.directory.mailboxes.len(),
         diagnostics = compiled.diagnostics.len(),
+        ?compile_took,
+        ?apply_took,
+        ?status_took,
         "reconciled"
     );
     Ok((Action::requeue(Duration::from_secs(600)), Some(snapshot)))
@@ -1028,10 +1079,12 @@ where
 }
 
 /// Changes of one kind of owned object, as metadata (apiserver sends no data or spec).
+/// The operator's own writes are recorded in `owned` and filtered out (see [`crate::owned`]).
 fn owned_changes<K>(
     client: &Client,
     namespace: &Option<String>,
     config: &watcher::Config,
+    owned: &Arc<OwnedVersions>,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -1042,12 +1095,14 @@ where
         + Sync
         + 'static,
 {
+    let owned = owned.clone();
     watcher(
         api_for::<PartialObjectMeta<K>>(client, namespace),
         config.clone(),
     )
     .default_backoff()
-    .touched_objects()
+    .map_ok(move |event| stream::iter(owned.observe(event).into_iter().map(Ok)))
+    .try_flatten()
 }
 
 /// Feeds a member cache from its watch stream (before the events go on to the triggers).
@@ -1083,7 +1138,9 @@ pub async fn run(
         .modify(trim_cached)
         .inspect_ok(cache_writer(&aliases))
         .boxed();
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
+    let owned_config =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
+    let owned = Arc::new(OwnedVersions::default());
     // MailServers trigger on spec changes only (generation): the operator's own status patch
     // must not cause the next reconcile. Owned objects trigger on any change (drift is
     // repaired) and are watched as metadata: their owner reference is all a trigger needs, and
@@ -1118,7 +1175,7 @@ pub async fn run(
             },
         ),
         failures: Mutex::default(),
-        applied_shards: Mutex::default(),
+        owned: owned.clone(),
         snapshots: Default::default(),
         member_status: Default::default(),
         inputs_epoch: inputs_epoch.clone(),
@@ -1129,12 +1186,38 @@ pub async fn run(
     });
     metrics.set_ready(true);
     controller
-        .owns_stream(owned_changes::<ConfigMap>(&client, ns, &owned))
-        .owns_stream(owned_changes::<StatefulSet>(&client, ns, &owned))
-        .owns_stream(owned_changes::<Service>(&client, ns, &owned))
-        .owns_stream(owned_changes::<ServiceAccount>(&client, ns, &owned))
-        .owns_stream(owned_changes::<Role>(&client, ns, &owned))
-        .owns_stream(owned_changes::<RoleBinding>(&client, ns, &owned))
+        .owns_stream(owned_changes::<ConfigMap>(
+            &client,
+            ns,
+            &owned_config,
+            &owned,
+        ))
+        .owns_stream(owned_changes::<StatefulSet>(
+            &client,
+            ns,
+            &owned_config,
+            &owned,
+        ))
+        .owns_stream(owned_changes::<Service>(&client, ns, &owned_config, &owned))
+        .owns_stream(owned_changes::<ServiceAccount>(
+            &client,
+            ns,
+            &owned_config,
+            &owned,
+        ))
+        .owns_stream(owned_changes::<Role>(&client, ns, &owned_config, &owned))
+        .owns_stream(owned_changes::<RoleBinding>(
+            &client,
+            ns,
+            &owned_config,
+            &owned,
+        ))
+        .owns_stream(owned_changes::<PodDisruptionBudget>(
+            &client,
+            ns,
+            &owned_config,
+            &owned,
+        ))
         .watches_stream(
             compiler_input_changes(domain_stream, inputs_epoch.clone()),
             move |o: PartialObjectMeta<MailDomain>| servers_in(&s1, o.namespace()),

@@ -7,6 +7,7 @@ pub mod error;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod owned;
 pub mod pacing;
 pub mod profile;
 pub mod rbac;
