@@ -253,16 +253,9 @@ where
         .await?)
 }
 
-/// Server-side apply of one owned object unless it already holds exactly this content from the
-/// operator's last write (see [`crate::owned`]). `current` is its resourceVersion if just
-/// listed. Returns whether it was written.
-async fn apply_owned<K>(
-    ctx: &Context,
-    namespace: &str,
-    object: &K,
-    hash: String,
-    current: Option<&str>,
-) -> Result<bool>
+/// Server-side apply of one owned object unless it still holds exactly this content from the
+/// operator's last write (see [`crate::owned`]).
+async fn apply_if_changed<K>(ctx: &Context, namespace: &str, object: &K) -> Result<()>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -270,27 +263,15 @@ where
         + Serialize
         + std::fmt::Debug,
 {
-    let mut key = owned::key_of(object);
-    key.1 = namespace.to_string();
-    if ctx.owned.unchanged(&key, &hash, current) {
-        return Ok(false);
+    let key = owned::key::<K>(namespace, &object.name_any());
+    let hash = owned::content_hash(object);
+    if ctx.owned.unchanged(&key, &hash, None) {
+        return Ok(());
     }
     let written = apply(&ctx.client, namespace, object).await?;
     ctx.owned
         .wrote(key, hash, written.resource_version().unwrap_or_default());
-    Ok(true)
-}
-
-/// [`apply_owned`] for an object whose content hash is that of its serialization.
-async fn apply_if_changed<K>(ctx: &Context, namespace: &str, object: &K) -> Result<bool>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
-    apply_owned(ctx, namespace, object, owned::content_hash(object), None).await
+    Ok(())
 }
 
 /// The content hash the build step put on a shard ConfigMap.
@@ -327,7 +308,7 @@ async fn apply_desired(
     // Shards: skip those present exactly as we last wrote them, with the content we want now
     // (same hash, same resourceVersion); a hand edit changes the resourceVersion and gets
     // overwritten.
-    let shard_key = |name: &str| ("ConfigMap", namespace.to_string(), name.to_string());
+    let shard_key = |name: &str| owned::key::<ConfigMap>(namespace, name);
     let to_apply: Vec<usize> = (0..encoded.shards.len())
         .filter(|&index| {
             let shard = &encoded.shards[index];
@@ -383,11 +364,7 @@ async fn apply_desired(
         }
         None => {
             // Only a budget the watch has seen can be there to delete.
-            let key = (
-                "PodDisruptionBudget",
-                namespace.to_string(),
-                server_name.clone(),
-            );
+            let key = owned::key::<PodDisruptionBudget>(namespace, &server_name);
             let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
             if ctx.owned.observed(&key)
                 && let Some(pdb) = pdbs.get_opt(&server_name).await?
@@ -1078,31 +1055,39 @@ where
         .flatten()
 }
 
-/// Changes of one kind of owned object, as metadata (apiserver sends no data or spec).
-/// The operator's own writes are recorded in `owned` and filtered out (see [`crate::owned`]).
-fn owned_changes<K>(
-    client: &Client,
-    namespace: &Option<String>,
-    config: &watcher::Config,
-    owned: &Arc<OwnedVersions>,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let owned = owned.clone();
-    watcher(
-        api_for::<PartialObjectMeta<K>>(client, namespace),
-        config.clone(),
-    )
-    .default_backoff()
-    .map_ok(move |event| stream::iter(owned.observe(event).into_iter().map(Ok)))
-    .try_flatten()
+/// The watches of owned objects: what every one of them shares.
+struct OwnedWatches {
+    client: Client,
+    namespace: Option<String>,
+    /// Selects the objects the operator manages.
+    config: watcher::Config,
+    /// Fed by every watch; the operator's own writes are filtered out (see [`crate::owned`]).
+    versions: Arc<OwnedVersions>,
+}
+
+impl OwnedWatches {
+    /// Changes of one kind of owned object, as metadata (apiserver sends no data or spec).
+    fn changes<K>(
+        &self,
+    ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let versions = self.versions.clone();
+        watcher(
+            api_for::<PartialObjectMeta<K>>(&self.client, &self.namespace),
+            self.config.clone(),
+        )
+        .default_backoff()
+        .map_ok(move |event| stream::iter(versions.observe(event).into_iter().map(Ok)))
+        .try_flatten()
+    }
 }
 
 /// Feeds a member cache from its watch stream (before the events go on to the triggers).
@@ -1138,9 +1123,12 @@ pub async fn run(
         .modify(trim_cached)
         .inspect_ok(cache_writer(&aliases))
         .boxed();
-    let owned_config =
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator");
-    let owned = Arc::new(OwnedVersions::default());
+    let owned = OwnedWatches {
+        client: client.clone(),
+        namespace: ns.clone(),
+        config: watcher::Config::default().labels("app.kubernetes.io/managed-by=virtmail-operator"),
+        versions: Arc::default(),
+    };
     // MailServers trigger on spec changes only (generation): the operator's own status patch
     // must not cause the next reconcile. Owned objects trigger on any change (drift is
     // repaired) and are watched as metadata: their owner reference is all a trigger needs, and
@@ -1175,7 +1163,7 @@ pub async fn run(
             },
         ),
         failures: Mutex::default(),
-        owned: owned.clone(),
+        owned: owned.versions.clone(),
         snapshots: Default::default(),
         member_status: Default::default(),
         inputs_epoch: inputs_epoch.clone(),
@@ -1186,38 +1174,13 @@ pub async fn run(
     });
     metrics.set_ready(true);
     controller
-        .owns_stream(owned_changes::<ConfigMap>(
-            &client,
-            ns,
-            &owned_config,
-            &owned,
-        ))
-        .owns_stream(owned_changes::<StatefulSet>(
-            &client,
-            ns,
-            &owned_config,
-            &owned,
-        ))
-        .owns_stream(owned_changes::<Service>(&client, ns, &owned_config, &owned))
-        .owns_stream(owned_changes::<ServiceAccount>(
-            &client,
-            ns,
-            &owned_config,
-            &owned,
-        ))
-        .owns_stream(owned_changes::<Role>(&client, ns, &owned_config, &owned))
-        .owns_stream(owned_changes::<RoleBinding>(
-            &client,
-            ns,
-            &owned_config,
-            &owned,
-        ))
-        .owns_stream(owned_changes::<PodDisruptionBudget>(
-            &client,
-            ns,
-            &owned_config,
-            &owned,
-        ))
+        .owns_stream(owned.changes::<ConfigMap>())
+        .owns_stream(owned.changes::<StatefulSet>())
+        .owns_stream(owned.changes::<Service>())
+        .owns_stream(owned.changes::<ServiceAccount>())
+        .owns_stream(owned.changes::<Role>())
+        .owns_stream(owned.changes::<RoleBinding>())
+        .owns_stream(owned.changes::<PodDisruptionBudget>())
         .watches_stream(
             compiler_input_changes(domain_stream, inputs_epoch.clone()),
             move |o: PartialObjectMeta<MailDomain>| servers_in(&s1, o.namespace()),

@@ -11,6 +11,7 @@
 //! Knowledge is never required for correctness: an unknown object is applied, an unknown event
 //! triggers.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -18,7 +19,7 @@ use kube::Resource;
 use kube::runtime::watcher;
 
 /// An owned object: kind, namespace, name.
-pub type OwnedKey = (&'static str, String, String);
+pub type OwnedKey = (Cow<'static, str>, String, String);
 
 #[derive(Debug, Default)]
 struct State {
@@ -27,7 +28,7 @@ struct State {
     /// (content hash, resourceVersion returned) of the operator's last write.
     written: HashMap<OwnedKey, (String, String)>,
     /// Kinds being relisted, with the keys listed so far.
-    relisting: HashMap<&'static str, HashSet<OwnedKey>>,
+    relisting: HashMap<Cow<'static, str>, HashSet<OwnedKey>>,
 }
 
 /// See the module documentation. Shared by the owned-object watches and the reconciles.
@@ -36,22 +37,17 @@ pub struct OwnedVersions {
     state: Mutex<State>,
 }
 
-/// The key of an object of kind `K`.
-pub fn key_of<K: Resource<DynamicType = ()>>(object: &K) -> OwnedKey {
-    (
-        kind_name::<K>(),
-        object.meta().namespace.clone().unwrap_or_default(),
-        object.meta().name.clone().unwrap_or_default(),
-    )
+/// The key of the object of kind `K` named `name` in `namespace`.
+pub fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> OwnedKey {
+    (K::kind(&()), namespace.to_string(), name.to_string())
 }
 
-/// The kind's name as a `'static` str (`K::kind` is a `Cow` that is borrowed for every
-/// k8s-openapi type and every CRD).
-fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()) {
-        std::borrow::Cow::Borrowed(kind) => kind,
-        std::borrow::Cow::Owned(kind) => Box::leak(kind.into_boxed_str()),
-    }
+fn key_of<K: Resource<DynamicType = ()>>(object: &K) -> OwnedKey {
+    let meta = object.meta();
+    key::<K>(
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
 }
 
 impl OwnedVersions {
@@ -94,7 +90,7 @@ impl OwnedVersions {
     where
         K: Resource<DynamicType = ()>,
     {
-        let kind = kind_name::<K>();
+        let kind = K::kind(&());
         let mut state = self.lock();
         match event {
             watcher::Event::Init => {
@@ -103,7 +99,7 @@ impl OwnedVersions {
             }
             watcher::Event::InitDone => {
                 // Objects not relisted are gone: their next apply must not be skipped.
-                if let Some(listed) = state.relisting.remove(kind) {
+                if let Some(listed) = state.relisting.remove(&kind) {
                     state
                         .observed
                         .retain(|key, _| key.0 != kind || listed.contains(key));
@@ -117,7 +113,7 @@ impl OwnedVersions {
                     .written
                     .get(&key)
                     .is_some_and(|(_, written)| *written == version);
-                if let Some(listed) = state.relisting.get_mut(kind) {
+                if let Some(listed) = state.relisting.get_mut(&kind) {
                     listed.insert(key.clone());
                 }
                 state.observed.insert(key, version);
@@ -157,7 +153,7 @@ mod tests {
     }
 
     fn key(name: &str) -> OwnedKey {
-        ("ConfigMap", "ns".into(), name.into())
+        super::key::<ConfigMap>("ns", name)
     }
 
     #[test]
