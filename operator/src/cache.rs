@@ -9,13 +9,68 @@
 //! Semantics follow the reflector: a relist (`Init` … `InitDone`) is buffered and replaces the
 //! namespace maps at once, so readers never see a half-listed cache, and the cache is ready
 //! from the first `InitDone` on.
+//!
+//! Cached objects are trimmed first ([`trim`]): of 100,000 Mailboxes, only what the operator
+//! reads stays in memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Resource;
 use kube::runtime::watcher::Event;
+use virtmail_crds::{MailAlias, MailDomain, Mailbox};
+
+use crate::status::READY;
+
+/// A member kind: its conditions, of which the cache keeps only the operator's own.
+pub trait Member: Resource + Clone {
+    /// The status conditions, if there is a status.
+    fn conditions_mut(&mut self) -> Option<&mut Vec<Condition>>;
+}
+
+impl Member for Mailbox {
+    fn conditions_mut(&mut self) -> Option<&mut Vec<Condition>> {
+        self.status.as_mut().map(|s| &mut s.conditions)
+    }
+}
+
+impl Member for MailAlias {
+    fn conditions_mut(&mut self) -> Option<&mut Vec<Condition>> {
+        self.status.as_mut().map(|s| &mut s.conditions)
+    }
+}
+
+impl Member for MailDomain {
+    fn conditions_mut(&mut self) -> Option<&mut Vec<Condition>> {
+        self.status.as_mut().map(|s| &mut s.conditions)
+    }
+}
+
+/// Drop what the operator never reads from a member object before it is cached.
+/// - managedFields and annotations (kubectl's last-applied-configuration repeats the whole
+///   spec) are most of an object's size;
+/// - the resourceVersion is not read (status patches are applies, not updates; the watcher has
+///   taken it before this runs), nor are finalizers, owner references or generateName;
+/// - of the conditions only `Ready` is read (to keep its `lastTransitionTime` and skip patches
+///   that change nothing); the agent's `Provisioned` is as large and never read here.
+///
+/// The uid stays: Events name their object by it, and `kubectl describe` finds them by it.
+pub fn trim<K: Member>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.resource_version = None;
+    meta.finalizers = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    meta.self_link = None;
+    if let Some(conditions) = object.conditions_mut() {
+        conditions.retain(|c| c.type_ == READY);
+        conditions.shrink_to_fit();
+    }
+}
 
 /// Objects per namespace, per name.
 type Namespaces<K> = HashMap<String, HashMap<String, Arc<K>>>;
@@ -217,6 +272,58 @@ mod tests {
         cache.apply(&Event::InitDone);
         assert_eq!(names(&cache, "a"), ["m2"]);
         assert!(cache.is_ready());
+    }
+
+    #[test]
+    fn trim_keeps_what_the_operator_reads_and_only_the_ready_condition() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
+        use std::collections::BTreeMap;
+        use virtmail_crds::MailboxStatus;
+        let at = Time("2026-12-01T00:00:00Z".parse().unwrap());
+        let condition = |type_: &str| Condition {
+            type_: type_.into(),
+            status: "True".into(),
+            reason: "R".into(),
+            message: "m".into(),
+            observed_generation: Some(3),
+            last_transition_time: at.clone(),
+        };
+        let mut object = mailbox("a", "m1", "one@a.test");
+        let meta = &mut object.metadata;
+        meta.uid = Some("uid-1".into());
+        meta.generation = Some(3);
+        meta.creation_timestamp = Some(at.clone());
+        meta.deletion_timestamp = Some(at.clone());
+        meta.labels = Some(BTreeMap::from([("team".into(), "x".into())]));
+        meta.annotations = Some(BTreeMap::from([("last-applied".into(), "{...}".into())]));
+        meta.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        meta.resource_version = Some("42".into());
+        meta.finalizers = Some(vec!["f".into()]);
+        object.status = Some(MailboxStatus {
+            observed_generation: Some(3),
+            conditions: vec![condition("Provisioned"), condition(READY)],
+            path: Some("/var/mail/a.test/one/".into()),
+        });
+        let untouched_spec = object.spec.clone();
+        trim(&mut object);
+        let meta = &object.metadata;
+        assert_eq!(meta.uid.as_deref(), Some("uid-1"));
+        assert_eq!(meta.generation, Some(3));
+        assert_eq!(meta.creation_timestamp, Some(at.clone()));
+        assert_eq!(meta.deletion_timestamp, Some(at.clone()));
+        assert_eq!(meta.labels.as_ref().unwrap()["team"], "x");
+        assert_eq!(
+            (meta.name.as_deref(), meta.namespace.as_deref()),
+            (Some("m1"), Some("a"))
+        );
+        assert!(meta.annotations.is_none() && meta.managed_fields.is_none());
+        assert!(meta.resource_version.is_none() && meta.finalizers.is_none());
+        assert_eq!(object.spec, untouched_spec);
+        let status = object.status.unwrap();
+        assert_eq!(status.conditions, [condition(READY)]);
+        assert_eq!(status.conditions.capacity(), 1);
+        assert_eq!(status.path.as_deref(), Some("/var/mail/a.test/one/"));
+        assert_eq!(status.observed_generation, Some(3));
     }
 
     #[tokio::test]

@@ -925,17 +925,6 @@ where
     }
 }
 
-/// Drop what the operator never reads from a cached member object: managedFields and
-/// annotations (kubectl's last-applied-configuration repeats the whole spec) are most of its
-/// size, and 100,000 Mailboxes stay in memory. The resourceVersion is not read either (status
-/// patches are applies, not updates; the watcher has taken it before this runs).
-fn trim_cached<K: Resource>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.resource_version = None;
-}
-
 /// What the compiler reads of a member object: its spec (`generation`), its labels (domain
 /// selectors) and whether it is being deleted. Status is not among them.
 fn compiler_input_fingerprint<K: Resource>(object: &K) -> u64 {
@@ -1110,17 +1099,17 @@ pub async fn run(
     let (domains, mailboxes, aliases) = Default::default();
     let domain_stream = watcher(api_for::<MailDomain>(&client, ns), watch.clone())
         .default_backoff()
-        .modify(trim_cached)
+        .modify(crate::cache::trim)
         .inspect_ok(cache_writer(&domains))
         .boxed();
     let mailbox_stream = watcher(api_for::<Mailbox>(&client, ns), watch.clone())
         .default_backoff()
-        .modify(trim_cached)
+        .modify(crate::cache::trim)
         .inspect_ok(cache_writer(&mailboxes))
         .boxed();
     let alias_stream = watcher(api_for::<MailAlias>(&client, ns), watch.clone())
         .default_backoff()
-        .modify(trim_cached)
+        .modify(crate::cache::trim)
         .inspect_ok(cache_writer(&aliases))
         .boxed();
     let owned = OwnedWatches {
