@@ -14,6 +14,7 @@
 //! reads stays in memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -85,6 +86,8 @@ struct State<K> {
 pub struct MemberCache<K> {
     state: Arc<RwLock<State<K>>>,
     ready: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Objects received by lists so far (all relists together): shows a long list progressing.
+    listed: Arc<AtomicU64>,
 }
 
 impl<K> Clone for MemberCache<K> {
@@ -92,6 +95,7 @@ impl<K> Clone for MemberCache<K> {
         MemberCache {
             state: self.state.clone(),
             ready: self.ready.clone(),
+            listed: self.listed.clone(),
         }
     }
 }
@@ -112,6 +116,7 @@ impl<K> Default for MemberCache<K> {
                 relist: None,
             })),
             ready: Arc::new(tokio::sync::watch::Sender::new(false)),
+            listed: Arc::default(),
         }
     }
 }
@@ -147,7 +152,10 @@ impl<K: Resource + Clone> MemberCache<K> {
                 }
             }
             Event::Init => state.relist = Some(HashMap::new()),
-            Event::InitApply(object) => insert(state.relist.get_or_insert_default(), object),
+            Event::InitApply(object) => {
+                insert(state.relist.get_or_insert_default(), object);
+                self.listed.fetch_add(1, Ordering::Relaxed);
+            }
             Event::InitDone => {
                 // The old maps are dropped here, after the swap: never a moment with neither.
                 let relisted = state.relist.take().unwrap_or_default();
@@ -181,12 +189,24 @@ impl<K> MemberCache<K> {
         *self.ready.borrow()
     }
 
-    /// Wait until the first list has completed; false if it has not within `timeout`.
-    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+    /// Objects received by lists so far.
+    pub fn listed(&self) -> u64 {
+        self.listed.load(Ordering::Relaxed)
+    }
+
+    /// Wait until the first list has completed, for as long as it progresses: false once no
+    /// object has arrived for `stall` (a list of 100,000 objects takes longer than any fixed
+    /// timeout that would also catch a list that cannot be made).
+    pub async fn wait_ready(&self, stall: Duration) -> bool {
         let mut ready = self.ready.subscribe();
-        tokio::time::timeout(timeout, ready.wait_for(|r| *r))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        loop {
+            let listed = self.listed();
+            match tokio::time::timeout(stall, ready.wait_for(|r| *r)).await {
+                Ok(result) => return result.is_ok(),
+                Err(_) if self.listed() != listed => continue,
+                Err(_) => return false,
+            }
+        }
     }
 }
 
@@ -326,14 +346,32 @@ mod tests {
         assert_eq!(status.observed_generation, Some(3));
     }
 
-    #[tokio::test]
-    async fn wait_ready_returns_when_the_first_list_completes_or_times_out() {
+    #[tokio::test(start_paused = true)]
+    async fn wait_ready_waits_while_the_list_progresses_and_gives_up_when_it_stalls() {
         let cache: MemberCache<Mailbox> = MemberCache::default();
-        assert!(!cache.wait_ready(Duration::from_millis(20)).await);
+        assert!(!cache.wait_ready(Duration::from_secs(30)).await);
+        // A list that delivers an object every 20 s (under the 30 s stall limit) and completes
+        // after 100 s is waited for.
         let writer = cache.clone();
-        let waiter = tokio::spawn(async move { cache.wait_ready(Duration::from_secs(30)).await });
-        writer.apply(&Event::Init);
-        writer.apply(&Event::InitDone);
-        assert!(waiter.await.unwrap());
+        let lister = tokio::spawn(async move {
+            writer.apply(&Event::Init);
+            for i in 0..5 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                writer.apply(&Event::InitApply(mailbox(
+                    "a",
+                    &format!("m{i}"),
+                    "x@a.test",
+                )));
+            }
+            writer.apply(&Event::InitDone);
+        });
+        let started = tokio::time::Instant::now();
+        assert!(cache.wait_ready(Duration::from_secs(30)).await);
+        assert!(started.elapsed() >= Duration::from_secs(100));
+        assert_eq!(cache.listed(), 5);
+        lister.await.unwrap();
+        // Once ready, it stays ready (a relist under way does not hide the cache).
+        cache.apply(&Event::Init);
+        assert!(cache.wait_ready(Duration::from_millis(1)).await);
     }
 }

@@ -223,11 +223,23 @@ impl Context {
     }
 }
 
+/// Wait for a member cache's first list; an error only when the list has stalled for 30 s.
 async fn wait_ready<K>(cache: &MemberCache<K>, what: &str) -> Result<()> {
+    if cache.is_ready() {
+        return Ok(());
+    }
+    info!(
+        listed = cache.listed(),
+        "waiting for the {what} cache to be listed"
+    );
     if cache.wait_ready(Duration::from_secs(30)).await {
+        info!(listed = cache.listed(), "{what} cache listed");
         Ok(())
     } else {
-        Err(Error::NotReady(format!("{what} cache")))
+        Err(Error::NotReady(format!(
+            "{what} cache: list stalled after {} objects",
+            cache.listed()
+        )))
     }
 }
 
