@@ -25,29 +25,30 @@ use virtmail_crds::{MailAlias, MailDomain, Mailbox};
 
 use crate::status::READY;
 
-/// A member kind: its conditions, of which the cache keeps only the operator's own.
+/// A member kind: its status conditions (the cache keeps only the operator's own, the status
+/// step reads them).
 pub trait Member: Resource + Clone {
+    /// The status conditions (none without a status).
+    fn conditions(&self) -> &[Condition];
     /// The status conditions, if there is a status.
     fn conditions_mut(&mut self) -> Option<&mut Vec<Condition>>;
 }
 
-impl Member for Mailbox {
-    fn conditions_mut(&mut self) -> Option<&mut Vec<Condition>> {
-        self.status.as_mut().map(|s| &mut s.conditions)
-    }
+/// Every member kind's status has `conditions`.
+macro_rules! member_with_status_conditions {
+    ($($kind:ty),*) => {$(
+        impl Member for $kind {
+            fn conditions(&self) -> &[Condition] {
+                self.status.as_ref().map_or(&[], |s| &s.conditions)
+            }
+            fn conditions_mut(&mut self) -> Option<&mut Vec<Condition>> {
+                self.status.as_mut().map(|s| &mut s.conditions)
+            }
+        }
+    )*};
 }
 
-impl Member for MailAlias {
-    fn conditions_mut(&mut self) -> Option<&mut Vec<Condition>> {
-        self.status.as_mut().map(|s| &mut s.conditions)
-    }
-}
-
-impl Member for MailDomain {
-    fn conditions_mut(&mut self) -> Option<&mut Vec<Condition>> {
-        self.status.as_mut().map(|s| &mut s.conditions)
-    }
-}
+member_with_status_conditions!(Mailbox, MailAlias, MailDomain);
 
 /// Drop what the operator never reads from a member object before it is cached.
 /// - managedFields and annotations (kubectl's last-applied-configuration repeats the whole

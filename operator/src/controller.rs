@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -37,7 +37,7 @@ use virtmail_crds::{
 };
 
 use crate::build::{self, BuildConfig, Desired, FIELD_MANAGER};
-use crate::cache::MemberCache;
+use crate::cache::{Member, MemberCache};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::owned::{self, OwnedVersions};
@@ -429,14 +429,13 @@ struct MemberPatch<K> {
 /// wanted, if anything changes, with an Event for every change of state and every problem
 /// (not for a new object becoming Ready as expected: the condition records that, and 100,000
 /// Mailboxes created at once must not mean 100,000 Events).
-fn member_patch<K: Resource>(
+fn member_patch<K: Member>(
     object: Arc<K>,
     wanted: Wanted,
-    conditions: fn(&K) -> &[Condition],
     extra: serde_json::Value,
     extra_changed: bool,
 ) -> Option<MemberPatch<K>> {
-    let existing = conditions(&object);
+    let existing = object.conditions();
     let generation = object.meta().generation;
     let merged = status::merge(existing, std::slice::from_ref(&wanted), generation, &now());
     if !extra_changed && !status::differs(existing, &merged) {
@@ -493,18 +492,6 @@ where
     Ok(())
 }
 
-fn mailbox_conditions(mailbox: &Mailbox) -> &[Condition] {
-    mailbox.status.as_ref().map_or(&[], |s| &s.conditions)
-}
-
-fn alias_conditions(alias: &MailAlias) -> &[Condition] {
-    alias.status.as_ref().map_or(&[], |s| &s.conditions)
-}
-
-fn domain_conditions(domain: &MailDomain) -> &[Condition] {
-    domain.status.as_ref().map_or(&[], |s| &s.conditions)
-}
-
 /// What a snapshot wants of its members' statuses.
 struct MemberStatuses<'a> {
     ctx: &'a Context,
@@ -555,12 +542,11 @@ impl<'a> MemberStatuses<'a> {
                 let path_changed =
                     mailbox.status.as_ref().and_then(|s| s.path.as_ref()) != path.as_ref();
                 let extra = json!({ "path": path });
-                member_patch(mailbox, wanted, mailbox_conditions, extra, path_changed)
-                    .map(AnyPatch::Mailbox)
+                member_patch(mailbox, wanted, extra, path_changed).map(AnyPatch::Mailbox)
             }
             Kind::MailAlias => {
                 let alias = ctx.aliases.get(namespace, &member.name)?;
-                member_patch(alias, wanted, alias_conditions, json!({}), false).map(AnyPatch::Alias)
+                member_patch(alias, wanted, json!({}), false).map(AnyPatch::Alias)
             }
             Kind::MailDomain => {
                 let domain = ctx.domains.get(namespace, &member.name)?;
@@ -574,8 +560,7 @@ impl<'a> MemberStatuses<'a> {
                     s.mailboxes as usize != count || s.servers != [self.server_name.as_str()]
                 });
                 let extra = json!({ "mailboxes": count, "servers": [self.server_name] });
-                member_patch(domain, wanted, domain_conditions, extra, extra_changed)
-                    .map(AnyPatch::Domain)
+                member_patch(domain, wanted, extra, extra_changed).map(AnyPatch::Domain)
             }
             Kind::MailServer => None,
         }
@@ -1091,12 +1076,27 @@ impl OwnedWatches {
     }
 }
 
-/// Feeds a member cache from its watch stream (before the events go on to the triggers).
-fn cache_writer<K: Resource + Clone>(
+/// The watch of one member kind: trimmed ([`crate::cache::trim`]) and written to its cache
+/// before the events go on to the triggers.
+fn member_changes<K>(
+    client: &Client,
+    namespace: &Option<String>,
     cache: &MemberCache<K>,
-) -> impl FnMut(&watcher::Event<K>) + use<K> {
+) -> stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
+where
+    K: Member<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let cache = cache.clone();
-    move |event| cache.apply(event)
+    watcher(api_for::<K>(client, namespace), watcher::Config::default())
+        .default_backoff()
+        .modify(crate::cache::trim)
+        .inspect_ok(move |event| cache.apply(event))
+        .boxed()
 }
 
 /// Run the controller until `shutdown` resolves.
@@ -1107,23 +1107,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = &options.namespace;
-    let watch = watcher::Config::default();
     let (domains, mailboxes, aliases) = Default::default();
-    let domain_stream = watcher(api_for::<MailDomain>(&client, ns), watch.clone())
-        .default_backoff()
-        .modify(crate::cache::trim)
-        .inspect_ok(cache_writer(&domains))
-        .boxed();
-    let mailbox_stream = watcher(api_for::<Mailbox>(&client, ns), watch.clone())
-        .default_backoff()
-        .modify(crate::cache::trim)
-        .inspect_ok(cache_writer(&mailboxes))
-        .boxed();
-    let alias_stream = watcher(api_for::<MailAlias>(&client, ns), watch.clone())
-        .default_backoff()
-        .modify(crate::cache::trim)
-        .inspect_ok(cache_writer(&aliases))
-        .boxed();
+    let domain_stream = member_changes(&client, ns, &domains);
+    let mailbox_stream = member_changes(&client, ns, &mailboxes);
+    let alias_stream = member_changes(&client, ns, &aliases);
     let owned = OwnedWatches {
         client: client.clone(),
         namespace: ns.clone(),
@@ -1135,11 +1122,14 @@ pub async fn run(
     // repaired) and are watched as metadata: their owner reference is all a trigger needs, and
     // the directory shards' data would otherwise come back with every write.
     let (servers, server_writer) = reflector::store::<MailServer>();
-    let server_triggers = watcher(api_for::<MailServer>(&client, ns), watch.clone())
-        .default_backoff()
-        .reflect(server_writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+    let server_triggers = watcher(
+        api_for::<MailServer>(&client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(server_writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
     // No debounce: kube's is trailing-edge and keeps delaying while changes keep coming, so a
     // steady stream of Mailbox creations would never be published. Batching comes from the
     // controller itself: changes arriving during a reconcile of a server coalesce into one next
