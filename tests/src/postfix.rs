@@ -7,6 +7,7 @@
 //! source of truth, DESIGN §1); [`test_local`] adds only what a private instance on a test machine
 //! needs.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -32,12 +33,39 @@ pub fn require_postfix() {
     );
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free TCP port on 127.0.0.1 that no other caller in this process has been given.
+///
+/// The kernel's `bind(0)` only avoids ports bound *now*, so tests running in parallel could be
+/// handed the same released port. Two Postfix instances on one port do not fail: Postfix sets
+/// SO_REUSEPORT on its listeners, and the kernel then spreads connections over both, so a test
+/// would talk to another test's Postfix. Hence the record of every port handed out.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// How many sockets listen on 127.0.0.1:`port` (from /proc/net/tcp).
+pub fn listeners_on(port: u16) -> usize {
+    const TCP_LISTEN: &str = "0A";
+    let local = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&TCP_LISTEN)
+        })
+        .count()
 }
 
 /// What an instance is configured with.
@@ -220,6 +248,12 @@ impl Postfix {
             std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).ok()?;
             line.starts_with("220").then_some(())
         });
+        // SO_REUSEPORT lets a second listener (another Postfix) share the port silently.
+        let listeners = listeners_on(port);
+        assert_eq!(
+            listeners, 1,
+            "127.0.0.1:{port} has {listeners} listening sockets: another process shares this Postfix's port (Postfix sets SO_REUSEPORT), so mail could reach the wrong instance"
+        );
         postfix
     }
 
@@ -340,4 +374,50 @@ pub fn postfix_uid() -> nix::unistd::Uid {
         .flatten()
         .expect("user postfix missing: apt-get install postfix")
         .uid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+        sockopt,
+    };
+
+    #[test]
+    fn free_port_never_hands_out_a_port_twice() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
+
+    /// Two listeners with SO_REUSEPORT, as two Postfix instances on one port would be.
+    #[test]
+    fn listeners_on_counts_every_socket_sharing_a_port() {
+        let port = free_port();
+        assert_eq!(listeners_on(port), 0);
+        let reuseport_listener = || {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .expect("socket");
+            setsockopt(&fd, sockopt::ReusePort, &true).expect("SO_REUSEPORT");
+            bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &SockaddrIn::new(127, 0, 0, 1, port),
+            )
+            .expect("bind");
+            listen(&fd, Backlog::new(1).expect("backlog")).expect("listen");
+            fd
+        };
+        let first = reuseport_listener();
+        assert_eq!(listeners_on(port), 1);
+        let second = reuseport_listener();
+        assert_eq!(listeners_on(port), 2);
+        drop((first, second));
+        assert_eq!(listeners_on(port), 0);
+    }
 }
