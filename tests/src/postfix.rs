@@ -54,7 +54,7 @@ pub fn free_port() -> u16 {
 }
 
 /// How many sockets listen on 127.0.0.1:`port` (from /proc/net/tcp).
-pub fn listeners_on(port: u16) -> usize {
+fn listeners_on(port: u16) -> usize {
     const TCP_LISTEN: &str = "0A";
     let local = format!("0100007F:{port:04X}");
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
