@@ -133,6 +133,9 @@ cmd_build() {
   build_one kube k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$kflags"
   build_one kube k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$kflags"
   build_one kube k8s.io/kubernetes/cmd/kubectl kubectl "$kflags"
+  build_one kube k8s.io/kubernetes/cmd/kubelet kubelet "$kflags"
+  build_one kube k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$kflags"
+  build_one kube k8s.io/kubernetes/cmd/kube-proxy kube-proxy "$kflags"
   build_one helm helm.sh/helm/v4/cmd/helm helm "$hflags"
   # Forget shared-cache entries of old pins not used for two weeks.
   if [[ "$SHARED_CACHE" != "off" && -d "$SHARED_CACHE" ]]; then
