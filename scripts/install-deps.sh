@@ -7,8 +7,11 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # Debian packages: Postfix and Dovecot (end-to-end mail tests), etcd (the control plane),
 # openssl and curl (control-plane certificates and health checks), python3 (LMTP conformance client), util-linux (mount),
-# gcc, libc6-dev and make (the linker, and the build of the operator's allocator, jemalloc).
-APT_PACKAGES=(postfix dovecot-imapd dovecot-lmtpd etcd-server openssl curl python3 util-linux procps tzdata gcc libc6-dev make)
+# gcc, libc6-dev and make (the linker, and the build of the operator's allocator, jemalloc);
+# for the node (tools/cluster.sh up --node): runc, the CNI plugins, iptables, conntrack and
+# iproute2; for the images (tools/images.sh): buildah and mmdebstrap.
+APT_PACKAGES=(postfix dovecot-imapd dovecot-lmtpd etcd-server openssl curl python3 util-linux procps tzdata gcc libc6-dev make
+  runc containernetworking-plugins iptables conntrack iproute2 buildah mmdebstrap)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -43,6 +46,13 @@ if [ -x "$(dirname "$0")/../tools/cluster.sh" ]; then
     echo "error: Go is missing: it builds kube-apiserver, kube-controller-manager and helm (tools/)" >&2
     exit 1
   fi
-  log "building control-plane tools (cached under target/tools; first build takes minutes)"
+  log "building control-plane and node tools (cached under target/tools; first build takes minutes)"
   PATH="$PATH:/usr/local/go/bin" "$(dirname "$0")/../tools/cluster.sh" build
+fi
+
+if [ -x "$(dirname "$0")/../tools/images.sh" ]; then
+  # The node's images: base images from Debian packages and the host's Rust toolchain, then the
+  # project's from deploy/docker (a first build compiles the workspace for musl: minutes).
+  log "building the node's images (tools/images.sh build; cached under target/images)"
+  "$(dirname "$0")/../tools/images.sh" build
 fi

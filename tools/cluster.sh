@@ -13,6 +13,9 @@
 #   tools/cluster.sh restart-etcd [SECONDS]
 #                             fault injection: stop etcd, wait (default 3 s), start it again
 #
+#   --node (with up, env, status, down): the plane with one node (containerd, kubelet,
+#   kube-scheduler, kube-proxy, a default StorageClass), in target/cluster-node; pods run.
+#
 # Only the export lines go to stdout; all progress goes to stderr, so
 #   eval "$(tools/cluster.sh up)"
 # is the contract used by tests, the demo and CI. See tools/README.md.
@@ -21,8 +24,21 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 
+# `--node` anywhere after the command: the node plane (its own directory, so suites without a
+# node keep their loopback-only plane beside it).
+WANT_NODE=0
+ARGS=()
+for arg in "$@"; do
+  if [[ "$arg" == --node ]]; then WANT_NODE=1; else ARGS+=("$arg"); fi
+done
+set -- "${ARGS[@]+"${ARGS[@]}"}"
+
 TOOLS_BIN="${VIRTMAIL_TOOLS_BIN:-$ROOT/target/tools/bin}"
-CLUSTER_DIR="${VIRTMAIL_CLUSTER_DIR:-$ROOT/target/cluster}"
+if ((WANT_NODE)); then
+  CLUSTER_DIR="${VIRTMAIL_CLUSTER_DIR:-$ROOT/target/cluster-node}"
+else
+  CLUSTER_DIR="${VIRTMAIL_CLUSTER_DIR:-$ROOT/target/cluster}"
+fi
 SHARED_CACHE="${VIRTMAIL_TOOLS_SHARED_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/virtmail-tools}"
 START_TIMEOUT="${VIRTMAIL_CLUSTER_START_TIMEOUT:-180}"
 LOCK_TIMEOUT="${VIRTMAIL_CLUSTER_LOCK_TIMEOUT:-1800}"
@@ -31,6 +47,7 @@ IDENTITIES_FILE="${VIRTMAIL_CLUSTER_IDENTITIES_FILE:-$SCRIPT_DIR/identities.conf
 # Versions, for -X version stamping (must match tools/kube/go.mod and tools/helm/go.mod).
 KUBE_VERSION="v1.37.2"
 HELM_VERSION="v4.3.1"
+CONTAINERD_VERSION="v2.4.2"
 # Bump when the way binaries are built changes, so cached binaries are rebuilt.
 RECIPE="2"
 
@@ -101,12 +118,12 @@ build_one() {
   local go; go="$(find_go)" || die "Go toolchain not found: building $name needs Go >= 1.26 (set GO=/path/to/go or put go on PATH; /usr/local/go/bin/go is also tried)"
   local started=$SECONDS total
   log "$name: building $pkg (pin $key); this takes minutes from a cold Go cache"
-  total="$(cd "$SCRIPT_DIR/$module" && CGO_ENABLED=0 "$go" list -mod=readonly -deps "$pkg" | wc -l)" \
+  total="$(cd "$SCRIPT_DIR/$module" && CGO_ENABLED=0 "$go" list -mod=readonly -tags "${BUILD_TAGS:-}" -deps "$pkg" | wc -l)" \
     || die "$name: 'go list' failed in tools/$module (module download needs the Go module proxy)"
   # `go build -v` names each package as it is compiled; turn that into periodic progress lines.
   local rc=0
   (cd "$SCRIPT_DIR/$module" && CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" \
-      "$go" build -v -trimpath -ldflags="-s -w $ldflags" -o "$out.tmp.$$" "$pkg" 2>&1) \
+      "$go" build -v -trimpath -tags "${BUILD_TAGS:-}" -ldflags="-s -w $ldflags" -o "$out.tmp.$$" "$pkg" 2>&1) \
     | progress "$name" "$total" || rc=$?
   if [[ $rc -ne 0 || ! -x "$out.tmp.$$" ]]; then
     rm -f "$out.tmp.$$"
@@ -137,6 +154,11 @@ cmd_build() {
   build_one kube k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$kflags"
   build_one kube k8s.io/kubernetes/cmd/kube-proxy kube-proxy "$kflags"
   build_one helm helm.sh/helm/v4/cmd/helm helm "$hflags"
+  # containerd 2.x for the node (pure Go; the snapshotters that need C libraries left out).
+  local cflags="-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+  BUILD_TAGS="no_btrfs no_devmapper no_zfs" build_one containerd github.com/containerd/containerd/v2/cmd/containerd containerd "$cflags"
+  BUILD_TAGS="no_btrfs no_devmapper no_zfs" build_one containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 containerd-shim-runc-v2 "$cflags"
+  BUILD_TAGS="no_btrfs no_devmapper no_zfs" build_one containerd github.com/containerd/containerd/v2/cmd/ctr ctr "$cflags"
   # Forget shared-cache entries of old pins not used for two weeks.
   if [[ "$SHARED_CACHE" != "off" && -d "$SHARED_CACHE" ]]; then
     find "$SHARED_CACHE" -mindepth 1 -maxdepth 1 -type d -mtime +14 -exec rm -rf {} + 2>/dev/null || true
@@ -253,7 +275,7 @@ gen_certs() {
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+subjectAltName=IP:127.0.0.1,IP:$NODE_IP,IP:$KUBERNETES_SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
 EOF
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile apiserver.ext -out apiserver.crt 2>/dev/null
@@ -336,6 +358,7 @@ print_env() {
   export_line VIRTMAIL_CLUSTER_SERVER "$(cat "$STATE/server")"
   export_line VIRTMAIL_KUBECTL "$TOOLS_BIN/kubectl"
   export_line VIRTMAIL_HELM "$TOOLS_BIN/helm"
+  if node_enabled; then node_print_env; fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +377,10 @@ kcm_healthy() {
   [[ "$(curl -sk --max-time 5 "https://127.0.0.1:$p/healthz" 2>/dev/null)" == "ok" ]]
 }
 
-running() { alive etcd && alive kube-apiserver && alive kube-controller-manager && api_ready; }
+running() {
+  alive etcd && alive kube-apiserver && alive kube-controller-manager && api_ready \
+    && { ! node_enabled || node_running; }
+}
 
 # Identities requested now must all exist in the running plane's token file.
 identities_match() {
@@ -386,12 +412,14 @@ etcd_healthy() {
   curl -s --max-time 2 "http://127.0.0.1:$p/health" 2>/dev/null | grep -q '"health":"true"'
 }
 
-default_sa_exists() { curl_api /api/v1/namespaces/default/serviceaccounts/default 2>/dev/null | grep -q '"name": *"default"'; }
+# The object itself (a 404's body also names "default", in its details).
+default_sa_exists() { curl_api /api/v1/namespaces/default/serviceaccounts/default 2>/dev/null | grep -q '"kind": *"ServiceAccount"'; }
 
 # ---------------------------------------------------------------------------------------------
 # up / down / status
 
 stop_all() {
+  node_down
   stop kube-controller-manager
   stop kube-apiserver
   stop etcd
@@ -399,6 +427,9 @@ stop_all() {
 
 do_up() {
   if running; then
+    if ((WANT_NODE)) && ! node_enabled; then
+      die "the plane in $STATE has no node; run 'tools/cluster.sh down' first or choose another VIRTMAIL_CLUSTER_DIR"
+    fi
     if identities_match; then
       log "reusing running plane at $(cat "$STATE/server")"
       print_env
@@ -413,18 +444,28 @@ do_up() {
     rm -rf "$STATE"
   fi
   need_binaries
+  if ((WANT_NODE)); then node_preflight; node_binaries; fi
   local etcd_bin; etcd_bin="$(find_etcd)"
   local t0; t0="$(date +%s.%N)"
   mkdir -p "$STATE"/{pids,logs,kubeconfig,etcd,kcm}
   chmod 700 "$STATE" "$STATE/etcd"
+  # A node plane serves on the node's address: pods reach it through the `kubernetes` Service.
+  local api_host=127.0.0.1
+  if ((WANT_NODE)); then
+    touch "$STATE/node-enabled"
+    mkdir -p "$STATE/node"
+    node_net_up
+    api_host="$NODE_IP"
+  fi
 
   TAKEN_PORTS=""
   local p_etcd p_peer p_api p_kcm
   p_etcd="$(free_port)"; p_peer="$(free_port)"; p_api="$(free_port)"; p_kcm="$(free_port)"
   printf 'etcd %s\netcd-peer %s\napiserver %s\nkcm %s\n' "$p_etcd" "$p_peer" "$p_api" "$p_kcm" >"$STATE/ports"
-  echo "https://127.0.0.1:$p_api" >"$STATE/server"
+  echo "https://$api_host:$p_api" >"$STATE/server"
 
   gen_certs
+  if node_enabled; then gen_node_certs; fi
 
   # Static tokens: admin (system:masters), the controller-manager, one per identity.
   local admin_token kcm_token
@@ -435,8 +476,9 @@ do_up() {
     echo "$kcm_token,system:kube-controller-manager,system:kube-controller-manager"
   } >"$STATE/tokens.csv"
   read_identities >"$STATE/identities"
-  write_kubeconfig "$STATE/kubeconfig/admin.kubeconfig" virtmail-admin "$admin_token" "https://127.0.0.1:$p_api"
-  write_kubeconfig "$STATE/kubeconfig/kube-controller-manager.kubeconfig" system:kube-controller-manager "$kcm_token" "https://127.0.0.1:$p_api"
+  write_kubeconfig "$STATE/kubeconfig/admin.kubeconfig" virtmail-admin "$admin_token" "https://$api_host:$p_api"
+  write_kubeconfig "$STATE/kubeconfig/kube-controller-manager.kubeconfig" system:kube-controller-manager "$kcm_token" "https://$api_host:$p_api"
+  if node_enabled; then node_tokens "https://$api_host:$p_api"; fi
   while read -r name user; do
     local tok groups; tok="$(new_token)"; groups="$(groups_for "$user")"
     if [[ -n "$groups" ]]; then
@@ -444,7 +486,7 @@ do_up() {
     else
       echo "$tok,$user,$user" >>"$STATE/tokens.csv"
     fi
-    write_kubeconfig "$STATE/kubeconfig/$name.kubeconfig" "$user" "$tok" "https://127.0.0.1:$p_api"
+    write_kubeconfig "$STATE/kubeconfig/$name.kubeconfig" "$user" "$tok" "https://$api_host:$p_api"
   done <"$STATE/identities"
   chmod 600 "$STATE/tokens.csv" "$STATE/admin.token"
 
@@ -472,7 +514,8 @@ do_up() {
     --v 1
   wait_for "kube-controller-manager /healthz" kcm_healthy kube-controller-manager
   wait_for "the default ServiceAccount (controller-manager working)" default_sa_exists kube-controller-manager
-  log "plane up at https://127.0.0.1:$p_api: apiserver ready $(awk '{printf "%.1f", $2 - $1}' "$STATE/startup-times")s after start, all up $(awk -v t="$(date +%s.%N)" '{printf "%.1f", t - $1}' "$STATE/startup-times")s"
+  if node_enabled; then node_up; fi
+  log "plane up at https://$api_host:$p_api: apiserver ready $(awk '{printf "%.1f", $2 - $1}' "$STATE/startup-times")s after start, all up $(awk -v t="$(date +%s.%N)" '{printf "%.1f", t - $1}' "$STATE/startup-times")s"
   print_env
 }
 
@@ -492,9 +535,18 @@ start_etcd() {
 # kube-apiserver on the plane's recorded ports (also used by start-apiserver).
 start_apiserver() {
   local p_etcd="$1" p_api="$2" pki="$STATE/pki"
+  # Without a node nothing runs in the cluster network: loopback only, and the `kubernetes`
+  # Service has no endpoints. With one, the apiserver serves on the node's address, which the
+  # lease reconciler publishes as that Service's endpoint, and talks to the kubelet as itself.
+  local node_flags=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none)
+  if node_enabled; then
+    node_flags=(--bind-address "$NODE_IP" --advertise-address "$NODE_IP" --endpoint-reconciler-type lease
+      --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key"
+      --kubelet-certificate-authority "$pki/ca.crt" --kubelet-preferred-address-types InternalIP)
+  fi
   start kube-apiserver "$TOOLS_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$p_etcd" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$p_api" \
+    "${node_flags[@]}" --secure-port "$p_api" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
     --requestheader-client-ca-file "$pki/front-proxy-ca.crt" \
@@ -502,12 +554,12 @@ start_apiserver() {
     --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
     --requestheader-extra-headers-prefix X-Remote-Extra- \
     --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
-    --service-account-issuer "https://127.0.0.1:$p_api" \
+    --service-account-issuer "$(cat "$STATE/server")" \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction \
     --token-auth-file "$STATE/tokens.csv" \
-    --endpoint-reconciler-type none \
     --profiling=false \
     --v 1
 }
@@ -560,9 +612,10 @@ keep_logs() {
 }
 
 cmd_down() {
+  node_down
   if [[ -d "$STATE/pids" ]]; then stop_all; fi
   keep_logs
-  if [[ -d "$STATE" ]]; then rm -rf "$STATE"; log "removed $STATE"; else log "no plane in $STATE"; fi
+  if [[ -d "$STATE" ]]; then rm -rf --one-file-system "$STATE"; log "removed $STATE"; else log "no plane in $STATE"; fi
 }
 
 cmd_env() {
@@ -587,12 +640,15 @@ cmd_status() {
   if api_ready; then echo "apiserver $(cat "$STATE/server") readyz ok"; else echo "apiserver readyz: not ready"; fi
   if kcm_healthy; then echo "controller-manager healthz ok"; else echo "controller-manager healthz: not ok"; fi
   [[ -f "$STATE/identities" ]] && sed 's/^/identity /' "$STATE/identities"
+  if node_enabled; then node_status; node_running || return 1; fi
   if (( n == 3 )) && api_ready; then return 0; fi
   if (( n == 0 )); then return 3; fi
   return 1
 }
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+source "$SCRIPT_DIR/node.sh"
+
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-}" in
   build)  with_lock cmd_build ;;

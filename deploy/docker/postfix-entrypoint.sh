@@ -1,14 +1,46 @@
 #!/bin/sh
 # Apply the virtmail profile (main.cf parameters, then master.cf `postconf -F` settings) and run
-# Postfix in the foreground with its log on stdout.
+# Postfix in the foreground with its log on stdout. A setting Postfix refuses or warns about
+# stops the container with the line that failed: a profile is never run half-applied.
 set -eu
 profile=/etc/virtmail/postfix
-grep -v '^#' "$profile/main.cf" | while IFS= read -r line; do
-  [ -n "$line" ] && postconf -e "$line"
+
+# `postfix-entrypoint drain SECONDS` (the container's preStop): hand the queue to the agent, wait
+# up to SECONDS for it to empty, then stop. What is still queued stays on the queue's volume.
+if [ "${1:-}" = drain ]; then
+  limit="${2:-20}" waited=0
+  postqueue -f || true
+  while [ "$waited" -lt "$limit" ] && [ -n "$(postqueue -j 2>/dev/null | head -c1)" ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  exec postfix stop
+fi
+
+for file in main.cf master.cf; do
+  if [ ! -r "$profile/$file" ]; then
+    echo "postfix-entrypoint: $profile/$file is missing (mount the <server>-postfix ConfigMap there)" >&2
+    exit 1
+  fi
 done
-grep -v '^#' "$profile/master.cf" | while IFS= read -r line; do
-  [ -n "$line" ] && postconf -F "$line" || true
-done
+
+# Debian's package, installed without configuration, ships no main.cf.
+[ -f /etc/postfix/main.cf ] || : >/etc/postfix/main.cf
+[ -f /etc/postfix/master.cf ] || cp /usr/share/postfix/master.cf.dist /etc/postfix/master.cf
+
+# apply_settings FLAG FILE: one `postconf FLAG LINE` per non-comment line; any message is fatal
+# (postconf -F only warns about a service master.cf does not have).
+apply_settings() {
+  grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$2" | while IFS= read -r line; do
+    if ! out="$(postconf "$1" "$line" 2>&1)" || [ -n "$out" ]; then
+      echo "postfix-entrypoint: postconf $1 '$line' failed: $out" >&2
+      exit 1
+    fi
+  done
+}
+apply_settings -e "$profile/main.cf"
+apply_settings -F "$profile/master.cf"
 postconf -e maillog_file=/dev/stdout
-/usr/lib/postfix/configure-instance.sh - || true
+# Copies what chrooted services need into the queue directory.
+/usr/lib/postfix/configure-instance.sh -
 exec postfix start-fg

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeProjection, VolumeResourceRequirements,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -37,6 +38,17 @@ pub const SOCKETMAP_SOCKET: &str = "/run/virtmail/socketmap.sock";
 pub const DIRECTORY_DIR: &str = "/etc/virtmail/directory";
 /// Port of the agent's HTTP endpoints.
 pub const AGENT_HTTP_PORT: i32 = 8080;
+/// Postfix's queue, on its own volume per pod: mail accepted with 250 and not yet delivered
+/// survives a pod restart.
+pub const POSTFIX_QUEUE_DIR: &str = "/var/spool/postfix";
+/// Size of each pod's Postfix queue volume.
+pub const POSTFIX_QUEUE_SIZE: &str = "1Gi";
+/// At stop, Postfix hands its queue to the agent for at most this long before it stops; the
+/// agent keeps serving meanwhile (it stops this much later than Postfix starts stopping), and
+/// what is left stays in the persistent queue for the next pod.
+pub const POSTFIX_FLUSH_SECONDS: i64 = 20;
+/// The pod's termination grace: the flush, the agent's wait and its own stop fit in it.
+pub const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// Field manager of every apply.
 pub const FIELD_MANAGER: &str = "virtmail-operator";
 
@@ -292,6 +304,16 @@ fn agent_container(server: &MailServer, config: &BuildConfig) -> Container {
         }]),
         liveness_probe: Some(http_probe("/healthz", 10)),
         readiness_probe: Some(http_probe("/readyz", 5)),
+        // Outlive Postfix's flush at stop (the image has no shell: the kubelet sleeps).
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: POSTFIX_FLUSH_SECONDS + 5,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         resources: agent.resources,
         security_context: Some(SecurityContext {
             run_as_user: Some(0),
@@ -383,6 +405,27 @@ fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
             container_port: 25,
             ..Default::default()
         }]),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(25),
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            ..Default::default()
+        }),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "/usr/local/bin/postfix-entrypoint".into(),
+                        "drain".into(),
+                        POSTFIX_FLUSH_SECONDS.to_string(),
+                    ]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         resources: postfix.resources,
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -392,6 +435,7 @@ fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
         volume_mounts: Some(vec![
             volume_mount("sockets", SOCKET_DIR, false),
             volume_mount("postfix-config", "/etc/virtmail/postfix", true),
+            volume_mount("postfix-queue", POSTFIX_QUEUE_DIR, false),
         ]),
         ..Default::default()
     }
@@ -422,7 +466,28 @@ fn stateful_set(
     if mounted {
         volumes.push(directory_volume(server, shards));
     }
-    let mut claim_templates = None;
+    let claim = |name: &str, access_modes: Vec<String>, size: Quantity| PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(access_modes),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), size)])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Each pod's own queue, also when the mailboxes are one shared claim.
+    let mut claim_templates = vec![claim(
+        "postfix-queue",
+        vec!["ReadWriteOnce".into()],
+        Quantity(POSTFIX_QUEUE_SIZE.into()),
+    )];
     match &storage.existing_claim {
         Some(claim) => volumes.push(Volume {
             name: "mailboxes".into(),
@@ -438,28 +503,14 @@ fn stateful_set(
             } else {
                 storage.access_modes.clone()
             };
-            claim_templates = Some(vec![PersistentVolumeClaim {
-                metadata: ObjectMeta {
-                    name: Some("mailboxes".into()),
-                    ..Default::default()
-                },
-                spec: Some(PersistentVolumeClaimSpec {
-                    access_modes: Some(access_modes),
-                    storage_class_name: storage.storage_class_name.clone(),
-                    resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([(
-                            "storage".to_string(),
-                            storage
-                                .size
-                                .clone()
-                                .unwrap_or_else(|| Quantity("10Gi".into())),
-                        )])),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]);
+            claim_templates.push(claim(
+                "mailboxes",
+                access_modes,
+                storage
+                    .size
+                    .clone()
+                    .unwrap_or_else(|| Quantity("10Gi".into())),
+            ));
         }
     }
     let mut pod_labels = labels(&name);
@@ -496,11 +547,12 @@ fn stateful_set(
                         postfix_container(server, config),
                         agent_container(server, config),
                     ],
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
-            volume_claim_templates: claim_templates,
+            volume_claim_templates: Some(claim_templates),
             ..Default::default()
         },
         ..Default::default()

@@ -1163,7 +1163,6 @@ pub async fn run(
             Instant::now(),
         )),
     });
-    metrics.set_ready(true);
     controller
         .owns_stream(owned.changes::<ConfigMap>())
         .owns_stream(owned.changes::<StatefulSet>())

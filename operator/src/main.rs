@@ -226,6 +226,10 @@ fn main() -> anyhow::Result<()> {
                 let metrics = Arc::new(Metrics::default());
                 let listener = tokio::net::TcpListener::bind(&http).await?;
                 tokio::spawn(virtmail_operator::http::serve(listener, metrics.clone()));
+                // A standby is a healthy replica, so readiness does not wait for the Lease (a
+                // rolling update's new pod could never become ready while the old one holds
+                // it); leadership is the `virtmail_operator_leader` gauge.
+                metrics.set_ready(true);
                 // Pod names are unique; outside a pod the host name alone is not (two replicas
                 // on one machine), so the pid is added.
                 let identity = identity.unwrap_or_else(|| {

@@ -92,7 +92,7 @@ impl Metrics {
         );
     }
 
-    /// Whether the controller runs (for /readyz).
+    /// Whether the replica serves: leader or standby (for /readyz).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }

@@ -45,7 +45,7 @@ const DUMP_RESOURCES: &[&str] = &[
 /// The running plane, as described by `tools/cluster.sh up`'s export lines.
 #[derive(Debug)]
 pub struct Cluster {
-    /// `https://127.0.0.1:<port>` of kube-apiserver.
+    /// `https://<address>:<port>` of kube-apiserver (127.0.0.1, or the node's address).
     pub server: String,
     /// kubectl built from the same pin as the apiserver (`target/tools/bin/kubectl`).
     pub kubectl: PathBuf,
@@ -57,6 +57,24 @@ pub struct Cluster {
     pub kubeconfigs: BTreeMap<String, PathBuf>,
     /// Names of the CustomResourceDefinitions installed from `crds/`.
     pub crds: Vec<String>,
+    /// The node, when the plane was brought up with one ([`use_node`]).
+    pub node: Option<Node>,
+}
+
+/// The plane's node (`tools/cluster.sh up --node`): kubelet, containerd, kube-proxy, a default
+/// StorageClass whose volumes are directories under `storage`.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The Node object's name.
+    pub name: String,
+    /// Its InternalIP: local to this machine, the apiserver's address too.
+    pub ip: String,
+    /// The host directory behind the default StorageClass's volumes.
+    pub storage: PathBuf,
+    /// containerd's socket.
+    pub containerd: PathBuf,
+    /// containerd's `ctr`, built from the same pin.
+    pub ctr: PathBuf,
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -99,6 +117,19 @@ impl Cluster {
             admin_kubeconfig: PathBuf::from(get("KUBECONFIG")?),
             kubeconfigs,
             crds: Vec::new(),
+            node: match exports.get("VIRTMAIL_NODE_NAME") {
+                Some(name) => Some(Node {
+                    name: name.clone(),
+                    ip: get("VIRTMAIL_NODE_IP")?,
+                    storage: PathBuf::from(get("VIRTMAIL_NODE_STORAGE")?),
+                    containerd: PathBuf::from(get("VIRTMAIL_NODE_CONTAINERD")?),
+                    ctr: PathBuf::from(get("VIRTMAIL_CTR")?),
+                }),
+                None if NODE.get().is_some() => {
+                    return Err("tools/cluster.sh up --node printed no VIRTMAIL_NODE_NAME".into());
+                }
+                None => None,
+            },
         };
         for (what, path) in [("kubectl", &cluster.kubectl), ("helm", &cluster.helm)] {
             if !path.is_file() {
@@ -151,6 +182,14 @@ impl Cluster {
             .map_err(|e| format!("CRD {name} did not become Established: {e}"))?;
         }
         Ok(names)
+    }
+
+    /// The node; panics if this process's plane has none (call [`use_node`] first).
+    #[track_caller]
+    pub fn node(&self) -> &Node {
+        self.node
+            .as_ref()
+            .expect("this test process's plane has no node: call cluster::use_node() first")
     }
 
     /// kubectl as the admin (`system:masters`).
@@ -430,6 +469,15 @@ pub fn use_cluster_dir(dir: &Path) {
     let _ = CLUSTER_DIR.set(dir.to_path_buf());
 }
 
+static NODE: OnceLock<()> = OnceLock::new();
+
+/// Bring this process's plane up with a node (`tools/cluster.sh up --node`, in
+/// `target/cluster-node` unless [`use_cluster_dir`] says otherwise), so pods run. Call before
+/// the first [`cluster`].
+pub fn use_node() {
+    let _ = NODE.set(());
+}
+
 static CLUSTER_IDENTITIES: OnceLock<String> = OnceLock::new();
 
 /// Extra identities for this process's plane, as `tools/cluster.sh`'s
@@ -445,6 +493,9 @@ pub fn cluster_script(command: &str) -> Command {
     let mut cmd = Command::new("bash");
     cmd.arg(workspace_root().join("tools/cluster.sh"))
         .arg(command);
+    if NODE.get().is_some() {
+        cmd.arg("--node");
+    }
     if let Some(dir) = CLUSTER_DIR.get() {
         cmd.env("VIRTMAIL_CLUSTER_DIR", dir);
     }

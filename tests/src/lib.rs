@@ -8,6 +8,7 @@ pub mod e2e;
 pub mod kubelet;
 pub mod mail;
 pub mod mailstack;
+pub mod node;
 pub mod operator;
 pub mod postfix;
 pub mod process;

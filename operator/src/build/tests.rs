@@ -116,7 +116,73 @@ fn agent_container_has_exactly_three_capabilities_and_the_volume() {
         .volume_claim_templates
         .as_ref()
         .expect("claim template");
-    assert_eq!(claims[0].metadata.name.as_deref(), Some("mailboxes"));
+    let names: Vec<_> = claims.iter().map(|c| c.metadata.name.as_deref()).collect();
+    assert_eq!(names, [Some("postfix-queue"), Some("mailboxes")]);
+}
+
+/// Mail accepted with 250 survives the pod: Postfix's queue is on each pod's own volume, the
+/// queue is handed to the agent at stop while the agent keeps serving, and the pod's grace
+/// period covers both.
+#[test]
+fn postfix_queue_is_persistent_and_drained_before_the_agent_stops() {
+    let (server, encoded) = example_server("1-virtual-for-all-mail");
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    let spec = d.stateful_set.spec;
+    let queue = spec
+        .volume_claim_templates
+        .as_ref()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.metadata.name.as_deref() == Some("postfix-queue"))
+        })
+        .expect("a queue claim template");
+    assert_eq!(
+        queue.spec.as_ref().and_then(|s| s.access_modes.clone()),
+        Some(vec!["ReadWriteOnce".to_string()])
+    );
+    let pod = spec.template.spec.expect("pod");
+    let postfix = pod.containers.iter().find(|c| c.name == "postfix").unwrap();
+    let mounts = postfix.volume_mounts.as_ref().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.name == "postfix-queue" && m.mount_path == "/var/spool/postfix")
+    );
+    assert_eq!(
+        postfix
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.tcp_socket.as_ref())
+            .map(|t| t.port.clone()),
+        Some(IntOrString::Int(25))
+    );
+    let drain = postfix
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("a preStop drain");
+    assert_eq!(
+        drain[1..],
+        ["drain".to_string(), POSTFIX_FLUSH_SECONDS.to_string()]
+    );
+    let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
+    let agent_wait = agent
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map(|s| s.seconds)
+        .expect("the agent waits for the drain");
+    assert!(agent_wait > POSTFIX_FLUSH_SECONDS);
+    let grace = pod
+        .termination_grace_period_seconds
+        .expect("a grace period");
+    assert!(
+        grace > agent_wait + 10,
+        "grace {grace} s, agent waits {agent_wait} s"
+    );
 }
 
 #[test]
@@ -148,7 +214,17 @@ fn replicas_and_existing_claim() {
     let d = desired(&server, &encoded, &BuildConfig::default());
     assert!(d.pod_disruption_budget.is_some());
     let spec = d.stateful_set.spec;
-    assert!(spec.volume_claim_templates.is_none());
+    let claims: Vec<_> = spec
+        .volume_claim_templates
+        .iter()
+        .flatten()
+        .map(|c| c.metadata.name.clone())
+        .collect();
+    assert_eq!(
+        claims,
+        [Some("postfix-queue".to_string())],
+        "only the queue is per pod"
+    );
     let volumes = spec.template.spec.expect("pod").volumes.expect("volumes");
     let mail = volumes
         .iter()

@@ -1,0 +1,270 @@
+//! Pods on the plane's node (`tools/cluster.sh up --node`, see tools/README.md "The node"):
+//! the project's images as the node runs them, pods waited for with their logs on failure,
+//! commands run in them, and the host's view of the node's network.
+//!
+//! ```no_run
+//! use virtmail_tests::{cluster, node};
+//! let ns = node::cluster().namespace("smoke");
+//! node::run_pod(&ns, "hello", &node::image("agent"), &["--version"]);
+//! ```
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cluster::{self, Cluster, TestNamespace, run, run_with_stdin};
+use crate::workspace_root;
+
+/// The plane with its node, and the project's images built from the current sources and
+/// loaded into the node's containerd (`tools/images.sh build`: a rebuild compiles only what
+/// changed). Panics naming what is missing.
+#[track_caller]
+pub fn cluster() -> &'static Cluster {
+    cluster::use_node();
+    let cluster = cluster::cluster();
+    static IMAGES: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(e) = IMAGES.get_or_init(build_images) {
+        panic!("the project's images could not be built for the node:\n{e}");
+    }
+    cluster
+}
+
+fn build_images() -> Result<(), String> {
+    let started = Instant::now();
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace_root().join("tools/images.sh"))
+        .args(["build", "pause", "operator", "agent", "postfix"]);
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run tools/images.sh: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "`tools/images.sh build` failed ({status}) after {:.0?}; its output is above",
+            started.elapsed()
+        ));
+    }
+    Ok(())
+}
+
+/// The full reference of an image as the chart and the operator name it by default
+/// (`operator`, `agent`, `postfix`, `pause`).
+pub fn image(name: &str) -> String {
+    static TAGS: OnceLock<std::sync::Mutex<std::collections::BTreeMap<String, String>>> =
+        OnceLock::new();
+    let tags = TAGS.get_or_init(Default::default);
+    let mut tags = tags.lock().unwrap();
+    tags.entry(name.to_owned())
+        .or_insert_with(|| {
+            let out = run(Command::new("bash")
+                .arg(workspace_root().join("tools/images.sh"))
+                .args(["tag", name]))
+            .unwrap_or_else(|e| panic!("no tag for image {name}: {e}"));
+            out.trim().to_owned()
+        })
+        .clone()
+}
+
+/// `kubectl apply` of a manifest, panicking with kubectl's message.
+#[track_caller]
+pub fn apply(ns: &TestNamespace, yaml: &str) {
+    if let Err(e) = ns.apply(yaml) {
+        panic!("kubectl apply failed: {e}\n--- manifest\n{yaml}");
+    }
+}
+
+/// Waits until `kubectl wait --for=<condition>` holds for `object` (e.g. `pod/x`,
+/// `condition=Ready`, `jsonpath={.status.phase}=Succeeded`); on timeout panics with the pod's
+/// description and logs.
+#[track_caller]
+pub fn wait_for(ns: &TestNamespace, object: &str, condition: &str, timeout: Duration) {
+    let result = run(ns.kubectl().args([
+        "wait",
+        &format!("--for={condition}"),
+        &format!("--timeout={}s", timeout.as_secs()),
+        object,
+    ]));
+    if let Err(e) = result {
+        panic!(
+            "{object} in {} did not reach {condition} within {timeout:?}: {e}\n{}",
+            ns.name(),
+            describe(ns, object)
+        );
+    }
+}
+
+/// `kubectl describe` and the logs of every container, for failure messages.
+pub fn describe(ns: &TestNamespace, object: &str) -> String {
+    let mut out = String::new();
+    match run(ns.kubectl().args(["describe", object])) {
+        Ok(text) => out.push_str(&text),
+        Err(e) => out.push_str(&format!("describe {object}: {e}\n")),
+    }
+    if object.starts_with("pod/") {
+        match run(ns
+            .kubectl()
+            .args(["logs", object, "--all-containers", "--prefix", "--tail=60"]))
+        {
+            Ok(text) => out.push_str(&format!("--- logs\n{text}")),
+            Err(e) => out.push_str(&format!("--- logs: {e}\n")),
+        }
+    }
+    out
+}
+
+/// Runs a pod of one container to completion (`restartPolicy: Never`) and returns its log;
+/// panics if it does not succeed within two minutes.
+#[track_caller]
+pub fn run_pod(ns: &TestNamespace, name: &str, image: &str, args: &[&str]) -> String {
+    let args = serde_json::to_string(args).unwrap();
+    apply(
+        ns,
+        &format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: Never
+    args: {args}
+"
+        ),
+    );
+    wait_for(
+        ns,
+        &format!("pod/{name}"),
+        "jsonpath={.status.phase}=Succeeded",
+        Duration::from_secs(120),
+    );
+    logs(ns, name, "main")
+}
+
+/// A container's log.
+#[track_caller]
+pub fn logs(ns: &TestNamespace, pod: &str, container: &str) -> String {
+    run(ns.kubectl().args(["logs", pod, "-c", container]))
+        .unwrap_or_else(|e| panic!("cannot read the log of {pod}/{container}: {e}"))
+}
+
+/// `kubectl exec` of a command in a container; its stdout, or the error with stderr.
+pub fn exec(
+    ns: &TestNamespace,
+    pod: &str,
+    container: &str,
+    command: &[&str],
+) -> Result<String, cluster::CommandError> {
+    run(ns
+        .kubectl()
+        .args(["exec", pod, "-c", container, "--"])
+        .args(command))
+}
+
+/// An object's JSON, or `None` if it does not exist.
+pub fn get(ns: &TestNamespace, resource: &str, name: &str) -> Option<Value> {
+    run(ns
+        .kubectl()
+        .args(["get", resource, name, "-o", "json", "--ignore-not-found"]))
+    .ok()
+    .filter(|text| !text.trim().is_empty())
+    .map(|text| serde_json::from_str(&text).expect("kubectl printed invalid JSON"))
+}
+
+/// A Service's ClusterIP; panics if it has none.
+#[track_caller]
+pub fn cluster_ip(ns: &TestNamespace, service: &str) -> String {
+    let svc = ns.get_json("service", service);
+    svc["spec"]["clusterIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .unwrap_or_else(|| panic!("service {service} has no ClusterIP: {svc:#}"))
+        .to_owned()
+}
+
+/// `ip route get ADDRESS` on the host: the output line, e.g. `10.0.0.1 dev virtmail-node src ...`.
+#[track_caller]
+pub fn route_get(address: &str) -> String {
+    run(Command::new("ip").args(["route", "get", address]))
+        .unwrap_or_else(|e| panic!("ip route get {address}: {e}"))
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The host's default gateway (the address pods must never reach).
+#[track_caller]
+pub fn default_gateway() -> String {
+    let out = run(Command::new("ip").args(["-4", "route", "show", "default"]))
+        .unwrap_or_else(|e| panic!("ip route show default: {e}"));
+    out.split_whitespace()
+        .skip_while(|word| *word != "via")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no default route on this machine: {out:?}"))
+        .to_owned()
+}
+
+/// Packets counted by the node's firewall rule whose comment contains `comment`.
+#[track_caller]
+pub fn firewall_packets(comment: &str) -> u64 {
+    let out =
+        run(Command::new("iptables").args(["-w", "5", "-L", "VIRTMAIL-NODE", "-v", "-x", "-n"]))
+            .unwrap_or_else(|e| panic!("the node's iptables chain VIRTMAIL-NODE is missing: {e}"));
+    let line = out
+        .lines()
+        .find(|line| line.contains(comment))
+        .unwrap_or_else(|| panic!("no rule with comment {comment:?} in VIRTMAIL-NODE:\n{out}"));
+    line.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the packet count of {line:?}"))
+}
+
+/// Reads the first line a TCP server sends (an SMTP greeting), from the host.
+pub fn banner(address: &str, port: u16, timeout: Duration) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader};
+    let addr: std::net::SocketAddr = format!("{address}:{port}")
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{e}")))?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
+}
+
+/// Retries `attempt` until it returns `Some`, or panics after `timeout` with `what` and the
+/// last error.
+#[track_caller]
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt() {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => panic!("{what}: not within {timeout:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Pipes YAML into `kubectl create -f -` as the admin (no namespace).
+#[track_caller]
+pub fn create_cluster_scoped(cluster: &Cluster, yaml: &str) {
+    if let Err(e) = run_with_stdin(cluster.kubectl().args(["apply", "-f", "-"]), yaml) {
+        panic!("kubectl apply failed: {e}");
+    }
+}
+
+/// Whether `path` (below the node's storage) is owned by `uid`.
+pub fn owner_uid(path: &Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::symlink_metadata(path)?.uid())
+}
