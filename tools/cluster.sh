@@ -319,7 +319,8 @@ new_token() { openssl rand -hex 24; }
 write_kubeconfig() {
   local file="$1" user="$2" token="$3" server="$4"
   local ca; ca="$(base64 -w0 "$STATE/pki/ca.crt")"
-  umask 077
+  # Private from the start, without changing the umask the plane's processes inherit.
+  install -m 600 /dev/null "$file"
   cat >"$file" <<EOF
 apiVersion: v1
 kind: Config
@@ -452,6 +453,8 @@ do_up() {
   # A node plane serves on the node's address: pods reach it through the `kubernetes` Service.
   local api_host=127.0.0.1
   if ((WANT_NODE)); then
+    # Traversable (not readable): the volumes below are read on the host as mailbox uids.
+    chmod 711 "$STATE"
     touch "$STATE/node-enabled"
     mkdir -p "$STATE/node"
     node_net_up

@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# tools/demo.sh — virtmail end to end on this machine, with every real component:
-# a Kubernetes control plane (kube-apiserver, etcd, kube-controller-manager), the operator and the
-# agent each with their own RBAC identity, an unmodified Postfix in front and Dovecot (IMAP)
-# reading what the agent delivered.
+# tools/demo.sh — virtmail end to end on this machine, as users install it: a Kubernetes cluster
+# with a real node (tools/cluster.sh up --node), the images built here (tools/images.sh), the
+# chart installed with helm, an example applied with kubectl, mail sent over SMTP to the
+# MailServer's Service, and Dovecot (IMAP) on the host reading the pod's volume.
 #
-#   tools/demo.sh up      install what is missing, build, start everything, apply an example,
-#                         send mail, show where it landed and what IMAP shows
-#   tools/demo.sh status  what runs
-#   tools/demo.sh down    stop everything the demo started (by pid; state under target/demo)
+#   tools/demo.sh up              install what is missing, build, start everything, apply an
+#                                 example, send mail, show where it landed and what IMAP shows
+#   tools/demo.sh up --processes  the same with the operator, agent and Postfix as host
+#                                 processes beside a plane without a node (no images)
+#   tools/demo.sh status          what runs
+#   tools/demo.sh down            stop everything the demo started (state under target/demo)
 #
 # Knobs: VIRTMAIL_DEMO_EXAMPLE (default 1-virtual-for-all-mail; any folder of examples/).
-# Everything listens on 127.0.0.1 only; mail domains are .test; nothing leaves the machine.
+# Addresses are loopback and the node's own; mail domains are .test; nothing leaves the machine.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 D="$ROOT/target/demo"
 NS=virtmail-demo
 EXAMPLE="${VIRTMAIL_DEMO_EXAMPLE:-1-virtual-for-all-mail}"
-export VIRTMAIL_CLUSTER_DIR="$D/cluster"
+MODE_FILE="$D/mode"
 # The agent runs as the ServiceAccount the operator creates for the server (`<server>-agent`),
 # with a token of that identity, exactly as in a pod.
 export VIRTMAIL_CLUSTER_IDENTITIES="demo-agent=system:serviceaccount:$NS:mail-agent"
@@ -42,17 +44,35 @@ stop_pid() {
 }
 
 down() {
+  if [[ "$(cat "$MODE_FILE" 2>/dev/null)" == node ]]; then
+    stop_dovecot
+    "$ROOT/tools/cluster.sh" down --node >/dev/null 2>&1 && echo "stopped the cluster and its node" >&2 || true
+    rm -rf "$D"
+    return
+  fi
+  export VIRTMAIL_CLUSTER_DIR="$D/cluster"
   stop_pid "$D/agent.pid" agent
   stop_pid "$D/operator.pid" operator
   if [[ -f "$D/postfix/main.cf" ]]; then postfix -c "$D/postfix" stop >/dev/null 2>&1 && echo "stopped postfix" >&2 || true; fi
-  if [[ -f "$D/dovecot/run/master.pid" ]]; then
-    kill -TERM "$(cat "$D/dovecot/run/master.pid")" 2>/dev/null && echo "stopped dovecot" >&2 || true
-  fi
+  stop_dovecot
   if [[ -d "$D/cluster" ]]; then "$ROOT/tools/cluster.sh" down >/dev/null 2>&1 && echo "stopped the control plane" >&2 || true; fi
   rm -rf "$D"
 }
 
+stop_dovecot() {
+  if [[ -f "$D/dovecot/run/master.pid" ]]; then
+    kill -TERM "$(cat "$D/dovecot/run/master.pid")" 2>/dev/null && echo "stopped dovecot" >&2 || true
+  fi
+}
+
 status() {
+  if [[ "$(cat "$MODE_FILE" 2>/dev/null)" == node ]]; then
+    "$ROOT/tools/cluster.sh" status --node || true
+    "$ROOT/target/tools/bin/kubectl" --kubeconfig "$ROOT/target/cluster-node/kubeconfig/admin.kubeconfig" \
+      get pods -A -o wide 2>/dev/null || true
+    return
+  fi
+  export VIRTMAIL_CLUSTER_DIR="$D/cluster"
   for p in operator agent; do
     if alive "$D/$p.pid"; then echo "$p: running (pid $(cat "$D/$p.pid"), log $D/$p.log)"; else echo "$p: stopped"; fi
   done
@@ -119,7 +139,7 @@ base, index, server_base = sys.argv[1], sys.argv[2], sys.argv[3]
 for m in json.load(sys.stdin)["items"]:
     s = m["spec"]; st = m.get("status", {})
     if "uid" not in s or "path" not in st: continue
-    # status.path is inside the pod (the MailServer base); the demo mounts the volume elsewhere.
+    # status.path is inside the pod (the MailServer base); on the host the volume is elsewhere.
     path = base + st["path"][len(server_base):]
     uid, gid = s["uid"], s.get("gid", s["uid"])
     idx = os.path.join(index, s["address"])
@@ -129,7 +149,7 @@ for m in json.load(sys.stdin)["items"]:
     else:
         loc = "mbox:%s:INBOX=%s:INDEX=%s" % (idx, path, idx)
     print("%s::%d:%d::%s::userdb_mail=%s" % (s["address"], uid, gid, idx, loc))
-' "$D/vhosts" "$D/dovecot/index" \
+' "$VHOSTS" "$D/dovecot/index" \
     "$("$KUBECTL" -n "$NS" get mailserver mail -o jsonpath='{.spec.mailboxBase}')" >"$D/dovecot/users"
   cat >"$D/dovecot/dovecot.conf" <<EOF
 base_dir = $D/dovecot/run
@@ -168,14 +188,15 @@ EOF
   dovecot -c "$D/dovecot/dovecot.conf" || die "dovecot did not start; see $D/dovecot.log"
 }
 
+# send_mail HOST PORT ADDRESS...
 send_mail() {
-  python3 - "$(cat "$D/smtp.port")" "$@" <<'EOF'
+  python3 - "$@" <<'EOF'
 import smtplib, sys
-port, recipients = int(sys.argv[1]), sys.argv[2:]
+host, port, recipients = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 for n, rcpt in enumerate(recipients, 1):
     msg = ("From: demo@example.test\r\nTo: %s\r\nSubject: virtmail demo message %d\r\n\r\n"
            "Hello %s, this came through Postfix and the virtmail agent.\r\n" % (rcpt, n, rcpt))
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+    with smtplib.SMTP(host, port, timeout=30) as s:
         try:
             s.sendmail("demo@example.test", [rcpt], msg)
             print("  %-28s accepted by Postfix" % rcpt)
@@ -208,9 +229,77 @@ for user in users:
 EOF
 }
 
+up_node() {
+  [[ $(id -u) -eq 0 ]] || die "run as root: the node needs it"
+  [[ -d "$ROOT/examples/$EXAMPLE" ]] || die "no example $EXAMPLE in examples/"
+  mkdir -p "$D"
+  echo node >"$MODE_FILE"
+  step "Installing what is missing (Debian packages, the cluster's tools, the images; the first build takes long)"
+  "$ROOT/scripts/install-deps.sh"
+  step "Starting the cluster with its node (tools/cluster.sh up --node)"
+  eval "$("$ROOT/tools/cluster.sh" up --node)"
+  KUBECTL="$VIRTMAIL_KUBECTL"
+  step "Building the images from this checkout and loading them into the node (tools/images.sh)"
+  "$ROOT/tools/images.sh" build pause operator agent postfix
+  step "Installing the chart into virtmail-system (restricted Pod Security)"
+  "$KUBECTL" create namespace virtmail-system --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
+  "$KUBECTL" label --overwrite namespace virtmail-system pod-security.kubernetes.io/enforce=restricted >/dev/null
+  "$VIRTMAIL_HELM" upgrade --install virtmail "$ROOT/charts/virtmail" -n virtmail-system --take-ownership --wait --timeout 5m \
+    | sed -n '1,6s/^/  /p'
+  step "Applying examples/$EXAMPLE to namespace $NS"
+  "$KUBECTL" create namespace "$NS" --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
+  "$KUBECTL" label --overwrite namespace "$NS" pod-security.kubernetes.io/enforce=baseline >/dev/null
+  "$KUBECTL" -n "$NS" apply -f "$ROOT/examples/$EXAMPLE" | sed 's/^/  /'
+  local server
+  server="$("$KUBECTL" -n "$NS" get mailservers -o jsonpath='{.items[0].metadata.name}')"
+  [[ "$server" == mail ]] || die "the demo expects a MailServer named mail (found $server)"
+  step "Waiting for the StatefulSet's pod mail-0 (postfix + agent) and the mailboxes"
+  wait_until "the operator to create the StatefulSet" 240 "$KUBECTL" -n "$NS" get statefulset mail
+  "$KUBECTL" -n "$NS" rollout status statefulset/mail --timeout=300s | sed 's/^/  /'
+  "$KUBECTL" -n "$NS" wait --for=condition=Provisioned mailbox --all --timeout=120s | sed 's/^/  /'
+  "$KUBECTL" -n "$NS" get pods,svc,pvc -o wide | sed 's/^/  /'
+  "$KUBECTL" -n "$NS" get mailservers,maildomains,mailboxes,mailaliases | sed 's/^/  /'
+
+  local address addresses
+  address="$("$KUBECTL" -n "$NS" get service mail -o jsonpath='{.spec.clusterIP}')"
+  addresses="$("$KUBECTL" -n "$NS" get mailboxes -o jsonpath='{range .items[*]}{.spec.address}{"\n"}{end}')"
+  local first_domain="${addresses%%$'\n'*}"; first_domain="${first_domain#*@}"
+  step "Sending mail over SMTP to the Service mail at $address:25 (kube-proxy forwards it to the pod)"
+  # shellcheck disable=SC2086
+  send_mail "$address" 25 $addresses "postmaster@$first_domain" "nobody@$first_domain"
+  for _ in $(seq 60); do
+    [[ -z "$("$KUBECTL" -n "$NS" exec mail-0 -c postfix -- postqueue -j 2>/dev/null)" ]] && break
+    sleep 0.5
+  done
+  local pv
+  pv="$("$KUBECTL" -n "$NS" get pvc mailboxes-mail-0 -o jsonpath='{.spec.volumeName}')"
+  VHOSTS="$("$KUBECTL" get pv "$pv" -o jsonpath='{.spec.hostPath.path}')"
+  step "Where it landed: the pod's volume $pv, on the host at $VHOSTS (owners are the mailboxes' uids)"
+  (cd "$VHOSTS" && find . -type f -printf '  %M %u:%g %6s %p\n' | sort)
+  step "What IMAP shows (Dovecot on the host reading the volume)"
+  [[ -f "$D/dovecot/run/master.pid" ]] && kill -0 "$(cat "$D/dovecot/run/master.pid")" 2>/dev/null || start_dovecot
+  # shellcheck disable=SC2086
+  show_imap $addresses
+
+  cat <<EOF
+
+==> The demo runs on the node. Poke at it:
+  eval "\$(tools/cluster.sh env --node)"
+  kubectl -n $NS get mbx,pods                   # printer columns: Ready, Provisioned
+  kubectl -n $NS logs mail-0 -c agent           # the agent; -c postfix for Postfix
+  kubectl -n virtmail-system logs deploy/virtmail
+  SMTP to $address:25 (the Service), IMAP on 127.0.0.1:$(cat "$D/imap.port") (any password)
+  tools/demo.sh status | tools/demo.sh down
+EOF
+}
+
 up() {
   [[ $(id -u) -eq 0 ]] || die "run as root: the agent delivers as each mailbox's uid"
   [[ -d "$ROOT/examples/$EXAMPLE" ]] || die "no example $EXAMPLE in examples/"
+  export VIRTMAIL_CLUSTER_DIR="$D/cluster"
+  mkdir -p "$D"
+  echo processes >"$MODE_FILE"
+  VHOSTS="$D/vhosts"
   step "Installing what is missing (Debian packages, control-plane tools; the first build takes minutes)"
   "$ROOT/scripts/install-deps.sh"
   step "Building virtmail"
@@ -268,7 +357,7 @@ up() {
   local first_domain="${addresses%%$'\n'*}"; first_domain="${first_domain#*@}"
   step "Sending mail through Postfix's SMTP port 127.0.0.1:$(cat "$D/smtp.port")"
   # shellcheck disable=SC2086
-  send_mail $addresses "postmaster@$first_domain" "nobody@$first_domain"
+  send_mail 127.0.0.1 "$(cat "$D/smtp.port")" $addresses "postmaster@$first_domain" "nobody@$first_domain"
   # Deliveries are asynchronous behind Postfix's queue: wait until the queue is empty.
   for _ in $(seq 40); do
     [[ -z "$(find "$D/spool/active" "$D/spool/incoming" "$D/spool/deferred" -type f 2>/dev/null)" ]] && break
@@ -294,8 +383,8 @@ EOF
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) if [[ "${2:-}" == --processes ]]; then up; else up_node; fi ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: tools/demo.sh up|status|down" >&2; exit 2 ;;
+  *) echo "usage: tools/demo.sh up [--processes]|status|down" >&2; exit 2 ;;
 esac

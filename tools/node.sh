@@ -251,7 +251,8 @@ gen_node_certs() {
 
 write_kubelet_kubeconfig() {
   local file="$1" server="$2" pki="$STATE/pki"
-  umask 077
+  # Private from the start, without changing the umask the plane's processes inherit.
+  install -m 600 /dev/null "$file"
   cat >"$file" <<EOF
 apiVersion: v1
 kind: Config
@@ -422,6 +423,8 @@ node_running() {
 # node_up: after the plane is up (the apiserver already listens on NODE_IP).
 node_up() {
   local t0=$SECONDS
+  # containerd creates the image layers' directories with it: a container's / must be 0755.
+  umask 022
   echo "$STATE" >"$NODE_OWNER_FILE"
   node_cgroups_up
   local p_kubelet p_kh p_ph p_pm p_sched
@@ -485,7 +488,7 @@ EOF
     --authorization-kubeconfig "$STATE/kubeconfig/kube-scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$p_sched" --leader-elect=false --v 1
   start kube-proxy "$TOOLS_BIN/kube-proxy" --config "$NODE/etc/kube-proxy.yaml" --v 1
-  mkdir -p "$NODE_STORAGE"
+  mkdir -p "$NODE_STORAGE" && chmod 711 "$NODE_STORAGE"
   start node-provisioner python3 "$SCRIPT_DIR/node_provisioner.py" \
     --kubectl "$TOOLS_BIN/kubectl" --kubeconfig "$STATE/kubeconfig/node-provisioner.kubeconfig" \
     --provisioner "$PROVISIONER" --node "$NODE_NAME" --storage "$NODE_STORAGE"

@@ -233,12 +233,15 @@ fn maildir(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
         };
         // Only what we just made (still root's) is handed over; anything else is left alone.
         if stat.st_uid == 0 {
-            let owner = rustix::fs::fchown(
-                &dir,
-                Some(rustix::fs::Uid::from_raw(entry.uid)),
-                Some(rustix::fs::Gid::from_raw(entry.gid)),
-            )
-            .and_then(|()| rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700)));
+            // Mode first, while root still owns it: after the chown only CAP_FOWNER, which the
+            // agent's container does not have, could change it.
+            let owner = rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700)).and_then(|()| {
+                rustix::fs::fchown(
+                    &dir,
+                    Some(rustix::fs::Uid::from_raw(entry.uid)),
+                    Some(rustix::fs::Gid::from_raw(entry.gid)),
+                )
+            });
             if let Err(e) = owner {
                 return errno_problem("chown", path, e);
             }
@@ -293,13 +296,16 @@ fn mbox(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
             let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
             match open_beneath(parent.as_fd(), leaf, create, Mode::from_raw_mode(0o600)) {
                 Ok(fd) => {
-                    let owner = rustix::fs::fchown(
-                        &fd,
-                        Some(rustix::fs::Uid::from_raw(entry.uid)),
-                        Some(rustix::fs::Gid::from_raw(entry.gid)),
-                    );
-                    let mode = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600));
-                    match owner.and(mode) {
+                    // Mode before owner (no CAP_FOWNER in the agent's container).
+                    let owned =
+                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600)).and_then(|()| {
+                            rustix::fs::fchown(
+                                &fd,
+                                Some(rustix::fs::Uid::from_raw(entry.uid)),
+                                Some(rustix::fs::Gid::from_raw(entry.gid)),
+                            )
+                        });
+                    match owned {
                         Ok(()) => State::Created,
                         Err(e) => errno_problem("chown", path, e),
                     }

@@ -24,8 +24,9 @@ for file in main.cf master.cf; do
   fi
 done
 
-# Debian's package, installed without configuration, ships no main.cf.
-[ -f /etc/postfix/main.cf ] || : >/etc/postfix/main.cf
+# Debian's package, installed without configuration, ships no main.cf: start from current
+# defaults (no local aliases on a virtual-only server), which the profile then extends.
+[ -f /etc/postfix/main.cf ] || printf 'compatibility_level = 3.6\nalias_maps =\nalias_database =\n' >/etc/postfix/main.cf
 [ -f /etc/postfix/master.cf ] || cp /usr/share/postfix/master.cf.dist /etc/postfix/master.cf
 
 # apply_settings FLAG FILE: one `postconf FLAG LINE` per non-comment line; any message is fatal

@@ -44,8 +44,13 @@ pub struct Smtp {
 impl Smtp {
     /// Connect to `127.0.0.1:port`, read the greeting (must be 220) and send `EHLO client.test`.
     pub fn connect(port: u16) -> Smtp {
-        let stream = TcpStream::connect(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("cannot connect to SMTP 127.0.0.1:{port}: {e}"));
+        Smtp::connect_to("127.0.0.1", port)
+    }
+
+    /// Like [`Smtp::connect`], to another local address (a Service's ClusterIP on the node).
+    pub fn connect_to(host: &str, port: u16) -> Smtp {
+        let stream = TcpStream::connect((host, port))
+            .unwrap_or_else(|e| panic!("cannot connect to SMTP {host}:{port}: {e}"));
         stream
             .set_read_timeout(Some(Duration::from_secs(120)))
             .expect("read timeout");

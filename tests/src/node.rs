@@ -78,14 +78,28 @@ pub fn apply(ns: &TestNamespace, yaml: &str) {
 /// Waits until `kubectl wait --for=<condition>` holds for `object` (e.g. `pod/x`,
 /// `condition=Ready`, `jsonpath={.status.phase}=Succeeded`); on timeout panics with the pod's
 /// description and logs.
+/// An object that does not exist yet (a claim a StatefulSet has still to create) is waited for.
 #[track_caller]
 pub fn wait_for(ns: &TestNamespace, object: &str, condition: &str, timeout: Duration) {
-    let result = run(ns.kubectl().args([
-        "wait",
-        &format!("--for={condition}"),
-        &format!("--timeout={}s", timeout.as_secs()),
-        object,
-    ]));
+    let deadline = Instant::now() + timeout;
+    let result = loop {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+            .max(1);
+        let result = run(ns.kubectl().args([
+            "wait",
+            &format!("--for={condition}"),
+            &format!("--timeout={left}s"),
+            object,
+        ]));
+        match result {
+            Err(e) if e.stderr.contains("NotFound") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            result => break result,
+        }
+    };
     if let Err(e) = result {
         panic!(
             "{object} in {} did not reach {condition} within {timeout:?}: {e}\n{}",

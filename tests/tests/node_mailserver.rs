@@ -1,0 +1,563 @@
+//! The chart and a MailServer's pod on the node, as users install them: `helm install` into a
+//! `restricted` namespace and a rolling `helm upgrade`; the seed's Example 1 applied with
+//! kubectl; mail sent over SMTP to the `<server>` Service's ClusterIP lands on the volume, owned
+//! by each mailbox's uid, byte for byte, and reads back through Dovecot on the host; a Mailbox
+//! edit reaches the pod's agent; mail queued while the agent is down survives the pod's
+//! deletion; the agent killed under load loses nothing.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use virtmail_tests::cluster::{Cluster, TestNamespace, run};
+use virtmail_tests::dovecot::{Format, User};
+use virtmail_tests::mail::{self, Smtp};
+use virtmail_tests::node::{self, apply, eventually, exec, wait_for};
+use virtmail_tests::workspace_root;
+
+const MINUTE: Duration = Duration::from_secs(60);
+/// The release every mail test's MailServer is reconciled by (cluster-wide).
+const OPERATOR_NAMESPACE: &str = "virtmail-node-system";
+
+fn helm(cluster: &Cluster) -> Command {
+    let mut cmd = cluster.helm();
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn restricted_namespace(cluster: &Cluster, name: &str) {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
+    );
+    virtmail_tests::cluster::run_with_stdin(
+        cluster.kubectl().args(["apply", "-f", "-"]),
+        &manifest,
+    )
+    .unwrap_or_else(|e| panic!("namespace {name}: {e}"));
+}
+
+/// The operator from the chart, cluster-wide, installed once per test process.
+fn operator(cluster: &'static Cluster) {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        restricted_namespace(cluster, OPERATOR_NAMESPACE);
+        let out = run(helm(cluster).args([
+            "upgrade",
+            "--install",
+            "virtmail",
+            "charts/virtmail",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--set",
+            "crds.install=false",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]));
+        if let Err(e) = out {
+            panic!(
+                "helm install of the operator failed: {e}\n{}",
+                operator_logs(cluster)
+            );
+        }
+    });
+}
+
+fn operator_logs(cluster: &Cluster) -> String {
+    run(cluster.kubectl().args([
+        "-n",
+        OPERATOR_NAMESPACE,
+        "logs",
+        "deployment/virtmail",
+        "--tail=80",
+    ]))
+    .unwrap_or_else(|e| e.to_string())
+}
+
+#[test]
+fn chart_installs_restricted_upgrades_with_a_new_pod_and_uninstalls_keeping_crds() {
+    let cluster = node::cluster();
+    let ns = "virtmail-node-chart";
+    let watched = cluster.namespace("node-chart-watched");
+    restricted_namespace(cluster, ns);
+    let values = ["--set", &format!("watchNamespace={}", watched.name())];
+    // The CRDs were installed by the suite; the release takes them over as a user's would.
+    run(helm(cluster)
+        .args([
+            "install",
+            "chart",
+            "charts/virtmail",
+            "-n",
+            ns,
+            "--take-ownership",
+        ])
+        .args(values)
+        .args(["--wait", "--timeout", "180s"]))
+    .unwrap_or_else(|e| panic!("helm install: {e}"));
+    let pods = run(cluster.kubectl().args([
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-o",
+        "jsonpath={.items[*].status.containerStatuses[*].ready}",
+    ]))
+    .unwrap();
+    assert_eq!(pods, "true", "one ready operator pod");
+
+    // A rolling upgrade: the new pod becomes ready beside the old one, which holds the Lease.
+    let started = Instant::now();
+    run(helm(cluster)
+        .args(["upgrade", "chart", "charts/virtmail", "-n", ns])
+        .args(values)
+        .args([
+            "--set",
+            "podAnnotations.rolled=yes",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]))
+    .unwrap_or_else(|e| panic!("helm upgrade did not complete its rollout: {e}"));
+    run(cluster.kubectl().args([
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deployment/chart-virtmail",
+        "--timeout=10s",
+    ]))
+    .expect("rollout complete");
+    eprintln!(
+        "helm upgrade rolled the operator in {:.1?}",
+        started.elapsed()
+    );
+
+    run(helm(cluster).args(["uninstall", "chart", "-n", ns, "--wait"])).expect("helm uninstall");
+    for crd in &cluster.crds {
+        run(cluster.kubectl().args(["get", "crd", crd])).unwrap_or_else(|e| {
+            panic!("uninstall removed the CRD {crd}: {e}");
+        });
+    }
+}
+
+/// Example 1 applied into a fresh namespace, its pod 2/2 Ready.
+struct Server {
+    ns: TestNamespace,
+    /// The host directory behind the pod's `mailboxes` volume.
+    volume: PathBuf,
+    /// The Service's ClusterIP.
+    address: String,
+}
+
+fn example_server(test: &str) -> Server {
+    let cluster = node::cluster();
+    operator(cluster);
+    let mut ns = cluster.namespace(test);
+    ns.dump_also(&["pods", "pvc", "services", "events"]);
+    run(ns.kubectl().args([
+        "label",
+        "namespace",
+        ns.name(),
+        "pod-security.kubernetes.io/enforce=baseline",
+    ]))
+    .unwrap();
+    ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail/resources.yaml"))
+        .unwrap_or_else(|e| panic!("kubectl apply -f examples/1-virtual-for-all-mail: {e}"));
+    eventually("the operator creates the StatefulSet", MINUTE, || {
+        node::get(&ns, "statefulset", "mail").ok_or("no StatefulSet mail yet".to_string())
+    });
+    wait_for(&ns, "pod/mail-0", "condition=Ready", MINUTE * 4);
+    for mailbox in ["test1-virtual1", "test2-virtual2"] {
+        wait_for(
+            &ns,
+            &format!("mailbox/{mailbox}"),
+            "condition=Provisioned",
+            MINUTE,
+        );
+    }
+    let volume = volume_of(&ns, "mailboxes-mail-0");
+    let address = node::cluster_ip(&ns, "mail");
+    Server {
+        ns,
+        volume,
+        address,
+    }
+}
+
+fn volume_of(ns: &TestNamespace, claim: &str) -> PathBuf {
+    let pvc = ns.get_json("pvc", claim);
+    let pv = pvc["spec"]["volumeName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("claim {claim} is not bound: {pvc:#}"));
+    let pv: serde_json::Value = serde_json::from_str(
+        &run(ns.cluster().kubectl().args(["get", "pv", pv, "-o", "json"])).unwrap(),
+    )
+    .unwrap();
+    PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap())
+}
+
+fn smtp(server: &Server) -> Smtp {
+    Smtp::connect_to(&server.address, 25)
+}
+
+fn send(server: &Server, to: &str, message: &[u8]) {
+    let mut smtp = smtp(server);
+    let mail = smtp.mail("sender@outside.test", "");
+    assert_eq!(mail.code, 250, "MAIL: {mail}");
+    let rcpt = smtp.rcpt(to);
+    assert_eq!(rcpt.code, 250, "RCPT {to}: {rcpt}");
+    let data = smtp.data(message);
+    assert_eq!(data.code, 250, "DATA: {data}");
+    smtp.quit();
+}
+
+fn maildir_messages(dir: &Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("new"))
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+fn message_ids(server: &Server) -> Vec<String> {
+    maildir_messages(&server.volume.join("test2"))
+        .iter()
+        .filter_map(|m| mail::header(m, "Message-ID"))
+        .collect()
+}
+
+#[test]
+fn mail_through_the_service_lands_on_the_volume_and_reads_back_through_dovecot() {
+    let server = example_server("node-mail");
+    let body = b"Lines as sent.\r\n.leading dot\r\nFrom the node.\r\n";
+    let to_mbox = mail::message(
+        "sender@outside.test",
+        "test1@virtual1.test",
+        "to the mbox",
+        "Message-ID: <mbox@node.test>\r\n",
+        body,
+    );
+    let to_maildir = mail::message(
+        "sender@outside.test",
+        "test2@virtual2.test",
+        "to the maildir",
+        "Message-ID: <maildir@node.test>\r\n",
+        body,
+    );
+    send(&server, "test1@virtual1.test", &to_mbox);
+    send(&server, "test2@virtual2.test", &to_maildir);
+
+    let maildir = server.volume.join("test2");
+    let stored = eventually("the Maildir message on the volume", MINUTE, || {
+        maildir_messages(&maildir)
+            .pop()
+            .ok_or_else(|| format!("nothing in {}/new", maildir.display()))
+    });
+    let delivery = mail::delivery(&stored);
+    assert_eq!(delivery.delivered_to, "test2@virtual2.test");
+    assert_eq!(
+        delivery.rest,
+        mail::lf(&to_maildir),
+        "the message byte for byte"
+    );
+    let meta = std::fs::metadata(&maildir).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (5002, 5002, 0o700)
+    );
+    for entry in std::fs::read_dir(maildir.join("new")).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (5002, 5002, 0o600)
+        );
+    }
+
+    let mbox = server.volume.join("test1");
+    let content = eventually("the mbox on the volume", MINUTE, || {
+        std::fs::read(&mbox)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| format!("{} is empty or missing", mbox.display()))
+    });
+    assert!(
+        content.starts_with(b"From sender@outside.test "),
+        "From_ line"
+    );
+    assert!(
+        mail::find(&content, &mail::mboxo_quoted(&mail::lf(&to_mbox))).is_some(),
+        "the message byte for byte (mboxo-quoted) in:\n{}",
+        String::from_utf8_lossy(&content)
+    );
+    let meta = std::fs::metadata(&mbox).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (5001, 5001, 0o600)
+    );
+
+    // Dovecot on the host, as each mailbox's uid, reads what the pod delivered.
+    let dovecot_dir = server
+        .volume
+        .parent()
+        .unwrap()
+        .join(format!("dovecot-{}", server.ns.name()));
+    let dovecot = virtmail_tests::dovecot::Dovecot::start(
+        &dovecot_dir,
+        &[
+            User {
+                name: "test1@virtual1.test".into(),
+                uid: 5001,
+                gid: 5001,
+                format: Format::Mbox,
+                path: mbox.clone(),
+            },
+            User {
+                name: "test2@virtual2.test".into(),
+                uid: 5002,
+                gid: 5002,
+                format: Format::Maildir,
+                path: maildir.clone(),
+            },
+        ],
+        false,
+    );
+    for (user, id) in [
+        ("test1@virtual1.test", "<mbox@node.test>"),
+        ("test2@virtual2.test", "<maildir@node.test>"),
+    ] {
+        let fetched = dovecot.fetch(user);
+        assert_eq!(fetched.messages.len(), 1, "{user}: {fetched:?}");
+        assert_eq!(
+            mail::header(&fetched.messages[0], "Message-ID").as_deref(),
+            Some(id),
+            "{user}"
+        );
+    }
+}
+
+#[test]
+fn a_mailbox_created_or_edited_is_served_by_the_pod_within_two_seconds() {
+    let server = example_server("node-edit");
+    let rcpt_code = |to: &str| {
+        let mut smtp = smtp(&server);
+        assert_eq!(smtp.mail("s@outside.test", "").code, 250);
+        let code = smtp.rcpt(to).code;
+        smtp.quit();
+        code
+    };
+    assert_ne!(rcpt_code("new@virtual2.test"), 250, "no such mailbox yet");
+    let created = Instant::now();
+    apply(
+        &server.ns,
+        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: new}\nspec: {address: new@virtual2.test, format: Maildir, uid: 5003, gid: 5003}\n",
+    );
+    let served = eventually(
+        "the new Mailbox accepted at RCPT",
+        MINUTE,
+        || match rcpt_code("new@virtual2.test") {
+            250 => Ok(created.elapsed()),
+            code => Err(format!("RCPT answered {code}")),
+        },
+    );
+    assert!(
+        served < Duration::from_secs(2),
+        "created → served took {served:?}"
+    );
+
+    let suspended = Instant::now();
+    run(server.ns.kubectl().args([
+        "patch",
+        "mailbox",
+        "new",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspended":true}}"#,
+    ]))
+    .unwrap();
+    let edited = eventually(
+        "the suspension answered at RCPT",
+        MINUTE,
+        || match rcpt_code("new@virtual2.test") {
+            450 => Ok(suspended.elapsed()),
+            code => Err(format!("RCPT answered {code}")),
+        },
+    );
+    assert!(
+        edited < Duration::from_secs(2),
+        "edit → served took {edited:?}"
+    );
+}
+
+/// `kubectl exec` into the postfix container: the queue's message count.
+fn queued(ns: &TestNamespace) -> usize {
+    exec(
+        ns,
+        "mail-0",
+        "postfix",
+        &["sh", "-c", "postqueue -j | wc -l"],
+    )
+    .map(|out| out.trim().parse().unwrap_or(usize::MAX))
+    .unwrap_or(usize::MAX)
+}
+
+#[test]
+fn mail_queued_while_the_agent_is_down_survives_the_pods_deletion() {
+    let server = example_server("node-queue");
+    // Postfix accepts and queues: LMTP to the agent fails while the agent's socket is gone.
+    exec(
+        &server.ns,
+        "mail-0",
+        "postfix",
+        &[
+            "postconf",
+            "-e",
+            "default_transport=retry:agent stopped",
+            "virtual_transport=retry:agent stopped",
+        ],
+    )
+    .expect("postconf");
+    exec(&server.ns, "mail-0", "postfix", &["postfix", "reload"]).expect("postfix reload");
+    std::thread::sleep(Duration::from_secs(2));
+    let ids: BTreeSet<String> = (0..5).map(|i| format!("<queued-{i}@node.test>")).collect();
+    for id in &ids {
+        let message = mail::message(
+            "sender@outside.test",
+            "test2@virtual2.test",
+            "queued",
+            &format!("Message-ID: {id}\r\n"),
+            b"held in the queue\r\n",
+        );
+        send(&server, "test2@virtual2.test", &message);
+    }
+    eventually("five messages queued", MINUTE, || {
+        match queued(&server.ns) {
+            5 => Ok(()),
+            n => Err(format!("{n} queued")),
+        }
+    });
+    assert!(message_ids(&server).is_empty(), "nothing delivered yet");
+
+    // The pod goes; its replacement applies the profile afresh (without the retry transport)
+    // and finds the queue on its volume.
+    let uid = server.ns.get_json("pod", "mail-0")["metadata"]["uid"].clone();
+    run(server
+        .ns
+        .kubectl()
+        .args(["delete", "pod", "mail-0", "--wait=true", "--timeout=120s"]))
+    .expect("pod deleted");
+    eventually("a new pod mail-0", MINUTE * 2, || {
+        match node::get(&server.ns, "pod", "mail-0") {
+            Some(pod) if pod["metadata"]["uid"] != uid => Ok(()),
+            _ => Err("the old pod or none".to_string()),
+        }
+    });
+    wait_for(&server.ns, "pod/mail-0", "condition=Ready", MINUTE * 3);
+    exec(&server.ns, "mail-0", "postfix", &["postqueue", "-f"]).expect("postqueue -f");
+    let delivered = eventually("every queued message delivered", MINUTE * 2, || {
+        let got: BTreeSet<String> = message_ids(&server).into_iter().collect();
+        if got == ids {
+            Ok(got)
+        } else {
+            Err(format!("delivered {got:?}"))
+        }
+    });
+    assert_eq!(delivered.len(), 5);
+}
+
+#[test]
+fn the_agent_killed_under_load_loses_nothing() {
+    let server = example_server("node-kill");
+    let total = 60;
+    let sender = {
+        let address = server.address.clone();
+        std::thread::spawn(move || {
+            for i in 0..total {
+                let message = mail::message(
+                    "sender@outside.test",
+                    "test2@virtual2.test",
+                    "load",
+                    &format!("Message-ID: <load-{i}@node.test>\r\n"),
+                    b"under load\r\n",
+                );
+                let mut smtp = Smtp::connect_to(&address, 25);
+                assert_eq!(smtp.mail("sender@outside.test", "").code, 250);
+                assert_eq!(smtp.rcpt("test2@virtual2.test").code, 250);
+                let data = smtp.data(&message);
+                assert_eq!(data.code, 250, "message {i}: {data}");
+                smtp.quit();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // Kill the agent container's process while mail flows; the kubelet restarts it.
+    std::thread::sleep(Duration::from_millis(800));
+    let restarts_before = agent_restarts(&server.ns);
+    let _ = exec(
+        &server.ns,
+        "mail-0",
+        "agent",
+        &["/virtmail-agent", "--help"],
+    );
+    kill_agent(&server);
+    sender.join().expect("every message accepted with 250");
+    eventually("the agent restarted", MINUTE * 2, || {
+        if agent_restarts(&server.ns) > restarts_before {
+            Ok(())
+        } else {
+            Err("no restart yet".into())
+        }
+    });
+    wait_for(&server.ns, "pod/mail-0", "condition=Ready", MINUTE * 2);
+    let _ = exec(&server.ns, "mail-0", "postfix", &["postqueue", "-f"]);
+    let ids = eventually("every accepted message delivered", MINUTE * 3, || {
+        let ids = message_ids(&server);
+        let distinct: BTreeSet<&String> = ids.iter().collect();
+        if distinct.len() == total {
+            Ok(ids)
+        } else {
+            Err(format!("{} of {total} delivered", distinct.len()))
+        }
+    });
+    // LMTP is at least once: a message whose 250 was lost in the kill may be delivered twice,
+    // never more, and only a message in flight at the kill.
+    let duplicates = ids.len() - total;
+    assert!(duplicates <= 1, "{duplicates} duplicates: {ids:?}");
+}
+
+fn agent_restarts(ns: &TestNamespace) -> i64 {
+    let pod = ns.get_json("pod", "mail-0");
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|s| s.iter().find(|c| c["name"] == "agent"))
+        .and_then(|c| c["restartCount"].as_i64())
+        .unwrap_or(0)
+}
+
+/// Kills the agent's process from the host: its pid in the node's cgroup tree, found by the
+/// container id the pod reports (the distroless image has no `kill`).
+fn kill_agent(server: &Server) {
+    let pod = server.ns.get_json("pod", "mail-0");
+    let id = pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|s| s.iter().find(|c| c["name"] == "agent"))
+        .and_then(|c| c["containerID"].as_str())
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .expect("the agent's container id")
+        .to_owned();
+    let node = server.ns.cluster().node();
+    let out = run(Command::new(&node.ctr).args([
+        "--address",
+        node.containerd.to_str().unwrap(),
+        "--namespace",
+        "k8s.io",
+        "tasks",
+        "kill",
+        "--signal",
+        "SIGKILL",
+        &id,
+    ]));
+    out.unwrap_or_else(|e| panic!("ctr tasks kill {id}: {e}"));
+}
