@@ -224,6 +224,15 @@ build_project() {
     postfix) need_bases debian ;;
   esac
   mkdir -p "$IMAGES_DIR/cargo-target" "$IMAGES_DIR/cargo-registry"
+  # cargo decides what to recompile by mtime: a file edited after the previous build copied the
+  # sources but before it compiled them would look older than its compiled output and never be
+  # rebuilt. Every file changed since the previous build started is made newer than that.
+  local started="$IMAGES_DIR/.$name.build-started"
+  if [[ -f "$started" ]]; then
+    (cd "$ROOT" && find Cargo.toml Cargo.lock .cargo crds operator agent tests -newer "$started" -type f \
+      -not -path '*/target/*' -exec touch {} +)
+  fi
+  touch "$started"
   local t0=$SECONDS
   log "$name: buildah bud -f deploy/docker/$name.Dockerfile -t ${TAG[$name]}"
   (cd "$ROOT" && bah bud --quiet --pull=false --network host --layers \
