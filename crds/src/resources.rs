@@ -120,6 +120,7 @@ fn default_replicas() -> i32 {
         type_ = "date"
     )
 )]
+#[x_kube(validation = Rule::new("self.replicas <= 1 || (has(self.storage) && has(self.storage.existingClaim))").message("replicas > 1 needs storage.existingClaim, a ReadWriteMany claim every pod shares: with a claim template each pod would hold its own copy of the mailboxes"))]
 #[serde(rename_all = "camelCase")]
 pub struct MailServerSpec {
     /// Directory prepended to every mailbox path (Postfix `virtual_mailbox_base`). The persistent
@@ -157,7 +158,7 @@ pub struct MailServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_selector: Option<LabelSelector>,
 
-    /// Number of Postfix + agent pods.
+    /// Number of Postfix + agent pods. More than one needs `storage.existingClaim`.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0))]
     pub replicas: i32,

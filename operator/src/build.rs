@@ -441,6 +441,32 @@ fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
     }
 }
 
+/// Why the MailServer's replicas cannot run as asked, if they cannot: more than one pod needs one
+/// volume they all share (`storage.existingClaim`, ReadWriteMany); with a claim template each pod
+/// would hold its own mailboxes behind one Service, and a mailbox's mail would be split between
+/// them. The schema refuses this too; this covers objects stored before that rule.
+pub fn replicas_refusal(server: &MailServer) -> Option<String> {
+    let shared = server
+        .spec
+        .storage
+        .as_ref()
+        .is_some_and(|s| s.existing_claim.is_some());
+    (server.spec.replicas > 1 && !shared).then(|| {
+        format!(
+            "replicas {} needs storage.existingClaim (a ReadWriteMany claim every pod shares); running 1",
+            server.spec.replicas
+        )
+    })
+}
+
+fn effective_replicas(server: &MailServer) -> i32 {
+    if replicas_refusal(server).is_some() {
+        1
+    } else {
+        server.spec.replicas
+    }
+}
+
 fn stateful_set(
     server: &MailServer,
     config: &BuildConfig,
@@ -518,7 +544,7 @@ fn stateful_set(
     StatefulSet {
         metadata: meta(server, name.clone(), &[]),
         spec: StatefulSetSpec {
-            replicas: Some(spec.replicas),
+            replicas: Some(effective_replicas(server)),
             service_name: Some(name.clone()),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(&name)),
@@ -655,7 +681,11 @@ pub fn desired(server: &MailServer, encoded: &Encoded, config: &BuildConfig) -> 
         service,
         stateful_set: stateful_set(server, config, &postfix_hash, encoded.shards.len()),
         pod_disruption_budget,
-        refused_parameters: profile.refused,
+        refused_parameters: profile
+            .refused
+            .into_iter()
+            .chain(replicas_refusal(server))
+            .collect(),
     }
 }
 

@@ -197,6 +197,33 @@ fn bad_mailboxes_are_rejected_with_the_expected_message() {
     }
 }
 
+/// Several pods need one volume they all share: a claim template would give each its own copy
+/// of the mailboxes behind one Service.
+#[test]
+fn replicas_above_one_need_a_shared_claim() {
+    let ns = cluster().namespace("replicas-claim");
+    let server = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+        )
+    };
+    let err = ns
+        .apply(&server("split", "{replicas: 2}"))
+        .expect_err("two replicas with a claim template");
+    assert!(
+        err.stderr
+            .contains("replicas > 1 needs storage.existingClaim"),
+        "{err}"
+    );
+    ns.apply(&server(
+        "shared",
+        "{replicas: 2, storage: {existingClaim: mail}}",
+    ))
+    .unwrap_or_else(|e| panic!("two replicas on a shared claim are refused: {e}"));
+    ns.apply(&server("single", "{replicas: 1}"))
+        .unwrap_or_else(|e| panic!("one replica is refused: {e}"));
+}
+
 #[test]
 fn kubectl_get_mbx_shows_the_printer_columns() {
     let ns = cluster().namespace("printer-columns");

@@ -400,3 +400,27 @@ fn mounted_files_volume_changes_only_when_the_shard_count_passes_a_slot_boundary
     assert_eq!(a, b);
     assert_ne!(b, c);
 }
+
+/// More than one pod with a claim template would split a mailbox's mail over volumes: the
+/// operator runs one and says why.
+#[test]
+fn replicas_above_one_without_a_shared_claim_run_one_and_are_refused() {
+    let (mut server, encoded) = example_server("1-virtual-for-all-mail");
+    server.spec.replicas = 3;
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    assert_eq!(d.stateful_set.spec.replicas, Some(1));
+    assert!(
+        d.refused_parameters
+            .iter()
+            .any(|r| r.contains("storage.existingClaim")),
+        "{:?}",
+        d.refused_parameters
+    );
+    server.spec.storage = Some(virtmail_crds::StorageSpec {
+        existing_claim: Some("shared".into()),
+        ..Default::default()
+    });
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    assert_eq!(d.stateful_set.spec.replicas, Some(3));
+    assert!(d.refused_parameters.is_empty());
+}
