@@ -20,9 +20,6 @@ D="$ROOT/target/demo"
 NS=virtmail-demo
 EXAMPLE="${VIRTMAIL_DEMO_EXAMPLE:-1-virtual-for-all-mail}"
 MODE_FILE="$D/mode"
-# The agent runs as the ServiceAccount the operator creates for the server (`<server>-agent`),
-# with a token of that identity, exactly as in a pod.
-export VIRTMAIL_CLUSTER_IDENTITIES="demo-agent=system:serviceaccount:$NS:mail-agent"
 export PATH="$PATH:/usr/local/go/bin"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -237,14 +234,16 @@ up_node() {
   step "Installing what is missing (Debian packages, the cluster's tools, the images; the first build takes long)"
   "$ROOT/scripts/install-deps.sh"
   step "Starting the cluster with its node (tools/cluster.sh up --node)"
-  eval "$("$ROOT/tools/cluster.sh" up --node)"
+  local exports
+  exports="$("$ROOT/tools/cluster.sh" up --node)" || die "the cluster with its node did not start (output above)"
+  eval "$exports"
   KUBECTL="$VIRTMAIL_KUBECTL"
   step "Building the images from this checkout and loading them into the node (tools/images.sh)"
   "$ROOT/tools/images.sh" build pause operator agent postfix
   step "Installing the chart into virtmail-system (restricted Pod Security)"
   "$KUBECTL" create namespace virtmail-system --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
   "$KUBECTL" label --overwrite namespace virtmail-system pod-security.kubernetes.io/enforce=restricted >/dev/null
-  "$VIRTMAIL_HELM" upgrade --install virtmail "$ROOT/charts/virtmail" -n virtmail-system --take-ownership --wait --timeout 5m \
+  "$VIRTMAIL_HELM" upgrade --install virtmail "$ROOT/charts/virtmail" -n virtmail-system --take-ownership --force-conflicts --wait --timeout 5m \
     | sed -n '1,6s/^/  /p'
   step "Applying examples/$EXAMPLE to namespace $NS"
   "$KUBECTL" create namespace "$NS" --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
@@ -297,6 +296,9 @@ up() {
   [[ $(id -u) -eq 0 ]] || die "run as root: the agent delivers as each mailbox's uid"
   [[ -d "$ROOT/examples/$EXAMPLE" ]] || die "no example $EXAMPLE in examples/"
   export VIRTMAIL_CLUSTER_DIR="$D/cluster"
+  # The agent runs as the ServiceAccount the operator creates for the server (`<server>-agent`),
+  # with a token of that identity, as it would in a pod.
+  export VIRTMAIL_CLUSTER_IDENTITIES="demo-agent=system:serviceaccount:$NS:mail-agent"
   mkdir -p "$D"
   echo processes >"$MODE_FILE"
   VHOSTS="$D/vhosts"

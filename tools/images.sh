@@ -275,13 +275,16 @@ node_ctr() {
   echo "$ROOT/target/tools/bin/ctr --address $sock --namespace k8s.io"
 }
 
+# ctr's stderr without containerd's notice that cgroup v1 is deprecated (this host has v1).
+quiet_ctr() { grep -v 'support for cgroup v1 is deprecated' >&2 || true; }
+
 cmd_load() {
   local ctr; ctr="$(node_ctr)" || die "no running node (tools/cluster.sh up --node; VIRTMAIL_CLUSTER_DIR names its plane)"
   local name
   for name in "$@"; do
     local out; out="$(archive "$name")"
     [[ -f "$out" ]] || die "$name: no archive $out (tools/images.sh build $name)"
-    $ctr images import --no-unpack=false --all-platforms "$out" >/dev/null \
+    $ctr images import --all-platforms "$out" >/dev/null 2> >(quiet_ctr) \
       || die "$name: ctr images import $out failed"
     log "$name: loaded into the node as ${TAG[$name]}"
   done

@@ -398,6 +398,9 @@ EOF
 # ---------------------------------------------------------------------------------------------
 # start / wait / stop
 
+# ctr's stderr without containerd's notice that cgroup v1 is deprecated (this host has v1).
+quiet_ctr() { grep -v 'support for cgroup v1 is deprecated' >&2 || true; }
+
 containerd_ready() { [[ -S "$NODE_SOCK" ]] && "$TOOLS_BIN/ctr" --address "$NODE_SOCK" version >/dev/null 2>&1; }
 
 node_kubectl() { "$TOOLS_BIN/kubectl" --kubeconfig "$STATE/kubeconfig/admin.kubeconfig" "$@"; }
@@ -438,12 +441,12 @@ node_up() {
   PATH="$TOOLS_BIN:$PATH" start containerd "$TOOLS_BIN/containerd" --config "$NODE/etc/containerd.toml" --log-level warn
   node_cgroup_join "$(pid_of containerd)"
   wait_for "containerd ($NODE_SOCK)" containerd_ready containerd
-  "$TOOLS_BIN/ctr" --address "$NODE_SOCK" --namespace k8s.io images import "$ROOT/target/images/pause.oci.tar" >/dev/null \
+  "$TOOLS_BIN/ctr" --address "$NODE_SOCK" --namespace k8s.io images import "$ROOT/target/images/pause.oci.tar" >/dev/null 2> >(quiet_ctr) \
     || die "importing the pause image into containerd failed"
   local img
   for img in operator agent postfix; do
     if [[ -f "$ROOT/target/images/$img.oci.tar" ]]; then
-      "$TOOLS_BIN/ctr" --address "$NODE_SOCK" --namespace k8s.io images import "$ROOT/target/images/$img.oci.tar" >/dev/null \
+      "$TOOLS_BIN/ctr" --address "$NODE_SOCK" --namespace k8s.io images import "$ROOT/target/images/$img.oci.tar" >/dev/null 2> >(quiet_ctr) \
         || die "importing target/images/$img.oci.tar into containerd failed"
     fi
   done

@@ -1,5 +1,7 @@
 //! End-to-end delivery benchmark (not a test): Postfix → virtmail-agent (LMTP), Postfix →
-//! virtual(8), Postfix → Dovecot LMTP, in one run on one machine, all durable as each delivers.
+//! virtual(8), Postfix → Dovecot LMTP, in one run on one machine, all durable as each delivers;
+//! and with `--targets pod`, the same into a MailServer's pod on the node (the chart's operator,
+//! SMTP to the Service's ClusterIP, counted on the pod's volume).
 //!
 //! Each round and target starts fresh: a private Postfix from `virtmail-operator postfix-profile`
 //! (+ the harness's test-local settings), M mailboxes (even: Maildir, odd: mbox) owned by uid/gid
@@ -11,10 +13,15 @@
 //! ```sh
 //! cargo run --release -p virtmail-tests --bin e2e-bench -- --messages 2000 --sessions 10 --rounds 3
 //! ```
-//! Needs root, Postfix, Dovecot (imapd + lmtpd).
+//! Needs root, Postfix, Dovecot (imapd + lmtpd); `pod` needs the node (`tools/cluster.sh up
+//! --node`, started if needed) and the images (`tools/images.sh build`, run first).
+//!
+//! ```sh
+//! cargo run --release -p virtmail-tests --bin e2e-bench -- --targets agent,pod --messages 1000 --rounds 3
+//! ```
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -72,7 +79,10 @@ fn main() {
     let mut results: Vec<(String, bool, Vec<f64>)> = Vec::new();
     for drain in [false, true] {
         for t in &o.targets {
-            results.push((t.clone(), drain, vec![]));
+            // The pod's queue is not held from outside: end to end only.
+            if !(drain && t == "pod") {
+                results.push((t.clone(), drain, vec![]));
+            }
         }
     }
     for round in 1..=o.rounds {
@@ -120,6 +130,7 @@ fn label(target: &str) -> &'static str {
         "agent" => "Postfix → virtmail-agent (LMTP)",
         "virtual" => "Postfix → virtual(8)",
         "dovecot" => "Postfix → Dovecot LMTP",
+        "pod" => "Service → pod (Postfix → virtmail-agent, on the node)",
         _ => "?",
     }
 }
@@ -141,6 +152,12 @@ fn mailbox(i: usize) -> (String, bool) {
 /// `drain`: queue every message first with the target's transport deferred, then release the
 /// queue and time only the deliveries (Postfix's SMTP intake excluded).
 fn run(target: &str, o: &Options, agent_bin: &Path, drain: bool) -> (Duration, f64) {
+    if target == "pod" {
+        let (ns, base, address) = pod_server(o);
+        let elapsed = send_and_count(o, &address, 25, &base);
+        drop(ns);
+        return (elapsed, o.messages as f64 / elapsed.as_secs_f64());
+    }
     let dir = tempfile::Builder::new()
         .prefix("virtmail-e2e-bench-")
         .tempdir()
@@ -263,7 +280,64 @@ fn run(target: &str, o: &Options, agent_bin: &Path, drain: bool) -> (Duration, f
             .push(("hold".into(), "/^Subject: bench / HOLD\n".into()));
     }
     let postfix = Postfix::start(&root.join("postfix"), port, config);
+    if !drain {
+        let elapsed = send_and_count(o, "127.0.0.1", port, &base);
+        drop(postfix);
+        return (elapsed, o.messages as f64 / elapsed.as_secs_f64());
+    }
+    send(o, "127.0.0.1", port);
+    wait_for("every message queued", Duration::from_secs(600), || {
+        postfix
+            .queue()
+            .contains(&format!(" in {} Request", o.messages))
+            .then_some(())
+    });
+    assert_eq!(
+        count_on_disk(&base, o.mailboxes),
+        0,
+        "held mail was delivered"
+    );
+    // Release the hold queue into the deferred queue, then flush: qmgr takes it all at once.
+    let start = Instant::now();
+    let ok = Command::new("/usr/sbin/postsuper")
+        .arg("-c")
+        .arg(postfix.config_dir())
+        .args(["-H", "ALL"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "postsuper -H ALL");
+    postfix.flush();
+    wait_on_disk(o, &base, start, target)
+}
 
+/// Sends every message (timed from the first connect) and waits until all are on disk.
+fn send_and_count(o: &Options, host: &str, port: u16, base: &Path) -> Duration {
+    let start = Instant::now();
+    send(o, host, port);
+    wait_on_disk(o, base, start, host).0
+}
+
+fn wait_on_disk(o: &Options, base: &Path, start: Instant, what: &str) -> (Duration, f64) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let count = count_on_disk(base, o.mailboxes);
+        if count >= o.messages {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: only {count} of {} on disk after 900 s",
+            o.messages,
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = start.elapsed();
+    (elapsed, o.messages as f64 / elapsed.as_secs_f64())
+}
+
+/// N messages of about S bytes over C concurrent SMTP sessions to `host:port`.
+fn send(o: &Options, host: &str, port: u16) {
     let mut body = String::new();
     let mut n = 0;
     while body.len() < o.size.saturating_sub(250) {
@@ -272,13 +346,12 @@ fn run(target: &str, o: &Options, agent_bin: &Path, drain: bool) -> (Duration, f
         ));
         n += 1;
     }
-    let mut start = Instant::now();
     let per_session = o.messages.div_ceil(o.sessions);
     std::thread::scope(|s| {
         for session in 0..o.sessions {
             let body = &body;
             s.spawn(move || {
-                let mut smtp = Smtp::connect(port);
+                let mut smtp = Smtp::connect_to(host, port);
                 for k in 0..per_session {
                     let index = session * per_session + k;
                     if index >= o.messages {
@@ -298,47 +371,87 @@ fn run(target: &str, o: &Options, agent_bin: &Path, drain: bool) -> (Duration, f
             });
         }
     });
-    if drain {
-        wait_for("every message queued", Duration::from_secs(600), || {
-            postfix
-                .queue()
-                .contains(&format!(" in {} Request", o.messages))
-                .then_some(())
-        });
-        assert_eq!(
-            count_on_disk(&base, o.mailboxes),
-            0,
-            "held mail was delivered"
-        );
-        // Release the hold queue into the deferred queue, then flush: qmgr takes it all at once.
-        start = Instant::now();
-        let ok = Command::new("/usr/sbin/postsuper")
-            .arg("-c")
-            .arg(postfix.config_dir())
-            .args(["-H", "ALL"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "postsuper -H ALL");
-        postfix.flush();
+}
+
+/// The bench's resources (one domain, uid/gid 5000, M mailboxes) as YAML.
+fn resources(o: &Options, server_spec: &str) -> String {
+    let mut yaml = format!(
+        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\nspec: {server_spec}\n---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: bench}}\nspec: {{domain: bench.test, postmaster: u0@bench.test, defaults: {{uid: 5000, gid: 5000}}}}\n",
+    );
+    for i in 0..o.mailboxes {
+        let (a, maildir) = mailbox(i);
+        yaml.push_str(&format!(
+            "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: u{i}}}\nspec: {{address: {a}, format: {}, path: u{i}{}}}\n",
+            if maildir { "Maildir" } else { "Mbox" },
+            if maildir { "/" } else { "" }
+        ));
     }
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let count = count_on_disk(&base, o.mailboxes);
-        if count >= o.messages {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{target}: only {count} of {} on disk after 900 s\n{}",
-            o.messages,
-            postfix.queue()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let elapsed = start.elapsed();
-    drop(postfix);
-    (elapsed, o.messages as f64 / elapsed.as_secs_f64())
+    yaml
+}
+
+/// A fresh namespace with the bench's MailServer, its pod Ready and every Mailbox provisioned:
+/// (namespace, the pod's volume on the host, the Service's ClusterIP).
+fn pod_server(o: &Options) -> (virtmail_tests::cluster::TestNamespace, PathBuf, String) {
+    use virtmail_tests::cluster::run;
+    use virtmail_tests::node;
+    static OPERATOR: std::sync::Once = std::sync::Once::new();
+    let cluster = node::cluster();
+    OPERATOR.call_once(|| {
+        let root = virtmail_tests::workspace_root();
+        let _ = run(cluster.helm().args([
+            "uninstall",
+            "virtmail-bench",
+            "-n",
+            "virtmail-bench",
+            "--ignore-not-found",
+            "--wait",
+        ]));
+        run(cluster
+            .helm()
+            .arg("install")
+            .arg("virtmail-bench")
+            .arg(root.join("charts/virtmail"))
+            .args([
+                "-n",
+                "virtmail-bench",
+                "--create-namespace",
+                "--set",
+                "crds.install=false",
+                "--wait",
+                "--timeout",
+                "300s",
+            ]))
+        .unwrap_or_else(|e| panic!("helm install: {e}"));
+    });
+    let ns = cluster.namespace("e2e-bench");
+    ns.apply(&resources(o, "{}"))
+        .unwrap_or_else(|e| panic!("apply: {e}"));
+    node::wait_for(
+        &ns,
+        "pod/mail-0",
+        "condition=Ready",
+        Duration::from_secs(300),
+    );
+    run(ns.kubectl().args([
+        "wait",
+        "--for=condition=Provisioned",
+        "mailbox",
+        "--all",
+        "--timeout=300s",
+    ]))
+    .unwrap_or_else(|e| panic!("mailboxes not provisioned: {e}"));
+    let pvc = ns.get_json("pvc", "mailboxes-mail-0");
+    let pv = pvc["spec"]["volumeName"]
+        .as_str()
+        .expect("bound")
+        .to_owned();
+    let pv: serde_json::Value = serde_json::from_str(
+        &run(cluster.kubectl().args(["get", "pv", &pv, "-o", "json"])).unwrap(),
+    )
+    .unwrap();
+    let base = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap());
+    let address = node::cluster_ip(&ns, "mail");
+    (ns, base, address)
 }
 
 fn count_on_disk(base: &Path, mailboxes: usize) -> usize {
