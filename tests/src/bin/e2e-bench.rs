@@ -100,7 +100,12 @@ fn main() {
     println!("machine: {}", machine());
     println!(
         "command: cargo run --release -p virtmail-tests --bin e2e-bench -- --targets {} --messages {} --sessions {} --size {} --mailboxes {} --rounds {}",
-        o.targets.join(","), o.messages, o.sessions, o.size, o.mailboxes, o.rounds
+        o.targets.join(","),
+        o.messages,
+        o.sessions,
+        o.size,
+        o.mailboxes,
+        o.rounds
     );
     println!(
         "| path | measured | messages/s (median of {}) | rounds |",
