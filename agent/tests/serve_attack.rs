@@ -92,3 +92,53 @@ fn quota_scans_of_a_hostile_maildir_do_not_stall_healthz_or_lmtp() {
          the quota scans run on the runtime's workers"
     );
 }
+
+/// Anyone who can reach the HTTP port opens connections and sends nothing. Each used to cost
+/// the agent a task and a descriptor for the whole head timeout, without limit, until accept
+/// failed with EMFILE for LMTP too. Now HTTP connections beyond a small cap are closed at once,
+/// and LMTP keeps greeting.
+#[test]
+fn idle_http_connections_cannot_exhaust_the_agents_descriptors() {
+    let agent = Agent::start_with(Some(RESOURCES), &[]);
+    let pid = rustix::process::Pid::from_raw(agent.child.as_ref().unwrap().id() as i32).unwrap();
+    // A small descriptor limit makes exhaustion quick to reach (production limits are larger,
+    // connections cheaper still).
+    rustix::process::prlimit(
+        Some(pid),
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(64),
+            maximum: Some(64),
+        },
+    )
+    .expect("prlimit");
+    let idle: Vec<_> = (0..200)
+        .map(|_| std::os::unix::net::UnixStream::connect(agent.http_path()).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut lmtp = agent.lmtp();
+    let greeting = lmtp.reply();
+    let waited = started.elapsed();
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    assert!(
+        waited < Duration::from_secs(1),
+        "LMTP greeted after {waited:?} while {} idle HTTP connections were open",
+        idle.len()
+    );
+    drop(idle);
+    // Once the idle clients are gone, HTTP answers again (the closed ones free their permits).
+    let mut metrics = String::new();
+    let answered = eventually(Duration::from_secs(10), || {
+        metrics = std::panic::catch_unwind(|| agent.get("/metrics").1).unwrap_or_default();
+        !metrics.is_empty()
+    });
+    assert!(
+        answered,
+        "/metrics does not answer after the idle clients left"
+    );
+    assert!(
+        !metrics.contains("virtmail_http_connections_refused_total 0\n"),
+        "connections over the cap are counted:\n{metrics}"
+    );
+}

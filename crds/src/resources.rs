@@ -237,6 +237,11 @@ pub struct AgentSpec {
     /// provisioning in its logs and metrics instead of the Mailbox status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory_source: Option<DirectorySource>,
+    /// Namespace of the metrics scraper (e.g. Prometheus). The operator's NetworkPolicy admits
+    /// connections to the agent's HTTP port (`/metrics`, `/healthz`, `/readyz`) only from pods
+    /// of this namespace; absent: from no pod (SMTP stays open to all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_namespace: Option<String>,
 }
 
 /// How the agent receives the directory.
