@@ -196,23 +196,39 @@ fn walk(
     let mut current: Option<OwnedFd> = None;
     let mut walked = String::new();
     let mut created = false;
-    for component in path.split('/').filter(|c| !c.is_empty()) {
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    for (index, component) in components.iter().enumerate() {
         if !walked.is_empty() {
             walked.push('/');
         }
         walked.push_str(component);
         let parent = current.as_ref().map(|fd| fd.as_fd()).unwrap_or(dir);
         let fail = |errno| WalkError::errno(errno, &walked);
-        let next = match (open_dir(parent, component), create) {
+        // Directories passed through need only search permission (a 0711 domain directory):
+        // `O_PATH`, enough for `fstat` and as the base of the next open. The last one is opened
+        // for reading (fsync, listing), as a one-step open of the whole path would.
+        let open = |parent: BorrowedFd<'_>| {
+            if index + 1 == components.len() {
+                open_dir(parent, component)
+            } else {
+                open_beneath(
+                    parent,
+                    component,
+                    OFlags::PATH | OFlags::DIRECTORY,
+                    Mode::empty(),
+                )
+            }
+        };
+        let next = match (open(parent), create) {
             (Ok(fd), _) => fd,
             (Err(Errno::NOENT), Some(mode)) => {
-                match rustix::fs::mkdirat(parent, component, mode) {
+                match rustix::fs::mkdirat(parent, *component, mode) {
                     Ok(()) => created = true,
                     // Another delivery created it meanwhile.
                     Err(Errno::EXIST) => {}
                     Err(errno) => return Err(fail(errno)),
                 }
-                open_dir(parent, component).map_err(fail)?
+                open(parent).map_err(fail)?
             }
             (Err(errno), _) => return Err(fail(errno)),
         };
