@@ -128,11 +128,17 @@ fn open_maildir(base: &OwnedFd, target: &Target, create: bool) -> Result<Maildir
     let mut subdirs = Vec::with_capacity(3);
     // DESIGN §4.6: all three always exist after a delivery (virtual(8) may skip cur/, V27).
     for sub in ["tmp", "new", "cur"] {
+        // The root is the recipient's (checked above): `tmp/` and `new/` get the stricter
+        // owner check below, `cur/` is never written here.
         let fd = if create {
-            containment::make_dirs(root.as_fd(), sub, Mode::from_raw_mode(DIR_MODE), target.uid)
+            containment::make_dirs_in_own_dir(root.as_fd(), sub, Mode::from_raw_mode(DIR_MODE))
                 .map(|(fd, _)| fd)
         } else {
-            containment::open_dirs(root.as_fd(), sub, target.uid)
+            containment::open_dir(root.as_fd(), sub).map_err(|errno| WalkError {
+                errno,
+                at: sub.to_string(),
+                untrusted: None,
+            })
         }
         .map_err(|e| walk_failure(target, &target.full_path, e))?;
         subdirs.push(fd);
