@@ -3,7 +3,7 @@
 # Reproduce one input (a crash artifact): scripts/fuzz.sh TARGET FILE
 #
 # Targets (fuzz/fuzz_targets/, logic in fuzz/src/lib.rs): lmtp_command, lmtp_data,
-# socketmap_netstring, resources_yaml, directory_decode, mbox_quoting. Each runs for SECONDS
+# socketmap_netstring, resources_yaml, directory_decode, mbox_quoting, mbox_journal. Each runs for SECONDS
 # (default 60) and ends with one summary line. Installs what is missing: the nightly toolchain
 # (rustup) and cargo-fuzz (built once under target/tools/cargo-fuzz). Builds go to target/fuzz.
 #
@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(lmtp_command lmtp_data socketmap_netstring resources_yaml directory_decode mbox_quoting)
+ALL=(lmtp_command lmtp_data socketmap_netstring resources_yaml directory_decode mbox_quoting mbox_journal)
 which=${1:-all}
 seconds=${2:-60}
 sanitizer=${FUZZ_SANITIZER:-none}

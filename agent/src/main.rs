@@ -64,6 +64,9 @@ struct DeliverArgs {
     /// How long to wait for a busy mbox lock (deferred 4.2.0 after that).
     #[arg(long, default_value = "20s", value_parser = server::parse_duration)]
     lock_timeout: Duration,
+    /// The smallest uid delivered to, whatever the resources say (they cannot lower it).
+    #[arg(long, default_value_t = virtmail_agent::deliver::identity::DEFAULT_UID_FLOOR)]
+    minimum_uid: u32,
     /// Recipients.
     #[arg(required = true)]
     recipients: Vec<String>,
@@ -71,6 +74,8 @@ struct DeliverArgs {
 
 /// Sysexits EX_TEMPFAIL: used when nothing could be attempted.
 const EX_TEMPFAIL: u8 = 75;
+/// Sysexits EX_USAGE: an argument that can never be delivered (an address with CR, LF or NUL).
+const EX_USAGE: u8 = 64;
 
 fn deliver(args: DeliverArgs) -> ExitCode {
     use std::io::Read as _;
@@ -83,6 +88,22 @@ fn deliver(args: DeliverArgs) -> ExitCode {
             .unwrap_or(a.trim())
             .to_string()
     };
+    // Addresses go into headers and the From_ line: CR, LF or NUL are refused before anything
+    // else (the same check LMTP makes).
+    let named = std::iter::once(("sender", args.sender.as_str()))
+        .chain(
+            args.original_recipient
+                .iter()
+                .map(|r| ("original recipient", r.as_str())),
+        )
+        .chain(args.recipients.iter().map(|r| ("recipient", r.as_str())));
+    for (role, address) in named {
+        if let Some(problem) = deliver::address_problem(address) {
+            eprintln!("error: the {role} {address:?} {problem}");
+            return ExitCode::from(EX_USAGE);
+        }
+    }
+    deliver::identity::set_uid_floor(args.minimum_uid);
     let mut message = Vec::new();
     if let Err(error) = std::io::stdin().read_to_end(&mut message) {
         eprintln!("error: cannot read the message: {error}");
@@ -213,10 +234,15 @@ struct ServeArgs {
     /// How long shutdown waits for open LMTP sessions.
     #[arg(long, default_value = "60s", value_parser = server::parse_duration)]
     shutdown_grace: Duration,
+    /// The smallest uid delivered to or provisioned for. The operator sets it from the
+    /// MailServer's minimumUid; the directory (a ConfigMap) cannot lower it.
+    #[arg(long, default_value_t = virtmail_agent::deliver::identity::DEFAULT_UID_FLOOR)]
+    minimum_uid: u32,
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
     logging::init(args.log_format);
+    virtmail_agent::deliver::identity::set_uid_floor(args.minimum_uid);
     let config = server::Config {
         source: match (args.resources, args.directory_dir, args.namespace) {
             (Some(dir), _, _) => server::Source::Files(FileSource {

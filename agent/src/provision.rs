@@ -54,7 +54,7 @@ pub enum State {
     /// Not usable; `reason` is a stable PascalCase word.
     Problem {
         /// `Deferring`, `Symlink`, `WrongType`, `OwnerMismatch`, `InvalidPath`, `Unreachable`,
-        /// `IoError`.
+        /// `IoError`, `UnsafeDirectory`, `ForeignLock`, `InvalidOwner`.
         reason: &'static str,
         /// Detail for people.
         message: String,
@@ -130,6 +130,16 @@ pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> Sta
     if entry.uid == 0 || entry.gid == 0 {
         return problem("InvalidOwner", "uid/gid 0 is never used");
     }
+    let floor = crate::deliver::identity::uid_floor();
+    if entry.uid < floor {
+        return problem(
+            "InvalidOwner",
+            format!(
+                "uid {} is below the agent's --minimum-uid {floor} (set from the MailServer); not provisioned",
+                entry.uid
+            ),
+        );
+    }
     if let Err(p) = check_relative(&entry.path) {
         return problem(
             "InvalidPath",
@@ -151,7 +161,7 @@ pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> Sta
             Ok(fd) => fd,
             Err(e) => return errno_problem("mailbox base", ".", e),
         },
-        Some(parent) => match make_dirs(base.as_fd(), parent, parent_mode) {
+        Some(parent) => match make_dirs(base.as_fd(), parent, parent_mode, entry.uid) {
             Ok((fd, created)) => {
                 if created {
                     // mkdir applies the umask; set the documented mode on what we just made.
@@ -159,7 +169,17 @@ pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> Sta
                 }
                 fd
             }
-            Err(e) => return errno_problem("parent directory", &e.at, e.errno),
+            Err(e) => {
+                if let Some(reason) = e.untrusted_reason() {
+                    return problem(
+                        "UnsafeDirectory",
+                        format!(
+                            "{reason}: another user could move or remove the mailbox; not used"
+                        ),
+                    );
+                }
+                return errno_problem("parent directory", &e.at, e.errno);
+            }
         },
     };
     match entry.format {
@@ -325,7 +345,7 @@ fn mbox(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
 /// Whether the recipient can create `<mbox>.lock` beside the mbox (spec V19: a dotlock needs a
 /// parent directory the recipient may write). Probed by taking and releasing the lock once.
 fn dotlock_possible(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> Result<(), State> {
-    let lock = format!("{leaf}.lock");
+    let lock = virtmail_crds::compile::dotlock_name(leaf);
     let _identity = FsIdentity::assume(entry.uid, entry.gid).map_err(|e| {
         problem(
             "IoError",
@@ -339,8 +359,20 @@ fn dotlock_possible(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> Resul
             let _ = rustix::fs::unlinkat(parent, lock.as_str(), rustix::fs::AtFlags::empty());
             Ok(())
         }
-        // Held by a delivery right now: evidently possible.
-        Err(Errno::EXIST) => Ok(()),
+        // Held by a delivery right now: evidently possible; unless another user planted it.
+        Err(Errno::EXIST) => {
+            match rustix::fs::statat(parent, lock.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) if stat.st_uid != entry.uid && stat.st_uid != 0 => Err(problem(
+                    "ForeignLock",
+                    format!(
+                        "{}.lock is owned by uid {}, not {}: another user holds the mailbox's \
+                         lock name; deliveries defer until it is removed",
+                        entry.path, stat.st_uid, entry.uid
+                    ),
+                )),
+                _ => Ok(()),
+            }
+        }
         Err(Errno::ACCESS | Errno::PERM) => Err(problem(
             "DotlockNotPossible",
             format!(
@@ -514,6 +546,70 @@ mod tests {
             !dir.path().join("dave.lock").exists(),
             "the probe releases its lock"
         );
+    }
+
+    #[test]
+    fn directories_and_locks_of_other_users_on_the_path_are_reported_not_used() {
+        let (dir, fd) = base();
+        let shared = dir.path().join("d.test");
+        std::fs::create_dir(&shared).expect("shared");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        // A co-tenant (5201) made the parent of alice's future Maildir.
+        let team = shared.join("team");
+        std::fs::create_dir(&team).expect("team");
+        std::os::unix::fs::chown(&team, Some(5201), Some(5201)).expect("chown");
+        std::fs::set_permissions(&team, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = entry("d.test/team/alice/", MailboxFormat::Maildir, 5107);
+        assert!(
+            matches!(
+                provision_one(&fd, &e, true),
+                State::Problem {
+                    reason: "UnsafeDirectory",
+                    ..
+                }
+            ),
+            "{:?}",
+            provision_one(&fd, &e, true)
+        );
+        assert_eq!(std::fs::read_dir(&team).expect("team").count(), 0);
+        // A root-owned directory others may write without the sticky bit: the same.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = entry("d.test/carol/", MailboxFormat::Maildir, 5107);
+        assert!(matches!(
+            provision_one(&fd, &e, true),
+            State::Problem {
+                reason: "UnsafeDirectory",
+                ..
+            }
+        ));
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        // A co-tenant holds bob's lock name.
+        let lock = shared.join("bob.lock");
+        std::fs::write(&lock, b"").expect("lock");
+        std::os::unix::fs::chown(&lock, Some(5201), Some(5201)).expect("chown");
+        let e = entry("d.test/bob", MailboxFormat::Mbox, 5108);
+        assert!(matches!(
+            provision_one(&fd, &e, true),
+            State::Problem {
+                reason: "ForeignLock",
+                ..
+            }
+        ));
+        assert!(lock.exists(), "never removed");
+    }
+
+    #[test]
+    fn uids_below_the_agents_floor_are_never_provisioned() {
+        let (dir, fd) = base();
+        let e = entry("low", MailboxFormat::Mbox, 2);
+        assert!(matches!(
+            provision_one(&fd, &e, false),
+            State::Problem {
+                reason: "InvalidOwner",
+                ..
+            }
+        ));
+        assert!(!dir.path().join("low").exists());
     }
 
     #[test]

@@ -52,6 +52,20 @@ fn v24_missing_parents_are_created_as_recipient_when_the_base_allows() {
     assert_eq!(owner(&w.base.join("new.test/deep")), (UID, GID));
 }
 
+/// The provisioned layout: a root-owned 0711 domain directory (passable, not listable) with the
+/// recipient's Maildir in it. Walking the path one component at a time (to check each
+/// directory's owner) needs only search permission on it.
+#[test]
+fn maildir_below_a_root_0711_domain_directory_is_delivered() {
+    let mut w = World::new();
+    let domain = w.mkdir("example.test", 0, 0);
+    fs::set_permissions(&domain, fs::Permissions::from_mode(0o711)).unwrap();
+    w.mkdir("example.test/alice", UID, GID);
+    w.mailbox(ALICE, "example.test/alice/");
+    let outcome = w.deliver(ALICE, MESSAGE);
+    assert_eq!(code(&outcome.status), "2.0.0", "{}", outcome.status);
+}
+
 #[test]
 fn v28_unwritable_parent_defers_420_with_access_warning() {
     let mut w = World::new();

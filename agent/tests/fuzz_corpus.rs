@@ -85,6 +85,11 @@ fn messages_in_the_corpus_are_mbox_quoted_exactly_on_from_lines() {
 }
 
 #[test]
+fn append_journals_in_the_corpus_parse_bounded_and_round_trip() {
+    replay("mbox_journal");
+}
+
+#[test]
 fn every_fuzz_target_has_a_corpus_and_every_corpus_a_target() {
     let names: Vec<&str> = targets::TARGETS.iter().map(|(name, _)| *name).collect();
     for entry in std::fs::read_dir(corpus_dir("")).expect("fuzz/corpus") {

@@ -376,3 +376,104 @@ fn breaking_a_stale_dotlock_never_removes_a_fresh_lock_of_another_client() {
     );
     w.assert_outside_untouched();
 }
+
+/// A mailbox owner can hold the `flock` of its mbox's directory and write its own journal's
+/// dotlock claim. Waiting for that directory lock must neither hold up the deliveries of other
+/// mailboxes (no process-wide lock held while waiting) nor, once the wait times out, go on to
+/// judge and remove the dotlock without the directory lock.
+#[test]
+fn a_user_held_directory_flock_stalls_no_other_mailbox_and_is_never_bypassed() {
+    use std::os::fd::AsFd as _;
+    let mut w = World::new();
+    w.domain_dir();
+    w.mkdir("other.test", OTHER_UID, OTHER_GID);
+    w.directory
+        .domains
+        .insert("other.test".into(), w.directory.domains[DOMAIN].clone());
+    w.mailbox("bob@example.test", "example.test/bob");
+    let carol = w.mailbox("carol@other.test", "other.test/carol");
+    carol.uid = OTHER_UID;
+    carol.gid = OTHER_GID;
+    let options = Options {
+        lock_timeout: Duration::from_secs(4),
+        ..options()
+    };
+    // First deliveries create both journals.
+    for rcpt in ["bob@example.test", "carol@other.test"] {
+        assert_eq!(
+            code(
+                &w.deliver_with(rcpt, "s@origin.test", b"Subject: first\n\nx\n", &options)
+                    .status
+            ),
+            "2.0.0"
+        );
+    }
+    // bob: a dotlock of his own, a journal claim naming it with a dead pid, and the directory's
+    // flock held (as bob could, with flock(1)).
+    let domain = w.base.join("example.test");
+    let bob_lock = domain.join("bob.lock");
+    fs::write(&bob_lock, b"").unwrap();
+    chown(&bob_lock, UID, GID);
+    let meta = fs::metadata(&bob_lock).unwrap();
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let namespace = fs::read_link("/proc/self/ns/pid")
+        .unwrap()
+        .display()
+        .to_string();
+    let line = format!(
+        "lock {} {} {} pid {dead_pid} ns {namespace} start 1 host mx.test\n",
+        meta.ino(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    );
+    let mut slot = line.into_bytes();
+    slot.resize(256, 0);
+    fs::write(domain.join(".bob.virtmail-append"), &slot).unwrap();
+    let directory = fs::File::open(&domain).unwrap();
+    rustix::fs::flock(directory.as_fd(), rustix::fs::FlockOperation::LockExclusive).unwrap();
+    // carol (another directory): a lock of a live client that lets go after 300 ms.
+    let carol_lock = w.base.join("other.test/carol.lock");
+    fs::write(&carol_lock, b"").unwrap();
+    chown(&carol_lock, OTHER_UID, OTHER_GID);
+
+    let w = &w;
+    let options = &options;
+    std::thread::scope(|scope| {
+        let bob = scope.spawn(move || {
+            w.deliver_with(
+                "bob@example.test",
+                "s@origin.test",
+                b"Subject: bob\n\nx\n",
+                options,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        let carol = scope.spawn(move || {
+            w.deliver_with(
+                "carol@other.test",
+                "s@origin.test",
+                b"Subject: carol\n\nx\n",
+                options,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        fs::remove_file(&carol_lock).unwrap();
+        let carol = carol.join().unwrap();
+        let carol_took = started.elapsed();
+        assert_eq!(code(&carol.status), "2.0.0", "{}", carol.status);
+        assert!(
+            carol_took < Duration::from_secs(2),
+            "carol's delivery waited {carol_took:?} behind bob's user-held directory lock"
+        );
+        let bob = bob.join().unwrap();
+        assert_eq!(code(&bob.status), "4.2.0", "{}", bob.status);
+    });
+    assert!(
+        bob_lock.exists(),
+        "the dotlock was removed without the directory lock that serializes breakers"
+    );
+    drop(directory);
+}

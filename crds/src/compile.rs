@@ -430,14 +430,31 @@ impl<'a> Compiler<'a> {
             }
             let (mut entry, problem) = self.mailbox_entry(&key, mailbox, &object);
             let problem = problem.or_else(|| {
-                let normalized = entry.path.trim_end_matches('/').to_string();
-                match path_overlap(&claimed_paths, &normalized) {
-                    Some(other) => Some((
+                // The path and every name the agent derives from it: none may touch another
+                // mailbox's path or derived names.
+                let mut names = vec![(entry.path.trim_end_matches('/').to_string(), "the path")];
+                names.extend(derived_names(&entry.path, entry.format));
+                let conflict = names.iter().find_map(|(name, what)| {
+                    path_overlap(&claimed_paths, name).map(|other| (name, *what, other))
+                });
+                match conflict {
+                    Some((name, what, other)) => Some((
                         Reason::PathConflict,
-                        format!("path {} overlaps the path of Mailbox/{other}", entry.path),
+                        if what == "the path" {
+                            format!("path {} overlaps {other}", entry.path)
+                        } else {
+                            format!(
+                                "{} {name} (a name the agent uses beside path {}) overlaps {other}",
+                                what.trim_start_matches("the "),
+                                entry.path
+                            )
+                        },
                     )),
                     None => {
-                        claimed_paths.insert(normalized, object.name.clone());
+                        for (name, what) in names {
+                            claimed_paths
+                                .insert(name, format!("{what} of Mailbox/{}", object.name));
+                        }
                         None
                     }
                 }
@@ -488,6 +505,7 @@ impl<'a> Compiler<'a> {
         if problem.is_none() {
             problem = self
                 .check_owner(uid, gid)
+                .or_else(|| self.check_domain_range(domain, uid, gid))
                 .map(|m| (Reason::InvalidOwner, m));
         }
         let quota = match quota.map(quantity::parse_bytes) {
@@ -509,6 +527,33 @@ impl<'a> Compiler<'a> {
             object: object.name.clone(),
         };
         (entry, problem)
+    }
+
+    /// The MailDomain's `uidRange`/`gidRange`, set by whoever may create the domain, bound the
+    /// owners its Mailboxes may name.
+    fn check_domain_range(
+        &self,
+        domain: &str,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Option<String> {
+        let spec = &self.domain_specs.get(domain)?.spec;
+        let object = self
+            .directory
+            .domains
+            .get(domain)
+            .map(|d| d.object.as_str())
+            .unwrap_or(domain);
+        let outside = |id: Option<u32>, range: Option<crate::resources::IdRange>, what: &str| {
+            let (id, range) = (id?, range?);
+            (!range.contains(id)).then(|| {
+                format!(
+                    "{what} {id} is outside MailDomain/{object}'s {what}Range {}-{}",
+                    range.min, range.max
+                )
+            })
+        };
+        outside(uid, spec.uid_range, "uid").or_else(|| outside(gid, spec.gid_range, "gid"))
     }
 
     fn check_owner(&self, uid: Option<u32>, gid: Option<u32>) -> Option<String> {
@@ -758,6 +803,41 @@ pub fn check_path(path: &str, format: MailboxFormat) -> Option<String> {
         ));
     }
     None
+}
+
+/// The file name of the dotlock of the mbox named `mbox` (beside it).
+pub fn dotlock_name(mbox: &str) -> String {
+    format!("{mbox}.lock")
+}
+
+/// The file name of the append journal of the mbox named `mbox` (beside it).
+pub fn journal_name(mbox: &str) -> String {
+    format!(".{mbox}.virtmail-append")
+}
+
+/// Every name the agent creates beside a mailbox, relative to the base like `path`, with what
+/// it is: for an mbox `d/bob`, its dotlock `d/bob.lock` and its append journal
+/// `d/.bob.virtmail-append`. A Maildir's work files (`tmp/…`, `maildirsize`) lie inside its own
+/// directory, which nested-path checking already covers. The compiler reserves these names: a
+/// mailbox on one of them could be deferred forever by the other's lock, or removed as a stale
+/// lock when both share a uid.
+pub fn derived_names(path: &str, format: MailboxFormat) -> Vec<(String, &'static str)> {
+    match format {
+        MailboxFormat::Maildir => Vec::new(),
+        MailboxFormat::Mbox => {
+            let (parent, leaf) = match path.rsplit_once('/') {
+                Some((parent, leaf)) => (format!("{parent}/"), leaf),
+                None => (String::new(), path),
+            };
+            vec![
+                (format!("{parent}{}", dotlock_name(leaf)), "the dotlock"),
+                (
+                    format!("{parent}{}", journal_name(leaf)),
+                    "the append journal",
+                ),
+            ]
+        }
+    }
 }
 
 /// The owner of a claimed path equal to, inside, or containing `path`.

@@ -238,6 +238,11 @@ pub struct AgentSpec {
     /// provisioning in its logs and metrics instead of the Mailbox status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory_source: Option<DirectorySource>,
+    /// Namespace of the metrics scraper (e.g. Prometheus). The operator's NetworkPolicy admits
+    /// connections to the agent's HTTP port (`/metrics`, `/healthz`, `/readyz`) only from pods
+    /// of this namespace; absent: from no pod (SMTP stays open to all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_namespace: Option<String>,
 }
 
 /// How the agent receives the directory.
@@ -353,6 +358,35 @@ pub struct MailDomainSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = LOCAL_PART_PATTERN), length(max = 64))]
     pub catch_all: Option<String>,
+    /// The uids the domain's Mailboxes may be owned by (inclusive). A Mailbox (or the domain's
+    /// default) outside it defers with `InvalidOwner`. Lets the administrator who creates the
+    /// MailDomain bound what the authors of its Mailboxes may choose; absent: any uid at or
+    /// above the server's `minimumUid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid_range: Option<IdRange>,
+    /// The gids the domain's Mailboxes may use (inclusive); like `uidRange`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid_range: Option<IdRange>,
+}
+
+/// An inclusive range of numeric ids.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.min <= self.max").message("min must not be greater than max"))]
+#[serde(rename_all = "camelCase")]
+pub struct IdRange {
+    /// Smallest id allowed.
+    #[schemars(range(min = 1))]
+    pub min: u32,
+    /// Largest id allowed.
+    #[schemars(range(min = 1))]
+    pub max: u32,
+}
+
+impl IdRange {
+    /// Whether `id` lies in the range.
+    pub fn contains(&self, id: u32) -> bool {
+        (self.min..=self.max).contains(&id)
+    }
 }
 
 /// Observed state of a MailDomain.

@@ -37,13 +37,14 @@ use virtmail_crds::{Directory, compile};
 pub type Target = fn(&[u8]);
 
 /// Every target: its corpus directory name under `fuzz/corpus/` and its function.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("lmtp_command", lmtp_command),
     ("lmtp_data", lmtp_data),
     ("socketmap_netstring", socketmap_netstring),
     ("resources_yaml", resources_yaml),
     ("directory_decode", directory_decode),
     ("mbox_quoting", mbox_quoting),
+    ("mbox_journal", mbox_journal),
 ];
 
 /// Message size limit the LMTP harness runs with (small, so 552 paths are reachable).
@@ -739,4 +740,49 @@ fn count_crlf(data: &[u8]) -> usize {
         }
     }
     count
+}
+
+/// The mbox append journal parser. The journal lies beside the mbox and its owner (an untrusted
+/// mailbox user) can write anything into it; delivery parses it under the mailbox locks, so it
+/// must never hang, panic or accept numbers that overflow. Properties: a parsed record has a
+/// `from + length` that fits, names the device and inode its first lines say, has exactly one
+/// hash per piece, and the parse takes time bounded by the input; a record the agent writes
+/// for any offset and data parses back to the same numbers.
+pub fn mbox_journal(data: &[u8]) {
+    use virtmail_agent::deliver::mbox::{AppendIntent, append_record};
+    let text = String::from_utf8_lossy(data);
+    let started = std::time::Instant::now();
+    if let Some(intent) = AppendIntent::parse(&text) {
+        let end = intent.from.checked_add(intent.length);
+        assert!(
+            end.is_some(),
+            "accepted from {} length {}",
+            intent.from,
+            intent.length
+        );
+        assert_eq!(AppendIntent::names(&text), Some((intent.dev, intent.ino)));
+        assert!(
+            (intent.hashes.len() as u64) <= intent.length.div_ceil(4096) + 1,
+            "{} hashes for {} bytes",
+            intent.hashes.len(),
+            intent.length
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "parsing {} bytes took {:?}",
+        data.len(),
+        started.elapsed()
+    );
+    // Round trip of a record the agent writes: offset from the first 8 bytes, data the rest.
+    let (head, payload) = data.split_at(data.len().min(8));
+    let mut offset = [0u8; 8];
+    offset[..head.len()].copy_from_slice(head);
+    let from = u64::from_le_bytes(offset) % (1 << 48);
+    let record = append_record(7, 9, from, payload);
+    let intent = AppendIntent::parse(&record).expect("the agent's own record parses");
+    assert_eq!(
+        (intent.dev, intent.ino, intent.from, intent.length),
+        (7, 9, from, payload.len() as u64)
+    );
 }

@@ -13,6 +13,10 @@ use k8s_openapi::api::core::v1::{
     ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -90,6 +94,8 @@ pub struct Desired {
     pub stateful_set: StatefulSet,
     /// `<server>`, only when replicas > 1.
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
+    /// `<server>`: SMTP from anywhere, the agent's HTTP port from the metrics namespace only.
+    pub network_policy: NetworkPolicy,
     /// Profile parameters the server asked for and did not get.
     pub refused_parameters: Vec<String>,
 }
@@ -278,6 +284,10 @@ fn agent_container(server: &MailServer, config: &BuildConfig) -> Container {
         format!("unix:{SOCKETMAP_SOCKET}"),
         "--http".into(),
         format!("0.0.0.0:{AGENT_HTTP_PORT}"),
+        // The agent's own uid floor: the directory ConfigMaps (writable by whoever may write
+        // ConfigMaps in the namespace) cannot lower it.
+        "--minimum-uid".into(),
+        spec.minimum_uid.max(1).to_string(),
     ];
     if let Some(format) = &agent.log_format {
         args.extend(["--log-format".into(), format.clone()]);
@@ -672,7 +682,9 @@ pub fn desired(server: &MailServer, encoded: &Encoded, config: &BuildConfig) -> 
         }),
         ..Default::default()
     });
+    let network_policy = network_policy(server);
     Desired {
+        network_policy,
         head: head_config_map(server, encoded),
         postfix,
         service_account,
@@ -686,6 +698,54 @@ pub fn desired(server: &MailServer, encoded: &Encoded, config: &BuildConfig) -> 
             .into_iter()
             .chain(replicas_refusal(server))
             .collect(),
+    }
+}
+
+/// The pods' ingress: SMTP (Postfix's `smtp` port) from anywhere, the agent's HTTP port only
+/// from pods in `spec.agent.metricsNamespace` (none when unset). Anyone in the cluster network
+/// is untrusted; the agent's HTTP server also caps and times out connections itself.
+pub fn network_policy(server: &MailServer) -> NetworkPolicy {
+    let name = server.name_any();
+    let scraper = server
+        .spec
+        .agent
+        .as_ref()
+        .and_then(|a| a.metrics_namespace.clone());
+    let port = |port: IntOrString| NetworkPolicyPort {
+        port: Some(port),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        ports: Some(vec![port(IntOrString::String("smtp".into()))]),
+        ..Default::default()
+    }];
+    if let Some(namespace) = scraper {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_string(),
+                        namespace,
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![port(IntOrString::Int(AGENT_HTTP_PORT))]),
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(server, name.clone(), &[]),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            ..Default::default()
+        }),
     }
 }
 

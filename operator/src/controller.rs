@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -369,6 +370,7 @@ async fn apply_desired(
     apply_if_changed(ctx, namespace, &desired.role).await?;
     apply_if_changed(ctx, namespace, &desired.role_binding).await?;
     apply_if_changed(ctx, namespace, &desired.service).await?;
+    apply_if_changed(ctx, namespace, &desired.network_policy).await?;
     apply_if_changed(ctx, namespace, &desired.stateful_set).await?;
     match &desired.pod_disruption_budget {
         Some(pdb) => {
@@ -1171,6 +1173,7 @@ pub async fn run(
         .owns_stream(owned.changes::<Role>())
         .owns_stream(owned.changes::<RoleBinding>())
         .owns_stream(owned.changes::<PodDisruptionBudget>())
+        .owns_stream(owned.changes::<NetworkPolicy>())
         .watches_stream(
             compiler_input_changes(domain_stream, inputs_epoch.clone()),
             move |o: PartialObjectMeta<MailDomain>| servers_in(&s1, o.namespace()),

@@ -49,6 +49,7 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         ),
         rule(&["apps"], &["statefulsets"], MANAGE),
         rule(&["policy"], &["poddisruptionbudgets"], MANAGE),
+        rule(&["networking.k8s.io"], &["networkpolicies"], MANAGE),
         rule(
             &["rbac.authorization.k8s.io"],
             &["roles", "rolebindings"],

@@ -108,7 +108,8 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
         .as_str()
         .expect("published version")
         .to_string();
-    assert!(ready.contains(&version_before), "{ready}");
+    let (_, metrics) = http_get(port, "/metrics").expect("/metrics answers");
+    assert!(metrics.contains(&version_before), "{metrics}");
 
     // A new Mailbox reaches the agent through the next payload.
     ns.apply(

@@ -19,7 +19,7 @@ use virtmail_crds::encoding::{self, Data, LABEL_SERVER};
 
 use super::assemble::{Assembly, assemble};
 
-/// What the source last saw, for `/readyz` detail and logs.
+/// What the source last saw, for `/metrics` and logs.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SourceStatus {
     /// Version being served.
@@ -41,7 +41,16 @@ impl SourceState {
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut SourceStatus)) {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut status = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let before = status.pending.clone();
+        f(&mut status);
+        // `/readyz` says only ready or not: why a newer version waits goes to the log, once per
+        // change (the gauge virtmail_directory_pending is on /metrics).
+        if status.pending != before
+            && let Some(pending) = &status.pending
+        {
+            warn!("pending: {pending}");
+        }
     }
 }
 

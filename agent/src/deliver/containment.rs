@@ -13,6 +13,13 @@
 //!
 //! Only the base itself is opened by its absolute path: it comes from the administrator's
 //! configuration and may legitimately be reached through a symlink.
+//!
+//! Mailbox users share the volume, and directories like a domain directory holding dotlocked
+//! mboxes are writable by all of them (1777). A co-tenant could create a directory that will lie
+//! on someone else's mailbox path before it is provisioned, and later move or delete what lands
+//! in it. So every existing directory below the base that a path walks through must be
+//! [`trusted`]: owned by root or by the mailbox's uid, and sticky if group or others may write
+//! it. [`open_dirs`] and [`make_dirs`] walk one component at a time and check each.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -102,68 +109,150 @@ pub fn open_dir(dir: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, Errno> {
 /// A failure while walking or creating directories: the errno and the path walked so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalkError {
-    /// The error.
+    /// The error (EPERM for an untrusted directory).
     pub errno: Errno,
     /// Path (relative to the start) of the component that failed.
     pub at: String,
+    /// Set when the directory exists but is not [`trusted`]: its owner uid, its mode, and
+    /// whether that owner is someone other than root and the mailbox's uid.
+    pub untrusted: Option<(u32, u32, bool)>,
+}
+
+impl WalkError {
+    fn errno(errno: Errno, at: &str) -> WalkError {
+        WalkError {
+            errno,
+            at: at.to_string(),
+            untrusted: None,
+        }
+    }
+
+    /// Why an untrusted directory is refused, for warnings and conditions.
+    pub fn untrusted_reason(&self) -> Option<String> {
+        let (uid, mode, foreign) = self.untrusted?;
+        Some(if foreign {
+            format!("directory {} is owned by uid {uid}", self.at)
+        } else {
+            format!(
+                "directory {} (uid {uid}, mode {:o}) is writable by others and not sticky",
+                self.at,
+                mode & 0o7777
+            )
+        })
+    }
+}
+
+/// Whether a directory on a mailbox path of `owner` may be used: owned by root or `owner`, and
+/// sticky when group or others may write it (so nobody else can rename or remove what is in
+/// it).
+pub fn trusted(stat: &rustix::fs::Stat, owner: u32) -> bool {
+    let shared = stat.st_mode & 0o022 != 0;
+    (stat.st_uid == 0 || stat.st_uid == owner) && (!shared || stat.st_mode & 0o1000 != 0)
+}
+
+fn check_trusted(fd: &OwnedFd, owner: u32, at: &str) -> Result<(), WalkError> {
+    let stat = rustix::fs::fstat(fd).map_err(|errno| WalkError::errno(errno, at))?;
+    if trusted(&stat, owner) {
+        Ok(())
+    } else {
+        Err(WalkError {
+            errno: Errno::PERM,
+            at: at.to_string(),
+            untrusted: Some((
+                stat.st_uid,
+                stat.st_mode,
+                stat.st_uid != 0 && stat.st_uid != owner,
+            )),
+        })
+    }
+}
+
+/// Open the existing directory `path` below `dir` one component at a time, each [`trusted`]
+/// for `owner`.
+pub fn open_dirs(dir: BorrowedFd<'_>, path: &str, owner: u32) -> Result<OwnedFd, WalkError> {
+    walk(dir, path, Some(owner), None).map(|(fd, _)| fd)
 }
 
 /// Open the directory `path` below `dir`, creating every missing component with `mode` (Postfix
 /// `make_dirs()`, spec V24) as the current file system identity. Each component is resolved
-/// with [`RESOLVE`] from the descriptor of its parent, so nothing outside `dir` is touched.
-/// Returns the directory and whether any component was created.
+/// with [`RESOLVE`] from the descriptor of its parent, so nothing outside `dir` is touched, and
+/// each existing one must be [`trusted`] for `owner`. Returns the directory and whether any
+/// component was created.
 pub fn make_dirs(
     dir: BorrowedFd<'_>,
     path: &str,
     mode: Mode,
+    owner: u32,
 ) -> Result<(OwnedFd, bool), WalkError> {
-    // Fast path: everything exists.
-    match open_dir(dir, path) {
-        Ok(fd) => return Ok((fd, false)),
-        Err(Errno::NOENT) => {}
-        Err(errno) => {
-            return Err(WalkError {
-                errno,
-                at: path.to_string(),
-            });
-        }
-    }
+    walk(dir, path, Some(owner), Some(mode))
+}
+
+/// [`make_dirs`] below a directory the caller has already checked to be the mailbox owner's
+/// own (a Maildir's `tmp/ new/ cur/`): nobody else can have created anything in it, so the
+/// components are not checked again (the caller checks what it writes to).
+pub fn make_dirs_in_own_dir(
+    dir: BorrowedFd<'_>,
+    path: &str,
+    mode: Mode,
+) -> Result<(OwnedFd, bool), WalkError> {
+    walk(dir, path, None, Some(mode))
+}
+
+fn walk(
+    dir: BorrowedFd<'_>,
+    path: &str,
+    owner: Option<u32>,
+    create: Option<Mode>,
+) -> Result<(OwnedFd, bool), WalkError> {
     let mut current: Option<OwnedFd> = None;
     let mut walked = String::new();
     let mut created = false;
-    for component in path.split('/').filter(|c| !c.is_empty()) {
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    for (index, component) in components.iter().enumerate() {
         if !walked.is_empty() {
             walked.push('/');
         }
         walked.push_str(component);
         let parent = current.as_ref().map(|fd| fd.as_fd()).unwrap_or(dir);
-        let fail = |errno| WalkError {
-            errno,
-            at: walked.clone(),
+        let fail = |errno| WalkError::errno(errno, &walked);
+        // Directories passed through need only search permission (a 0711 domain directory):
+        // `O_PATH`, enough for `fstat` and as the base of the next open. The last one is opened
+        // for reading (fsync, listing), as a one-step open of the whole path would.
+        let open = |parent: BorrowedFd<'_>| {
+            if index + 1 == components.len() {
+                open_dir(parent, component)
+            } else {
+                open_beneath(
+                    parent,
+                    component,
+                    OFlags::PATH | OFlags::DIRECTORY,
+                    Mode::empty(),
+                )
+            }
         };
-        let next = match open_dir(parent, component) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => {
-                match rustix::fs::mkdirat(parent, component, mode) {
+        let next = match (open(parent), create) {
+            (Ok(fd), _) => fd,
+            (Err(Errno::NOENT), Some(mode)) => {
+                match rustix::fs::mkdirat(parent, *component, mode) {
                     Ok(()) => created = true,
                     // Another delivery created it meanwhile.
                     Err(Errno::EXIST) => {}
                     Err(errno) => return Err(fail(errno)),
                 }
-                open_dir(parent, component).map_err(fail)?
+                open(parent).map_err(fail)?
             }
-            Err(errno) => return Err(fail(errno)),
+            (Err(errno), _) => return Err(fail(errno)),
         };
+        if let Some(owner) = owner {
+            check_trusted(&next, owner, &walked)?;
+        }
         current = Some(next);
     }
     match current {
         Some(fd) => Ok((fd, created)),
         None => open_dir(dir, ".")
             .map(|fd| (fd, false))
-            .map_err(|errno| WalkError {
-                errno,
-                at: ".".into(),
-            }),
+            .map_err(|errno| WalkError::errno(errno, ".")),
     }
 }
 

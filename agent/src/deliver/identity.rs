@@ -13,8 +13,31 @@
 //!
 //! Supplementary groups would still grant access with a switched fsgid, so the process drops
 //! them at start ([`drop_supplementary_groups`]). uid 0 and gid 0 are refused everywhere.
+//!
+//! The directory says which uid owns each mailbox, and anyone who may write the directory's
+//! ConfigMaps can rewrite it, `minimumUid` included. The agent therefore has a floor of its own
+//! ([`set_uid_floor`], the `--minimum-uid` flag the operator sets from the MailServer, never
+//! read from the directory): no uid below it is accepted ([`check_uid`]) or assumed
+//! ([`FsIdentity::assume`]), whatever the directory says.
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::unistd::{Gid, Uid, setfsgid, setfsuid, setgroups};
+
+/// The floor when none is set: Postfix's `virtual_minimum_uid` default, as the MailServer's.
+pub const DEFAULT_UID_FLOOR: u32 = 100;
+
+static UID_FLOOR: AtomicU32 = AtomicU32::new(DEFAULT_UID_FLOOR);
+
+/// Set the process's uid floor (at least 1). Call once at start, from the command line.
+pub fn set_uid_floor(floor: u32) {
+    UID_FLOOR.store(floor.max(1), Ordering::Relaxed);
+}
+
+/// The smallest uid this process delivers as (see [`set_uid_floor`]).
+pub fn uid_floor() -> u32 {
+    UID_FLOOR.load(Ordering::Relaxed)
+}
 
 use super::status::Failure;
 
@@ -44,9 +67,12 @@ impl FsIdentity {
     /// Switch this thread's fsgid then fsuid to `uid`/`gid`. Refuses 0 and -1; fails when the
     /// kernel did not apply the switch (e.g. the process lacks CAP_SETUID).
     pub fn assume(uid: u32, gid: u32) -> Result<FsIdentity, Failure> {
-        if uid == 0 || gid == 0 || uid == u32::MAX || gid == u32::MAX {
+        if uid == 0 || gid == 0 || uid == u32::MAX || gid == u32::MAX || uid < uid_floor() {
             return Err(Failure::Identity {
-                reason: format!("refusing uid/gid {uid}/{gid}"),
+                reason: format!(
+                    "refusing uid/gid {uid}/{gid} (the agent's uid floor is {})",
+                    uid_floor()
+                ),
             });
         }
         // Group first, as Postfix's set_eugid() does; undone by the guard if the uid switch fails.
@@ -94,11 +120,21 @@ impl Drop for RestoreGid {
 }
 
 /// Validate a uid from the directory as Postfix does (spec V9): uid 0, (uid_t)-1 and uids below
-/// the minimum are configuration errors (defer 4.3.5).
+/// the minimum are configuration errors (defer 4.3.5). The minimum is the directory's
+/// `minimum_uid` or the agent's own [`uid_floor`], whichever is higher.
 pub fn check_uid(recipient: &str, uid: u32, minimum_uid: u32) -> Result<(), Failure> {
-    if uid == 0 || uid == u32::MAX || uid < minimum_uid.max(1) {
+    let floor = uid_floor();
+    if uid == 0 || uid == u32::MAX || uid < minimum_uid.max(1) || uid < floor {
+        let below_floor = uid != 0 && uid < floor && uid >= minimum_uid;
         return Err(Failure::Config {
-            warning: format!("recipient {recipient}: bad uid {uid} in virtual_uid_maps"),
+            warning: format!(
+                "recipient {recipient}: bad uid {uid} in virtual_uid_maps{}",
+                if below_floor {
+                    format!(" (below the agent's --minimum-uid {floor})")
+                } else {
+                    String::new()
+                }
+            ),
         });
     }
     Ok(())

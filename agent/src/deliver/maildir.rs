@@ -39,7 +39,7 @@ use super::containment::{self, WalkError, open_beneath};
 use super::mbox::write_all;
 use super::message;
 use super::status::{Failure, Place, Stage};
-use super::{Options, Target, unsafe_path};
+use super::{Options, Target, unsafe_path, untrusted_directory};
 
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
@@ -66,6 +66,9 @@ fn io(what: impl Into<String>, errno: Errno, stage: Stage, target: &Target) -> F
 }
 
 fn walk_failure(target: &Target, prefix: &str, error: WalkError) -> Failure {
+    if error.untrusted.is_some() {
+        return untrusted_directory(target, prefix, &error, Place::Maildir);
+    }
     match containment::unsafe_errno(error.errno) {
         Some(problem) => unsafe_path(
             &target.object,
@@ -110,26 +113,31 @@ fn open_maildir(base: &OwnedFd, target: &Target, create: bool) -> Result<Maildir
     let relative = target.path.trim_end_matches('/');
     let base_prefix = format!("{}/", target.base);
     let root = if create {
-        containment::make_dirs(base.as_fd(), relative, Mode::from_raw_mode(DIR_MODE))
-            .map(|(fd, _)| fd)
+        containment::make_dirs(
+            base.as_fd(),
+            relative,
+            Mode::from_raw_mode(DIR_MODE),
+            target.uid,
+        )
+        .map(|(fd, _)| fd)
     } else {
-        containment::open_dir(base.as_fd(), relative).map_err(|errno| WalkError {
-            errno,
-            at: relative.to_string(),
-        })
+        containment::open_dirs(base.as_fd(), relative, target.uid)
     }
     .map_err(|e| walk_failure(target, &base_prefix, e))?;
     check_owner(&root, &target.full_path, target)?;
     let mut subdirs = Vec::with_capacity(3);
     // DESIGN §4.6: all three always exist after a delivery (virtual(8) may skip cur/, V27).
     for sub in ["tmp", "new", "cur"] {
+        // The root is the recipient's (checked above): `tmp/` and `new/` get the stricter
+        // owner check below, `cur/` is never written here.
         let fd = if create {
-            containment::make_dirs(root.as_fd(), sub, Mode::from_raw_mode(DIR_MODE))
+            containment::make_dirs_in_own_dir(root.as_fd(), sub, Mode::from_raw_mode(DIR_MODE))
                 .map(|(fd, _)| fd)
         } else {
             containment::open_dir(root.as_fd(), sub).map_err(|errno| WalkError {
                 errno,
                 at: sub.to_string(),
+                untrusted: None,
             })
         }
         .map_err(|e| walk_failure(target, &target.full_path, e))?;
@@ -289,6 +297,9 @@ pub fn deliver(
     }
     if target.quota.is_some() {
         record_in_maildirsize(&maildir.root, size);
+        if let Ok(stat) = rustix::fs::fstat(&maildir.root) {
+            USAGE_CACHE.add((stat.st_dev, stat.st_ino), size);
+        }
     }
     clean_stale_tmp(&maildir.tmp, &options.hostname);
     Ok((format!("{}new/{final_name}", target.full_path), size))
@@ -380,13 +391,78 @@ pub fn usage(base: &OwnedFd, target: &Target, quota: u64) -> Option<u64> {
 
 /// Usage from `maildirsize`, recalculated (and rewritten) when it is missing or unusable, as
 /// Dovecot's and Courier's quota code do.
+///
+/// # Security
+///
+/// The mailbox owner controls `maildirsize` and the number of files: a `maildirsize` that is a
+/// directory cannot be rewritten, so every check would rescan the whole Maildir. A scan is
+/// therefore bounded ([`SCAN_LIMIT`] entries, [`SCAN_TIME`]; past either the usage is unknown and
+/// the quota is not enforced for that delivery, as when the Maildir cannot be read), and its
+/// result is kept per Maildir for [`USAGE_CACHE_TIME`], so one owner costs at most one scan per
+/// that time however many recipients and deliveries arrive. Callers run on blocking threads.
 fn usage_of(root: &OwnedFd, quota: u64) -> Option<u64> {
     if let Some(bytes) = read_maildirsize(root) {
         return Some(bytes);
     }
-    let (bytes, count) = recalculate(root)?;
+    let key = rustix::fs::fstat(root).ok().map(|s| (s.st_dev, s.st_ino))?;
+    if let Some(bytes) = USAGE_CACHE.get(key) {
+        return bytes;
+    }
+    let scanned = recalculate(root);
+    USAGE_CACHE.put(key, scanned.map(|(bytes, _)| bytes));
+    let (bytes, count) = scanned?;
     write_maildirsize(root, quota, bytes, count);
     Some(bytes)
+}
+
+/// Largest number of directory entries one usage scan reads.
+const SCAN_LIMIT: u64 = 1_000_000;
+/// Longest time one usage scan runs.
+const SCAN_TIME: Duration = Duration::from_secs(2);
+/// How long a scanned usage is reused while `maildirsize` stays unusable.
+const USAGE_CACHE_TIME: Duration = Duration::from_secs(60);
+/// Maildirs remembered at most (the cache is emptied when full).
+const USAGE_CACHE_ENTRIES: usize = 10_000;
+
+/// A Maildir's device and inode.
+type MaildirId = (u64, u64);
+/// A scanned usage (`None`: the scan hit its bound) and when it was scanned.
+type CachedUsage = (Option<u64>, std::time::Instant);
+
+/// Usage found by scanning, per Maildir (device, inode), for maildirs whose `maildirsize` could
+/// not be used. `None` usage: the scan hit its bound.
+#[derive(Debug, Default)]
+struct UsageCache {
+    entries: std::sync::Mutex<std::collections::HashMap<MaildirId, CachedUsage>>,
+}
+
+static USAGE_CACHE: LazyLock<UsageCache> = LazyLock::new(UsageCache::default);
+
+impl UsageCache {
+    /// A fresh entry: `Some(usage)` (usage itself may be unknown).
+    fn get(&self, key: (u64, u64)) -> Option<Option<u64>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < USAGE_CACHE_TIME)
+            .map(|(bytes, _)| *bytes)
+    }
+
+    fn put(&self, key: (u64, u64), bytes: Option<u64>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= USAGE_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (bytes, std::time::Instant::now()));
+    }
+
+    /// A delivery added `size` bytes to a Maildir whose usage is cached.
+    fn add(&self, key: (u64, u64), size: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((Some(bytes), _)) = entries.get_mut(&key) {
+            *bytes = bytes.saturating_add(size);
+        }
+    }
 }
 
 /// Sum the data lines of `maildirsize`. `None` if missing, too large, with NUL, unparsable or
@@ -419,8 +495,8 @@ fn read_maildirsize(root: &OwnedFd) -> Option<u64> {
     let mut count: i64 = 0;
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let mut fields = line.split_whitespace();
-        bytes += fields.next()?.parse::<i64>().ok()?;
-        count += fields.next()?.parse::<i64>().ok()?;
+        bytes = bytes.checked_add(fields.next()?.parse::<i64>().ok()?)?;
+        count = count.checked_add(fields.next()?.parse::<i64>().ok()?)?;
     }
     if bytes < 0 || count < 0 {
         return None;
@@ -431,10 +507,20 @@ fn read_maildirsize(root: &OwnedFd) -> Option<u64> {
 /// Sum the sizes of the messages in `new/` and `cur/` of the root and of every Maildir++
 /// folder (`.Name/`), Trash included (as Dovecot counts).
 fn recalculate(root: &OwnedFd) -> Option<(u64, u64)> {
-    let mut bytes = 0;
+    let mut bytes: u64 = 0;
     let mut count = 0;
+    let started = std::time::Instant::now();
+    let mut entries_read: u64 = 0;
+    let mut over_bound = || {
+        entries_read += 1;
+        entries_read > SCAN_LIMIT
+            || (entries_read.is_multiple_of(1024) && started.elapsed() > SCAN_TIME)
+    };
     let mut folders = vec![String::new()];
     for entry in Dir::read_from(root).ok()?.flatten() {
+        if over_bound() {
+            return None;
+        }
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.')
             && name != "."
@@ -453,6 +539,9 @@ fn recalculate(root: &OwnedFd) -> Option<(u64, u64)> {
                 continue;
             };
             for entry in entries.flatten() {
+                if over_bound() {
+                    return None;
+                }
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.') {
                     continue;
@@ -463,7 +552,7 @@ fn recalculate(root: &OwnedFd) -> Option<(u64, u64)> {
                         .map(|s| s.st_size as u64)
                 });
                 if let Some(size) = size {
-                    bytes += size;
+                    bytes = bytes.saturating_add(size);
                     count += 1;
                 }
             }

@@ -64,7 +64,7 @@ use super::containment::{self, open_beneath};
 use super::lock;
 use super::message;
 use super::status::{Failure, Place, Stage};
-use super::{Options, Target, unsafe_path};
+use super::{Options, Target, unsafe_path, untrusted_directory};
 
 /// Split `a/b/c` into (`Some("a/b")`, `c`); `c` into (`None`, `c`).
 fn split_parent(path: &str) -> (Option<&str>, &str) {
@@ -104,6 +104,18 @@ fn unsafe_errno(target: &Target, errno: Errno) -> Option<Failure> {
     })
 }
 
+/// V20: the mbox exists but belongs to `uid` (defer, naming both uids).
+fn not_owned(target: &Target, uid: u32) -> Failure {
+    Failure::Refused {
+        place: Place::None,
+        reason: format!("destination {} is not owned by recipient", target.full_path),
+        warning: Some(format!(
+            "recipient {}: {} is owned by uid {uid}, not {} (Mailbox/{})",
+            target.key, target.full_path, target.uid, target.object
+        )),
+    }
+}
+
 /// The current size of the mbox file, for the RCPT-time quota check. `None` when unknown.
 pub fn usage(base: &OwnedFd, target: &Target) -> Option<u64> {
     match open_beneath(base.as_fd(), &target.path, OFlags::PATH, Mode::empty()) {
@@ -130,16 +142,22 @@ pub fn deliver(
     let parent: BorrowedFd<'_> = match parent_path {
         None => base.as_fd(),
         Some(parent_path) => {
-            parent_fd = containment::open_dir(base.as_fd(), parent_path).map_err(|errno| {
-                unsafe_errno(target, errno).unwrap_or_else(|| {
-                    let what = if dotlock_wanted {
-                        format!("unable to create lock file {}.lock", target.full_path)
-                    } else {
-                        "cannot create file exclusively".to_string()
-                    };
-                    io(target, what, errno, Stage::Open)
-                })
-            })?;
+            parent_fd =
+                containment::open_dirs(base.as_fd(), parent_path, target.uid).map_err(|error| {
+                    if error.untrusted.is_some() {
+                        let prefix = format!("{}/", target.base);
+                        let place = Place::Mbox(target.full_path.clone());
+                        return untrusted_directory(target, &prefix, &error, place);
+                    }
+                    unsafe_errno(target, error.errno).unwrap_or_else(|| {
+                        let what = if dotlock_wanted {
+                            format!("unable to create lock file {}.lock", target.full_path)
+                        } else {
+                            "cannot create file exclusively".to_string()
+                        };
+                        io(target, what, error.errno, Stage::Open)
+                    })
+                })?;
             parent_fd.as_fd()
         }
     };
@@ -147,7 +165,15 @@ pub fn deliver(
     // What is there now (lstat): the dotlock is taken only for a missing or regular file.
     let before: Option<Stat> = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) => {
-            match FileType::from_raw_mode(stat.st_mode) {
+            // Another user's FIFO, socket, device or directory where the mbox belongs (a
+            // co-tenant's squatting): defer with their uid named; the type rules below (5.3.5)
+            // are for the recipient's own files. Regular files get the owner check after open.
+            let file_type = FileType::from_raw_mode(stat.st_mode);
+            let special = !matches!(file_type, FileType::RegularFile | FileType::Symlink);
+            if special && stat.st_uid != target.uid {
+                return Err(not_owned(target, stat.st_uid));
+            }
+            match file_type {
                 FileType::RegularFile => {}
                 FileType::Symlink => {
                     return Err(unsafe_path(
@@ -180,14 +206,23 @@ pub fn deliver(
         if let Some(journal) = &journal {
             journal.break_orphaned_dotlock(parent, name, target, &options.hostname, deadline);
         }
-        let dotlock =
-            lock::dotlock(parent, name, deadline, options.stale_lock_time).map_err(|errno| {
-                io(
+        let dotlock = lock::dotlock(parent, name, target.uid, deadline, options.stale_lock_time)
+            .map_err(|error| match error {
+                lock::DotlockError::Errno(errno) => io(
                     target,
                     format!("unable to create lock file {}.lock", target.full_path),
                     errno,
                     Stage::Open,
-                )
+                ),
+                lock::DotlockError::Foreign { uid } => Failure::Refused {
+                    place: Place::Mbox(target.full_path.clone()),
+                    reason: format!("lock file {}.lock is held by another user", target.full_path),
+                    warning: Some(format!(
+                        "recipient {}: {}.lock is owned by uid {uid}, not {} (Mailbox/{}): \
+                         a lock of another user in the mailbox directory; not waited on, not removed",
+                        target.key, target.full_path, target.uid, target.object
+                    )),
+                },
             })?;
         if let Some(journal) = &journal {
             journal.claim_dotlock(parent, name, &options.hostname);
@@ -221,14 +256,7 @@ pub fn deliver(
         ));
     }
     if stat.st_uid != target.uid {
-        return Err(Failure::Refused {
-            place: Place::None,
-            reason: format!("destination {} is not owned by recipient", target.full_path),
-            warning: Some(format!(
-                "recipient {}: {} is owned by uid {}, not {} (Mailbox/{})",
-                target.key, target.full_path, stat.st_uid, target.uid, target.object
-            )),
-        });
+        return Err(not_owned(target, stat.st_uid));
     }
 
     for method in &target.locks {
@@ -298,9 +326,6 @@ pub fn deliver(
 
 /// The first bytes of the journal: who holds the dotlock (padded with NULs).
 const SLOT: u64 = 256;
-
-/// One delivery thread at a time checks and breaks dotlocks of dead deliveries.
-static ORPHANS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// This process: its start (unique with its pid) and pid namespace.
 static PROCESS: LazyLock<(u128, String)> = LazyLock::new(|| {
@@ -383,17 +408,30 @@ struct Journal {
     claimed: std::cell::Cell<bool>,
 }
 
-/// The boundaries of the pieces of an append of `length` bytes at `from`.
+/// The boundaries of the pieces of an append of `length` bytes at `from` (none when the end
+/// does not fit in a `u64`).
 fn piece_ends(from: u64, length: u64) -> impl Iterator<Item = u64> {
-    let end = from + length;
+    let end = from.checked_add(length).unwrap_or(from);
     let mut at = from;
     std::iter::from_fn(move || {
         if at >= end {
             return None;
         }
-        at = ((at / PIECE + 1) * PIECE).min(end);
+        at = (at / PIECE + 1).saturating_mul(PIECE).min(end);
         Some(at)
     })
+}
+
+/// How many pieces [`piece_ends`] yields, computed without walking them (a record's numbers come
+/// from a file the mailbox owner can write). `None` when `from + length` overflows.
+fn piece_count(from: u64, length: u64) -> Option<u64> {
+    let end = from.checked_add(length)?;
+    if length == 0 {
+        return Some(0);
+    }
+    // Pieces end at every multiple of PIECE strictly inside (from, end), and at end.
+    let inner = (end - 1) / PIECE - from / PIECE;
+    Some(inner + 1)
 }
 
 fn piece_hash(bytes: &[u8]) -> String {
@@ -403,35 +441,71 @@ fn piece_hash(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A parsed journal record.
+/// A parsed append record of the mbox journal (see "Crash safety"). Public for the fuzz target
+/// of its parser; nothing outside this module acts on it.
 #[derive(Debug, PartialEq, Eq)]
-struct Intent {
-    dev: u64,
-    ino: u64,
-    from: u64,
-    length: u64,
-    hashes: Vec<String>,
+pub struct AppendIntent {
+    /// Device of the mbox the append was announced for.
+    pub dev: u64,
+    /// Inode of that mbox.
+    pub ino: u64,
+    /// The mbox's length before the append.
+    pub from: u64,
+    /// Bytes of the append; `from + length` fits in a `u64`.
+    pub length: u64,
+    /// Hash of each piece, as many as [`piece_ends`] yields.
+    pub hashes: Vec<String>,
 }
 
-impl Intent {
-    fn parse(text: &str) -> Option<Intent> {
+/// The journal record announcing an append of `data` at `from` to the mbox `dev`/`ino`.
+pub fn append_record(dev: u64, ino: u64, from: u64, data: &[u8]) -> String {
+    let mut record = format!(
+        "{JOURNAL_MAGIC}\ndev {dev} ino {ino}\nfrom {from} length {}\n",
+        data.len()
+    );
+    let mut start = 0usize;
+    for end in piece_ends(from, data.len() as u64) {
+        let end = (end - from) as usize;
+        record.push_str(&piece_hash(&data[start..end]));
+        record.push('\n');
+        start = end;
+    }
+    record.push_str("end\n");
+    record
+}
+
+/// `<a> <x> <b> <y>` with decimal `x` and `y`.
+fn two_numbers(line: &str, a: &str, b: &str) -> Option<(u64, u64)> {
+    let mut w = line.split(' ');
+    (w.next()? == a).then_some(())?;
+    let x = w.next()?.parse().ok()?;
+    (w.next()? == b).then_some(())?;
+    let y = w.next()?.parse().ok()?;
+    w.next().is_none().then_some((x, y))
+}
+
+impl AppendIntent {
+    /// The mbox a record names (its device and inode), read before anything else so that a
+    /// record for another file is never interpreted further.
+    pub fn names(text: &str) -> Option<(u64, u64)> {
         let mut lines = text.lines();
         (lines.next()? == JOURNAL_MAGIC).then_some(())?;
-        let fields = |line: &str, a: &str, b: &str| -> Option<(u64, u64)> {
-            let mut w = line.split(' ');
-            (w.next()? == a).then_some(())?;
-            let x = w.next()?.parse().ok()?;
-            (w.next()? == b).then_some(())?;
-            let y = w.next()?.parse().ok()?;
-            w.next().is_none().then_some((x, y))
-        };
-        let (dev, ino) = fields(lines.next()?, "dev", "ino")?;
-        let (from, length) = fields(lines.next()?, "from", "length")?;
+        two_numbers(lines.next()?, "dev", "ino")
+    }
+
+    /// Parse a complete record. Every number is checked: `from + length` must fit, the piece
+    /// count is computed (never iterated) and must equal the hash lines present, so the work is
+    /// bounded by the length of `text`. A torn record (no `end`) is `None`: the append it
+    /// announces never started.
+    pub fn parse(text: &str) -> Option<AppendIntent> {
+        let (dev, ino) = AppendIntent::names(text)?;
+        let mut lines = text.lines().skip(2);
+        let (from, length) = two_numbers(lines.next()?, "from", "length")?;
+        let pieces = piece_count(from, length)?;
         let mut hashes = Vec::new();
         for line in lines.by_ref() {
             if line == "end" {
-                let pieces = piece_ends(from, length).count();
-                return (hashes.len() == pieces).then_some(Intent {
+                return (hashes.len() as u64 == pieces).then_some(AppendIntent {
                     dev,
                     ino,
                     from,
@@ -439,9 +513,12 @@ impl Intent {
                     hashes,
                 });
             }
+            let hash_like = line.len() == 16 && line.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hash_like || hashes.len() as u64 >= pieces {
+                return None;
+            }
             hashes.push(line.to_string());
         }
-        // Torn record: the append it announces never started.
         None
     }
 }
@@ -450,7 +527,7 @@ impl Journal {
     /// Open (or create, as the recipient) the journal beside mbox `name`. `None` when it cannot
     /// be used: then delivery goes on without crash recovery.
     fn open(parent: BorrowedFd<'_>, name: &str, target: &Target) -> Option<Journal> {
-        let journal_name = format!(".{name}.virtmail-append");
+        let journal_name = virtmail_crds::compile::journal_name(name);
         let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         let fd = match rustix::fs::openat(parent, journal_name.as_str(), flags, Mode::empty()) {
             Ok(fd) => fd,
@@ -493,13 +570,10 @@ impl Journal {
         host: &str,
         deadline: Instant,
     ) {
-        let lock_name = format!("{name}.lock");
+        let lock_name = virtmail_crds::compile::dotlock_name(name);
         if rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_err() {
             return;
         }
-        // Threads of this process judge one at a time even where the directory flock that
-        // `break_dotlock_if` takes is not available.
-        let _one_at_a_time = ORPHANS.lock().unwrap_or_else(|e| e.into_inner());
         let mut slot = [0u8; SLOT as usize];
         let Ok(n) = rustix::io::pread(&self.fd, &mut slot, 0) else {
             return;
@@ -513,7 +587,9 @@ impl Journal {
                 && owner.ctime == (lock.st_ctime, lock.st_ctime_nsec as i64)
                 && owner.is_dead(host)
         };
-        match lock::break_dotlock_if(parent, &lock_name, deadline, orphaned) {
+        // Judged under the directory lock (breakers are serialized there); no lock of this
+        // process is held while waiting for it, as a user can hold it.
+        match lock::break_dotlock_if(parent, &lock_name, target.uid, deadline, orphaned) {
             Ok(true) => tracing::warn!(
                 "{}.lock: removed the dotlock of a delivery that died (pid {})",
                 target.full_path,
@@ -529,7 +605,7 @@ impl Journal {
 
     /// Record the dotlock just taken as ours (no fsync: only a process crash needs it).
     fn claim_dotlock(&self, parent: BorrowedFd<'_>, name: &str, host: &str) {
-        let lock_name = format!("{name}.lock");
+        let lock_name = virtmail_crds::compile::dotlock_name(name);
         let Ok(lock) = rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
         else {
             return;
@@ -567,13 +643,32 @@ impl Journal {
         } else {
             None
         };
-        let intent = text.as_deref().and_then(Intent::parse);
-        if let Some(intent) = intent
-            && let Ok(now) = rustix::fs::fstat(file)
-            && now.st_dev == intent.dev
-            && now.st_ino == intent.ino
-        {
+        let Ok(now) = rustix::fs::fstat(file) else {
+            return;
+        };
+        // The file named comes first: a record for another file is debris (a copied or planted
+        // journal), reported and never interpreted.
+        let text = text.unwrap_or_default();
+        match AppendIntent::names(&text) {
+            Some(named) if named == (now.st_dev, now.st_ino) => {}
+            named => {
+                tracing::warn!(
+                    "{}: journal {} does not describe this mbox ({}); ignored and overwritten",
+                    target.full_path,
+                    self.name,
+                    match named {
+                        Some((dev, ino)) => format!("it names device {dev} inode {ino}"),
+                        None => "no complete record".to_string(),
+                    }
+                );
+                self.clear();
+                return;
+            }
+        }
+        let intent = AppendIntent::parse(&text);
+        if let Some(intent) = intent {
             let size = now.st_size as u64;
+            // `parse` guarantees the sum fits; `from` is bounded by the file's real size here.
             if size > intent.from && size < intent.from + intent.length {
                 // The append-only descriptor cannot be read: a second one, for the same inode.
                 let reader = open_beneath(
@@ -620,20 +715,7 @@ impl Journal {
 
     /// Step 2: announce an append of `data` at `from`, durably.
     fn announce(&self, stat: &Stat, from: u64, data: &[u8]) -> Result<(), Errno> {
-        let mut record = format!(
-            "{JOURNAL_MAGIC}\ndev {} ino {}\nfrom {from} length {}\n",
-            stat.st_dev,
-            stat.st_ino,
-            data.len()
-        );
-        let mut start = 0usize;
-        for end in piece_ends(from, data.len() as u64) {
-            let end = (end - from) as usize;
-            record.push_str(&piece_hash(&data[start..end]));
-            record.push('\n');
-            start = end;
-        }
-        record.push_str("end\n");
+        let record = append_record(stat.st_dev, stat.st_ino, from, data);
         rustix::fs::ftruncate(&self.fd, SLOT)?;
         let mut written = 0;
         while written < record.len() {
@@ -684,7 +766,7 @@ impl Drop for Claim<'_> {
 
 /// Whether the bytes of `file` from `intent.from` to `size` are exactly the first pieces of the
 /// announced append.
-fn verify(file: &OwnedFd, intent: &Intent, size: u64) -> bool {
+fn verify(file: &OwnedFd, intent: &AppendIntent, size: u64) -> bool {
     let mut start = intent.from;
     for (end, want) in piece_ends(intent.from, intent.length).zip(&intent.hashes) {
         if end > size {
@@ -837,21 +919,62 @@ mod tests {
     }
 
     #[test]
+    fn piece_count_is_what_piece_ends_yields() {
+        for from in [0u64, 1, 4095, 4096, 4097, 10_000, 1 << 40] {
+            for length in [0u64, 1, 95, 96, 4095, 4096, 4097, 100_000] {
+                assert_eq!(
+                    piece_count(from, length),
+                    Some(piece_ends(from, length).count() as u64),
+                    "{from} {length}"
+                );
+            }
+        }
+        assert_eq!(piece_count(u64::MAX, 1), None);
+        assert_eq!(piece_ends(u64::MAX, 1).count(), 0);
+    }
+
+    #[test]
+    fn journal_numbers_are_bounded_by_the_record_never_iterated() {
+        let started = Instant::now();
+        for (from, length) in [(0, u64::MAX), (u64::MAX - 10, 4096), (u64::MAX, u64::MAX)] {
+            let record = format!(
+                "{JOURNAL_MAGIC}\ndev 1 ino 2\nfrom {from} length {length}\n0123456789abcdef\nend\n"
+            );
+            assert_eq!(AppendIntent::parse(&record), None, "{from} {length}");
+            assert_eq!(AppendIntent::names(&record), Some((1, 2)));
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let data = vec![b'x'; 10_000];
+        let record = append_record(3, 4, 4000, &data);
+        let intent = AppendIntent::parse(&record).expect("our own record");
+        assert_eq!(
+            (intent.from, intent.length, intent.hashes.len()),
+            (4000, 10_000, 4)
+        );
+        let not_hex = record.replacen(&intent.hashes[0], "zzzzzzzzzzzzzzzz", 1);
+        assert_eq!(AppendIntent::parse(&not_hex), None);
+    }
+
+    #[test]
     fn journal_records_parse_only_when_complete() {
         let record = format!(
             "{JOURNAL_MAGIC}\ndev 1 ino 2\nfrom 4000 length 200\n{}\n{}\nend\n",
             piece_hash(b"a"),
             piece_hash(b"b")
         );
-        let intent = Intent::parse(&record).expect("complete record");
+        let intent = AppendIntent::parse(&record).expect("complete record");
         assert_eq!(
             (intent.dev, intent.ino, intent.from, intent.length),
             (1, 2, 4000, 200)
         );
         assert_eq!(intent.hashes.len(), 2);
-        assert_eq!(Intent::parse(&record[..record.len() - 4]), None, "torn");
-        assert_eq!(Intent::parse("From someone\n"), None, "not ours");
+        assert_eq!(
+            AppendIntent::parse(&record[..record.len() - 4]),
+            None,
+            "torn"
+        );
+        assert_eq!(AppendIntent::parse("From someone\n"), None, "not ours");
         let wrong_count = record.replacen(&format!("{}\n", piece_hash(b"b")), "", 1);
-        assert_eq!(Intent::parse(&wrong_count), None);
+        assert_eq!(AppendIntent::parse(&wrong_count), None);
     }
 }

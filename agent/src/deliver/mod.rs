@@ -155,10 +155,66 @@ fn unsafe_path(
     }
 }
 
+/// Why an envelope address (sender, recipient, original recipient) may not be used, or `None`.
+///
+/// # Security
+///
+/// Envelope addresses are written into the mailbox: the sender into `Return-Path:` and the
+/// mbox `From_` line, the recipients into `Delivered-To:` and `X-Original-To:`. A CR, LF or
+/// NUL there would end the header early and let the sender add headers (or a fake `From_`
+/// line, i.e. a second message) that the agent vouches for. Every entry point (LMTP `MAIL`,
+/// `RCPT` and `ORCPT=`, the `deliver` CLI's arguments) refuses such addresses with this one
+/// function, and the engine checks again before it writes.
+pub fn address_problem(address: &str) -> Option<&'static str> {
+    if address.contains('\n') {
+        Some("contains a line feed")
+    } else if address.contains('\r') {
+        Some("contains a carriage return")
+    } else if address.contains('\0') {
+        Some("contains a NUL byte")
+    } else {
+        None
+    }
+}
+
+/// A directory on the mailbox path that someone other than root and the recipient controls
+/// (see [`containment::trusted`]): defer, naming it and its owner.
+fn untrusted_directory(
+    target: &Target,
+    prefix: &str,
+    error: &containment::WalkError,
+    place: Place,
+) -> Failure {
+    let (_, _, foreign) = error.untrusted.unwrap_or_default();
+    let reason = if foreign {
+        format!("{prefix}{} is not owned by recipient", error.at)
+    } else {
+        format!("{prefix}{} is writable by others and not sticky", error.at)
+    };
+    Failure::Refused {
+        place,
+        reason,
+        warning: Some(format!(
+            "recipient {}: {prefix}{}; refusing delivery to {} (Mailbox/{})",
+            target.key,
+            error.untrusted_reason().unwrap_or_default(),
+            target.full_path,
+            target.object
+        )),
+    }
+}
+
 /// Resolve a recipient without touching the disk (spec V2–V10, V13–V15): lookup, deferring
 /// entries, suspension, uid/gid and path rules.
 pub fn resolve(directory: &Directory, recipient: &str) -> Result<Target, Status> {
     let settings = &directory.settings;
+    if let Some(problem) = address_problem(recipient) {
+        return Err(Failure::BadAddress {
+            role: status::Role::Recipient,
+            problem,
+        }
+        .into());
+    }
     let folded = fold(recipient);
     // V13 (virtual(8) dies at the first recipient; we defer as a configuration error).
     if !settings.mailbox_base.starts_with('/') {
@@ -331,6 +387,15 @@ fn deliver_inner(
     message: &[u8],
     options: &Options,
 ) -> Result<(String, u64), Failure> {
+    for (role, address) in [
+        (status::Role::Sender, sender),
+        (status::Role::Recipient, original_recipient),
+        (status::Role::Recipient, target.recipient.as_str()),
+    ] {
+        if let Some(problem) = address_problem(address) {
+            return Err(Failure::BadAddress { role, problem });
+        }
+    }
     if message::has_delivered_to(message, &target.recipient) {
         return Err(Failure::Loop {
             recipient: target.recipient.clone(),

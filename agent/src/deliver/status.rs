@@ -200,11 +200,27 @@ pub enum Failure {
         /// The recipient as written in Delivered-To.
         recipient: String,
     },
+    /// An envelope address with CR, LF or NUL (see [`super::address_problem`]): never written.
+    BadAddress {
+        /// Which address.
+        role: Role,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// The recipient's identity could not be assumed (setfsuid did not take effect).
     Identity {
         /// What happened.
         reason: String,
     },
+}
+
+/// Which envelope address a [`Failure::BadAddress`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The envelope sender (5.1.7).
+    Sender,
+    /// A recipient or original recipient (5.1.3).
+    Recipient,
 }
 
 /// Postfix `mbox_dsn(errno, default)`: EAGAIN/ESTALE→4.2.0, ENOSPC→4.3.0, EDQUOT/EFBIG→5.2.2.
@@ -296,6 +312,16 @@ pub fn classify(failure: &Failure) -> Status {
             Code(5, 4, 6),
             format!("mail forwarding loop for {recipient}"),
         ),
+        Failure::BadAddress { role, problem } => match role {
+            Role::Sender => Status::new(
+                Code(5, 1, 7),
+                format!("bad sender address syntax: the address {problem}"),
+            ),
+            Role::Recipient => Status::new(
+                Code(5, 1, 3),
+                format!("bad recipient address syntax: the address {problem}"),
+            ),
+        },
         Failure::Identity { reason } => Status::new(
             Code(4, 3, 0),
             format!("cannot assume the recipient's identity: {reason}"),

@@ -1,9 +1,14 @@
 //! A minimal HTTP/1.x server for `/healthz`, `/readyz` and `/metrics`.
 //!
 //! # Security
-//! Requests are untrusted: the request head is capped at 8 KiB and 5 seconds, only `GET` and
-//! `HEAD` of three fixed paths are answered, every response closes the connection, and nothing in
-//! the request is echoed back.
+//! Anyone who can reach the port is untrusted (the operator's NetworkPolicy admits only the
+//! metrics scraper's namespace, but the agent does not rely on it): at most
+//! [`MAX_CONNECTIONS`] connections are served at once and more are closed at once (see
+//! `accept_http`), the request head is capped at 8 KiB and [`HEAD_TIMEOUT`], the response write
+//! at [`WRITE_TIMEOUT`], only `GET` and `HEAD` of three fixed paths are answered, every response
+//! closes the connection, and nothing in the request is echoed back. `/readyz` says only
+//! `ready` or `not ready`; what is loaded (server, version, sizes, source problems) is on
+//! `/metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +19,17 @@ use super::Shared;
 use super::metrics::Proto;
 
 const MAX_HEAD: usize = 8192;
+/// Connections served at once; a scraper and the kubelet's probes need a handful.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Time a client has to send its request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time a client has to take the response.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serve one request and close.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Shared>) {
     let _open = shared.metrics.open(Proto::Http);
-    let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut stream)).await;
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
     let (status, content_type, body, head_only) = match head {
         Ok(Some(head)) => respond(&head, &shared),
         Ok(None) => (400, "text/plain", "bad request\n".to_string(), false),
@@ -38,7 +49,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc
     if !head_only {
         response.push_str(&body);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await
     })
@@ -62,23 +73,6 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
             return None;
         }
     }
-}
-
-/// Why the newest directory version is not served, one line per fact (fail static: the last
-/// good version keeps serving meanwhile).
-fn source_detail(shared: &Shared) -> String {
-    let Some(state) = &shared.source else {
-        return String::new();
-    };
-    let status = state.get();
-    let mut out = String::new();
-    if let Some(pending) = &status.pending {
-        out.push_str(&format!("pending: {pending}\n"));
-    }
-    if let Some(error) = &status.watch_error {
-        out.push_str(&format!("source error: {error}\n"));
-    }
-    out
 }
 
 /// Gauges of the directory source: 1 while a newer version cannot be served, 1 while the source
@@ -113,26 +107,10 @@ fn respond(head: &str, shared: &Shared) -> (u16, &'static str, String, bool) {
         "/healthz" => (200, text, "ok\n".to_string()),
         "/readyz" => {
             let stopping = *shared.shutdown.borrow();
-            match shared.directory.current() {
-                _ if stopping => (503, text, "not ready: shutting down\n".to_string()),
-                Some(loaded) => (
-                    200,
-                    text,
-                    format!(
-                        "ready: server {} directory version {} ({} domains, {} mailboxes, {} aliases)\n{}",
-                        loaded.directory.settings.server,
-                        loaded.version,
-                        loaded.directory.domains.len(),
-                        loaded.directory.mailboxes.len(),
-                        loaded.directory.aliases.len(),
-                        source_detail(shared)
-                    ),
-                ),
-                None => (
-                    503,
-                    text,
-                    format!("not ready: no directory loaded\n{}", source_detail(shared)),
-                ),
+            if !stopping && shared.directory.current().is_some() {
+                (200, text, "ready\n".to_string())
+            } else {
+                (503, text, "not ready\n".to_string())
             }
         }
         "/metrics" => (

@@ -299,6 +299,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             }
         }
         let sender = unquote_address(&path);
+        if crate::deliver::address_problem(&sender).is_some() {
+            return self.error("501 5.1.7 Bad sender address syntax").await;
+        }
         if !sender.is_ascii() && !smtputf8 {
             return self
                 .reply("553 5.6.7 Non-ASCII sender requires SMTPUTF8")
@@ -344,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 }
             }
         }
-        if !plausible_address(&address) {
+        if !plausible_address(&address) || crate::deliver::address_problem(&address).is_some() {
             return self.error("501 5.1.3 Bad recipient address syntax").await;
         }
         if !address.is_ascii() && !smtputf8 {
@@ -356,13 +359,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             self.shared.metrics.rcpt_refused(4);
             return self.reply("452 4.5.3 Too many recipients").await;
         }
-        let check = match self.tx.as_ref().and_then(|t| t.snapshot.as_ref()) {
+        let check = match self.tx.as_ref().and_then(|t| t.snapshot.clone()) {
             None => Err(Status {
                 code: 451,
                 enhanced: "4.3.0".into(),
                 text: "Directory not loaded yet".into(),
             }),
-            Some(loaded) => self.shared.backend.precheck(&loaded.directory, &address),
+            Some(loaded) => {
+                // The check may read the disk (quota): on the blocking pool, never on a runtime
+                // worker that socketmap, other sessions and /healthz share.
+                let backend = self.shared.backend.clone();
+                let rcpt = address.clone();
+                tokio::task::spawn_blocking(move || backend.precheck(&loaded.directory, &rcpt))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status {
+                            code: 451,
+                            enhanced: "4.3.0".into(),
+                            text: "Internal error while checking the recipient".into(),
+                        })
+                    })
+            }
         };
         match check {
             Ok(()) => {
@@ -752,7 +769,7 @@ fn decode_orcpt(value: &str) -> Option<String> {
     }
     let text = String::from_utf8(out).ok()?;
     let text = unquote_address(text.trim_start_matches('<').trim_end_matches('>'));
-    plausible_address(&text).then_some(text)
+    (plausible_address(&text) && crate::deliver::address_problem(&text).is_none()).then_some(text)
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ pub struct Metrics {
     lookups: [[AtomicU64; RESULTS.len()]; MAPS.len()],
     open: [AtomicI64; 3],
     connections_refused: AtomicU64,
+    http_connections_refused: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload_diagnostics: AtomicU64,
@@ -86,6 +87,11 @@ impl Metrics {
             metrics: self,
             proto,
         }
+    }
+
+    /// An HTTP connection closed at once for the HTTP connection limit.
+    pub fn refused_http_connection(&self) {
+        self.http_connections_refused.fetch_add(1, Relaxed);
     }
 
     /// A connection refused for the connection limit.
@@ -205,6 +211,17 @@ impl Metrics {
             o,
             "virtmail_connections_refused_total {}",
             self.connections_refused.load(Relaxed)
+        );
+        header(
+            o,
+            "virtmail_http_connections_refused_total",
+            "counter",
+            "HTTP connections closed unanswered at the HTTP connection limit.",
+        );
+        let _ = writeln!(
+            o,
+            "virtmail_http_connections_refused_total {}",
+            self.http_connections_refused.load(Relaxed)
         );
         header(
             o,

@@ -305,8 +305,23 @@ async fn accept_socketmap(listener: Listener, shared: Arc<Shared>) {
 }
 
 async fn accept_http(listener: Listener, shared: Arc<Shared>) {
+    // Capped: an idle or slow client holds a permit until its timeout, and more clients than
+    // this are closed at once instead of costing a task and a descriptor each.
+    let clients = Arc::new(Semaphore::new(http::MAX_CONNECTIONS));
     while let Some(stream) = accept_until_stopped(&listener, &shared).await {
-        tokio::spawn(http::serve(stream, shared.clone()));
+        match clients.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    http::serve(stream, shared).await;
+                });
+            }
+            Err(_) => {
+                shared.metrics.refused_http_connection();
+                drop(stream);
+            }
+        }
     }
 }
 

@@ -214,7 +214,11 @@ impl World {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn virtmail-agent");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        // The CLI may exit before reading (a refused argument): a broken pipe is not an error.
+        let written = child.stdin.take().unwrap().write_all(stdin);
+        if let Err(error) = written {
+            assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
+        }
         let output = child.wait_with_output().unwrap();
         (
             String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -88,12 +88,13 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("resources")).unwrap();
         // Deliveries run as uid 5000/5001: the path to the base must be searchable, and the
-        // domain directories (provisioned by an operator in production) writable by both.
+        // domain directories (provisioned by an operator in production) writable by both and
+        // sticky, as the agent requires of a shared directory on a mailbox path.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         for domain in ["example.test", "catchall.test"] {
             let path = dir.path().join("mail").join(domain);
             std::fs::create_dir_all(&path).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o1777)).unwrap();
         }
         std::fs::set_permissions(
             dir.path().join("mail"),

@@ -373,3 +373,66 @@ fn same_second_creation_is_decided_by_name_whatever_the_cache_order() {
     );
     assert_eq!(forward.directory, backward.directory);
 }
+
+#[test]
+fn names_the_agent_derives_from_an_mbox_path_are_reserved() {
+    let c = compile_fixture("reserved-names.yaml", None);
+    let conflict = |name: &str| {
+        (
+            "Mailbox/".to_string() + name,
+            Reason::PathConflict,
+            Effect::Deferring,
+        )
+    };
+    assert_eq!(
+        reasons(&c),
+        vec![
+            conflict("bob-journal"),
+            conflict("bob-lock"),
+            conflict("bob-lock-maildir"),
+            conflict("carol"),
+            conflict("inside-lock"),
+        ],
+        "a Maildir derives no name beside itself: dave.lock is free"
+    );
+    assert!(
+        c.diagnostic(&ObjectRef {
+            kind: Kind::Mailbox,
+            name: "bob-lock".into()
+        })
+        .is_some_and(|d| d.message.contains("Mailbox/bob")),
+        "the diagnostic names the mailbox whose name is taken"
+    );
+    assert!(c.directory.mailboxes["bob@example.test"].defer.is_none());
+    assert!(c.directory.mailboxes["squat@example.test"].defer.is_none());
+}
+
+#[test]
+fn maildomain_owner_ranges_bound_the_uids_and_gids_of_its_mailboxes() {
+    let c = compile_fixture("domain-owner-range.yaml", None);
+    assert_eq!(
+        reasons(&c),
+        vec![
+            (
+                "Mailbox/root-ish".into(),
+                Reason::InvalidOwner,
+                Effect::Deferring
+            ),
+            (
+                "Mailbox/wheel".into(),
+                Reason::InvalidOwner,
+                Effect::Deferring
+            ),
+        ]
+    );
+    assert!(
+        c.diagnostic(&ObjectRef {
+            kind: Kind::Mailbox,
+            name: "root-ish".into()
+        })
+        .is_some_and(|d| d.message.contains("uidRange 5000-5099")),
+        "{:?}",
+        c.diagnostics
+    );
+    assert!(c.directory.mailboxes["bob@example.test"].defer.is_none());
+}

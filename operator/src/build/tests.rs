@@ -423,4 +423,58 @@ fn replicas_above_one_without_a_shared_claim_run_one_and_are_refused() {
     let d = desired(&server, &encoded, &BuildConfig::default());
     assert_eq!(d.stateful_set.spec.replicas, Some(3));
     assert!(d.refused_parameters.is_empty());
+
+#[test]
+fn agent_gets_its_own_uid_floor_from_the_mailserver() {
+    let (mut server, encoded) = example_server("1-virtual-for-all-mail");
+    server.spec.minimum_uid = 2000;
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    let pod = d.stateful_set.spec.template.spec.expect("pod");
+    let agent = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "agent")
+        .expect("agent");
+    let args = agent.args.clone().unwrap_or_default().join(" ");
+    assert!(args.contains("--minimum-uid 2000"), "{args}");
+}
+
+#[test]
+fn network_policy_admits_smtp_from_anywhere_and_http_only_from_the_metrics_namespace() {
+    let (mut server, encoded) = example_server("1-virtual-for-all-mail");
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    assert_eq!(d.network_policy.metadata.name.as_deref(), Some("mail"));
+    let spec = d.network_policy.spec.clone().expect("spec");
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let ingress = spec.ingress.clone().unwrap_or_default();
+    assert_eq!(ingress.len(), 1, "no metrics namespace: HTTP from nobody");
+    assert!(ingress[0].from.is_none(), "SMTP from anywhere");
+    server.spec.agent = Some(virtmail_crds::resources::AgentSpec {
+        metrics_namespace: Some("monitoring".into()),
+        ..Default::default()
+    });
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    let ingress = d
+        .network_policy
+        .spec
+        .clone()
+        .and_then(|s| s.ingress)
+        .unwrap_or_default();
+    assert_eq!(ingress.len(), 2);
+    let http = &ingress[1];
+    assert_eq!(
+        http.ports.as_ref().and_then(|p| p[0].port.clone()),
+        Some(IntOrString::Int(AGENT_HTTP_PORT))
+    );
+    let from = http.from.clone().unwrap_or_default();
+    assert_eq!(
+        from[0]
+            .namespace_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .and_then(|l| l.get("kubernetes.io/metadata.name"))
+            .map(String::as_str),
+        Some("monitoring")
+    );
+    assert!(owned_by(&d.network_policy, &server));
 }

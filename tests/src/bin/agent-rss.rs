@@ -77,7 +77,8 @@ fn measure(agent_binary: &std::path::Path, mailboxes: usize) -> Row {
     let started = Instant::now();
     let mut agent = Process::start("agent", command);
     wait_for("the directory loaded", Duration::from_secs(300), || {
-        http_get(port, "/readyz").filter(|(_, body)| body.contains(&version))
+        // /readyz says only ready or not; the loaded version is on /metrics.
+        http_get(port, "/metrics").filter(|(_, body)| body.contains(&version))
     });
     let loaded = started.elapsed();
     // One provisioning round: every Maildir's cur/ (or mbox file) exists.
