@@ -423,6 +423,7 @@ fn replicas_above_one_without_a_shared_claim_run_one_and_are_refused() {
     let d = desired(&server, &encoded, &BuildConfig::default());
     assert_eq!(d.stateful_set.spec.replicas, Some(3));
     assert!(d.refused_parameters.is_empty());
+}
 
 #[test]
 fn agent_gets_its_own_uid_floor_from_the_mailserver() {
