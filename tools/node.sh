@@ -25,6 +25,8 @@ PROVISIONER="virtmail.dev/hostpath"
 NODE_OWNER_FILE="/run/virtmail-node.owner"
 CNI_BIN_DIR="${VIRTMAIL_CNI_BIN_DIR:-/usr/lib/cni}"
 
+# The archives tools/images.sh writes (same default and override as there).
+IMAGES_DIR="${VIRTMAIL_IMAGES_DIR:-$ROOT/target/images}"
 NODE="$STATE/node"
 NODE_SOCK="$NODE/run/containerd.sock"
 NODE_STORAGE="$STATE/storage"
@@ -89,7 +91,7 @@ node_binaries() {
     log "missing or stale: ${missing[*]}; building"
     cmd_build
   fi
-  if [[ ! -f "$ROOT/target/images/pause.oci.tar" ]]; then
+  if [[ ! -f "$IMAGES_DIR/pause.oci.tar" ]]; then
     log "building the pod sandbox image (tools/images.sh build pause)"
     "$SCRIPT_DIR/images.sh" build pause || die "the pause image could not be built"
   fi
@@ -441,13 +443,13 @@ node_up() {
   PATH="$TOOLS_BIN:$PATH" start containerd "$TOOLS_BIN/containerd" --config "$NODE/etc/containerd.toml" --log-level warn
   node_cgroup_join "$(pid_of containerd)"
   wait_for "containerd ($NODE_SOCK)" containerd_ready containerd
-  "$TOOLS_BIN/ctr" --address "$NODE_SOCK" --namespace k8s.io images import "$ROOT/target/images/pause.oci.tar" >/dev/null 2> >(quiet_ctr) \
+  "$TOOLS_BIN/ctr" --address "$NODE_SOCK" --namespace k8s.io images import "$IMAGES_DIR/pause.oci.tar" >/dev/null 2> >(quiet_ctr) \
     || die "importing the pause image into containerd failed"
   local img
   for img in operator agent postfix; do
-    if [[ -f "$ROOT/target/images/$img.oci.tar" ]]; then
-      "$TOOLS_BIN/ctr" --address "$NODE_SOCK" --namespace k8s.io images import "$ROOT/target/images/$img.oci.tar" >/dev/null 2> >(quiet_ctr) \
-        || die "importing target/images/$img.oci.tar into containerd failed"
+    if [[ -f "$IMAGES_DIR/$img.oci.tar" ]]; then
+      "$TOOLS_BIN/ctr" --address "$NODE_SOCK" --namespace k8s.io images import "$IMAGES_DIR/$img.oci.tar" >/dev/null 2> >(quiet_ctr) \
+        || die "importing $IMAGES_DIR/$img.oci.tar into containerd failed"
     fi
   done
 
