@@ -316,8 +316,15 @@ groups_for() {
 
 new_token() { openssl rand -hex 24; }
 
+# write_kubeconfig FILE USER TOKEN SERVER: a kubeconfig with a bearer token.
 write_kubeconfig() {
-  local file="$1" user="$2" token="$3" server="$4"
+  write_kubeconfig_with "$1" "$2" "$4" "    token: $3"
+}
+
+# write_kubeconfig_with FILE USER SERVER CREDENTIALS: CREDENTIALS are the `user:` lines (a
+# token, or a client certificate and key), indented four spaces.
+write_kubeconfig_with() {
+  local file="$1" user="$2" server="$3" credentials="$4"
   local ca; ca="$(base64 -w0 "$STATE/pki/ca.crt")"
   # Private from the start, without changing the umask the plane's processes inherit.
   install -m 600 /dev/null "$file"
@@ -332,7 +339,7 @@ clusters:
 users:
 - name: $user
   user:
-    token: $token
+$credentials
 contexts:
 - name: virtmail
   context:

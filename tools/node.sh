@@ -251,30 +251,6 @@ gen_node_certs() {
   ) || die "openssl failed generating the node's certificates in $d"
 }
 
-write_kubelet_kubeconfig() {
-  local file="$1" server="$2" pki="$STATE/pki"
-  # Private from the start, without changing the umask the plane's processes inherit.
-  install -m 600 /dev/null "$file"
-  cat >"$file" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: virtmail
-  cluster:
-    server: $server
-    certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
-users:
-- name: system:node:$NODE_NAME
-  user:
-    client-certificate-data: $(base64 -w0 "$pki/kubelet-client.crt")
-    client-key-data: $(base64 -w0 "$pki/kubelet-client.key")
-contexts:
-- name: virtmail
-  context: {cluster: virtmail, user: "system:node:$NODE_NAME"}
-current-context: virtmail
-EOF
-}
-
 write_node_config() {
   local p_kubelet="$1" p_kubelet_health="$2" p_proxy_health="$3" p_proxy_metrics="$4"
   mkdir -p "$NODE"/{containerd/root,run,cni/net.d,cni/ipam,kubelet,pod-logs,etc}
@@ -437,7 +413,9 @@ node_up() {
   printf 'kubelet %s\nkubelet-healthz %s\nkube-proxy-healthz %s\nkube-proxy-metrics %s\nkube-scheduler %s\n' \
     "$p_kubelet" "$p_kh" "$p_ph" "$p_pm" "$p_sched" >>"$STATE/ports"
   write_node_config "$p_kubelet" "$p_kh" "$p_ph" "$p_pm"
-  write_kubelet_kubeconfig "$STATE/kubeconfig/kubelet.kubeconfig" "$(cat "$STATE/server")"
+  write_kubeconfig_with "$STATE/kubeconfig/kubelet.kubeconfig" "system:node:$NODE_NAME" "$(cat "$STATE/server")" \
+    "    client-certificate-data: $(base64 -w0 "$STATE/pki/kubelet-client.crt")
+    client-key-data: $(base64 -w0 "$STATE/pki/kubelet-client.key")"
 
   # containerd finds its shim and runc on PATH; the shims it starts stay in its cgroup.
   PATH="$TOOLS_BIN:$PATH" start containerd "$TOOLS_BIN/containerd" --config "$NODE/etc/containerd.toml" --log-level warn
