@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{self, Cluster, TestNamespace, run, run_with_stdin};
+use crate::cluster::{self, Cluster, TestNamespace, run};
 use crate::workspace_root;
 
 /// The plane with its node, and the project's images built from the current sources and
@@ -269,15 +269,7 @@ pub fn eventually<T>(
     }
 }
 
-/// Pipes YAML into `kubectl create -f -` as the admin (no namespace).
-#[track_caller]
-pub fn create_cluster_scoped(cluster: &Cluster, yaml: &str) {
-    if let Err(e) = run_with_stdin(cluster.kubectl().args(["apply", "-f", "-"]), yaml) {
-        panic!("kubectl apply failed: {e}");
-    }
-}
-
-/// Whether `path` (below the node's storage) is owned by `uid`.
+/// The owner uid of `path` (a file the node's volumes hold, read on the host).
 pub fn owner_uid(path: &Path) -> std::io::Result<u32> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::symlink_metadata(path)?.uid())

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use virtmail_tests::cluster::TestNamespace;
 use virtmail_tests::node::{self, apply, banner, eventually, exec, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -15,7 +16,6 @@ const MINUTE: Duration = Duration::from_secs(60);
 fn node_registers_ready_with_its_own_identity() {
     let cluster = node::cluster();
     let node = cluster.node();
-    let ns = cluster.namespace("node-ready");
     let object: serde_json::Value = serde_json::from_str(
         &virtmail_tests::cluster::run(
             cluster
@@ -57,7 +57,6 @@ fn node_registers_ready_with_its_own_identity() {
     );
     // The kubelet's identity is its own (Node authorizer): it may read its own Node but, under
     // NodeRestriction, may not label another.
-    drop(ns);
     let other = virtmail_tests::cluster::run_with_stdin(
         cluster
             .kubectl()
@@ -87,44 +86,15 @@ fn a_pod_of_each_image_starts() {
     assert_eq!(agent.trim(), format!("virtmail-agent {version}"));
 
     // Postfix: the entrypoint applies a profile from the mounted ConfigMap and answers on 25.
-    apply(
+    postfix_behind_a_service(
         &ns,
-        &format!(
-            r#"apiVersion: v1
-kind: ConfigMap
-metadata: {{name: profile}}
-data:
-  main.cf: |
-    # a comment line is skipped
-    myhostname = smoke.virtmail.test
-    smtpd_banner = $myhostname ESMTP smoke
-  master.cf: |
-    smtp/inet/chroot = n
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: postfix, labels: {{app: postfix}}}}
-spec:
-  containers:
-  - name: postfix
-    image: {image}
-    imagePullPolicy: Never
-    ports: [{{containerPort: 25}}]
-    volumeMounts: [{{name: profile, mountPath: /etc/virtmail/postfix}}]
-  volumes: [{{name: profile, configMap: {{name: profile}}}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: smtp}}
-spec:
-  selector: {{app: postfix}}
-  ports: [{{port: 25, targetPort: 25}}]
-"#,
-            image = node::image("postfix")
-        ),
+        "postfix",
+        "# a comment line is skipped\nmyhostname = smoke.virtmail.test\nsmtpd_banner = $myhostname ESMTP smoke\n",
+        "smtp/inet/chroot = n\n",
+        25,
     );
     wait_for(&ns, "pod/postfix", "condition=Ready", MINUTE * 2);
-    let ip = node::cluster_ip(&ns, "smtp");
+    let ip = node::cluster_ip(&ns, "postfix");
     let greeting = eventually("the Postfix pod greets through its Service", MINUTE, || {
         banner(&ip, 25, Duration::from_secs(5)).map_err(|e| e.to_string())
     });
@@ -216,33 +186,11 @@ fn services_reach_pods_from_the_host_and_from_pods_and_nothing_leaves_the_machin
     let ns = cluster.namespace("node-network");
     let image = node::image("postfix");
     let kubectl = cluster.kubectl.display().to_string();
+    postfix_behind_a_service(&ns, "server", "myhostname = net.virtmail.test\n", "", 2525);
     apply(
         &ns,
         &format!(
             r#"apiVersion: v1
-kind: ConfigMap
-metadata: {{name: profile}}
-data: {{main.cf: "myhostname = net.virtmail.test\n", master.cf: ""}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: server, labels: {{app: server}}}}
-spec:
-  containers:
-  - name: postfix
-    image: {image}
-    imagePullPolicy: Never
-    volumeMounts: [{{name: profile, mountPath: /etc/virtmail/postfix}}]
-  volumes: [{{name: profile, configMap: {{name: profile}}}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: server}}
-spec:
-  selector: {{app: server}}
-  ports: [{{port: 2525, targetPort: 25}}]
----
-apiVersion: v1
 kind: ServiceAccount
 metadata: {{name: reader}}
 ---
@@ -354,5 +302,47 @@ spec:
     assert!(
         after > before,
         "the firewall dropped nothing ({before} → {after}) when a pod tried {gateway}"
+    );
+}
+
+/// A Postfix pod `name` from the project's image, its profile from a ConfigMap, behind a
+/// Service `name` on `port`.
+fn postfix_behind_a_service(
+    ns: &TestNamespace,
+    name: &str,
+    main_cf: &str,
+    master_cf: &str,
+    port: u16,
+) {
+    let data = serde_json::json!({"main.cf": main_cf, "master.cf": master_cf});
+    apply(
+        ns,
+        &format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}-profile}}
+data: {data}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+  containers:
+  - name: postfix
+    image: {image}
+    imagePullPolicy: Never
+    ports: [{{containerPort: 25}}]
+    volumeMounts: [{{name: profile, mountPath: /etc/virtmail/postfix}}]
+  volumes: [{{name: profile, configMap: {{name: {name}-profile}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{port: {port}, targetPort: 25}}]
+"#,
+            image = node::image("postfix")
+        ),
     );
 }

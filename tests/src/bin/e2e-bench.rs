@@ -188,18 +188,7 @@ fn run(target: &str, o: &Options, agent_bin: &Path, drain: bool) -> (Duration, f
             std::fs::create_dir(root.join("sock")).unwrap();
             std::fs::set_permissions(root.join("sock"), std::fs::Permissions::from_mode(0o755))
                 .unwrap();
-            let mut yaml = String::from(
-                "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n",
-            );
-            for i in 0..o.mailboxes {
-                let (a, maildir) = mailbox(i);
-                yaml.push_str(&format!(
-                    "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: u{i}}}\nspec: {{address: {a}, format: {}, path: u{i}{}}}\n",
-                    if maildir { "Maildir" } else { "Mbox" },
-                    if maildir { "/" } else { "" }
-                ));
-            }
-            std::fs::write(root.join("resources/all.yaml"), yaml).unwrap();
+            std::fs::write(root.join("resources/all.yaml"), resources(o)).unwrap();
             let lmtp = root.join("sock/lmtp.sock");
             let map = root.join("sock/map.sock");
             let mut command = Command::new(agent_bin);
@@ -379,9 +368,9 @@ fn send(o: &Options, host: &str, port: u16) {
 }
 
 /// The bench's resources (one domain, uid/gid 5000, M mailboxes) as YAML.
-fn resources(o: &Options, server_spec: &str) -> String {
-    let mut yaml = format!(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\nspec: {server_spec}\n---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: bench}}\nspec: {{domain: bench.test, postmaster: u0@bench.test, defaults: {{uid: 5000, gid: 5000}}}}\n",
+fn resources(o: &Options) -> String {
+    let mut yaml = String::from(
+        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n",
     );
     for i in 0..o.mailboxes {
         let (a, maildir) = mailbox(i);
@@ -429,7 +418,7 @@ fn pod_server(o: &Options) -> (virtmail_tests::cluster::TestNamespace, PathBuf, 
         .unwrap_or_else(|e| panic!("helm install: {e}"));
     });
     let ns = cluster.namespace("e2e-bench");
-    ns.apply(&resources(o, "{}"))
+    ns.apply(&resources(o))
         .unwrap_or_else(|e| panic!("apply: {e}"));
     node::wait_for(
         &ns,
