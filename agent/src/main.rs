@@ -238,6 +238,10 @@ struct ServeArgs {
     /// MailServer's minimumUid; the directory (a ConfigMap) cannot lower it.
     #[arg(long, default_value_t = virtmail_agent::deliver::identity::DEFAULT_UID_FLOOR)]
     minimum_uid: u32,
+    /// File where the Postfix container writes its queue's size (`<queue> <messages>` lines),
+    /// exported as `virtmail_postfix_queue_messages`.
+    #[arg(long)]
+    postfix_queue_stats: Option<PathBuf>,
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -275,6 +279,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         http: args.http,
         socket_mode: args.socket_mode,
         hostname: args.hostname.unwrap_or_else(server::default_hostname),
+        postfix_queue_stats: args.postfix_queue_stats,
         limits: server::Limits {
             max_connections: args.max_connections,
             max_recipients: args.max_recipients,

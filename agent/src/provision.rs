@@ -100,6 +100,14 @@ fn errno_problem(what: &str, path: &str, errno: Errno) -> State {
     }
 }
 
+/// Problems of the last provisioning round (`-1`: no round yet), for `/metrics`.
+static LAST_ROUND_PROBLEMS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1);
+
+/// How many mailboxes the last provisioning round of this process could not provision.
+pub fn last_round_problems() -> Option<u64> {
+    u64::try_from(LAST_ROUND_PROBLEMS.load(std::sync::atomic::Ordering::Relaxed)).ok()
+}
+
 /// Provision every mailbox of `directory` below the already-open `base`. Blocking; call it on a
 /// thread of its own (it switches that thread's file system identity while it works).
 pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> Vec<Report> {
@@ -107,7 +115,7 @@ pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> 
         .settings
         .mailbox_lock
         .contains(&LockMethod::Dotlock);
-    directory
+    let reports: Vec<Report> = directory
         .mailboxes
         .iter()
         .map(|(address, entry)| Report {
@@ -116,7 +124,17 @@ pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> 
             path: format!("{base_path}/{}", entry.path),
             state: provision_one(base, entry, dotlock),
         })
-        .collect()
+        .collect();
+    // Deferring entries wait for their object to be fixed; the volume is not at fault.
+    let problems = reports
+        .iter()
+        .filter(|r| matches!(&r.state, State::Problem { reason, .. } if *reason != "Deferring"))
+        .count();
+    LAST_ROUND_PROBLEMS.store(
+        i64::try_from(problems).unwrap_or(i64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    reports
 }
 
 /// Provision one mailbox.

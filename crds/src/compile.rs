@@ -23,7 +23,8 @@ use crate::selector;
 pub enum Reason {
     /// Another, older object already claims this address.
     AddressConflict,
-    /// Another, older MailDomain already claims this domain.
+    /// Another, older MailDomain already claims this domain, or another MailServer selects it
+    /// too.
     DomainConflict,
     /// Another, older mailbox uses this path, or one path lies inside the other.
     PathConflict,
@@ -143,6 +144,20 @@ pub struct Compiled {
     pub diagnostics: Vec<Diagnostic>,
     /// Every object that belongs to this server (served or diagnosed).
     pub members: Vec<ObjectRef>,
+    /// Domains this server selects but an older MailServer of the namespace serves.
+    pub ceded: Vec<CededDomain>,
+}
+
+/// A domain two MailServers select: the older one serves it, the other cedes it (two servers
+/// with their own volumes would each hold part of a mailbox's mail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CededDomain {
+    /// The MailDomain object.
+    pub object: String,
+    /// The domain name.
+    pub domain: String,
+    /// The MailServer that serves it.
+    pub served_by: String,
 }
 
 impl Compiled {
@@ -158,6 +173,9 @@ impl Compiled {
 pub struct Inputs<'a> {
     /// The server.
     pub server: &'a MailServer,
+    /// Every MailServer of the namespace (this one may be among them): a domain several of
+    /// them select is served by the oldest only.
+    pub servers: Objects<'a, MailServer>,
     /// All MailDomains of the namespace (the compiler applies the server's selector).
     pub domains: Objects<'a, MailDomain>,
     /// All Mailboxes of the namespace.
@@ -276,6 +294,7 @@ struct Compiler<'a> {
     directory: Directory,
     diagnostics: Vec<Diagnostic>,
     members: Vec<ObjectRef>,
+    ceded: Vec<CededDomain>,
     /// Domains of every MailDomain in the namespace, selected by this server or not.
     known_domains: BTreeSet<String>,
     /// Default owner/format/quota per served domain.
@@ -294,6 +313,7 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         },
         diagnostics: Vec::new(),
         members: Vec::new(),
+        ceded: Vec::new(),
         known_domains: BTreeSet::new(),
         domain_specs: BTreeMap::new(),
     };
@@ -307,6 +327,7 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         directory: compiler.directory,
         diagnostics: compiler.diagnostics,
         members: compiler.members,
+        ceded: compiler.ceded,
     }
 }
 
@@ -323,6 +344,19 @@ impl<'a> Compiler<'a> {
     fn domains(&mut self) {
         let server = self.inputs.server;
         let selector = server.spec.domain_selector.as_ref();
+        // The namespace's other live servers, oldest first.
+        let servers: Vec<&MailServer> = oldest_first(self.inputs.servers)
+            .into_iter()
+            .filter(|s| {
+                same_namespace(server, *s)
+                    && s.meta().deletion_timestamp.is_none()
+                    && s.name_any() != server.name_any()
+            })
+            .collect();
+        let older = |other: &MailServer| {
+            let created = |s: &MailServer| s.meta().creation_timestamp.as_ref().map(|t| t.0);
+            (created(other), other.name_any()) < (created(server), server.name_any())
+        };
         for domain in oldest_first(self.inputs.domains) {
             if !same_namespace(server, domain) {
                 continue;
@@ -332,11 +366,41 @@ impl<'a> Compiler<'a> {
             if !selector::matches(selector, domain.labels()) {
                 continue;
             }
+            let selecting: Vec<&MailServer> = servers
+                .iter()
+                .copied()
+                .filter(|s| selector::matches(s.spec.domain_selector.as_ref(), domain.labels()))
+                .collect();
+            if let Some(owner) = selecting.iter().find(|s| older(s)) {
+                self.ceded.push(CededDomain {
+                    object: domain.name_any(),
+                    domain: name,
+                    served_by: owner.name_any(),
+                });
+                continue;
+            }
             let object = ObjectRef {
                 kind: Kind::MailDomain,
                 name: domain.name_any(),
             };
             self.members.push(object.clone());
+            let rivals: Vec<String> = selecting
+                .iter()
+                .map(|s| format!("MailServer/{}", s.name_any()))
+                .collect();
+            if !rivals.is_empty() {
+                let message = format!(
+                    "also selected by {}, which leaves it to MailServer/{} (the oldest); narrow their domainSelectors",
+                    rivals.join(", "),
+                    server.name_any()
+                );
+                self.diagnose(
+                    object.clone(),
+                    Reason::DomainConflict,
+                    Effect::Degraded,
+                    message,
+                );
+            }
             if !address::valid_domain(&name) {
                 self.diagnose(
                     object,

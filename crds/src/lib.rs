@@ -11,7 +11,7 @@ pub mod resources;
 pub mod selector;
 
 pub use compile::{
-    Compiled, Diagnostic, Effect, Inputs, Kind, ObjectRef, Objects, Reason, compile,
+    CededDomain, Compiled, Diagnostic, Effect, Inputs, Kind, ObjectRef, Objects, Reason, compile,
 };
 pub use directory::Directory;
 pub use resources::*;

@@ -110,6 +110,7 @@ impl Resources {
     pub fn inputs<'a>(&'a self, server: &'a MailServer) -> Inputs<'a> {
         Inputs {
             server,
+            servers: (&self.servers).into(),
             domains: (&self.domains).into(),
             mailboxes: (&self.mailboxes).into(),
             aliases: (&self.aliases).into(),

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
@@ -105,8 +107,33 @@ fn default_replicas() -> i32 {
     status = "MailServerStatus",
     shortname = "msrv",
     category = "virtmail",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn(json_path = ".spec.replicas", name = "Replicas", type_ = "integer"),
-    printcolumn(json_path = ".status.readyReplicas", name = "Ready", type_ = "integer"),
+    printcolumn(
+        json_path = ".status.readyReplicas",
+        name = "Ready-Pods",
+        type_ = "integer"
+    ),
+    printcolumn(
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        name = "Ready",
+        type_ = "string"
+    ),
+    printcolumn(
+        json_path = ".status.conditions[?(@.type==\"Available\")].status",
+        name = "Available",
+        type_ = "string"
+    ),
+    printcolumn(
+        json_path = ".spec.service.type",
+        name = "Service",
+        type_ = "string",
+        priority = "1"
+    ),
     printcolumn(json_path = ".status.domains", name = "Domains", type_ = "integer"),
     printcolumn(json_path = ".status.mailboxes", name = "Mailboxes", type_ = "integer"),
     printcolumn(
@@ -174,6 +201,14 @@ pub struct MailServerSpec {
     /// The delivery agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentSpec>,
+
+    /// How the server's Service exposes SMTP (default: a ClusterIP Service on port 25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceExposure>,
+
+    /// Placement and metadata of the server's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
 }
 
 impl Default for MailServerSpec {
@@ -184,7 +219,7 @@ impl Default for MailServerSpec {
 }
 
 /// Where the mailboxes live.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Use this existing PersistentVolumeClaim (shared by all replicas: it must be ReadWriteMany
@@ -193,6 +228,7 @@ pub struct StorageSpec {
     pub existing_claim: Option<String>,
     /// Size requested by the claim template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("size must be a quantity such as 512Mi or 10Gi"))]
     pub size: Option<Quantity>,
     /// StorageClass of the claim template; absent uses the cluster default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,7 +239,7 @@ pub struct StorageSpec {
 }
 
 /// Settings of the Postfix container.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostfixSpec {
     /// Container image of Postfix.
@@ -213,13 +249,122 @@ pub struct PostfixSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Extra main.cf parameters, applied after virtmail's profile. Parameters that wire Postfix
-    /// to the agent cannot be overridden.
+    /// to the agent cannot be overridden, and none may make the server relay mail for others
+    /// (`mynetworks` beyond loopback, a `mynetworks_style` other than `host`, relay restrictions
+    /// without `reject_unauth_destination`, or a transport that sends mail elsewhere).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-z0-9_]{1,64}$'))").message("postfix.parameters keys are main.cf parameter names: lowercase letters, digits and '_'"))]
+    #[x_kube(validation = Rule::new("!self.exists(k, k in ['virtual_transport', 'virtual_mailbox_domains', 'virtual_mailbox_maps', 'virtual_alias_maps', 'virtual_alias_domains', 'recipient_delimiter', 'lmtp_line_length_limit', 'lmtp_destination_recipient_limit', 'mydestination', 'smtpd_tls_cert_file', 'smtpd_tls_key_file', 'smtpd_upstream_proxy_protocol'])").message("postfix.parameters may not override the parameters that wire Postfix to the agent (virtual_*, recipient_delimiter, lmtp_*, mydestination) or the ones set by postfix.tls and postfix.proxyProtocol"))]
+    #[x_kube(validation = Rule::new("!('mynetworks_style' in self) || self['mynetworks_style'] == 'host'").message("mynetworks_style other than host would let other hosts relay through this server"))]
     pub parameters: BTreeMap<String, String>,
+    /// STARTTLS on SMTP with the certificate of a `kubernetes.io/tls` Secret in the server's
+    /// namespace (keys `tls.crt`, `tls.key`). A renewed Secret is picked up without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+    /// The load balancer in front of the Service speaks HAProxy's PROXY protocol (v1 or v2):
+    /// the Service's SMTP port then reaches a Postfix listener that expects it and records the
+    /// real client address. Clients that connect directly must not use that port.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// SMTP TLS settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSettings {
+    /// Name of a `kubernetes.io/tls` Secret (e.g. one cert-manager keeps renewed).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// Kind of Service that exposes SMTP.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceKind {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Through the cloud's (or MetalLB's) load balancer.
+    LoadBalancer,
+}
+
+/// Which nodes route external traffic (Kubernetes `externalTrafficPolicy`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TrafficPolicy {
+    /// Any node forwards to the pod; the client's address is lost to SNAT.
+    Cluster,
+    /// Only nodes with a ready pod receive traffic; Postfix sees the client's address.
+    Local,
+}
+
+/// The Service in front of the server's pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.nodePort) || self.type != 'ClusterIP'").message("nodePort needs type NodePort or LoadBalancer"))]
+#[x_kube(validation = Rule::new("!has(self.externalTrafficPolicy) || self.type != 'ClusterIP'").message("externalTrafficPolicy needs type NodePort or LoadBalancer"))]
+#[x_kube(validation = Rule::new("!has(self.loadBalancerSourceRanges) || self.type == 'LoadBalancer'").message("loadBalancerSourceRanges needs type LoadBalancer"))]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceExposure {
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceKind,
+    /// Annotations of the Service (load balancer settings, external-dns names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// `Cluster` or `Local` (keeps the client's address; see Kubernetes `externalTrafficPolicy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<TrafficPolicy>,
+    /// Fixed node port of SMTP (inside the cluster's node port range); absent: allocated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub node_port: Option<i32>,
+    /// Load balancer implementation (`spec.loadBalancerClass`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_class: Option<String>,
+    /// Client networks the load balancer admits (CIDRs); absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub load_balancer_source_ranges: Option<Vec<String>>,
+}
+
+/// Placement and metadata of a MailServer's pods.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// Extra pod labels (the `app.kubernetes.io/*` labels virtmail sets win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Nodes the pods may run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How replicas spread across zones or nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Secrets for pulling the Postfix and agent images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Seconds a stopping pod gets (default 60). Postfix hands its queue to the agent for up to
+    /// a third of it; mail still queued then stays on the pod's queue volume for the next pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 3600))]
+    pub termination_grace_period_seconds: Option<i64>,
 }
 
 /// Settings of the delivery agent container.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {
     /// Container image of the agent.
@@ -230,6 +375,7 @@ pub struct AgentSpec {
     pub resources: Option<ResourceRequirements>,
     /// Log format of the agent: `text` or `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['text', 'json']").message("logFormat is text or json"))]
     pub log_format: Option<String>,
     /// How the agent receives the directory: `Api` (default) watches the directory ConfigMaps
     /// through the Kubernetes API and sees changes within a second; `MountedFiles` reads them
@@ -274,7 +420,8 @@ pub struct MailServerStatus {
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `DirectoryPublished`, `Degraded`.
+    /// `Ready` (the last reconcile succeeded and the spec is served as written),
+    /// `Available` (every wanted pod is ready), `DirectoryPublished`, `DomainConflict`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -296,23 +443,32 @@ pub struct MailServerStatus {
     /// Pods of the StatefulSet that are ready.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// Pods of the StatefulSet (the scale subresource's status).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Label selector of the pods, as a string (the scale subresource's selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// Fallback owner, format and quota for the mailboxes of a domain.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailboxDefaults {
     /// uid that owns mailboxes which set none (Postfix `virtual_uid_maps = static:N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub uid: Option<u32>,
     /// gid that owns mailboxes which set none (Postfix `virtual_gid_maps = static:N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub gid: Option<u32>,
     /// Format of mailboxes which set none (default Maildir).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<MailboxFormat>,
     /// Quota of mailboxes which set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("quota must be a quantity such as 512Mi or 10Gi"))]
     pub quota: Option<Quantity>,
 }
 
@@ -420,8 +576,26 @@ pub struct MailDomainStatus {
     shortname = "mbx",
     category = "virtmail",
     printcolumn(json_path = ".spec.address", name = "Address", type_ = "string"),
-    printcolumn(json_path = ".spec.format", name = "Format", type_ = "string"),
-    printcolumn(json_path = ".spec.uid", name = "Uid", type_ = "integer"),
+    printcolumn(json_path = ".status.format", name = "Format", type_ = "string"),
+    printcolumn(json_path = ".status.uid", name = "Uid", type_ = "integer"),
+    printcolumn(
+        json_path = ".status.gid",
+        name = "Gid",
+        type_ = "integer",
+        priority = "1"
+    ),
+    printcolumn(
+        json_path = ".status.quota",
+        name = "Quota",
+        type_ = "string",
+        priority = "1"
+    ),
+    printcolumn(
+        json_path = ".status.path",
+        name = "Path",
+        type_ = "string",
+        priority = "1"
+    ),
     printcolumn(
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
         name = "Ready",
@@ -468,6 +642,7 @@ pub struct MailboxSpec {
     /// Largest total size of the mailbox (e.g. `1Gi`); mail that would exceed it is refused at
     /// RCPT with 552 5.2.2. Absent: the domain's default, else no quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("quota must be a quantity such as 512Mi or 10Gi"))]
     pub quota: Option<Quantity>,
     /// Temporarily refuse mail with 450 4.2.1 (senders retry); nothing is bounced.
     #[serde(default)]
@@ -489,6 +664,18 @@ pub struct MailboxStatus {
     /// Absolute path of the mailbox inside the agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Format in effect (the spec's, else the path's or the domain's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<MailboxFormat>,
+    /// Owner uid in effect (the spec's, else the domain's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group in effect (the spec's, else the domain's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Quota in effect, in bytes, absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
 }
 
 /// A virtual alias (Postfix `virtual_alias_maps`): mail to `address` goes to every `to` address.

@@ -41,7 +41,30 @@ apply_settings() {
 }
 apply_settings -e "$profile/main.cf"
 apply_settings -F "$profile/master.cf"
+# Services the profile adds (the PROXY-protocol listener); older ConfigMaps have none.
+[ ! -r "$profile/master-services.cf" ] || apply_settings -M "$profile/master-services.cf"
 postconf -e maillog_file=/dev/stdout
 # Copies what chrooted services need into the queue directory.
 /usr/lib/postfix/configure-instance.sh -
+
+# Every $interval seconds: write the queue's size where the agent exports it, and reload
+# Postfix when the kubelet has swapped in a renewed TLS Secret (smtpd reads the certificate
+# when it starts; a reload replaces idle smtpd processes, sessions in progress finish first).
+watch_queue_and_certificate() {
+  interval="${VIRTMAIL_WATCH_INTERVAL:-10}" stats=/run/virtmail/postfix-queue.stats
+  tls_cert="$(postconf -h smtpd_tls_cert_file)" tls_key="$(postconf -h smtpd_tls_key_file)"
+  fingerprint() { [ -z "$tls_cert" ] || cat "$tls_cert" "$tls_key" 2>/dev/null | cksum; }
+  loaded="$(fingerprint)"
+  while sleep "$interval"; do
+    for queue in maildrop incoming active deferred hold; do
+      echo "$queue $(find "/var/spool/postfix/$queue" -type f 2>/dev/null | wc -l)"
+    done >"$stats.tmp" && mv "$stats.tmp" "$stats"
+    current="$(fingerprint)"
+    if [ "$current" != "$loaded" ]; then
+      echo "postfix-entrypoint: TLS certificate changed, reloading Postfix" >&2
+      postfix reload && loaded="$current"
+    fi
+  done
+}
+watch_queue_and_certificate &
 exec postfix start-fg

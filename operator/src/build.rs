@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::{
     EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, Lifecycle,
     LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ProjectedVolumeSource, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount, VolumeProjection,
-    VolumeResourceRequirements,
+    ProjectedVolumeSource, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
+    VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use virtmail_crds::encoding::{
     self, ANNOTATION_SHARD_HASH, Encoded, LABEL_ROLE, LABEL_SERVER, Shard,
 };
-use virtmail_crds::{DirectorySource, MailServer};
+use virtmail_crds::{DirectorySource, MailServer, ServiceKind, TrafficPolicy};
 
 use crate::profile::{self, Profile, ProfileInput};
 
@@ -42,17 +42,37 @@ pub const SOCKETMAP_SOCKET: &str = "/run/virtmail/socketmap.sock";
 pub const DIRECTORY_DIR: &str = "/etc/virtmail/directory";
 /// Port of the agent's HTTP endpoints.
 pub const AGENT_HTTP_PORT: i32 = 8080;
+/// Where the Postfix container reads the TLS Secret (`tls.crt`, `tls.key`).
+pub const TLS_DIR: &str = "/etc/virtmail/tls";
+/// Postfix's SMTP listener that expects HAProxy's PROXY protocol (`postfix.proxyProtocol`).
+pub const PROXY_PROTOCOL_PORT: u16 = 10025;
+/// File in the shared socket directory where the Postfix container writes its queue's size
+/// (one `<queue> <messages>` line each) for the agent's `/metrics`: the agent cannot read
+/// Postfix's queue directories itself, and should not.
+pub const POSTFIX_QUEUE_STATS: &str = "/run/virtmail/postfix-queue.stats";
 /// Postfix's queue, on its own volume per pod: mail accepted with 250 and not yet delivered
 /// survives a pod restart.
 pub const POSTFIX_QUEUE_DIR: &str = "/var/spool/postfix";
 /// Size of each pod's Postfix queue volume.
 pub const POSTFIX_QUEUE_SIZE: &str = "1Gi";
-/// At stop, Postfix hands its queue to the agent for at most this long before it stops; the
-/// agent keeps serving meanwhile (it stops this much later than Postfix starts stopping), and
-/// what is left stays in the persistent queue for the next pod.
-pub const POSTFIX_FLUSH_SECONDS: i64 = 20;
-/// The pod's termination grace: the flush, the agent's wait and its own stop fit in it.
+/// The pod's default termination grace (`pod.terminationGracePeriodSeconds`).
 pub const TERMINATION_GRACE_SECONDS: i64 = 60;
+
+/// At stop, Postfix hands its queue to the agent for at most this long (a third of the grace)
+/// before it stops; the agent keeps serving meanwhile (its own stop waits five seconds longer),
+/// and what is left stays in the persistent queue for the next pod.
+pub fn postfix_flush_seconds(grace: i64) -> i64 {
+    (grace / 3).max(5)
+}
+
+fn termination_grace(server: &MailServer) -> i64 {
+    server
+        .spec
+        .pod
+        .as_ref()
+        .and_then(|p| p.termination_grace_period_seconds)
+        .unwrap_or(TERMINATION_GRACE_SECONDS)
+}
 /// Field manager of every apply.
 pub const FIELD_MANAGER: &str = "virtmail-operator";
 
@@ -110,7 +130,8 @@ pub fn agent_identity_name(server: &str) -> String {
     format!("{server}-agent")
 }
 
-/// Labels shared by every owned object; the first two select the pods.
+/// Labels shared by every owned object (Kubernetes' recommended `app.kubernetes.io/*` set);
+/// the first two select the pods.
 pub fn labels(server: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "virtmail".to_string()),
@@ -118,6 +139,14 @@ pub fn labels(server: &str) -> BTreeMap<String, String> {
         (
             "app.kubernetes.io/component".to_string(),
             "mailserver".to_string(),
+        ),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            "virtmail".to_string(),
+        ),
+        (
+            "app.kubernetes.io/version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
         ),
         (
             "app.kubernetes.io/managed-by".to_string(),
@@ -132,6 +161,15 @@ fn selector_labels(server: &str) -> BTreeMap<String, String> {
         ("app.kubernetes.io/name".to_string(), "virtmail".to_string()),
         ("app.kubernetes.io/instance".to_string(), server.to_string()),
     ])
+}
+
+/// The pods' label selector as a string (the scale subresource's `status.selector`).
+pub fn pod_selector(server: &str) -> String {
+    selector_labels(server)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Owner reference making `server` the controller of an object (garbage collection).
@@ -211,7 +249,23 @@ pub fn postfix_profile(server: &MailServer) -> Profile {
             .as_ref()
             .map(|p| p.parameters.clone())
             .unwrap_or_default(),
+        tls_dir: tls_secret(server).map(|_| TLS_DIR.to_string()),
+        proxy_protocol_port: proxy_protocol(server).then_some(PROXY_PROTOCOL_PORT),
+        allow_outbound: false,
     })
+}
+
+fn tls_secret(server: &MailServer) -> Option<&str> {
+    let tls = server.spec.postfix.as_ref()?.tls.as_ref()?;
+    Some(tls.secret_name.as_str())
+}
+
+fn proxy_protocol(server: &MailServer) -> bool {
+    server
+        .spec
+        .postfix
+        .as_ref()
+        .is_some_and(|p| p.proxy_protocol)
 }
 
 fn volume_mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
@@ -288,6 +342,8 @@ fn agent_container(server: &MailServer, config: &BuildConfig) -> Container {
         // ConfigMaps in the namespace) cannot lower it.
         "--minimum-uid".into(),
         spec.minimum_uid.max(1).to_string(),
+        "--postfix-queue-stats".into(),
+        POSTFIX_QUEUE_STATS.into(),
     ];
     if let Some(format) = &agent.log_format {
         args.extend(["--log-format".into(), format.clone()]);
@@ -318,7 +374,7 @@ fn agent_container(server: &MailServer, config: &BuildConfig) -> Container {
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
-                    seconds: POSTFIX_FLUSH_SECONDS + 5,
+                    seconds: postfix_flush_seconds(termination_grace(server)) + 5,
                 }),
                 ..Default::default()
             }),
@@ -403,6 +459,26 @@ fn directory_volume(server: &MailServer, shards: usize) -> Volume {
 /// postconf at start. It never sees the mailbox volume.
 fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
     let postfix = server.spec.postfix.clone().unwrap_or_default();
+    let mut ports = vec![ContainerPort {
+        name: Some("smtp".into()),
+        container_port: 25,
+        ..Default::default()
+    }];
+    if postfix.proxy_protocol {
+        ports.push(ContainerPort {
+            name: Some("smtp-proxy".into()),
+            container_port: PROXY_PROTOCOL_PORT.into(),
+            ..Default::default()
+        });
+    }
+    let mut mounts = vec![
+        volume_mount("sockets", SOCKET_DIR, false),
+        volume_mount("postfix-config", "/etc/virtmail/postfix", true),
+        volume_mount("postfix-queue", POSTFIX_QUEUE_DIR, false),
+    ];
+    if postfix.tls.is_some() {
+        mounts.push(volume_mount("tls", TLS_DIR, true));
+    }
     Container {
         name: "postfix".into(),
         image: Some(
@@ -410,11 +486,7 @@ fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
                 .image
                 .unwrap_or_else(|| config.postfix_image.clone()),
         ),
-        ports: Some(vec![ContainerPort {
-            name: Some("smtp".into()),
-            container_port: 25,
-            ..Default::default()
-        }]),
+        ports: Some(ports),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
                 port: IntOrString::Int(25),
@@ -429,7 +501,7 @@ fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
                     command: Some(vec![
                         "/usr/local/bin/postfix-entrypoint".into(),
                         "drain".into(),
-                        POSTFIX_FLUSH_SECONDS.to_string(),
+                        postfix_flush_seconds(termination_grace(server)).to_string(),
                     ]),
                 }),
                 ..Default::default()
@@ -442,11 +514,7 @@ fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
             seccomp_profile: runtime_default_seccomp(),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            volume_mount("sockets", SOCKET_DIR, false),
-            volume_mount("postfix-config", "/etc/virtmail/postfix", true),
-            volume_mount("postfix-queue", POSTFIX_QUEUE_DIR, false),
-        ]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     }
 }
@@ -502,6 +570,18 @@ fn stateful_set(
     if mounted {
         volumes.push(directory_volume(server, shards));
     }
+    if let Some(secret) = tls_secret(server) {
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                // Read by Postfix's root processes only.
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let claim = |name: &str, access_modes: Vec<String>, size: Quantity| PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -549,8 +629,18 @@ fn stateful_set(
             ));
         }
     }
-    let mut pod_labels = labels(&name);
+    let pod = spec.pod.clone().unwrap_or_default();
+    // The user's labels first: virtmail's own (which select the pods) win.
+    let mut pod_labels = pod.labels.clone();
+    pod_labels.extend(labels(&name));
     pod_labels.remove("app.kubernetes.io/managed-by");
+    let mut pod_annotations = pod.annotations.clone();
+    // Pods restart when the Postfix profile changes; directory changes reach the running agent
+    // through its watch instead.
+    pod_annotations.insert(
+        "virtmail.io/postfix-config-hash".to_string(),
+        postfix_hash.to_string(),
+    );
     StatefulSet {
         metadata: meta(server, name.clone(), &[]),
         spec: StatefulSetSpec {
@@ -563,12 +653,7 @@ fn stateful_set(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    // Pods restart when the Postfix profile changes; directory changes reach the
-                    // running agent through its watch instead.
-                    annotations: Some(BTreeMap::from([(
-                        "virtmail.io/postfix-config-hash".to_string(),
-                        postfix_hash.to_string(),
-                    )])),
+                    annotations: Some(pod_annotations),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -583,8 +668,16 @@ fn stateful_set(
                         postfix_container(server, config),
                         agent_container(server, config),
                     ],
-                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    termination_grace_period_seconds: Some(termination_grace(server)),
                     volumes: Some(volumes),
+                    node_selector: (!pod.node_selector.is_empty()).then_some(pod.node_selector),
+                    tolerations: (!pod.tolerations.is_empty()).then_some(pod.tolerations),
+                    affinity: pod.affinity,
+                    topology_spread_constraints: (!pod.topology_spread_constraints.is_empty())
+                        .then_some(pod.topology_spread_constraints),
+                    priority_class_name: pod.priority_class_name,
+                    image_pull_secrets: (!pod.image_pull_secrets.is_empty())
+                        .then_some(pod.image_pull_secrets),
                     ..Default::default()
                 }),
             },
@@ -603,6 +696,10 @@ pub fn desired(server: &MailServer, encoded: &Encoded, config: &BuildConfig) -> 
     let postfix_data = BTreeMap::from([
         ("main.cf".to_string(), profile.main_cf()),
         ("master.cf".to_string(), profile.master_cf()),
+        (
+            "master-services.cf".to_string(),
+            profile.master_services_cf(),
+        ),
     ]);
     let postfix_hash =
         hex::encode(&Sha256::digest(encoding::data_hash(&postfix_data).as_bytes())[..8]);
@@ -656,20 +753,7 @@ pub fn desired(server: &MailServer, encoded: &Encoded, config: &BuildConfig) -> 
             ..Default::default()
         }]),
     };
-    let service = Service {
-        metadata: meta(server, name.clone(), &[]),
-        spec: Some(ServiceSpec {
-            selector: Some(selector_labels(&name)),
-            ports: Some(vec![ServicePort {
-                name: Some("smtp".into()),
-                port: 25,
-                target_port: Some(IntOrString::String("smtp".into())),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let service = service(server);
     let pod_disruption_budget = (server.spec.replicas > 1).then(|| PodDisruptionBudget {
         metadata: meta(server, name.clone(), &[]),
         spec: Some(PodDisruptionBudgetSpec {
@@ -701,6 +785,53 @@ pub fn desired(server: &MailServer, encoded: &Encoded, config: &BuildConfig) -> 
     }
 }
 
+/// The Service in front of the pods: SMTP on port 25, exposed as `spec.service` says. With
+/// `postfix.proxyProtocol` it leads to Postfix's PROXY-protocol listener.
+pub fn service(server: &MailServer) -> Service {
+    let name = server.name_any();
+    let exposure = server.spec.service.clone().unwrap_or_default();
+    let mut metadata = meta(server, name.clone(), &[]);
+    if !exposure.annotations.is_empty() {
+        metadata.annotations = Some(exposure.annotations.clone());
+    }
+    let target = if proxy_protocol(server) {
+        "smtp-proxy"
+    } else {
+        "smtp"
+    };
+    let type_ = match exposure.type_ {
+        ServiceKind::ClusterIP => "ClusterIP",
+        ServiceKind::NodePort => "NodePort",
+        ServiceKind::LoadBalancer => "LoadBalancer",
+    };
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(type_.into()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("smtp".into()),
+                port: 25,
+                target_port: Some(IntOrString::String(target.into())),
+                node_port: exposure.node_port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            external_traffic_policy: exposure.external_traffic_policy.map(|p| {
+                match p {
+                    TrafficPolicy::Cluster => "Cluster",
+                    TrafficPolicy::Local => "Local",
+                }
+                .to_string()
+            }),
+            load_balancer_class: exposure.load_balancer_class,
+            load_balancer_source_ranges: exposure.load_balancer_source_ranges,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The pods' ingress: SMTP (Postfix's `smtp` port) from anywhere, the agent's HTTP port only
 /// from pods in `spec.agent.metricsNamespace` (none when unset). Anyone in the cluster network
 /// is untrusted; the agent's HTTP server also caps and times out connections itself.
@@ -716,8 +847,12 @@ pub fn network_policy(server: &MailServer) -> NetworkPolicy {
         protocol: Some("TCP".into()),
         ..Default::default()
     };
+    let mut smtp_ports = vec![port(IntOrString::String("smtp".into()))];
+    if proxy_protocol(server) {
+        smtp_ports.push(port(IntOrString::String("smtp-proxy".into())));
+    }
     let mut ingress = vec![NetworkPolicyIngressRule {
-        ports: Some(vec![port(IntOrString::String("smtp".into()))]),
+        ports: Some(smtp_ports),
         ..Default::default()
     }];
     if let Some(namespace) = scraper {

@@ -324,6 +324,7 @@ mod tests {
             observed_generation: Some(3),
             conditions: vec![condition("Provisioned"), condition(READY)],
             path: Some("/var/mail/a.test/one/".into()),
+            ..Default::default()
         });
         let untouched_spec = object.spec.clone();
         trim(&mut object);

@@ -22,7 +22,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::predicates;
 use kube::runtime::reflector::{self, ObjectRef as KubeRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -33,8 +32,8 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 use virtmail_crds::encoding::{self, LABEL_ROLE, LABEL_SERVER};
 use virtmail_crds::{
-    Compiled, DirectoryStatus, Inputs, Kind, MailAlias, MailDomain, MailServer, MailServerStatus,
-    Mailbox, ObjectRef, compile,
+    Compiled, DirectoryStatus, Inputs, Kind, MailAlias, MailDomain, MailServer, Mailbox,
+    MailboxStatus, ObjectRef, compile,
 };
 
 use crate::build::{self, BuildConfig, Desired, FIELD_MANAGER};
@@ -89,6 +88,7 @@ impl std::fmt::Debug for Context {
 /// compiling: the caches replace objects as their statuses change, and holding the old ones
 /// would keep two copies of 100,000 Mailboxes alive.
 struct Members {
+    servers: Vec<Arc<MailServer>>,
     domains: Vec<Arc<MailDomain>>,
     mailboxes: Vec<Arc<Mailbox>>,
     aliases: Vec<Arc<MailAlias>>,
@@ -97,6 +97,7 @@ struct Members {
 impl Members {
     fn of(ctx: &Context, namespace: &str) -> Members {
         Members {
+            servers: ctx.servers_in(namespace),
             domains: ctx.domains.in_namespace(namespace),
             mailboxes: ctx.mailboxes.in_namespace(namespace),
             aliases: ctx.aliases.in_namespace(namespace),
@@ -106,6 +107,7 @@ impl Members {
     fn inputs<'a>(&'a self, server: &'a MailServer) -> Inputs<'a> {
         Inputs {
             server,
+            servers: (&self.servers).into(),
             domains: (&self.domains).into(),
             mailboxes: (&self.mailboxes).into(),
             aliases: (&self.aliases).into(),
@@ -124,14 +126,30 @@ struct SnapshotKey {
     /// The server's uid and generation (its spec).
     server_uid: Option<String>,
     server_generation: Option<i64>,
+    /// The uid and generation of every server of the namespace (which one serves a domain
+    /// several select).
+    neighbours: Vec<(Option<String>, Option<i64>, bool)>,
 }
 
 impl SnapshotKey {
     fn of(ctx: &Context, server: &MailServer) -> SnapshotKey {
+        let mut neighbours: Vec<_> = ctx
+            .servers_in(&server.namespace().unwrap_or_default())
+            .iter()
+            .map(|s| {
+                (
+                    s.meta().uid.clone(),
+                    s.meta().generation,
+                    s.meta().deletion_timestamp.is_some(),
+                )
+            })
+            .collect();
+        neighbours.sort();
         SnapshotKey {
             epoch: ctx.inputs_epoch.load(Ordering::SeqCst),
             server_uid: server.meta().uid.clone(),
             server_generation: server.meta().generation,
+            neighbours,
         }
     }
 }
@@ -212,6 +230,15 @@ impl Context {
                 }
                 keep
             });
+    }
+
+    /// The MailServers of a namespace, from the cache.
+    fn servers_in(&self, namespace: &str) -> Vec<Arc<MailServer>> {
+        self.servers
+            .state()
+            .into_iter()
+            .filter(|s| s.namespace().as_deref() == Some(namespace))
+            .collect()
     }
 
     fn budget(&self) -> std::sync::MutexGuard<'_, WriteBudget> {
@@ -451,11 +478,13 @@ fn member_patch<K: Member>(
         Some(p) => (p.status == "True") != wanted.status || p.reason != wanted.reason,
         None => !wanted.status,
     };
+    // A problem is a Warning even when mail still flows (a degraded domain).
+    let problem = !wanted.status || wanted.reason != status::PUBLISHED;
     let event = transition.then(|| Event {
-        type_: if wanted.status {
-            EventType::Normal
-        } else {
+        type_: if problem {
             EventType::Warning
+        } else {
+            EventType::Normal
         },
         reason: wanted.reason,
         note: Some(wanted.message),
@@ -535,16 +564,38 @@ impl<'a> MemberStatuses<'a> {
                 let mailbox = ctx.mailboxes.get(namespace, &member.name)?;
                 let base = &compiled.directory.settings.mailbox_base;
                 let key = virtmail_crds::address::fold(&mailbox.spec.address);
-                let path = compiled
+                let entry = compiled
                     .directory
                     .mailboxes
                     .get(&key)
-                    .filter(|e| e.object == member.name && e.defer.is_none())
-                    .map(|e| format!("{base}/{}", e.path));
-                let path_changed =
-                    mailbox.status.as_ref().and_then(|s| s.path.as_ref()) != path.as_ref();
-                let extra = json!({ "path": path });
-                member_patch(mailbox, wanted, extra, path_changed).map(AnyPatch::Mailbox)
+                    .filter(|e| e.object == member.name);
+                let effective = MailboxStatus {
+                    path: entry
+                        .filter(|e| e.defer.is_none())
+                        .map(|e| format!("{base}/{}", e.path)),
+                    format: entry.map(|e| e.format),
+                    uid: entry.map(|e| e.uid).filter(|uid| *uid > 0),
+                    gid: entry.map(|e| e.gid).filter(|gid| *gid > 0),
+                    quota: entry.and_then(|e| e.quota),
+                    ..Default::default()
+                };
+                let shown = mailbox.status.clone().unwrap_or_default();
+                let changed = (&shown.path, shown.format, shown.uid, shown.gid, shown.quota)
+                    != (
+                        &effective.path,
+                        effective.format,
+                        effective.uid,
+                        effective.gid,
+                        effective.quota,
+                    );
+                let extra = json!({
+                    "path": effective.path,
+                    "format": effective.format,
+                    "uid": effective.uid,
+                    "gid": effective.gid,
+                    "quota": effective.quota,
+                });
+                member_patch(mailbox, wanted, extra, changed).map(AnyPatch::Mailbox)
             }
             Kind::MailAlias => {
                 let alias = ctx.aliases.get(namespace, &member.name)?;
@@ -617,7 +668,8 @@ async fn send_any_patch(ctx: &Context, patch: AnyPatch) -> Result<()> {
     }
 }
 
-/// The status step for the server itself.
+/// The status step for the server itself: computed by [`status::server_status`] from what
+/// was published and the StatefulSet's pods, applied only when it shows something new.
 async fn publish_server(
     ctx: &Context,
     server: &MailServer,
@@ -627,82 +679,71 @@ async fn publish_server(
 ) -> Result<()> {
     let namespace = server.namespace().unwrap_or_default();
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
-    let ready_replicas = sets
+    let pods = sets
         .get_opt(&server.name_any())
         .await?
         .and_then(|s| s.status)
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
-    let directory = DirectoryStatus {
-        version: encoded.version.clone(),
-        shards: encoded.shards.len() as u32,
-        bytes: encoded.shard_bytes(),
+        .unwrap_or_default();
+    let observed = status::ServerObservation {
+        compiled,
+        directory: DirectoryStatus {
+            version: encoded.version.clone(),
+            shards: encoded.shards.len() as u32,
+            bytes: encoded.shard_bytes(),
+        },
+        refused: &desired.refused_parameters,
+        wanted_replicas: desired.stateful_set.spec.replicas.unwrap_or(1),
+        replicas: pods.replicas,
+        ready_replicas: pods.ready_replicas.unwrap_or(0),
+        selector: build::pod_selector(&server.name_any()),
     };
-    let invalid = compiled
-        .diagnostics
-        .iter()
-        .map(|d| &d.object)
-        .collect::<std::collections::BTreeSet<_>>()
-        .len() as u32;
-    let mut wanted = vec![
-        Wanted {
-            type_: status::DIRECTORY_PUBLISHED,
-            status: true,
-            reason: "Published".into(),
-            message: format!(
-                "version {} in {} shards, {} bytes",
-                directory.version, directory.shards, directory.bytes
-            ),
-        },
-        Wanted {
-            type_: status::READY,
-            status: desired.refused_parameters.is_empty(),
-            reason: if desired.refused_parameters.is_empty() {
-                "Reconciled".into()
-            } else {
-                "ParameterRefused".into()
-            },
-            message: if desired.refused_parameters.is_empty() {
-                format!(
-                    "{} objects served, {invalid} with problems",
-                    compiled.members.len()
-                )
-            } else {
-                desired.refused_parameters.join("; ")
-            },
-        },
-    ];
-    wanted.sort_by_key(|w| w.type_);
     let previous = server.status.clone().unwrap_or_default();
-    let conditions = status::merge(
-        &previous.conditions,
-        &wanted,
-        server.meta().generation,
-        &now(),
-    );
-    let new_status = MailServerStatus {
-        observed_generation: server.meta().generation,
-        conditions,
-        domains: compiled.directory.domains.len() as u32,
-        mailboxes: compiled.directory.mailboxes.len() as u32,
-        aliases: compiled.directory.aliases.len() as u32,
-        invalid,
-        directory: Some(directory.clone()),
-        ready_replicas,
-    };
-    let unchanged = !status::differs(&previous.conditions, &new_status.conditions)
-        && MailServerStatus {
-            conditions: previous.conditions.clone(),
-            ..new_status.clone()
-        } == previous;
-    if unchanged {
+    let new_status = status::server_status(&previous, &observed, server.meta().generation, &now());
+    if !status::server_status_differs(&previous, &new_status) {
         return Ok(());
     }
-    let api: Api<MailServer> = Api::namespaced(ctx.client.clone(), &namespace);
+    apply_server_status(ctx, server, &new_status).await?;
+    let published = new_status.directory.as_ref().map(|d| &d.version);
+    if previous.directory.as_ref().map(|d| &d.version) != published {
+        publish_event(
+            ctx,
+            server,
+            EventType::Normal,
+            "DirectoryPublished",
+            format!(
+                "version {} ({} shards)",
+                encoded.version,
+                encoded.shards.len()
+            ),
+        )
+        .await;
+    }
+    let conflict = |s: &virtmail_crds::MailServerStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::DOMAIN_CONFLICT)
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    if let Some((state, message)) = conflict(&new_status)
+        && state == "True"
+        && conflict(&previous) != Some((state, message.clone()))
+    {
+        publish_event(ctx, server, EventType::Warning, "DomainConflict", message).await;
+    }
+    Ok(())
+}
+
+async fn apply_server_status(
+    ctx: &Context,
+    server: &MailServer,
+    new_status: &virtmail_crds::MailServerStatus,
+) -> Result<()> {
+    let api: Api<MailServer> =
+        Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
     let patch = object_status_patch(
         &MailServer::api_version(&()),
         "MailServer",
-        serde_json::to_value(&new_status)?,
+        serde_json::to_value(new_status)?,
     );
     api.patch_status(
         &server.name_any(),
@@ -710,22 +751,46 @@ async fn publish_server(
         &Patch::Apply(&patch),
     )
     .await?;
-    if previous.directory.as_ref().map(|d| &d.version) != Some(&directory.version) {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "DirectoryPublished".into(),
-            note: Some(format!(
-                "version {} ({} shards)",
-                directory.version, directory.shards
-            )),
-            action: "Publish".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &server.object_ref(&())).await {
-            warn!(error = %e, "cannot publish event");
-        }
-    }
     Ok(())
+}
+
+async fn publish_event(
+    ctx: &Context,
+    server: &MailServer,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &server.object_ref(&())).await {
+        warn!(error = %e, "cannot publish event");
+    }
+}
+
+/// A failed reconcile shows on the MailServer: `Ready=False` with the error's category as
+/// reason, and a Warning Event. Best effort: the API may be what failed.
+async fn report_failure(ctx: &Context, server: &MailServer, error: &Error) {
+    let previous = server.status.clone().unwrap_or_default();
+    let message = error.to_string();
+    let failed = status::failed_server_status(
+        &previous,
+        error.category(),
+        &message,
+        server.meta().generation,
+        &now(),
+    );
+    if status::server_status_differs(&previous, &failed)
+        && let Err(e) = apply_server_status(ctx, server, &failed).await
+    {
+        warn!(error = %e, "cannot show the reconcile failure on the MailServer");
+    }
+    publish_event(ctx, server, EventType::Warning, error.category(), message).await;
 }
 
 /// The members' `Ready` conditions, after the directory is published and apart from the
@@ -776,8 +841,11 @@ pub async fn reconcile(server: Arc<MailServer>, ctx: Arc<Context>) -> Result<Act
         started.elapsed(),
         result.as_ref().err().map(Error::category),
     );
-    if result.is_ok() {
-        ctx.failures.lock().await.remove(&server_key(&server));
+    match &result {
+        Ok(_) => {
+            ctx.failures.lock().await.remove(&server_key(&server));
+        }
+        Err(error) => report_failure(&ctx, &server, error).await,
     }
     result
 }
@@ -1101,6 +1169,45 @@ where
         .boxed()
 }
 
+/// Which MailServers to reconcile for each MailServer watch event: every server of the
+/// namespace when one is created, changes its spec (generation) or is deleted, since which of
+/// them serves a domain several select depends on all of them; nothing for status-only changes.
+/// The store has applied the event already, so a new server sees its older neighbours.
+fn server_triggers(
+    events: impl futures::Stream<Item = Result<watcher::Event<MailServer>, watcher::Error>>
+    + Send
+    + 'static,
+    store: Store<MailServer>,
+) -> impl futures::Stream<Item = Result<MailServer, watcher::Error>> + Send + 'static {
+    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    events
+        .map_ok(move |event| {
+            let namespace = match &event {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                    let uid = s.meta().uid.clone().unwrap_or_default();
+                    let generation = s.meta().generation;
+                    (generations.insert(uid, generation) != Some(generation)).then(|| s.namespace())
+                }
+                watcher::Event::Delete(s) => {
+                    generations.remove(s.meta().uid.as_deref().unwrap_or_default());
+                    Some(s.namespace())
+                }
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            };
+            let triggered: Vec<Result<MailServer, watcher::Error>> = match namespace {
+                Some(namespace) => store
+                    .state()
+                    .iter()
+                    .filter(|s| s.namespace() == namespace)
+                    .map(|s| Ok(s.as_ref().clone()))
+                    .collect(),
+                None => Vec::new(),
+            };
+            stream::iter(triggered)
+        })
+        .try_flatten()
+}
+
 /// Run the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -1120,18 +1227,20 @@ pub async fn run(
         versions: Arc::default(),
     };
     // MailServers trigger on spec changes only (generation): the operator's own status patch
-    // must not cause the next reconcile. Owned objects trigger on any change (drift is
-    // repaired) and are watched as metadata: their owner reference is all a trigger needs, and
-    // the directory shards' data would otherwise come back with every write.
+    // must not cause the next reconcile. A server's change also triggers its neighbours (see
+    // [`server_triggers`]). Owned objects trigger on any change (drift is repaired) and are
+    // watched as metadata: their owner reference is all a trigger needs, and the directory
+    // shards' data would otherwise come back with every write.
     let (servers, server_writer) = reflector::store::<MailServer>();
-    let server_triggers = watcher(
-        api_for::<MailServer>(&client, ns),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(server_writer)
-    .applied_objects()
-    .predicate_filter(predicates::generation, Default::default());
+    let server_triggers = server_triggers(
+        watcher(
+            api_for::<MailServer>(&client, ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(server_writer),
+        servers.clone(),
+    );
     // No debounce: kube's is trailing-edge and keeps delaying while changes keep coming, so a
     // steady stream of Mailbox creations would never be published. Batching comes from the
     // controller itself: changes arriving during a reconcile of a server coalesce into one next

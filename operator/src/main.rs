@@ -177,6 +177,9 @@ fn main() -> anyhow::Result<()> {
                 mailbox_size_limit,
                 recipient_delimiter,
                 extra: Default::default(),
+                tls_dir: None,
+                proxy_protocol_port: None,
+                allow_outbound: false,
             });
             match only.as_deref() {
                 Some("main") => print!("{}", profile.main_cf()),

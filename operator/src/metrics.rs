@@ -110,6 +110,11 @@ impl Metrics {
     /// Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP virtmail_operator_build_info The operator's version (always 1).\n# TYPE virtmail_operator_build_info gauge\nvirtmail_operator_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         for (name, help, value) in [
             (
                 "virtmail_operator_reconciles_total",

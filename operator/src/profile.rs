@@ -23,6 +23,14 @@ pub const PROTECTED: &[&str] = &[
     "mydestination",
 ];
 
+/// Parameters the profile sets from MailServer fields (`postfix.tls`, `postfix.proxyProtocol`);
+/// set them there instead.
+pub const WIRED: &[&str] = &[
+    "smtpd_tls_cert_file",
+    "smtpd_tls_key_file",
+    "smtpd_upstream_proxy_protocol",
+];
+
 /// master.cf services that Debian's package runs chrooted. The agent's sockets are absolute
 /// paths outside the queue directory, so every service that talks to them runs unchrooted.
 pub const UNCHROOTED_SERVICES: &[&str] = &[
@@ -60,6 +68,73 @@ pub struct ProfileInput {
     pub recipient_delimiter: String,
     /// MailServer `postfix.parameters`.
     pub extra: BTreeMap<String, String>,
+    /// Directory holding `tls.crt` and `tls.key` (MailServer `postfix.tls`); `None`: no TLS.
+    pub tls_dir: Option<String>,
+    /// Port of an extra SMTP listener that expects HAProxy's PROXY protocol
+    /// (MailServer `postfix.proxyProtocol`).
+    pub proxy_protocol_port: Option<u16>,
+    /// The MailServer declares how outbound mail leaves; without it, parameters that send mail
+    /// anywhere but the agent are refused.
+    pub allow_outbound: bool,
+}
+
+/// Parameters that send mail somewhere other than the agent (or copy it there). Refused unless
+/// the MailServer declares outbound mail: a mailbox host must not become a relay by accident.
+pub const OUTBOUND: &[&str] = &[
+    "relayhost",
+    "default_transport",
+    "relay_transport",
+    "transport_maps",
+    "relay_domains",
+    "sender_dependent_relayhost_maps",
+    "sender_dependent_default_transport_maps",
+    "smtp_fallback_relay",
+    "fallback_transport",
+    "content_filter",
+    "always_bcc",
+    "sender_bcc_maps",
+    "recipient_bcc_maps",
+];
+
+/// Why an extra parameter would open the server to relaying, if it would.
+pub fn relay_refusal(name: &str, value: &str, allow_outbound: bool) -> Option<String> {
+    let tokens = || {
+        value
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+    };
+    match name {
+        "mynetworks" => tokens()
+            .find(|t| !(t.starts_with("127.") || t.starts_with("[::1]")))
+            .map(|t| {
+                format!(
+                    "mynetworks: {t} is not loopback; other hosts would relay through this server"
+                )
+            }),
+        "mynetworks_style" if value.trim() != "host" => {
+            Some("mynetworks_style: only host; other hosts would relay through this server".into())
+        }
+        "smtpd_relay_restrictions" => {
+            let stop = tokens().position(|t| {
+                matches!(
+                    t,
+                    "reject_unauth_destination" | "defer_unauth_destination" | "reject" | "defer"
+                )
+            });
+            let open = tokens().position(|t| t == "permit");
+            match (stop, open) {
+                (Some(stop), open) if open.is_none_or(|o| o > stop) => None,
+                _ => Some(
+                    "smtpd_relay_restrictions: must reach reject_unauth_destination before any permit"
+                        .into(),
+                ),
+            }
+        }
+        _ if OUTBOUND.contains(&name) && !allow_outbound => Some(format!(
+            "{name}: sends mail elsewhere than this server's mailboxes, and the MailServer declares no outbound mail"
+        )),
+        _ => None,
+    }
 }
 
 /// The rendered profile.
@@ -69,6 +144,8 @@ pub struct Profile {
     pub main: Vec<(String, String)>,
     /// master.cf field settings (`postconf -F 'service/type/field = value'`).
     pub master: Vec<String>,
+    /// master.cf services added (`postconf -M 'service/type = entry'`).
+    pub services: Vec<String>,
     /// Extra parameters that were refused, with why.
     pub refused: Vec<String>,
 }
@@ -136,8 +213,23 @@ pub fn profile(input: &ProfileInput) -> Profile {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let mut refused = Vec::new();
+    if let Some(dir) = &input.tls_dir {
+        main.extend(
+            [
+                ("smtpd_tls_cert_file", format!("{dir}/tls.crt")),
+                ("smtpd_tls_key_file", format!("{dir}/tls.key")),
+                // Opportunistic: clients that cannot do TLS still deliver (RFC 3207).
+                ("smtpd_tls_security_level", "may".into()),
+                ("smtpd_tls_mandatory_protocols", ">=TLSv1.2".into()),
+                ("smtpd_tls_loglevel", "1".into()),
+                ("smtpd_tls_received_header", "yes".into()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+    }
     for (name, value) in &input.extra {
-        if PROTECTED.contains(&name.as_str()) {
+        if PROTECTED.contains(&name.as_str()) || WIRED.contains(&name.as_str()) {
             refused.push(format!(
                 "{name}: wires Postfix to the agent and cannot be overridden"
             ));
@@ -155,6 +247,10 @@ pub fn profile(input: &ProfileInput) -> Profile {
                 }
             }
         }
+        if let Some(reason) = relay_refusal(name, value, input.allow_outbound) {
+            refused.push(reason);
+            continue;
+        }
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || value.contains('\n') {
             refused.push(format!(
                 "{name}: not a main.cf parameter name or a one-line value"
@@ -171,9 +267,19 @@ pub fn profile(input: &ProfileInput) -> Profile {
         .map(|s| format!("{s}/chroot = n"))
         .collect();
     master.push("lmtp/unix/command = lmtp flags=O".into());
+    let services = input
+        .proxy_protocol_port
+        .map(|port| {
+            format!(
+                "{port}/inet = {port} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy"
+            )
+        })
+        .into_iter()
+        .collect();
     Profile {
         main,
         master,
+        services,
         refused,
     }
 }
@@ -196,6 +302,15 @@ impl Profile {
         }
         text
     }
+
+    /// `postconf -M` lines: services added to master.cf.
+    pub fn master_services_cf(&self) -> String {
+        let mut text = String::from("# postconf -M services (generated; do not edit)\n");
+        for line in &self.services {
+            let _ = writeln!(text, "{line}");
+        }
+        text
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +324,9 @@ mod tests {
             mailbox_size_limit: 51_200_000,
             recipient_delimiter: "+".into(),
             extra: BTreeMap::new(),
+            tls_dir: None,
+            proxy_protocol_port: None,
+            allow_outbound: false,
         }
     }
 
@@ -264,7 +382,63 @@ mod tests {
             Some("lmtp:unix:/run/virtmail/lmtp.sock")
         );
         assert_eq!(get(&p, "smtpd_banner"), Some("$myhostname ESMTP"));
-        assert_eq!(get(&p, "default_transport"), Some("smtp"));
-        assert_eq!(p.refused.len(), 2, "{:?}", p.refused);
+        assert_ne!(get(&p, "default_transport"), Some("smtp"));
+        assert_eq!(p.refused.len(), 3, "{:?}", p.refused);
+    }
+
+    #[test]
+    fn parameters_that_would_relay_for_others_are_refused() {
+        let refused = |name: &str, value: &str| relay_refusal(name, value, false);
+        assert!(refused("mynetworks", "127.0.0.0/8 [::1]/128").is_none());
+        assert!(refused("mynetworks", "127.0.0.0/8, 10.0.0.0/8").is_some());
+        assert!(refused("mynetworks", "0.0.0.0/0").is_some());
+        assert!(refused("mynetworks_style", "host").is_none());
+        assert!(refused("mynetworks_style", "subnet").is_some());
+        assert!(
+            refused(
+                "smtpd_relay_restrictions",
+                "permit_mynetworks, reject_unauth_destination"
+            )
+            .is_none()
+        );
+        assert!(refused("smtpd_relay_restrictions", "permit_mynetworks").is_some());
+        assert!(
+            refused(
+                "smtpd_relay_restrictions",
+                "permit, reject_unauth_destination"
+            )
+            .is_some()
+        );
+        assert!(refused("relayhost", "[smtp.example.net]:587").is_some());
+        assert!(relay_refusal("relayhost", "[smtp.example.net]:587", true).is_none());
+        assert!(refused("smtpd_banner", "$myhostname ESMTP").is_none());
+        let mut i = input();
+        i.extra.insert("mynetworks".into(), "0.0.0.0/0".into());
+        let p = profile(&i);
+        assert_eq!(get(&p, "mynetworks"), None);
+        assert_eq!(p.refused.len(), 1);
+    }
+
+    #[test]
+    fn tls_and_proxy_protocol_are_wired_from_the_mailserver_only() {
+        let mut i = input();
+        i.tls_dir = Some("/etc/virtmail/tls".into());
+        i.proxy_protocol_port = Some(10025);
+        i.extra
+            .insert("smtpd_tls_cert_file".into(), "/tmp/other.crt".into());
+        let p = profile(&i);
+        assert_eq!(
+            get(&p, "smtpd_tls_cert_file"),
+            Some("/etc/virtmail/tls/tls.crt")
+        );
+        assert_eq!(get(&p, "smtpd_tls_security_level"), Some("may"));
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(
+            p.master_services_cf().lines().nth(1),
+            Some(
+                "10025/inet = 10025 inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy"
+            )
+        );
+        assert!(get(&profile(&input()), "smtpd_tls_cert_file").is_none());
     }
 }

@@ -47,9 +47,19 @@ pub struct Metrics {
     reloads_failed: AtomicU64,
     last_reload_diagnostics: AtomicU64,
     last_reload_error: Mutex<Option<String>>,
+    /// The Postfix container's queue size file (`<queue> <messages>` lines).
+    postfix_queue_stats: Option<std::path::PathBuf>,
 }
 
 impl Metrics {
+    /// Metrics that also export the Postfix queue size read from `path`.
+    pub fn with_postfix_queue_stats(path: Option<std::path::PathBuf>) -> Self {
+        Metrics {
+            postfix_queue_stats: path,
+            ..Default::default()
+        }
+    }
+
     /// Count a per-recipient delivery result.
     pub fn delivery(&self, class: u8, duration: Duration) {
         if let Some(c) = class
@@ -123,6 +133,29 @@ impl Metrics {
     pub fn render(&self, holder: &Holder) -> String {
         let mut out = String::with_capacity(4096);
         let o = &mut out;
+        header(
+            o,
+            "virtmail_agent_build_info",
+            "gauge",
+            "The agent's version (always 1).",
+        );
+        let _ = writeln!(
+            o,
+            "virtmail_agent_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(problems) = crate::provision::last_round_problems() {
+            header(
+                o,
+                "virtmail_mailboxes_unprovisioned",
+                "gauge",
+                "Mailboxes the last provisioning round could not create or check.",
+            );
+            let _ = writeln!(o, "virtmail_mailboxes_unprovisioned {problems}");
+        }
+        if let Some(path) = &self.postfix_queue_stats {
+            render_postfix_queue(o, path);
+        }
         header(
             o,
             "virtmail_deliveries_total",
@@ -322,6 +355,48 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// Postfix's queue size as the Postfix container last wrote it. The file is written by a
+/// container the agent does not trust more than its input: only known queue names and numbers
+/// are exported.
+fn render_postfix_queue(o: &mut String, path: &std::path::Path) {
+    const QUEUES: [&str; 5] = ["maildrop", "incoming", "active", "deferred", "hold"];
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    header(
+        o,
+        "virtmail_postfix_queue_messages",
+        "gauge",
+        "Messages in the pod's Postfix queue, by queue.",
+    );
+    for line in text.lines().take(QUEUES.len()) {
+        if let Some((queue, count)) = line.split_once(' ')
+            && QUEUES.contains(&queue)
+            && let Ok(count) = count.trim().parse::<u64>()
+        {
+            let _ = writeln!(
+                o,
+                "virtmail_postfix_queue_messages{{queue=\"{queue}\"}} {count}"
+            );
+        }
+    }
+    if let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified())
+        && let Ok(since) = modified.duration_since(std::time::UNIX_EPOCH)
+    {
+        header(
+            o,
+            "virtmail_postfix_queue_updated_timestamp_seconds",
+            "gauge",
+            "When the Postfix container last counted its queue.",
+        );
+        let _ = writeln!(
+            o,
+            "virtmail_postfix_queue_updated_timestamp_seconds {}",
+            since.as_secs()
+        );
     }
 }
 

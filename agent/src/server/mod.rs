@@ -104,6 +104,8 @@ pub struct Config {
     pub hostname: String,
     /// Limits.
     pub limits: Limits,
+    /// The Postfix container's queue size file, if it writes one.
+    pub postfix_queue_stats: Option<std::path::PathBuf>,
 }
 
 /// State shared by every connection.
@@ -136,7 +138,9 @@ pub fn default_hostname() -> String {
 
 /// Run until SIGTERM or SIGINT, then shut down gracefully.
 pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::with_postfix_queue_stats(
+        config.postfix_queue_stats.clone(),
+    ));
     let holder = Arc::new(Holder::default());
     if let Source::Files(source) = &config.source {
         let (source, h, m) = (source.clone(), holder.clone(), metrics.clone());

@@ -1,22 +1,31 @@
-{{- define "virtmail.name" -}}virtmail{{- end }}
+{{- define "virtmail.name" -}}
+{{- default "virtmail" .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end }}
 
 {{- define "virtmail.fullname" -}}
-{{- if contains "virtmail" .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "virtmail.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-virtmail" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end }}
 
 {{- define "virtmail.selectorLabels" -}}
-app.kubernetes.io/name: virtmail-operator
+app.kubernetes.io/name: {{ include "virtmail.name" . }}-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "virtmail.labels" -}}
 {{ include "virtmail.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
 app.kubernetes.io/part-of: virtmail
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 
@@ -26,4 +35,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- else -}}
 {{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
+{{- end }}
+
+{{- /* An image reference whose tag defaults to the chart's appVersion. */}}
+{{- define "virtmail.image" -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .root.Chart.AppVersion) -}}
 {{- end }}

@@ -165,7 +165,10 @@ fn postfix_queue_is_persistent_and_drained_before_the_agent_stops() {
         .expect("a preStop drain");
     assert_eq!(
         drain[1..],
-        ["drain".to_string(), POSTFIX_FLUSH_SECONDS.to_string()]
+        [
+            "drain".to_string(),
+            postfix_flush_seconds(TERMINATION_GRACE_SECONDS).to_string()
+        ]
     );
     let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
     let agent_wait = agent
@@ -175,7 +178,7 @@ fn postfix_queue_is_persistent_and_drained_before_the_agent_stops() {
         .and_then(|h| h.sleep.as_ref())
         .map(|s| s.seconds)
         .expect("the agent waits for the drain");
-    assert!(agent_wait > POSTFIX_FLUSH_SECONDS);
+    assert!(agent_wait > postfix_flush_seconds(TERMINATION_GRACE_SECONDS));
     let grace = pod
         .termination_grace_period_seconds
         .expect("a grace period");
@@ -478,4 +481,154 @@ fn network_policy_admits_smtp_from_anywhere_and_http_only_from_the_metrics_names
         Some("monitoring")
     );
     assert!(owned_by(&d.network_policy, &server));
+}
+
+/// A server of example 1 with `spec` merged in (as YAML).
+fn server_with(spec: &str) -> (MailServer, Encoded) {
+    let (mut server, encoded) = example_server("1-virtual-for-all-mail");
+    let mut value = serde_json::to_value(&server.spec).expect("spec");
+    let extra: serde_json::Value = serde_yaml::from_str(spec).expect("spec YAML");
+    for (k, v) in extra.as_object().expect("a mapping") {
+        value[k] = v.clone();
+    }
+    server.spec = serde_json::from_value(value).expect("a valid spec");
+    (server, encoded)
+}
+
+#[test]
+fn tls_secret_is_mounted_read_only_for_postfix_and_wired_in_main_cf() {
+    let (server, encoded) = server_with("postfix: {tls: {secretName: mail-tls}}");
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    let pod = d.stateful_set.spec.template.spec.expect("pod");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "tls")
+        .expect("a tls volume");
+    let secret = volume.secret.as_ref().expect("from a Secret");
+    assert_eq!(secret.secret_name.as_deref(), Some("mail-tls"));
+    assert_eq!(secret.default_mode, Some(0o400));
+    let postfix = pod.containers.iter().find(|c| c.name == "postfix").unwrap();
+    let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
+    let mounts = |c: &Container| -> Vec<(String, bool)> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.read_only == Some(true)))
+            .collect()
+    };
+    assert!(mounts(postfix).contains(&("tls".into(), true)));
+    assert!(
+        !mounts(agent).iter().any(|(n, _)| n == "tls"),
+        "the agent never sees the key"
+    );
+    let main_cf = &d.postfix.data.as_ref().unwrap()["main.cf"];
+    assert!(main_cf.contains(&format!("smtpd_tls_cert_file = {TLS_DIR}/tls.crt")));
+    assert!(main_cf.contains("smtpd_tls_security_level = may"));
+    let (plain, encoded) = example_server("1-virtual-for-all-mail");
+    let d = desired(&plain, &encoded, &BuildConfig::default());
+    assert!(!d.postfix.data.as_ref().unwrap()["main.cf"].contains("smtpd_tls_cert_file"));
+}
+
+#[test]
+fn service_exposure_and_proxy_protocol() {
+    let (server, encoded) = server_with(
+        "service: {type: LoadBalancer, externalTrafficPolicy: Local, nodePort: 30025, annotations: {lb.example/x: y}}
+postfix: {proxyProtocol: true}",
+    );
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    let spec = d.service.spec.as_ref().expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+    let port = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!((port.port, port.node_port), (25, Some(30025)));
+    assert_eq!(
+        port.target_port,
+        Some(IntOrString::String("smtp-proxy".into()))
+    );
+    assert_eq!(
+        d.service.metadata.annotations.as_ref().unwrap()["lb.example/x"],
+        "y"
+    );
+    let pod = d.stateful_set.spec.template.spec.expect("pod");
+    let postfix = pod.containers.iter().find(|c| c.name == "postfix").unwrap();
+    assert!(postfix.ports.iter().flatten().any(|p| {
+        p.name.as_deref() == Some("smtp-proxy")
+            && p.container_port == i32::from(PROXY_PROTOCOL_PORT)
+    }));
+    assert!(
+        d.postfix.data.as_ref().unwrap()["master-services.cf"]
+            .contains("smtpd_upstream_proxy_protocol=haproxy")
+    );
+    let policy = d.network_policy.spec.unwrap().ingress.unwrap();
+    assert!(
+        policy[0]
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.port == Some(IntOrString::String("smtp-proxy".into())))
+    );
+    // Default: a ClusterIP Service to Postfix's plain listener.
+    let (plain, encoded) = example_server("1-virtual-for-all-mail");
+    let d = desired(&plain, &encoded, &BuildConfig::default());
+    let spec = d.service.spec.as_ref().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(
+        spec.ports.as_ref().unwrap()[0].target_port,
+        Some(IntOrString::String("smtp".into()))
+    );
+}
+
+#[test]
+fn pod_settings_reach_the_pod_template_and_virtmail_labels_win() {
+    let (server, encoded) = server_with(
+        "pod:
+  labels: {team: mail, app.kubernetes.io/name: other}
+  annotations: {backup.example/enabled: 'true'}
+  nodeSelector: {disk: ssd}
+  tolerations: [{key: mail, operator: Exists, effect: NoSchedule}]
+  priorityClassName: mail-critical
+  imagePullSecrets: [{name: registry}]
+  terminationGracePeriodSeconds: 90
+  topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: ScheduleAnyway}]",
+    );
+    let d = desired(&server, &encoded, &BuildConfig::default());
+    let template = d.stateful_set.spec.template;
+    let meta = template.metadata.expect("meta");
+    let labels = meta.labels.expect("labels");
+    assert_eq!(labels["team"], "mail");
+    assert_eq!(labels["app.kubernetes.io/name"], "virtmail");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "virtmail");
+    let annotations = meta.annotations.expect("annotations");
+    assert_eq!(annotations["backup.example/enabled"], "true");
+    assert!(annotations.contains_key("virtmail.io/postfix-config-hash"));
+    let pod = template.spec.expect("pod");
+    assert_eq!(pod.node_selector.unwrap()["disk"], "ssd");
+    assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("mail"));
+    assert_eq!(pod.priority_class_name.as_deref(), Some("mail-critical"));
+    assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry");
+    assert_eq!(pod.topology_spread_constraints.unwrap()[0].max_skew, 1);
+    assert_eq!(pod.termination_grace_period_seconds, Some(90));
+    let drain = pod.containers[0]
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .unwrap();
+    assert_eq!(drain[2], "30", "a third of the grace");
+    for meta in [
+        &d.service.metadata,
+        &d.postfix.metadata,
+        &d.stateful_set.metadata,
+    ] {
+        let labels = meta.labels.as_ref().unwrap();
+        for key in ["part-of", "component", "managed-by", "instance", "name"] {
+            assert!(
+                labels.contains_key(&format!("app.kubernetes.io/{key}")),
+                "{key}"
+            );
+        }
+    }
 }
