@@ -137,6 +137,27 @@ build_one() {
   log "$name: built in $((SECONDS - started))s, $(du -h "$out" | cut -f1)"
 }
 
+# The monitoring.coreos.com CRDs of the pinned Prometheus Operator release, from its Go module
+# (the module proxy is the only source of it here), into $TOOLS_BIN/../crds/.
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+fetch_monitoring_crds() {
+  local out="$TOOLS_BIN/../crds" stamp
+  stamp="$out/.prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"
+  [[ -f "$stamp" ]] && { log "monitoring CRDs: up to date ($PROMETHEUS_OPERATOR_VERSION)"; return 0; }
+  local go dir; go="$(find_go)" || die "Go toolchain not found: fetching the Prometheus Operator CRDs needs Go"
+  dir="$(cd "$SCRIPT_DIR/chart" && "$go" mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')" \
+    || die "cannot download github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION"
+  mkdir -p "$out"
+  local kind
+  for kind in podmonitors servicemonitors prometheusrules; do
+    cp -f "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$out/" \
+      || die "the Prometheus Operator module has no CRD for $kind"
+  done
+  touch "$stamp"
+  log "monitoring CRDs: copied from prometheus-operator $PROMETHEUS_OPERATOR_VERSION into $out"
+}
+
 cmd_build() {
   local kv="k8s.io/component-base/version"
   local kmaj kmin
@@ -159,6 +180,10 @@ cmd_build() {
   BUILD_TAGS="no_btrfs no_devmapper no_zfs" build_one containerd github.com/containerd/containerd/v2/cmd/containerd containerd "$cflags"
   BUILD_TAGS="no_btrfs no_devmapper no_zfs" build_one containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 containerd-shim-runc-v2 "$cflags"
   BUILD_TAGS="no_btrfs no_devmapper no_zfs" build_one containerd github.com/containerd/containerd/v2/cmd/ctr ctr "$cflags"
+  # The chart's tooling: helm-docs (charts/virtmail/README.md), and the Prometheus Operator's
+  # CRDs the chart's PodMonitor, ServiceMonitor and PrometheusRule are tested against.
+  build_one chart github.com/norwoodj/helm-docs/cmd/helm-docs helm-docs ""
+  fetch_monitoring_crds
   # Forget shared-cache entries of old pins not used for two weeks.
   if [[ "$SHARED_CACHE" != "off" && -d "$SHARED_CACHE" ]]; then
     find "$SHARED_CACHE" -mindepth 1 -maxdepth 1 -type d -mtime +14 -exec rm -rf {} + 2>/dev/null || true
@@ -178,10 +203,11 @@ find_etcd() {
 
 need_binaries() {
   local missing=() b key
-  for b in kube:kube-apiserver kube:kube-controller-manager kube:kubectl helm:helm; do
+  for b in kube:kube-apiserver kube:kube-controller-manager kube:kubectl helm:helm chart:helm-docs; do
     key="$(module_key "${b%%:*}")"; b="${b#*:}"
     if [[ ! -x "$TOOLS_BIN/$b" || "$(cat "$TOOLS_BIN/.$b.key" 2>/dev/null)" != "$key" ]]; then missing+=("$b"); fi
   done
+  [[ -f "$TOOLS_BIN/../crds/.prometheus-operator-$PROMETHEUS_OPERATOR_VERSION" ]] || missing+=("monitoring CRDs")
   if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ "${VIRTMAIL_CLUSTER_NO_BUILD:-0}" == 1 ]]; then
       die "missing or stale: ${missing[*]} in $TOOLS_BIN (run tools/cluster.sh build; VIRTMAIL_CLUSTER_NO_BUILD=1 forbids building here)"

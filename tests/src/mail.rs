@@ -49,8 +49,15 @@ impl Smtp {
 
     /// Like [`Smtp::connect`], to another local address (a Service's ClusterIP on the node).
     pub fn connect_to(host: &str, port: u16) -> Smtp {
-        let stream = TcpStream::connect((host, port))
+        Smtp::connect_with_preamble(host, port, b"")
+    }
+
+    /// Like [`Smtp::connect_to`], sending `preamble` first (a PROXY protocol header, as a load
+    /// balancer does before the client's first byte).
+    pub fn connect_with_preamble(host: &str, port: u16, preamble: &[u8]) -> Smtp {
+        let mut stream = TcpStream::connect((host, port))
             .unwrap_or_else(|e| panic!("cannot connect to SMTP {host}:{port}: {e}"));
+        stream.write_all(preamble).expect("send the preamble");
         stream
             .set_read_timeout(Some(Duration::from_secs(120)))
             .expect("read timeout");

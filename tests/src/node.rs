@@ -8,7 +8,7 @@
 //! node::run_pod(&ns, "hello", &node::image("agent"), &["--version"]);
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -273,4 +273,89 @@ pub fn eventually<T>(
 pub fn owner_uid(path: &Path) -> std::io::Result<u32> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::symlink_metadata(path)?.uid())
+}
+
+/// Namespace of the chart release that reconciles every node test's MailServer (cluster-wide).
+pub const OPERATOR_NAMESPACE: &str = "virtmail-node-system";
+
+/// `helm` against the plane, from the workspace (charts/virtmail).
+pub fn helm(cluster: &Cluster) -> Command {
+    let mut cmd = cluster.helm();
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// A namespace that enforces the `restricted` Pod Security Standard.
+pub fn restricted_namespace(cluster: &Cluster, name: &str) {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
+    );
+    cluster::run_with_stdin(cluster.kubectl().args(["apply", "-f", "-"]), &manifest)
+        .unwrap_or_else(|e| panic!("namespace {name}: {e}"));
+}
+
+/// The operator from the chart, cluster-wide, installed once per test process.
+pub fn operator(cluster: &'static Cluster) {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        restricted_namespace(cluster, OPERATOR_NAMESPACE);
+        // A release left by an earlier run runs the images of then: start from none.
+        uninstall(cluster, "virtmail", OPERATOR_NAMESPACE);
+        let out = run(helm(cluster).args([
+            "install",
+            "virtmail",
+            "charts/virtmail",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--set",
+            "crds.install=false",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]));
+        if let Err(e) = out {
+            panic!(
+                "helm install of the operator failed: {e}\n{}",
+                operator_logs(cluster)
+            );
+        }
+    });
+}
+
+/// `helm uninstall`, waiting; a missing release is fine.
+pub fn uninstall(cluster: &Cluster, release: &str, namespace: &str) {
+    run(helm(cluster).args([
+        "uninstall",
+        release,
+        "-n",
+        namespace,
+        "--ignore-not-found",
+        "--wait",
+    ]))
+    .unwrap_or_else(|e| panic!("helm uninstall {release}: {e}"));
+}
+
+/// The operator's last log lines.
+pub fn operator_logs(cluster: &Cluster) -> String {
+    run(cluster.kubectl().args([
+        "-n",
+        OPERATOR_NAMESPACE,
+        "logs",
+        "deployment/virtmail",
+        "--tail=80",
+    ]))
+    .unwrap_or_else(|e| e.to_string())
+}
+
+/// The host directory behind a bound claim (the node's hostPath provisioner).
+pub fn volume_of(ns: &TestNamespace, claim: &str) -> PathBuf {
+    let pvc = ns.get_json("pvc", claim);
+    let pv = pvc["spec"]["volumeName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("claim {claim} is not bound: {pvc:#}"));
+    let pv: Value = serde_json::from_str(
+        &run(ns.cluster().kubectl().args(["get", "pv", pv, "-o", "json"])).unwrap(),
+    )
+    .unwrap();
+    PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap())
 }

@@ -1,4 +1,4 @@
-//! The Helm chart against the real control plane (issue 8): lint, rendering, install into a
+//! The Helm chart against the real control plane: lint, rendering, install into a
 //! namespace that enforces the `restricted` Pod Security Standard, the operator running with
 //! exactly the chart's RBAC, least privilege, upgrade and uninstall keeping CRDs and resources.
 
@@ -230,5 +230,44 @@ fn chart_installs_under_restricted_and_the_operator_works_with_exactly_its_rbac(
     assert!(
         left.trim().is_empty(),
         "uninstall removes the operator: {left}"
+    );
+}
+
+/// charts/virtmail/README.md is what helm-docs writes from values.yaml; fail when stale.
+#[test]
+fn chart_readme_lists_every_value_as_helm_docs_writes_it() {
+    let root = workspace_root();
+    let copy = tempfile::tempdir().expect("tempdir");
+    let chart = copy.path().join("virtmail");
+    let status = Command::new("cp")
+        .args(["-r"])
+        .arg(root.join("charts/virtmail"))
+        .arg(&chart)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    run(Command::new(root.join("tools/chart-docs.sh")).arg(&chart))
+        .unwrap_or_else(|e| panic!("tools/chart-docs.sh: {e}"));
+    let generated = std::fs::read_to_string(chart.join("README.md")).expect("generated README");
+    let committed =
+        std::fs::read_to_string(root.join("charts/virtmail/README.md")).unwrap_or_default();
+    assert!(
+        generated == committed,
+        "charts/virtmail/README.md is stale: run tools/chart-docs.sh"
+    );
+    let values = std::fs::read_to_string(root.join("charts/virtmail/values.yaml")).unwrap();
+    for key in [
+        "metrics.prometheusRule.enabled",
+        "fullnameOverride",
+        "mailServerImages.agent.tag",
+    ] {
+        assert!(
+            committed.contains(&format!("| {key} |")),
+            "{key} is not documented"
+        );
+    }
+    assert!(
+        values.contains("# -- "),
+        "values.yaml documents its keys for helm-docs"
     );
 }

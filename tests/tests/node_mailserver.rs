@@ -9,86 +9,18 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use virtmail_tests::cluster::{Cluster, TestNamespace, run};
+use virtmail_tests::cluster::{TestNamespace, run};
 use virtmail_tests::dovecot::{Format, User};
 use virtmail_tests::mail::{self, Smtp};
-use virtmail_tests::node::{self, apply, eventually, exec, wait_for};
+use virtmail_tests::node::{
+    self, apply, eventually, exec, helm, operator, restricted_namespace, uninstall, volume_of,
+    wait_for,
+};
 use virtmail_tests::workspace_root;
 
 const MINUTE: Duration = Duration::from_secs(60);
-/// The release every mail test's MailServer is reconciled by (cluster-wide).
-const OPERATOR_NAMESPACE: &str = "virtmail-node-system";
-
-fn helm(cluster: &Cluster) -> Command {
-    let mut cmd = cluster.helm();
-    cmd.current_dir(workspace_root());
-    cmd
-}
-
-fn restricted_namespace(cluster: &Cluster, name: &str) {
-    let manifest = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
-    );
-    virtmail_tests::cluster::run_with_stdin(
-        cluster.kubectl().args(["apply", "-f", "-"]),
-        &manifest,
-    )
-    .unwrap_or_else(|e| panic!("namespace {name}: {e}"));
-}
-
-/// The operator from the chart, cluster-wide, installed once per test process.
-fn operator(cluster: &'static Cluster) {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        restricted_namespace(cluster, OPERATOR_NAMESPACE);
-        // A release left by an earlier run runs the images of then: start from none.
-        uninstall(cluster, "virtmail", OPERATOR_NAMESPACE);
-        let out = run(helm(cluster).args([
-            "install",
-            "virtmail",
-            "charts/virtmail",
-            "-n",
-            OPERATOR_NAMESPACE,
-            "--set",
-            "crds.install=false",
-            "--wait",
-            "--timeout",
-            "180s",
-        ]));
-        if let Err(e) = out {
-            panic!(
-                "helm install of the operator failed: {e}\n{}",
-                operator_logs(cluster)
-            );
-        }
-    });
-}
-
-fn uninstall(cluster: &Cluster, release: &str, namespace: &str) {
-    run(helm(cluster).args([
-        "uninstall",
-        release,
-        "-n",
-        namespace,
-        "--ignore-not-found",
-        "--wait",
-    ]))
-    .unwrap_or_else(|e| panic!("helm uninstall {release}: {e}"));
-}
-
-fn operator_logs(cluster: &Cluster) -> String {
-    run(cluster.kubectl().args([
-        "-n",
-        OPERATOR_NAMESPACE,
-        "logs",
-        "deployment/virtmail",
-        "--tail=80",
-    ]))
-    .unwrap_or_else(|e| e.to_string())
-}
 
 #[test]
 fn chart_installs_restricted_upgrades_with_a_new_pod_and_uninstalls_keeping_crds() {
@@ -199,18 +131,6 @@ fn example_server(test: &str) -> Server {
         volume,
         address,
     }
-}
-
-fn volume_of(ns: &TestNamespace, claim: &str) -> PathBuf {
-    let pvc = ns.get_json("pvc", claim);
-    let pv = pvc["spec"]["volumeName"]
-        .as_str()
-        .unwrap_or_else(|| panic!("claim {claim} is not bound: {pvc:#}"));
-    let pv: serde_json::Value = serde_json::from_str(
-        &run(ns.cluster().kubectl().args(["get", "pv", pv, "-o", "json"])).unwrap(),
-    )
-    .unwrap();
-    PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap())
 }
 
 fn smtp(server: &Server) -> Smtp {
