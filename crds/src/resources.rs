@@ -228,7 +228,7 @@ pub struct StorageSpec {
     pub existing_claim: Option<String>,
     /// Size requested by the claim template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("size must be a quantity such as 512Mi or 10Gi"))]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))").message("size must be a quantity such as 512Mi or 10Gi"))]
     pub size: Option<Quantity>,
     /// StorageClass of the claim template; absent uses the cluster default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -253,7 +253,7 @@ pub struct PostfixSpec {
     /// (`mynetworks` beyond loopback, a `mynetworks_style` other than `host`, relay restrictions
     /// without `reject_unauth_destination`, or a transport that sends mail elsewhere).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(extend("maxProperties" = 40))]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-z0-9_]{1,64}$'))").message("postfix.parameters keys are main.cf parameter names: lowercase letters, digits and '_'"))]
     #[x_kube(validation = Rule::new("!self.exists(k, k in ['virtual_transport', 'virtual_mailbox_domains', 'virtual_mailbox_maps', 'virtual_alias_maps', 'virtual_alias_domains', 'recipient_delimiter', 'lmtp_line_length_limit', 'lmtp_destination_recipient_limit', 'mydestination', 'smtpd_tls_cert_file', 'smtpd_tls_key_file', 'smtpd_upstream_proxy_protocol'])").message("postfix.parameters may not override the parameters that wire Postfix to the agent (virtual_*, recipient_delimiter, lmtp_*, mydestination) or the ones set by postfix.tls and postfix.proxyProtocol"))]
     #[x_kube(validation = Rule::new("!('mynetworks_style' in self) || self['mynetworks_style'] == 'host'").message("mynetworks_style other than host would let other hosts relay through this server"))]
@@ -468,7 +468,7 @@ pub struct MailboxDefaults {
     pub format: Option<MailboxFormat>,
     /// Quota of mailboxes which set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("quota must be a quantity such as 512Mi or 10Gi"))]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))").message("quota must be a quantity such as 512Mi or 10Gi"))]
     pub quota: Option<Quantity>,
 }
 
@@ -642,7 +642,7 @@ pub struct MailboxSpec {
     /// Largest total size of the mailbox (e.g. `1Gi`); mail that would exceed it is refused at
     /// RCPT with 552 5.2.2. Absent: the domain's default, else no quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).sign() >= 0").message("quota must be a quantity such as 512Mi or 10Gi"))]
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))").message("quota must be a quantity such as 512Mi or 10Gi"))]
     pub quota: Option<Quantity>,
     /// Temporarily refuse mail with 450 4.2.1 (senders retry); nothing is bounced.
     #[serde(default)]
