@@ -432,6 +432,11 @@ spec:
             .and_then(|s| s.contains("second.edge.test").then_some(s.clone()).ok_or(s))
     });
     assert!(renewed.contains("CN = second.edge.test"));
+    let postfix_log = node::logs(&ns, "edge-0", "postfix");
+    assert!(
+        postfix_log.contains("TLS certificate changed, reloading Postfix"),
+        "the Postfix container reloads for the renewed certificate:\n{postfix_log}"
+    );
     send_proxied("after-renewal");
     eventually("mail after the renewal", MINUTE, || {
         std::fs::read(&mbox)
