@@ -588,13 +588,9 @@ impl<'a> MemberStatuses<'a> {
                         effective.gid,
                         effective.quota,
                     );
-                let extra = json!({
-                    "path": effective.path,
-                    "format": effective.format,
-                    "uid": effective.uid,
-                    "gid": effective.gid,
-                    "quota": effective.quota,
-                });
+                // Only the values there are: an absent one is left out of the apply, which
+                // removes what an earlier apply of this field manager set.
+                let extra = serde_json::to_value(&effective).unwrap_or_default();
                 member_patch(mailbox, wanted, extra, changed).map(AnyPatch::Mailbox)
             }
             Kind::MailAlias => {
@@ -1182,28 +1178,43 @@ fn server_triggers(
     let mut generations: HashMap<String, Option<i64>> = HashMap::new();
     events
         .map_ok(move |event| {
-            let namespace = match &event {
-                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                    let uid = s.meta().uid.clone().unwrap_or_default();
-                    let generation = s.meta().generation;
-                    (generations.insert(uid, generation) != Some(generation)).then(|| s.namespace())
-                }
-                watcher::Event::Delete(s) => {
-                    generations.remove(s.meta().uid.as_deref().unwrap_or_default());
-                    Some(s.namespace())
-                }
-                watcher::Event::Init | watcher::Event::InitDone => None,
-            };
-            let triggered: Vec<Result<MailServer, watcher::Error>> = match namespace {
-                Some(namespace) => store
+            let in_namespace = |namespace: Option<String>| -> Vec<MailServer> {
+                store
                     .state()
                     .iter()
                     .filter(|s| s.namespace() == namespace)
-                    .map(|s| Ok(s.as_ref().clone()))
-                    .collect(),
-                None => Vec::new(),
+                    .map(|s| s.as_ref().clone())
+                    .collect()
             };
-            stream::iter(triggered)
+            let mut changed = |s: &MailServer| {
+                let uid = s.meta().uid.clone().unwrap_or_default();
+                let generation = s.meta().generation;
+                generations.insert(uid, generation) != Some(generation)
+            };
+            let triggered: Vec<MailServer> = match event {
+                // A (re)list: the store shows the listed servers only once it is done; then
+                // every server is reconciled, which also covers deletions the list missed.
+                watcher::Event::InitApply(s) => {
+                    changed(&s);
+                    Vec::new()
+                }
+                watcher::Event::InitDone => {
+                    store.state().iter().map(|s| s.as_ref().clone()).collect()
+                }
+                watcher::Event::Init => Vec::new(),
+                watcher::Event::Apply(s) => {
+                    if changed(&s) {
+                        in_namespace(s.namespace())
+                    } else {
+                        Vec::new()
+                    }
+                }
+                watcher::Event::Delete(s) => {
+                    generations.remove(s.meta().uid.as_deref().unwrap_or_default());
+                    in_namespace(s.namespace())
+                }
+            };
+            stream::iter(triggered.into_iter().map(Ok))
         })
         .try_flatten()
 }
@@ -1333,6 +1344,70 @@ mod tests {
             } else { json!([]) }},
         }))
         .expect("a Mailbox")
+    }
+
+    fn server(namespace: &str, name: &str, generation: i64) -> MailServer {
+        serde_json::from_value(json!({
+            "apiVersion": "virtmail.io/v1alpha1",
+            "kind": "MailServer",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{namespace}-{name}"),
+                         "generation": generation},
+            "spec": {},
+        }))
+        .expect("a MailServer")
+    }
+
+    /// Feeds `events` through a reflector and [`server_triggers`]; returns the triggered
+    /// servers as `namespace/name`, sorted.
+    fn server_triggers_for(events: Vec<watcher::Event<MailServer>>) -> Vec<String> {
+        let (store, writer) = reflector::store::<MailServer>();
+        let stream = stream::iter(events.into_iter().map(Ok)).reflect(writer);
+        let mut triggered: Vec<String> =
+            futures::executor::block_on(server_triggers(stream, store).try_collect::<Vec<_>>())
+                .expect("no watch errors")
+                .iter()
+                .map(server_key)
+                .collect();
+        triggered.sort();
+        triggered
+    }
+
+    #[test]
+    fn servers_trigger_after_the_first_list_and_their_neighbours_on_spec_changes_and_deletions() {
+        use watcher::Event::*;
+        let (a, b, other) = (
+            server("ns", "a", 1),
+            server("ns", "b", 1),
+            server("other", "c", 1),
+        );
+        let listed = vec![
+            Init,
+            InitApply(a.clone()),
+            InitApply(b.clone()),
+            InitApply(other.clone()),
+            InitDone,
+        ];
+        assert_eq!(
+            server_triggers_for(listed.clone()),
+            ["ns/a", "ns/b", "other/c"]
+        );
+        // A status change (same generation) triggers nothing; a spec change both servers of
+        // the namespace; a deletion the ones left.
+        let mut events = listed.clone();
+        events.push(Apply(a.clone()));
+        assert_eq!(server_triggers_for(events).len(), 3);
+        let mut events = listed.clone();
+        events.push(Apply(server("ns", "a", 2)));
+        assert_eq!(
+            server_triggers_for(events),
+            ["ns/a", "ns/a", "ns/b", "ns/b", "other/c"]
+        );
+        let mut events = listed;
+        events.push(Delete(a));
+        assert_eq!(
+            server_triggers_for(events),
+            ["ns/a", "ns/b", "ns/b", "other/c"]
+        );
     }
 
     /// Feeds `events` through [`compiler_input_changes`] and returns the namespaces of the

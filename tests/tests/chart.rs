@@ -271,3 +271,52 @@ fn chart_readme_lists_every_value_as_helm_docs_writes_it() {
         "values.yaml documents its keys for helm-docs"
     );
 }
+
+/// Names, labels and image tags as users override them.
+#[test]
+fn chart_names_labels_and_image_tags_follow_overrides_and_app_version() {
+    let chart: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(workspace_root().join("charts/virtmail/Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    let app_version = chart["appVersion"]
+        .as_str()
+        .expect("appVersion")
+        .to_string();
+    let render = |args: &[&str]| {
+        run(helm()
+            .args([
+                "template",
+                "rel",
+                "charts/virtmail",
+                "--set",
+                "crds.install=false",
+            ])
+            .args(args))
+        .unwrap_or_else(|e| panic!("helm template {args:?}: {e}"))
+    };
+    let plain = render(&[]);
+    assert!(plain.contains("name: rel-virtmail\n"), "{plain}");
+    for image in ["operator", "agent", "postfix"] {
+        assert!(
+            plain.contains(&format!("virtmail/{image}:{app_version}\"")),
+            "{image} follows appVersion {app_version}"
+        );
+    }
+    for label in [
+        "app.kubernetes.io/managed-by: Helm",
+        "app.kubernetes.io/component: operator",
+        "app.kubernetes.io/part-of: virtmail",
+    ] {
+        assert!(plain.contains(label), "{label} missing");
+    }
+    let full = render(&["--set", "fullnameOverride=mx-operator"]);
+    assert!(
+        full.contains("name: mx-operator\n") && !full.contains("rel-virtmail"),
+        "{full}"
+    );
+    let named = render(&["--set", "nameOverride=post"]);
+    assert!(named.contains("name: rel-post\n"), "{named}");
+    let tagged = render(&["--set", "mailServerImages.agent.tag=9.9.9"]);
+    assert!(tagged.contains("virtmail/agent:9.9.9\""), "{tagged}");
+}
