@@ -32,8 +32,8 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 use virtmail_crds::encoding::{self, LABEL_ROLE, LABEL_SERVER};
 use virtmail_crds::{
-    Compiled, DirectoryStatus, Inputs, Kind, MailAlias, MailDomain, MailServer, Mailbox,
-    MailboxStatus, ObjectRef, compile,
+    Compiled, DirectoryStatus, Inputs, Kind, MailAlias, MailDomain, MailServer, MailServerStatus,
+    Mailbox, MailboxStatus, ObjectRef, compile,
 };
 
 use crate::build::{self, BuildConfig, Desired, FIELD_MANAGER};
@@ -714,7 +714,7 @@ async fn publish_server(
         )
         .await;
     }
-    let conflict = |s: &virtmail_crds::MailServerStatus| {
+    let conflict = |s: &MailServerStatus| {
         s.conditions
             .iter()
             .find(|c| c.type_ == status::DOMAIN_CONFLICT)
@@ -732,7 +732,7 @@ async fn publish_server(
 async fn apply_server_status(
     ctx: &Context,
     server: &MailServer,
-    new_status: &virtmail_crds::MailServerStatus,
+    new_status: &MailServerStatus,
 ) -> Result<()> {
     let api: Api<MailServer> =
         Api::namespaced(ctx.client.clone(), &server.namespace().unwrap_or_default());
