@@ -136,6 +136,19 @@ async fn shutdown_signal() {
     }
 }
 
+/// Write a command's output to stdout. A reader that went away (`virtmail-operator crds | head`)
+/// ends the command quietly and successfully, as for any Unix filter, instead of an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { out, helm } => {
@@ -156,10 +169,8 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 None => {
-                    let mut stdout = std::io::stdout().lock();
-                    for crd in &crds {
-                        stdout.write_all(render(crd).as_bytes())?;
-                    }
+                    let text: String = crds.iter().map(render).collect();
+                    print_out(&text)?;
                 }
             }
             Ok(())
@@ -179,11 +190,10 @@ fn main() -> anyhow::Result<()> {
                 extra: Default::default(),
             });
             match only.as_deref() {
-                Some("main") => print!("{}", profile.main_cf()),
-                Some(_) => print!("{}", profile.master_cf()),
-                None => print!("{}{}", profile.main_cf(), profile.master_cf()),
+                Some("main") => print_out(&profile.main_cf()),
+                Some(_) => print_out(&profile.master_cf()),
+                None => print_out(&format!("{}{}", profile.main_cf(), profile.master_cf())),
             }
-            Ok(())
         }
         Command::Rbac {
             name,
@@ -198,10 +208,11 @@ fn main() -> anyhow::Result<()> {
                         eprintln!("wrote {}", dir.join(file).display());
                     }
                 }
-                None => print!(
-                    "{}",
-                    virtmail_operator::rbac::yaml(&name, &namespace, &service_account)
-                ),
+                None => print_out(&virtmail_operator::rbac::yaml(
+                    &name,
+                    &namespace,
+                    &service_account,
+                ))?,
             }
             Ok(())
         }
@@ -243,7 +254,7 @@ fn main() -> anyhow::Result<()> {
                     duration: Duration::from_secs(lease_seconds.max(3)),
                 };
                 tokio::select! {
-                    _ = lease::acquire(&client, &lease) => {}
+                    acquired = lease::acquire(&client, &lease) => acquired?,
                     _ = shutdown_signal() => return Ok(()),
                 }
                 metrics.set_leader(true);

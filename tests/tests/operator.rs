@@ -549,3 +549,28 @@ fn a_steady_stream_of_new_mailboxes_is_published_while_it_lasts() {
     );
     creator.join().expect("creator");
 }
+
+/// Run outside a cluster with a Lease namespace that does not exist, the operator stops at once
+/// and says what to create, instead of retrying (and warning) forever.
+#[test]
+fn a_missing_lease_namespace_is_a_clear_error_at_start() {
+    let cluster = cluster();
+    let missing = "virtmail-no-such-namespace";
+    let mut command = std::process::Command::new(virtmail_tests::process::binary(
+        "virtmail-operator",
+    ));
+    command
+        .env("KUBECONFIG", cluster.kubeconfig("admin"))
+        .env("RUST_LOG", "info,kube=warn")
+        .args(["run", "--http=127.0.0.1:0", "--lease-namespace", missing]);
+    let mut operator = virtmail_tests::process::Process::start("operator-no-lease-ns", command);
+    wait_for("the operator to stop", WAIT, || {
+        (!operator.running()).then_some(())
+    });
+    let log = operator.log();
+    assert!(
+        log.contains(&format!("kubectl create namespace {missing}")),
+        "{log}"
+    );
+    assert!(log.contains("Error:"), "{log}");
+}
