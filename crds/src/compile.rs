@@ -43,6 +43,11 @@ pub enum Reason {
     InvalidPostmaster,
     /// The domain's catch-all names no mailbox of the domain.
     UnknownCatchAll,
+    /// A MailAlias pattern that is not a usable regular expression (syntax, length, size).
+    InvalidPattern,
+    /// A Mailbox's autoreply cannot be sent: its MailServer declares no outbound path, or the
+    /// autoreply itself is invalid. Mail is delivered; no reply is sent.
+    AutoreplyRefused,
 }
 
 impl Reason {
@@ -60,6 +65,8 @@ impl Reason {
             Reason::AliasLoop => "AliasLoop",
             Reason::InvalidPostmaster => "InvalidPostmaster",
             Reason::UnknownCatchAll => "UnknownCatchAll",
+            Reason::InvalidPattern => "InvalidPattern",
+            Reason::AutoreplyRefused => "AutoreplyRefused",
         }
     }
 }
@@ -303,6 +310,7 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
     compiler.postmasters();
     compiler.catch_alls();
     compiler.alias_loops();
+    compiler.pattern_loops();
     Compiled {
         directory: compiler.directory,
         diagnostics: compiler.diagnostics,
@@ -590,6 +598,13 @@ impl<'a> Compiler<'a> {
             let Ok(key) = self.claim_address(&object, &alias.spec.address, true) else {
                 continue;
             };
+            let key = match &alias.spec.pattern {
+                None => key,
+                Some(pattern) => match self.pattern_key(&object, &key, pattern) {
+                    Some(key) => key,
+                    None => continue,
+                },
+            };
             if let Some(existing) = self.directory.aliases.get(&key) {
                 let message = format!(
                     "{key} is already defined by MailAlias/{}",
@@ -633,6 +648,121 @@ impl<'a> Compiler<'a> {
                     object: Some(object.name),
                 },
             );
+        }
+    }
+
+    /// The alias-table key of a pattern alias claimed at `@domain` (`claimed`), or `None` after
+    /// a diagnostic. Aliases come oldest first, so numbering them per domain in this order makes
+    /// the oldest matching pattern win; the same pattern twice is an `AddressConflict`.
+    fn pattern_key(&mut self, object: &ObjectRef, claimed: &str, pattern: &str) -> Option<String> {
+        let Some(domain) = claimed.strip_prefix('@') else {
+            self.diagnose(
+                object.clone(),
+                Reason::InvalidPattern,
+                Effect::Excluded,
+                format!("a pattern alias names its domain as address ('@<domain>'), not {claimed}"),
+            );
+            return None;
+        };
+        if let Err(message) = crate::directory::pattern::compile(pattern) {
+            self.diagnose(
+                object.clone(),
+                Reason::InvalidPattern,
+                Effect::Excluded,
+                format!("pattern {pattern:?}: {message}"),
+            );
+            return None;
+        }
+        let prefix = crate::directory::pattern::key_prefix(domain);
+        let existing = self
+            .directory
+            .aliases
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .find(|(k, _)| crate::directory::pattern::key_pattern(k) == Some(pattern));
+        if let Some((_, entry)) = existing {
+            let message = format!(
+                "pattern {pattern:?} of @{domain} is already defined by MailAlias/{}",
+                entry.object.as_deref().unwrap_or("?")
+            );
+            self.diagnose(object.clone(), Reason::AddressConflict, Effect::Excluded, message);
+            return None;
+        }
+        let order = self
+            .directory
+            .aliases
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .count();
+        Some(crate::directory::pattern::key(domain, order, pattern))
+    }
+
+    /// Pattern aliases whose targets (addresses without an entry of their own) fall into a
+    /// pattern that leads back to them would expand forever: they defer as loops.
+    fn pattern_loops(&mut self) {
+        use crate::directory::pattern::key_pattern;
+        let keys: Vec<String> = self
+            .directory
+            .aliases
+            .keys()
+            .filter(|k| key_pattern(k).is_some())
+            .cloned()
+            .collect();
+        let index: HashMap<&str, usize> =
+            keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let mut self_loops: Vec<Option<String>> = vec![None; keys.len()];
+        let edges: Vec<Vec<usize>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let entry = &self.directory.aliases[key];
+                let mut out = Vec::new();
+                for target in &entry.to {
+                    let found = self.directory.find_alias(&fold(target));
+                    if let Some(&j) = found.and_then(|f| index.get(f.key)) {
+                        if i == j {
+                            self_loops[i].get_or_insert_with(|| target.clone());
+                        } else {
+                            out.push(j);
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        let in_cycle = cyclic_nodes(&edges);
+        let looping: Vec<(String, String)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, key)| {
+                let via = self_loops[i]
+                    .clone()
+                    .or_else(|| in_cycle[i].then(|| "another pattern alias".to_string()))?;
+                Some((key.clone(), via))
+            })
+            .collect();
+        for (key, target) in looping {
+            let Some(entry) = self.directory.aliases.get_mut(&key) else {
+                continue;
+            };
+            let message = format!(
+                "pattern alias {key} expands back into a pattern through {target}: mail would expand forever"
+            );
+            entry.defer = Some(Deferral {
+                reason: Reason::AliasLoop,
+                message: message.clone(),
+            });
+            if let Some(name) = entry.object.clone() {
+                self.diagnose(
+                    ObjectRef {
+                        kind: Kind::MailAlias,
+                        name,
+                    },
+                    Reason::AliasLoop,
+                    Effect::Deferring,
+                    message,
+                );
+            }
         }
     }
 

@@ -516,12 +516,23 @@ pub struct MailboxStatus {
         type_ = "date"
     )
 )]
+#[x_kube(validation = Rule::new("!has(self.pattern) || self.address.startsWith('@')").message("a pattern alias names its domain as address: '@<domain>'"))]
 #[serde(rename_all = "camelCase")]
 pub struct MailAliasSpec {
     /// `local@domain`, or `@domain` for every address of the domain without a Mailbox or
-    /// MailAlias of its own. The domain must be served by a MailDomain.
+    /// MailAlias of its own. The domain must be served by a MailDomain. With `pattern`, always
+    /// `@domain`: the domain the pattern applies to.
     #[schemars(regex(pattern = ALIAS_ADDRESS_PATTERN), length(max = 320))]
     pub address: String,
+    /// A regular expression (Rust `regex` syntax, linear-time, no backreferences) that the whole
+    /// local part must match, case-insensitively, with or without its extension: e.g.
+    /// `sales-[a-z]+` sends `sales-eu@domain` and `Sales-Asia+x@domain` to `to`. Tried after every
+    /// exact address (Mailbox or MailAlias) and before the domain's `@domain` alias and
+    /// `catchAll`; when several patterns match, the oldest MailAlias wins. No `$1` substitution
+    /// in `to`. At most 256 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub pattern: Option<String>,
     /// Destination addresses, in this or any other domain.
     #[schemars(length(min = 1, max = 1000), inner(regex(pattern = ADDRESS_PATTERN)))]
     pub to: Vec<String>,

@@ -436,3 +436,61 @@ fn maildomain_owner_ranges_bound_the_uids_and_gids_of_its_mailboxes() {
     );
     assert!(c.directory.mailboxes["bob@example.test"].defer.is_none());
 }
+
+#[test]
+fn pattern_aliases_conflicts_bad_patterns_and_loops() {
+    let c = compile_fixture("alias-patterns.yaml", None);
+    assert_eq!(
+        reasons(&c),
+        vec![
+            (
+                "MailAlias/broken".into(),
+                Reason::InvalidPattern,
+                Effect::Excluded
+            ),
+            (
+                "MailAlias/echo".into(),
+                Reason::AliasLoop,
+                Effect::Deferring
+            ),
+            (
+                "MailAlias/echo-back".into(),
+                Reason::AliasLoop,
+                Effect::Deferring
+            ),
+            (
+                "MailAlias/not-at-domain".into(),
+                Reason::InvalidPattern,
+                Effect::Excluded
+            ),
+            (
+                "MailAlias/sales-again".into(),
+                Reason::AddressConflict,
+                Effect::Excluded
+            ),
+        ]
+    );
+    let broken = c
+        .diagnostics
+        .iter()
+        .find(|d| d.object.name == "broken")
+        .expect("broken");
+    assert!(
+        broken.message.contains("invalid regular expression"),
+        "{}",
+        broken.message
+    );
+    let d = &c.directory;
+    // Exact addresses first, then the pattern, then the catch-all mailbox.
+    let alias = |rcpt: &str| d.find_alias(rcpt).map(|f| f.entry.to.clone());
+    assert_eq!(
+        alias("sales-eu@example.test"),
+        Some(vec!["sales-team@example.test".to_string()])
+    );
+    assert_eq!(alias("sales-team@example.test"), None);
+    assert_eq!(alias("nobody@example.test"), None);
+    assert_eq!(
+        d.find_mailbox("nobody@example.test").map(|f| f.key),
+        Some("alice@example.test")
+    );
+}
