@@ -238,11 +238,17 @@ struct ServeArgs {
     /// MailServer's minimumUid; the directory (a ConfigMap) cannot lower it.
     #[arg(long, default_value_t = virtmail_agent::deliver::identity::DEFAULT_UID_FLOOR)]
     minimum_uid: u32,
+    /// Where automatic replies are handed to Postfix (`host:port` of its smtpd; in the pod, the
+    /// Postfix container on loopback). Replies are sent only for Mailboxes whose autoreply the
+    /// directory carries, i.e. when the MailServer declares `outbound`.
+    #[arg(long, default_value = "127.0.0.1:25")]
+    submit_to: String,
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
     logging::init(args.log_format);
     virtmail_agent::deliver::identity::set_uid_floor(args.minimum_uid);
+    let submit_to = args.submit_to;
     let config = server::Config {
         source: match (args.resources, args.directory_dir, args.namespace) {
             (Some(dir), _, _) => server::Source::Files(FileSource {
@@ -301,7 +307,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Err(error) = virtmail_agent::deliver::drop_supplementary_groups() {
         tracing::warn!("cannot drop supplementary groups: {error}");
     }
-    let engine = Arc::new(virtmail_agent::deliver::Engine::default());
+    let engine = Arc::new(virtmail_agent::deliver::Engine::new(
+        virtmail_agent::deliver::Options {
+            submission: Some(virtmail_agent::autoreply::Submission {
+                address: submit_to,
+                hostname: config.hostname.clone(),
+                timeout: Duration::from_secs(60),
+            }),
+            ..Default::default()
+        },
+    ));
     match runtime.block_on(server::run(config, engine)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -466,6 +466,7 @@ mod tests {
             suspended: false,
             defer: None,
             object: "o".into(),
+            autoreply: None,
         }
     }
 

@@ -63,6 +63,10 @@ fn broken_fixtures_name_their_reason() {
         ("alias-loop.yaml", "MailAlias/a AliasLoop"),
         ("postmaster.yaml", "MailDomain/three InvalidPostmaster"),
         ("catch-all.yaml", "MailDomain/broken UnknownCatchAll"),
+        (
+            "alias-patterns.yaml",
+            "MailAlias/broken InvalidPattern: pattern \"support-(\": invalid regular expression",
+        ),
     ];
     for (fixture, expected) in cases {
         let path = root().join("crds/fixtures").join(fixture);

@@ -12,7 +12,9 @@ use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::address::{self, fold};
-use crate::directory::{AliasEntry, Deferral, Directory, Domain, MailboxEntry, Settings};
+use crate::directory::{
+    AliasEntry, Autoreply, Deferral, Directory, Domain, MailboxEntry, Settings,
+};
 use crate::quantity;
 use crate::resources::{MailAlias, MailDomain, MailServer, Mailbox, MailboxFormat};
 use crate::selector;
@@ -473,6 +475,16 @@ impl<'a> Compiler<'a> {
                     message: message.clone(),
                 });
                 self.diagnose(object, reason, Effect::Deferring, message);
+            } else if let Some(spec) = &mailbox.spec.autoreply {
+                match self.autoreply(spec) {
+                    Ok(autoreply) => entry.autoreply = Some(autoreply),
+                    Err(message) => self.diagnose(
+                        object,
+                        Reason::AutoreplyRefused,
+                        Effect::Degraded,
+                        message,
+                    ),
+                }
             }
             self.directory.mailboxes.insert(key, entry);
         }
@@ -533,8 +545,56 @@ impl<'a> Compiler<'a> {
             suspended: spec.suspended,
             defer: None,
             object: object.name.clone(),
+            autoreply: None,
         };
         (entry, problem)
+    }
+
+    /// The directory form of a Mailbox's autoreply, or why it is refused (the mailbox itself is
+    /// served either way).
+    fn autoreply(&self, spec: &crate::resources::AutoreplySpec) -> Result<Autoreply, String> {
+        if self.inputs.server.spec.outbound.is_none() {
+            return Err(format!(
+                "MailServer/{} declares no outbound path (spec.outbound.relayHost): no reply could \
+                 leave, so none is sent",
+                self.inputs.server.name_any()
+            ));
+        }
+        if spec.body.trim().is_empty() {
+            return Err("autoreply.body is empty".into());
+        }
+        if spec.body.len() > MAX_AUTOREPLY_BODY {
+            return Err(format!(
+                "autoreply.body is longer than {MAX_AUTOREPLY_BODY} bytes"
+            ));
+        }
+        if let Some(subject) = &spec.subject
+            && (subject.chars().any(char::is_control) || subject.chars().count() > 256)
+        {
+            return Err(
+                "autoreply.subject must be one line of at most 256 characters".into(),
+            );
+        }
+        let interval_seconds = match spec.interval.as_deref() {
+            None => 7 * 86_400,
+            Some(text) => parse_interval(text).ok_or_else(|| {
+                format!("autoreply.interval {text:?} is not a number of hours (h) or days (d) of at least 1h")
+            })?,
+        };
+        let start = spec.start.as_ref().map(|t| t.0.as_second());
+        let end = spec.end.as_ref().map(|t| t.0.as_second());
+        if let (Some(start), Some(end)) = (start, end)
+            && end <= start
+        {
+            return Err("autoreply.end is not after autoreply.start".into());
+        }
+        Ok(Autoreply {
+            subject: spec.subject.clone(),
+            body: spec.body.clone(),
+            start,
+            end,
+            interval_seconds,
+        })
     }
 
     /// The MailDomain's `uidRange`/`gidRange`, set by whoever may create the domain, bound the
@@ -892,7 +952,22 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// The format a path implies: a trailing `/` means Maildir (the seed's rule).
+/// Largest autoreply body, in bytes.
+pub const MAX_AUTOREPLY_BODY: usize = 65_536;
+
+/// An autoreply interval, `<n>h` or `<n>d`, in seconds; `None` if malformed or under an hour.
+pub fn parse_interval(text: &str) -> Option<u64> {
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (seconds >= 3600).then_some(seconds)
+}
+
+/// The format a path implies: a trailing `/` means Maildir.
 pub fn path_format(path: &str) -> MailboxFormat {
     if path.ends_with('/') {
         MailboxFormat::Maildir
@@ -945,6 +1020,15 @@ pub fn journal_name(mbox: &str) -> String {
     format!(".{mbox}.virtmail-append")
 }
 
+/// The file name of the autoreply state of the mbox named `mbox` (beside it). A Maildir keeps
+/// it inside, as [`MAILDIR_AUTOREPLY_STATE`].
+pub fn autoreply_state_name(mbox: &str) -> String {
+    format!(".{mbox}.virtmail-autoreply")
+}
+
+/// The autoreply state inside a Maildir (a dot file: Maildir readers skip it).
+pub const MAILDIR_AUTOREPLY_STATE: &str = ".virtmail-autoreply";
+
 /// Every name the agent creates beside a mailbox, relative to the base like `path`, with what
 /// it is: for an mbox `d/bob`, its dotlock `d/bob.lock` and its append journal
 /// `d/.bob.virtmail-append`. A Maildir's work files (`tmp/…`, `maildirsize`) lie inside its own
@@ -964,6 +1048,10 @@ pub fn derived_names(path: &str, format: MailboxFormat) -> Vec<(String, &'static
                 (
                     format!("{parent}{}", journal_name(leaf)),
                     "the append journal",
+                ),
+                (
+                    format!("{parent}{}", autoreply_state_name(leaf)),
+                    "the autoreply state",
                 ),
             ]
         }

@@ -165,6 +165,28 @@ pub struct MailboxEntry {
     pub defer: Option<Deferral>,
     /// Name of the Mailbox object (for status reports).
     pub object: String,
+    /// The automatic reply, when the Mailbox has a usable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoreply: Option<Autoreply>,
+}
+
+/// A mailbox's automatic reply, as the agent sends it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoreply {
+    /// Subject; absent: `Auto: <original subject>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Body text.
+    pub body: String,
+    /// First second (Unix time) mail is answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
+    /// First second (Unix time) mail is no longer answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
+    /// Least seconds between two replies to one sender.
+    pub interval_seconds: u64,
 }
 
 /// An alias entry (Postfix `virtual_alias_maps`).
@@ -258,6 +280,7 @@ impl Directory {
                     suspended: false,
                     defer: None,
                     object: format!("user{i}-domain{domain}"),
+                    autoreply: None,
                 },
             );
         }
@@ -360,6 +383,7 @@ mod tests {
             suspended: false,
             defer: None,
             object: path.into(),
+            autoreply: None,
         }
     }
 

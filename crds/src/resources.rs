@@ -174,6 +174,26 @@ pub struct MailServerSpec {
     /// The delivery agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentSpec>,
+
+    /// How mail this server sends itself (a Mailbox's `autoreply`) leaves: Postfix hands it to
+    /// `relayHost`. Absent: this server sends no mail of its own, and every `autoreply` is refused
+    /// (reason `AutoreplyRefused` on the Mailbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundSpec>,
+}
+
+/// A Postfix `relayhost`: `host`, `host:port`, `[host]` or `[host]:port` (brackets: no MX lookup).
+pub const RELAY_HOST_PATTERN: &str =
+    r"^(\[[A-Za-z0-9.:-]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$";
+
+/// The outbound path of a MailServer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundSpec {
+    /// The relay every outgoing message goes to (Postfix `relayhost`), e.g.
+    /// `[smtp.example.net]:587`.
+    #[schemars(regex(pattern = RELAY_HOST_PATTERN), length(max = 261))]
+    pub relay_host: String,
 }
 
 impl Default for MailServerSpec {
@@ -472,6 +492,37 @@ pub struct MailboxSpec {
     /// Temporarily refuse mail with 450 4.2.1 (senders retry); nothing is bounced.
     #[serde(default)]
     pub suspended: bool,
+    /// An automatic reply (RFC 3834) to mail delivered here, sent through the MailServer's
+    /// `outbound` path (refused without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoreply: Option<AutoreplySpec>,
+}
+
+/// A vacation-style automatic reply. It is sent after the message is stored, at most once per
+/// sender per `interval`, never to a null, `MAILER-DAEMON`, `owner-*` or `*-request` sender, nor
+/// for mail marked `Auto-Submitted` (other than `no`), `Precedence: bulk|list|junk`, mailing-list
+/// mail (`List-*` headers), or mail that does not name the mailbox's address in To or Cc.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoreplySpec {
+    /// Subject of the reply. Absent: `Auto: <subject of the message>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub subject: Option<String>,
+    /// Text of the reply (plain text, UTF-8).
+    #[schemars(length(min = 1, max = 65536))]
+    pub body: String,
+    /// Reply only to mail delivered at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Reply only to mail delivered before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Least time between two replies to one sender: a number and a unit, `h` or `d` (e.g.
+    /// `12h`, `7d`); at least `1h`. Default `7d` (RFC 3834).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,5}[hd]$"))]
+    pub interval: Option<String>,
 }
 
 /// Observed state of a Mailbox.

@@ -211,6 +211,7 @@ pub fn postfix_profile(server: &MailServer) -> Profile {
             .as_ref()
             .map(|p| p.parameters.clone())
             .unwrap_or_default(),
+        relay_host: server.spec.outbound.as_ref().map(|o| o.relay_host.clone()),
     })
 }
 

@@ -56,6 +56,9 @@ enum Command {
         /// MailServer `recipientDelimiter`.
         #[arg(long, default_value = "+")]
         recipient_delimiter: String,
+        /// MailServer `outbound.relayHost` (absent: no outbound mail).
+        #[arg(long)]
+        relay_host: Option<String>,
         /// Print only main.cf or only master.cf.
         #[arg(long, value_parser = ["main", "master"])]
         only: Option<String>,
@@ -180,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             socketmap_socket,
             mailbox_size_limit,
             recipient_delimiter,
+            relay_host,
             only,
         } => {
             let profile = profile::profile(&ProfileInput {
@@ -188,6 +192,7 @@ fn main() -> anyhow::Result<()> {
                 mailbox_size_limit,
                 recipient_delimiter,
                 extra: Default::default(),
+                relay_host,
             });
             match only.as_deref() {
                 Some("main") => print_out(&profile.main_cf()),

@@ -60,6 +60,9 @@ pub struct ProfileInput {
     pub recipient_delimiter: String,
     /// MailServer `postfix.parameters`.
     pub extra: BTreeMap<String, String>,
+    /// MailServer `outbound.relayHost`: where mail the server sends itself (automatic replies)
+    /// goes. `None`: nothing leaves.
+    pub relay_host: Option<String>,
 }
 
 /// The rendered profile.
@@ -135,8 +138,13 @@ pub fn profile(input: &ProfileInput) -> Profile {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    apply_outbound(&mut main, input.relay_host.as_deref());
     let mut refused = Vec::new();
     for (name, value) in &input.extra {
+        if name == "relayhost" && input.relay_host.is_some() {
+            refused.push("relayhost: set by the MailServer's outbound.relayHost".into());
+            continue;
+        }
         if PROTECTED.contains(&name.as_str()) {
             refused.push(format!(
                 "{name}: wires Postfix to the agent and cannot be overridden"
@@ -178,6 +186,24 @@ pub fn profile(input: &ProfileInput) -> Profile {
     }
 }
 
+/// With an outbound path, mail for other domains goes to the relay host through Postfix's smtp
+/// client instead of being refused. Only the pod's own addresses (`mynetworks_style = host`:
+/// the agent submitting replies on loopback) may send such mail; `reject_unauth_destination`
+/// still refuses relaying for anyone else.
+fn apply_outbound(main: &mut Vec<(String, String)>, relay_host: Option<&str>) {
+    let Some(relay_host) = relay_host else {
+        return;
+    };
+    for (name, value) in main.iter_mut() {
+        match name.as_str() {
+            "default_transport" => *value = "smtp".into(),
+            "relay_transport" => *value = "relay".into(),
+            _ => {}
+        }
+    }
+    main.push(("relayhost".into(), relay_host.into()));
+}
+
 impl Profile {
     /// main.cf lines (`name = value`).
     pub fn main_cf(&self) -> String {
@@ -209,6 +235,7 @@ mod tests {
             mailbox_size_limit: 51_200_000,
             recipient_delimiter: "+".into(),
             extra: BTreeMap::new(),
+            relay_host: None,
         }
     }
 
@@ -235,6 +262,26 @@ mod tests {
         assert_eq!(get(&p, "message_size_limit"), Some("10240000"));
         assert!(p.master.contains(&"lmtp/unix/chroot = n".to_string()));
         assert!(p.main_cf().contains("\nrecipient_delimiter = +\n"));
+    }
+
+    #[test]
+    fn outbound_sends_through_the_relay_host_and_nothing_leaves_without_it() {
+        let closed = profile(&input());
+        assert_eq!(get(&closed, "relayhost"), None);
+        assert!(get(&closed, "default_transport").is_some_and(|t| t.starts_with("error:")));
+        let mut i = input();
+        i.relay_host = Some("[smtp.example.net]:587".into());
+        i.extra.insert("relayhost".into(), "elsewhere".into());
+        let open = profile(&i);
+        assert_eq!(get(&open, "relayhost"), Some("[smtp.example.net]:587"));
+        assert_eq!(get(&open, "default_transport"), Some("smtp"));
+        assert_eq!(get(&open, "relay_transport"), Some("relay"));
+        assert_eq!(
+            get(&open, "smtpd_relay_restrictions"),
+            Some("permit_mynetworks, reject_unauth_destination")
+        );
+        assert_eq!(get(&open, "mynetworks_style"), Some("host"));
+        assert_eq!(open.refused.len(), 1, "{:?}", open.refused);
     }
 
     #[test]

@@ -465,9 +465,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let task = tokio::task::spawn_blocking(move || {
             for recipient in &recipients {
                 let result = backend.deliver(&snapshot.directory, &sender, recipient, &message);
+                let delivered = result.clone();
                 if send.send(result).is_err() {
                     return;
                 }
+                // The reply for this copy is on its way; automatic replies come after it.
+                backend.after_delivery(
+                    &snapshot.directory,
+                    &sender,
+                    recipient,
+                    &message,
+                    &delivered,
+                );
             }
         });
         let mut answered = 0;

@@ -494,3 +494,40 @@ fn pattern_aliases_conflicts_bad_patterns_and_loops() {
         Some("alice@example.test")
     );
 }
+
+#[test]
+fn autoreply_needs_an_outbound_path_and_valid_settings() {
+    let closed = compile_fixture("autoreply.yaml", Some("closed"));
+    assert_eq!(
+        reasons(&closed),
+        vec![(
+            "Mailbox/away-closed".into(),
+            Reason::AutoreplyRefused,
+            Effect::Degraded
+        )]
+    );
+    assert!(closed.diagnostics[0].message.contains("spec.outbound.relayHost"));
+    let away = &closed.directory.mailboxes["away@closed.test"];
+    assert_eq!((away.autoreply.as_ref(), away.defer.as_ref()), (None, None));
+
+    let open = compile_fixture("autoreply.yaml", Some("open"));
+    assert_eq!(
+        reasons(&open),
+        vec![(
+            "Mailbox/bad-interval".into(),
+            Reason::AutoreplyRefused,
+            Effect::Degraded
+        )]
+    );
+    let autoreply = open.directory.mailboxes["away@open.test"]
+        .autoreply
+        .clone()
+        .expect("served");
+    assert_eq!(autoreply.subject.as_deref(), Some("Away"));
+    assert_eq!(autoreply.interval_seconds, 12 * 3600);
+    assert_eq!(autoreply.start, Some(1_764_547_200 + 365 * 86_400));
+    assert!(autoreply.end > autoreply.start);
+    assert_eq!(parse_interval("7d"), Some(7 * 86_400));
+    assert_eq!(parse_interval("0h"), None);
+    assert_eq!(parse_interval("3m"), None);
+}
