@@ -250,11 +250,14 @@ fn encode_word(text: &str) -> String {
     if text.is_ascii() {
         return text.to_string();
     }
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::from("=?UTF-8?B?");
     for chunk in text.as_bytes().chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -390,7 +393,9 @@ fn record(
         || stat.st_uid != target.uid
         || stat.st_nlink != 1
     {
-        return Err(format!("{path} is not the recipient's own regular file; not used"));
+        return Err(format!(
+            "{path} is not the recipient's own regular file; not used"
+        ));
     }
     lock::flock(file.as_fd(), Instant::now() + Duration::from_secs(10))
         .map_err(|e| format!("{path}: lock: {e}"))?;
@@ -476,7 +481,10 @@ pub fn submit(submission: &Submission, recipient: &str, message: &[u8]) -> Resul
         Ok(())
     };
     step(None, 220)?;
-    step(Some(format!("EHLO {}\r\n", submission.hostname).as_bytes()), 250)?;
+    step(
+        Some(format!("EHLO {}\r\n", submission.hostname).as_bytes()),
+        250,
+    )?;
     let mut mail = String::from("MAIL FROM:<>");
     if !message.is_ascii() {
         mail.push_str(" BODY=8BITMIME");
@@ -541,7 +549,14 @@ pub fn respond(
             return;
         }
     };
-    match record(&base, target, sender, autoreply.interval_seconds, unix, false) {
+    match record(
+        &base,
+        target,
+        sender,
+        autoreply.interval_seconds,
+        unix,
+        false,
+    ) {
         Ok(true) => {}
         Ok(false) => return skip(Skip::AlreadyAnswered),
         Err(error) => {
@@ -565,7 +580,14 @@ pub fn respond(
                 "autoreply not sent: submission to {} failed: {error}", submission.address
             );
             // Not sent: the next message from this sender may try again.
-            let _ = record(&base, target, sender, autoreply.interval_seconds, unix, true);
+            let _ = record(
+                &base,
+                target,
+                sender,
+                autoreply.interval_seconds,
+                unix,
+                true,
+            );
         }
     }
 }
@@ -619,12 +641,18 @@ mod tests {
             ("Precedence: List\n", Skip::Bulk),
             ("Precedence: junk\n", Skip::Bulk),
             ("List-Id: <l.remote.test>\n", Skip::MailingList),
-            ("List-Unsubscribe:\n <mailto:x@remote.test>\n", Skip::MailingList),
+            (
+                "List-Unsubscribe:\n <mailto:x@remote.test>\n",
+                Skip::MailingList,
+            ),
             ("X-Auto-Response-Suppress: OOF, DR\n", Skip::Suppressed),
         ] {
             assert_eq!(check("alice@remote.test", header), Err(why), "{header}");
         }
-        assert_eq!(check("alice@remote.test", "Precedence: first-class\n"), Ok(()));
+        assert_eq!(
+            check("alice@remote.test", "Precedence: first-class\n"),
+            Ok(())
+        );
         let message = b"From: a@remote.test\nTo: someone@else.test\nBcc: bob@example.test\n\nx\n";
         assert_eq!(
             decide(
@@ -658,7 +686,16 @@ mod tests {
         a.start = Some(100);
         a.end = Some(200);
         let fields = headers(b"To: bob@example.test\n\nx\n");
-        let at = |now| decide(&a, "x@remote.test", &["bob@example.test"], "+", &fields, now);
+        let at = |now| {
+            decide(
+                &a,
+                "x@remote.test",
+                &["bob@example.test"],
+                "+",
+                &fields,
+                now,
+            )
+        };
         assert_eq!(at(99), Err(Skip::OutsideWindow));
         assert_eq!(at(100), Ok(()));
         assert_eq!(at(200), Err(Skip::OutsideWindow));
@@ -686,11 +723,21 @@ mod tests {
         );
         assert!(head.contains("\nAuto-Submitted: auto-replied\n"), "{head}");
         assert!(head.starts_with("From: <bob@example.test>\nTo: <alice@remote.test>\n"));
-        assert!(head.contains("\nDate: Fri, 15 Jan 2027 08:00:00 +0000\n"), "{head}");
+        assert!(
+            head.contains("\nDate: Fri, 15 Jan 2027 08:00:00 +0000\n"),
+            "{head}"
+        );
         assert_eq!(body, "I am away.\n");
         let mut a = autoreply();
         a.subject = Some("Abwesend – Urlaub".into());
-        let reply = compose(&a, "b@x.test", "a@y.test", &[], "mx.test", SystemTime::now());
+        let reply = compose(
+            &a,
+            "b@x.test",
+            "a@y.test",
+            &[],
+            "mx.test",
+            SystemTime::now(),
+        );
         let text = String::from_utf8(reply).expect("utf-8");
         assert!(
             text.contains("\nSubject: =?UTF-8?B?QWJ3ZXNlbmQg4oCTIFVybGF1Yg==?=\n"),

@@ -707,17 +707,16 @@ mod tests {
             "alice@d.test".into(),
             entry("d.test/alice/", MailboxFormat::Maildir, 5101),
         );
-        directory
-            .mailboxes
-            .insert("bob@d.test".into(), entry("d.test/bob", MailboxFormat::Mbox, 5102));
+        directory.mailboxes.insert(
+            "bob@d.test".into(),
+            entry("d.test/bob", MailboxFormat::Mbox, 5102),
+        );
         let base_path = dir.path().display().to_string();
         let reports = provision_all(&fd, &base_path, &directory);
         for report in &reports {
             assert_eq!(report.state, State::Created, "{report:?}");
         }
-        let mode = |p: &str| {
-            std::fs::metadata(dir.path().join(p)).expect("stat").mode() & 0o7777
-        };
+        let mode = |p: &str| std::fs::metadata(dir.path().join(p)).expect("stat").mode() & 0o7777;
         assert_eq!(mode("d.test"), 0o1777);
 
         // A directory the agent made 0711 for a Maildir alone is widened once an mbox joins it.
@@ -727,12 +726,15 @@ mod tests {
         );
         provision_all(&fd, &base_path, &directory);
         assert_eq!(mode("e.test"), 0o711);
-        directory
-            .mailboxes
-            .insert("dave@e.test".into(), entry("e.test/dave", MailboxFormat::Mbox, 5104));
+        directory.mailboxes.insert(
+            "dave@e.test".into(),
+            entry("e.test/dave", MailboxFormat::Mbox, 5104),
+        );
         let reports = provision_all(&fd, &base_path, &directory);
         assert!(
-            reports.iter().all(|r| matches!(r.state, State::Created | State::Present)),
+            reports
+                .iter()
+                .all(|r| matches!(r.state, State::Created | State::Present)),
             "{reports:?}"
         );
         assert_eq!(mode("e.test"), 0o1777);
@@ -744,13 +746,23 @@ mod tests {
             std::fs::Permissions::from_mode(0o755),
         )
         .expect("chmod");
-        directory
-            .mailboxes
-            .insert("erin@f.test".into(), entry("f.test/erin", MailboxFormat::Mbox, 5105));
+        directory.mailboxes.insert(
+            "erin@f.test".into(),
+            entry("f.test/erin", MailboxFormat::Mbox, 5105),
+        );
         let reports = provision_all(&fd, &base_path, &directory);
-        let erin = reports.iter().find(|r| r.address == "erin@f.test").expect("erin");
+        let erin = reports
+            .iter()
+            .find(|r| r.address == "erin@f.test")
+            .expect("erin");
         assert!(
-            matches!(erin.state, State::Problem { reason: "DotlockNotPossible", .. }),
+            matches!(
+                erin.state,
+                State::Problem {
+                    reason: "DotlockNotPossible",
+                    ..
+                }
+            ),
             "{erin:?}"
         );
         assert_eq!(mode("f.test"), 0o755);

@@ -115,7 +115,10 @@ fn delivery_and_dovecot_with_debian_lock_order_both_finish() {
     let mbox = w.base.join("example.test/bob");
     let lock = w.base.join("example.test/bob.lock");
     assert_eq!(
-        code(&w.deliver("bob@example.test", b"Subject: first\n\nfirst\n").status),
+        code(
+            &w.deliver("bob@example.test", b"Subject: first\n\nfirst\n")
+                .status
+        ),
         "2.0.0"
     );
 
@@ -186,4 +189,3 @@ fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
-

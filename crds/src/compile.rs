@@ -478,12 +478,9 @@ impl<'a> Compiler<'a> {
             } else if let Some(spec) = &mailbox.spec.autoreply {
                 match self.autoreply(spec) {
                     Ok(autoreply) => entry.autoreply = Some(autoreply),
-                    Err(message) => self.diagnose(
-                        object,
-                        Reason::AutoreplyRefused,
-                        Effect::Degraded,
-                        message,
-                    ),
+                    Err(message) => {
+                        self.diagnose(object, Reason::AutoreplyRefused, Effect::Degraded, message)
+                    }
                 }
             }
             self.directory.mailboxes.insert(key, entry);
@@ -571,9 +568,7 @@ impl<'a> Compiler<'a> {
         if let Some(subject) = &spec.subject
             && (subject.chars().any(char::is_control) || subject.chars().count() > 256)
         {
-            return Err(
-                "autoreply.subject must be one line of at most 256 characters".into(),
-            );
+            return Err("autoreply.subject must be one line of at most 256 characters".into());
         }
         let interval_seconds = match spec.interval.as_deref() {
             None => 7 * 86_400,
@@ -745,7 +740,12 @@ impl<'a> Compiler<'a> {
                 "pattern {pattern:?} of @{domain} is already defined by MailAlias/{}",
                 entry.object.as_deref().unwrap_or("?")
             );
-            self.diagnose(object.clone(), Reason::AddressConflict, Effect::Excluded, message);
+            self.diagnose(
+                object.clone(),
+                Reason::AddressConflict,
+                Effect::Excluded,
+                message,
+            );
             return None;
         }
         let order = self
@@ -768,8 +768,11 @@ impl<'a> Compiler<'a> {
             .filter(|k| key_pattern(k).is_some())
             .cloned()
             .collect();
-        let index: HashMap<&str, usize> =
-            keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
         let mut self_loops: Vec<Option<String>> = vec![None; keys.len()];
         let edges: Vec<Vec<usize>> = keys
             .iter()

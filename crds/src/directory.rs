@@ -72,10 +72,7 @@ pub mod pattern {
     pub fn key_pattern(key: &str) -> Option<&str> {
         let (_, rest) = key.split_once(" ~")?;
         let (order, pattern) = rest.split_once(' ')?;
-        order
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then_some(pattern)
+        order.bytes().all(|b| b.is_ascii_digit()).then_some(pattern)
     }
 
     static CACHE: Mutex<Option<HashMap<String, Option<Arc<Regex>>>>> = Mutex::new(None);
@@ -345,10 +342,7 @@ impl Directory {
             &format!("{local}@{domain}"),
             &self.settings.recipient_delimiter,
         );
-        let stripped_local = stripped
-            .as_deref()
-            .and_then(address::split)
-            .map(|(l, _)| l);
+        let stripped_local = stripped.as_deref().and_then(address::split).map(|(l, _)| l);
         self.aliases
             .range(prefix.clone()..)
             .take_while(|(key, _)| key.starts_with(&prefix))
@@ -468,15 +462,30 @@ mod tests {
             .insert("@example.test".into(), alias("catchall@example.test"));
         let to = |rcpt: &str| d.find_alias(rcpt).map(|f| f.entry.to[0].clone());
         // Oldest matching pattern; case-insensitive; with or without the extension.
-        assert_eq!(to("sales-eu@example.test").as_deref(), Some("older@example.test"));
-        assert_eq!(to("Sales-EU+x@example.test").as_deref(), Some("older@example.test"));
-        assert_eq!(to("sales-1@example.test").as_deref(), Some("newer@example.test"));
+        assert_eq!(
+            to("sales-eu@example.test").as_deref(),
+            Some("older@example.test")
+        );
+        assert_eq!(
+            to("Sales-EU+x@example.test").as_deref(),
+            Some("older@example.test")
+        );
+        assert_eq!(
+            to("sales-1@example.test").as_deref(),
+            Some("newer@example.test")
+        );
         // Anchored: the whole local part must match.
-        assert_eq!(to("xsales-eu@example.test").as_deref(), Some("catchall@example.test"));
+        assert_eq!(
+            to("xsales-eu@example.test").as_deref(),
+            Some("catchall@example.test")
+        );
         // An exact mailbox wins over a pattern.
         assert_eq!(to("alice@example.test"), None);
         // Patterns are per domain.
-        assert_eq!(to("sales-eu@other.test").as_deref(), Some("alice@example.test"));
+        assert_eq!(
+            to("sales-eu@other.test").as_deref(),
+            Some("alice@example.test")
+        );
     }
 
     #[test]
@@ -484,7 +493,11 @@ mod tests {
         let key = pattern::key("d.test", 7, "a b|c");
         assert_eq!(pattern::key_pattern(&key), Some("a b|c"));
         assert_eq!(pattern::key_pattern("alice@d.test"), None);
-        assert!(pattern::compile("(").unwrap_err().contains("invalid regular expression"));
+        assert!(
+            pattern::compile("(")
+                .unwrap_err()
+                .contains("invalid regular expression")
+        );
         assert!(pattern::compile(&"a".repeat(300)).is_err());
         assert!(
             pattern::compile("(?:[a-z]{100}){100}")

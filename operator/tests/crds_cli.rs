@@ -120,11 +120,7 @@ fn deploy_manifests_are_rendered_from_the_chart() {
 /// successfully, with nothing on stderr (no error, no backtrace).
 #[test]
 fn output_commands_exit_quietly_when_the_reader_is_gone() {
-    for args in [
-        &["crds"][..],
-        &["postfix-profile"][..],
-        &["rbac"][..],
-    ] {
+    for args in [&["crds"][..], &["postfix-profile"][..], &["rbac"][..]] {
         let (reader, writer) = std::io::pipe().expect("pipe");
         // The reader is gone before the first write: every write fails with EPIPE.
         drop(reader);

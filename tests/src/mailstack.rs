@@ -232,7 +232,9 @@ impl MailStack {
             self.agent.pid() == 0,
             "restart_agent: the agent still runs (kill_agent first)"
         );
-        let restarted = self.paths().start_agent(self.http_port, self.postfix.port());
+        let restarted = self
+            .paths()
+            .start_agent(self.http_port, self.postfix.port());
         self.killed_agents
             .push(std::mem::replace(&mut self.agent, restarted));
     }

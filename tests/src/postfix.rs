@@ -127,7 +127,10 @@ pub fn profile_with_relay(
 ) -> Config {
     let mut command = Command::new(binary("virtmail-operator"));
     if let Some(relay_host) = relay_host {
-        command.arg("postfix-profile").arg("--relay-host").arg(relay_host);
+        command
+            .arg("postfix-profile")
+            .arg("--relay-host")
+            .arg(relay_host);
     } else {
         command.arg("postfix-profile");
     }

@@ -64,25 +64,44 @@ fn a_reply_goes_once_per_sender_with_rfc3834_headers_and_a_null_sender() {
     assert_eq!(d.return_path, "<>", "null envelope sender");
     assert_eq!(d.delivered_to, ALICE);
     let original_id = mail::header(&first, "Message-ID").expect("Message-ID");
-    assert_eq!(mail::header(reply, "Auto-Submitted").as_deref(), Some("auto-replied"));
-    assert_eq!(mail::header(reply, "In-Reply-To"), Some(original_id.clone()));
+    assert_eq!(
+        mail::header(reply, "Auto-Submitted").as_deref(),
+        Some("auto-replied")
+    );
+    assert_eq!(
+        mail::header(reply, "In-Reply-To"),
+        Some(original_id.clone())
+    );
     assert_eq!(mail::header(reply, "References"), Some(original_id));
     assert_eq!(mail::header(reply, "Subject").as_deref(), Some("Away"));
-    assert_eq!(mail::header(reply, "From").as_deref(), Some("<user@domain.test>"));
-    assert_eq!(mail::header(reply, "To").as_deref(), Some("<alice@remote.test>"));
+    assert_eq!(
+        mail::header(reply, "From").as_deref(),
+        Some("<user@domain.test>")
+    );
+    assert_eq!(
+        mail::header(reply, "To").as_deref(),
+        Some("<alice@remote.test>")
+    );
     let text = String::from_utf8_lossy(reply);
     assert!(
         text.ends_with("\n\nI am away until Monday.\n.\nMail is read then.\n"),
         "{text}"
     );
     let fetched = remote.imap(ALICE);
-    assert!(fetched.messages.contains(&mail::crlf(reply)), "read back over IMAP");
+    assert!(
+        fetched.messages.contains(&mail::crlf(reply)),
+        "read back over IMAP"
+    );
 
     // The same sender again within the interval: delivered, not answered.
     let second = message(ALICE, AWAY, "Lunch? (2)", "", b"Still lunch?\n");
     stack.send(ALICE, &[AWAY], &second).assert_accepted();
     stack.assert_delivered(AWAY, ALICE, AWAY, AWAY, &second);
-    wait_log(&stack, "autoreply not sent: sender answered within the interval", 1);
+    wait_log(
+        &stack,
+        "autoreply not sent: sender answered within the interval",
+        1,
+    );
 
     // Another sender is answered; by then the first sender still has exactly one reply.
     let third = message(CAROL, AWAY, "Hello", "", b"Hi\n");
@@ -90,7 +109,11 @@ fn a_reply_goes_once_per_sender_with_rfc3834_headers_and_a_null_sender() {
     remote.wait_for_messages(CAROL, 1);
     stack.wait_queue_empty();
     remote.wait_queue_empty();
-    assert_eq!(remote.stored(ALICE).len(), 1, "one reply per sender per interval");
+    assert_eq!(
+        remote.stored(ALICE).len(),
+        1,
+        "one reply per sender per interval"
+    );
 
     // The state is on the volume, owned by the mailbox's uid, and names no address.
     let state = stack.base().join("domain.test/.user.virtmail-autoreply");
@@ -107,9 +130,24 @@ fn automatic_bulk_list_and_blind_copies_are_delivered_but_never_answered() {
     let remote = remote();
     let stack = away(remote.smtp_port());
     let cases: [(&str, &str, &str, &str); 5] = [
-        (CAROL, AWAY, "Auto-Submitted: auto-generated\n", "Auto-Submitted"),
-        (CAROL, AWAY, "Precedence: bulk\n", "Precedence bulk/list/junk"),
-        (CAROL, AWAY, "List-Id: <news.remote.test>\n", "mailing list headers"),
+        (
+            CAROL,
+            AWAY,
+            "Auto-Submitted: auto-generated\n",
+            "Auto-Submitted",
+        ),
+        (
+            CAROL,
+            AWAY,
+            "Precedence: bulk\n",
+            "Precedence bulk/list/junk",
+        ),
+        (
+            CAROL,
+            AWAY,
+            "List-Id: <news.remote.test>\n",
+            "mailing list headers",
+        ),
         (CAROL, "someone@remote.test", "", "mailbox not in To or Cc"),
         ("", AWAY, "", "null sender"),
     ];
@@ -118,7 +156,9 @@ fn automatic_bulk_list_and_blind_copies_are_delivered_but_never_answered() {
         stack.send(sender, &[AWAY], &sent).assert_accepted();
         let stored = stack.wait_for_messages(AWAY, n + 1);
         assert!(
-            stored.iter().any(|m| mail::delivery(m).rest == mail::mboxo_quoted(&sent)),
+            stored
+                .iter()
+                .any(|m| mail::delivery(m).rest == mail::mboxo_quoted(&sent)),
             "{why}: the original is delivered"
         );
         wait_log(&stack, &format!("autoreply not sent: {why}"), 1);

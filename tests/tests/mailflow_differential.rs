@@ -298,7 +298,12 @@ fn utf8_envelope_without_smtputf8_is_delivered_as_virtual8_does() {
     let virtual8 = start_virtual8();
     let utf8_sender = "jörg@remote.test";
     let set = [
-        (utf8_sender, vec!["test1@virtual1.test", "test2@virtual2.test"], "utf8 sender", ""),
+        (
+            utf8_sender,
+            vec!["test1@virtual1.test", "test2@virtual2.test"],
+            "utf8 sender",
+            "",
+        ),
         (SENDER, vec![UTF8_RECIPIENT], "utf8 recipient", ""),
         (utf8_sender, vec![UTF8_RECIPIENT], "both", "BODY=8BITMIME"),
     ];
@@ -309,8 +314,20 @@ fn utf8_envelope_without_smtputf8_is_delivered_as_virtual8_does() {
         }
     }
     compare(&stack.base(), &virtual8.base, &[1, 1]);
-    wait_count(&stack.base(), "utf8/", MailboxFormat::Maildir, 2, "the agent");
-    wait_count(&virtual8.base, "utf8/", MailboxFormat::Maildir, 2, "virtual(8)");
+    wait_count(
+        &stack.base(),
+        "utf8/",
+        MailboxFormat::Maildir,
+        2,
+        "the agent",
+    );
+    wait_count(
+        &virtual8.base,
+        "utf8/",
+        MailboxFormat::Maildir,
+        2,
+        "virtual(8)",
+    );
     let ours = mailbox_contents(&stack.base(), "utf8/", MailboxFormat::Maildir);
     let theirs = mailbox_contents(&virtual8.base, "utf8/", MailboxFormat::Maildir);
     assert_eq!(ours.len(), 2);
@@ -322,7 +339,10 @@ fn utf8_envelope_without_smtputf8_is_delivered_as_virtual8_does() {
         );
     }
     assert!(
-        stack.postfix().log_status(UTF8_RECIPIENT, "bounced").is_empty(),
+        stack
+            .postfix()
+            .log_status(UTF8_RECIPIENT, "bounced")
+            .is_empty(),
         "nothing bounced"
     );
 }

@@ -198,7 +198,13 @@ fn pattern_aliases_route_between_exact_addresses_and_the_catch_all() {
     for rcpt in ["sales-eu@catchall.test", "Sales-Asia+x@catchall.test"] {
         let sent = message(SENDER, rcpt, "pattern", "", b"to sales\n");
         stack.send(SENDER, &[rcpt], &sent).assert_accepted();
-        stack.assert_delivered("alice@example.test", SENDER, rcpt, "alice@example.test", &sent);
+        stack.assert_delivered(
+            "alice@example.test",
+            SENDER,
+            rcpt,
+            "alice@example.test",
+            &sent,
+        );
     }
     let exact = message(SENDER, "info@catchall.test", "exact", "", b"to info\n");
     stack

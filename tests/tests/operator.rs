@@ -556,9 +556,8 @@ fn a_steady_stream_of_new_mailboxes_is_published_while_it_lasts() {
 fn a_missing_lease_namespace_is_a_clear_error_at_start() {
     let cluster = cluster();
     let missing = "virtmail-no-such-namespace";
-    let mut command = std::process::Command::new(virtmail_tests::process::binary(
-        "virtmail-operator",
-    ));
+    let mut command =
+        std::process::Command::new(virtmail_tests::process::binary("virtmail-operator"));
     command
         .env("KUBECONFIG", cluster.kubeconfig("admin"))
         .env("RUST_LOG", "info,kube=warn")

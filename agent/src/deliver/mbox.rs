@@ -319,7 +319,10 @@ fn dotlock_failure(target: &Target, error: lock::DotlockError) -> Failure {
         ),
         lock::DotlockError::Foreign { uid } => Failure::Refused {
             place: Place::Mbox(target.full_path.clone()),
-            reason: format!("lock file {}.lock is held by another user", target.full_path),
+            reason: format!(
+                "lock file {}.lock is held by another user",
+                target.full_path
+            ),
             warning: Some(format!(
                 "recipient {}: {}.lock is owned by uid {uid}, not {} (Mailbox/{}): \
                  a lock of another user in the mailbox directory; not waited on, not removed",

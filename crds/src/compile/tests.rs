@@ -506,7 +506,11 @@ fn autoreply_needs_an_outbound_path_and_valid_settings() {
             Effect::Degraded
         )]
     );
-    assert!(closed.diagnostics[0].message.contains("spec.outbound.relayHost"));
+    assert!(
+        closed.diagnostics[0]
+            .message
+            .contains("spec.outbound.relayHost")
+    );
     let away = &closed.directory.mailboxes["away@closed.test"];
     assert_eq!((away.autoreply.as_ref(), away.defer.as_ref()), (None, None));
 
