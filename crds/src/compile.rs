@@ -1033,8 +1033,8 @@ pub fn autoreply_state_name(mbox: &str) -> String {
 pub const MAILDIR_AUTOREPLY_STATE: &str = ".virtmail-autoreply";
 
 /// Every name the agent creates beside a mailbox, relative to the base like `path`, with what
-/// it is: for an mbox `d/bob`, its dotlock `d/bob.lock` and its append journal
-/// `d/.bob.virtmail-append`. A Maildir's work files (`tmp/…`, `maildirsize`) lie inside its own
+/// it is: for an mbox `d/bob`, its dotlock `d/bob.lock`, its append journal
+/// `d/.bob.virtmail-append` and its autoreply state `d/.bob.virtmail-autoreply`. A Maildir's work files (`tmp/…`, `maildirsize`) lie inside its own
 /// directory, which nested-path checking already covers. The compiler reserves these names: a
 /// mailbox on one of them could be deferred forever by the other's lock, or removed as a stale
 /// lock when both share a uid.
