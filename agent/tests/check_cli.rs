@@ -133,3 +133,21 @@ fn unusable_manifests_exit_2_naming_file_object_and_field() {
     assert_eq!(code, 2);
     assert!(stderr.contains("does-not-exist"), "{stderr}");
 }
+
+/// `virtmail-agent check ... | head`: a reader that went away ends the command quietly, with the
+/// exit status of the check.
+#[test]
+fn check_exits_quietly_when_the_reader_is_gone() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_virtmail-agent"))
+        .arg("check")
+        .arg("--resources")
+        .arg(root().join("examples/1-virtual-for-all-mail"))
+        .env("RUST_BACKTRACE", "1")
+        .stdout(writer)
+        .output()
+        .expect("run virtmail-agent");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert_eq!(output.status.code(), Some(0));
+}
