@@ -10,6 +10,7 @@ use virtmail_tests::mailstack::MailStack;
 use virtmail_tests::process::wait_for;
 
 const AWAY: &str = "user@domain.test";
+const DESK: &str = "desk@domain.test";
 const ALICE: &str = "alice@remote.test";
 const CAROL: &str = "carol@remote.test";
 
@@ -34,7 +35,9 @@ fn away(relay_port: u16) -> MailStack {
          apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: domain}}\n\
          spec: {{domain: domain.test, postmaster: user@domain.test, defaults: {{uid: 5000, gid: 5000}}}}\n---\n\
          apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: user}}\n\
-         spec:\n  address: {AWAY}\n  format: Mbox\n  autoreply:\n    subject: Away\n    body: |\n      I am away until Monday.\n      .\n      Mail is read then.\n"
+         spec:\n  address: {AWAY}\n  format: Mbox\n  autoreply:\n    subject: Away\n    body: |\n      I am away until Monday.\n      .\n      Mail is read then.\n---\n\
+         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: desk}}\n\
+         spec: {{address: {DESK}, format: Maildir, autoreply: {{body: Closed today.}}}}\n"
     ))
     .start()
 }
@@ -123,6 +126,22 @@ fn a_reply_goes_once_per_sender_with_rfc3834_headers_and_a_null_sender() {
     let content = std::fs::read_to_string(&state).expect("read state");
     assert_eq!(content.lines().count(), 2, "{content}");
     assert!(!content.contains('@'), "{content}");
+
+    // A Maildir keeps its state inside, where Dovecot does not take it for mail; each mailbox
+    // answers a sender on its own.
+    let to_desk = message(ALICE, DESK, "Opening hours", "", b"Open today?\n");
+    stack.send(ALICE, &[DESK], &to_desk).assert_accepted();
+    stack.assert_delivered(DESK, ALICE, DESK, DESK, &to_desk);
+    wait_for("the desk's reply", Duration::from_secs(30), || {
+        remote
+            .stored(ALICE)
+            .iter()
+            .any(|m| mail::header(m, "Subject").as_deref() == Some("Auto: Opening hours"))
+            .then_some(())
+    });
+    let state = stack.base().join("domain.test/desk/.virtmail-autoreply");
+    assert_eq!(std::fs::metadata(&state).expect("state").uid(), 5000);
+    assert_eq!(stack.imap(DESK).messages.len(), 1, "the state is not a message");
 }
 
 #[test]
