@@ -550,12 +550,23 @@ impl<'a> Compiler<'a> {
     /// The directory form of a Mailbox's autoreply, or why it is refused (the mailbox itself is
     /// served either way).
     fn autoreply(&self, spec: &crate::resources::AutoreplySpec) -> Result<Autoreply, String> {
-        if self.inputs.server.spec.outbound.is_none() {
-            return Err(format!(
-                "MailServer/{} declares no outbound path (spec.outbound.relayHost): no reply could \
-                 leave, so none is sent",
-                self.inputs.server.name_any()
-            ));
+        match &self.inputs.server.spec.outbound {
+            None => {
+                return Err(format!(
+                    "MailServer/{} declares no outbound path (spec.outbound.relayHost): no reply \
+                     could leave, so none is sent",
+                    self.inputs.server.name_any()
+                ));
+            }
+            Some(outbound) if !crate::resources::valid_relay_host(&outbound.relay_host) => {
+                return Err(format!(
+                    "MailServer/{}'s outbound.relayHost {:?} is not host, host:port, [host] or \
+                     [host]:port",
+                    self.inputs.server.name_any(),
+                    outbound.relay_host
+                ));
+            }
+            Some(_) => {}
         }
         if spec.body.trim().is_empty() {
             return Err("autoreply.body is empty".into());

@@ -186,6 +186,15 @@ pub struct MailServerSpec {
 pub const RELAY_HOST_PATTERN: &str =
     r"^(\[[A-Za-z0-9.:-]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$";
 
+/// Whether `relay_host` is a Postfix `relayhost` as [`RELAY_HOST_PATTERN`] describes it (the
+/// apiserver checks the schema; manifests read from files and the Postfix profile check here).
+pub fn valid_relay_host(relay_host: &str) -> bool {
+    static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(RELAY_HOST_PATTERN).expect("RELAY_HOST_PATTERN compiles")
+    });
+    relay_host.len() <= 261 && PATTERN.is_match(relay_host)
+}
+
 /// The outbound path of a MailServer.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

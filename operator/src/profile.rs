@@ -138,10 +138,20 @@ pub fn profile(input: &ProfileInput) -> Profile {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    apply_outbound(&mut main, input.relay_host.as_deref());
     let mut refused = Vec::new();
+    let relay_host = input.relay_host.as_deref().filter(|relay_host| {
+        let valid = virtmail_crds::resources::valid_relay_host(relay_host);
+        if !valid {
+            refused.push(format!(
+                "outbound.relayHost {relay_host:?}: not host, host:port, [host] or [host]:port; \
+                 nothing is relayed"
+            ));
+        }
+        valid
+    });
+    apply_outbound(&mut main, relay_host);
     for (name, value) in &input.extra {
-        if name == "relayhost" && input.relay_host.is_some() {
+        if name == "relayhost" && relay_host.is_some() {
             refused.push("relayhost: set by the MailServer's outbound.relayHost".into());
             continue;
         }
@@ -282,6 +292,15 @@ mod tests {
         );
         assert_eq!(get(&open, "mynetworks_style"), Some("host"));
         assert_eq!(open.refused.len(), 1, "{:?}", open.refused);
+        i.relay_host = Some("relay.test\nmynetworks = 0.0.0.0/0".into());
+        let injected = profile(&i);
+        assert_eq!(get(&injected, "relayhost"), Some("elsewhere"));
+        assert!(get(&injected, "default_transport").is_some_and(|t| t.starts_with("error:")));
+        assert!(
+            injected.refused[0].contains("outbound.relayHost"),
+            "{:?}",
+            injected.refused
+        );
     }
 
     #[test]

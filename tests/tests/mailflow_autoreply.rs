@@ -141,7 +141,11 @@ fn a_reply_goes_once_per_sender_with_rfc3834_headers_and_a_null_sender() {
     });
     let state = stack.base().join("domain.test/desk/.virtmail-autoreply");
     assert_eq!(std::fs::metadata(&state).expect("state").uid(), 5000);
-    assert_eq!(stack.imap(DESK).messages.len(), 1, "the state is not a message");
+    assert_eq!(
+        stack.imap(DESK).messages.len(),
+        1,
+        "the state is not a message"
+    );
 }
 
 #[test]

@@ -534,4 +534,21 @@ fn autoreply_needs_an_outbound_path_and_valid_settings() {
     assert_eq!(parse_interval("7d"), Some(7 * 86_400));
     assert_eq!(parse_interval("0h"), None);
     assert_eq!(parse_interval("3m"), None);
+    for good in [
+        "relay.test",
+        "relay.test:25",
+        "[relay.test]",
+        "[127.0.0.1]:2525",
+    ] {
+        assert!(crate::resources::valid_relay_host(good), "{good}");
+    }
+    for bad in [
+        "",
+        "relay.test\nmynetworks = 0/0",
+        "relay test",
+        "[relay.test",
+        "-x:25",
+    ] {
+        assert!(!crate::resources::valid_relay_host(bad), "{bad:?}");
+    }
 }
