@@ -765,6 +765,18 @@ impl<'a> Compiler<'a> {
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
             .count();
+        if order >= crate::directory::pattern::MAX_PATTERNS_PER_DOMAIN {
+            self.diagnose(
+                object.clone(),
+                Reason::InvalidPattern,
+                Effect::Excluded,
+                format!(
+                    "@{domain} already has {} patterns, the most a domain may have",
+                    crate::directory::pattern::MAX_PATTERNS_PER_DOMAIN
+                ),
+            );
+            return None;
+        }
         Some(crate::directory::pattern::key(domain, order, pattern))
     }
 

@@ -30,6 +30,8 @@ pub mod pattern {
     pub const MAX_PATTERN_LEN: usize = 256;
     /// Largest compiled program (and lazy DFA cache) of one pattern, in bytes.
     pub const COMPILED_SIZE_LIMIT: usize = 256 * 1024;
+    /// Patterns per domain: every lookup that no exact address answers may try them all.
+    pub const MAX_PATTERNS_PER_DOMAIN: usize = 256;
     /// Compiled patterns kept for lookups; the cache starts over when it is full.
     const CACHE_ENTRIES: usize = 4096;
 

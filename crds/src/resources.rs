@@ -589,7 +589,7 @@ pub struct MailAliasSpec {
     /// `sales-[a-z]+` sends `sales-eu@domain` and `Sales-Asia+x@domain` to `to`. Tried after every
     /// exact address (Mailbox or MailAlias) and before the domain's `@domain` alias and
     /// `catchAll`; when several patterns match, the oldest MailAlias wins. No `$1` substitution
-    /// in `to`. At most 256 characters.
+    /// in `to`. At most 256 characters, and 256 patterns per domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub pattern: Option<String>,

@@ -493,6 +493,26 @@ fn pattern_aliases_conflicts_bad_patterns_and_loops() {
         d.find_mailbox("nobody@example.test").map(|f| f.key),
         Some("alice@example.test")
     );
+
+    // A bounded number of patterns per domain.
+    let mut resources = fixture("alias-patterns.yaml");
+    let limit = crate::directory::pattern::MAX_PATTERNS_PER_DOMAIN;
+    for i in 0..=limit {
+        let mut alias = resources.aliases[0].clone();
+        alias.metadata.name = Some(format!("many-{i:04}"));
+        alias.spec.pattern = Some(format!("many-{i}"));
+        resources.aliases.push(alias);
+    }
+    let server = resources.server(None).expect("server");
+    let c = compile(resources.inputs(&server));
+    let over: Vec<_> = c
+        .diagnostics
+        .iter()
+        .filter(|d| d.object.name.starts_with("many-"))
+        .collect();
+    // The fixture's three usable patterns and 257 more: 256 fit, the 4 newest do not.
+    assert_eq!(over.len(), 4, "{over:?}");
+    assert!(over.iter().all(|d| d.reason == Reason::InvalidPattern));
 }
 
 #[test]
