@@ -126,7 +126,8 @@ pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> 
 
 /// Mode of a parent directory the agent creates: every owner below may pass, nobody may list.
 const SHARED_DIRECTORY_MODE: u32 = 0o711;
-/// Mode of a parent directory holding a dotlocked mbox: its owner must create `<mbox>.lock`.
+/// Mode of a parent directory holding an mbox whose owner creates files beside it (`<mbox>.lock`,
+/// the autoreply state).
 const DOTLOCK_DIRECTORY_MODE: u32 = 0o1777;
 
 /// The directory part of a mailbox path (`d/bob` → `d`, `d/alice/` → `d`), `None` at the base.
@@ -135,7 +136,8 @@ fn parent_of(path: &str) -> Option<&str> {
 }
 
 /// The mode each parent directory needs, decided from every mailbox in it (not from whichever
-/// comes first): 1777 where any dotlocked mbox lives, 0711 elsewhere.
+/// comes first): 1777 where any mbox lives whose owner must create files beside it (its dotlock,
+/// or the state of its automatic reply), 0711 elsewhere.
 pub fn parent_modes<'a>(
     entries: impl IntoIterator<Item = &'a MailboxEntry>,
     dotlock: bool,
@@ -145,7 +147,8 @@ pub fn parent_modes<'a>(
         let Some(parent) = parent_of(&entry.path) else {
             continue;
         };
-        let wanted = if entry.format == MailboxFormat::Mbox && dotlock {
+        let owner_writes_beside = dotlock || entry.autoreply.is_some();
+        let wanted = if entry.format == MailboxFormat::Mbox && owner_writes_beside {
             DOTLOCK_DIRECTORY_MODE
         } else {
             SHARED_DIRECTORY_MODE
@@ -766,5 +769,25 @@ mod tests {
             "{erin:?}"
         );
         assert_eq!(mode("f.test"), 0o755);
+
+        // Without dotlocks, an mbox with an automatic reply still needs to write its state
+        // beside it; a plain mbox does not.
+        directory.settings.mailbox_lock = vec![LockMethod::Fcntl];
+        directory.mailboxes.insert(
+            "gus@g.test".into(),
+            entry("g.test/gus", MailboxFormat::Mbox, 5106),
+        );
+        let mut away = entry("h.test/away", MailboxFormat::Mbox, 5107);
+        away.autoreply = Some(virtmail_crds::directory::Autoreply {
+            subject: None,
+            body: "away".into(),
+            start: None,
+            end: None,
+            interval_seconds: 86_400,
+        });
+        directory.mailboxes.insert("away@h.test".into(), away);
+        provision_all(&fd, &base_path, &directory);
+        assert_eq!(mode("g.test"), 0o711);
+        assert_eq!(mode("h.test"), 0o1777);
     }
 }
