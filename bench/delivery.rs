@@ -132,6 +132,7 @@ fn directory(base: &Path, threads: usize, format: MailboxFormat) -> Directory {
                 suspended: false,
                 defer: None,
                 object: format!("user{t}"),
+                autoreply: None,
             },
         );
     }

@@ -1,5 +1,6 @@
 //! virtmail's delivery agent library.
 
+pub mod autoreply;
 pub mod check;
 pub mod cluster;
 pub mod deliver;

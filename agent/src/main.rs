@@ -1,5 +1,6 @@
 //! `virtmail-agent`: the delivery agent beside Postfix.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -242,11 +243,17 @@ struct ServeArgs {
     /// exported as `virtmail_postfix_queue_messages`.
     #[arg(long)]
     postfix_queue_stats: Option<PathBuf>,
+    /// Where automatic replies are handed to Postfix (`host:port` of its smtpd; in the pod, the
+    /// Postfix container on loopback). Replies are sent only for Mailboxes whose autoreply the
+    /// directory carries, i.e. when the MailServer declares `outbound`.
+    #[arg(long, default_value = "127.0.0.1:25")]
+    submit_to: String,
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
     logging::init(args.log_format);
     virtmail_agent::deliver::identity::set_uid_floor(args.minimum_uid);
+    let submit_to = args.submit_to;
     let config = server::Config {
         source: match (args.resources, args.directory_dir, args.namespace) {
             (Some(dir), _, _) => server::Source::Files(FileSource {
@@ -306,7 +313,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Err(error) = virtmail_agent::deliver::drop_supplementary_groups() {
         tracing::warn!("cannot drop supplementary groups: {error}");
     }
-    let engine = Arc::new(virtmail_agent::deliver::Engine::default());
+    let engine = Arc::new(virtmail_agent::deliver::Engine::new(
+        virtmail_agent::deliver::Options {
+            submission: Some(virtmail_agent::autoreply::Submission {
+                address: submit_to,
+                hostname: config.hostname.clone(),
+                timeout: Duration::from_secs(60),
+            }),
+            ..Default::default()
+        },
+    ));
     match runtime.block_on(server::run(config, engine)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -323,7 +339,12 @@ fn main() -> ExitCode {
             if report.status == CheckStatus::Unusable {
                 eprint!("{}", report.text);
             } else {
-                print!("{}", report.text);
+                // A reader that went away (`check | head`) is not an error: the exit status
+                // still says whether the objects are valid.
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout
+                    .write_all(report.text.as_bytes())
+                    .and_then(|()| stdout.flush());
             }
             ExitCode::from(report.status as u8)
         }

@@ -115,14 +115,19 @@ pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> 
         .settings
         .mailbox_lock
         .contains(&LockMethod::Dotlock);
+    let modes = parent_modes(directory.mailboxes.values(), dotlock);
     let reports: Vec<Report> = directory
         .mailboxes
         .iter()
-        .map(|(address, entry)| Report {
-            address: address.clone(),
-            object: entry.object.clone(),
-            path: format!("{base_path}/{}", entry.path),
-            state: provision_one(base, entry, dotlock),
+        .map(|(address, entry)| {
+            let parent = parent_of(&entry.path).unwrap_or_default();
+            let mode = modes.get(parent).copied().unwrap_or(SHARED_DIRECTORY_MODE);
+            Report {
+                address: address.clone(),
+                object: entry.object.clone(),
+                path: format!("{base_path}/{}", entry.path),
+                state: provision_with_parent_mode(base, entry, dotlock, mode),
+            }
         })
         .collect();
     // Deferring entries wait for their object to be fixed; the volume is not at fault.
@@ -137,8 +142,61 @@ pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> 
     reports
 }
 
-/// Provision one mailbox.
+/// Mode of a parent directory the agent creates: every owner below may pass, nobody may list.
+const SHARED_DIRECTORY_MODE: u32 = 0o711;
+/// Mode of a parent directory holding an mbox whose owner creates files beside it (`<mbox>.lock`,
+/// the autoreply state).
+const DOTLOCK_DIRECTORY_MODE: u32 = 0o1777;
+
+/// The directory part of a mailbox path (`d/bob` → `d`, `d/alice/` → `d`), `None` at the base.
+fn parent_of(path: &str) -> Option<&str> {
+    path.trim_end_matches('/').rsplit_once('/').map(|(p, _)| p)
+}
+
+/// The mode each parent directory needs, decided from every mailbox in it (not from whichever
+/// comes first): 1777 where any mbox lives whose owner must create files beside it (its dotlock,
+/// or the state of its automatic reply), 0711 elsewhere.
+pub fn parent_modes<'a>(
+    entries: impl IntoIterator<Item = &'a MailboxEntry>,
+    dotlock: bool,
+) -> std::collections::BTreeMap<String, u32> {
+    let mut modes = std::collections::BTreeMap::new();
+    for entry in entries {
+        let Some(parent) = parent_of(&entry.path) else {
+            continue;
+        };
+        let owner_writes_beside = dotlock || entry.autoreply.is_some();
+        let wanted = if entry.format == MailboxFormat::Mbox && owner_writes_beside {
+            DOTLOCK_DIRECTORY_MODE
+        } else {
+            SHARED_DIRECTORY_MODE
+        };
+        let mode = modes.entry(parent.to_string()).or_insert(wanted);
+        if wanted == DOTLOCK_DIRECTORY_MODE {
+            *mode = wanted;
+        }
+    }
+    modes
+}
+
+/// Provision one mailbox, its parent directory's mode decided from this mailbox alone (see
+/// [`provision_all`] for a whole directory).
 pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> State {
+    let modes = parent_modes([entry], dotlock);
+    let mode = parent_of(&entry.path)
+        .and_then(|p| modes.get(p).copied())
+        .unwrap_or(SHARED_DIRECTORY_MODE);
+    provision_with_parent_mode(base, entry, dotlock, mode)
+}
+
+/// Provision one mailbox; a missing parent directory is created with `parent_mode`, and one the
+/// agent created earlier with a narrower mode is widened to it.
+fn provision_with_parent_mode(
+    base: &OwnedFd,
+    entry: &MailboxEntry,
+    dotlock: bool,
+    parent_mode: u32,
+) -> State {
     if let Some(deferral) = &entry.defer {
         return problem(
             "Deferring",
@@ -169,11 +227,7 @@ pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> Sta
         Some((parent, leaf)) => (Some(parent), leaf),
         None => (None, trimmed),
     };
-    let parent_mode = if entry.format == MailboxFormat::Mbox && dotlock {
-        Mode::from_raw_mode(0o1777)
-    } else {
-        Mode::from_raw_mode(0o711)
-    };
+    let parent_mode = Mode::from_raw_mode(parent_mode);
     let parent_fd = match parent {
         None => match open_dir(base.as_fd(), ".") {
             Ok(fd) => fd,
@@ -181,8 +235,9 @@ pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> Sta
         },
         Some(parent) => match make_dirs(base.as_fd(), parent, parent_mode, entry.uid) {
             Ok((fd, created)) => {
-                if created {
-                    // mkdir applies the umask; set the documented mode on what we just made.
+                if created || made_by_agent_narrower(&fd, parent_mode) {
+                    // mkdir applies the umask; set the documented mode on what we just made, or
+                    // widen what we made earlier for a mailbox that needed less.
                     let _ = rustix::fs::fchmod(&fd, parent_mode);
                 }
                 fd
@@ -212,6 +267,19 @@ pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> Sta
             other => other,
         },
     }
+}
+
+/// Whether `dir` is a parent directory as the agent creates it (root's, group root, exactly
+/// mode 0711) while `wanted` is wider (1777). Only that is ever changed: an administrator's
+/// directory (another owner or another mode) is left as it is.
+fn made_by_agent_narrower(dir: &OwnedFd, wanted: Mode) -> bool {
+    let Ok(stat) = rustix::fs::fstat(dir) else {
+        return false;
+    };
+    wanted.bits() == DOTLOCK_DIRECTORY_MODE
+        && stat.st_uid == 0
+        && stat.st_gid == 0
+        && stat.st_mode & 0o7777 == SHARED_DIRECTORY_MODE
 }
 
 fn owner_check(
@@ -419,6 +487,7 @@ mod tests {
             suspended: false,
             defer: None,
             object: "o".into(),
+            autoreply: None,
         }
     }
 
@@ -646,5 +715,97 @@ mod tests {
             }
         ));
         assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn a_maildir_provisioned_first_does_not_make_its_dotlocked_neighbour_undeliverable() {
+        let (dir, fd) = base();
+        let mut directory = Directory::synthetic(0);
+        directory.mailboxes.clear();
+        directory.settings.mailbox_lock = vec![LockMethod::Fcntl, LockMethod::Dotlock];
+        // "alice" sorts first: her Maildir is provisioned before bob's mbox in the same directory.
+        directory.mailboxes.insert(
+            "alice@d.test".into(),
+            entry("d.test/alice/", MailboxFormat::Maildir, 5101),
+        );
+        directory.mailboxes.insert(
+            "bob@d.test".into(),
+            entry("d.test/bob", MailboxFormat::Mbox, 5102),
+        );
+        let base_path = dir.path().display().to_string();
+        let reports = provision_all(&fd, &base_path, &directory);
+        for report in &reports {
+            assert_eq!(report.state, State::Created, "{report:?}");
+        }
+        let mode = |p: &str| std::fs::metadata(dir.path().join(p)).expect("stat").mode() & 0o7777;
+        assert_eq!(mode("d.test"), 0o1777);
+
+        // A directory the agent made 0711 for a Maildir alone is widened once an mbox joins it.
+        directory.mailboxes.insert(
+            "carol@e.test".into(),
+            entry("e.test/carol/", MailboxFormat::Maildir, 5103),
+        );
+        provision_all(&fd, &base_path, &directory);
+        assert_eq!(mode("e.test"), 0o711);
+        directory.mailboxes.insert(
+            "dave@e.test".into(),
+            entry("e.test/dave", MailboxFormat::Mbox, 5104),
+        );
+        let reports = provision_all(&fd, &base_path, &directory);
+        assert!(
+            reports
+                .iter()
+                .all(|r| matches!(r.state, State::Created | State::Present)),
+            "{reports:?}"
+        );
+        assert_eq!(mode("e.test"), 0o1777);
+
+        // An administrator's directory (not root's 0711) is never changed: reported instead.
+        std::fs::create_dir(dir.path().join("f.test")).expect("mkdir");
+        std::fs::set_permissions(
+            dir.path().join("f.test"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        directory.mailboxes.insert(
+            "erin@f.test".into(),
+            entry("f.test/erin", MailboxFormat::Mbox, 5105),
+        );
+        let reports = provision_all(&fd, &base_path, &directory);
+        let erin = reports
+            .iter()
+            .find(|r| r.address == "erin@f.test")
+            .expect("erin");
+        assert!(
+            matches!(
+                erin.state,
+                State::Problem {
+                    reason: "DotlockNotPossible",
+                    ..
+                }
+            ),
+            "{erin:?}"
+        );
+        assert_eq!(mode("f.test"), 0o755);
+
+        // Without dotlocks, an mbox with an automatic reply still needs to write its state
+        // beside it; a plain mbox does not.
+        directory.settings.mailbox_lock = vec![LockMethod::Fcntl];
+        directory.mailboxes.insert(
+            "gus@g.test".into(),
+            entry("g.test/gus", MailboxFormat::Mbox, 5106),
+        );
+        let mut away = entry("h.test/away", MailboxFormat::Mbox, 5107);
+        away.autoreply = Some(virtmail_crds::directory::Autoreply {
+            subject: None,
+            body: "away".into(),
+            start: None,
+            end: None,
+            interval_seconds: 86_400,
+        });
+        directory.mailboxes.insert("away@h.test".into(), away);
+        provision_all(&fd, &base_path, &directory);
+        assert_eq!(mode("g.test"), 0o711);
+        assert_eq!(mode("h.test"), 0o1777);
     }
 }

@@ -63,6 +63,10 @@ fn broken_fixtures_name_their_reason() {
         ("alias-loop.yaml", "MailAlias/a AliasLoop"),
         ("postmaster.yaml", "MailDomain/three InvalidPostmaster"),
         ("catch-all.yaml", "MailDomain/broken UnknownCatchAll"),
+        (
+            "alias-patterns.yaml",
+            "MailAlias/broken InvalidPattern: pattern \"support-(\": invalid regular expression",
+        ),
     ];
     for (fixture, expected) in cases {
         let path = root().join("crds/fixtures").join(fixture);
@@ -128,4 +132,22 @@ fn unusable_manifests_exit_2_naming_file_object_and_field() {
     let (code, _, stderr) = check(&dir.path().join("does-not-exist"), &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("does-not-exist"), "{stderr}");
+}
+
+/// `virtmail-agent check ... | head`: a reader that went away ends the command quietly, with the
+/// exit status of the check.
+#[test]
+fn check_exits_quietly_when_the_reader_is_gone() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_virtmail-agent"))
+        .arg("check")
+        .arg("--resources")
+        .arg(root().join("examples/1-virtual-for-all-mail"))
+        .env("RUST_BACKTRACE", "1")
+        .stdout(writer)
+        .output()
+        .expect("run virtmail-agent");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert_eq!(output.status.code(), Some(0));
 }

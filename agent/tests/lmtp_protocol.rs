@@ -116,7 +116,9 @@ fn lmtp_mail_and_rcpt_parameters() {
     assert_eq!(code(&c.cmd("MAIL FROM:<a@b.test> RET=FULL")), "555 5.5.4");
     assert_eq!(code(&c.cmd("MAIL FROM:a@b.test")), "501 5.1.7");
     assert_eq!(code(&c.cmd("MAIL TO:<a@b.test>")), "501 5.5.4");
-    assert_eq!(code(&c.cmd("MAIL FROM:<jörg@b.test>")), "553 5.6.7");
+    // Postfix hands over UTF-8 addresses without SMTPUTF8 too: taken, never 553 5.6.7.
+    assert_eq!(c.cmd("MAIL FROM:<jörg@b.test>"), "250 2.1.0 OK");
+    assert_eq!(code(&c.cmd("RSET")), "250 2.0.0");
     assert_eq!(
         c.cmd("MAIL FROM:<a@b.test> SIZE=4096 BODY=8BITMIME SMTPUTF8"),
         "250 2.1.0 OK"

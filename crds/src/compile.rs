@@ -12,7 +12,9 @@ use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::address::{self, fold};
-use crate::directory::{AliasEntry, Deferral, Directory, Domain, MailboxEntry, Settings};
+use crate::directory::{
+    AliasEntry, Autoreply, Deferral, Directory, Domain, MailboxEntry, Settings,
+};
 use crate::quantity;
 use crate::resources::{MailAlias, MailDomain, MailServer, Mailbox, MailboxFormat};
 use crate::selector;
@@ -44,6 +46,11 @@ pub enum Reason {
     InvalidPostmaster,
     /// The domain's catch-all names no mailbox of the domain.
     UnknownCatchAll,
+    /// A MailAlias pattern that is not a usable regular expression (syntax, length, size).
+    InvalidPattern,
+    /// A Mailbox's autoreply cannot be sent: its MailServer declares no outbound path, or the
+    /// autoreply itself is invalid. Mail is delivered; no reply is sent.
+    AutoreplyRefused,
 }
 
 impl Reason {
@@ -61,6 +68,8 @@ impl Reason {
             Reason::AliasLoop => "AliasLoop",
             Reason::InvalidPostmaster => "InvalidPostmaster",
             Reason::UnknownCatchAll => "UnknownCatchAll",
+            Reason::InvalidPattern => "InvalidPattern",
+            Reason::AutoreplyRefused => "AutoreplyRefused",
         }
     }
 }
@@ -323,6 +332,7 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
     compiler.postmasters();
     compiler.catch_alls();
     compiler.alias_loops();
+    compiler.pattern_loops();
     Compiled {
         directory: compiler.directory,
         diagnostics: compiler.diagnostics,
@@ -529,6 +539,13 @@ impl<'a> Compiler<'a> {
                     message: message.clone(),
                 });
                 self.diagnose(object, reason, Effect::Deferring, message);
+            } else if let Some(spec) = &mailbox.spec.autoreply {
+                match self.autoreply(spec) {
+                    Ok(autoreply) => entry.autoreply = Some(autoreply),
+                    Err(message) => {
+                        self.diagnose(object, Reason::AutoreplyRefused, Effect::Degraded, message)
+                    }
+                }
             }
             self.directory.mailboxes.insert(key, entry);
         }
@@ -589,8 +606,65 @@ impl<'a> Compiler<'a> {
             suspended: spec.suspended,
             defer: None,
             object: object.name.clone(),
+            autoreply: None,
         };
         (entry, problem)
+    }
+
+    /// The directory form of a Mailbox's autoreply, or why it is refused (the mailbox itself is
+    /// served either way).
+    fn autoreply(&self, spec: &crate::resources::AutoreplySpec) -> Result<Autoreply, String> {
+        match &self.inputs.server.spec.outbound {
+            None => {
+                return Err(format!(
+                    "MailServer/{} declares no outbound path (spec.outbound.relayHost): no reply \
+                     could leave, so none is sent",
+                    self.inputs.server.name_any()
+                ));
+            }
+            Some(outbound) if !crate::resources::valid_relay_host(&outbound.relay_host) => {
+                return Err(format!(
+                    "MailServer/{}'s outbound.relayHost {:?} is not host, host:port, [host] or \
+                     [host]:port",
+                    self.inputs.server.name_any(),
+                    outbound.relay_host
+                ));
+            }
+            Some(_) => {}
+        }
+        if spec.body.trim().is_empty() {
+            return Err("autoreply.body is empty".into());
+        }
+        if spec.body.len() > MAX_AUTOREPLY_BODY {
+            return Err(format!(
+                "autoreply.body is longer than {MAX_AUTOREPLY_BODY} bytes"
+            ));
+        }
+        if let Some(subject) = &spec.subject
+            && (subject.chars().any(char::is_control) || subject.chars().count() > 256)
+        {
+            return Err("autoreply.subject must be one line of at most 256 characters".into());
+        }
+        let interval_seconds = match spec.interval.as_deref() {
+            None => 7 * 86_400,
+            Some(text) => parse_interval(text).ok_or_else(|| {
+                format!("autoreply.interval {text:?} is not a number of hours (h) or days (d) of at least 1h")
+            })?,
+        };
+        let start = spec.start.as_ref().map(|t| t.0.as_second());
+        let end = spec.end.as_ref().map(|t| t.0.as_second());
+        if let (Some(start), Some(end)) = (start, end)
+            && end <= start
+        {
+            return Err("autoreply.end is not after autoreply.start".into());
+        }
+        Ok(Autoreply {
+            subject: spec.subject.clone(),
+            body: spec.body.clone(),
+            start,
+            end,
+            interval_seconds,
+        })
     }
 
     /// The MailDomain's `uidRange`/`gidRange`, set by whoever may create the domain, bound the
@@ -654,6 +728,13 @@ impl<'a> Compiler<'a> {
             let Ok(key) = self.claim_address(&object, &alias.spec.address, true) else {
                 continue;
             };
+            let key = match &alias.spec.pattern {
+                None => key,
+                Some(pattern) => match self.pattern_key(&object, &key, pattern) {
+                    Some(key) => key,
+                    None => continue,
+                },
+            };
             if let Some(existing) = self.directory.aliases.get(&key) {
                 let message = format!(
                     "{key} is already defined by MailAlias/{}",
@@ -697,6 +778,141 @@ impl<'a> Compiler<'a> {
                     object: Some(object.name),
                 },
             );
+        }
+    }
+
+    /// The alias-table key of a pattern alias claimed at `@domain` (`claimed`), or `None` after
+    /// a diagnostic. Aliases come oldest first, so numbering them per domain in this order makes
+    /// the oldest matching pattern win; the same pattern twice is an `AddressConflict`.
+    fn pattern_key(&mut self, object: &ObjectRef, claimed: &str, pattern: &str) -> Option<String> {
+        let Some(domain) = claimed.strip_prefix('@') else {
+            self.diagnose(
+                object.clone(),
+                Reason::InvalidPattern,
+                Effect::Excluded,
+                format!("a pattern alias names its domain as address ('@<domain>'), not {claimed}"),
+            );
+            return None;
+        };
+        if let Err(message) = crate::directory::pattern::compile(pattern) {
+            self.diagnose(
+                object.clone(),
+                Reason::InvalidPattern,
+                Effect::Excluded,
+                format!("pattern {pattern:?}: {message}"),
+            );
+            return None;
+        }
+        let prefix = crate::directory::pattern::key_prefix(domain);
+        let existing = self
+            .directory
+            .aliases
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .find(|(k, _)| crate::directory::pattern::key_pattern(k) == Some(pattern));
+        if let Some((_, entry)) = existing {
+            let message = format!(
+                "pattern {pattern:?} of @{domain} is already defined by MailAlias/{}",
+                entry.object.as_deref().unwrap_or("?")
+            );
+            self.diagnose(
+                object.clone(),
+                Reason::AddressConflict,
+                Effect::Excluded,
+                message,
+            );
+            return None;
+        }
+        let order = self
+            .directory
+            .aliases
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .count();
+        if order >= crate::directory::pattern::MAX_PATTERNS_PER_DOMAIN {
+            self.diagnose(
+                object.clone(),
+                Reason::InvalidPattern,
+                Effect::Excluded,
+                format!(
+                    "@{domain} already has {} patterns, the most a domain may have",
+                    crate::directory::pattern::MAX_PATTERNS_PER_DOMAIN
+                ),
+            );
+            return None;
+        }
+        Some(crate::directory::pattern::key(domain, order, pattern))
+    }
+
+    /// Pattern aliases whose targets (addresses without an entry of their own) fall into a
+    /// pattern that leads back to them would expand forever: they defer as loops.
+    fn pattern_loops(&mut self) {
+        use crate::directory::pattern::key_pattern;
+        let keys: Vec<String> = self
+            .directory
+            .aliases
+            .keys()
+            .filter(|k| key_pattern(k).is_some())
+            .cloned()
+            .collect();
+        let index: HashMap<&str, usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
+        let mut self_loops: Vec<Option<String>> = vec![None; keys.len()];
+        let edges: Vec<Vec<usize>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let entry = &self.directory.aliases[key];
+                let mut out = Vec::new();
+                for target in &entry.to {
+                    let found = self.directory.find_alias(&fold(target));
+                    if let Some(&j) = found.and_then(|f| index.get(f.key)) {
+                        if i == j {
+                            self_loops[i].get_or_insert_with(|| target.clone());
+                        } else {
+                            out.push(j);
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        let in_cycle = cyclic_nodes(&edges);
+        let looping: Vec<(String, String)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, key)| {
+                let via = self_loops[i]
+                    .clone()
+                    .or_else(|| in_cycle[i].then(|| "another pattern alias".to_string()))?;
+                Some((key.clone(), via))
+            })
+            .collect();
+        for (key, target) in looping {
+            let Some(entry) = self.directory.aliases.get_mut(&key) else {
+                continue;
+            };
+            let message = format!(
+                "pattern alias {key} expands back into a pattern through {target}: mail would expand forever"
+            );
+            entry.defer = Some(Deferral {
+                reason: Reason::AliasLoop,
+                message: message.clone(),
+            });
+            if let Some(name) = entry.object.clone() {
+                self.diagnose(
+                    ObjectRef {
+                        kind: Kind::MailAlias,
+                        name,
+                    },
+                    Reason::AliasLoop,
+                    Effect::Deferring,
+                    message,
+                );
+            }
         }
     }
 
@@ -826,7 +1042,22 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// The format a path implies: a trailing `/` means Maildir (the seed's rule).
+/// Largest autoreply body, in bytes.
+pub const MAX_AUTOREPLY_BODY: usize = 65_536;
+
+/// An autoreply interval, `<n>h` or `<n>d`, in seconds; `None` if malformed or under an hour.
+pub fn parse_interval(text: &str) -> Option<u64> {
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (seconds >= 3600).then_some(seconds)
+}
+
+/// The format a path implies: a trailing `/` means Maildir.
 pub fn path_format(path: &str) -> MailboxFormat {
     if path.ends_with('/') {
         MailboxFormat::Maildir
@@ -879,9 +1110,18 @@ pub fn journal_name(mbox: &str) -> String {
     format!(".{mbox}.virtmail-append")
 }
 
+/// The file name of the autoreply state of the mbox named `mbox` (beside it). A Maildir keeps
+/// it inside, as [`MAILDIR_AUTOREPLY_STATE`].
+pub fn autoreply_state_name(mbox: &str) -> String {
+    format!(".{mbox}.virtmail-autoreply")
+}
+
+/// The autoreply state inside a Maildir (a dot file: Maildir readers skip it).
+pub const MAILDIR_AUTOREPLY_STATE: &str = ".virtmail-autoreply";
+
 /// Every name the agent creates beside a mailbox, relative to the base like `path`, with what
-/// it is: for an mbox `d/bob`, its dotlock `d/bob.lock` and its append journal
-/// `d/.bob.virtmail-append`. A Maildir's work files (`tmp/…`, `maildirsize`) lie inside its own
+/// it is: for an mbox `d/bob`, its dotlock `d/bob.lock`, its append journal
+/// `d/.bob.virtmail-append` and its autoreply state `d/.bob.virtmail-autoreply`. A Maildir's work files (`tmp/…`, `maildirsize`) lie inside its own
 /// directory, which nested-path checking already covers. The compiler reserves these names: a
 /// mailbox on one of them could be deferred forever by the other's lock, or removed as a stale
 /// lock when both share a uid.
@@ -898,6 +1138,10 @@ pub fn derived_names(path: &str, format: MailboxFormat) -> Vec<(String, &'static
                 (
                     format!("{parent}{}", journal_name(leaf)),
                     "the append journal",
+                ),
+                (
+                    format!("{parent}{}", autoreply_state_name(leaf)),
+                    "the autoreply state",
                 ),
             ]
         }

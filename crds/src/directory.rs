@@ -10,6 +10,92 @@ use serde::{Deserialize, Serialize};
 use crate::address;
 use crate::resources::{LockMethod, MailboxFormat};
 
+pub mod pattern {
+    //! MailAlias patterns: how they are compiled (bounded, linear-time), keyed in the alias
+    //! table and cached for lookups.
+    //!
+    //! # Security
+    //!
+    //! Patterns come from MailAlias authors and are matched against local parts chosen by any
+    //! sender. The `regex` crate matches in time linear in the input, with no backtracking; the
+    //! pattern text is at most [`MAX_PATTERN_LEN`] characters and its compiled program at most
+    //! [`COMPILED_SIZE_LIMIT`] bytes, and the cache of compiled patterns is bounded.
+
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use regex::{Regex, RegexBuilder};
+
+    /// Longest pattern text accepted.
+    pub const MAX_PATTERN_LEN: usize = 256;
+    /// Largest compiled program (and lazy DFA cache) of one pattern, in bytes.
+    pub const COMPILED_SIZE_LIMIT: usize = 256 * 1024;
+    /// Patterns per domain: every lookup that no exact address answers may try them all.
+    pub const MAX_PATTERNS_PER_DOMAIN: usize = 256;
+    /// Compiled patterns kept for lookups; the cache starts over when it is full.
+    const CACHE_ENTRIES: usize = 4096;
+
+    /// Compile a pattern as it is matched: anchored to the whole local part, case-insensitive,
+    /// size-bounded. `Err` says why it is not usable.
+    pub fn compile(pattern: &str) -> Result<Regex, String> {
+        if pattern.is_empty() {
+            return Err("pattern is empty".into());
+        }
+        if pattern.chars().count() > MAX_PATTERN_LEN {
+            return Err(format!(
+                "pattern is longer than {MAX_PATTERN_LEN} characters"
+            ));
+        }
+        RegexBuilder::new(&format!("^(?:{pattern})$"))
+            .case_insensitive(true)
+            .size_limit(COMPILED_SIZE_LIMIT)
+            .dfa_size_limit(COMPILED_SIZE_LIMIT)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(limit) => {
+                    format!("pattern compiles to more than {limit} bytes")
+                }
+                other => format!("invalid regular expression: {other}"),
+            })
+    }
+
+    /// The alias-table key of the `order`-th pattern (oldest first) of `domain`. It contains a
+    /// space, so it can never be a recipient address or collide with one.
+    pub fn key(domain: &str, order: usize, pattern: &str) -> String {
+        format!("{}{order:04} {pattern}", key_prefix(domain))
+    }
+
+    /// What every pattern key of `domain` starts with.
+    pub fn key_prefix(domain: &str) -> String {
+        format!("@{domain} ~")
+    }
+
+    /// The pattern of a pattern key, `None` for any other key.
+    pub fn key_pattern(key: &str) -> Option<&str> {
+        let (_, rest) = key.split_once(" ~")?;
+        let (order, pattern) = rest.split_once(' ')?;
+        order.bytes().all(|b| b.is_ascii_digit()).then_some(pattern)
+    }
+
+    static CACHE: Mutex<Option<HashMap<String, Option<Arc<Regex>>>>> = Mutex::new(None);
+
+    /// The compiled pattern, from the cache; `None` if it does not compile (the compiler keeps
+    /// such patterns out of the directory).
+    pub fn cached(pattern: &str) -> Option<Arc<Regex>> {
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = cache.get_or_insert_with(HashMap::new);
+        if let Some(regex) = cache.get(pattern) {
+            return regex.clone();
+        }
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        let regex = compile(pattern).ok().map(Arc::new);
+        cache.insert(pattern.to_string(), regex.clone());
+        regex
+    }
+}
+
 /// Schema identifier written into every encoded directory.
 pub const SCHEMA: &str = "virtmail.io/directory/v1";
 
@@ -78,6 +164,28 @@ pub struct MailboxEntry {
     pub defer: Option<Deferral>,
     /// Name of the Mailbox object (for status reports).
     pub object: String,
+    /// The automatic reply, when the Mailbox has a usable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoreply: Option<Autoreply>,
+}
+
+/// A mailbox's automatic reply, as the agent sends it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoreply {
+    /// Subject; absent: `Auto: <original subject>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Body text.
+    pub body: String,
+    /// First second (Unix time) mail is answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
+    /// First second (Unix time) mail is no longer answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
+    /// Least seconds between two replies to one sender.
+    pub interval_seconds: u64,
 }
 
 /// An alias entry (Postfix `virtual_alias_maps`).
@@ -171,6 +279,7 @@ impl Directory {
                     suspended: false,
                     defer: None,
                     object: format!("user{i}-domain{domain}"),
+                    autoreply: None,
                 },
             );
         }
@@ -214,14 +323,38 @@ impl Directory {
         {
             return Some(Found { key, entry });
         }
-        let (_, domain) = address::split(&folded)?;
-        // A specific mailbox wins over an `@domain` alias, as in Postfix where the catch-all alias
-        // is only reached for addresses without an entry of their own.
+        let (local, domain) = address::split(&folded)?;
+        // A specific mailbox wins over patterns and the `@domain` alias, as in Postfix where the
+        // catch-all alias is only reached for addresses without an entry of their own.
         if self.find_mailbox_exact(&folded).is_some() {
             return None;
         }
+        if let Some(found) = self.find_pattern_alias(local, domain) {
+            return Some(found);
+        }
         let (key, entry) = self.aliases.get_key_value(&format!("@{domain}"))?;
         Some(Found { key, entry })
+    }
+
+    /// The oldest pattern alias of `domain` whose pattern matches the (folded) local part, with
+    /// or without its extension.
+    pub fn find_pattern_alias(&self, local: &str, domain: &str) -> Option<Found<'_, AliasEntry>> {
+        let prefix = pattern::key_prefix(domain);
+        let stripped = address::strip_extension(
+            &format!("{local}@{domain}"),
+            &self.settings.recipient_delimiter,
+        );
+        let stripped_local = stripped.as_deref().and_then(address::split).map(|(l, _)| l);
+        self.aliases
+            .range(prefix.clone()..)
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .find(|(key, _)| {
+                let Some(regex) = pattern::key_pattern(key).and_then(pattern::cached) else {
+                    return false;
+                };
+                regex.is_match(local) || stripped_local.is_some_and(|l| regex.is_match(l))
+            })
+            .map(|(key, entry)| Found { key, entry })
     }
 
     fn find_mailbox_exact(&self, folded: &str) -> Option<&MailboxEntry> {
@@ -246,6 +379,7 @@ mod tests {
             suspended: false,
             defer: None,
             object: path.into(),
+            autoreply: None,
         }
     }
 
@@ -308,6 +442,71 @@ mod tests {
             Some("info@example.test")
         );
         assert_eq!(d.find_mailbox("bob@nowhere.test").map(|f| f.key), None);
+    }
+
+    #[test]
+    fn patterns_come_after_exact_addresses_and_before_the_catch_all() {
+        let mut d = directory();
+        let alias = |to: &str| AliasEntry {
+            to: vec![to.into()],
+            defer: None,
+            object: Some(to.into()),
+        };
+        d.aliases.insert(
+            pattern::key("example.test", 0, "sales-[a-z]+"),
+            alias("older@example.test"),
+        );
+        d.aliases.insert(
+            pattern::key("example.test", 1, "sales-.*|alice"),
+            alias("newer@example.test"),
+        );
+        d.aliases
+            .insert("@example.test".into(), alias("catchall@example.test"));
+        let to = |rcpt: &str| d.find_alias(rcpt).map(|f| f.entry.to[0].clone());
+        // Oldest matching pattern; case-insensitive; with or without the extension.
+        assert_eq!(
+            to("sales-eu@example.test").as_deref(),
+            Some("older@example.test")
+        );
+        assert_eq!(
+            to("Sales-EU+x@example.test").as_deref(),
+            Some("older@example.test")
+        );
+        assert_eq!(
+            to("sales-1@example.test").as_deref(),
+            Some("newer@example.test")
+        );
+        // Anchored: the whole local part must match.
+        assert_eq!(
+            to("xsales-eu@example.test").as_deref(),
+            Some("catchall@example.test")
+        );
+        // An exact mailbox wins over a pattern.
+        assert_eq!(to("alice@example.test"), None);
+        // Patterns are per domain.
+        assert_eq!(
+            to("sales-eu@other.test").as_deref(),
+            Some("alice@example.test")
+        );
+    }
+
+    #[test]
+    fn pattern_keys_round_trip_and_bad_patterns_are_refused() {
+        let key = pattern::key("d.test", 7, "a b|c");
+        assert_eq!(pattern::key_pattern(&key), Some("a b|c"));
+        assert_eq!(pattern::key_pattern("alice@d.test"), None);
+        assert!(
+            pattern::compile("(")
+                .unwrap_err()
+                .contains("invalid regular expression")
+        );
+        assert!(pattern::compile(&"a".repeat(300)).is_err());
+        assert!(
+            pattern::compile("(?:[a-z]{100}){100}")
+                .unwrap_err()
+                .contains("compiles to more than")
+        );
+        assert!(pattern::compile("sales-[a-z]+").is_ok());
     }
 
     #[test]

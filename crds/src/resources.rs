@@ -209,6 +209,35 @@ pub struct MailServerSpec {
     /// Placement and metadata of the server's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodSettings>,
+
+    /// How mail this server sends itself (a Mailbox's `autoreply`) leaves: Postfix hands it to
+    /// `relayHost`. Absent: this server sends no mail of its own, and every `autoreply` is refused
+    /// (reason `AutoreplyRefused` on the Mailbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundSpec>,
+}
+
+/// A Postfix `relayhost`: `host`, `host:port`, `[host]` or `[host]:port` (brackets: no MX lookup).
+pub const RELAY_HOST_PATTERN: &str =
+    r"^(\[[A-Za-z0-9.:-]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$";
+
+/// Whether `relay_host` is a Postfix `relayhost` as [`RELAY_HOST_PATTERN`] describes it (the
+/// apiserver checks the schema; manifests read from files and the Postfix profile check here).
+pub fn valid_relay_host(relay_host: &str) -> bool {
+    static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(RELAY_HOST_PATTERN).expect("RELAY_HOST_PATTERN compiles")
+    });
+    relay_host.len() <= 261 && PATTERN.is_match(relay_host)
+}
+
+/// The outbound path of a MailServer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundSpec {
+    /// The relay every outgoing message goes to (Postfix `relayhost`), e.g.
+    /// `[smtp.example.net]:587`.
+    #[schemars(regex(pattern = RELAY_HOST_PATTERN), length(max = 261))]
+    pub relay_host: String,
 }
 
 impl Default for MailServerSpec {
@@ -647,6 +676,37 @@ pub struct MailboxSpec {
     /// Temporarily refuse mail with 450 4.2.1 (senders retry); nothing is bounced.
     #[serde(default)]
     pub suspended: bool,
+    /// An automatic reply (RFC 3834) to mail delivered here, sent through the MailServer's
+    /// `outbound` path (refused without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoreply: Option<AutoreplySpec>,
+}
+
+/// A vacation-style automatic reply. It is sent after the message is stored, at most once per
+/// sender per `interval`, never to a null, `MAILER-DAEMON`, `owner-*` or `*-request` sender, nor
+/// for mail marked `Auto-Submitted` (other than `no`), `Precedence: bulk|list|junk`, mailing-list
+/// mail (`List-*` headers), or mail that does not name the mailbox's address in To or Cc.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoreplySpec {
+    /// Subject of the reply. Absent: `Auto: <subject of the message>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub subject: Option<String>,
+    /// Text of the reply (plain text, UTF-8).
+    #[schemars(length(min = 1, max = 65536))]
+    pub body: String,
+    /// Reply only to mail delivered at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Reply only to mail delivered before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Least time between two replies to one sender: a number and a unit, `h` or `d` (e.g.
+    /// `12h`, `7d`); at least `1h`. Default `7d` (RFC 3834).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,5}[hd]$"))]
+    pub interval: Option<String>,
 }
 
 /// Observed state of a Mailbox.
@@ -703,12 +763,23 @@ pub struct MailboxStatus {
         type_ = "date"
     )
 )]
+#[x_kube(validation = Rule::new("!has(self.pattern) || self.address.startsWith('@')").message("a pattern alias names its domain as address: '@<domain>'"))]
 #[serde(rename_all = "camelCase")]
 pub struct MailAliasSpec {
     /// `local@domain`, or `@domain` for every address of the domain without a Mailbox or
-    /// MailAlias of its own. The domain must be served by a MailDomain.
+    /// MailAlias of its own. The domain must be served by a MailDomain. With `pattern`, always
+    /// `@domain`: the domain the pattern applies to.
     #[schemars(regex(pattern = ALIAS_ADDRESS_PATTERN), length(max = 320))]
     pub address: String,
+    /// A regular expression (Rust `regex` syntax, linear-time, no backreferences) that the whole
+    /// local part must match, case-insensitively, with or without its extension: e.g.
+    /// `sales-[a-z]+` sends `sales-eu@domain` and `Sales-Asia+x@domain` to `to`. Tried after every
+    /// exact address (Mailbox or MailAlias) and before the domain's `@domain` alias and
+    /// `catchAll`; when several patterns match, the oldest MailAlias wins. No `$1` substitution
+    /// in `to`. At most 256 characters, and 256 patterns per domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub pattern: Option<String>,
     /// Destination addresses, in this or any other domain.
     #[schemars(length(min = 1, max = 1000), inner(regex(pattern = ADDRESS_PATTERN)))]
     pub to: Vec<String>,

@@ -251,7 +251,7 @@ pub fn postfix_profile(server: &MailServer) -> Profile {
             .unwrap_or_default(),
         tls_dir: tls_secret(server).map(|_| TLS_DIR.to_string()),
         proxy_protocol_port: proxy_protocol(server).then_some(PROXY_PROTOCOL_PORT),
-        allow_outbound: false,
+        relay_host: server.spec.outbound.as_ref().map(|o| o.relay_host.clone()),
     })
 }
 

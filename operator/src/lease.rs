@@ -101,16 +101,44 @@ pub async fn try_acquire(client: &Client, config: &LeaseConfig) -> Result<bool, 
     }
 }
 
-/// Wait until this replica holds the lease.
-pub async fn acquire(client: &Client, config: &LeaseConfig) {
+/// The Lease's namespace does not exist: no retry can succeed, so the operator stops at start
+/// with what to create instead of warning forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingNamespace {
+    /// The namespace.
+    pub namespace: String,
+}
+
+impl std::fmt::Display for MissingNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "namespace {ns:?} of the leader-election Lease does not exist: create it \
+             (kubectl create namespace {ns}) or name an existing one with --lease-namespace \
+             (or POD_NAMESPACE)",
+            ns = self.namespace
+        )
+    }
+}
+
+impl std::error::Error for MissingNamespace {}
+
+/// Wait until this replica holds the lease. Fails only when the Lease's namespace is missing
+/// (creating a namespaced object there answers 404); other errors are retried.
+pub async fn acquire(client: &Client, config: &LeaseConfig) -> Result<(), MissingNamespace> {
     let retry = config.duration / 3;
     loop {
         match try_acquire(client, config).await {
             Ok(true) => {
                 info!(lease = %config.name, identity = %config.identity, "leader");
-                return;
+                return Ok(());
             }
             Ok(false) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                return Err(MissingNamespace {
+                    namespace: config.namespace.clone(),
+                });
+            }
             Err(e) => tracing::warn!(error = %e, "lease"),
         }
         tokio::time::sleep(retry).await;

@@ -56,6 +56,9 @@ enum Command {
         /// MailServer `recipientDelimiter`.
         #[arg(long, default_value = "+")]
         recipient_delimiter: String,
+        /// MailServer `outbound.relayHost` (absent: no outbound mail).
+        #[arg(long)]
+        relay_host: Option<String>,
         /// Print only main.cf or only master.cf.
         #[arg(long, value_parser = ["main", "master"])]
         only: Option<String>,
@@ -136,6 +139,19 @@ async fn shutdown_signal() {
     }
 }
 
+/// Write a command's output to stdout. A reader that went away (`virtmail-operator crds | head`)
+/// ends the command quietly and successfully, as for any Unix filter, instead of an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { out, helm } => {
@@ -156,10 +172,8 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 None => {
-                    let mut stdout = std::io::stdout().lock();
-                    for crd in &crds {
-                        stdout.write_all(render(crd).as_bytes())?;
-                    }
+                    let text: String = crds.iter().map(render).collect();
+                    print_out(&text)?;
                 }
             }
             Ok(())
@@ -169,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             socketmap_socket,
             mailbox_size_limit,
             recipient_delimiter,
+            relay_host,
             only,
         } => {
             let profile = profile::profile(&ProfileInput {
@@ -179,14 +194,13 @@ fn main() -> anyhow::Result<()> {
                 extra: Default::default(),
                 tls_dir: None,
                 proxy_protocol_port: None,
-                allow_outbound: false,
+                relay_host,
             });
             match only.as_deref() {
-                Some("main") => print!("{}", profile.main_cf()),
-                Some(_) => print!("{}", profile.master_cf()),
-                None => print!("{}{}", profile.main_cf(), profile.master_cf()),
+                Some("main") => print_out(&profile.main_cf()),
+                Some(_) => print_out(&profile.master_cf()),
+                None => print_out(&format!("{}{}", profile.main_cf(), profile.master_cf())),
             }
-            Ok(())
         }
         Command::Rbac {
             name,
@@ -201,10 +215,11 @@ fn main() -> anyhow::Result<()> {
                         eprintln!("wrote {}", dir.join(file).display());
                     }
                 }
-                None => print!(
-                    "{}",
-                    virtmail_operator::rbac::yaml(&name, &namespace, &service_account)
-                ),
+                None => print_out(&virtmail_operator::rbac::yaml(
+                    &name,
+                    &namespace,
+                    &service_account,
+                ))?,
             }
             Ok(())
         }
@@ -246,7 +261,7 @@ fn main() -> anyhow::Result<()> {
                     duration: Duration::from_secs(lease_seconds.max(3)),
                 };
                 tokio::select! {
-                    _ = lease::acquire(&client, &lease) => {}
+                    acquired = lease::acquire(&client, &lease) => acquired?,
                     _ = shutdown_signal() => return Ok(()),
                 }
                 metrics.set_leader(true);

@@ -73,9 +73,10 @@ pub struct ProfileInput {
     /// Port of an extra SMTP listener that expects HAProxy's PROXY protocol
     /// (MailServer `postfix.proxyProtocol`).
     pub proxy_protocol_port: Option<u16>,
-    /// The MailServer declares how outbound mail leaves; without it, parameters that send mail
-    /// anywhere but the agent are refused.
-    pub allow_outbound: bool,
+    /// MailServer `outbound.relayHost`: where mail the server sends itself (automatic replies)
+    /// goes. `None`: nothing leaves, and parameters that send mail anywhere but the agent are
+    /// refused.
+    pub relay_host: Option<String>,
 }
 
 /// Parameters that send mail somewhere other than the agent (or copy it there). Refused unless
@@ -228,7 +229,22 @@ pub fn profile(input: &ProfileInput) -> Profile {
             .map(|(k, v)| (k.to_string(), v)),
         );
     }
+    let relay_host = input.relay_host.as_deref().filter(|relay_host| {
+        let valid = virtmail_crds::resources::valid_relay_host(relay_host);
+        if !valid {
+            refused.push(format!(
+                "outbound.relayHost {relay_host:?}: not host, host:port, [host] or [host]:port; \
+                 nothing is relayed"
+            ));
+        }
+        valid
+    });
+    apply_outbound(&mut main, relay_host);
     for (name, value) in &input.extra {
+        if name == "relayhost" && relay_host.is_some() {
+            refused.push("relayhost: set by the MailServer's outbound.relayHost".into());
+            continue;
+        }
         if PROTECTED.contains(&name.as_str()) || WIRED.contains(&name.as_str()) {
             refused.push(format!(
                 "{name}: wires Postfix to the agent and cannot be overridden"
@@ -247,7 +263,7 @@ pub fn profile(input: &ProfileInput) -> Profile {
                 }
             }
         }
-        if let Some(reason) = relay_refusal(name, value, input.allow_outbound) {
+        if let Some(reason) = relay_refusal(name, value, relay_host.is_some()) {
             refused.push(reason);
             continue;
         }
@@ -282,6 +298,24 @@ pub fn profile(input: &ProfileInput) -> Profile {
         services,
         refused,
     }
+}
+
+/// With an outbound path, mail for other domains goes to the relay host through Postfix's smtp
+/// client instead of being refused. Only the pod's own addresses (`mynetworks_style = host`:
+/// the agent submitting replies on loopback) may send such mail; `reject_unauth_destination`
+/// still refuses relaying for anyone else.
+fn apply_outbound(main: &mut Vec<(String, String)>, relay_host: Option<&str>) {
+    let Some(relay_host) = relay_host else {
+        return;
+    };
+    for (name, value) in main.iter_mut() {
+        match name.as_str() {
+            "default_transport" => *value = "smtp".into(),
+            "relay_transport" => *value = "relay".into(),
+            _ => {}
+        }
+    }
+    main.push(("relayhost".into(), relay_host.into()));
 }
 
 impl Profile {
@@ -326,7 +360,7 @@ mod tests {
             extra: BTreeMap::new(),
             tls_dir: None,
             proxy_protocol_port: None,
-            allow_outbound: false,
+            relay_host: None,
         }
     }
 
@@ -353,6 +387,35 @@ mod tests {
         assert_eq!(get(&p, "message_size_limit"), Some("10240000"));
         assert!(p.master.contains(&"lmtp/unix/chroot = n".to_string()));
         assert!(p.main_cf().contains("\nrecipient_delimiter = +\n"));
+    }
+
+    #[test]
+    fn outbound_sends_through_the_relay_host_and_nothing_leaves_without_it() {
+        let closed = profile(&input());
+        assert_eq!(get(&closed, "relayhost"), None);
+        assert!(get(&closed, "default_transport").is_some_and(|t| t.starts_with("error:")));
+        let mut i = input();
+        i.relay_host = Some("[smtp.example.net]:587".into());
+        i.extra.insert("relayhost".into(), "elsewhere".into());
+        let open = profile(&i);
+        assert_eq!(get(&open, "relayhost"), Some("[smtp.example.net]:587"));
+        assert_eq!(get(&open, "default_transport"), Some("smtp"));
+        assert_eq!(get(&open, "relay_transport"), Some("relay"));
+        assert_eq!(
+            get(&open, "smtpd_relay_restrictions"),
+            Some("permit_mynetworks, reject_unauth_destination")
+        );
+        assert_eq!(get(&open, "mynetworks_style"), Some("host"));
+        assert_eq!(open.refused.len(), 1, "{:?}", open.refused);
+        i.relay_host = Some("relay.test\nmynetworks = 0.0.0.0/0".into());
+        let injected = profile(&i);
+        assert_eq!(get(&injected, "relayhost"), Some("elsewhere"));
+        assert!(get(&injected, "default_transport").is_some_and(|t| t.starts_with("error:")));
+        assert!(
+            injected.refused[0].contains("outbound.relayHost"),
+            "{:?}",
+            injected.refused
+        );
     }
 
     #[test]

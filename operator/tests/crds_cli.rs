@@ -115,3 +115,26 @@ fn deploy_manifests_are_rendered_from_the_chart() {
     );
     assert!(committed.contains("pod-security.kubernetes.io/enforce: restricted"));
 }
+
+/// `virtmail-operator crds | head`: output commands whose reader has gone end quietly and
+/// successfully, with nothing on stderr (no error, no backtrace).
+#[test]
+fn output_commands_exit_quietly_when_the_reader_is_gone() {
+    for args in [&["crds"][..], &["postfix-profile"][..], &["rbac"][..]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        // The reader is gone before the first write: every write fails with EPIPE.
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_virtmail-operator"))
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(writer)
+            .output()
+            .expect("run virtmail-operator");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            "",
+            "{args:?}: nothing on stderr"
+        );
+        assert!(output.status.success(), "{args:?}: {:?}", output.status);
+    }
+}

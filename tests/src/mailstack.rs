@@ -169,10 +169,12 @@ impl MailStack {
         };
         let directory = stack_paths.directory();
         stack_paths.prepare_layout(&directory);
+        // Postfix's smtpd port, known before the agent starts: automatic replies go there.
+        let port = free_port();
 
         // The agent.
         let http_port = free_port();
-        let agent = stack_paths.start_agent(http_port);
+        let agent = stack_paths.start_agent(http_port, port);
 
         // Dovecot over the same base.
         let dovecot = Dovecot::start(
@@ -182,12 +184,12 @@ impl MailStack {
         );
 
         // Postfix: the operator's profile, then test-local settings, then the test's own.
-        let port = free_port();
-        let mut config = postfix::profile(
+        let mut config = postfix::profile_with_relay(
             &stack_paths.lmtp(),
             &stack_paths.socketmap(),
             directory.settings.mailbox_size_limit,
             &directory.settings.recipient_delimiter,
+            stack_paths.relay_host().as_deref(),
         );
         postfix::test_local(&mut config, &root.join("postfix"), port);
         let etc = root.join("postfix/etc").display().to_string();
@@ -230,7 +232,9 @@ impl MailStack {
             self.agent.pid() == 0,
             "restart_agent: the agent still runs (kill_agent first)"
         );
-        let restarted = self.paths().start_agent(self.http_port);
+        let restarted = self
+            .paths()
+            .start_agent(self.http_port, self.postfix.port());
         self.killed_agents
             .push(std::mem::replace(&mut self.agent, restarted));
     }
@@ -457,7 +461,7 @@ impl StackPaths {
     }
 
     /// `virtmail-agent serve` for this stack, started and waited for (sockets, `/readyz`).
-    fn start_agent(&self, http_port: u16) -> Process {
+    fn start_agent(&self, http_port: u16, smtp_port: u16) -> Process {
         let mut command = Command::new(binary("virtmail-agent"));
         command
             .arg("serve")
@@ -472,7 +476,9 @@ impl StackPaths {
             .arg("--http")
             .arg(format!("127.0.0.1:{http_port}"))
             .arg("--hostname")
-            .arg("agent.virtmail.test");
+            .arg("agent.virtmail.test")
+            .arg("--submit-to")
+            .arg(format!("127.0.0.1:{smtp_port}"));
         let mut agent = Process::start("virtmail-agent", command);
         wait_for("the agent's sockets", Duration::from_secs(60), || {
             assert!(agent.running(), "the agent exited:\n{}", agent.log());
@@ -486,6 +492,14 @@ impl StackPaths {
                 .map(|_| ())
         });
         agent
+    }
+
+    /// The MailServer's `outbound.relayHost`, if it declares one.
+    fn relay_host(&self) -> Option<String> {
+        let resources = manifests::load_dir(&self.root.join("resources"))
+            .unwrap_or_else(|e| panic!("resources: {e}"));
+        let server = resources.server(None).expect("a MailServer");
+        server.spec.outbound.as_ref().map(|o| o.relay_host.clone())
     }
 
     fn directory(&self) -> Directory {

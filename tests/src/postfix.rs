@@ -108,8 +108,33 @@ pub fn profile(
     mailbox_size_limit: u64,
     recipient_delimiter: &str,
 ) -> Config {
-    let out = Command::new(binary("virtmail-operator"))
-        .arg("postfix-profile")
+    profile_with_relay(
+        lmtp_socket,
+        socketmap_socket,
+        mailbox_size_limit,
+        recipient_delimiter,
+        None,
+    )
+}
+
+/// [`profile`] for a MailServer with `outbound.relayHost` (`None`: without outbound).
+pub fn profile_with_relay(
+    lmtp_socket: &Path,
+    socketmap_socket: &Path,
+    mailbox_size_limit: u64,
+    recipient_delimiter: &str,
+    relay_host: Option<&str>,
+) -> Config {
+    let mut command = Command::new(binary("virtmail-operator"));
+    if let Some(relay_host) = relay_host {
+        command
+            .arg("postfix-profile")
+            .arg("--relay-host")
+            .arg(relay_host);
+    } else {
+        command.arg("postfix-profile");
+    }
+    let out = command
         .arg("--lmtp-socket")
         .arg(lmtp_socket)
         .arg("--socketmap-socket")

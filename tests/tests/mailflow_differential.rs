@@ -13,6 +13,8 @@ use virtmail_tests::postfix::{self, Postfix, free_port};
 use virtmail_tests::process::wait_for;
 
 const SENDER: &str = "sender@remote.test";
+/// A mailbox with a UTF-8 local part, in both configurations (Maildir `utf8/`, uid 5001).
+const UTF8_RECIPIENT: &str = "δοκιμή@virtual1.test";
 const MAILBOXES: [(&str, &str, MailboxFormat, u32); 2] = [
     ("test1@virtual1.test", "test1", MailboxFormat::Mbox, 5001),
     ("test2@virtual2.test", "test2", MailboxFormat::Maildir, 5002),
@@ -60,15 +62,15 @@ fn start_virtual8() -> Virtual8 {
     config.files = vec![
         (
             "vmailbox".into(),
-            "test1@virtual1.test test1\ntest2@virtual2.test test2/\n".into(),
+            format!("test1@virtual1.test test1\ntest2@virtual2.test test2/\n{UTF8_RECIPIENT} utf8/\n"),
         ),
         (
             "vuid".into(),
-            "test1@virtual1.test 5001\ntest2@virtual2.test 5002\n".into(),
+            format!("test1@virtual1.test 5001\ntest2@virtual2.test 5002\n{UTF8_RECIPIENT} 5001\n"),
         ),
         (
             "vgid".into(),
-            "test1@virtual1.test 5001\ntest2@virtual2.test 5002\n".into(),
+            format!("test1@virtual1.test 5001\ntest2@virtual2.test 5002\n{UTF8_RECIPIENT} 5001\n"),
         ),
         (
             "virtual".into(),
@@ -277,4 +279,70 @@ fn alias_expansion_gives_the_same_x_original_to_as_virtual8() {
     send_set(stack.smtp_port(), &set);
     send_set(virtual8.postfix.port(), &set);
     compare(&stack.base(), &virtual8.base, &[1, 0]);
+}
+
+/// Postfix's smtpd takes a UTF-8 envelope from a client that never said SMTPUTF8 and hands it on
+/// without SMTPUTF8; virtual(8) delivers it, so the agent, the last hop, must too (it used to
+/// answer 553 5.6.7 and Postfix bounced the message).
+#[test]
+fn utf8_envelope_without_smtputf8_is_delivered_as_virtual8_does() {
+    let stack = MailStack::example("1-virtual-for-all-mail")
+        .resource(
+            "utf8.yaml",
+            &format!(
+                "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: utf8}}\n\
+                 spec: {{address: {UTF8_RECIPIENT}, path: utf8/, uid: 5001, gid: 5001}}\n"
+            ),
+        )
+        .start();
+    let virtual8 = start_virtual8();
+    let utf8_sender = "jörg@remote.test";
+    let set = [
+        (
+            utf8_sender,
+            vec!["test1@virtual1.test", "test2@virtual2.test"],
+            "utf8 sender",
+            "",
+        ),
+        (SENDER, vec![UTF8_RECIPIENT], "utf8 recipient", ""),
+        (utf8_sender, vec![UTF8_RECIPIENT], "both", "BODY=8BITMIME"),
+    ];
+    for (sender, rcpts, subject, params) in &set {
+        let sent = message(sender, rcpts[0], subject, "", b"hi\n");
+        for port in [stack.smtp_port(), virtual8.postfix.port()] {
+            mail::send(port, sender, params, rcpts, &sent).assert_accepted();
+        }
+    }
+    compare(&stack.base(), &virtual8.base, &[1, 1]);
+    wait_count(
+        &stack.base(),
+        "utf8/",
+        MailboxFormat::Maildir,
+        2,
+        "the agent",
+    );
+    wait_count(
+        &virtual8.base,
+        "utf8/",
+        MailboxFormat::Maildir,
+        2,
+        "virtual(8)",
+    );
+    let ours = mailbox_contents(&stack.base(), "utf8/", MailboxFormat::Maildir);
+    let theirs = mailbox_contents(&virtual8.base, "utf8/", MailboxFormat::Maildir);
+    assert_eq!(ours.len(), 2);
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(
+            String::from_utf8_lossy(a),
+            String::from_utf8_lossy(b),
+            "{UTF8_RECIPIENT}: agent (left) and virtual(8) (right) differ"
+        );
+    }
+    assert!(
+        stack
+            .postfix()
+            .log_status(UTF8_RECIPIENT, "bounced")
+            .is_empty(),
+        "nothing bounced"
+    );
 }

@@ -32,3 +32,33 @@ fn standalone_agent_provisions_mailboxes_on_an_empty_base() {
         (5000, 5000, 0o700)
     );
 }
+
+/// A Maildir and a dotlocked mbox in one domain directory, on an empty base: the directory's
+/// mode comes from both (1777 for the mbox's dotlock), whichever is provisioned first, and mail
+/// to both lands and reads back through Dovecot.
+#[test]
+fn maildir_and_dotlocked_mbox_share_a_domain_directory() {
+    let stack = MailStack::resources(
+        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\n\
+         apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: d}\n\
+         spec: {domain: mixed.test, postmaster: alice@mixed.test, defaults: {uid: 5000, gid: 5000}}\n---\n\
+         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: alice}\n\
+         spec: {address: alice@mixed.test, format: Maildir}\n---\n\
+         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: bob}\n\
+         spec: {address: bob@mixed.test, format: Mbox, uid: 5001, gid: 5001}\n",
+    )
+    .admin_layout(false)
+    .start();
+    for rcpt in ["alice@mixed.test", "bob@mixed.test"] {
+        let sent = message(SENDER, rcpt, "mixed directory", "", b"hi\n");
+        stack.send(SENDER, &[rcpt], &sent).assert_accepted();
+        stack.assert_delivered(rcpt, SENDER, rcpt, rcpt, &sent);
+    }
+    let domain = std::fs::metadata(stack.base().join("mixed.test")).unwrap();
+    assert_eq!(domain.mode() & 0o7777, 0o1777);
+    assert!(
+        !stack.agent_log().contains("DotlockNotPossible"),
+        "{}",
+        stack.agent_log()
+    );
+}

@@ -175,3 +175,53 @@ fn suspended_mailbox_is_deferred_by_postfix_and_delivered_after_resume() {
     );
     stack.wait_queue_empty();
 }
+
+const PATTERNS: &str = "\
+---
+apiVersion: virtmail.io/v1alpha1
+kind: MailAlias
+metadata: {name: sales}
+spec: {address: '@catchall.test', pattern: 'sales-[a-z]+', to: [alice@example.test]}
+---
+apiVersion: virtmail.io/v1alpha1
+kind: MailAlias
+metadata: {name: broken}
+spec: {address: '@catchall.test', pattern: 'support-(', to: [bob@example.test]}
+";
+
+/// A pattern alias through Postfix's socketmap lookups: a matching local part (any case, with an
+/// extension) goes to its target with X-Original-To as sent; an exact mailbox still wins, and
+/// what no pattern matches falls to the domain's catch-all. An invalid pattern is not served.
+#[test]
+fn pattern_aliases_route_between_exact_addresses_and_the_catch_all() {
+    let stack = MailStack::resources(&format!("{RESOURCES}{PATTERNS}")).start();
+    for rcpt in ["sales-eu@catchall.test", "Sales-Asia+x@catchall.test"] {
+        let sent = message(SENDER, rcpt, "pattern", "", b"to sales\n");
+        stack.send(SENDER, &[rcpt], &sent).assert_accepted();
+        stack.assert_delivered(
+            "alice@example.test",
+            SENDER,
+            rcpt,
+            "alice@example.test",
+            &sent,
+        );
+    }
+    let exact = message(SENDER, "info@catchall.test", "exact", "", b"to info\n");
+    stack
+        .send(SENDER, &["info@catchall.test"], &exact)
+        .assert_accepted();
+    stack.assert_delivered(
+        "info@catchall.test",
+        SENDER,
+        "info@catchall.test",
+        "info@catchall.test",
+        &exact,
+    );
+    // Not matched (anchored), and the invalid pattern serves nothing: the catch-all gets both.
+    for rcpt in ["xsales-eu@catchall.test", "support-1@catchall.test"] {
+        let sent = message(SENDER, rcpt, "catch-all", "", b"to the catch-all\n");
+        stack.send(SENDER, &[rcpt], &sent).assert_accepted();
+        stack.assert_delivered("info@catchall.test", SENDER, rcpt, rcpt, &sent);
+    }
+    assert!(stack.stored("bob@example.test").is_empty());
+}

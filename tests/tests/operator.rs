@@ -549,3 +549,90 @@ fn a_steady_stream_of_new_mailboxes_is_published_while_it_lasts() {
     );
     creator.join().expect("creator");
 }
+
+/// Run outside a cluster with a Lease namespace that does not exist, the operator stops at once
+/// and says what to create, instead of retrying (and warning) forever.
+#[test]
+fn a_missing_lease_namespace_is_a_clear_error_at_start() {
+    let cluster = cluster();
+    let missing = "virtmail-no-such-namespace";
+    let mut command =
+        std::process::Command::new(virtmail_tests::process::binary("virtmail-operator"));
+    command
+        .env("KUBECONFIG", cluster.kubeconfig("admin"))
+        .env("RUST_LOG", "info,kube=warn")
+        .args(["run", "--http=127.0.0.1:0", "--lease-namespace", missing]);
+    let mut operator = virtmail_tests::process::Process::start("operator-no-lease-ns", command);
+    wait_for("the operator to stop", WAIT, || {
+        (!operator.running()).then_some(())
+    });
+    let log = operator.log();
+    assert!(
+        log.contains(&format!("kubectl create namespace {missing}")),
+        "{log}"
+    );
+    assert!(log.contains("Error:"), "{log}");
+}
+
+/// The new fields through the real apiserver (schema and CEL) and the operator: a Mailbox's
+/// autoreply on a MailServer without `outbound` is refused on its `Ready` condition (the mailbox
+/// stays served); bad and conflicting MailAlias patterns get their reasons.
+#[test]
+fn autoreply_and_pattern_reasons_reach_the_objects() {
+    let fixtures = workspace_root().join("crds/fixtures");
+    let ns = cluster().namespace("operator-autoreply");
+    let refused = ns
+        .apply_file(&fixtures.join("autoreply.yaml"))
+        .expect_err("the schema refuses an interval in minutes");
+    assert!(
+        refused.stderr.contains("spec.autoreply.interval"),
+        "{refused}"
+    );
+    let patterns = cluster().namespace("operator-patterns");
+    let refused = patterns
+        .apply_file(&fixtures.join("alias-patterns.yaml"))
+        .expect_err("CEL refuses a pattern without @domain");
+    assert!(
+        refused
+            .stderr
+            .contains("a pattern alias names its domain as address"),
+        "{refused}"
+    );
+    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let _patterns_operator =
+        operator::start(patterns.name(), &format!("lease-{}", patterns.name()));
+    let expect = [
+        (&ns, "mailbox", "away-closed", "True", "AutoreplyRefused"),
+        (&ns, "mailbox", "away-open", "True", "Published"),
+        (&patterns, "mailalias", "sales", "True", "Published"),
+        (
+            &patterns,
+            "mailalias",
+            "sales-again",
+            "False",
+            "AddressConflict",
+        ),
+        (&patterns, "mailalias", "broken", "False", "InvalidPattern"),
+        (&patterns, "mailalias", "echo", "False", "AliasLoop"),
+    ];
+    for (ns, kind, name, status, reason) in expect {
+        wait_for(
+            &format!("{kind}/{name} Ready={status} {reason}"),
+            WAIT,
+            || {
+                let object = ns.get_json(kind, name);
+                (condition(&object, "Ready") == Some((status.into(), reason.into()))).then_some(())
+            },
+        );
+    }
+    let away = ns.get_json("mailbox", "away-closed");
+    let message = away["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("spec.outbound.relayHost"), "{message}");
+}

@@ -64,4 +64,38 @@ impl Backend for Engine {
             duration,
         }
     }
+
+    fn after_delivery(
+        &self,
+        directory: &Directory,
+        sender: &str,
+        recipient: &Recipient,
+        message: &[u8],
+        delivered: &Delivered,
+    ) {
+        let Some(submission) = &self.options.submission else {
+            return;
+        };
+        if delivered.status.class() != 2 {
+            return;
+        }
+        let Some(found) = directory.find_mailbox(&recipient.address) else {
+            return;
+        };
+        let Some(autoreply) = &found.entry.autoreply else {
+            return;
+        };
+        let Ok(target) = resolve(directory, &recipient.address) else {
+            return;
+        };
+        crate::autoreply::respond(
+            submission,
+            &target,
+            autoreply,
+            &directory.settings.recipient_delimiter,
+            sender,
+            &recipient.original,
+            message,
+        );
+    }
 }

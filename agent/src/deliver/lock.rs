@@ -35,6 +35,12 @@
 //!
 //! Busy locks are waited for by polling with short, growing sleeps (1 ms … 50 ms) up to a
 //! deadline, instead of Postfix's 20 attempts one second apart; timing out defers 4.2.0.
+//!
+//! A kernel lock is never waited for while the dotlock is held: the caller tries it once and, if
+//! it is busy, releases the dotlock, sleeps and starts again. Writers that lock in the opposite
+//! order (Debian's Dovecot: `mbox_write_locks = fcntl dotlock`) hold the kernel lock while they
+//! wait for the dotlock; waiting for theirs while holding ours would deadlock both until a
+//! timeout.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Mutex;
@@ -77,19 +83,19 @@ static UNLOCKABLE_DIRECTORY_BREAKERS: Mutex<()> = Mutex::new(());
 
 /// Sleeps between attempts on a busy lock.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
 impl Backoff {
-    fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff {
             next: Duration::from_millis(1),
         }
     }
 
     /// Sleep before the next attempt; `false` when the deadline has passed.
-    fn wait(&mut self, deadline: Instant) -> bool {
+    pub(crate) fn wait(&mut self, deadline: Instant) -> bool {
         let now = Instant::now();
         if now >= deadline {
             return false;

@@ -201,79 +201,63 @@ pub fn deliver(
     let deadline = Instant::now() + options.lock_timeout;
     // Crash safety (see above); opened first, it tells whether a dotlock in the way is dead.
     let journal = Journal::open(parent, name, target);
-    // Declared before the file so that it is dropped (removed) after the file is closed.
-    let _dotlock = if dotlock_wanted {
-        if let Some(journal) = &journal {
-            journal.break_orphaned_dotlock(parent, name, target, &options.hostname, deadline);
-        }
-        let dotlock = lock::dotlock(parent, name, target.uid, deadline, options.stale_lock_time)
-            .map_err(|error| match error {
-                lock::DotlockError::Errno(errno) => io(
+    let mut backoff = lock::Backoff::new();
+    // Take every lock; a busy kernel lock while the dotlock is held releases everything and
+    // starts again after a sleep (see `lock`: writers with the opposite order must not deadlock).
+    let locked = loop {
+        let dotlock = if dotlock_wanted {
+            if let Some(journal) = &journal {
+                journal.break_orphaned_dotlock(parent, name, target, &options.hostname, deadline);
+            }
+            let dotlock =
+                lock::dotlock(parent, name, target.uid, deadline, options.stale_lock_time)
+                    .map_err(|error| dotlock_failure(target, error))?;
+            if let Some(journal) = &journal {
+                journal.claim_dotlock(parent, name, &options.hostname);
+            }
+            Some(dotlock)
+        } else {
+            None
+        };
+        // Dropped before the dotlock: the claim is withdrawn while the lock is still ours
+        // (afterwards the next holder's claim would be erased).
+        let claim = Claim(journal.as_ref());
+        let file = open_checked(parent, name, target, before.as_ref())?;
+        // With the dotlock held, one attempt only.
+        let kernel_deadline = if dotlock.is_some() {
+            Instant::now()
+        } else {
+            deadline
+        };
+        match kernel_locks(&file, &target.locks, kernel_deadline) {
+            Ok(()) => break (dotlock, claim, file),
+            Err(Errno::AGAIN) if dotlock.is_some() => {
+                drop(file);
+                drop(claim);
+                drop(dotlock);
+                if !backoff.wait(deadline) {
+                    return Err(io(
+                        target,
+                        "unable to lock for exclusive access",
+                        Errno::AGAIN,
+                        Stage::Open,
+                    ));
+                }
+            }
+            Err(errno) => {
+                return Err(io(
                     target,
-                    format!("unable to create lock file {}.lock", target.full_path),
+                    "unable to lock for exclusive access",
                     errno,
                     Stage::Open,
-                ),
-                lock::DotlockError::Foreign { uid } => Failure::Refused {
-                    place: Place::Mbox(target.full_path.clone()),
-                    reason: format!("lock file {}.lock is held by another user", target.full_path),
-                    warning: Some(format!(
-                        "recipient {}: {}.lock is owned by uid {uid}, not {} (Mailbox/{}): \
-                         a lock of another user in the mailbox directory; not waited on, not removed",
-                        target.key, target.full_path, target.uid, target.object
-                    )),
-                },
-            })?;
-        if let Some(journal) = &journal {
-            journal.claim_dotlock(parent, name, &options.hostname);
+                ));
+            }
         }
-        Some(dotlock)
-    } else {
-        None
     };
-    // Declared after the dotlock, so dropped before it: the claim is withdrawn while the lock is
-    // still ours (afterwards the next holder's claim would be erased).
-    let _claim = Claim(journal.as_ref());
-
-    let file = open_mailbox(parent, name, target)?;
-    let stat = rustix::fs::fstat(&file)
-        .map_err(|errno| io(target, "cannot open file", errno, Stage::Open))?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return Err(Failure::NotRegular {
-            recipient: target.key.clone(),
-            path: target.full_path.clone(),
-        });
-    }
-    if let Some(before) = &before
-        && (before.st_dev != stat.st_dev || before.st_ino != stat.st_ino)
-    {
-        return Err(refused(target, "file status changed unexpectedly"));
-    }
-    if stat.st_nlink != 1 {
-        return Err(refused(
-            target,
-            format!("file has {} hard links", stat.st_nlink),
-        ));
-    }
-    if stat.st_uid != target.uid {
-        return Err(not_owned(target, stat.st_uid));
-    }
-
-    for method in &target.locks {
-        let locked = match method {
-            LockMethod::Flock => lock::flock(file.as_fd(), deadline),
-            LockMethod::Fcntl => lock::fcntl(file.as_fd(), deadline),
-            LockMethod::Dotlock => Ok(()),
-        };
-        locked.map_err(|errno| {
-            io(
-                target,
-                "unable to lock for exclusive access",
-                errno,
-                Stage::Open,
-            )
-        })?;
-    }
+    // Dropped in reverse: the file (kernel locks) first, then the claim, then the dotlock.
+    let _dotlock = locked.0;
+    let _claim = locked.1;
+    let file = locked.2;
     if let Some(journal) = &journal {
         journal.recover(parent, name, &file, target);
     }
@@ -322,6 +306,76 @@ pub fn deliver(
     }
     drop(file);
     Ok(data.len() as u64)
+}
+
+/// The failure for a dotlock that could not be taken.
+fn dotlock_failure(target: &Target, error: lock::DotlockError) -> Failure {
+    match error {
+        lock::DotlockError::Errno(errno) => io(
+            target,
+            format!("unable to create lock file {}.lock", target.full_path),
+            errno,
+            Stage::Open,
+        ),
+        lock::DotlockError::Foreign { uid } => Failure::Refused {
+            place: Place::Mbox(target.full_path.clone()),
+            reason: format!(
+                "lock file {}.lock is held by another user",
+                target.full_path
+            ),
+            warning: Some(format!(
+                "recipient {}: {}.lock is owned by uid {uid}, not {} (Mailbox/{}): \
+                 a lock of another user in the mailbox directory; not waited on, not removed",
+                target.key, target.full_path, target.uid, target.object
+            )),
+        },
+    }
+}
+
+/// Open the mbox and check it is the regular, singly linked file of the recipient that was
+/// there before (`before`, if anything was).
+fn open_checked(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    target: &Target,
+    before: Option<&Stat>,
+) -> Result<OwnedFd, Failure> {
+    let file = open_mailbox(parent, name, target)?;
+    let stat = rustix::fs::fstat(&file)
+        .map_err(|errno| io(target, "cannot open file", errno, Stage::Open))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(Failure::NotRegular {
+            recipient: target.key.clone(),
+            path: target.full_path.clone(),
+        });
+    }
+    if let Some(before) = before
+        && (before.st_dev != stat.st_dev || before.st_ino != stat.st_ino)
+    {
+        return Err(refused(target, "file status changed unexpectedly"));
+    }
+    if stat.st_nlink != 1 {
+        return Err(refused(
+            target,
+            format!("file has {} hard links", stat.st_nlink),
+        ));
+    }
+    if stat.st_uid != target.uid {
+        return Err(not_owned(target, stat.st_uid));
+    }
+    Ok(file)
+}
+
+/// The configured kernel locks (flock, fcntl) on `file`, waiting until `deadline`.
+fn kernel_locks(file: &OwnedFd, methods: &[LockMethod], deadline: Instant) -> Result<(), Errno> {
+    for method in methods {
+        match method {
+            LockMethod::Flock => lock::flock(file.as_fd(), deadline)?,
+            LockMethod::Fcntl => lock::fcntl(file.as_fd(), deadline)?,
+            LockMethod::Dotlock => {}
+        }
+    }
+    Ok(())
 }
 
 /// The first bytes of the journal: who holds the dotlock (padded with NULs).

@@ -52,6 +52,8 @@ pub struct Options {
     pub stale_lock_time: Duration,
     /// Host name in Maildir file names.
     pub hostname: String,
+    /// Where automatic replies are handed to Postfix; `None`: no replies (the `deliver` CLI).
+    pub submission: Option<crate::autoreply::Submission>,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
                 .and_then(|h| h.into_string().ok())
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "localhost".into()),
+            submission: None,
         }
     }
 }
@@ -309,6 +312,12 @@ pub fn resolve(directory: &Directory, recipient: &str) -> Result<Target, Status>
         size_limit: settings.mailbox_size_limit,
         locks: settings.mailbox_lock.clone(),
     })
+}
+
+/// The mailbox base of `target`, opened as [`open_base`] does, for work beside the delivery
+/// (the autoreply state).
+pub(crate) fn open_base_dir(target: &Target) -> Result<OwnedFd, String> {
+    open_base(target).map_err(|_| format!("cannot open mailbox base {}", target.base))
 }
 
 /// Open the base directory (as the process: it is configuration, symlinks allowed).

@@ -89,4 +89,17 @@ pub trait Backend: Send + Sync + Debug + 'static {
         recipient: &Recipient,
         message: &[u8],
     ) -> Delivered;
+
+    /// Work after a copy's reply is decided (the automatic reply); blocking, on the same thread
+    /// as [`Backend::deliver`], after the reply has been handed to the session. Never changes
+    /// the delivery's result.
+    fn after_delivery(
+        &self,
+        _directory: &Directory,
+        _sender: &str,
+        _recipient: &Recipient,
+        _message: &[u8],
+        _delivered: &Delivered,
+    ) {
+    }
 }

@@ -45,7 +45,6 @@ type Step = Result<(), End>;
 
 struct Transaction {
     sender: String,
-    smtputf8: bool,
     snapshot: Option<Arc<Loaded>>,
     recipients: Vec<Recipient>,
 }
@@ -271,7 +270,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         };
         let snapshot = self.shared.directory.current();
         let max = self.max_message(snapshot.as_deref());
-        let mut smtputf8 = false;
         for param in params.split(' ').filter(|p| !p.is_empty()) {
             let (key, value) = param.split_once('=').unwrap_or((param, ""));
             match key.to_ascii_uppercase().as_str() {
@@ -290,7 +288,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                         return self.error("501 5.5.4 Unsupported BODY type").await;
                     }
                 }
-                "SMTPUTF8" if value.is_empty() => smtputf8 = true,
+                // Accepted and not needed: UTF-8 addresses are taken with or without it (below).
+                "SMTPUTF8" if value.is_empty() => {}
                 _ => {
                     return self
                         .error(&format!("555 5.5.4 Unsupported parameter {key}"))
@@ -302,17 +301,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         if crate::deliver::address_problem(&sender).is_some() {
             return self.error("501 5.1.7 Bad sender address syntax").await;
         }
-        if !sender.is_ascii() && !smtputf8 {
-            return self
-                .reply("553 5.6.7 Non-ASCII sender requires SMTPUTF8")
-                .await;
-        }
+        // A UTF-8 sender or recipient without SMTPUTF8 is delivered, not refused 553 5.6.7:
+        // this socket is Postfix's last hop, Postfix has already taken the message (its smtpd
+        // accepts such addresses without SMTPUTF8), and a refusal here would bounce mail that
+        // virtual(8) delivers. The bytes are stored as received, as virtual(8) writes them.
         if !sender.is_empty() && !plausible_address(&sender) {
             return self.error("501 5.1.7 Bad sender address syntax").await;
         }
         self.tx = Some(Transaction {
             sender,
-            smtputf8,
             snapshot,
             recipients: Vec::new(),
         });
@@ -323,7 +320,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let Some(tx) = &self.tx else {
             return self.error("503 5.5.1 MAIL first").await;
         };
-        let smtputf8 = tx.smtputf8;
         let count = tx.recipients.len();
         let Some(arg) = strip_keyword(rest, "TO:") else {
             return self.error("501 5.5.4 Syntax: RCPT TO:<address>").await;
@@ -349,11 +345,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         }
         if !plausible_address(&address) || crate::deliver::address_problem(&address).is_some() {
             return self.error("501 5.1.3 Bad recipient address syntax").await;
-        }
-        if !address.is_ascii() && !smtputf8 {
-            return self
-                .reply("553 5.6.7 Non-ASCII recipient requires SMTPUTF8")
-                .await;
         }
         if count >= self.shared.limits.max_recipients {
             self.shared.metrics.rcpt_refused(4);
@@ -474,9 +465,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         let task = tokio::task::spawn_blocking(move || {
             for recipient in &recipients {
                 let result = backend.deliver(&snapshot.directory, &sender, recipient, &message);
+                let delivered = result.clone();
                 if send.send(result).is_err() {
                     return;
                 }
+                // The reply for this copy is on its way; automatic replies come after it.
+                backend.after_delivery(
+                    &snapshot.directory,
+                    &sender,
+                    recipient,
+                    &message,
+                    &delivered,
+                );
             }
         });
         let mut answered = 0;

@@ -118,6 +118,7 @@ impl World {
                 suspended: false,
                 defer: None,
                 object: address.split('@').next().unwrap().to_string(),
+                autoreply: None,
             },
         );
         self.directory.mailboxes.get_mut(address).unwrap()

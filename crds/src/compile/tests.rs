@@ -451,6 +451,91 @@ fn a_domain_two_servers_select_is_served_by_the_older_only() {
         vec![(
             "MailDomain/shared".to_string(),
             Reason::DomainConflict,
+fn pattern_aliases_conflicts_bad_patterns_and_loops() {
+    let c = compile_fixture("alias-patterns.yaml", None);
+    assert_eq!(
+        reasons(&c),
+        vec![
+            (
+                "MailAlias/broken".into(),
+                Reason::InvalidPattern,
+                Effect::Excluded
+            ),
+            (
+                "MailAlias/echo".into(),
+                Reason::AliasLoop,
+                Effect::Deferring
+            ),
+            (
+                "MailAlias/echo-back".into(),
+                Reason::AliasLoop,
+                Effect::Deferring
+            ),
+            (
+                "MailAlias/not-at-domain".into(),
+                Reason::InvalidPattern,
+                Effect::Excluded
+            ),
+            (
+                "MailAlias/sales-again".into(),
+                Reason::AddressConflict,
+                Effect::Excluded
+            ),
+        ]
+    );
+    let broken = c
+        .diagnostics
+        .iter()
+        .find(|d| d.object.name == "broken")
+        .expect("broken");
+    assert!(
+        broken.message.contains("invalid regular expression"),
+        "{}",
+        broken.message
+    );
+    let d = &c.directory;
+    // Exact addresses first, then the pattern, then the catch-all mailbox.
+    let alias = |rcpt: &str| d.find_alias(rcpt).map(|f| f.entry.to.clone());
+    assert_eq!(
+        alias("sales-eu@example.test"),
+        Some(vec!["sales-team@example.test".to_string()])
+    );
+    assert_eq!(alias("sales-team@example.test"), None);
+    assert_eq!(alias("nobody@example.test"), None);
+    assert_eq!(
+        d.find_mailbox("nobody@example.test").map(|f| f.key),
+        Some("alice@example.test")
+    );
+
+    // A bounded number of patterns per domain.
+    let mut resources = fixture("alias-patterns.yaml");
+    let limit = crate::directory::pattern::MAX_PATTERNS_PER_DOMAIN;
+    for i in 0..=limit {
+        let mut alias = resources.aliases[0].clone();
+        alias.metadata.name = Some(format!("many-{i:04}"));
+        alias.spec.pattern = Some(format!("many-{i}"));
+        resources.aliases.push(alias);
+    }
+    let server = resources.server(None).expect("server");
+    let c = compile(resources.inputs(&server));
+    let over: Vec<_> = c
+        .diagnostics
+        .iter()
+        .filter(|d| d.object.name.starts_with("many-"))
+        .collect();
+    // The fixture's three usable patterns and 257 more: 256 fit, the 4 newest do not.
+    assert_eq!(over.len(), 4, "{over:?}");
+    assert!(over.iter().all(|d| d.reason == Reason::InvalidPattern));
+}
+
+#[test]
+fn autoreply_needs_an_outbound_path_and_valid_settings() {
+    let closed = compile_fixture("autoreply.yaml", Some("closed"));
+    assert_eq!(
+        reasons(&closed),
+        vec![(
+            "Mailbox/away-closed".into(),
+            Reason::AutoreplyRefused,
             Effect::Degraded
         )]
     );
@@ -476,4 +561,48 @@ fn a_domain_two_servers_select_is_served_by_the_older_only() {
         }]
     );
     assert!(second.members.iter().all(|m| m.name != "shared-a"));
+        closed.diagnostics[0]
+            .message
+            .contains("spec.outbound.relayHost")
+    );
+    let away = &closed.directory.mailboxes["away@closed.test"];
+    assert_eq!((away.autoreply.as_ref(), away.defer.as_ref()), (None, None));
+
+    let open = compile_fixture("autoreply.yaml", Some("open"));
+    assert_eq!(
+        reasons(&open),
+        vec![(
+            "Mailbox/bad-interval".into(),
+            Reason::AutoreplyRefused,
+            Effect::Degraded
+        )]
+    );
+    let autoreply = open.directory.mailboxes["away@open.test"]
+        .autoreply
+        .clone()
+        .expect("served");
+    assert_eq!(autoreply.subject.as_deref(), Some("Away"));
+    assert_eq!(autoreply.interval_seconds, 12 * 3600);
+    assert_eq!(autoreply.start, Some(1_764_547_200 + 365 * 86_400));
+    assert!(autoreply.end > autoreply.start);
+    assert_eq!(parse_interval("7d"), Some(7 * 86_400));
+    assert_eq!(parse_interval("0h"), None);
+    assert_eq!(parse_interval("3m"), None);
+    for good in [
+        "relay.test",
+        "relay.test:25",
+        "[relay.test]",
+        "[127.0.0.1]:2525",
+    ] {
+        assert!(crate::resources::valid_relay_host(good), "{good}");
+    }
+    for bad in [
+        "",
+        "relay.test\nmynetworks = 0/0",
+        "relay test",
+        "[relay.test",
+        "-x:25",
+    ] {
+        assert!(!crate::resources::valid_relay_host(bad), "{bad:?}");
+    }
 }
