@@ -147,6 +147,7 @@ fn default_replicas() -> i32 {
         type_ = "date"
     )
 )]
+#[x_kube(validation = Rule::new("has(self.outbound) || !has(self.postfix) || !has(self.postfix.parameters) || !self.postfix.parameters.exists(k, k in ['relayhost', 'default_transport', 'relay_transport', 'transport_maps', 'relay_domains', 'sender_dependent_relayhost_maps', 'sender_dependent_default_transport_maps', 'smtp_fallback_relay', 'fallback_transport', 'content_filter', 'always_bcc', 'sender_bcc_maps', 'recipient_bcc_maps'])").message("postfix.parameters may send mail elsewhere than this server's mailboxes (relayhost, transports, relay_domains, content_filter, BCC maps) only when spec.outbound declares how outbound mail leaves"))]
 #[x_kube(validation = Rule::new("self.replicas <= 1 || (has(self.storage) && has(self.storage.existingClaim))").message("replicas > 1 needs storage.existingClaim, a ReadWriteMany claim every pod shares: with a claim template each pod would hold its own copy of the mailboxes"))]
 #[serde(rename_all = "camelCase")]
 pub struct MailServerSpec {

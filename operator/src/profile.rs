@@ -409,7 +409,9 @@ mod tests {
         assert_eq!(open.refused.len(), 1, "{:?}", open.refused);
         i.relay_host = Some("relay.test\nmynetworks = 0.0.0.0/0".into());
         let injected = profile(&i);
-        assert_eq!(get(&injected, "relayhost"), Some("elsewhere"));
+        // Without a usable outbound path, a relayhost parameter is refused too.
+        assert_eq!(get(&injected, "relayhost"), None);
+        assert!(injected.refused.iter().any(|r| r.starts_with("relayhost:")));
         assert!(get(&injected, "default_transport").is_some_and(|t| t.starts_with("error:")));
         assert!(
             injected.refused[0].contains("outbound.relayHost"),
@@ -447,6 +449,17 @@ mod tests {
         assert_eq!(get(&p, "smtpd_banner"), Some("$myhostname ESMTP"));
         assert_ne!(get(&p, "default_transport"), Some("smtp"));
         assert_eq!(p.refused.len(), 3, "{:?}", p.refused);
+    }
+
+    #[test]
+    fn admission_refuses_the_same_outbound_parameters_without_an_outbound_path() {
+        let crd = serde_json::to_string(&virtmail_crds::crds()[0]).expect("CRD");
+        for name in OUTBOUND {
+            assert!(
+                crd.contains(&format!("'{name}'")),
+                "the MailServer CRD's rule does not name {name}"
+            );
+        }
     }
 
     #[test]

@@ -563,6 +563,10 @@ fn admission_and_status_refuse_what_cannot_work_and_scale_works() {
             "  postfix: {parameters: {'Bad Key': x}}\n",
             "main.cf parameter names",
         ),
+        (
+            "  postfix: {parameters: {relayhost: '[smtp.example.net]'}}\n",
+            "only when spec.outbound declares",
+        ),
         ("  storage: {size: lots}\n", "must be a quantity"),
         (
             "  service: {type: ClusterIP, nodePort: 30025}\n",

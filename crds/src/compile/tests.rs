@@ -438,19 +438,6 @@ fn maildomain_owner_ranges_bound_the_uids_and_gids_of_its_mailboxes() {
 }
 
 #[test]
-fn a_domain_two_servers_select_is_served_by_the_older_only() {
-    let first = compile_fixture("server-conflict.yaml", Some("first"));
-    let second = compile_fixture("server-conflict.yaml", Some("second"));
-    assert_eq!(
-        first.directory.domains.keys().collect::<Vec<_>>(),
-        vec!["shared.test"]
-    );
-    assert!(first.directory.mailboxes.contains_key("a@shared.test"));
-    assert_eq!(
-        reasons(&first),
-        vec![(
-            "MailDomain/shared".to_string(),
-            Reason::DomainConflict,
 fn pattern_aliases_conflicts_bad_patterns_and_loops() {
     let c = compile_fixture("alias-patterns.yaml", None);
     assert_eq!(
@@ -540,27 +527,6 @@ fn autoreply_needs_an_outbound_path_and_valid_settings() {
         )]
     );
     assert!(
-        first.diagnostics[0].message.contains("MailServer/second"),
-        "{}",
-        first.diagnostics[0].message
-    );
-    // The younger server cedes the shared domain silently (its mailboxes are not its members)
-    // and still serves the domain only it selects.
-    assert_eq!(
-        second.directory.domains.keys().collect::<Vec<_>>(),
-        vec!["own.test"]
-    );
-    assert!(!second.directory.mailboxes.contains_key("a@shared.test"));
-    assert_eq!(reasons(&second), vec![]);
-    assert_eq!(
-        second.ceded,
-        vec![CededDomain {
-            object: "shared".into(),
-            domain: "shared.test".into(),
-            served_by: "first".into(),
-        }]
-    );
-    assert!(second.members.iter().all(|m| m.name != "shared-a"));
         closed.diagnostics[0]
             .message
             .contains("spec.outbound.relayHost")
@@ -605,4 +571,45 @@ fn autoreply_needs_an_outbound_path_and_valid_settings() {
     ] {
         assert!(!crate::resources::valid_relay_host(bad), "{bad:?}");
     }
+}
+
+#[test]
+fn a_domain_two_servers_select_is_served_by_the_older_only() {
+    let first = compile_fixture("server-conflict.yaml", Some("first"));
+    let second = compile_fixture("server-conflict.yaml", Some("second"));
+    assert_eq!(
+        first.directory.domains.keys().collect::<Vec<_>>(),
+        vec!["shared.test"]
+    );
+    assert!(first.directory.mailboxes.contains_key("a@shared.test"));
+    assert_eq!(
+        reasons(&first),
+        vec![(
+            "MailDomain/shared".to_string(),
+            Reason::DomainConflict,
+            Effect::Degraded
+        )]
+    );
+    assert!(
+        first.diagnostics[0].message.contains("MailServer/second"),
+        "{}",
+        first.diagnostics[0].message
+    );
+    // The younger server cedes the shared domain silently (its mailboxes are not its members)
+    // and still serves the domain only it selects.
+    assert_eq!(
+        second.directory.domains.keys().collect::<Vec<_>>(),
+        vec!["own.test"]
+    );
+    assert!(!second.directory.mailboxes.contains_key("a@shared.test"));
+    assert_eq!(reasons(&second), vec![]);
+    assert_eq!(
+        second.ceded,
+        vec![CededDomain {
+            object: "shared".into(),
+            domain: "shared.test".into(),
+            served_by: "first".into(),
+        }]
+    );
+    assert!(second.members.iter().all(|m| m.name != "shared-a"));
 }
