@@ -142,10 +142,13 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()
         config.postfix_queue_stats.clone(),
     ));
     let holder = Arc::new(Holder::default());
-    if let Source::Files(source) = &config.source {
-        let (source, h, m) = (source.clone(), holder.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || source.load(&h, &m)).await?;
-    }
+    let files_seen = match &config.source {
+        Source::Files(source) => {
+            let (source, h, m) = (source.clone(), holder.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || source.load_initial(&h, &m)).await?
+        }
+        _ => Vec::new(),
+    };
     let lmtp = Listener::bind(&config.lmtp, config.socket_mode)
         .await
         .with_context(|| format!("LMTP listener {}", config.lmtp))?;
@@ -186,7 +189,7 @@ pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()
     };
     match config.source.clone() {
         Source::Files(source) => {
-            tokio::spawn(source.run(holder.clone(), metrics.clone(), stop_rx.clone()));
+            tokio::spawn(source.run(files_seen, holder.clone(), metrics.clone(), stop_rx.clone()));
             tokio::spawn(provision_standalone(
                 holder.clone(),
                 Duration::from_secs(60),

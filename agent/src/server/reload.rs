@@ -79,7 +79,7 @@ pub struct FileSource {
 }
 
 /// What identifies one state of the resource files: path, size, mtime, inode of each.
-type Fingerprint = Vec<(PathBuf, u64, i64, i64, u64)>;
+pub type Fingerprint = Vec<(PathBuf, u64, i64, i64, u64)>;
 
 fn fingerprint(root: &Path) -> Fingerprint {
     let mut out = Vec::new();
@@ -155,19 +155,23 @@ impl FileSource {
         }
     }
 
-    /// Poll for changes until `stop` turns true. Compilation runs on a blocking thread.
+    /// The first load. Returns the files' state from before it read them, for [`Self::run`]:
+    /// an edit made while the agent starts is then seen by the first poll, never lost.
+    pub fn load_initial(&self, holder: &Holder, metrics: &Metrics) -> Fingerprint {
+        let seen = fingerprint(&self.dir);
+        self.load(holder, metrics);
+        seen
+    }
+
+    /// Poll for changes from the state `seen` until `stop` turns true. Compilation runs on a
+    /// blocking thread.
     pub async fn run(
         self,
+        mut seen: Fingerprint,
         holder: Arc<Holder>,
         metrics: Arc<Metrics>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut seen = {
-            let dir = self.dir.clone();
-            tokio::task::spawn_blocking(move || fingerprint(&dir))
-                .await
-                .unwrap_or_default()
-        };
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
@@ -184,5 +188,68 @@ impl FileSource {
             let (source, h, m) = (self.clone(), holder.clone(), metrics.clone());
             let _ = tokio::task::spawn_blocking(move || source.load(&h, &m)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOMAIN: &str = "apiVersion: virtmail.io/v1alpha1
+kind: MailDomain
+metadata: {name: d}
+spec: {domain: example.test, postmaster: a@example.test, defaults: {uid: 5000, gid: 5000}}
+---
+apiVersion: virtmail.io/v1alpha1
+kind: Mailbox
+metadata: {name: a}
+spec: {address: a@example.test}
+";
+
+    #[test]
+    fn an_edit_made_between_the_first_load_and_the_first_poll_is_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("all.yaml");
+        std::fs::write(&file, DOMAIN).unwrap();
+        let source = FileSource {
+            dir: dir.path().to_path_buf(),
+            server: None,
+            mailbox_base: None,
+            interval: Duration::from_millis(10),
+        };
+        let (holder, metrics) = (Arc::new(Holder::default()), Arc::new(Metrics::default()));
+        let seen = source.load_initial(&holder, &metrics);
+        let first = holder.current().expect("loaded").version.clone();
+        // The edit lands before the poller has started.
+        std::fs::write(
+            &file,
+            format!("{DOMAIN}---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: b}}\nspec: {{address: b@example.test, uid: 5001}}\n"),
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let loaded = runtime.block_on(async {
+            let poller = tokio::spawn(source.run(seen, holder.clone(), metrics, stop_rx));
+            let mut loaded = false;
+            for _ in 0..500 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if holder.current().is_some_and(|l| l.version != first) {
+                    loaded = true;
+                    break;
+                }
+            }
+            let _ = stop_tx.send(true);
+            let _ = poller.await;
+            loaded
+        });
+        assert!(
+            loaded,
+            "the edit made before the first poll was never loaded"
+        );
+        let current = holder.current().unwrap();
+        assert!(current.directory.mailboxes.contains_key("b@example.test"));
     }
 }
