@@ -6,7 +6,7 @@
 //! - Missing parent directories of a mailbox (e.g. `<domain>/`) are created by the agent as root,
 //!   mode 0711: every mailbox owner can pass through, nobody can list them. The parent of an mbox
 //!   that is dotlocked gets mode 1777 (sticky, like `/var/mail`), because the recipient must
-//!   create `<mbox>.lock` beside it (spec V19).
+//!   create `<mbox>.lock` beside it (virtual(8) V19).
 //! - A Maildir is created *as the recipient* (so quotas and ownership are the kernel's doing);
 //!   an mbox file is created by root and given to the recipient with `fchown` (CAP_CHOWN), since
 //!   its parent may be shared.
@@ -428,7 +428,7 @@ fn mbox(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
     }
 }
 
-/// Whether the recipient can create `<mbox>.lock` beside the mbox (spec V19: a dotlock needs a
+/// Whether the recipient can create `<mbox>.lock` beside the mbox (virtual(8) V19: a dotlock needs a
 /// parent directory the recipient may write). Probed by taking and releasing the lock once.
 fn dotlock_possible(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> Result<(), State> {
     let lock = virtmail_crds::compile::dotlock_name(leaf);

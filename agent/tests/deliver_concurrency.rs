@@ -1,5 +1,5 @@
 //! Several processes appending to one mbox never interleave, with fcntl locks and with
-//! dotlocks (spec V19), using the real CLI binary.
+//! dotlocks (virtual(8) V19), using the real CLI binary.
 
 mod deliver_support;
 

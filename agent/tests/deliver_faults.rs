@@ -1,5 +1,5 @@
 //! Faults: a full file system (a 1 MiB tmpfs mounted for the test) leaves the mbox at its
-//! original length and nothing in Maildir new/ or tmp/ (spec V22, V30; DESIGN §4.3).
+//! original length and nothing in Maildir new/ or tmp/ (virtual(8) V22, V30; DESIGN §4.3).
 
 mod deliver_support;
 

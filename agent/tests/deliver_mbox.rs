@@ -1,4 +1,4 @@
-//! mbox delivery as virtual(8) does it (spec V17–V23, V29), as root with real uids.
+//! mbox delivery as virtual(8) does it (virtual(8) V17–V23, V29), as root with real uids.
 
 mod deliver_support;
 

@@ -1,4 +1,4 @@
-//! Races around mbox dotlocks (spec V19, formats-protocols.md §4.3), against the real engine
+//! Races around mbox dotlocks (virtual(8) V19, formats-protocols.md §4.3), against the real engine
 //! with real uids, many delivery threads at once.
 //!
 //! - A dotlock left by a dead process is broken once it is older than the stale time (by its
@@ -171,7 +171,7 @@ fn stale_dotlock_of_a_dead_process_is_broken_and_every_waiting_delivery_gets_thr
 
 #[test]
 fn dotlock_with_an_old_mtime_but_a_recent_ctime_is_not_stale() {
-    // Postfix judges a lock by its ctime (dot_lockfile.c, spec V19): touching the mtime back
+    // Postfix judges a lock by its ctime (dot_lockfile.c, virtual(8) V19): touching the mtime back
     // does not make a live lock breakable.
     let (w, boxes) = stale_world(1);
     let (address, mbox) = boxes[0].clone();

@@ -1,7 +1,7 @@
 //! Address syntax, case folding and extension splitting shared by the compiler and the agent.
 
 /// Fold an address (or domain) for table lookups: ASCII lower case, and Unicode lower case when
-/// the text is not ASCII (Postfix `casefold()` with SMTPUTF8, spec V2).
+/// the text is not ASCII (Postfix `casefold()` with SMTPUTF8, virtual(8) V2).
 pub fn fold(text: &str) -> String {
     if text.is_ascii() {
         text.to_ascii_lowercase()
@@ -52,7 +52,7 @@ pub fn valid_address(address: &str) -> bool {
     }
 }
 
-/// Local parts that are never split at a delimiter (spec V4).
+/// Local parts that are never split at a delimiter (virtual(8) V4).
 fn never_split(local: &str) -> bool {
     local.eq_ignore_ascii_case("postmaster")
         || local.eq_ignore_ascii_case("mailer-daemon")
@@ -60,7 +60,7 @@ fn never_split(local: &str) -> bool {
 }
 
 /// Remove the address extension: cut the local part at the first character that is in
-/// `delimiters` (spec V4). Returns `None` when nothing would be removed: no delimiter, an empty
+/// `delimiters` (virtual(8) V4). Returns `None` when nothing would be removed: no delimiter, an empty
 /// delimiter set, a special local part, or a local part that would become empty.
 /// `owner-x` and `x-request` are kept whole when `-` is a delimiter (Postfix
 /// `owner_request_special = yes`).

@@ -3,7 +3,7 @@
 //!
 //! One bad object never affects the others: an invalid Mailbox or MailAlias whose address is known
 //! stays in the directory as a *deferring entry* (mail to it waits, as virtual(8) defers a bad uid,
-//! spec V9), everything else that is valid is served.
+//! virtual(8) V9), everything else that is valid is served.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;

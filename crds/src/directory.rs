@@ -291,7 +291,7 @@ impl Directory {
         self.domains.contains_key(&address::fold(domain))
     }
 
-    /// Look a recipient up in the mailbox table in Postfix's order (spec V3): the full address,
+    /// Look a recipient up in the mailbox table in Postfix's order (virtual(8) V3): the full address,
     /// the address without its extension, then the domain's catch-all mailbox.
     pub fn find_mailbox(&self, recipient: &str) -> Option<Found<'_, MailboxEntry>> {
         let folded = address::fold(recipient);

@@ -146,7 +146,7 @@ fn message_without_final_newline_gets_one_through_deliver() {
             (d.x_original_to.as_str(), d.delivered_to.as_str()),
             (rcpt, rcpt)
         );
-        // No smtpd, so no Received; the missing newline is added (spec V26), nothing else.
+        // No smtpd, so no Received; the missing newline is added (virtual(8) V26), nothing else.
         assert_eq!(d.received, None);
         let mut expected = sent.clone();
         expected.push(b'\n');

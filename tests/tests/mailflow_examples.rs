@@ -83,7 +83,7 @@ fn example4_forwards_the_old_address_to_the_new_mailbox() {
     stack
         .send(SENDER, &["old_user@old.test"], &sent)
         .assert_accepted();
-    // virtual(8) writes the address before alias expansion as X-Original-To (spec V21 item 3).
+    // virtual(8) writes the address before alias expansion as X-Original-To (virtual(8) V21 item 3).
     stack.assert_delivered(
         "new_user@new.test",
         SENDER,

@@ -97,7 +97,7 @@ fn extension_goes_to_the_user_and_unknown_locals_to_the_catch_all() {
     stack
         .send(SENDER, &["alice+lists@example.test"], &sent)
         .assert_accepted();
-    // virtual(8): X-Original-To and Delivered-To keep the extension (spec V21).
+    // virtual(8): X-Original-To and Delivered-To keep the extension (virtual(8) V21).
     stack.assert_delivered(
         "alice@example.test",
         SENDER,

@@ -36,7 +36,7 @@ pub const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 pub enum PathProblem {
     /// Empty path.
     Empty,
-    /// A `..` component (spec V14; virtmail also catches a trailing `/..`).
+    /// A `..` component (virtual(8) V14; virtmail also catches a trailing `/..`).
     DotDot,
     /// Absolute path (Postfix would put it under the base with `//`; virtmail refuses).
     Absolute,
@@ -60,7 +60,7 @@ impl PathProblem {
 }
 
 /// Check a path relative to the base: no NUL, not absolute, no `..`, `.` or empty components.
-/// One trailing `/` (the Maildir marker, spec V15) is allowed.
+/// One trailing `/` (the Maildir marker, virtual(8) V15) is allowed.
 pub fn check_relative(path: &str) -> Result<(), PathProblem> {
     if path.is_empty() || path == "/" {
         return Err(PathProblem::Empty);
@@ -68,7 +68,7 @@ pub fn check_relative(path: &str) -> Result<(), PathProblem> {
     if path.contains('\0') {
         return Err(PathProblem::Nul);
     }
-    // `..` first: Postfix's own check (spec V14) reports it as a configuration error.
+    // `..` first: Postfix's own check (virtual(8) V14) reports it as a configuration error.
     let trimmed = path.strip_suffix('/').unwrap_or(path);
     if trimmed.split('/').any(|c| c == "..") {
         return Err(PathProblem::DotDot);
@@ -174,7 +174,7 @@ pub fn open_dirs(dir: BorrowedFd<'_>, path: &str, owner: u32) -> Result<OwnedFd,
 }
 
 /// Open the directory `path` below `dir`, creating every missing component with `mode` (Postfix
-/// `make_dirs()`, spec V24) as the current file system identity. Each component is resolved
+/// `make_dirs()`, virtual(8) V24) as the current file system identity. Each component is resolved
 /// with [`RESOLVE`] from the descriptor of its parent, so nothing outside `dir` is touched, and
 /// each existing one must be [`trusted`] for `owner`. Returns the directory and whether any
 /// component was created.

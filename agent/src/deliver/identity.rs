@@ -1,4 +1,4 @@
-//! The recipient's identity for file system access (spec V16, DESIGN §4.2).
+//! The recipient's identity for file system access (virtual(8) V16, DESIGN §4.2).
 //!
 //! # Security
 //!
@@ -42,7 +42,7 @@ pub fn uid_floor() -> u32 {
 use super::status::Failure;
 
 /// Drop every supplementary group of the process (Postfix `set_eugid()` keeps only the
-/// recipient's gid, spec V16). Call once at start, before threads that deliver exist.
+/// recipient's gid, virtual(8) V16). Call once at start, before threads that deliver exist.
 pub fn drop_supplementary_groups() -> std::io::Result<()> {
     setgroups(&[]).map_err(std::io::Error::from)
 }
@@ -119,7 +119,7 @@ impl Drop for RestoreGid {
     }
 }
 
-/// Validate a uid from the directory as Postfix does (spec V9): uid 0, (uid_t)-1 and uids below
+/// Validate a uid from the directory as Postfix does (virtual(8) V9): uid 0, (uid_t)-1 and uids below
 /// the minimum are configuration errors (defer 4.3.5). The minimum is the directory's
 /// `minimum_uid` or the agent's own [`uid_floor`], whichever is higher.
 pub fn check_uid(recipient: &str, uid: u32, minimum_uid: u32) -> Result<(), Failure> {
@@ -140,7 +140,7 @@ pub fn check_uid(recipient: &str, uid: u32, minimum_uid: u32) -> Result<(), Fail
     Ok(())
 }
 
-/// Validate a gid (spec V10, current snapshot: gid 0 is refused).
+/// Validate a gid (virtual(8) V10, current snapshot: gid 0 is refused).
 pub fn check_gid(recipient: &str, gid: u32) -> Result<(), Failure> {
     if gid == 0 || gid == u32::MAX {
         return Err(Failure::Config {

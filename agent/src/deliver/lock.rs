@@ -1,4 +1,4 @@
-//! mbox locks: dotlock, flock and fcntl, in Postfix's order (spec V19).
+//! mbox locks: dotlock, flock and fcntl, in Postfix's order (virtual(8) V19).
 //!
 //! # Security
 //!

@@ -1,4 +1,4 @@
-//! Maildir delivery (spec V24–V28) with DESIGN §4 durability, Dovecot names and Maildir++
+//! Maildir delivery (virtual(8) V24–V28) with DESIGN §4 durability, Dovecot names and Maildir++
 //! quota.
 //!
 //! Sequence: make the maildir and `tmp/ new/ cur/` when missing (0700, as the recipient, spec
@@ -25,7 +25,7 @@
 //! component at a time from the base descriptor (symlinks refused), files are created by name
 //! relative to an opened directory with `O_EXCL | O_NOFOLLOW`, and the maildir directory, `tmp/`
 //! and `new/` must be owned by the recipient's uid (DESIGN §4.2; virtual(8) does not check,
-//! spec V28).
+//! virtual(8) V28).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::LazyLock;
@@ -344,7 +344,7 @@ fn left_by_dead_delivery(name: &str, host: &str) -> bool {
             .is_some_and(|p| rustix::process::test_kill_process(p) == Err(Errno::SRCH))
 }
 
-/// Remove stale files from `tmp/` (DESIGN §4.6; virtual(8) never does, spec V27): files of dead
+/// Remove stale files from `tmp/` (DESIGN §4.6; virtual(8) never does, virtual(8) V27): files of dead
 /// deliveries of ours at once, anything else after 36 hours. Best effort, as the recipient,
 /// regular files only, by name relative to the opened `tmp/`.
 fn clean_stale_tmp(tmp: &OwnedFd, host: &str) {

@@ -1,14 +1,14 @@
-//! mbox delivery (spec V17–V23).
+//! mbox delivery (virtual(8) V17–V23).
 //!
 //! # Security
 //!
 //! Runs under the recipient's file system identity (the caller holds an
 //! [`FsIdentity`](super::identity::FsIdentity)). The parent directory is opened contained below
-//! the base and never created (spec V18); the mailbox is opened relative to that descriptor
+//! the base and never created (virtual(8) V18); the mailbox is opened relative to that descriptor
 //! with symlinks refused, checked to be a regular file with one link, owned by the recipient,
-//! and the same inode before and after opening and locking (spec V17, V19, V20). Writes happen
+//! and the same inode before and after opening and locking (virtual(8) V17, V19, V20). Writes happen
 //! only while every configured lock is held, and any failure truncates the file back to its
-//! original length before the locks are released (spec V22), so a reader never sees half a
+//! original length before the locks are released (virtual(8) V22), so a reader never sees half a
 //! message. The size limit and quota are checked before the first byte is written.
 //!
 //! # Crash safety

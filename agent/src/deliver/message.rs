@@ -1,11 +1,11 @@
-//! Message bytes: line ends, prepended headers, mbox quoting, loop detection (spec V21, V26,
+//! Message bytes: line ends, prepended headers, mbox quoting, loop detection (virtual(8) V21, V26,
 //! V31; DESIGN §4.4).
 
 use std::borrow::Cow;
 
 use virtmail_crds::address::{fold, quote_address};
 
-/// Turn CRLF line ends into LF and keep every other byte (spec V31): a stray CR inside a line,
+/// Turn CRLF line ends into LF and keep every other byte (virtual(8) V31): a stray CR inside a line,
 /// 8-bit bytes and NUL stay as they are. Borrowed when there is nothing to change.
 pub fn crlf_to_lf(message: &[u8]) -> Cow<'_, [u8]> {
     if !message.windows(2).any(|w| w == b"\r\n") {
@@ -34,7 +34,7 @@ fn quoted_sender(sender: &str) -> String {
 }
 
 /// `Return-Path:`, `X-Original-To:` (when the original recipient is not empty) and
-/// `Delivered-To:`, each ending in LF (spec V21 items 2–4, V26).
+/// `Delivered-To:`, each ending in LF (virtual(8) V21 items 2–4, V26).
 pub fn prepended_headers(sender: &str, original_recipient: &str, recipient: &str) -> Vec<u8> {
     let mut out = format!("Return-Path: <{}>\n", quoted_sender(sender));
     if !original_recipient.is_empty() {
@@ -48,7 +48,7 @@ pub fn prepended_headers(sender: &str, original_recipient: &str, recipient: &str
 }
 
 /// The mbox From_ line: `From <sender>  <asctime date>\n`, TWO spaces, `MAILER-DAEMON` for the
-/// null sender (spec V21 item 1). `date` is [`asctime_now`].
+/// null sender (virtual(8) V21 item 1). `date` is [`asctime_now`].
 pub fn from_line(sender: &str, date: &str) -> String {
     let sender = if sender.is_empty() {
         "MAILER-DAEMON".to_string()
@@ -68,7 +68,7 @@ pub fn asctime_now() -> String {
 
 /// Append `message` with mboxo quoting: every line that begins with `From ` gets a `>` (lines
 /// already `>From ` are left alone); a final LF is added when the last line lacks one
-/// (spec V21 items 5–6; the caller adds the empty separator line).
+/// (virtual(8) V21 items 5–6; the caller adds the empty separator line).
 pub fn push_mbox_quoted(out: &mut Vec<u8>, message: &[u8]) {
     let mut rest = message;
     while !rest.is_empty() {
@@ -86,7 +86,7 @@ pub fn push_mbox_quoted(out: &mut Vec<u8>, message: &[u8]) {
     push_final_newline(out, message);
 }
 
-/// Add LF when a non-empty message does not end in one (spec V21 item 6, V26).
+/// Add LF when a non-empty message does not end in one (virtual(8) V21 item 6, V26).
 pub fn push_final_newline(out: &mut Vec<u8>, message: &[u8]) {
     if message.last().is_some_and(|&b| b != b'\n') {
         out.push(b'\n');

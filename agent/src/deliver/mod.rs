@@ -1,4 +1,4 @@
-//! The delivery engine: Postfix virtual(8)-exact mbox and Maildir delivery (spec V1–V37) with
+//! The delivery engine: Postfix virtual(8)-exact mbox and Maildir delivery (virtual(8) V1–V37) with
 //! the deliberate improvements of DESIGN §4.
 //!
 //! Two entry points serve LMTP (and the `deliver` CLI):
@@ -85,11 +85,11 @@ pub struct Recipient {
 pub struct Envelope {
     /// Envelope sender; empty for the null sender `<>`.
     pub sender: String,
-    /// Recipients, delivered independently and in order (spec V1).
+    /// Recipients, delivered independently and in order (virtual(8) V1).
     pub recipients: Vec<Recipient>,
 }
 
-/// Mailbox format, decided by the path's trailing `/` (spec V15).
+/// Mailbox format, decided by the path's trailing `/` (virtual(8) V15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `tmp/ new/ cur/`.
@@ -103,7 +103,7 @@ pub enum Format {
 pub struct Target {
     /// The recipient as given (used in `Delivered-To`).
     pub recipient: String,
-    /// The folded table key that matched (spec V3).
+    /// The folded table key that matched (virtual(8) V3).
     pub key: String,
     /// Name of the Mailbox object (for warnings and status).
     pub object: String,
@@ -111,7 +111,7 @@ pub struct Target {
     pub base: String,
     /// Path relative to the base, as in the directory.
     pub path: String,
-    /// `base/path`, for texts (spec V14).
+    /// `base/path`, for texts (virtual(8) V14).
     pub full_path: String,
     /// Format.
     pub format: Format,
@@ -207,7 +207,7 @@ fn untrusted_directory(
     }
 }
 
-/// Resolve a recipient without touching the disk (spec V2–V10, V13–V15): lookup, deferring
+/// Resolve a recipient without touching the disk (virtual(8) V2–V10, V13–V15): lookup, deferring
 /// entries, suspension, uid/gid and path rules.
 pub fn resolve(directory: &Directory, recipient: &str) -> Result<Target, Status> {
     let settings = &directory.settings;
@@ -423,7 +423,7 @@ fn deliver_inner(
     }
 }
 
-/// Deliver one message to every recipient of `envelope`, independently and in order (spec V1):
+/// Deliver one message to every recipient of `envelope`, independently and in order (virtual(8) V1):
 /// [`precheck`] then [`deliver_one`] for each.
 pub fn deliver(
     directory: &Directory,

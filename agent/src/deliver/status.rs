@@ -3,7 +3,7 @@
 //! The engine never decides a status code anywhere else. Code that fails builds a [`Failure`]
 //! describing *what* went wrong (an errno at a given step, an unsafe path, a loop, ...);
 //! [`classify`] turns it into a [`Status`]: temporary or permanent, the RFC 3463 enhanced code
-//! and the DSN text, following Postfix virtual(8) (spec V6–V30) except where DESIGN §4 says
+//! and the DSN text, following Postfix virtual(8) (virtual(8) V6–V30) except where DESIGN §4 says
 //! otherwise. The LMTP reply code and the sysexits code are derived from the status, again in
 //! one place each ([`Status::reply_code`], [`exit_code`]).
 
@@ -39,7 +39,7 @@ pub struct Status {
     pub code: Code,
     /// DSN text, as Postfix virtual(8) words it (e.g. `delivered to maildir`).
     pub text: String,
-    /// A warning for the log (virtual(8) logs one beside some statuses, spec V35). Not part of
+    /// A warning for the log (virtual(8) logs one beside some statuses, virtual(8) V35). Not part of
     /// the reply.
     pub warning: Option<String>,
 }
@@ -73,7 +73,7 @@ impl Status {
         self.class() == Class::Success
     }
 
-    /// The LMTP reply code (DESIGN §4, spec V37): 2.0.0→250, 5.1.1→550, 5.2.2→552,
+    /// The LMTP reply code (DESIGN §4, virtual(8) V37): 2.0.0→250, 5.1.1→550, 5.2.2→552,
     /// 5.3.x/5.4.6→554, 4.2.1 (suspended)→450, 4.3.0 (disk full)→452, other 4.x.x→451,
     /// other 5.x.x→550.
     pub fn reply_code(&self) -> u16 {
@@ -96,12 +96,12 @@ impl fmt::Display for Status {
     }
 }
 
-/// Which mailbox kind a failure happened in; it decides the text prefix (spec V17, V28).
+/// Which mailbox kind a failure happened in; it decides the text prefix (virtual(8) V17, V28).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Place {
-    /// `delivery failed to mailbox <path>: ` (spec V17).
+    /// `delivery failed to mailbox <path>: ` (virtual(8) V17).
     Mbox(String),
-    /// `maildir delivery failed: ` (spec V28).
+    /// `maildir delivery failed: ` (virtual(8) V28).
     Maildir,
     /// No prefix (RCPT-time checks, containment of the base).
     None,
@@ -123,14 +123,14 @@ pub enum Stage {
     /// Opening, creating, locking, linking: default 4.2.0.
     Open,
     /// Writing, fsync: Postfix defaults to 5.3.0 (bounce on EIO); virtmail defers 4.2.0
-    /// (DESIGN §4: never bounce what a retry can deliver, spec V36).
+    /// (DESIGN §4: never bounce what a retry can deliver, virtual(8) V36).
     Write,
 }
 
 /// Everything that can go wrong, before classification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// No mailbox entry (spec V6).
+    /// No mailbox entry (virtual(8) V6).
     UnknownUser {
         /// Folded recipient.
         folded: String,
@@ -140,7 +140,7 @@ pub enum Failure {
         /// Folded recipient.
         folded: String,
     },
-    /// Configuration error found before touching the disk (spec V7–V10, V14): a deferring
+    /// Configuration error found before touching the disk (virtual(8) V7–V10, V14): a deferring
     /// directory entry, a bad uid/gid, a `..` path, a relative base.
     Config {
         /// Warning for the log.
@@ -169,7 +169,7 @@ pub enum Failure {
         warning: Option<String>,
     },
     /// A precondition on an existing file failed (hard links, changed status, wrong owner,
-    /// busy lock): always defer 4.2.0 (spec V17, V19, V20).
+    /// busy lock): always defer 4.2.0 (virtual(8) V17, V19, V20).
     Refused {
         /// Where.
         place: Place,
@@ -178,14 +178,14 @@ pub enum Failure {
         /// Optional warning.
         warning: Option<String>,
     },
-    /// The destination exists but is not a regular file (spec V20): bounce 5.3.5.
+    /// The destination exists but is not a regular file (virtual(8) V20): bounce 5.3.5.
     NotRegular {
         /// Recipient.
         recipient: String,
         /// Full path.
         path: String,
     },
-    /// The write would exceed `mailboxSizeLimit` (spec V29, enforced before writing).
+    /// The write would exceed `mailboxSizeLimit` (virtual(8) V29, enforced before writing).
     TooLarge {
         /// Where.
         place: Place,
