@@ -1,6 +1,6 @@
 //! Attack suite: symlinks at every level, hard links, foreign owners, special files and bad
 //! paths. Each defers or bounces with the spec's status and nothing outside the base changes
-//! (DESIGN §4.1–4.2, virtual(8) V14, V17, V20).
+//! (docs/SECURITY.md, virtual(8) V14, V17, V20).
 
 mod deliver_support;
 

@@ -1,5 +1,5 @@
 //! Faults: a full file system (a 1 MiB tmpfs mounted for the test) leaves the mbox at its
-//! original length and nothing in Maildir new/ or tmp/ (virtual(8) V22, V30; DESIGN §4.3).
+//! original length and nothing in Maildir new/ or tmp/ (virtual(8) V22, V30; docs/DELIVERY.md).
 
 mod deliver_support;
 

@@ -1,4 +1,4 @@
-//! Recipient resolution and RCPT-time checks (virtual(8) V1–V10, V14, V31; DESIGN §4 loop detection,
+//! Recipient resolution and RCPT-time checks (virtual(8) V1–V10, V14, V31; docs/DELIVERY.md loop detection,
 //! suspension, reply mapping).
 
 mod deliver_support;

@@ -1,4 +1,4 @@
-//! Maildir delivery (virtual(8) V24–V28) with DESIGN §4 durability and Dovecot-compatible names.
+//! Maildir delivery (virtual(8) V24–V28) with the durability docs/DELIVERY.md describes and Dovecot-compatible names.
 
 mod deliver_support;
 

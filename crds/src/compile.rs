@@ -1,5 +1,5 @@
 //! The directory compiler: a pure function from one MailServer and the objects of its namespace to
-//! a [`Directory`] plus per-object diagnostics (DESIGN §2, §3).
+//! a [`Directory`] plus per-object diagnostics (docs/ARCHITECTURE.md).
 //!
 //! One bad object never affects the others: an invalid Mailbox or MailAlias whose address is known
 //! stays in the directory as a *deferring entry* (mail to it waits, as virtual(8) defers a bad uid,

@@ -1,4 +1,4 @@
-//! The directory: one compiled, versioned, deterministic document per MailServer (DESIGN §3).
+//! The directory: one compiled, versioned, deterministic document per MailServer (docs/ARCHITECTURE.md).
 //!
 //! The operator publishes it as ConfigMaps ([`crate::encoding`]); the agent loads it and answers
 //! every lookup from it. Keys are case-folded addresses.

@@ -1,4 +1,4 @@
-//! ConfigMap encoding of the directory (DESIGN §3): deterministic, readable with
+//! ConfigMap encoding of the directory (docs/ARCHITECTURE.md): deterministic, readable with
 //! `kubectl get cm -o yaml`, schema-versioned and sharded.
 //!
 //! The head ConfigMap `<server>-directory` carries the schema, the version, the settings and the

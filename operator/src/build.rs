@@ -1,5 +1,5 @@
 //! The "build desired objects" step: pure functions from a MailServer and its compiled directory
-//! to every object the operator owns for it (names are a contract, DESIGN §5 and issue 6).
+//! to every object the operator owns for it (names are a contract; docs/ARCHITECTURE.md).
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
 //! The Postfix profile: the main.cf parameters and master.cf settings that wire an unmodified
-//! Postfix to the agent (DESIGN §1). One source of truth: the operator renders it into the
+//! Postfix to the agent (docs/ARCHITECTURE.md). One source of truth: the operator renders it into the
 //! `<server>-postfix` ConfigMap and `virtmail-operator postfix-profile` prints it for reviewers and
 //! for tests that run Postfix outside a cluster.
 

@@ -4,7 +4,7 @@
 //! then its log is printed).
 //!
 //! The settings that wire Postfix to the agent come from `virtmail-operator postfix-profile` (one
-//! source of truth, DESIGN §1); [`test_local`] adds only what a private instance on a test machine
+//! source of truth, docs/ARCHITECTURE.md); [`test_local`] adds only what a private instance on a test machine
 //! needs.
 
 use std::collections::BTreeSet;

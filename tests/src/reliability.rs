@@ -1,4 +1,4 @@
-//! Crash safety under load (issue 9, part 1): a steady Postfix → agent load of uniquely
+//! Crash safety under load: a steady Postfix → agent load of uniquely
 //! identified messages of mixed sizes to a mixed Maildir/mbox set, `kill -9` of the agent at
 //! random moments (restarted each time on the same sockets), then a tally of what landed against
 //! what Postfix accepted: every accepted message must be in exactly one mailbox, byte for byte.

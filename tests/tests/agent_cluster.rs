@@ -1,4 +1,4 @@
-//! The agent in cluster mode (issue 7): the operator publishes the directory, the agent watches
+//! The agent in cluster mode: the operator publishes the directory, the agent watches
 //! it with exactly the RBAC the operator grants it (`<server>-agent`), provisions the volume,
 //! reports `Provisioned`, answers socketmap and delivers LMTP.
 

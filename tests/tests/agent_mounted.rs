@@ -1,9 +1,9 @@
-//! The agent's mounted-files mode (issue 7, for clusters that forbid API access from pods): the
+//! The agent's mounted-files mode (for clusters that forbid API access from pods): the
 //! operator publishes the directory and declares the projected volume in the StatefulSet; the
 //! volume is written from the real apiserver as the kubelet writes it (`..data` swaps, see
 //! `virtmail_tests::kubelet`); the agent runs with no API credentials at all, follows the swaps,
 //! and never serves a set whose shards do not match the head. Also the control-plane fault of
-//! issue 9: a shard edited or deleted by hand is restored by the operator.
+//! A shard edited or deleted by hand is restored by the operator.
 
 use std::time::Duration;
 

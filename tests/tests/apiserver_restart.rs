@@ -1,4 +1,4 @@
-//! Control-plane faults (issues 6, 7 and 9): with kube-apiserver stopped (and later etcd), the agent keeps answering
+//! Control-plane faults: with kube-apiserver stopped (and later etcd), the agent keeps answering
 //! and delivering with the last directory it verified; when the apiserver comes back, the
 //! operator and the agent both resume, and a change made afterwards reaches Postfix's lookups.
 //!
@@ -90,7 +90,7 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
         .count();
     assert_eq!(delivered, 1);
 
-    // etcd restarted (issue 9): the apiserver answers errors meanwhile; the agent keeps serving,
+    // etcd restarted: the apiserver answers errors meanwhile; the agent keeps serving,
     // and afterwards changes flow again.
     let restart = std::thread::spawn(|| {
         let status = cluster::cluster_script("restart-etcd")

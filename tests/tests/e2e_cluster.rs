@@ -1,4 +1,4 @@
-//! The whole product end to end with every real component (issue 7, part 3): kube-apiserver,
+//! The whole product end to end with every real component: kube-apiserver,
 //! etcd and kube-controller-manager; the operator and the agent running out of cluster, each with
 //! its own RBAC identity and a real bearer token (the operator as
 //! `system:serviceaccount:virtmail-system:virtmail-operator`, the agent as the ServiceAccount the

@@ -1,4 +1,4 @@
-//! Standalone `serve --resources` provisions the mailbox layout itself (DESIGN §3: "a cluster
+//! Standalone `serve --resources` provisions the mailbox layout itself (docs/ARCHITECTURE.md: "a cluster
 //! and a laptop behave the same"; §4 Provisioning), so mail is deliverable on an empty base with
 //! no administrator preparation.
 

@@ -1,4 +1,4 @@
-//! The operator against the real control plane, running with its own RBAC identity (issue 6).
+//! The operator against the real control plane, running with its own RBAC identity.
 
 use std::collections::BTreeMap;
 use std::path::Path;

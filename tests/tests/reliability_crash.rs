@@ -1,4 +1,4 @@
-//! Crash safety (issue 9, part 1), CI size: 400 messages of mixed sizes through Postfix to six
+//! Crash safety, CI size: 400 messages of mixed sizes through Postfix to six
 //! Maildirs and six mboxes while the agent is killed with SIGKILL three times at random moments
 //! and restarted. Every message Postfix accepted must be in exactly one mailbox, byte for byte;
 //! duplicates only where RFC 2033 makes them unavoidable; no partial mbox entry, no stray file in

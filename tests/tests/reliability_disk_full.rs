@@ -1,4 +1,4 @@
-//! Disk full (issue 9, part 2), end to end: the mailbox base is a small tmpfs; once it is full,
+//! Disk full, end to end: the mailbox base is a small tmpfs; once it is full,
 //! mail through Postfix is deferred with the agent's `452 4.3.0`, nothing partial is left (the
 //! mbox byte for byte as before, nothing in Maildir `tmp/`, nothing new in `new/`), and when
 //! space returns Postfix's own retry delivers every message byte for byte (read back through

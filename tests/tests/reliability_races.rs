@@ -1,4 +1,4 @@
-//! Races against the real agent (issue 9, part 4): real `virtmail-agent serve` processes over
+//! Races against the real agent: real `virtmail-agent serve` processes over
 //! unix-socket LMTP, real uid switching (run as root), a real Dovecot IMAP server.
 //!
 //! - An attacker swaps mailbox directories (the Maildir, its `new/` and `tmp/`, the mbox's

@@ -1,4 +1,4 @@
-//! Path containment below the mailbox base (DESIGN §4.1).
+//! Path containment below the mailbox base (docs/DELIVERY.md).
 //!
 //! # Security
 //!

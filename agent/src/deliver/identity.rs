@@ -1,4 +1,4 @@
-//! The recipient's identity for file system access (virtual(8) V16, DESIGN §4.2).
+//! The recipient's identity for file system access (virtual(8) V16, docs/DELIVERY.md).
 //!
 //! # Security
 //!

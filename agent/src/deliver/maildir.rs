@@ -1,8 +1,8 @@
-//! Maildir delivery (virtual(8) V24–V28) with DESIGN §4 durability, Dovecot names and Maildir++
+//! Maildir delivery (virtual(8) V24–V28) with the durability docs/DELIVERY.md describes, Dovecot names and Maildir++
 //! quota.
 //!
 //! Sequence: make the maildir and `tmp/ new/ cur/` when missing (0700, as the recipient, spec
-//! V24/V27 and DESIGN §4.6); check the maildir's owner; create `tmp/<unique>` with `O_EXCL`
+//! V24/V27 and docs/DELIVERY.md); check the maildir's owner; create `tmp/<unique>` with `O_EXCL`
 //! 0600; write; fsync; `renameat2(RENAME_NOREPLACE)` into `new/<unique>,S=<size>,W=<vsize>`
 //! (never clobbers; falls back to link+unlink where the file system lacks it); fsync `new/`;
 //! append to `maildirsize`. Any failure removes what this delivery created in `tmp/` or `new/`.
@@ -24,7 +24,7 @@
 //! Runs under the recipient's file system identity. Every directory is resolved one contained
 //! component at a time from the base descriptor (symlinks refused), files are created by name
 //! relative to an opened directory with `O_EXCL | O_NOFOLLOW`, and the maildir directory, `tmp/`
-//! and `new/` must be owned by the recipient's uid (DESIGN §4.2; virtual(8) does not check,
+//! and `new/` must be owned by the recipient's uid (docs/DELIVERY.md; virtual(8) does not check,
 //! virtual(8) V28).
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -126,7 +126,7 @@ fn open_maildir(base: &OwnedFd, target: &Target, create: bool) -> Result<Maildir
     .map_err(|e| walk_failure(target, &base_prefix, e))?;
     check_owner(&root, &target.full_path, target)?;
     let mut subdirs = Vec::with_capacity(3);
-    // DESIGN §4.6: all three always exist after a delivery (virtual(8) may skip cur/, V27).
+    // docs/DELIVERY.md: all three always exist after a delivery (virtual(8) may skip cur/, V27).
     for sub in ["tmp", "new", "cur"] {
         // The root is the recipient's (checked above): `tmp/` and `new/` get the stricter
         // owner check below, `cur/` is never written here.
@@ -290,7 +290,7 @@ pub fn deliver(
             }
         }
     }
-    // DESIGN §4.3: the directory entry is durable before we report success.
+    // docs/DELIVERY.md: the directory entry is durable before we report success.
     if let Err(errno) = rustix::fs::fsync(&maildir.new) {
         let _ = rustix::fs::unlinkat(&maildir.new, final_name.as_str(), AtFlags::empty());
         return Err(io("error writing message", errno, Stage::Write, target));
@@ -344,7 +344,7 @@ fn left_by_dead_delivery(name: &str, host: &str) -> bool {
             .is_some_and(|p| rustix::process::test_kill_process(p) == Err(Errno::SRCH))
 }
 
-/// Remove stale files from `tmp/` (DESIGN §4.6; virtual(8) never does, virtual(8) V27): files of dead
+/// Remove stale files from `tmp/` (docs/DELIVERY.md; virtual(8) never does, virtual(8) V27): files of dead
 /// deliveries of ours at once, anything else after 36 hours. Best effort, as the recipient,
 /// regular files only, by name relative to the opened `tmp/`.
 fn clean_stale_tmp(tmp: &OwnedFd, host: &str) {

@@ -1,5 +1,5 @@
 //! Message bytes: line ends, prepended headers, mbox quoting, loop detection (virtual(8) V21, V26,
-//! V31; DESIGN §4.4).
+//! V31; docs/DELIVERY.md).
 
 use std::borrow::Cow;
 
@@ -94,7 +94,7 @@ pub fn push_final_newline(out: &mut Vec<u8>, message: &[u8]) {
 }
 
 /// Whether the header section already has `Delivered-To: <recipient>` (case-insensitive,
-/// quoted or not, angle brackets allowed): the message is looping (DESIGN §4.4, local(8)'s
+/// quoted or not, angle brackets allowed): the message is looping (docs/DELIVERY.md, local(8)'s
 /// 5.4.6 rule).
 pub fn has_delivered_to(message: &[u8], recipient: &str) -> bool {
     let wanted = [fold(recipient), fold(&quote_address(recipient))];

@@ -1,5 +1,5 @@
 //! The delivery engine: Postfix virtual(8)-exact mbox and Maildir delivery (virtual(8) V1–V37) with
-//! the deliberate improvements of DESIGN §4.
+//! the deliberate improvements of docs/DELIVERY.md.
 //!
 //! Two entry points serve LMTP (and the `deliver` CLI):
 //! - [`precheck`] at RCPT time: table lookups and checks knowable before the message (unknown
@@ -336,7 +336,7 @@ fn open_base(target: &Target) -> Result<OwnedFd, Failure> {
     })
 }
 
-/// RCPT-time checks: [`resolve`], then the quota against the current usage (DESIGN §4.5),
+/// RCPT-time checks: [`resolve`], then the quota against the current usage (docs/DELIVERY.md),
 /// read as the recipient. Usage that cannot be read is not an error here: delivery reports it.
 pub fn precheck(directory: &Directory, recipient: &str) -> Result<Target, Status> {
     let target = resolve(directory, recipient)?;

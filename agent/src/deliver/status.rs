@@ -3,7 +3,7 @@
 //! The engine never decides a status code anywhere else. Code that fails builds a [`Failure`]
 //! describing *what* went wrong (an errno at a given step, an unsafe path, a loop, ...);
 //! [`classify`] turns it into a [`Status`]: temporary or permanent, the RFC 3463 enhanced code
-//! and the DSN text, following Postfix virtual(8) (virtual(8) V6–V30) except where DESIGN §4 says
+//! and the DSN text, following Postfix virtual(8) (virtual(8) V6–V30) except where docs/DELIVERY.md says
 //! otherwise. The LMTP reply code and the sysexits code are derived from the status, again in
 //! one place each ([`Status::reply_code`], [`exit_code`]).
 
@@ -73,7 +73,7 @@ impl Status {
         self.class() == Class::Success
     }
 
-    /// The LMTP reply code (DESIGN §4, virtual(8) V37): 2.0.0→250, 5.1.1→550, 5.2.2→552,
+    /// The LMTP reply code (docs/DELIVERY.md, virtual(8) V37): 2.0.0→250, 5.1.1→550, 5.2.2→552,
     /// 5.3.x/5.4.6→554, 4.2.1 (suspended)→450, 4.3.0 (disk full)→452, other 4.x.x→451,
     /// other 5.x.x→550.
     pub fn reply_code(&self) -> u16 {
@@ -123,7 +123,7 @@ pub enum Stage {
     /// Opening, creating, locking, linking: default 4.2.0.
     Open,
     /// Writing, fsync: Postfix defaults to 5.3.0 (bounce on EIO); virtmail defers 4.2.0
-    /// (DESIGN §4: never bounce what a retry can deliver, virtual(8) V36).
+    /// (docs/DELIVERY.md: never bounce what a retry can deliver, virtual(8) V36).
     Write,
 }
 
@@ -135,7 +135,7 @@ pub enum Failure {
         /// Folded recipient.
         folded: String,
     },
-    /// The mailbox is suspended (DESIGN §4: 450 4.2.1).
+    /// The mailbox is suspended (docs/DELIVERY.md: 450 4.2.1).
     Suspended {
         /// Folded recipient.
         folded: String,
@@ -146,7 +146,7 @@ pub enum Failure {
         /// Warning for the log.
         warning: String,
     },
-    /// A path that leaves the base or crosses a symlink (DESIGN §4.1).
+    /// A path that leaves the base or crosses a symlink (docs/DELIVERY.md).
     Unsafe {
         /// Where.
         place: Place,
@@ -190,12 +190,12 @@ pub enum Failure {
         /// Where.
         place: Place,
     },
-    /// The mailbox quota would be exceeded (DESIGN §4.5).
+    /// The mailbox quota would be exceeded (docs/DELIVERY.md).
     OverQuota {
         /// Where.
         place: Place,
     },
-    /// The message already carries `Delivered-To: <recipient>` (DESIGN §4.4).
+    /// The message already carries `Delivered-To: <recipient>` (docs/DELIVERY.md).
     Loop {
         /// The recipient as written in Delivered-To.
         recipient: String,

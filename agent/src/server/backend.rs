@@ -21,7 +21,7 @@ pub struct Status {
 }
 
 impl Status {
-    /// Build a status; the reply code follows the enhanced code (DESIGN §4 reply mapping).
+    /// Build a status; the reply code follows the enhanced code (virtual(8) V37).
     pub fn new(enhanced: &str, text: impl Into<String>) -> Status {
         Status {
             code: reply_code(enhanced),
@@ -36,7 +36,7 @@ impl Status {
     }
 }
 
-/// DESIGN §4: 2.0.0→250, 5.1.1→550, 5.2.2→552, 5.3.4→552 (size), 5.3.x/5.4.6→554,
+/// docs/DELIVERY.md: 2.0.0→250, 5.1.1→550, 5.2.2→552, 5.3.4→552 (size), 5.3.x/5.4.6→554,
 /// 4.2.1→450 (suspended), 4.3.0→452, other 4.x.x→451, other 5.x.x→550.
 pub fn reply_code(enhanced: &str) -> u16 {
     match enhanced {

@@ -1,4 +1,4 @@
-//! Agent memory benchmark (not a test; issue 7): the resident memory of `virtmail-agent serve`
+//! Agent memory benchmark (not a test): the resident memory of `virtmail-agent serve`
 //! holding a directory of N mailboxes, as it runs in a pod without API access (mounted-files
 //! mode, the directory written exactly as the operator encodes it). Baseline in the same run: the
 //! same agent with an empty directory. The agent provisions every mailbox on the way (as it does

@@ -1,4 +1,4 @@
-//! Latency from `kubectl apply` of a new Mailbox to the first accepted RCPT for it (issue 7's
+//! Latency from `kubectl apply` of a new Mailbox to the first accepted RCPT for it (a
 //! benchmark; not a test). Every component is real and out of cluster: a private control plane
 //! (`target/cluster-apply-latency`, started afresh and stopped at the end), the operator and the
 //! agent in cluster mode (release builds, each with its own token), and a private Postfix
