@@ -308,7 +308,7 @@ up() {
   (cd "$ROOT" && cargo build --quiet --bin virtmail-operator --bin virtmail-agent)
   mkdir -p "$D/run" "$D/vhosts"
   chmod 755 "$ROOT/target" "$D" "$D/run"
-  # The mailbox base, as an administrator prepares the volume: the seed's Example 1 puts mbox
+  # The mailbox base, as an administrator prepares the volume: VIRTUAL_README's Example 1 puts mbox
   # files directly in it, and their dotlocks beside them, so it is sticky and writable (/var/mail).
   chmod 1777 "$D/vhosts"
 

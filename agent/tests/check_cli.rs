@@ -45,7 +45,7 @@ fn every_example_is_valid() {
     }
     assert_eq!(
         seen, 6,
-        "the seed's five examples and the internet-facing one"
+        "VIRTUAL_README's five examples and the internet-facing one"
     );
 }
 

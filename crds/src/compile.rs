@@ -917,7 +917,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// `postmaster@<domain>` is implied as an alias to the domain's postmaster unless a Mailbox
-    /// or MailAlias defines it (the seed: every domain needs a postmaster contact).
+    /// or MailAlias defines it (Postfix's VIRTUAL_README: every domain needs a postmaster contact).
     fn postmasters(&mut self) {
         let mut implied = Vec::new();
         for (name, domain) in &self.directory.domains {

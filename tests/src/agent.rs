@@ -93,7 +93,7 @@ pub fn lmtp(socket: &Path, recipient: &str, body: &str) -> String {
 pub struct Agent {
     /// The process.
     pub process: Process,
-    /// Mailbox base (mode 1777, as for the seed's Example 1).
+    /// Mailbox base (mode 1777, as for VIRTUAL_README's Example 1).
     pub base: PathBuf,
     /// LMTP socket.
     pub lmtp: PathBuf,

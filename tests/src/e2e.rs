@@ -112,7 +112,7 @@ impl ClusterMail {
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         for (sub, mode) in [("sock", 0o755), ("vhosts", 0o1777)] {
             std::fs::create_dir(root.join(sub)).expect("mkdir");
-            // The base as an administrator prepares it for the seed's Example 1 (mbox files and
+            // The base as an administrator prepares it for VIRTUAL_README's Example 1 (mbox files and
             // their dotlocks directly in it): sticky and writable, like /var/mail.
             std::fs::set_permissions(root.join(sub), std::fs::Permissions::from_mode(mode))
                 .expect("chmod");

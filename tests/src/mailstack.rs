@@ -511,7 +511,7 @@ impl StackPaths {
         compiled.directory
     }
 
-    /// What an administrator prepares on the volume (the seed's `mkdir`/`chmod`): every parent
+    /// What an administrator prepares on the volume (VIRTUAL_README's `mkdir`/`chmod`): every parent
     /// directory of a mailbox, root-owned, mode 1777 (sticky, like /var/mail) so that the
     /// recipient can create its Maildir or mbox and the mbox's `.lock`. The mailboxes themselves
     /// are created by the agent, as the recipient.

@@ -91,7 +91,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     );
 
     // Provisioned on the volume with the right owners, and reported.
-    // test1 is an mbox directly in the base (the seed's Example 1); with the base at 0755 its
+    // test1 is an mbox directly in the base (VIRTUAL_README's Example 1); with the base at 0755 its
     // owner could never create the dotlock beside it, and the status says so …
     wait_provisioned(&ns, "test1-virtual1", ("False", "DotlockNotPossible"));
     wait_provisioned(&ns, "test2-virtual2", ("True", "Created"));

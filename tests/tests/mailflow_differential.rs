@@ -1,5 +1,5 @@
 //! Differential against Postfix's own virtual(8): the same messages, sent over SMTP to a Postfix
-//! configured like the seed's Example 1 with texthash maps (virtual(8) delivers) and to the
+//! configured like VIRTUAL_README's Example 1 with texthash maps (virtual(8) delivers) and to the
 //! virtmail stack over `examples/1-virtual-for-all-mail` (the agent delivers), give equivalent
 //! mailboxes. Only the differences listed in docs/COMPATIBILITY.md are normalised away.
 
@@ -20,7 +20,7 @@ const MAILBOXES: [(&str, &str, MailboxFormat, u32); 2] = [
     ("test2@virtual2.test", "test2", MailboxFormat::Maildir, 5002),
 ];
 
-/// Postfix + virtual(8) configured as in the seed's Example 1 (texthash instead of hash).
+/// Postfix + virtual(8) configured as in VIRTUAL_README's Example 1 (texthash instead of hash).
 struct Virtual8 {
     postfix: Postfix,
     base: PathBuf,
@@ -40,7 +40,7 @@ fn start_virtual8() -> Virtual8 {
     std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let port = free_port();
     // Same profile as the agent's stack (DNS off, limits, relay rules), then virtual(8) as the
-    // virtual transport with the seed's Example 1 tables.
+    // virtual transport with VIRTUAL_README's Example 1 tables.
     let mut config = postfix::profile(
         Path::new("/nonexistent/lmtp.sock"),
         Path::new("/nonexistent/socketmap.sock"),

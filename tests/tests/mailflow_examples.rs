@@ -1,4 +1,4 @@
-//! The seed's Examples 1–5 (`examples/`) through a real Postfix in front of the agent, each copy
+//! VIRTUAL_README's Examples 1–5 (`examples/`) through a real Postfix in front of the agent, each copy
 //! read back through Dovecot IMAP byte for byte.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,5 +1,5 @@
 //! The chart and a MailServer's pod on the node, as users install them: `helm install` into a
-//! `restricted` namespace and a rolling `helm upgrade`; the seed's Example 1 applied with
+//! `restricted` namespace and a rolling `helm upgrade`; VIRTUAL_README's Example 1 applied with
 //! kubectl; mail sent over SMTP to the `<server>` Service's ClusterIP lands on the volume, owned
 //! by each mailbox's uid, byte for byte, and reads back through Dovecot on the host; a Mailbox
 //! edit reaches the pod's agent; mail queued while the agent is down survives the pod's
