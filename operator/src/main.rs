@@ -12,14 +12,10 @@ use virtmail_operator::lease::{self, LeaseConfig};
 use virtmail_operator::metrics::Metrics;
 use virtmail_operator::profile::{self, ProfileInput};
 
-/// jemalloc instead of glibc's malloc: the operator keeps 100,000 cached Mailboxes while it
-/// replaces them one by one (every status write comes back as a new object) and compiles,
-/// encodes and sends directories of many MiB again and again. glibc kept the freed memory in
-/// its arenas: heaptrack saw a 136 MiB heap peak under 274 MiB of RSS. Peak RSS in MiB
-/// (bench/operator.sh; 100,000 while creating / cold start, then 1,000 and 10,000 creating):
-/// glibc 290 / 203, 18, 44; mimalloc 227–250 / 226–242, 51, 94; jemalloc 231–241 / 187–189,
-/// 20, 46. Its options (one arena, freed pages returned after a second) are compiled in from
-/// `.cargo/config.toml`.
+/// jemalloc instead of glibc's malloc: the operator replaces 100,000 cached Mailboxes one by one
+/// and re-encodes directories of many MiB, and glibc kept the freed memory in its arenas. The
+/// measurements behind the choice are in docs/PERFORMANCE.md; the options (one arena, freed pages
+/// returned after a second) are compiled in from `.cargo/config.toml`.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
