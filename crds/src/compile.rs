@@ -354,19 +354,18 @@ impl<'a> Compiler<'a> {
     fn domains(&mut self) {
         let server = self.inputs.server;
         let selector = server.spec.domain_selector.as_ref();
-        // The namespace's other live servers, oldest first.
+        // The namespace's live servers in the order objects always win in (oldest first). A
+        // server not among them (a cache that has not seen it yet) counts as the youngest: a new
+        // server never takes a domain from an existing one.
         let servers: Vec<&MailServer> = oldest_first(self.inputs.servers)
             .into_iter()
-            .filter(|s| {
-                same_namespace(server, *s)
-                    && s.meta().deletion_timestamp.is_none()
-                    && s.name_any() != server.name_any()
-            })
+            .filter(|s| same_namespace(server, *s) && s.meta().deletion_timestamp.is_none())
             .collect();
-        let older = |other: &MailServer| {
-            let created = |s: &MailServer| s.meta().creation_timestamp.as_ref().map(|t| t.0);
-            (created(other), other.name_any()) < (created(server), server.name_any())
-        };
+        let own = servers
+            .iter()
+            .position(|s| s.name_any() == server.name_any())
+            .unwrap_or(servers.len());
+        let (older, younger) = (&servers[..own], servers.get(own + 1..).unwrap_or_default());
         for domain in oldest_first(self.inputs.domains) {
             if !same_namespace(server, domain) {
                 continue;
@@ -376,12 +375,10 @@ impl<'a> Compiler<'a> {
             if !selector::matches(selector, domain.labels()) {
                 continue;
             }
-            let selecting: Vec<&MailServer> = servers
-                .iter()
-                .copied()
-                .filter(|s| selector::matches(s.spec.domain_selector.as_ref(), domain.labels()))
-                .collect();
-            if let Some(owner) = selecting.iter().find(|s| older(s)) {
+            let selects = |s: &&&MailServer| {
+                selector::matches(s.spec.domain_selector.as_ref(), domain.labels())
+            };
+            if let Some(owner) = older.iter().find(selects) {
                 self.ceded.push(CededDomain {
                     object: domain.name_any(),
                     domain: name,
@@ -394,8 +391,9 @@ impl<'a> Compiler<'a> {
                 name: domain.name_any(),
             };
             self.members.push(object.clone());
-            let rivals: Vec<String> = selecting
+            let rivals: Vec<String> = younger
                 .iter()
+                .filter(selects)
                 .map(|s| format!("MailServer/{}", s.name_any()))
                 .collect();
             if !rivals.is_empty() {
@@ -892,27 +890,10 @@ impl<'a> Compiler<'a> {
             })
             .collect();
         for (key, target) in looping {
-            let Some(entry) = self.directory.aliases.get_mut(&key) else {
-                continue;
-            };
             let message = format!(
                 "pattern alias {key} expands back into a pattern through {target}: mail would expand forever"
             );
-            entry.defer = Some(Deferral {
-                reason: Reason::AliasLoop,
-                message: message.clone(),
-            });
-            if let Some(name) = entry.object.clone() {
-                self.diagnose(
-                    ObjectRef {
-                        kind: Kind::MailAlias,
-                        name,
-                    },
-                    Reason::AliasLoop,
-                    Effect::Deferring,
-                    message,
-                );
-            }
+            self.defer_alias_loop(&key, message);
         }
     }
 
@@ -1019,25 +1000,31 @@ impl<'a> Compiler<'a> {
             .map(|(k, _)| (*k).clone())
             .collect();
         for key in looping {
-            let Some(entry) = self.directory.aliases.get_mut(&key) else {
-                continue;
-            };
             let message = format!("{key} expands back into itself through other aliases");
-            entry.defer = Some(Deferral {
-                reason: Reason::AliasLoop,
-                message: message.clone(),
-            });
-            if let Some(name) = entry.object.clone() {
-                self.diagnose(
-                    ObjectRef {
-                        kind: Kind::MailAlias,
-                        name,
-                    },
-                    Reason::AliasLoop,
-                    Effect::Deferring,
-                    message,
-                );
-            }
+            self.defer_alias_loop(&key, message);
+        }
+    }
+
+    /// Keep an alias of a loop as a deferring entry (mail to it waits for the fix) and report
+    /// the loop on its MailAlias.
+    fn defer_alias_loop(&mut self, key: &str, message: String) {
+        let Some(entry) = self.directory.aliases.get_mut(key) else {
+            return;
+        };
+        entry.defer = Some(Deferral {
+            reason: Reason::AliasLoop,
+            message: message.clone(),
+        });
+        if let Some(name) = entry.object.clone() {
+            self.diagnose(
+                ObjectRef {
+                    kind: Kind::MailAlias,
+                    name,
+                },
+                Reason::AliasLoop,
+                Effect::Deferring,
+                message,
+            );
         }
     }
 }

@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use virtmail_crds::encoding::{self, LABEL_ROLE, LABEL_SERVER};
 use virtmail_crds::{
     Compiled, DirectoryStatus, Inputs, Kind, MailAlias, MailDomain, MailServer, MailServerStatus,
-    Mailbox, MailboxStatus, ObjectRef, compile,
+    Mailbox, MailboxFormat, MailboxStatus, ObjectRef, compile,
 };
 
 use crate::build::{self, BuildConfig, Desired, FIELD_MANAGER};
@@ -97,7 +97,7 @@ struct Members {
 impl Members {
     fn of(ctx: &Context, namespace: &str) -> Members {
         Members {
-            servers: ctx.servers_in(namespace),
+            servers: servers_of(&ctx.servers, Some(namespace)),
             domains: ctx.domains.in_namespace(namespace),
             mailboxes: ctx.mailboxes.in_namespace(namespace),
             aliases: ctx.aliases.in_namespace(namespace),
@@ -133,8 +133,7 @@ struct SnapshotKey {
 
 impl SnapshotKey {
     fn of(ctx: &Context, server: &MailServer) -> SnapshotKey {
-        let mut neighbours: Vec<_> = ctx
-            .servers_in(&server.namespace().unwrap_or_default())
+        let mut neighbours: Vec<_> = servers_of(&ctx.servers, server.namespace().as_deref())
             .iter()
             .map(|s| {
                 (
@@ -230,15 +229,6 @@ impl Context {
                 }
                 keep
             });
-    }
-
-    /// The MailServers of a namespace, from the cache.
-    fn servers_in(&self, namespace: &str) -> Vec<Arc<MailServer>> {
-        self.servers
-            .state()
-            .into_iter()
-            .filter(|s| s.namespace().as_deref() == Some(namespace))
-            .collect()
     }
 
     fn budget(&self) -> std::sync::MutexGuard<'_, WriteBudget> {
@@ -579,15 +569,9 @@ impl<'a> MemberStatuses<'a> {
                     quota: entry.and_then(|e| e.quota),
                     ..Default::default()
                 };
-                let shown = mailbox.status.clone().unwrap_or_default();
-                let changed = (&shown.path, shown.format, shown.uid, shown.gid, shown.quota)
-                    != (
-                        &effective.path,
-                        effective.format,
-                        effective.uid,
-                        effective.gid,
-                        effective.quota,
-                    );
+                // Borrowed, not cloned: this runs for every member of every snapshot.
+                let changed = mailbox.status.as_ref().map(effective_values)
+                    != Some(effective_values(&effective));
                 // Only the values there are: an absent one is left out of the apply, which
                 // removes what an earlier apply of this field manager set.
                 let extra = serde_json::to_value(&effective).unwrap_or_default();
@@ -647,6 +631,25 @@ async fn publish_members(ctx: &Context, server: &MailServer, snapshot: &Snapshot
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The values the operator shows on a Mailbox besides its conditions.
+fn effective_values(
+    status: &MailboxStatus,
+) -> (
+    Option<&str>,
+    Option<MailboxFormat>,
+    Option<u32>,
+    Option<u32>,
+    Option<u64>,
+) {
+    (
+        status.path.as_deref(),
+        status.format,
+        status.uid,
+        status.gid,
+        status.quota,
+    )
 }
 
 /// A member patch of any kind.
@@ -954,11 +957,19 @@ pub fn backoff(attempt: u32, seed: u64) -> Duration {
     Duration::from_millis(millis.max(100) as u64)
 }
 
-fn servers_in(store: &Store<MailServer>, namespace: Option<String>) -> Vec<KubeRef<MailServer>> {
+/// The MailServers of a namespace, from the cache.
+fn servers_of(store: &Store<MailServer>, namespace: Option<&str>) -> Vec<Arc<MailServer>> {
     store
         .state()
+        .into_iter()
+        .filter(|s| s.namespace().as_deref() == namespace)
+        .collect()
+}
+
+/// The servers a member change triggers: every one of its namespace.
+fn servers_in(store: &Store<MailServer>, namespace: Option<String>) -> Vec<KubeRef<MailServer>> {
+    servers_of(store, namespace.as_deref())
         .iter()
-        .filter(|s| s.namespace() == namespace)
         .map(|s| KubeRef::from_obj(s.as_ref()))
         .collect()
 }
@@ -1178,13 +1189,8 @@ fn server_triggers(
     let mut generations: HashMap<String, Option<i64>> = HashMap::new();
     events
         .map_ok(move |event| {
-            let in_namespace = |namespace: Option<String>| -> Vec<MailServer> {
-                store
-                    .state()
-                    .iter()
-                    .filter(|s| s.namespace() == namespace)
-                    .map(|s| s.as_ref().clone())
-                    .collect()
+            let owned = |servers: Vec<Arc<MailServer>>| -> Vec<MailServer> {
+                servers.iter().map(|s| s.as_ref().clone()).collect()
             };
             let mut changed = |s: &MailServer| {
                 let uid = s.meta().uid.clone().unwrap_or_default();
@@ -1198,20 +1204,18 @@ fn server_triggers(
                     changed(&s);
                     Vec::new()
                 }
-                watcher::Event::InitDone => {
-                    store.state().iter().map(|s| s.as_ref().clone()).collect()
-                }
+                watcher::Event::InitDone => owned(store.state()),
                 watcher::Event::Init => Vec::new(),
                 watcher::Event::Apply(s) => {
                     if changed(&s) {
-                        in_namespace(s.namespace())
+                        owned(servers_of(&store, s.namespace().as_deref()))
                     } else {
                         Vec::new()
                     }
                 }
                 watcher::Event::Delete(s) => {
                     generations.remove(s.meta().uid.as_deref().unwrap_or_default());
-                    in_namespace(s.namespace())
+                    owned(servers_of(&store, s.namespace().as_deref()))
                 }
             };
             stream::iter(triggered.into_iter().map(Ok))

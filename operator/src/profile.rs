@@ -9,8 +9,10 @@ use std::fmt::Write as _;
 /// Postfix's default `message_size_limit`.
 pub const DEFAULT_MESSAGE_SIZE_LIMIT: u64 = 10_240_000;
 
-/// Parameters that wire Postfix to the agent; a MailServer's extra parameters cannot override
-/// them (the agent and Postfix would disagree about addresses or lose mail).
+/// Parameters the profile sets itself; a MailServer's extra parameters cannot override them:
+/// those that wire Postfix to the agent (the agent and Postfix would disagree about addresses or
+/// lose mail) and those set from MailServer fields (`postfix.tls`, `postfix.proxyProtocol`).
+/// The MailServer CRD refuses the same names at admission.
 pub const PROTECTED: &[&str] = &[
     "virtual_transport",
     "virtual_mailbox_domains",
@@ -21,11 +23,6 @@ pub const PROTECTED: &[&str] = &[
     "lmtp_line_length_limit",
     "lmtp_destination_recipient_limit",
     "mydestination",
-];
-
-/// Parameters the profile sets from MailServer fields (`postfix.tls`, `postfix.proxyProtocol`);
-/// set them there instead.
-pub const WIRED: &[&str] = &[
     "smtpd_tls_cert_file",
     "smtpd_tls_key_file",
     "smtpd_upstream_proxy_protocol",
@@ -245,9 +242,9 @@ pub fn profile(input: &ProfileInput) -> Profile {
             refused.push("relayhost: set by the MailServer's outbound.relayHost".into());
             continue;
         }
-        if PROTECTED.contains(&name.as_str()) || WIRED.contains(&name.as_str()) {
+        if PROTECTED.contains(&name.as_str()) {
             refused.push(format!(
-                "{name}: wires Postfix to the agent and cannot be overridden"
+                "{name}: set by virtmail's profile (the agent's wiring, postfix.tls or postfix.proxyProtocol); it cannot be overridden"
             ));
             continue;
         }
@@ -452,9 +449,9 @@ mod tests {
     }
 
     #[test]
-    fn admission_refuses_the_same_outbound_parameters_without_an_outbound_path() {
+    fn admission_refuses_the_same_protected_and_outbound_parameters() {
         let crd = serde_json::to_string(&virtmail_crds::crds()[0]).expect("CRD");
-        for name in OUTBOUND {
+        for name in PROTECTED.iter().chain(OUTBOUND) {
             assert!(
                 crd.contains(&format!("'{name}'")),
                 "the MailServer CRD's rule does not name {name}"
