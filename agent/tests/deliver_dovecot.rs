@@ -6,55 +6,15 @@ mod deliver_support;
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use deliver_support::*;
 
-const IMAP: &str = "/usr/lib/dovecot/imap";
-
 /// Run Dovecot's imap binary as the recipient with `mail_location`, feeding `commands`.
 fn imap(w: &World, mail_location: &str, home: &Path, commands: &str) -> (String, String) {
-    assert!(
-        Path::new(IMAP).exists(),
-        "{IMAP} is missing: install Debian's dovecot-imapd (scripts/install-deps.sh does)"
-    );
-    let dir = w.dir.path().join("dovecot");
-    fs::create_dir_all(dir.join("run")).unwrap();
-    let log = dir.join("dovecot.log");
-    fs::write(&log, b"").unwrap();
-    for path in [dir.join("run"), log.clone()] {
-        chown(&path, UID, GID);
-    }
-    let config = dir.join("dovecot.conf");
-    fs::write(
-        &config,
-        format!(
-            "base_dir = {run}\nstate_dir = {run}\nlog_path = {log}\nssl = no\nprotocols =\n\
-             mail_uid = {UID}\nmail_gid = {GID}\nfirst_valid_uid = 100\n\
-             mail_plugins = quota imap_quota\n\
-             plugin {{\n  quota = maildir:User quota\n  quota_rule = *:storage=1M\n}}\n",
-            run = dir.join("run").display(),
-            log = log.display(),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(IMAP)
-        .arg("-c")
-        .arg(&config)
-        .arg("-o")
-        .arg(format!("mail_location={mail_location}"))
-        .env_clear()
-        .env("USER", "recipient")
-        .env("HOME", home)
-        .uid(UID)
-        .gid(GID)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run dovecot imap");
+    let quota = "mail_plugins = quota imap_quota\n\
+                 plugin {\n  quota = maildir:User quota\n  quota_rule = *:storage=1M\n}\n";
+    let (mut child, log) = spawn_imap(w, quota, mail_location, home);
     child
         .stdin
         .take()

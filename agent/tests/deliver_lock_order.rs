@@ -8,15 +8,13 @@ mod deliver_support;
 
 use std::fs;
 use std::io::Write as _;
+use std::os::fd::AsFd as _;
 use std::os::unix::fs::MetadataExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use deliver_support::*;
-
-const IMAP: &str = "/usr/lib/dovecot/imap";
 
 /// Dovecot's packaged (Debian) write lock order, as its `doveconf -d` reports it.
 fn packaged_write_locks() -> String {
@@ -30,50 +28,16 @@ fn packaged_write_locks() -> String {
 /// Dovecot's imap as the recipient with the packaged settings, appending one message to the
 /// mbox INBOX at `mbox`. Returns the running process (its stdout tells whether APPEND worked).
 fn dovecot_append(w: &World, mbox: &Path, message: &str) -> Child {
-    assert!(
-        Path::new(IMAP).exists(),
-        "{IMAP} is missing: install Debian's dovecot-imapd (scripts/install-deps.sh does)"
-    );
-    let dir = w.dir.path().join("dovecot");
-    fs::create_dir_all(dir.join("run")).unwrap();
     let home = w.dir.path().join("home");
     fs::create_dir_all(&home).unwrap();
-    let log = dir.join("dovecot.log");
-    fs::write(&log, b"").unwrap();
-    for path in [dir.join("run"), log.clone(), home.clone()] {
-        chown(&path, UID, GID);
-    }
-    let config = dir.join("dovecot.conf");
+    chown(&home, UID, GID);
     // Only what a private instance needs; every mbox setting is the package's default.
-    fs::write(
-        &config,
-        format!(
-            "base_dir = {run}\nstate_dir = {run}\nlog_path = {log}\nssl = no\nprotocols =\n\
-             mail_uid = {UID}\nmail_gid = {GID}\nfirst_valid_uid = 100\n",
-            run = dir.join("run").display(),
-            log = log.display(),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(IMAP)
-        .arg("-c")
-        .arg(&config)
-        .arg("-o")
-        .arg(format!(
-            "mail_location=mbox:{}:INBOX={}:INDEX=MEMORY",
-            home.join("mail").display(),
-            mbox.display()
-        ))
-        .env_clear()
-        .env("USER", "recipient")
-        .env("HOME", &home)
-        .uid(UID)
-        .gid(GID)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run dovecot imap");
+    let location = format!(
+        "mbox:{}:INBOX={}:INDEX=MEMORY",
+        home.join("mail").display(),
+        mbox.display()
+    );
+    let (mut child, _log) = spawn_imap(w, "", &location, &home);
     let message = message.replace('\n', "\r\n");
     let commands = format!(
         "a APPEND INBOX {{{}+}}\r\n{message}\r\nb logout\r\n",
@@ -128,14 +92,8 @@ fn delivery_and_dovecot_with_debian_lock_order_both_finish() {
         .write(true)
         .open(&mbox)
         .unwrap();
-    let whole = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETLK(&whole)).unwrap();
+    virtmail_agent::deliver::lock::fcntl(reader.as_fd(), Instant::now() + Duration::from_secs(5))
+        .expect("the reader's whole-file lock");
     let ino = fs::metadata(&mbox).unwrap().ino();
     let dovecot = dovecot_append(&w, &mbox, "Subject: dovecot\n\nfrom dovecot\n");
     assert!(

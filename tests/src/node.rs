@@ -359,3 +359,21 @@ pub fn volume_of(ns: &TestNamespace, claim: &str) -> PathBuf {
     .unwrap();
     PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap())
 }
+
+/// A namespace for a MailServer, reconciled by the chart's operator: MailServer pods need the
+/// `baseline` Pod Security Standard (the agent adds SETUID, SETGID and CHOWN); a failing test
+/// dumps its pods, claims, Services, Events and MailServers.
+pub fn mail_namespace(test: &str) -> TestNamespace {
+    let cluster = cluster();
+    operator(cluster);
+    let mut ns = cluster.namespace(test);
+    ns.dump_also(&["pods", "pvc", "services", "events", "mailservers"]);
+    run(ns.kubectl().args([
+        "label",
+        "namespace",
+        ns.name(),
+        "pod-security.kubernetes.io/enforce=baseline",
+    ]))
+    .unwrap();
+    ns
+}

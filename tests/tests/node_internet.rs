@@ -13,27 +13,10 @@ use std::time::Duration;
 use serde_json::Value;
 use virtmail_tests::cluster::{TestNamespace, run, run_with_stdin};
 use virtmail_tests::mail::{self, Smtp};
-use virtmail_tests::node::{self, apply, eventually, helm, operator, volume_of, wait_for};
+use virtmail_tests::node::{self, apply, eventually, helm, volume_of, wait_for};
 use virtmail_tests::workspace_root;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// A namespace where MailServer pods may run (the agent needs SETUID, SETGID and CHOWN: the
-/// `baseline` Pod Security Standard).
-fn mail_namespace(test: &str) -> TestNamespace {
-    let cluster = node::cluster();
-    operator(cluster);
-    let mut ns = cluster.namespace(test);
-    ns.dump_also(&["pods", "pvc", "services", "events", "mailservers"]);
-    run(ns.kubectl().args([
-        "label",
-        "namespace",
-        ns.name(),
-        "pod-security.kubernetes.io/enforce=baseline",
-    ]))
-    .unwrap();
-    ns
-}
 
 /// A self-signed certificate for `name`, as a `kubernetes.io/tls` Secret manifest.
 fn tls_secret(ns: &TestNamespace, secret: &str, name: &str) -> String {
@@ -199,7 +182,7 @@ description: node test of MailServer pod settings
 #[test]
 fn an_exposed_server_speaks_starttls_and_proxy_protocol_renews_its_certificate_and_is_monitored() {
     let cluster = node::cluster();
-    let ns = mail_namespace("node-edge");
+    let ns = node::mail_namespace("node-edge");
     apply(&ns, &tls_secret(&ns, "edge-tls", "first.edge.test"));
     apply(&ns, EDGE);
     apply(
@@ -460,7 +443,7 @@ spec:
 
 #[test]
 fn a_domain_two_servers_select_is_served_by_the_older_one_until_it_goes() {
-    let ns = mail_namespace("node-two-servers");
+    let ns = node::mail_namespace("node-two-servers");
     let server = |name: &str| {
         format!(
             "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: {name}}}\nspec: {{replicas: 0}}\n"
@@ -550,7 +533,7 @@ fn refused(ns: &TestNamespace, yaml: &str) -> String {
 
 #[test]
 fn admission_and_status_refuse_what_cannot_work_and_scale_works() {
-    let ns = mail_namespace("node-status");
+    let ns = node::mail_namespace("node-status");
     let server = |name: &str, spec: &str| {
         format!(
             "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: {name}}}\nspec:\n{spec}"

@@ -15,8 +15,7 @@ use virtmail_tests::cluster::{TestNamespace, run};
 use virtmail_tests::dovecot::{Format, User};
 use virtmail_tests::mail::{self, Smtp};
 use virtmail_tests::node::{
-    self, apply, eventually, exec, helm, operator, restricted_namespace, uninstall, volume_of,
-    wait_for,
+    self, apply, eventually, exec, helm, restricted_namespace, uninstall, volume_of, wait_for,
 };
 use virtmail_tests::workspace_root;
 
@@ -99,17 +98,7 @@ struct Server {
 }
 
 fn example_server(test: &str) -> Server {
-    let cluster = node::cluster();
-    operator(cluster);
-    let mut ns = cluster.namespace(test);
-    ns.dump_also(&["pods", "pvc", "services", "events"]);
-    run(ns.kubectl().args([
-        "label",
-        "namespace",
-        ns.name(),
-        "pod-security.kubernetes.io/enforce=baseline",
-    ]))
-    .unwrap();
+    let ns = node::mail_namespace(test);
     ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail/resources.yaml"))
         .unwrap_or_else(|e| panic!("kubectl apply -f examples/1-virtual-for-all-mail: {e}"));
     eventually("the operator creates the StatefulSet", MINUTE, || {

@@ -298,3 +298,56 @@ impl Drop for Tmpfs {
         }
     }
 }
+
+/// Dovecot's `imap` binary (Debian's dovecot-imapd).
+pub const IMAP: &str = "/usr/lib/dovecot/imap";
+
+/// Start Dovecot's `imap` pre-authenticated as the recipient (no daemon), with a private
+/// configuration (`extra_config` appended) and `mail_location`; stdin and stdout are piped.
+/// Returns the process and the path of its log.
+pub fn spawn_imap(
+    w: &World,
+    extra_config: &str,
+    mail_location: &str,
+    home: &Path,
+) -> (std::process::Child, PathBuf) {
+    use std::os::unix::process::CommandExt as _;
+    assert!(
+        Path::new(IMAP).exists(),
+        "{IMAP} is missing: install Debian's dovecot-imapd (scripts/install-deps.sh does)"
+    );
+    let dir = w.dir.path().join("dovecot");
+    fs::create_dir_all(dir.join("run")).unwrap();
+    let log = dir.join("dovecot.log");
+    fs::write(&log, b"").unwrap();
+    for path in [dir.join("run"), log.clone()] {
+        chown(&path, UID, GID);
+    }
+    let config = dir.join("dovecot.conf");
+    fs::write(
+        &config,
+        format!(
+            "base_dir = {run}\nstate_dir = {run}\nlog_path = {log}\nssl = no\nprotocols =\n\
+             mail_uid = {UID}\nmail_gid = {GID}\nfirst_valid_uid = 100\n{extra_config}",
+            run = dir.join("run").display(),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(IMAP)
+        .arg("-c")
+        .arg(&config)
+        .arg("-o")
+        .arg(format!("mail_location={mail_location}"))
+        .env_clear()
+        .env("USER", "recipient")
+        .env("HOME", home)
+        .uid(UID)
+        .gid(GID)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dovecot imap");
+    (child, log)
+}
