@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use virtmail_crds::encoding::{self, LABEL_ROLE, LABEL_SERVER};
 use virtmail_crds::{
     Compiled, DirectoryStatus, Inputs, Kind, MailAlias, MailDomain, MailServer, MailServerStatus,
-    Mailbox, MailboxFormat, MailboxStatus, ObjectRef, compile,
+    Mailbox, MailboxStatus, ObjectRef, compile,
 };
 
 use crate::build::{self, BuildConfig, Desired, FIELD_MANAGER};
@@ -570,8 +570,10 @@ impl<'a> MemberStatuses<'a> {
                     ..Default::default()
                 };
                 // Borrowed, not cloned: this runs for every member of every snapshot.
-                let changed = mailbox.status.as_ref().map(effective_values)
-                    != Some(effective_values(&effective));
+                let changed = !mailbox
+                    .status
+                    .as_ref()
+                    .is_some_and(|shown| same_effective_values(shown, &effective));
                 // Only the values there are: an absent one is left out of the apply, which
                 // removes what an earlier apply of this field manager set.
                 let extra = serde_json::to_value(&effective).unwrap_or_default();
@@ -633,23 +635,9 @@ async fn publish_members(ctx: &Context, server: &MailServer, snapshot: &Snapshot
     first_error.map_or(Ok(()), Err)
 }
 
-/// The values the operator shows on a Mailbox besides its conditions.
-fn effective_values(
-    status: &MailboxStatus,
-) -> (
-    Option<&str>,
-    Option<MailboxFormat>,
-    Option<u32>,
-    Option<u32>,
-    Option<u64>,
-) {
-    (
-        status.path.as_deref(),
-        status.format,
-        status.uid,
-        status.gid,
-        status.quota,
-    )
+/// Whether two Mailbox statuses show the same values besides their conditions.
+fn same_effective_values(a: &MailboxStatus, b: &MailboxStatus) -> bool {
+    a.path == b.path && (a.format, a.uid, a.gid, a.quota) == (b.format, b.uid, b.gid, b.quota)
 }
 
 /// A member patch of any kind.
