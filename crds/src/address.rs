@@ -118,6 +118,29 @@ pub fn quote_address(address: &str) -> String {
     }
 }
 
+/// The inverse of [`quote_address`]: Postfix sends the external (RFC 5321 quoted) form
+/// `"john doe"@example.com` in socketmap keys and LMTP paths; the directory keys the internal
+/// form `john doe@example.com`. Unquoted addresses come back unchanged.
+pub fn unquote_address(address: &str) -> String {
+    let Some(rest) = address.strip_prefix('"') else {
+        return address.to_string();
+    };
+    let mut local = String::new();
+    let mut chars = rest.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some((_, next)) = chars.next() {
+                    local.push(next);
+                }
+            }
+            '"' => return format!("{local}{}", &rest[i + 1..]),
+            _ => local.push(c),
+        }
+    }
+    address.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +198,20 @@ mod tests {
         assert_eq!(quote_address("a..b@d"), "\"a..b\"@d");
         assert_eq!(quote_address("jörg@d"), "jörg@d");
         assert_eq!(quote_address("a\"b@d"), "\"a\\\"b\"@d");
+    }
+
+    #[test]
+    fn unquoting_inverts_quoting() {
+        assert_eq!(unquote_address("\"john doe\"@x.test"), "john doe@x.test");
+        assert_eq!(unquote_address("\"a\\\"b\"@x.test"), "a\"b@x.test");
+        assert_eq!(unquote_address("plain@x.test"), "plain@x.test");
+        for address in [
+            "john doe@x.test",
+            "a\"b@x.test",
+            ".dot@x.test",
+            "plain@x.test",
+        ] {
+            assert_eq!(unquote_address(&quote_address(address)), address);
+        }
     }
 }

@@ -8,16 +8,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::address::{self, fold};
+use crate::contract;
 use crate::directory::{
     AliasEntry, Autoreply, Deferral, Directory, Domain, MailboxEntry, Settings,
 };
 use crate::quantity;
 use crate::resources::{MailAlias, MailDomain, MailServer, Mailbox, MailboxFormat};
-use crate::selector;
 
 /// Why an object is not (fully) served. The names are stable: they are condition reasons,
 /// Event reasons and metric labels.
@@ -275,8 +277,18 @@ pub fn settings(server: &MailServer) -> Settings {
 /// Objects from the API tie on creation time (one-second resolution) and arrive in cache order,
 /// which differs between processes: ties are broken by name, so every replica picks the same
 /// winner. Input order decides only among objects without a creation time (files).
-fn oldest_first<'a, K: Resource>(objects: Objects<'a, K>) -> Vec<&'a K> {
-    let mut sorted: Vec<(usize, &K)> = objects.iter().enumerate().collect();
+/// The objects in `server`'s namespace (all of them when either has none, as in manifests),
+/// in the order in which older objects win: creation time, then file order, then name.
+fn oldest_first<'a, K: Resource>(server: &MailServer, objects: Objects<'a, K>) -> Vec<&'a K> {
+    let namespace = server.meta().namespace.as_deref();
+    let mut sorted: Vec<(usize, &K)> = objects
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| match (namespace, o.meta().namespace.as_deref()) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        })
+        .collect();
     sorted.sort_by(|(ia, a), (ib, b)| {
         let key = |index: usize, o: &'a K| {
             let created = o.meta().creation_timestamp.as_ref().map(|t| t.0);
@@ -286,16 +298,6 @@ fn oldest_first<'a, K: Resource>(objects: Objects<'a, K>) -> Vec<&'a K> {
         key(*ia, a).cmp(&key(*ib, b))
     });
     sorted.into_iter().map(|(_, o)| o).collect()
-}
-
-fn same_namespace<K: Resource>(server: &MailServer, object: &K) -> bool {
-    match (
-        server.meta().namespace.as_deref(),
-        object.meta().namespace.as_deref(),
-    ) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    }
 }
 
 struct Compiler<'a> {
@@ -357,28 +359,24 @@ impl<'a> Compiler<'a> {
         // The namespace's live servers in the order objects always win in (oldest first). A
         // server not among them (a cache that has not seen it yet) counts as the youngest: a new
         // server never takes a domain from an existing one.
-        let servers: Vec<&MailServer> = oldest_first(self.inputs.servers)
+        let servers: Vec<&MailServer> = oldest_first(server, self.inputs.servers)
             .into_iter()
-            .filter(|s| same_namespace(server, *s) && s.meta().deletion_timestamp.is_none())
+            .filter(|s| s.meta().deletion_timestamp.is_none())
             .collect();
         let own = servers
             .iter()
             .position(|s| s.name_any() == server.name_any())
             .unwrap_or(servers.len());
         let (older, younger) = (&servers[..own], servers.get(own + 1..).unwrap_or_default());
-        for domain in oldest_first(self.inputs.domains) {
-            if !same_namespace(server, domain) {
-                continue;
-            }
+        for domain in oldest_first(server, self.inputs.domains) {
             let name = fold(&domain.spec.domain);
             self.known_domains.insert(name.clone());
-            if !selector::matches(selector, domain.labels()) {
+            if !selects(selector, domain.labels()) {
                 continue;
             }
-            let selects = |s: &&&MailServer| {
-                selector::matches(s.spec.domain_selector.as_ref(), domain.labels())
-            };
-            if let Some(owner) = older.iter().find(selects) {
+            let claims =
+                |s: &&&MailServer| selects(s.spec.domain_selector.as_ref(), domain.labels());
+            if let Some(owner) = older.iter().find(claims) {
                 self.ceded.push(CededDomain {
                     object: domain.name_any(),
                     domain: name,
@@ -393,7 +391,7 @@ impl<'a> Compiler<'a> {
             self.members.push(object.clone());
             let rivals: Vec<String> = younger
                 .iter()
-                .filter(selects)
+                .filter(claims)
                 .map(|s| format!("MailServer/{}", s.name_any()))
                 .collect();
             if !rivals.is_empty() {
@@ -484,10 +482,7 @@ impl<'a> Compiler<'a> {
     fn mailboxes(&mut self) {
         let server = self.inputs.server;
         let mut claimed_paths: BTreeMap<String, String> = BTreeMap::new();
-        for mailbox in oldest_first(self.inputs.mailboxes) {
-            if !same_namespace(server, mailbox) {
-                continue;
-            }
+        for mailbox in oldest_first(server, self.inputs.mailboxes) {
             let object = ObjectRef {
                 kind: Kind::Mailbox,
                 name: mailbox.name_any(),
@@ -715,10 +710,7 @@ impl<'a> Compiler<'a> {
 
     fn aliases(&mut self) {
         let server = self.inputs.server;
-        for alias in oldest_first(self.inputs.aliases) {
-            if !same_namespace(server, alias) {
-                continue;
-            }
+        for alias in oldest_first(server, self.inputs.aliases) {
             let object = ObjectRef {
                 kind: Kind::MailAlias,
                 name: alias.name_any(),
@@ -1044,6 +1036,15 @@ pub fn parse_interval(text: &str) -> Option<u64> {
     (seconds >= 3600).then_some(seconds)
 }
 
+/// Whether a MailServer's `domainSelector` selects a MailDomain with these labels, as the
+/// apiserver matches label selectors. An absent selector selects every domain; one kube cannot
+/// parse (an unknown operator, `In` without values) selects none, so a typo never widens it.
+fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    selector.is_none_or(|selector| {
+        Selector::try_from(selector.clone()).is_ok_and(|selector| selector.matches(labels))
+    })
+}
+
 /// The format a path implies: a trailing `/` means Maildir.
 pub fn path_format(path: &str) -> MailboxFormat {
     if path.ends_with('/') {
@@ -1055,24 +1056,8 @@ pub fn path_format(path: &str) -> MailboxFormat {
 
 /// Check a relative mailbox path; `Some(message)` when invalid.
 pub fn check_path(path: &str, format: MailboxFormat) -> Option<String> {
-    if path.is_empty() {
-        return Some("path is empty".into());
-    }
-    if path.contains('\0') {
-        return Some("path contains NUL".into());
-    }
-    if path.starts_with('/') {
-        return Some(format!(
-            "path {path:?} is absolute; it must be relative to mailboxBase"
-        ));
-    }
-    let trimmed = path.strip_suffix('/').unwrap_or(path);
-    for component in trimmed.split('/') {
-        match component {
-            "" => return Some(format!("path {path:?} has an empty component")),
-            "." | ".." => return Some(format!("path {path:?} has a {component:?} component")),
-            _ => {}
-        }
+    if let Err(problem) = contract::check_mailbox_path(path) {
+        return Some(format!("path {path:?} {}", problem.describe()));
     }
     if path_format(path) != format {
         return Some(format!(

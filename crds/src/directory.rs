@@ -228,7 +228,8 @@ impl Directory {
     /// A directory of a real server's shape, for tests and benchmarks: 100 domains
     /// (`domain<i>.test`), `mailboxes` mailboxes `user<i>@domain<i % 100>.test` (every fourth an
     /// mbox, the rest Maildirs; uids 5000–5999, gid 5000, 1 GiB quota) and one alias
-    /// `sales@domain<i>.test` per domain.
+    /// `sales@domain<i>.test` per domain. Only with the `fixtures` feature.
+    #[cfg(any(test, feature = "fixtures"))]
     pub fn synthetic(mailboxes: usize) -> Directory {
         let mut d = Directory {
             settings: Settings {
@@ -286,23 +287,12 @@ impl Directory {
         d
     }
 
-    /// Whether mail for `domain` is served here.
-    pub fn serves_domain(&self, domain: &str) -> bool {
-        self.domains.contains_key(&address::fold(domain))
-    }
-
     /// Look a recipient up in the mailbox table in Postfix's order (virtual(8) V3): the full address,
     /// the address without its extension, then the domain's catch-all mailbox.
     pub fn find_mailbox(&self, recipient: &str) -> Option<Found<'_, MailboxEntry>> {
         let folded = address::fold(recipient);
-        if let Some((key, entry)) = self.mailboxes.get_key_value(&folded) {
-            return Some(Found { key, entry });
-        }
-        if let Some(stripped) =
-            address::strip_extension(&folded, &self.settings.recipient_delimiter)
-            && let Some((key, entry)) = self.mailboxes.get_key_value(&stripped)
-        {
-            return Some(Found { key, entry });
+        if let Some(found) = self.find_exact(&self.mailboxes, &folded) {
+            return Some(found);
         }
         let (_, domain) = address::split(&folded)?;
         let catch_all = self.domains.get(domain)?.catch_all.as_ref()?;
@@ -314,19 +304,13 @@ impl Directory {
     /// extension, then `@domain`.
     pub fn find_alias(&self, recipient: &str) -> Option<Found<'_, AliasEntry>> {
         let folded = address::fold(recipient);
-        if let Some((key, entry)) = self.aliases.get_key_value(&folded) {
-            return Some(Found { key, entry });
-        }
-        if let Some(stripped) =
-            address::strip_extension(&folded, &self.settings.recipient_delimiter)
-            && let Some((key, entry)) = self.aliases.get_key_value(&stripped)
-        {
-            return Some(Found { key, entry });
+        if let Some(found) = self.find_exact(&self.aliases, &folded) {
+            return Some(found);
         }
         let (local, domain) = address::split(&folded)?;
         // A specific mailbox wins over patterns and the `@domain` alias, as in Postfix where the
         // catch-all alias is only reached for addresses without an entry of their own.
-        if self.find_mailbox_exact(&folded).is_some() {
+        if self.find_exact(&self.mailboxes, &folded).is_some() {
             return None;
         }
         if let Some(found) = self.find_pattern_alias(local, domain) {
@@ -357,11 +341,18 @@ impl Directory {
             .map(|(key, entry)| Found { key, entry })
     }
 
-    fn find_mailbox_exact(&self, folded: &str) -> Option<&MailboxEntry> {
-        self.mailboxes.get(folded).or_else(|| {
-            address::strip_extension(folded, &self.settings.recipient_delimiter)
-                .and_then(|s| self.mailboxes.get(&s))
-        })
+    /// The entry of `table` for the (folded) address itself, else for the address without its
+    /// extension.
+    fn find_exact<'a, T>(
+        &self,
+        table: &'a BTreeMap<String, T>,
+        folded: &str,
+    ) -> Option<Found<'a, T>> {
+        let (key, entry) = table.get_key_value(folded).or_else(|| {
+            let stripped = address::strip_extension(folded, &self.settings.recipient_delimiter)?;
+            table.get_key_value(&stripped)
+        })?;
+        Some(Found { key, entry })
     }
 }
 

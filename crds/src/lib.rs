@@ -3,12 +3,12 @@
 
 pub mod address;
 pub mod compile;
+pub mod contract;
 pub mod directory;
 pub mod encoding;
 pub mod manifests;
 pub mod quantity;
 pub mod resources;
-pub mod selector;
 
 pub use compile::{
     CededDomain, Compiled, Diagnostic, Effect, Inputs, Kind, ObjectRef, Objects, Reason, compile,

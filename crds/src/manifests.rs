@@ -296,25 +296,24 @@ mod tests {
 
     #[test]
     fn wrong_field_type_names_file_object_and_field() {
-        let mut r = Resources::default();
         let yaml = "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: bob}\nspec:\n  address: bob@example.test\n  uid: lots\n";
-        let err = r
-            .add_yaml(Path::new("x.yaml"), yaml)
-            .unwrap_err()
-            .to_string();
+        let err = load_error("x.yaml", yaml);
         assert!(err.contains("x.yaml"), "{err}");
         assert!(err.contains("Mailbox/bob"), "{err}");
         assert!(err.contains("spec.uid"), "{err}");
     }
 
+    /// The error of loading one file `name` of text `yaml`.
+    fn load_error(name: &str, yaml: &str) -> String {
+        let mut resources = Resources::default();
+        let error = resources.add_yaml(Path::new(name), yaml).unwrap_err();
+        error.to_string()
+    }
+
     #[test]
     fn unknown_kind_is_an_error() {
-        let mut r = Resources::default();
         let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
-        let err = r
-            .add_yaml(Path::new("cm.yaml"), yaml)
-            .unwrap_err()
-            .to_string();
+        let err = load_error("cm.yaml", yaml);
         assert!(err.contains("unknown kind \"ConfigMap\""), "{err}");
     }
 
@@ -338,12 +337,8 @@ mod tests {
 
     #[test]
     fn missing_required_field_is_named() {
-        let mut r = Resources::default();
         let yaml = "apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: d}\nspec: {domain: d.test}\n";
-        let err = r
-            .add_yaml(Path::new("d.yaml"), yaml)
-            .unwrap_err()
-            .to_string();
+        let err = load_error("d.yaml", yaml);
         assert!(err.contains("postmaster"), "{err}");
     }
 
@@ -371,11 +366,7 @@ mod tests {
 
     #[test]
     fn bad_yaml_names_file() {
-        let mut r = Resources::default();
-        let err = r
-            .add_yaml(Path::new("bad.yaml"), "a: [")
-            .unwrap_err()
-            .to_string();
+        let err = load_error("bad.yaml", "a: [");
         assert!(err.starts_with("bad.yaml: invalid YAML"), "{err}");
     }
 }

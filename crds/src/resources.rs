@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 /// API group of every virtmail resource.
 pub const GROUP: &str = "virtmail.io";
@@ -97,6 +98,7 @@ fn default_replicas() -> i32 {
 }
 
 /// One Postfix + delivery agent StatefulSet serving the MailDomains it selects.
+#[skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "virtmail.io",
@@ -183,7 +185,6 @@ pub struct MailServerSpec {
 
     /// Which MailDomains in this namespace this server serves. Empty or absent selects every
     /// MailDomain in the namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_selector: Option<LabelSelector>,
 
     /// Number of Postfix + agent pods. More than one needs `storage.existingClaim`.
@@ -192,29 +193,23 @@ pub struct MailServerSpec {
     pub replicas: i32,
 
     /// Persistent volume holding the mailboxes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
 
     /// The Postfix container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postfix: Option<PostfixSpec>,
 
     /// The delivery agent container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentSpec>,
 
     /// How the server's Service exposes SMTP (default: a ClusterIP Service on port 25).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceExposure>,
 
     /// Placement and metadata of the server's pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodSettings>,
 
     /// How mail this server sends itself (a Mailbox's `autoreply`) leaves: Postfix hands it to
     /// `relayHost`. Absent: this server sends no mail of its own, and every `autoreply` is refused
     /// (reason `AutoreplyRefused` on the Mailbox).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound: Option<OutboundSpec>,
 }
 
@@ -249,19 +244,17 @@ impl Default for MailServerSpec {
 }
 
 /// Where the mailboxes live.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Use this existing PersistentVolumeClaim (shared by all replicas: it must be ReadWriteMany
     /// when replicas > 1). When absent, a claim template gives each replica its own volume.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing_claim: Option<String>,
     /// Size requested by the claim template.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))").message("size must be a quantity such as 512Mi or 10Gi"))]
     pub size: Option<Quantity>,
     /// StorageClass of the claim template; absent uses the cluster default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     /// Access modes of the claim template (default `[ReadWriteOnce]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -269,14 +262,13 @@ pub struct StorageSpec {
 }
 
 /// Settings of the Postfix container.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostfixSpec {
     /// Container image of Postfix.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Compute resources of the Postfix container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Extra main.cf parameters, applied after virtmail's profile. Parameters that wire Postfix
     /// to the agent cannot be overridden, and none may make the server relay mail for others
@@ -290,7 +282,6 @@ pub struct PostfixSpec {
     pub parameters: BTreeMap<String, String>,
     /// STARTTLS on SMTP with the certificate of a `kubernetes.io/tls` Secret in the server's
     /// namespace (keys `tls.crt`, `tls.key`). A renewed Secret is picked up without a restart.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSettings>,
     /// The load balancer in front of the Service speaks HAProxy's PROXY protocol (v1 or v2):
     /// the Service's SMTP port then reaches a Postfix listener that expects it and records the
@@ -330,6 +321,7 @@ pub enum TrafficPolicy {
 }
 
 /// The Service in front of the server's pods.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new("!has(self.nodePort) || self.type != 'ClusterIP'").message("nodePort needs type NodePort or LoadBalancer"))]
 #[x_kube(validation = Rule::new("!has(self.externalTrafficPolicy) || self.type != 'ClusterIP'").message("externalTrafficPolicy needs type NodePort or LoadBalancer"))]
@@ -343,22 +335,19 @@ pub struct ServiceExposure {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// `Cluster` or `Local` (keeps the client's address; see Kubernetes `externalTrafficPolicy`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_traffic_policy: Option<TrafficPolicy>,
     /// Fixed node port of SMTP (inside the cluster's node port range); absent: allocated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub node_port: Option<i32>,
     /// Load balancer implementation (`spec.loadBalancerClass`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer_class: Option<String>,
     /// Client networks the load balancer admits (CIDRs); absent: all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub load_balancer_source_ranges: Option<Vec<String>>,
 }
 
 /// Placement and metadata of a MailServer's pods.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSettings {
@@ -375,36 +364,31 @@ pub struct PodSettings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     /// Node and pod affinity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
     /// How replicas spread across zones or nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
     /// PriorityClass of the pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
     /// Secrets for pulling the Postfix and agent images.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Seconds a stopping pod gets (default 60). Postfix hands its queue to the agent for up to
     /// a third of it; mail still queued then stays on the pod's queue volume for the next pod.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 30, max = 3600))]
     pub termination_grace_period_seconds: Option<i64>,
 }
 
 /// Settings of the delivery agent container.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {
     /// Container image of the agent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Compute resources of the agent container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Log format of the agent: `text` or `json`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self in ['text', 'json']").message("logFormat is text or json"))]
     pub log_format: Option<String>,
     /// How the agent receives the directory: `Api` (default) watches the directory ConfigMaps
@@ -412,12 +396,10 @@ pub struct AgentSpec {
     /// from a projected ConfigMap volume, for clusters that forbid API access from pods (changes
     /// then arrive with the kubelet's sync, up to about a minute, and the agent reports
     /// provisioning in its logs and metrics instead of the Mailbox status).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory_source: Option<DirectorySource>,
     /// Namespace of the metrics scraper (e.g. Prometheus). The operator's NetworkPolicy admits
     /// connections to the agent's HTTP port (`/metrics`, `/healthz`, `/readyz`) only from pods
     /// of this namespace; absent: from no pod (SMTP stays open to all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_namespace: Option<String>,
 }
 
@@ -444,11 +426,11 @@ pub struct DirectoryStatus {
 }
 
 /// Observed state of a MailServer.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailServerStatus {
     /// Generation of the spec this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready` (the last reconcile succeeded and the spec is served as written),
     /// `Available` (every wanted pod is ready), `DirectoryPublished`, `DomainConflict`.
@@ -468,7 +450,6 @@ pub struct MailServerStatus {
     #[serde(default)]
     pub invalid: u32,
     /// The published directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<DirectoryStatus>,
     /// Pods of the StatefulSet that are ready.
     #[serde(default)]
@@ -477,32 +458,29 @@ pub struct MailServerStatus {
     #[serde(default)]
     pub replicas: i32,
     /// Label selector of the pods, as a string (the scale subresource's selector).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
 }
 
 /// Fallback owner, format and quota for the mailboxes of a domain.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailboxDefaults {
     /// uid that owns mailboxes which set none (Postfix `virtual_uid_maps = static:N`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub uid: Option<u32>,
     /// gid that owns mailboxes which set none (Postfix `virtual_gid_maps = static:N`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub gid: Option<u32>,
     /// Format of mailboxes which set none (default Maildir).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<MailboxFormat>,
     /// Quota of mailboxes which set none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))").message("quota must be a quantity such as 512Mi or 10Gi"))]
     pub quota: Option<Quantity>,
 }
 
 /// A mail domain whose recipients have virtual mailboxes (Postfix `virtual_mailbox_domains`).
+#[skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "virtmail.io",
@@ -537,21 +515,17 @@ pub struct MailDomainSpec {
     #[schemars(regex(pattern = ADDRESS_PATTERN), length(max = 320))]
     pub postmaster: String,
     /// Owner, format and quota used by mailboxes of this domain that set none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<MailboxDefaults>,
     /// Local part of a mailbox in this domain that receives mail for every address of the domain
     /// that has no Mailbox or MailAlias of its own (`@domain`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = LOCAL_PART_PATTERN), length(max = 64))]
     pub catch_all: Option<String>,
     /// The uids the domain's Mailboxes may be owned by (inclusive). A Mailbox (or the domain's
     /// default) outside it defers with `InvalidOwner`. Lets the administrator who creates the
     /// MailDomain bound what the authors of its Mailboxes may choose; absent: any uid at or
     /// above the server's `minimumUid`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid_range: Option<IdRange>,
     /// The gids the domain's Mailboxes may use (inclusive); like `uidRange`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid_range: Option<IdRange>,
 }
 
@@ -576,11 +550,11 @@ impl IdRange {
 }
 
 /// Observed state of a MailDomain.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailDomainStatus {
     /// Generation of the spec this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`: served by a MailServer's published directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -595,6 +569,7 @@ pub struct MailDomainStatus {
 }
 
 /// One virtual mailbox: a recipient address delivered to a Maildir or an mbox file on the volume.
+#[skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "virtmail.io",
@@ -651,27 +626,22 @@ pub struct MailboxSpec {
     pub address: String,
     /// `Maildir` or `Mbox`. Absent: the path decides (trailing `/` = Maildir), else the domain's
     /// default, else Maildir.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<MailboxFormat>,
     /// Location below the server's `mailboxBase`. Default `<domain>/<local>/` for Maildir and
     /// `<domain>/<local>` for Mbox. Relative; no `.` or `..` components, no empty components.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = PATH_PATTERN), length(max = 1024))]
     #[x_kube(validation = Rule::new("!self.split('/').exists(c, c == '..' || c == '.')").message("path must not contain '.' or '..' components"))]
     #[x_kube(validation = Rule::new("!self.contains('//')").message("path must not contain empty components"))]
     pub path: Option<String>,
     /// Owner uid of the mailbox; deliveries run with it. Default: the domain's `defaults.uid`.
     /// Must be at least the server's `minimumUid`; 0 is never accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub uid: Option<u32>,
     /// Group of the mailbox. Default: the domain's `defaults.gid`. 0 is never accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub gid: Option<u32>,
     /// Largest total size of the mailbox (e.g. `1Gi`); mail that would exceed it is refused at
     /// RCPT with 552 5.2.2. Absent: the domain's default, else no quota.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))").message("quota must be a quantity such as 512Mi or 10Gi"))]
     pub quota: Option<Quantity>,
     /// Temporarily refuse mail with 450 4.2.1 (senders retry); nothing is bounced.
@@ -679,7 +649,6 @@ pub struct MailboxSpec {
     pub suspended: bool,
     /// An automatic reply (RFC 3834) to mail delivered here, sent through the MailServer's
     /// `outbound` path (refused without one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoreply: Option<AutoreplySpec>,
 }
 
@@ -687,35 +656,32 @@ pub struct MailboxSpec {
 /// sender per `interval`, never to a null, `MAILER-DAEMON`, `owner-*` or `*-request` sender, nor
 /// for mail marked `Auto-Submitted` (other than `no`), `Precedence: bulk|list|junk`, mailing-list
 /// mail (`List-*` headers), or mail that does not name the mailbox's address in To or Cc.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoreplySpec {
     /// Subject of the reply. Absent: `Auto: <subject of the message>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub subject: Option<String>,
     /// Text of the reply (plain text, UTF-8).
     #[schemars(length(min = 1, max = 65536))]
     pub body: String,
     /// Reply only to mail delivered at or after this time (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// Reply only to mail delivered before this time (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// Least time between two replies to one sender: a number and a unit, `h` or `d` (e.g.
     /// `12h`, `7d`); at least `1h`. Default `7d` (RFC 3834).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,5}[hd]$"))]
     pub interval: Option<String>,
 }
 
 /// Observed state of a Mailbox.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailboxStatus {
     /// Generation of the spec this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready` (in the published directory) and `Provisioned` (exists on the volume with the
     /// right owner, set by the agent).
@@ -723,24 +689,20 @@ pub struct MailboxStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Absolute path of the mailbox inside the agent container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Format in effect (the spec's, else the path's or the domain's default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<MailboxFormat>,
     /// Owner uid in effect (the spec's, else the domain's default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     /// Group in effect (the spec's, else the domain's default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
     /// Quota in effect, in bytes, absent for none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<u64>,
 }
 
 /// A virtual alias (Postfix `virtual_alias_maps`): mail to `address` goes to every `to` address.
 /// Listing `address` itself in `to` keeps a copy in its own mailbox (the autoreply pattern).
+#[skip_serializing_none]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "virtmail.io",
@@ -778,7 +740,6 @@ pub struct MailAliasSpec {
     /// exact address (Mailbox or MailAlias) and before the domain's `@domain` alias and
     /// `catchAll`; when several patterns match, the oldest MailAlias wins. No `$1` substitution
     /// in `to`. At most 256 characters, and 256 patterns per domain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub pattern: Option<String>,
     /// Destination addresses, in this or any other domain.
@@ -787,11 +748,11 @@ pub struct MailAliasSpec {
 }
 
 /// Observed state of a MailAlias.
+#[skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailAliasStatus {
     /// Generation of the spec this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`: in the published directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -613,3 +613,63 @@ fn a_domain_two_servers_select_is_served_by_the_older_only() {
     );
     assert!(second.members.iter().all(|m| m.name != "shared-a"));
 }
+
+#[test]
+fn domain_selectors_match_as_the_apiserver_does() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let requirement = |operator: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
+        key: "region".into(),
+        operator: operator.into(),
+        values,
+    };
+    assert!(selects(None, &labels(&[])));
+    assert!(selects(
+        Some(&LabelSelector::default()),
+        &labels(&[("a", "b")])
+    ));
+    let gold_in_eu_or_us = LabelSelector {
+        match_labels: Some(labels(&[("tier", "gold")])),
+        match_expressions: Some(vec![requirement(
+            "In",
+            Some(vec!["eu".into(), "us".into()]),
+        )]),
+    };
+    assert!(selects(
+        Some(&gold_in_eu_or_us),
+        &labels(&[("tier", "gold"), ("region", "eu")])
+    ));
+    assert!(!selects(
+        Some(&gold_in_eu_or_us),
+        &labels(&[("tier", "gold"), ("region", "ap")])
+    ));
+    assert!(!selects(
+        Some(&gold_in_eu_or_us),
+        &labels(&[("region", "eu")])
+    ));
+    for (operator, values, region, expected) in [
+        ("NotIn", Some(vec!["eu".to_string()]), None, true),
+        ("NotIn", Some(vec!["eu".to_string()]), Some("eu"), false),
+        ("Exists", None, Some("ap"), true),
+        ("DoesNotExist", None, Some("ap"), false),
+        // What kube cannot parse selects nothing: a typo never widens a selection.
+        ("Bogus", None, Some("eu"), false),
+        ("In", None, Some("eu"), false),
+    ] {
+        let selector = LabelSelector {
+            match_expressions: Some(vec![requirement(operator, values)]),
+            ..Default::default()
+        };
+        let labels = labels(&region.map(|r| vec![("region", r)]).unwrap_or_default());
+        assert_eq!(
+            selects(Some(&selector), &labels),
+            expected,
+            "{operator} {region:?}"
+        );
+    }
+}

@@ -61,8 +61,8 @@ fn hundred_thousand_mailboxes_fit_in_shards_under_the_limit() {
     );
 }
 
-#[test]
-fn one_edit_changes_one_shard() {
+/// A directory of 20,000 mailboxes, and the same with one mailbox suspended.
+fn directory_and_one_edit() -> (Directory, Directory) {
     let d = directory(20_000);
     let mut edited = d.clone();
     edited
@@ -70,6 +70,12 @@ fn one_edit_changes_one_shard() {
         .get_mut("user7@domain7.test")
         .expect("exists")
         .suspended = true;
+    (d, edited)
+}
+
+#[test]
+fn one_edit_changes_one_shard() {
+    let (d, edited) = directory_and_one_edit();
     let (a, b) = (encode(&d), encode(&edited));
     assert_ne!(a.version, b.version);
     let names_a: Vec<_> = a.shards.iter().map(|s| &s.name).collect();
@@ -106,13 +112,7 @@ fn shard_names_are_numbered_slots_within_the_mount_slots() {
 #[test]
 fn a_shard_rewritten_before_its_head_is_refused_not_served() {
     // Stable names: the new content of a slot can arrive while the old head is still present.
-    let d = directory(20_000);
-    let mut edited = d.clone();
-    edited
-        .mailboxes
-        .get_mut("user7@domain7.test")
-        .expect("exists")
-        .suspended = true;
+    let (d, edited) = directory_and_one_edit();
     let (old, new) = (encode(&d), encode(&edited));
     let mut shards = shard_map(&old);
     for shard in &new.shards {
