@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use virtmail_agent::source::assemble::{Assembly, assemble};
 use virtmail_agent::deliver::{self, Engine, message};
 use virtmail_agent::server::backend::{Backend, Delivered, Recipient, Status};
 use virtmail_agent::server::lmtp::{self, BodyDecoder};
 use virtmail_agent::server::metrics::Metrics;
-use virtmail_agent::source::Holder;
 use virtmail_agent::server::socketmap::{self, FrameError, MAX_QUERY, MAX_REPLY, Reply};
 use virtmail_agent::server::{Limits, Shared};
+use virtmail_agent::source::Holder;
+use virtmail_agent::source::assemble::{Assembly, assemble};
 use virtmail_crds::encoding::{self, Data};
 use virtmail_crds::manifests::Resources;
 use virtmail_crds::{Directory, compile};

@@ -93,40 +93,48 @@ fn lookup_labels(map: usize, result: usize) -> Labels {
 impl Metrics {
     /// Register every series in `registry`.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "virtmail_deliveries",
-            "Per-recipient results after DATA, by reply class",
-            self.deliveries.clone(),
-        );
-        registry.register(
-            "virtmail_rcpt_refused",
-            "RCPT commands refused before DATA, by reply class",
-            self.rcpt_refused.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "virtmail_deliveries",
+                "Per-recipient results after DATA, by reply class",
+                &self.deliveries,
+            ),
+            (
+                "virtmail_rcpt_refused",
+                "RCPT commands refused before DATA, by reply class",
+                &self.rcpt_refused,
+            ),
+            (
+                "virtmail_lookups",
+                "socketmap lookups by map and result",
+                &self.lookups,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        for (name, help, counter) in [
+            (
+                "virtmail_connections_refused",
+                "LMTP connections refused at the connection limit",
+                &self.connections_refused,
+            ),
+            (
+                "virtmail_http_connections_refused",
+                "HTTP connections closed unanswered at the HTTP connection limit",
+                &self.http_connections_refused,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "virtmail_delivery_duration_seconds",
             "Time from the final dot to each recipient's reply",
             self.latency.clone(),
         );
         registry.register(
-            "virtmail_lookups",
-            "socketmap lookups by map and result",
-            self.lookups.clone(),
-        );
-        registry.register(
             "virtmail_open_connections",
             "Connections being served, by protocol",
             self.open.clone(),
-        );
-        registry.register(
-            "virtmail_connections_refused",
-            "LMTP connections refused at the connection limit",
-            self.connections_refused.clone(),
-        );
-        registry.register(
-            "virtmail_http_connections_refused",
-            "HTTP connections closed unanswered at the HTTP connection limit",
-            self.http_connections_refused.clone(),
         );
     }
 

@@ -46,16 +46,20 @@ impl SourceMetrics {
             "Directory loads by result (failed ones keep the previous directory)",
             reloads,
         );
-        registry.register(
-            "virtmail_directory_diagnostics",
-            "Diagnostics of the last successful load",
-            metrics.diagnostics.clone(),
-        );
-        registry.register(
-            "virtmail_directory_reload_failing",
-            "1 while the newest resources cannot be loaded",
-            metrics.failing.clone(),
-        );
+        for (name, help, gauge) in [
+            (
+                "virtmail_directory_diagnostics",
+                "Diagnostics of the last successful load",
+                &metrics.diagnostics,
+            ),
+            (
+                "virtmail_directory_reload_failing",
+                "1 while the newest resources cannot be loaded",
+                &metrics.failing,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
         registry.register_collector(Box::new(DirectorySeries {
             holder,
             state: follows_published_versions.then(|| metrics.state.clone()),
