@@ -184,8 +184,7 @@ struct ServeArgs {
     /// (kubeconfig from the environment, or the pod's service account). Needs --server.
     #[arg(long, requires = "server")]
     namespace: Option<String>,
-    /// Cluster and mounted-files modes: re-examine the mailbox volume this often even without a
-    /// new directory version.
+    /// Re-examine the mailbox volume this often even without a new directory version.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     reprovision_interval: Duration,
     /// MailServer to serve (standalone default: the only one, or an empty default server).
