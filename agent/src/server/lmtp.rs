@@ -5,6 +5,9 @@
 //! replies in one write. After the final dot there is one reply per accepted RCPT, in RCPT order,
 //! each written as soon as the delivery engine reports that copy durable.
 //!
+//! Hand-written: the SMTP server crates do not offer LMTP's per-recipient replies after the dot,
+//! streaming of the body into a size-capped buffer, or pipelining exactly as lmtp(8) uses it.
+//!
 //! # Security
 //! Everything read here is untrusted. Command lines are capped at [`MAX_LINE`] octets without
 //! buffering the excess; the message body is streamed through a byte-level state machine (no line

@@ -3,6 +3,9 @@
 //! Postfix sends the full address as the key (a pattern table gets no partial keys) and keeps
 //! its case, so this server folds case, strips the extension and applies catch-alls itself.
 //!
+//! Hand-written: no maintained crate serves Postfix's socketmap protocol, and its netstring
+//! framing is a few lines that must be bounded before anything is allocated.
+//!
 //! # Security
 //! Clients are Postfix daemons, but the framing is parsed as untrusted input: the length prefix
 //! is bounded before anything is allocated ([`MAX_QUERY`]), replies are capped at [`MAX_REPLY`],

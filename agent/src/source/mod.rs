@@ -173,11 +173,6 @@ impl Publisher {
         }
     }
 
-    /// The holder versions go into.
-    pub fn holder(&self) -> &Arc<Holder> {
-        &self.holder
-    }
-
     /// What the source last saw.
     pub fn status(&self) -> SourceStatus {
         self.state.get()
