@@ -103,3 +103,60 @@ fn text(
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::server::Limits;
+    use crate::server::metrics::Metrics;
+
+    /// Send `request` to a fresh server over an in-memory stream; the whole response.
+    async fn exchange(request: &str) -> String {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let shared = Arc::new(Shared {
+            directory: Arc::default(),
+            metrics: Arc::new(metrics),
+            limits: Limits::default(),
+            backend: Arc::new(crate::deliver::Engine::new(Default::default())),
+            hostname: "test".into(),
+            shutdown,
+        });
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let served = tokio::spawn(serve(server, Arc::new(Probes { shared, registry })));
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.unwrap();
+        served.await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn only_get_and_head_are_answered_and_the_query_is_ignored() {
+        let get = exchange("GET /healthz?probe=1 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(get.starts_with("HTTP/1.1 200 "), "{get}");
+        assert!(get.ends_with("\r\n\r\nok\n"), "{get}");
+        let post = exchange("POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+        let head = exchange("HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(
+            head.ends_with("\r\n\r\n"),
+            "a HEAD response has no body: {head}"
+        );
+        let ready = exchange("GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(
+            ready.starts_with("HTTP/1.1 503 "),
+            "nothing loaded yet: {ready}"
+        );
+        let metrics = exchange("GET /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(
+            metrics.contains("virtmail_open_connections{protocol=\"http\"} 1\n"),
+            "{metrics}"
+        );
+    }
+}

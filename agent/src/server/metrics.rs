@@ -188,3 +188,32 @@ impl Drop for OpenGuard {
         self.0.dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reply_class_is_counted_under_its_own_label() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics.delivery(2, Duration::from_millis(1));
+        metrics.delivery(4, Duration::from_millis(1));
+        metrics.delivery(4, Duration::from_millis(1));
+        metrics.delivery(5, Duration::from_millis(1));
+        metrics.rcpt_refused(4);
+        let text = crate::metrics::render(&registry);
+        for series in [
+            "virtmail_deliveries_total{class=\"2xx\"} 1\n",
+            "virtmail_deliveries_total{class=\"4xx\"} 2\n",
+            "virtmail_deliveries_total{class=\"5xx\"} 1\n",
+            "virtmail_rcpt_refused_total{class=\"4xx\"} 1\n",
+            "virtmail_rcpt_refused_total{class=\"5xx\"} 0\n",
+            "virtmail_delivery_duration_seconds_count 4\n",
+            "virtmail_lookups_total{map=\"unknown\",result=\"perm\"} 0\n",
+        ] {
+            assert!(text.contains(series), "missing {series}in:\n{text}");
+        }
+    }
+}
