@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use anyhow::Context as _;
 use virtmail_agent::check::{CheckStatus, check};
-use virtmail_agent::cluster::ClusterSource;
-use virtmail_agent::cluster::mounted::MountedSource;
-use virtmail_agent::server::{
-    self, listen, listen::Addr, logging, logging::LogFormat, reload::FileSource,
-};
+use virtmail_agent::serve::{self, provisioning::StatusReport};
+use virtmail_agent::server::{self, listen, listen::Addr, logging, logging::LogFormat};
+use virtmail_agent::source::api::ApiSource;
+use virtmail_agent::source::files::FileSource;
+use virtmail_agent::source::mounted::MountedSource;
 
 #[derive(Debug, Parser)]
 #[command(name = "virtmail-agent", version, about)]
@@ -63,7 +64,7 @@ struct DeliverArgs {
     #[arg(long)]
     original_recipient: Option<String>,
     /// How long to wait for a busy mbox lock (deferred 4.2.0 after that).
-    #[arg(long, default_value = "20s", value_parser = server::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
     lock_timeout: Duration,
     /// The smallest uid delivered to, whatever the resources say (they cannot lower it).
     #[arg(long, default_value_t = virtmail_agent::deliver::identity::DEFAULT_UID_FLOOR)]
@@ -177,15 +178,14 @@ struct ServeArgs {
     #[arg(long, conflicts_with = "namespace")]
     directory_dir: Option<PathBuf>,
     /// Mounted-files mode: how often the volume is examined for a new payload.
-    #[arg(long, default_value = "1s", value_parser = server::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     directory_poll_interval: Duration,
     /// Cluster mode: namespace of the MailServer whose directory ConfigMaps are watched
     /// (kubeconfig from the environment, or the pod's service account). Needs --server.
     #[arg(long, requires = "server")]
     namespace: Option<String>,
-    /// Cluster and mounted-files modes: re-examine the mailbox volume this often even without a
-    /// new directory version.
-    #[arg(long, default_value = "60s", value_parser = server::parse_duration)]
+    /// Re-examine the mailbox volume this often even without a new directory version.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     reprovision_interval: Duration,
     /// MailServer to serve (standalone default: the only one, or an empty default server).
     #[arg(long)]
@@ -221,19 +221,19 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     max_message_size: u64,
     /// LMTP command timeout.
-    #[arg(long, default_value = "300s", value_parser = server::parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
     command_timeout: Duration,
     /// LMTP timeout for each chunk of message data.
-    #[arg(long, default_value = "300s", value_parser = server::parse_duration)]
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
     data_timeout: Duration,
     /// socketmap idle timeout (Postfix closes its idle connections after 10 s).
-    #[arg(long, default_value = "30s", value_parser = server::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     socketmap_idle_timeout: Duration,
     /// How often `--resources` is examined for changes.
-    #[arg(long, default_value = "500ms", value_parser = server::parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     reload_interval: Duration,
     /// How long shutdown waits for open LMTP sessions.
-    #[arg(long, default_value = "60s", value_parser = server::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     shutdown_grace: Duration,
     /// The smallest uid delivered to or provisioned for. The operator sets it from the
     /// MailServer's minimumUid; the directory (a ConfigMap) cannot lower it.
@@ -253,40 +253,17 @@ struct ServeArgs {
 fn serve(args: ServeArgs) -> ExitCode {
     logging::init(args.log_format);
     virtmail_agent::deliver::identity::set_uid_floor(args.minimum_uid);
-    let submit_to = args.submit_to;
-    let config = server::Config {
-        source: match (args.resources, args.directory_dir, args.namespace) {
-            (Some(dir), _, _) => server::Source::Files(FileSource {
-                dir,
-                server: args.server,
-                mailbox_base: args.mailbox_base,
-                interval: args.reload_interval,
-            }),
-            (None, Some(dir), _) => server::Source::Mounted(MountedSource {
-                dir,
-                server: args.server,
-                mailbox_base: args.mailbox_base,
-                interval: args.directory_poll_interval,
-                reprovision_interval: args.reprovision_interval,
-                state: Default::default(),
-            }),
-            (None, None, Some(namespace)) => server::Source::Cluster(ClusterSource {
-                namespace,
-                server: args.server.unwrap_or_default(),
-                mailbox_base: args.mailbox_base,
-                state: Default::default(),
-                reprovision_interval: args.reprovision_interval,
-            }),
-            (None, None, None) => {
-                unreachable!("clap requires --resources, --directory-dir or --namespace")
-            }
-        },
+    let hostname = args.hostname.unwrap_or_else(server::default_hostname);
+    let config = serve::Config {
         lmtp: args.lmtp,
         socketmap: args.socketmap,
         http: args.http,
         socket_mode: args.socket_mode,
-        hostname: args.hostname.unwrap_or_else(server::default_hostname),
+        hostname: hostname.clone(),
         postfix_queue_stats: args.postfix_queue_stats,
+        mailbox_base: args.mailbox_base,
+        reprovision_interval: args.reprovision_interval,
+        status_report: None,
         limits: server::Limits {
             max_connections: args.max_connections,
             max_recipients: args.max_recipients,
@@ -316,19 +293,73 @@ fn serve(args: ServeArgs) -> ExitCode {
     let engine = Arc::new(virtmail_agent::deliver::Engine::new(
         virtmail_agent::deliver::Options {
             submission: Some(virtmail_agent::autoreply::Submission {
-                address: submit_to,
-                hostname: config.hostname.clone(),
+                address: args.submit_to,
+                hostname,
                 timeout: Duration::from_secs(60),
             }),
             ..Default::default()
         },
     ));
-    match runtime.block_on(server::run(config, engine)) {
+    let served = runtime.block_on(async {
+        match (args.resources, args.directory_dir, args.namespace) {
+            (Some(dir), _, _) => {
+                let source = FileSource::new(dir, args.server, args.reload_interval);
+                serve::run(source, config, engine).await
+            }
+            (None, Some(dir), _) => {
+                let source = MountedSource {
+                    dir,
+                    server: args.server,
+                    interval: args.directory_poll_interval,
+                };
+                serve::run(source, config, engine).await
+            }
+            (None, None, Some(namespace)) => {
+                // kubeconfig from the environment, or the pod's service account.
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot reach the Kubernetes API (cluster mode)")?;
+                let config = serve::Config {
+                    status_report: Some(StatusReport {
+                        client: client.clone(),
+                        namespace: namespace.clone(),
+                    }),
+                    ..config
+                };
+                let source = ApiSource {
+                    client,
+                    namespace,
+                    server: args.server.unwrap_or_default(),
+                };
+                serve::run(source, config, engine).await
+            }
+            (None, None, None) => {
+                unreachable!("clap requires --resources, --directory-dir or --namespace")
+            }
+        }
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Parse durations like `300s`, `2m`, `500ms` or bare seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 30s, 500ms, 5m)");
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, "s"));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(bad()),
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use virtmail_agent::cluster::assemble::{Assembly, assemble};
+use virtmail_agent::source::assemble::{Assembly, assemble};
 use virtmail_crds::encoding;
 
 fn corpus_dir(target: &str) -> PathBuf {

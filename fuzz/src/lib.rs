@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use virtmail_agent::cluster::assemble::{Assembly, assemble};
 use virtmail_agent::deliver::{self, Engine, message};
 use virtmail_agent::server::backend::{Backend, Delivered, Recipient, Status};
 use virtmail_agent::server::lmtp::{self, BodyDecoder};
 use virtmail_agent::server::metrics::Metrics;
-use virtmail_agent::server::reload::Holder;
 use virtmail_agent::server::socketmap::{self, FrameError, MAX_QUERY, MAX_REPLY, Reply};
 use virtmail_agent::server::{Limits, Shared};
+use virtmail_agent::source::Holder;
+use virtmail_agent::source::assemble::{Assembly, assemble};
 use virtmail_crds::encoding::{self, Data};
 use virtmail_crds::manifests::Resources;
 use virtmail_crds::{Directory, compile};
@@ -159,7 +159,6 @@ fn shared(backend: Arc<dyn Backend>) -> (Arc<Shared>, tokio::sync::watch::Sender
         limits,
         backend,
         hostname: "fuzz.test".into(),
-        source: None,
         shutdown: stopped,
     };
     (Arc::new(shared), stop)

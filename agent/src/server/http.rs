@@ -1,24 +1,35 @@
-//! A minimal HTTP/1.x server for `/healthz`, `/readyz` and `/metrics`.
+//! `/healthz`, `/readyz` and `/metrics` over HTTP/1.x, served by `hyper`.
 //!
 //! # Security
 //! Anyone who can reach the port is untrusted (the operator's NetworkPolicy admits only the
 //! metrics scraper's namespace, but the agent does not rely on it): at most
 //! [`MAX_CONNECTIONS`] connections are served at once and more are closed at once (see
-//! `accept_http`), the request head is capped at 8 KiB and [`HEAD_TIMEOUT`], the response write
-//! at [`WRITE_TIMEOUT`], only `GET` and `HEAD` of three fixed paths are answered, every response
+//! `accept_http`), the request head is capped at [`MAX_HEAD`] octets and [`HEAD_TIMEOUT`], a
+//! whole connection at [`HEAD_TIMEOUT`] + [`WRITE_TIMEOUT`], only `GET` and `HEAD` of three fixed
+//! paths are answered (other methods get 405, the query string is ignored), every response
 //! closes the connection, and nothing in the request is echoed back. `/readyz` says only
 //! `ready` or `not ready`; what is loaded (server, version, sizes, source problems) is on
 //! `/metrics`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Shared;
 use super::metrics::Proto;
 
-const MAX_HEAD: usize = 8192;
+/// Largest request head (hyper's smallest buffer limit).
+pub const MAX_HEAD: usize = 8192;
 /// Connections served at once; a scraper and the kubelet's probes need a handful.
 pub const MAX_CONNECTIONS: usize = 16;
 /// Time a client has to send its request head.
@@ -26,99 +37,126 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time a client has to take the response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// What the HTTP server answers from.
+#[derive(Debug)]
+pub struct Probes {
+    /// Connection state: the directory, the shutdown signal, the counters.
+    pub shared: Arc<Shared>,
+    /// Everything `/metrics` exports.
+    pub registry: Registry,
+}
+
 /// Serve one request and close.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Arc<Shared>) {
-    let _open = shared.metrics.open(Proto::Http);
-    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await;
-    let (status, content_type, body, head_only) = match head {
-        Ok(Some(head)) => respond(&head, &shared),
-        Ok(None) => (400, "text/plain", "bad request\n".to_string(), false),
-        Err(_) => return,
-    };
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if !head_only {
-        response.push_str(&body);
-    }
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await;
+pub async fn serve<S>(stream: S, probes: Arc<Probes>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _open = probes.shared.metrics.open(Proto::Http);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let response = respond(&request, &probes);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(HEAD_TIMEOUT + WRITE_TIMEOUT, connection).await;
 }
 
-/// Read up to the blank line that ends the request head.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return String::from_utf8(head).ok();
-        }
-        if head.len() > MAX_HEAD {
-            return None;
-        }
+/// The response to one request (hyper leaves out the body of a `HEAD` response).
+fn respond(request: &Request<Incoming>, probes: &Probes) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n");
     }
-}
-
-/// Gauges of the directory source: 1 while a newer version cannot be served, 1 while the source
-/// cannot be read (API unreachable, volume unreadable).
-fn source_metrics(shared: &Shared) -> String {
-    let Some(state) = &shared.source else {
-        return String::new();
-    };
-    let status = state.get();
-    format!(
-        "# HELP virtmail_directory_pending 1 while a newer directory version cannot be served yet (missing or mismatched shard); the last good version keeps serving.\n\
-         # TYPE virtmail_directory_pending gauge\n\
-         virtmail_directory_pending {}\n\
-         # HELP virtmail_directory_source_error 1 while the directory source cannot be read (API unreachable, volume unreadable).\n\
-         # TYPE virtmail_directory_source_error gauge\n\
-         virtmail_directory_source_error {}\n",
-        u8::from(status.pending.is_some()),
-        u8::from(status.watch_error.is_some())
-    )
-}
-
-fn respond(head: &str, shared: &Shared) -> (u16, &'static str, String, bool) {
-    let mut words = head.lines().next().unwrap_or("").split(' ');
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        return (405, "text/plain", "method not allowed\n".into(), false);
-    }
-    let path = target.split('?').next().unwrap_or("");
-    let text = "text/plain; charset=utf-8";
-    let (status, content_type, body) = match path {
-        "/healthz" => (200, text, "ok\n".to_string()),
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" => {
-            let stopping = *shared.shutdown.borrow();
-            if !stopping && shared.directory.current().is_some() {
-                (200, text, "ready\n".to_string())
+            let shared = &probes.shared;
+            if !*shared.shutdown.borrow() && shared.directory.current().is_some() {
+                text(StatusCode::OK, TEXT, "ready\n")
             } else {
-                (503, text, "not ready\n".to_string())
+                text(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n")
             }
         }
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(&shared.directory) + &source_metrics(shared),
+        "/metrics" => text(
+            StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            crate::metrics::render(&probes.registry),
         ),
-        _ => (404, text, "not found\n".to_string()),
-    };
-    (status, content_type, body, head_only)
+        _ => text(StatusCode::NOT_FOUND, TEXT, "not found\n"),
+    }
+}
+
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::server::Limits;
+    use crate::server::metrics::Metrics;
+
+    /// Send `request` to a fresh server over an in-memory stream; the whole response.
+    async fn exchange(request: &str) -> String {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let shared = Arc::new(Shared {
+            directory: Arc::default(),
+            metrics: Arc::new(metrics),
+            limits: Limits::default(),
+            backend: Arc::new(crate::deliver::Engine::new(Default::default())),
+            hostname: "test".into(),
+            shutdown,
+        });
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let served = tokio::spawn(serve(server, Arc::new(Probes { shared, registry })));
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        client.read_to_string(&mut response).await.unwrap();
+        served.await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn only_get_and_head_are_answered_and_the_query_is_ignored() {
+        let get = exchange("GET /healthz?probe=1 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(get.starts_with("HTTP/1.1 200 "), "{get}");
+        assert!(get.ends_with("\r\n\r\nok\n"), "{get}");
+        let post = exchange("POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+        let head = exchange("HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(
+            head.ends_with("\r\n\r\n"),
+            "a HEAD response has no body: {head}"
+        );
+        let ready = exchange("GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(
+            ready.starts_with("HTTP/1.1 503 "),
+            "nothing loaded yet: {ready}"
+        );
+        let metrics = exchange("GET /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(
+            metrics.contains("virtmail_open_connections{protocol=\"http\"} 1\n"),
+            "{metrics}"
+        );
+    }
 }

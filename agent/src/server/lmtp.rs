@@ -5,6 +5,9 @@
 //! replies in one write. After the final dot there is one reply per accepted RCPT, in RCPT order,
 //! each written as soon as the delivery engine reports that copy durable.
 //!
+//! Hand-written: the SMTP server crates do not offer LMTP's per-recipient replies after the dot,
+//! streaming of the body into a size-capped buffer, or pipelining exactly as lmtp(8) uses it.
+//!
 //! # Security
 //! Everything read here is untrusted. Command lines are capped at [`MAX_LINE`] octets without
 //! buffering the excess; the message body is streamed through a byte-level state machine (no line
@@ -23,8 +26,8 @@ use virtmail_crds::address;
 use super::Shared;
 use super::backend::{Recipient, Status};
 use super::metrics::Proto;
-use super::reload::Loaded;
 use super::socketmap::unquote_address;
+use crate::source::Loaded;
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const MAX_LINE: usize = 512;
@@ -120,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             let line = tokio::select! {
                 biased;
                 line = tokio::time::timeout(timeout, read_line(&mut self.reader, MAX_LINE)) => line,
-                _ = super::stopped(&mut shutdown), if self.reader.buffer().is_empty() => {
+                _ = crate::stopped(&mut shutdown), if self.reader.buffer().is_empty() => {
                     return self.close("421 4.3.2 Service shutting down").await;
                 }
             };

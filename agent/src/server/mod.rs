@@ -1,8 +1,7 @@
-//! `virtmail-agent serve`: LMTP, socketmap and HTTP servers over a hot-swapped directory.
+//! The agent's servers: LMTP, socketmap and HTTP over the current directory, nothing else.
 //!
-//! The directory lives in a [`reload::Holder`] (an atomic `Arc` swap). In standalone mode a
-//! [`reload::FileSource`] feeds it from `--resources`; a cluster source only has to call
-//! [`reload::Holder::swap`] too.
+//! Every connection reads the directory from [`Shared::directory`] (a [`Holder`] some
+//! [`crate::source::DirectorySource`] fills); loading, polling and provisioning happen outside.
 
 pub mod backend;
 pub mod http;
@@ -10,20 +9,19 @@ pub mod listen;
 pub mod lmtp;
 pub mod logging;
 pub mod metrics;
-pub mod reload;
 pub mod socketmap;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::{Semaphore, watch};
+use prometheus_client::registry::Registry;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::cluster::source::SourceState;
+use crate::source::Holder;
 use backend::Backend;
 use listen::{Addr, Listener};
 use metrics::Metrics;
-use reload::{FileSource, Holder};
 
 /// Protocol limits (defaults suit Postfix's lmtp(8) client).
 #[derive(Debug, Clone)]
@@ -64,50 +62,6 @@ impl Default for Limits {
     }
 }
 
-/// Where the directory comes from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// Standalone: resource manifests under `--resources`.
-    Files(FileSource),
-    /// Cluster: the directory ConfigMaps the operator publishes (`--namespace`, `--server`).
-    Cluster(crate::cluster::ClusterSource),
-    /// Cluster without API access: the same ConfigMaps as a projected volume (`--directory-dir`).
-    Mounted(crate::cluster::mounted::MountedSource),
-}
-
-impl Source {
-    /// What a directory source reports for `/readyz` and `/metrics` (none in standalone mode,
-    /// which reports through its reload counters).
-    pub fn state(&self) -> Option<Arc<SourceState>> {
-        match self {
-            Source::Files(_) => None,
-            Source::Cluster(source) => Some(source.state.clone()),
-            Source::Mounted(source) => Some(source.state.clone()),
-        }
-    }
-}
-
-/// Everything `serve` needs.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Where the directory comes from.
-    pub source: Source,
-    /// LMTP address.
-    pub lmtp: Addr,
-    /// socketmap address.
-    pub socketmap: Addr,
-    /// HTTP address.
-    pub http: Addr,
-    /// Mode of created unix sockets.
-    pub socket_mode: u32,
-    /// Name in the greeting and LHLO reply.
-    pub hostname: String,
-    /// Limits.
-    pub limits: Limits,
-    /// The Postfix container's queue size file, if it writes one.
-    pub postfix_queue_stats: Option<std::path::PathBuf>,
-}
-
 /// State shared by every connection.
 #[derive(Debug)]
 pub struct Shared {
@@ -121,8 +75,6 @@ pub struct Shared {
     pub backend: Arc<dyn Backend>,
     /// Greeting name.
     pub hostname: String,
-    /// Why the newest directory version is not served (cluster and mounted modes).
-    pub source: Option<Arc<SourceState>>,
     /// Turns true when shutdown begins.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -136,144 +88,118 @@ pub fn default_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Run until SIGTERM or SIGINT, then shut down gracefully.
-pub async fn run(config: Config, backend: Arc<dyn Backend>) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::with_postfix_queue_stats(
-        config.postfix_queue_stats.clone(),
-    ));
-    let holder = Arc::new(Holder::default());
-    let files_seen = match &config.source {
-        Source::Files(source) => {
-            let (source, h, m) = (source.clone(), holder.clone(), metrics.clone());
-            tokio::task::spawn_blocking(move || source.load_initial(&h, &m)).await?
-        }
-        _ => Vec::new(),
-    };
-    let lmtp = Listener::bind(&config.lmtp, config.socket_mode)
-        .await
-        .with_context(|| format!("LMTP listener {}", config.lmtp))?;
-    let socketmap = Listener::bind(&config.socketmap, config.socket_mode)
-        .await
-        .with_context(|| format!("socketmap listener {}", config.socketmap))?;
-    let http = Listener::bind(&config.http, config.socket_mode)
-        .await
-        .with_context(|| format!("HTTP listener {}", config.http))?;
-    tracing::info!(
-        lmtp = %lmtp.local_addr()?,
-        socketmap = %socketmap.local_addr()?,
-        http = %http.local_addr()?,
-        socket_mode = format!("{:o}", config.socket_mode),
-        "listening"
-    );
+/// The three listeners, bound.
+#[derive(Debug)]
+pub struct Listeners {
+    lmtp: Listener,
+    socketmap: Listener,
+    http: Listener,
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        directory: holder.clone(),
-        metrics: metrics.clone(),
-        limits: config.limits.clone(),
-        backend,
-        hostname: config.hostname.clone(),
-        source: config.source.state(),
-        shutdown: stop_rx.clone(),
-    });
-    let publish_into = |holder: Arc<Holder>, metrics: Arc<Metrics>, from: &'static str| {
-        move |directory: Arc<virtmail_crds::Directory>, version: &str| {
-            let loaded = holder.swap_with_version(directory, version.to_string());
-            metrics.reload_ok(0);
-            tracing::info!(
-                version = %loaded.version,
-                mailboxes = loaded.directory.mailboxes.len(),
-                "directory loaded from {from}"
-            );
-        }
-    };
-    match config.source.clone() {
-        Source::Files(source) => {
-            tokio::spawn(source.run(files_seen, holder.clone(), metrics.clone(), stop_rx.clone()));
-            tokio::spawn(provision_standalone(
-                holder.clone(),
-                Duration::from_secs(60),
-            ));
-        }
-        Source::Cluster(source) => {
-            // kubeconfig from the environment, or the pod's service account.
-            let client = kube::Client::try_default()
+impl Listeners {
+    /// Bind LMTP, socketmap and HTTP; unix sockets get `socket_mode`.
+    pub async fn bind(
+        lmtp: &Addr,
+        socketmap: &Addr,
+        http: &Addr,
+        socket_mode: u32,
+    ) -> anyhow::Result<Self> {
+        async fn bind(addr: &Addr, mode: u32, name: &str) -> anyhow::Result<Listener> {
+            Listener::bind(addr, mode)
                 .await
-                .context("cannot reach the Kubernetes API (cluster mode)")?;
-            let publish = publish_into(holder.clone(), metrics.clone(), "ConfigMaps");
-            tokio::spawn(source.run(client, publish, stop_rx.clone()));
+                .with_context(|| format!("{name} listener {addr}"))
         }
-        Source::Mounted(source) => {
-            let publish = publish_into(holder.clone(), metrics.clone(), "the mounted volume");
-            // No API: provisioning problems go to the log (as in standalone mode).
-            let interval = source.reprovision_interval;
-            tokio::spawn(source.run(publish, stop_rx.clone()));
-            tokio::spawn(provision_standalone(holder.clone(), interval));
-        }
+        let listeners = Listeners {
+            lmtp: bind(lmtp, socket_mode, "LMTP").await?,
+            socketmap: bind(socketmap, socket_mode, "socketmap").await?,
+            http: bind(http, socket_mode, "HTTP").await?,
+        };
+        tracing::info!(
+            lmtp = %listeners.lmtp.local_addr()?,
+            socketmap = %listeners.socketmap.local_addr()?,
+            http = %listeners.http.local_addr()?,
+            socket_mode = format!("{socket_mode:o}"),
+            "listening"
+        );
+        Ok(listeners)
     }
 
-    let sessions = Arc::new(Semaphore::new(config.limits.max_connections));
-    let lmtp_task = tokio::spawn(accept_lmtp(lmtp, shared.clone(), sessions.clone()));
-    let map_task = tokio::spawn(accept_socketmap(socketmap, shared.clone()));
-    let http_task = tokio::spawn(accept_http(http, shared.clone()));
-
-    wait_for_signal().await?;
-    tracing::info!("shutting down: no new connections, finishing open sessions");
-    let _ = stop_tx.send(true);
-    // Accept loops return on the signal and drop their listeners (removing unix socket files).
-    let _ = tokio::join!(lmtp_task, map_task, http_task);
-    let all = u32::try_from(config.limits.max_connections).unwrap_or(u32::MAX);
-    match tokio::time::timeout(config.limits.shutdown_grace, sessions.acquire_many(all)).await {
-        Ok(_) => tracing::info!("all LMTP sessions finished"),
-        Err(_) => tracing::warn!(
-            "LMTP sessions still open after {:?}; exiting anyway",
-            config.limits.shutdown_grace
-        ),
-    }
-    Ok(())
-}
-
-/// Standalone mode: provision the mailboxes of every directory swapped in (and again every
-/// `interval`, so a volume fixed by hand is picked up). There is no API to report to; problems
-/// are logged.
-async fn provision_standalone(holder: Arc<Holder>, interval: Duration) {
-    let mut done: Option<(String, std::time::Instant)> = None;
-    loop {
-        if let Some(loaded) = holder.current() {
-            let due = match &done {
-                Some((version, at)) => *version != loaded.version || at.elapsed() >= interval,
-                None => true,
-            };
-            if due {
-                let version = loaded.version.clone();
-                crate::cluster::provision_round(loaded.directory.clone()).await;
-                done = Some((version, std::time::Instant::now()));
+    /// Serve until `shared.shutdown` turns true, then give open LMTP sessions up to
+    /// `shutdown_grace` to finish. `registry` is what `/metrics` exports.
+    pub async fn serve(self, shared: Arc<Shared>, registry: Registry) {
+        let limits = &shared.limits;
+        let sessions = Arc::new(Semaphore::new(limits.max_connections));
+        let socketmap_clients = Arc::new(Semaphore::new(limits.max_socketmap_connections));
+        // Capped: an idle or slow client holds a permit until its timeout, and more clients
+        // than this are closed at once instead of costing a task and a descriptor each.
+        let http_clients = Arc::new(Semaphore::new(http::MAX_CONNECTIONS));
+        let probes = Arc::new(http::Probes {
+            shared: shared.clone(),
+            registry,
+        });
+        let lmtp = accept(self.lmtp, shared.clone(), sessions.clone(), {
+            let shared = shared.clone();
+            move |stream, permit| match permit {
+                Some(permit) => {
+                    tokio::spawn(lmtp::serve(stream, shared.clone(), permit));
+                }
+                None => {
+                    shared.metrics.refused_connection();
+                    tokio::spawn(lmtp::refuse(stream));
+                }
             }
+        });
+        let socketmap = accept(self.socketmap, shared.clone(), socketmap_clients, {
+            let shared = shared.clone();
+            move |stream, permit| {
+                if let Some(permit) = permit {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        socketmap::serve(stream, shared).await;
+                    });
+                }
+            }
+        });
+        let http = accept(self.http, shared.clone(), http_clients, {
+            let shared = shared.clone();
+            move |stream, permit| match permit {
+                Some(permit) => {
+                    let probes = probes.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        http::serve(stream, probes).await;
+                    });
+                }
+                None => shared.metrics.refused_http_connection(),
+            }
+        });
+        // Accept loops return on the signal and drop their listeners (removing unix socket files).
+        tokio::join!(lmtp, socketmap, http);
+        let grace = shared.limits.shutdown_grace;
+        let all = u32::try_from(shared.limits.max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(grace, sessions.acquire_many(all)).await {
+            Ok(_) => tracing::info!("all LMTP sessions finished"),
+            Err(_) => tracing::warn!("LMTP sessions still open after {grace:?}; exiting anyway"),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
-}
-
-/// Accept until shutdown; each turn either gets a connection or sees the stop signal.
-async fn accept_until_stopped(listener: &Listener, shared: &Shared) -> Option<listen::Stream> {
+/// Accept until shutdown, handing each connection to `handle` with a permit from `slots`, or
+/// `None` when all are taken (a connection dropped there is closed).
+async fn accept(
+    listener: Listener,
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    handle: impl Fn(listen::Stream, Option<OwnedSemaphorePermit>),
+) {
     let mut stop = shared.shutdown.clone();
     loop {
         tokio::select! {
             biased;
-            _ = stopped(&mut stop) => return None,
+            _ = crate::stopped(&mut stop) => return,
             accepted = listener.accept() => match accepted {
-                Ok(stream) => return Some(stream),
+                Ok(stream) => handle(stream, slots.clone().try_acquire_owned().ok()),
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {error}");
@@ -281,74 +207,5 @@ async fn accept_until_stopped(listener: &Listener, shared: &Shared) -> Option<li
                 }
             },
         }
-    }
-}
-
-async fn accept_lmtp(listener: Listener, shared: Arc<Shared>, sessions: Arc<Semaphore>) {
-    while let Some(stream) = accept_until_stopped(&listener, &shared).await {
-        match sessions.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(lmtp::serve(stream, shared.clone(), permit));
-            }
-            Err(_) => {
-                shared.metrics.refused_connection();
-                tokio::spawn(lmtp::refuse(stream));
-            }
-        }
-    }
-}
-
-async fn accept_socketmap(listener: Listener, shared: Arc<Shared>) {
-    let clients = Arc::new(Semaphore::new(shared.limits.max_socketmap_connections));
-    while let Some(stream) = accept_until_stopped(&listener, &shared).await {
-        if let Ok(permit) = clients.clone().try_acquire_owned() {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                socketmap::serve(stream, shared).await;
-            });
-        }
-    }
-}
-
-async fn accept_http(listener: Listener, shared: Arc<Shared>) {
-    // Capped: an idle or slow client holds a permit until its timeout, and more clients than
-    // this are closed at once instead of costing a task and a descriptor each.
-    let clients = Arc::new(Semaphore::new(http::MAX_CONNECTIONS));
-    while let Some(stream) = accept_until_stopped(&listener, &shared).await {
-        match clients.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    http::serve(stream, shared).await;
-                });
-            }
-            Err(_) => {
-                shared.metrics.refused_http_connection();
-                drop(stream);
-            }
-        }
-    }
-}
-
-/// Resolves once shutdown has begun (the guard `wait_for` returns is not `Send`).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Parse durations like `300s`, `2m`, `500ms` or bare seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration (e.g. 30s, 500ms, 5m)");
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| text.split_at(i))
-        .unwrap_or((text, "s"));
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(bad()),
     }
 }

@@ -3,6 +3,9 @@
 //! Postfix sends the full address as the key (a pattern table gets no partial keys) and keeps
 //! its case, so this server folds case, strips the extension and applies catch-alls itself.
 //!
+//! Hand-written: no maintained crate serves Postfix's socketmap protocol, and its netstring
+//! framing is a few lines that must be bounded before anything is allocated.
+//!
 //! # Security
 //! Clients are Postfix daemons, but the framing is parsed as untrusted input: the length prefix
 //! is bounded before anything is allocated ([`MAX_QUERY`]), replies are capped at [`MAX_REPLY`],
@@ -15,6 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use virtmail_crds::Directory;
 use virtmail_crds::address;
+use virtmail_crds::directory::Deferral;
 
 use super::Shared;
 use super::metrics::Proto;
@@ -113,39 +117,37 @@ pub fn lookup(directory: Option<&Directory>, request: &str) -> (usize, Reply) {
                 Reply::NotFound
             }
         }
-        1 => {
-            let key = unquote_address(key);
-            if address::split(&key).is_none() {
-                Reply::NotFound
-            } else {
-                match d.find_mailbox(&key) {
-                    Some(found) => match &found.entry.defer {
-                        Some(defer) => Reply::Temp(format!("{}: {}", defer.reason, defer.message)),
-                        None => Reply::Ok(found.entry.path.clone()),
-                    },
-                    None => Reply::NotFound,
-                }
-            }
-        }
-        _ => {
-            let key = unquote_address(key);
-            // Postfix also asks the alias map for bare domains (virtual_alias_domains defaults
-            // to $virtual_alias_maps); those are never alias domains here.
-            if address::split(&key).is_none() {
-                Reply::NotFound
-            } else {
-                match d.find_alias(&key) {
-                    Some(found) => match &found.entry.defer {
-                        Some(defer) => Reply::Temp(format!("{}: {}", defer.reason, defer.message)),
-                        None if found.entry.to.is_empty() => Reply::NotFound,
-                        None => Reply::Ok(found.entry.to.join(",")),
-                    },
-                    None => Reply::NotFound,
-                }
-            }
-        }
+        1 => address_reply(key, |key| {
+            d.find_mailbox(key)
+                .map(|found| (&found.entry.defer, Some(found.entry.path.clone())))
+        }),
+        // Postfix also asks the alias map for bare domains (virtual_alias_domains defaults to
+        // $virtual_alias_maps); those are never alias domains here.
+        _ => address_reply(key, |key| {
+            d.find_alias(key).map(|found| {
+                let to = &found.entry.to;
+                (&found.entry.defer, (!to.is_empty()).then(|| to.join(",")))
+            })
+        }),
     };
     (map, reply)
+}
+
+/// The reply for an address `key` (quoted or not): not found unless `find` knows the address,
+/// a temporary failure for an entry that defers, else the entry's value (`None`: not found).
+fn address_reply<'d>(
+    key: &str,
+    find: impl FnOnce(&str) -> Option<(&'d Option<Deferral>, Option<String>)>,
+) -> Reply {
+    let key = unquote_address(key);
+    if address::split(&key).is_none() {
+        return Reply::NotFound;
+    }
+    match find(&key) {
+        Some((Some(defer), _)) => Reply::Temp(format!("{}: {}", defer.reason, defer.message)),
+        Some((None, Some(value))) => Reply::Ok(value),
+        Some((None, None)) | None => Reply::NotFound,
+    }
 }
 
 /// Why a frame could not be read.

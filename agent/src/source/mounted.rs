@@ -26,15 +26,13 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use virtmail_crds::Directory;
 use virtmail_crds::encoding::Data;
 
 use super::assemble::{Assembly, assemble};
-use super::source::{SourceState, settle};
+use super::{DirectorySource, Publisher};
 
 /// The kubelet's symlink to the current payload.
 const DATA_LINK: &str = "..data";
@@ -51,14 +49,8 @@ pub struct MountedSource {
     pub dir: PathBuf,
     /// The MailServer the directory must belong to (its `settings.server`), if given.
     pub server: Option<String>,
-    /// Mailbox base to provision (default: the directory's `mailboxBase`).
-    pub mailbox_base: Option<PathBuf>,
     /// How often the volume is examined for a new payload.
     pub interval: Duration,
-    /// Provisioning also runs this often without a new version.
-    pub reprovision_interval: Duration,
-    /// What the source last saw.
-    pub state: Arc<SourceState>,
 }
 
 /// One consistent read of the volume.
@@ -231,29 +223,17 @@ pub fn assemble_snapshot(
     }
 }
 
-impl MountedSource {
+impl DirectorySource for MountedSource {
     /// Examine the volume every `interval` and publish every new complete version, until `stop`
     /// turns true.
-    pub async fn run(
-        self,
-        publish: impl Fn(Arc<Directory>, &str) + Send + Sync + 'static,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    async fn run(self, publisher: Publisher, mut stop: watch::Receiver<bool>) {
         let mut attempted: Option<(String, Instant)> = None;
         let head = format!("directory head in {}", self.dir.display());
-        let base = self.mailbox_base.clone();
-        let publish = move |mut directory: Directory, version: &str| {
-            if let Some(base) = &base {
-                directory.settings.mailbox_base = base.display().to_string();
-            }
-            publish(Arc::new(directory), version);
-        };
         loop {
             let dir = self.dir.clone();
-            let key = tokio::task::spawn_blocking(move || payload_key(&dir)).await;
-            match key {
-                Ok(Ok(key)) => {
-                    let pending = self.state.get().pending.is_some();
+            match blocking(move || payload_key(&dir)).await {
+                Ok(key) => {
+                    let pending = publisher.status().pending.is_some();
                     let due = match &attempted {
                         Some((last, at)) => {
                             *last != key || (pending && at.elapsed() >= RETRY_INTERVAL)
@@ -262,11 +242,10 @@ impl MountedSource {
                     };
                     if due {
                         attempted = Some((key, Instant::now()));
-                        self.attempt(&head, &publish).await;
+                        self.attempt(&head, &publisher).await;
                     }
                 }
-                Ok(Err(error)) => self.failed(error.to_string()),
-                Err(error) => self.failed(error.to_string()),
+                Err(error) => self.failed(&publisher, error),
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
@@ -274,25 +253,37 @@ impl MountedSource {
             }
         }
     }
+}
 
-    async fn attempt(&self, head: &str, publish: &impl Fn(Directory, &str)) {
+impl MountedSource {
+    async fn attempt(&self, head: &str, publisher: &Publisher) {
         let dir = self.dir.clone();
-        match tokio::task::spawn_blocking(move || read_snapshot(&dir)).await {
-            Ok(Ok(snapshot)) => {
-                self.state.update(|s| s.watch_error = None);
-                let serving = self.state.get().serving;
+        match blocking(move || read_snapshot(&dir)).await {
+            Ok(snapshot) => {
+                publisher.source_error(None);
+                let serving = publisher.status().serving;
                 let assembly =
                     assemble_snapshot(&snapshot, self.server.as_deref(), serving.as_deref());
-                settle(&self.state, head, assembly, publish);
+                publisher.settle(head, assembly);
             }
-            Ok(Err(error)) => self.failed(error.to_string()),
-            Err(error) => self.failed(error.to_string()),
+            Err(error) => self.failed(publisher, error),
         }
     }
 
-    fn failed(&self, error: String) {
+    fn failed(&self, publisher: &Publisher, error: String) {
         tracing::warn!(dir = %self.dir.display(), %error, "cannot read the directory volume; serving the last good version");
-        self.state.update(|s| s.watch_error = Some(error));
+        publisher.source_error(Some(error));
+    }
+}
+
+/// Run a file system read on a blocking thread; a read error and a failed task are both errors.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
     }
 }
 

@@ -1,6 +1,7 @@
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
+use virtmail_crds::Directory;
 use virtmail_crds::encoding::{self, DecodeError, Encoded};
 use virtmail_crds::manifests::load_dir;
 
@@ -66,12 +67,18 @@ fn ready(assembly: Assembly) -> (Box<Directory>, String) {
     }
 }
 
-#[test]
-fn plain_directory_is_read_as_it_is() {
+/// An example written as a plain directory, and what reading it gives.
+fn plain_volume(example: &str) -> (tempfile::TempDir, Encoded, Snapshot) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let e = encoded("3-many-virtual-users", |_| {});
+    let e = encoded(example, |_| {});
     write_files(tmp.path(), &payload_files(&e));
     let snapshot = read_snapshot(tmp.path()).expect("read");
+    (tmp, e, snapshot)
+}
+
+#[test]
+fn plain_directory_is_read_as_it_is() {
+    let (tmp, e, snapshot) = plain_volume("3-many-virtual-users");
     let (directory, version) = ready(assemble_snapshot(&snapshot, None, None));
     assert_eq!(version, e.version);
     assert_eq!(directory.mailboxes.len(), 13);
@@ -151,10 +158,7 @@ fn empty_volume_has_no_head() {
 
 #[test]
 fn directory_of_another_server_is_refused() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let e = encoded("1-virtual-for-all-mail", |_| {});
-    write_files(tmp.path(), &payload_files(&e));
-    let snapshot = read_snapshot(tmp.path()).expect("read");
+    let (_tmp, _, snapshot) = plain_volume("1-virtual-for-all-mail");
     assert!(matches!(
         assemble_snapshot(&snapshot, Some("other"), None),
         Assembly::Invalid {
