@@ -383,3 +383,65 @@ fn main() -> ExitCode {
         Command::Deliver(args) => deliver(*args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtmail_crds::contract::{self, AgentArgs, AgentDirectory};
+
+    /// The operator writes `AgentArgs` into the pod; this parser must take them as meant.
+    #[test]
+    fn the_pod_arguments_parse_as_the_contract_means_them() {
+        for directory in [
+            AgentDirectory::Api {
+                namespace: "mail".into(),
+            },
+            AgentDirectory::Mounted {
+                dir: contract::DIRECTORY_DIR.into(),
+            },
+        ] {
+            let args = AgentArgs {
+                server: "mx".into(),
+                directory: directory.clone(),
+                mailbox_base: "/var/mail/vhosts".into(),
+                minimum_uid: 1234,
+                log_format: Some("json".into()),
+            };
+            let argv = std::iter::once("virtmail-agent".to_string()).chain(args.to_args());
+            let Command::Serve(serve) = Cli::try_parse_from(argv).expect("parses").command else {
+                panic!("not serve");
+            };
+            assert_eq!(serve.server.as_deref(), Some("mx"));
+            match directory {
+                AgentDirectory::Api { namespace } => {
+                    assert_eq!(serve.namespace, Some(namespace));
+                    assert_eq!(serve.directory_dir, None);
+                }
+                AgentDirectory::Mounted { dir } => {
+                    assert_eq!(serve.directory_dir, Some(PathBuf::from(dir)));
+                    assert_eq!(serve.namespace, None);
+                }
+            }
+            assert_eq!(serve.mailbox_base, Some(PathBuf::from("/var/mail/vhosts")));
+            assert_eq!(
+                serve.lmtp,
+                Addr::Unix(contract::LMTP_SOCKET.into()),
+                "Postfix's virtual_transport"
+            );
+            assert_eq!(
+                serve.socketmap,
+                Addr::Unix(contract::SOCKETMAP_SOCKET.into())
+            );
+            assert_eq!(
+                serve.http.to_string(),
+                format!("0.0.0.0:{}", contract::AGENT_HTTP_PORT)
+            );
+            assert_eq!(serve.minimum_uid, 1234);
+            assert_eq!(
+                serve.postfix_queue_stats,
+                Some(PathBuf::from(contract::POSTFIX_QUEUE_STATS))
+            );
+            assert!(matches!(serve.log_format, LogFormat::Json));
+        }
+    }
+}

@@ -29,6 +29,7 @@ use virtmail_agent::server::socketmap::{self, FrameError, MAX_QUERY, MAX_REPLY, 
 use virtmail_agent::server::{Limits, Shared};
 use virtmail_agent::source::Holder;
 use virtmail_agent::source::assemble::{Assembly, assemble};
+use virtmail_crds::contract::SocketmapMap;
 use virtmail_crds::encoding::{self, Data};
 use virtmail_crds::manifests::Resources;
 use virtmail_crds::{Directory, compile};
@@ -427,7 +428,11 @@ pub fn socketmap_netstring(data: &[u8]) {
             continue;
         };
         let (map, reply) = socketmap::lookup(Some(directory), request);
-        assert!(map <= 3);
+        assert_eq!(
+            map.is_none(),
+            matches!(&reply, Reply::Perm(why) if why.starts_with("unknown map")),
+            "an unknown map is refused, and only that: {request:?}"
+        );
         if let Reply::Ok(value) = &reply {
             assert!(!value.is_empty(), "OK with an empty value for {request:?}");
         }
@@ -589,8 +594,8 @@ pub fn directory_decode(data: &[u8]) {
         .chain(directory.aliases.keys())
         .chain(directory.domains.keys());
     for key in keys {
-        for map in ["domain", "mailbox", "alias"] {
-            let _ = socketmap::lookup(Some(&directory), &format!("{map} {key}"));
+        for map in SocketmapMap::ALL {
+            let _ = socketmap::lookup(Some(&directory), &format!("{} {key}", map.name()));
         }
         let _ = deliver::resolve(&directory, key);
     }

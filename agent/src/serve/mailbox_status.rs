@@ -5,20 +5,22 @@
 
 use std::collections::HashMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use virtmail_crds::Mailbox;
+use virtmail_crds::contract::{self, WantedCondition, condition};
 
 use crate::provision::Report;
 
 /// Field manager of the agent's status writes.
 pub const FIELD_MANAGER: &str = "virtmail-agent";
 
-/// What was last written per Mailbox object: `(status, reason, message, lastTransitionTime)`.
+/// The `Provisioned` condition last written per Mailbox object.
 #[derive(Debug, Default)]
-pub struct Written(HashMap<String, (bool, String, String, String)>);
+pub struct Written(HashMap<String, Condition>);
 
 /// Patch the `Provisioned` condition of every report whose condition changed. Returns how many
 /// patches failed (logged); a failed patch is retried with the next version.
@@ -30,37 +32,34 @@ pub async fn publish(
 ) -> usize {
     let api: Api<Mailbox> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let now = Time(Timestamp::now());
     let mut failures = 0;
     for report in reports {
         let (status, reason, message) = report.state.condition(&report.path);
-        let previous = written.0.get(&report.object);
-        if previous.is_some_and(|p| p.0 == status && p.1 == reason && p.2 == message) {
+        let wanted = WantedCondition {
+            type_: condition::PROVISIONED,
+            status,
+            reason: reason.into(),
+            message,
+        };
+        let previous = written.0.get(&report.object).cloned();
+        let previous = previous.as_slice();
+        let merged = contract::merge_conditions(previous, &[wanted], None, &now);
+        if !contract::conditions_differ(previous, &merged) {
             continue;
         }
-        let since = match previous {
-            Some(p) if p.0 == status => p.3.clone(),
-            _ => Timestamp::now().to_string(),
-        };
         let patch = json!({
             "apiVersion": "virtmail.io/v1alpha1",
             "kind": "Mailbox",
-            "status": {"conditions": [{
-                "type": "Provisioned",
-                "status": if status { "True" } else { "False" },
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": since,
-            }]},
+            "status": {"conditions": merged},
         });
         match api
             .patch_status(&report.object, &params, &Patch::Apply(&patch))
             .await
         {
             Ok(_) => {
-                written.0.insert(
-                    report.object.clone(),
-                    (status, reason.to_string(), message, since),
-                );
+                let [condition] = <[Condition; 1]>::try_from(merged).expect("one wanted condition");
+                written.0.insert(report.object.clone(), condition);
             }
             // The Mailbox was deleted meanwhile: nothing to report on.
             Err(kube::Error::Api(e)) if e.code == 404 => {}

@@ -26,8 +26,8 @@ use virtmail_crds::address;
 use super::Shared;
 use super::backend::{Recipient, Status};
 use super::metrics::Proto;
-use super::socketmap::unquote_address;
 use crate::source::Loaded;
+use virtmail_crds::address::unquote_address;
 
 /// Longest command line including CRLF (RFC 5321 §4.5.3.1.4).
 pub const MAX_LINE: usize = 512;

@@ -8,9 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use virtmail_crds::contract::SocketmapMap;
 
-/// socketmap maps, in label order.
-pub const MAPS: [&str; 4] = ["domain", "mailbox", "alias", "unknown"];
 /// socketmap results, in label order.
 pub const RESULTS: [&str; 4] = ["ok", "notfound", "temp", "perm"];
 /// Upper bounds (seconds) of the delivery latency histogram.
@@ -63,7 +62,8 @@ impl Default for Metrics {
                 .rcpt_refused
                 .get_or_create_owned(&class_label(class));
         }
-        for map in 0..MAPS.len() {
+        let maps = SocketmapMap::ALL.map(Some).into_iter().chain([None]);
+        for map in maps {
             for result in 0..RESULTS.len() {
                 metrics
                     .lookups
@@ -86,8 +86,10 @@ fn class_label(class: u8) -> Labels {
     vec![("class", class)]
 }
 
-fn lookup_labels(map: usize, result: usize) -> Labels {
-    vec![("map", MAPS[map]), ("result", RESULTS[result])]
+/// A lookup's labels; a map the request named but the agent does not serve is `unknown`.
+fn lookup_labels(map: Option<SocketmapMap>, result: usize) -> Labels {
+    let map = map.map_or("unknown", SocketmapMap::name);
+    vec![("map", map), ("result", RESULTS[result])]
 }
 
 impl Metrics {
@@ -152,8 +154,8 @@ impl Metrics {
         self.rcpt_refused.get_or_create(&class_label(class)).inc();
     }
 
-    /// Count a socketmap lookup (`map` and `result` are indices into [`MAPS`] and [`RESULTS`]).
-    pub fn lookup(&self, map: usize, result: usize) {
+    /// Count a socketmap lookup (`result` is an index into [`RESULTS`]).
+    pub fn lookup(&self, map: Option<SocketmapMap>, result: usize) {
         self.lookups
             .get_or_create(&lookup_labels(map, result))
             .inc();

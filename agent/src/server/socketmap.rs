@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use virtmail_crds::Directory;
 use virtmail_crds::address;
+use virtmail_crds::contract::SocketmapMap;
 use virtmail_crds::directory::Deferral;
 
 use super::Shared;
@@ -63,53 +64,21 @@ impl Reply {
     }
 }
 
-/// Which map a request names (plural spellings accepted, as in Postfix examples).
-fn map_index(name: &str) -> usize {
-    match name {
-        "domain" | "domains" => 0,
-        "mailbox" | "mailboxes" => 1,
-        "alias" | "aliases" => 2,
-        _ => 3,
-    }
-}
-
-/// Turn the external (RFC 5321 quoted) form `"john doe"@example.com` into `john doe@example.com`.
-/// Unquoted addresses come back unchanged.
-pub fn unquote_address(key: &str) -> String {
-    let Some(rest) = key.strip_prefix('"') else {
-        return key.to_string();
-    };
-    let mut local = String::new();
-    let mut chars = rest.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some((_, next)) = chars.next() {
-                    local.push(next);
-                }
-            }
-            '"' => return format!("{local}{}", &rest[i + 1..]),
-            _ => local.push(c),
-        }
-    }
-    key.to_string()
-}
-
 /// Answer one request payload `<map> <key>` from `directory` (`None`: nothing loaded yet).
-pub fn lookup(directory: Option<&Directory>, request: &str) -> (usize, Reply) {
+pub fn lookup(directory: Option<&Directory>, request: &str) -> (Option<SocketmapMap>, Reply) {
     let (name, key) = request.split_once(' ').unwrap_or((request, ""));
-    let map = map_index(name);
-    if map == 3 {
-        return (map, Reply::Perm(format!("unknown map {name:?}")));
-    }
+    let Some(map) = SocketmapMap::parse(name) else {
+        return (None, Reply::Perm(format!("unknown map {name:?}")));
+    };
+
     let Some(d) = directory else {
-        return (map, Reply::Temp("no directory loaded yet".into()));
+        return (Some(map), Reply::Temp("no directory loaded yet".into()));
     };
     if key.is_empty() {
-        return (map, Reply::NotFound);
+        return (Some(map), Reply::NotFound);
     }
     let reply = match map {
-        0 => {
+        SocketmapMap::Domain => {
             let domain = address::fold(key);
             if !domain.contains('@') && d.domains.contains_key(&domain) {
                 Reply::Ok(domain)
@@ -117,20 +86,20 @@ pub fn lookup(directory: Option<&Directory>, request: &str) -> (usize, Reply) {
                 Reply::NotFound
             }
         }
-        1 => address_reply(key, |key| {
+        SocketmapMap::Mailbox => address_reply(key, |key| {
             d.find_mailbox(key)
                 .map(|found| (&found.entry.defer, Some(found.entry.path.clone())))
         }),
         // Postfix also asks the alias map for bare domains (virtual_alias_domains defaults to
         // $virtual_alias_maps); those are never alias domains here.
-        _ => address_reply(key, |key| {
+        SocketmapMap::Alias => address_reply(key, |key| {
             d.find_alias(key).map(|found| {
                 let to = &found.entry.to;
                 (&found.entry.defer, (!to.is_empty()).then(|| to.join(",")))
             })
         }),
     };
-    (map, reply)
+    (Some(map), reply)
 }
 
 /// The reply for an address `key` (quoted or not): not found unless `find` knows the address,
@@ -139,7 +108,7 @@ fn address_reply<'d>(
     key: &str,
     find: impl FnOnce(&str) -> Option<(&'d Option<Deferral>, Option<String>)>,
 ) -> Reply {
-    let key = unquote_address(key);
+    let key = address::unquote_address(key);
     if address::split(&key).is_none() {
         return Reply::NotFound;
     }
@@ -227,7 +196,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, shared: Arc<Sha
         };
         let (map, reply) = match std::str::from_utf8(&frame) {
             // Postfix never sends non-UTF-8 keys with smtputf8_enable; nothing can match them.
-            Err(_) => (map_index(frame_map_name(&frame)), Reply::NotFound),
+            Err(_) => (SocketmapMap::parse(frame_map_name(&frame)), Reply::NotFound),
             Ok(request) => {
                 let current = shared.directory.current();
                 lookup(current.as_deref().map(|l| &*l.directory), request)
@@ -254,13 +223,6 @@ fn frame_map_name(frame: &[u8]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unquotes_external_form() {
-        assert_eq!(unquote_address("\"john doe\"@x.test"), "john doe@x.test");
-        assert_eq!(unquote_address("\"a\\\"b\"@x.test"), "a\"b@x.test");
-        assert_eq!(unquote_address("plain@x.test"), "plain@x.test");
-    }
 
     #[tokio::test]
     async fn netstring_framing_and_limits() {
