@@ -454,31 +454,41 @@ mod tests {
         d.aliases
             .insert("@example.test".into(), alias("catchall@example.test"));
         let to = |rcpt: &str| d.find_alias(rcpt).map(|f| f.entry.to[0].clone());
-        // Oldest matching pattern; case-insensitive; with or without the extension.
-        assert_eq!(
-            to("sales-eu@example.test").as_deref(),
-            Some("older@example.test")
-        );
-        assert_eq!(
-            to("Sales-EU+x@example.test").as_deref(),
-            Some("older@example.test")
-        );
-        assert_eq!(
-            to("sales-1@example.test").as_deref(),
-            Some("newer@example.test")
-        );
-        // Anchored: the whole local part must match.
-        assert_eq!(
-            to("xsales-eu@example.test").as_deref(),
-            Some("catchall@example.test")
-        );
-        // An exact mailbox wins over a pattern.
-        assert_eq!(to("alice@example.test"), None);
-        // Patterns are per domain.
-        assert_eq!(
-            to("sales-eu@other.test").as_deref(),
-            Some("alice@example.test")
-        );
+        for (recipient, expected, why) in [
+            (
+                "sales-eu@example.test",
+                Some("older"),
+                "the oldest matching pattern",
+            ),
+            (
+                "Sales-EU+x@example.test",
+                Some("older"),
+                "case-insensitive, without the extension",
+            ),
+            (
+                "sales-1@example.test",
+                Some("newer"),
+                "only the newer pattern matches",
+            ),
+            (
+                "xsales-eu@example.test",
+                Some("catchall"),
+                "anchored: the whole local part",
+            ),
+            (
+                "alice@example.test",
+                None,
+                "an exact mailbox wins over a pattern",
+            ),
+            (
+                "sales-eu@other.test",
+                Some("alice"),
+                "patterns are per domain",
+            ),
+        ] {
+            let expected = expected.map(|local| format!("{local}@example.test"));
+            assert_eq!(to(recipient), expected, "{recipient}: {why}");
+        }
     }
 
     #[test]

@@ -311,13 +311,6 @@ mod tests {
     }
 
     #[test]
-    fn unknown_kind_is_an_error() {
-        let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
-        let err = load_error("cm.yaml", yaml);
-        assert!(err.contains("unknown kind \"ConfigMap\""), "{err}");
-    }
-
-    #[test]
     fn multi_document_and_empty_documents() {
         let mut r = Resources::default();
         let yaml = "---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: d}\nspec: {domain: d.test, postmaster: a@d.test}\n---\n---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: a}\nspec: {address: a@d.test}\n";
@@ -336,10 +329,24 @@ mod tests {
     }
 
     #[test]
-    fn missing_required_field_is_named() {
-        let yaml = "apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: d}\nspec: {domain: d.test}\n";
-        let err = load_error("d.yaml", yaml);
-        assert!(err.contains("postmaster"), "{err}");
+    fn load_errors_name_the_file_and_what_is_wrong() {
+        for (file, yaml, expected) in [
+            (
+                "cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+                "unknown kind \"ConfigMap\"",
+            ),
+            (
+                "d.yaml",
+                "apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: d}\nspec: {domain: d.test}\n",
+                "postmaster",
+            ),
+            ("bad.yaml", "a: [", "bad.yaml: invalid YAML"),
+        ] {
+            let err = load_error(file, yaml);
+            assert!(err.contains(expected), "{err}");
+            assert!(err.starts_with(file), "{err}");
+        }
     }
 
     /// Found by fuzzing (`resources_yaml`): a MailServer named `mail kind` loaded, and its
@@ -362,11 +369,5 @@ mod tests {
         let mut r = Resources::default();
         let yaml = "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail-1.example}\nspec: {}\n";
         r.add_yaml(Path::new("ok.yaml"), yaml).unwrap();
-    }
-
-    #[test]
-    fn bad_yaml_names_file() {
-        let err = load_error("bad.yaml", "a: [");
-        assert!(err.starts_with("bad.yaml: invalid YAML"), "{err}");
     }
 }
