@@ -4,5 +4,6 @@ pub mod autoreply;
 pub mod check;
 pub mod cluster;
 pub mod deliver;
+pub mod fs;
 pub mod provision;
 pub mod server;

@@ -17,8 +17,8 @@
 //!
 //! Every path is checked lexically and opened relative to a descriptor of the base with
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` (see
-//! [`crate::deliver::containment`]); work as the recipient happens under a per-thread file system
-//! identity ([`crate::deliver::identity::FsIdentity`]) on the calling thread only.
+//! [`crate::fs::containment`]); work as the recipient happens under a per-thread file system
+//! identity ([`crate::fs::identity::FsIdentity`]) on the calling thread only.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -28,8 +28,12 @@ use virtmail_crds::Directory;
 use virtmail_crds::directory::MailboxEntry;
 use virtmail_crds::resources::{LockMethod, MailboxFormat};
 
-use crate::deliver::containment::{check_relative, make_dirs, open_beneath, open_dir};
-use crate::deliver::identity::FsIdentity;
+use crate::fs::containment::{check_relative, make_dirs, open_beneath, open_dir};
+use crate::fs::identity::{FsIdentity, uid_floor};
+use crate::fs::layout::{
+    MAIL_FILE_MODE, MAILDIR_MODE, MAILDIR_SUBDIRECTORIES, SHARED_PARENT_MODE, WRITABLE_PARENT_MODE,
+    parent_modes, split_parent,
+};
 
 /// Result for one mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,8 +124,8 @@ pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> 
         .mailboxes
         .iter()
         .map(|(address, entry)| {
-            let parent = parent_of(&entry.path).unwrap_or_default();
-            let mode = modes.get(parent).copied().unwrap_or(SHARED_DIRECTORY_MODE);
+            let parent = split_parent(&entry.path).0.unwrap_or_default();
+            let mode = modes.get(parent).copied().unwrap_or(SHARED_PARENT_MODE);
             Report {
                 address: address.clone(),
                 object: entry.object.clone(),
@@ -142,50 +146,14 @@ pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> 
     reports
 }
 
-/// Mode of a parent directory the agent creates: every owner below may pass, nobody may list.
-const SHARED_DIRECTORY_MODE: u32 = 0o711;
-/// Mode of a parent directory holding an mbox whose owner creates files beside it (`<mbox>.lock`,
-/// the autoreply state).
-const DOTLOCK_DIRECTORY_MODE: u32 = 0o1777;
-
-/// The directory part of a mailbox path (`d/bob` → `d`, `d/alice/` → `d`), `None` at the base.
-fn parent_of(path: &str) -> Option<&str> {
-    path.trim_end_matches('/').rsplit_once('/').map(|(p, _)| p)
-}
-
-/// The mode each parent directory needs, decided from every mailbox in it (not from whichever
-/// comes first): 1777 where any mbox lives whose owner must create files beside it (its dotlock,
-/// or the state of its automatic reply), 0711 elsewhere.
-pub fn parent_modes<'a>(
-    entries: impl IntoIterator<Item = &'a MailboxEntry>,
-    dotlock: bool,
-) -> std::collections::BTreeMap<String, u32> {
-    let mut modes = std::collections::BTreeMap::new();
-    for entry in entries {
-        let Some(parent) = parent_of(&entry.path) else {
-            continue;
-        };
-        let owner_writes_beside = dotlock || entry.autoreply.is_some();
-        let wanted = if entry.format == MailboxFormat::Mbox && owner_writes_beside {
-            DOTLOCK_DIRECTORY_MODE
-        } else {
-            SHARED_DIRECTORY_MODE
-        };
-        let mode = modes.entry(parent.to_string()).or_insert(wanted);
-        if wanted == DOTLOCK_DIRECTORY_MODE {
-            *mode = wanted;
-        }
-    }
-    modes
-}
-
 /// Provision one mailbox, its parent directory's mode decided from this mailbox alone (see
 /// [`provision_all`] for a whole directory).
 pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> State {
     let modes = parent_modes([entry], dotlock);
-    let mode = parent_of(&entry.path)
+    let mode = split_parent(&entry.path)
+        .0
         .and_then(|p| modes.get(p).copied())
-        .unwrap_or(SHARED_DIRECTORY_MODE);
+        .unwrap_or(SHARED_PARENT_MODE);
     provision_with_parent_mode(base, entry, dotlock, mode)
 }
 
@@ -206,7 +174,7 @@ fn provision_with_parent_mode(
     if entry.uid == 0 || entry.gid == 0 {
         return problem("InvalidOwner", "uid/gid 0 is never used");
     }
-    let floor = crate::deliver::identity::uid_floor();
+    let floor = uid_floor();
     if entry.uid < floor {
         return problem(
             "InvalidOwner",
@@ -222,11 +190,7 @@ fn provision_with_parent_mode(
             format!("path {} {}", entry.path, p.describe()),
         );
     }
-    let trimmed = entry.path.trim_end_matches('/');
-    let (parent, leaf) = match trimmed.rsplit_once('/') {
-        Some((parent, leaf)) => (Some(parent), leaf),
-        None => (None, trimmed),
-    };
+    let (parent, leaf) = split_parent(&entry.path);
     let parent_mode = Mode::from_raw_mode(parent_mode);
     let parent_fd = match parent {
         None => match open_dir(base.as_fd(), ".") {
@@ -276,10 +240,10 @@ fn made_by_agent_narrower(dir: &OwnedFd, wanted: Mode) -> bool {
     let Ok(stat) = rustix::fs::fstat(dir) else {
         return false;
     };
-    wanted.bits() == DOTLOCK_DIRECTORY_MODE
+    wanted.bits() == WRITABLE_PARENT_MODE
         && stat.st_uid == 0
         && stat.st_gid == 0
-        && stat.st_mode & 0o7777 == SHARED_DIRECTORY_MODE
+        && stat.st_mode & 0o7777 == SHARED_PARENT_MODE
 }
 
 fn owner_check(
@@ -321,11 +285,13 @@ fn maildir(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
     // given to the recipient before anything is put in it.
     let created = match open_dir(parent.as_fd(), leaf) {
         Ok(_) => false,
-        Err(Errno::NOENT) => match rustix::fs::mkdirat(parent, leaf, Mode::from_raw_mode(0o700)) {
-            Ok(()) => true,
-            Err(Errno::EXIST) => false,
-            Err(e) => return errno_problem("create maildir", path, e),
-        },
+        Err(Errno::NOENT) => {
+            match rustix::fs::mkdirat(parent, leaf, Mode::from_raw_mode(MAILDIR_MODE)) {
+                Ok(()) => true,
+                Err(Errno::EXIST) => false,
+                Err(e) => return errno_problem("create maildir", path, e),
+            }
+        }
         Err(e) => return errno_problem("open maildir", path, e),
     };
     let dir = match open_dir(parent.as_fd(), leaf) {
@@ -341,13 +307,14 @@ fn maildir(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
         if stat.st_uid == 0 {
             // Mode first, while root still owns it: after the chown only CAP_FOWNER, which the
             // agent's container does not have, could change it.
-            let owner = rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700)).and_then(|()| {
-                rustix::fs::fchown(
-                    &dir,
-                    Some(rustix::fs::Uid::from_raw(entry.uid)),
-                    Some(rustix::fs::Gid::from_raw(entry.gid)),
-                )
-            });
+            let owner =
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(MAILDIR_MODE)).and_then(|()| {
+                    rustix::fs::fchown(
+                        &dir,
+                        Some(rustix::fs::Uid::from_raw(entry.uid)),
+                        Some(rustix::fs::Gid::from_raw(entry.gid)),
+                    )
+                });
             if let Err(e) = owner {
                 return errno_problem("chown", path, e);
             }
@@ -362,12 +329,12 @@ fn maildir(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
         Err(e) => {
             return problem(
                 "IoError",
-                format!("cannot switch to {}/{}: {e:?}", entry.uid, entry.gid),
+                format!("cannot switch to {}/{}: {e}", entry.uid, entry.gid),
             );
         }
     };
     let mut completed = created;
-    for sub in ["tmp", "new", "cur"] {
+    for sub in MAILDIR_SUBDIRECTORIES {
         let sub_path = format!("{path}{sub}");
         match open_dir(dir.as_fd(), sub) {
             Ok(fd) => {
@@ -375,10 +342,12 @@ fn maildir(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
                     return state;
                 }
             }
-            Err(Errno::NOENT) => match rustix::fs::mkdirat(&dir, sub, Mode::from_raw_mode(0o700)) {
-                Ok(()) | Err(Errno::EXIST) => completed = true,
-                Err(e) => return errno_problem("create", &sub_path, e),
-            },
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(&dir, sub, Mode::from_raw_mode(MAILDIR_MODE)) {
+                    Ok(()) | Err(Errno::EXIST) => completed = true,
+                    Err(e) => return errno_problem("create", &sub_path, e),
+                }
+            }
             Err(e) => return errno_problem("open", &sub_path, e),
         }
     }
@@ -400,11 +369,16 @@ fn mbox(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
         },
         Err(Errno::NOENT) => {
             let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
-            match open_beneath(parent.as_fd(), leaf, create, Mode::from_raw_mode(0o600)) {
+            match open_beneath(
+                parent.as_fd(),
+                leaf,
+                create,
+                Mode::from_raw_mode(MAIL_FILE_MODE),
+            ) {
                 Ok(fd) => {
                     // Mode before owner (no CAP_FOWNER in the agent's container).
-                    let owned =
-                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600)).and_then(|()| {
+                    let owned = rustix::fs::fchmod(&fd, Mode::from_raw_mode(MAIL_FILE_MODE))
+                        .and_then(|()| {
                             rustix::fs::fchown(
                                 &fd,
                                 Some(rustix::fs::Uid::from_raw(entry.uid)),
@@ -435,7 +409,7 @@ fn dotlock_possible(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> Resul
     let _identity = FsIdentity::assume(entry.uid, entry.gid).map_err(|e| {
         problem(
             "IoError",
-            format!("cannot switch to {}/{}: {e:?}", entry.uid, entry.gid),
+            format!("cannot switch to {}/{}: {e}", entry.uid, entry.gid),
         )
     })?;
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;

@@ -749,7 +749,7 @@ fn count_crlf(data: &[u8]) -> usize {
 /// hash per piece, and the parse takes time bounded by the input; a record the agent writes
 /// for any offset and data parses back to the same numbers.
 pub fn mbox_journal(data: &[u8]) {
-    use virtmail_agent::deliver::mbox::{AppendIntent, append_record};
+    use virtmail_agent::deliver::journal::{AppendIntent, append_record};
     let text = String::from_utf8_lossy(data);
     let started = std::time::Instant::now();
     if let Some(intent) = AppendIntent::parse(&text) {

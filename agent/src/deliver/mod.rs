@@ -12,14 +12,13 @@
 //! # Security
 //!
 //! Nothing from the directory is trusted: uid/gid and paths are re-validated here, every open
-//! below the base is contained ([`containment`]), and all disk access happens under the
-//! recipient's file system identity ([`identity`]) for the duration of one call on the calling
-//! thread. Callers must run [`drop_supplementary_groups`] once at start.
+//! below the base is contained ([`crate::fs::containment`]), and all disk access happens under
+//! the recipient's file system identity ([`crate::fs::identity`]) for the duration of one call
+//! on the calling thread. Callers must run [`crate::fs::identity::drop_supplementary_groups`]
+//! once at start.
 
-pub mod containment;
 mod engine;
-pub mod identity;
-pub mod lock;
+pub mod journal;
 pub mod maildir;
 pub mod mbox;
 pub mod message;
@@ -34,12 +33,12 @@ use virtmail_crds::address::fold;
 use virtmail_crds::resources::{LockMethod, MailboxFormat};
 
 pub use engine::Engine;
-pub use identity::drop_supplementary_groups;
 pub use message::crlf_to_lf;
 pub use status::{Class, Code, Failure, Status, classify, exit_code};
 
-use containment::PathProblem;
-use identity::FsIdentity;
+use crate::fs::containment::{self, PathProblem};
+use crate::fs::identity::{FsIdentity, uid_floor};
+use crate::fs::lock;
 use status::Place;
 
 /// Engine tunables.
@@ -264,8 +263,8 @@ pub fn resolve(directory: &Directory, recipient: &str) -> Result<Target, Status>
         }
         Err(problem) => Some(problem),
     };
-    identity::check_uid(&folded, entry.uid, settings.minimum_uid).map_err(Status::from)?;
-    identity::check_gid(&folded, entry.gid).map_err(Status::from)?;
+    check_uid(&folded, entry.uid, settings.minimum_uid)?;
+    check_gid(&folded, entry.gid)?;
     let format = if entry.path.ends_with('/') {
         Format::Maildir
     } else {
@@ -312,6 +311,37 @@ pub fn resolve(directory: &Directory, recipient: &str) -> Result<Target, Status>
         size_limit: settings.mailbox_size_limit,
         locks: settings.mailbox_lock.clone(),
     })
+}
+
+/// Validate a uid from the directory as Postfix does (virtual(8) V9): uid 0, (uid_t)-1 and uids below
+/// the minimum are configuration errors (defer 4.3.5). The minimum is the directory's
+/// `minimum_uid` or the agent's own [`uid_floor`], whichever is higher.
+pub fn check_uid(recipient: &str, uid: u32, minimum_uid: u32) -> Result<(), Failure> {
+    let floor = uid_floor();
+    if uid == 0 || uid == u32::MAX || uid < minimum_uid.max(1) || uid < floor {
+        let below_floor = uid != 0 && uid < floor && uid >= minimum_uid;
+        return Err(Failure::Config {
+            warning: format!(
+                "recipient {recipient}: bad uid {uid} in virtual_uid_maps{}",
+                if below_floor {
+                    format!(" (below the agent's --minimum-uid {floor})")
+                } else {
+                    String::new()
+                }
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Validate a gid (virtual(8) V10, current snapshot: gid 0 is refused).
+pub fn check_gid(recipient: &str, gid: u32) -> Result<(), Failure> {
+    if gid == 0 || gid == u32::MAX {
+        return Err(Failure::Config {
+            warning: format!("recipient {recipient}: bad gid {gid} in virtual_gid_maps"),
+        });
+    }
+    Ok(())
 }
 
 /// The mailbox base of `target`, opened as [`open_base`] does, for work beside the delivery
