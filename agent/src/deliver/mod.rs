@@ -32,7 +32,7 @@ use virtmail_crds::Directory;
 use virtmail_crds::address::fold;
 use virtmail_crds::resources::{LockMethod, MailboxFormat};
 
-pub use engine::Engine;
+pub use engine::{Delivery, Engine};
 pub use message::crlf_to_lf;
 pub use status::{Class, Code, Failure, Status, classify, exit_code};
 
@@ -73,9 +73,10 @@ impl Default for Options {
 /// One envelope recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
-    /// Final recipient as queued (after alias rewriting, unfolded, unquoted).
+    /// Final recipient as queued (after alias rewriting, unfolded, unquoted; LMTP's RCPT).
     pub address: String,
-    /// Recipient before alias rewriting, for `X-Original-To` (empty: header omitted).
+    /// Recipient before alias rewriting, for `X-Original-To` (empty: header omitted): LMTP's
+    /// `ORCPT=rfc822;...` when given, else the RCPT address.
     pub original_recipient: String,
 }
 
