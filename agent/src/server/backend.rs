@@ -32,14 +32,44 @@ impl Backend for Engine {
     }
 }
 
-/// The LMTP reply for `status` about `address`: reply code, enhanced code, the address in
-/// angle brackets, text (virtual(8) V37 for the codes).
-pub fn reply_line(status: &Status, address: &str) -> String {
-    format!(
-        "{} {} <{}> {}",
-        status.reply_code(),
-        status.code,
-        quote_address(address),
-        status.text
-    )
+/// What LMTP replies about one recipient: a [`Status`] and the reply code it is rendered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Three-digit reply code.
+    pub code: u16,
+    /// Enhanced code and text.
+    pub status: Status,
+}
+
+impl From<Status> for Reply {
+    /// The engine's statuses: the reply code follows the enhanced code (virtual(8) V37).
+    fn from(status: Status) -> Reply {
+        Reply {
+            code: status.reply_code(),
+            status,
+        }
+    }
+}
+
+impl Reply {
+    /// A temporary failure of the LMTP session itself (no directory yet, a check that
+    /// panicked), not of delivery: `451 4.3.0`, where the engine's 4.3.0 (disk full) is 452.
+    pub fn session_deferral(text: &str) -> Reply {
+        Reply {
+            code: 451,
+            status: Status::new(Code(4, 3, 0), text),
+        }
+    }
+
+    /// The reply line about `address`: reply code, enhanced code, the address in angle
+    /// brackets, text.
+    pub fn line(&self, address: &str) -> String {
+        format!(
+            "{} {} <{}> {}",
+            self.code,
+            self.status.code,
+            quote_address(address),
+            self.status.text
+        )
+    }
 }

@@ -21,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use virtmail_crds::address;
 
 use super::Shared;
-use super::backend::{Code, Delivery, Recipient, Status, reply_line};
+use super::backend::{Delivery, Recipient, Reply};
 use super::metrics::Proto;
 use super::reload::Loaded;
 use super::socketmap::unquote_address;
@@ -351,20 +351,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             return self.reply("452 4.5.3 Too many recipients").await;
         }
         let check = match self.tx.as_ref().and_then(|t| t.snapshot.clone()) {
-            None => Err(Status::new(Code(4, 3, 0), "Directory not loaded yet")),
+            None => Err(Reply::session_deferral("Directory not loaded yet")),
             Some(loaded) => {
                 // The check may read the disk (quota): on the blocking pool, never on a runtime
                 // worker that socketmap, other sessions and /healthz share.
                 let backend = self.shared.backend.clone();
                 let rcpt = address.clone();
-                tokio::task::spawn_blocking(move || backend.precheck(&loaded.directory, &rcpt))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Status::new(
-                            Code(4, 3, 0),
-                            "Internal error while checking the recipient",
-                        ))
-                    })
+                match tokio::task::spawn_blocking(move || {
+                    backend.precheck(&loaded.directory, &rcpt)
+                })
+                .await
+                {
+                    Ok(checked) => checked.map_err(Reply::from),
+                    Err(_) => Err(Reply::session_deferral(
+                        "Internal error while checking the recipient",
+                    )),
+                }
             }
         };
         match check {
@@ -377,16 +379,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 }
                 self.reply("250 2.1.5 OK").await
             }
-            Err(status) => {
-                self.shared.metrics.rcpt_refused(status.code.0);
+            Err(reply) => {
+                self.shared.metrics.rcpt_refused(reply.status.code.0);
                 tracing::info!(
                     sender = %self.tx.as_ref().map(|t| t.sender.as_str()).unwrap_or(""),
                     recipient = %address,
-                    status = %status.code,
+                    status = %reply.status.code,
                     "refused at RCPT: {}",
-                    status.text
+                    reply.status.text
                 );
-                self.reply(&reply_line(&status, &address)).await
+                self.reply(&reply.line(&address)).await
             }
         }
     }
@@ -477,7 +479,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 "{}",
                 status.text
             );
-            let line = reply_line(status, &recipient.address);
+            let line = Reply::from(result.status).line(&recipient.address);
             // Write errors are noticed later: the remaining copies are still delivered.
             if self.reply(&line).await.is_err() || self.flush().await.is_err() {
                 let _ = task.await;
