@@ -279,6 +279,17 @@ fn kind_name(t: FileType) -> &'static str {
     }
 }
 
+/// Give what root just created to the mailbox's owner with `mode`: the mode first, while root
+/// still owns it, as only CAP_FOWNER (which the agent's container lacks) could change it after.
+fn hand_over(fd: &OwnedFd, mode: u32, entry: &MailboxEntry) -> Result<(), Errno> {
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    rustix::fs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(entry.uid)),
+        Some(rustix::fs::Gid::from_raw(entry.gid)),
+    )
+}
+
 fn maildir(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
     let path = &entry.path;
     // The maildir itself is made by root (its parent may be a shared, root-owned directory) and
@@ -305,17 +316,7 @@ fn maildir(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
         };
         // Only what we just made (still root's) is handed over; anything else is left alone.
         if stat.st_uid == 0 {
-            // Mode first, while root still owns it: after the chown only CAP_FOWNER, which the
-            // agent's container does not have, could change it.
-            let owner =
-                rustix::fs::fchmod(&dir, Mode::from_raw_mode(MAILDIR_MODE)).and_then(|()| {
-                    rustix::fs::fchown(
-                        &dir,
-                        Some(rustix::fs::Uid::from_raw(entry.uid)),
-                        Some(rustix::fs::Gid::from_raw(entry.gid)),
-                    )
-                });
-            if let Err(e) = owner {
+            if let Err(e) = hand_over(&dir, MAILDIR_MODE, entry) {
                 return errno_problem("chown", path, e);
             }
         }
@@ -375,21 +376,10 @@ fn mbox(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
                 create,
                 Mode::from_raw_mode(MAIL_FILE_MODE),
             ) {
-                Ok(fd) => {
-                    // Mode before owner (no CAP_FOWNER in the agent's container).
-                    let owned = rustix::fs::fchmod(&fd, Mode::from_raw_mode(MAIL_FILE_MODE))
-                        .and_then(|()| {
-                            rustix::fs::fchown(
-                                &fd,
-                                Some(rustix::fs::Uid::from_raw(entry.uid)),
-                                Some(rustix::fs::Gid::from_raw(entry.gid)),
-                            )
-                        });
-                    match owned {
-                        Ok(()) => State::Created,
-                        Err(e) => errno_problem("chown", path, e),
-                    }
-                }
+                Ok(fd) => match hand_over(&fd, MAIL_FILE_MODE, entry) {
+                    Ok(()) => State::Created,
+                    Err(e) => errno_problem("chown", path, e),
+                },
                 // Created by a delivery meanwhile: examine it next time.
                 Err(Errno::EXIST) => State::Present,
                 Err(e) => errno_problem("create mbox", path, e),
@@ -465,6 +455,14 @@ mod tests {
         }
     }
 
+    /// The reason of a problem, `None` for a usable mailbox.
+    fn reason(state: State) -> Option<&'static str> {
+        match state {
+            State::Problem { reason, .. } => Some(reason),
+            State::Present | State::Created => None,
+        }
+    }
+
     fn base() -> (tempfile::TempDir, OwnedFd) {
         assert!(
             rustix::process::geteuid().is_root(),
@@ -527,13 +525,7 @@ mod tests {
         std::os::unix::fs::chown(dir.path().join("carol"), Some(5200), Some(5200)).expect("chown");
         let e = entry("carol", MailboxFormat::Mbox, 5103);
         // (dotlock off: only the owner is examined)
-        assert!(matches!(
-            provision_one(&fd, &e, true),
-            State::Problem {
-                reason: "OwnerMismatch",
-                ..
-            }
-        ));
+        assert_eq!(reason(provision_one(&fd, &e, true)), Some("OwnerMismatch"));
         let m = std::fs::metadata(dir.path().join("carol")).expect("kept");
         assert_eq!((m.uid(), m.len()), (5200, 17), "nothing changed");
     }
@@ -544,41 +536,20 @@ mod tests {
         let outside = tempfile::tempdir().expect("outside");
         symlink(outside.path(), dir.path().join("evil")).expect("symlink");
         let e = entry("evil/alice/", MailboxFormat::Maildir, 5104);
-        assert!(matches!(
-            provision_one(&fd, &e, true),
-            State::Problem {
-                reason: "Symlink",
-                ..
-            }
-        ));
+        assert_eq!(reason(provision_one(&fd, &e, true)), Some("Symlink"));
         symlink(outside.path().join("target"), dir.path().join("link-mbox")).expect("symlink");
         let e = entry("link-mbox", MailboxFormat::Mbox, 5104);
-        assert!(matches!(
-            provision_one(&fd, &e, true),
-            State::Problem {
-                reason: "Symlink",
-                ..
-            }
-        ));
+        assert_eq!(reason(provision_one(&fd, &e, true)), Some("Symlink"));
         assert_eq!(
             std::fs::read_dir(outside.path()).expect("outside").count(),
             0
         );
         std::fs::create_dir(dir.path().join("a-dir")).expect("dir");
         let e = entry("a-dir", MailboxFormat::Mbox, 5104);
-        assert!(matches!(
-            provision_one(&fd, &e, true),
-            State::Problem {
-                reason: "WrongType",
-                ..
-            }
-        ));
+        assert_eq!(reason(provision_one(&fd, &e, true)), Some("WrongType"));
         std::fs::write(dir.path().join("a-file"), b"").expect("file");
         let e = entry("a-file/", MailboxFormat::Maildir, 5104);
-        assert!(matches!(
-            provision_one(&fd, &e, true),
-            State::Problem { .. }
-        ));
+        assert!(reason(provision_one(&fd, &e, true)).is_some());
     }
 
     #[test]
@@ -586,13 +557,10 @@ mod tests {
         let (dir, fd) = base();
         let e = entry("dave", MailboxFormat::Mbox, 5106);
         // The base is root's 0755: the file is created, the dotlock could never be.
-        assert!(matches!(
-            provision_one(&fd, &e, true),
-            State::Problem {
-                reason: "DotlockNotPossible",
-                ..
-            }
-        ));
+        assert_eq!(
+            reason(provision_one(&fd, &e, true)),
+            Some("DotlockNotPossible")
+        );
         assert!(dir.path().join("dave").is_file());
         assert!(!dir.path().join("dave.lock").exists());
         assert_eq!(
@@ -621,41 +589,25 @@ mod tests {
         std::os::unix::fs::chown(&team, Some(5201), Some(5201)).expect("chown");
         std::fs::set_permissions(&team, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         let e = entry("d.test/team/alice/", MailboxFormat::Maildir, 5107);
-        assert!(
-            matches!(
-                provision_one(&fd, &e, true),
-                State::Problem {
-                    reason: "UnsafeDirectory",
-                    ..
-                }
-            ),
-            "{:?}",
-            provision_one(&fd, &e, true)
+        assert_eq!(
+            reason(provision_one(&fd, &e, true)),
+            Some("UnsafeDirectory")
         );
         assert_eq!(std::fs::read_dir(&team).expect("team").count(), 0);
         // A root-owned directory others may write without the sticky bit: the same.
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         let e = entry("d.test/carol/", MailboxFormat::Maildir, 5107);
-        assert!(matches!(
-            provision_one(&fd, &e, true),
-            State::Problem {
-                reason: "UnsafeDirectory",
-                ..
-            }
-        ));
+        assert_eq!(
+            reason(provision_one(&fd, &e, true)),
+            Some("UnsafeDirectory")
+        );
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
         // A co-tenant holds bob's lock name.
         let lock = shared.join("bob.lock");
         std::fs::write(&lock, b"").expect("lock");
         std::os::unix::fs::chown(&lock, Some(5201), Some(5201)).expect("chown");
         let e = entry("d.test/bob", MailboxFormat::Mbox, 5108);
-        assert!(matches!(
-            provision_one(&fd, &e, true),
-            State::Problem {
-                reason: "ForeignLock",
-                ..
-            }
-        ));
+        assert_eq!(reason(provision_one(&fd, &e, true)), Some("ForeignLock"));
         assert!(lock.exists(), "never removed");
     }
 
@@ -663,13 +615,7 @@ mod tests {
     fn uids_below_the_agents_floor_are_never_provisioned() {
         let (dir, fd) = base();
         let e = entry("low", MailboxFormat::Mbox, 2);
-        assert!(matches!(
-            provision_one(&fd, &e, false),
-            State::Problem {
-                reason: "InvalidOwner",
-                ..
-            }
-        ));
+        assert_eq!(reason(provision_one(&fd, &e, false)), Some("InvalidOwner"));
         assert!(!dir.path().join("low").exists());
     }
 
@@ -681,13 +627,7 @@ mod tests {
             reason: virtmail_crds::Reason::InvalidOwner,
             message: "m".into(),
         });
-        assert!(matches!(
-            provision_one(&fd, &e, true),
-            State::Problem {
-                reason: "Deferring",
-                ..
-            }
-        ));
+        assert_eq!(reason(provision_one(&fd, &e, true)), Some("Deferring"));
         assert!(!dir.path().join("x").exists());
     }
 
@@ -750,14 +690,9 @@ mod tests {
             .iter()
             .find(|r| r.address == "erin@f.test")
             .expect("erin");
-        assert!(
-            matches!(
-                erin.state,
-                State::Problem {
-                    reason: "DotlockNotPossible",
-                    ..
-                }
-            ),
+        assert_eq!(
+            reason(erin.state.clone()),
+            Some("DotlockNotPossible"),
             "{erin:?}"
         );
         assert_eq!(mode("f.test"), 0o755);

@@ -2,11 +2,9 @@
 //! envelope, each copy's [`Outcome`] handed back as soon as it is durable, automatic replies
 //! after it. It knows no protocol: the server renders each [`Status`].
 
-use std::time::Duration;
-
 use virtmail_crds::Directory;
 
-use super::{Envelope, Options, Outcome, Recipient, Status, Target, deliver_one, message};
+use super::{Envelope, Options, Outcome, Recipient, Status, Target, deliver_checked, message};
 use super::{precheck, resolve};
 
 /// A message and its envelope, as a server hands them over after receiving the message.
@@ -63,7 +61,7 @@ impl Engine {
         }
     }
 
-    /// One copy. The quota is checked with the message size inside [`deliver_one`], so only
+    /// One copy. The quota is checked with the message size during delivery, so only
     /// [`resolve`] runs first.
     fn deliver_copy(
         &self,
@@ -72,22 +70,8 @@ impl Engine {
         recipient: &Recipient,
         message: &[u8],
     ) -> Outcome {
-        let outcome = match resolve(directory, &recipient.address) {
-            Ok(target) => deliver_one(
-                &target,
-                sender,
-                &recipient.original_recipient,
-                message,
-                &self.options,
-            ),
-            Err(status) => Outcome {
-                recipient: recipient.address.clone(),
-                status,
-                path: None,
-                size: 0,
-                duration: Duration::ZERO,
-            },
-        };
+        let checked = resolve(directory, &recipient.address);
+        let outcome = deliver_checked(checked, sender, recipient, message, &self.options);
         log_warning(&outcome.status);
         outcome
     }

@@ -465,21 +465,35 @@ pub fn deliver(
     envelope
         .recipients
         .iter()
-        .map(|recipient| match precheck(directory, &recipient.address) {
-            Ok(target) => deliver_one(
-                &target,
-                &envelope.sender,
-                &recipient.original_recipient,
-                message,
-                options,
-            ),
-            Err(status) => Outcome {
-                recipient: recipient.address.clone(),
-                status,
-                path: None,
-                size: 0,
-                duration: Duration::ZERO,
-            },
+        .map(|recipient| {
+            let checked = precheck(directory, &recipient.address);
+            deliver_checked(checked, &envelope.sender, recipient, message, options)
         })
         .collect()
+}
+
+/// [`deliver_one`] to a recipient that `checked` resolved, or its refusal as an outcome.
+fn deliver_checked(
+    checked: Result<Target, Status>,
+    sender: &str,
+    recipient: &Recipient,
+    message: &[u8],
+    options: &Options,
+) -> Outcome {
+    match checked {
+        Ok(target) => deliver_one(
+            &target,
+            sender,
+            &recipient.original_recipient,
+            message,
+            options,
+        ),
+        Err(status) => Outcome {
+            recipient: recipient.address.clone(),
+            status,
+            path: None,
+            size: 0,
+            duration: Duration::ZERO,
+        },
+    }
 }
