@@ -315,10 +315,10 @@ fn maildir(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
             Err(e) => return errno_problem("stat", path, e),
         };
         // Only what we just made (still root's) is handed over; anything else is left alone.
-        if stat.st_uid == 0 {
-            if let Err(e) = hand_over(&dir, MAILDIR_MODE, entry) {
-                return errno_problem("chown", path, e);
-            }
+        if stat.st_uid == 0
+            && let Err(e) = hand_over(&dir, MAILDIR_MODE, entry)
+        {
+            return errno_problem("chown", path, e);
         }
     }
     if let Err(state) = owner_check(&dir, entry, path, FileType::Directory) {
