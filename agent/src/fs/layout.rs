@@ -2,6 +2,13 @@
 //! Maildir is a directory with `tmp/ new/ cur/`, an mbox is one file, and the directories above
 //! either get a mode that depends on what their mailboxes' owners must create beside them
 //! (docs/PROVISIONING.md).
+//!
+//! # Security
+//!
+//! The modes are the boundary between co-tenants of the volume: a Maildir and every mail file
+//! are their owner's alone, a parent directory is searchable but not listable, and a parent
+//! others must write in is sticky, so nobody can rename or remove another owner's files there.
+//! [`crate::fs::containment`] refuses directories that break the last rule.
 
 use std::collections::BTreeMap;
 
