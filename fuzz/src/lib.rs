@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use virtmail_agent::cluster::assemble::{Assembly, assemble};
-use virtmail_agent::deliver::{self, Engine, message};
-use virtmail_agent::server::backend::{Backend, Code, Delivery, Outcome, Recipient, Status};
+use virtmail_agent::deliver::{self, Code, Engine, message};
+use virtmail_agent::server::backend::{Backend, Delivery, Outcome, Recipient, Status};
 use virtmail_agent::server::lmtp::{self, BodyDecoder};
 use virtmail_agent::server::metrics::Metrics;
 use virtmail_agent::server::reload::Holder;

@@ -192,7 +192,7 @@ pub struct AppendIntent {
     pub from: u64,
     /// Bytes of the append; `from + length` fits in a `u64`.
     pub length: u64,
-    /// Hash of each piece, as many as [`piece_ends`] yields.
+    /// Hash of each piece: one per 4 KiB boundary of the file inside the append, and the end.
     pub hashes: Vec<String>,
 }
 

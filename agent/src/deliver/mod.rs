@@ -1,13 +1,17 @@
 //! The delivery engine: Postfix virtual(8)-exact mbox and Maildir delivery (virtual(8) V1–V37) with
 //! the deliberate improvements of docs/DELIVERY.md.
 //!
-//! Two entry points serve LMTP (and the `deliver` CLI):
+//! Two entry points serve every caller:
 //! - [`precheck`] at RCPT time: table lookups and checks knowable before the message (unknown
 //!   user 5.1.1, suspended 4.2.1, deferring entry or bad owner/path 4.3.5, over quota 5.2.2);
 //!   it returns the resolved [`Target`].
 //! - [`deliver_one`] after DATA: one copy for one target, blocking, returning an [`Outcome`]
 //!   whose [`Status`] is data. Deliveries of different recipients may run concurrently on
 //!   different threads.
+//!
+//! [`Engine`] drives them for a server (a whole transaction, automatic replies after each
+//! copy), [`deliver()`] for the `deliver` command. Neither knows a protocol: callers render the
+//! [`Status`] (LMTP into a reply line, the command into a sysexits code with [`exit_code`]).
 //!
 //! # Security
 //!

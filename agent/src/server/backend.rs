@@ -2,7 +2,7 @@
 //!
 //! LMTP only needs two things from delivery: a RCPT-time check and a blocking delivery of one
 //! message that reports each recipient's [`Status`] as data, which LMTP renders into a reply
-//! line ([`reply_line`]). Keeping that behind a trait lets the protocol be tested on its own and
+//! line ([`Reply::line`]). Keeping that behind a trait lets the protocol be tested on its own and
 //! lets the engine evolve without touching the session code.
 
 use std::fmt::Debug;
@@ -10,7 +10,8 @@ use std::fmt::Debug;
 use virtmail_crds::Directory;
 use virtmail_crds::address::quote_address;
 
-pub use crate::deliver::{Code, Delivery, Engine, Outcome, Recipient, Status};
+use crate::deliver::{Code, Engine};
+pub use crate::deliver::{Delivery, Outcome, Recipient, Status};
 
 /// What LMTP needs from the delivery engine.
 pub trait Backend: Send + Sync + Debug + 'static {
