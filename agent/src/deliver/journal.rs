@@ -1,5 +1,5 @@
-//! The mbox intent journal: crash safety for appends (virtual(8) V22 survives a process
-//! crash, not only a failed write).
+//! The mbox intent journal: an append cut short by a crash of the agent is undone by the next
+//! delivery, as a failed write is undone at once (virtual(8) V22).
 //!
 //! # Security
 //!

@@ -321,7 +321,7 @@ pub fn resolve(directory: &Directory, recipient: &str) -> Result<Target, Status>
 /// Validate a uid from the directory as Postfix does (virtual(8) V9): uid 0, (uid_t)-1 and uids below
 /// the minimum are configuration errors (defer 4.3.5). The minimum is the directory's
 /// `minimum_uid` or the agent's own [`uid_floor`], whichever is higher.
-pub fn check_uid(recipient: &str, uid: u32, minimum_uid: u32) -> Result<(), Failure> {
+fn check_uid(recipient: &str, uid: u32, minimum_uid: u32) -> Result<(), Failure> {
     let floor = uid_floor();
     if uid == 0 || uid == u32::MAX || uid < minimum_uid.max(1) || uid < floor {
         let below_floor = uid != 0 && uid < floor && uid >= minimum_uid;
@@ -340,7 +340,7 @@ pub fn check_uid(recipient: &str, uid: u32, minimum_uid: u32) -> Result<(), Fail
 }
 
 /// Validate a gid (virtual(8) V10, current snapshot: gid 0 is refused).
-pub fn check_gid(recipient: &str, gid: u32) -> Result<(), Failure> {
+fn check_gid(recipient: &str, gid: u32) -> Result<(), Failure> {
     if gid == 0 || gid == u32::MAX {
         return Err(Failure::Config {
             warning: format!("recipient {recipient}: bad gid {gid} in virtual_gid_maps"),
