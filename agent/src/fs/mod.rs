@@ -1,6 +1,6 @@
-//! The agent's only contact with the kernel's file system interfaces: containment below the
-//! mailbox base, the per-thread identity switch, mbox locks, and the mailbox layout that
-//! provisioning and delivery share.
+//! The file system mechanisms every part of the agent that writes to the mailbox volume relies
+//! on: containment below the mailbox base, the per-thread identity switch, mbox locks, the
+//! mailbox layout that provisioning and delivery share, and the I/O loops around them.
 //!
 //! # Security
 //!
@@ -10,7 +10,8 @@
 //! user controls; [`identity`] switches the calling thread's fsuid/fsgid so the kernel enforces
 //! each mailbox's owner; [`lock`] takes and breaks locks without ever removing a file that is
 //! not provably a stale lock. Callers above this module decide *what* to do and how a failure
-//! reads; they never open a path themselves.
+//! reads; they resolve no path below the base themselves, only single names relative to a
+//! directory [`containment`] opened.
 
 pub mod containment;
 pub mod identity;
