@@ -228,7 +228,7 @@ fn main() {
         eprintln!("delivery-bench must run as root: deliveries switch to uid/gid {UID}");
         std::process::exit(1);
     }
-    deliver::drop_supplementary_groups().expect("setgroups([])");
+    virtmail_agent::fs::identity::drop_supplementary_groups().expect("setgroups([])");
     let work = tempfile::Builder::new()
         .prefix("virtmail-bench-")
         .tempdir_in(&args.dir)

@@ -32,9 +32,11 @@ use sha2::{Digest, Sha256};
 use virtmail_crds::address;
 use virtmail_crds::directory::Autoreply;
 
-use crate::deliver::containment::open_beneath;
-use crate::deliver::identity::FsIdentity;
-use crate::deliver::{Format, Target, lock};
+use crate::deliver::{Format, Target};
+use crate::fs::containment::open_beneath;
+use crate::fs::identity::FsIdentity;
+use crate::fs::layout::MAIL_FILE_MODE;
+use crate::fs::lock;
 
 /// Senders remembered per mailbox; the oldest are forgotten first.
 pub const MAX_STATE_ENTRIES: usize = 1000;
@@ -379,13 +381,13 @@ fn record(
     forget: bool,
 ) -> Result<bool, String> {
     let _identity = FsIdentity::assume(target.uid, target.gid)
-        .map_err(|e| format!("cannot switch to {}/{}: {e:?}", target.uid, target.gid))?;
+        .map_err(|e| format!("cannot switch to {}/{}: {e}", target.uid, target.gid))?;
     let path = state_path(target);
     let file = open_beneath(
         base.as_fd(),
         &path,
         OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK,
-        Mode::from_raw_mode(0o600),
+        Mode::from_raw_mode(MAIL_FILE_MODE),
     )
     .map_err(|e| format!("{path}: {e}"))?;
     let stat = rustix::fs::fstat(&file).map_err(|e| format!("{path}: {e}"))?;

@@ -6,6 +6,7 @@
 pub mod autoreply;
 pub mod check;
 pub mod deliver;
+pub mod fs;
 pub mod metrics;
 pub mod provision;
 pub mod serve;

@@ -67,7 +67,7 @@ struct DeliverArgs {
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     lock_timeout: Duration,
     /// The smallest uid delivered to, whatever the resources say (they cannot lower it).
-    #[arg(long, default_value_t = virtmail_agent::deliver::identity::DEFAULT_UID_FLOOR)]
+    #[arg(long, default_value_t = virtmail_agent::fs::identity::DEFAULT_UID_FLOOR)]
     minimum_uid: u32,
     /// Recipients.
     #[arg(required = true)]
@@ -105,7 +105,7 @@ fn deliver(args: DeliverArgs) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     }
-    deliver::identity::set_uid_floor(args.minimum_uid);
+    virtmail_agent::fs::identity::set_uid_floor(args.minimum_uid);
     let mut message = Vec::new();
     if let Err(error) = std::io::stdin().read_to_end(&mut message) {
         eprintln!("error: cannot read the message: {error}");
@@ -129,7 +129,7 @@ fn deliver(args: DeliverArgs) -> ExitCode {
     if let Some(base) = &args.mailbox_base {
         compiled.directory.settings.mailbox_base = base.display().to_string();
     }
-    if let Err(error) = deliver::drop_supplementary_groups() {
+    if let Err(error) = virtmail_agent::fs::identity::drop_supplementary_groups() {
         eprintln!("warning: cannot drop supplementary groups: {error}");
     }
     let options = deliver::Options {
@@ -237,7 +237,7 @@ struct ServeArgs {
     shutdown_grace: Duration,
     /// The smallest uid delivered to or provisioned for. The operator sets it from the
     /// MailServer's minimumUid; the directory (a ConfigMap) cannot lower it.
-    #[arg(long, default_value_t = virtmail_agent::deliver::identity::DEFAULT_UID_FLOOR)]
+    #[arg(long, default_value_t = virtmail_agent::fs::identity::DEFAULT_UID_FLOOR)]
     minimum_uid: u32,
     /// File where the Postfix container writes its queue's size (`<queue> <messages>` lines),
     /// exported as `virtmail_postfix_queue_messages`.
@@ -252,7 +252,7 @@ struct ServeArgs {
 
 fn serve(args: ServeArgs) -> ExitCode {
     logging::init(args.log_format);
-    virtmail_agent::deliver::identity::set_uid_floor(args.minimum_uid);
+    virtmail_agent::fs::identity::set_uid_floor(args.minimum_uid);
     let hostname = args.hostname.unwrap_or_else(server::default_hostname);
     let config = serve::Config {
         lmtp: args.lmtp,
@@ -287,7 +287,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     // Deliveries switch only the file system identity, per thread; no inherited group may
     // leak into them.
-    if let Err(error) = virtmail_agent::deliver::drop_supplementary_groups() {
+    if let Err(error) = virtmail_agent::fs::identity::drop_supplementary_groups() {
         tracing::warn!("cannot drop supplementary groups: {error}");
     }
     let engine = Arc::new(virtmail_agent::deliver::Engine::new(

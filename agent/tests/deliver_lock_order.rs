@@ -92,7 +92,7 @@ fn delivery_and_dovecot_with_debian_lock_order_both_finish() {
         .write(true)
         .open(&mbox)
         .unwrap();
-    virtmail_agent::deliver::lock::fcntl(reader.as_fd(), Instant::now() + Duration::from_secs(5))
+    virtmail_agent::fs::lock::fcntl(reader.as_fd(), Instant::now() + Duration::from_secs(5))
         .expect("the reader's whole-file lock");
     let ino = fs::metadata(&mbox).unwrap().ino();
     let dovecot = dovecot_append(&w, &mbox, "Subject: dovecot\n\nfrom dovecot\n");

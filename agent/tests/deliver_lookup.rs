@@ -229,7 +229,7 @@ fn v16_identity_is_restored_on_the_delivering_thread() {
 #[test]
 fn v16_root_identity_is_refused_by_the_guard() {
     require_root();
-    use virtmail_agent::deliver::identity::FsIdentity;
+    use virtmail_agent::fs::identity::FsIdentity;
     assert!(FsIdentity::assume(0, GID).is_err());
     assert!(FsIdentity::assume(UID, 0).is_err());
     let dir = tempfile::tempdir().unwrap();

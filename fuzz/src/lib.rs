@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use virtmail_agent::deliver::{self, Engine, message};
-use virtmail_agent::server::backend::{Backend, Delivered, Recipient, Status};
+use virtmail_agent::deliver::{self, Code, Engine, message};
+use virtmail_agent::server::backend::{Backend, Delivery, Outcome, Recipient, Status};
 use virtmail_agent::server::lmtp::{self, BodyDecoder};
 use virtmail_agent::server::metrics::Metrics;
 use virtmail_agent::server::socketmap::{self, FrameError, MAX_QUERY, MAX_REPLY, Reply};
@@ -107,38 +107,41 @@ struct RecordingBackend {
 
 impl Backend for RecordingBackend {
     fn precheck(&self, directory: &Directory, recipient: &str) -> Result<(), Status> {
-        self.engine.precheck(directory, recipient)
+        Backend::precheck(&self.engine, directory, recipient)
     }
 
-    fn deliver(
-        &self,
-        directory: &Directory,
-        sender: &str,
-        recipient: &Recipient,
-        message: &[u8],
-    ) -> Delivered {
-        // Only what the real engine would accept reaches delivery.
-        if deliver::resolve(directory, &recipient.address).is_err() {
-            self.violations
+    fn deliver(&self, delivery: Delivery<'_>, report: &mut dyn FnMut(Outcome) -> bool) {
+        // The engine's own message rewriting, then every copy recorded instead of written.
+        let mut recipients = delivery.envelope.recipients.clone();
+        let message = message::adopt_postfix_original_recipient(&mut recipients, delivery.message);
+        for recipient in recipients {
+            // Only what the real engine would accept reaches delivery.
+            if deliver::resolve(delivery.directory, &recipient.address).is_err() {
+                self.violations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!(
+                        "delivery to a recipient the engine refuses: {recipient:?}"
+                    ));
+            }
+            let outcome = Outcome {
+                recipient: recipient.address.clone(),
+                status: Status::new(Code(2, 0, 0), DELIVERED),
+                path: None,
+                size: message.len() as u64,
+                duration: Duration::ZERO,
+            };
+            self.delivered
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(format!(
-                    "delivery to a recipient the engine refuses: {recipient:?}"
-                ));
-        }
-        self.delivered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Recorded {
-                sender: sender.to_string(),
-                recipient: recipient.clone(),
-                size: message.len(),
-            });
-        Delivered {
-            status: Status::new("2.0.0", DELIVERED),
-            path: None,
-            size: message.len() as u64,
-            duration: Duration::ZERO,
+                .push(Recorded {
+                    sender: delivery.envelope.sender.clone(),
+                    recipient,
+                    size: message.len(),
+                });
+            if !report(outcome) {
+                return;
+            }
         }
     }
 }
@@ -245,9 +248,12 @@ pub fn lmtp_session(data: &[u8]) -> (Vec<u8>, usize) {
             "From_ line is not one line: {from:?}"
         );
         assert!(from.ends_with('\n'));
-        let headers =
-            message::prepended_headers(&d.sender, &d.recipient.original, &d.recipient.address);
-        let want = if d.recipient.original.is_empty() {
+        let headers = message::prepended_headers(
+            &d.sender,
+            &d.recipient.original_recipient,
+            &d.recipient.address,
+        );
+        let want = if d.recipient.original_recipient.is_empty() {
             2
         } else {
             3
@@ -713,17 +719,14 @@ pub fn mbox_quoting(data: &[u8]) {
         "CRLF conversion changed more than pairs"
     );
 
-    let mut taken = data.to_vec();
-    if let Some(original) = lmtp::take_postfix_original_recipient(&mut taken) {
+    if let Some((original, rest)) = message::postfix_original_recipient(data) {
         assert!(
             !original.chars().any(char::is_control),
             "control characters taken: {original:?}"
         );
         assert!(data.starts_with(b"X-Original-To: "));
-        assert!(data.ends_with(&taken), "more than the first line taken");
-        assert_eq!(data[data.len() - taken.len() - 1], b'\n');
-    } else {
-        assert_eq!(taken, data, "message changed without a recipient taken");
+        assert!(data.ends_with(rest), "more than the first line taken");
+        assert_eq!(data[data.len() - rest.len() - 1], b'\n');
     }
 
     let _ = message::has_delivered_to(data, "alice@example.test");
@@ -753,7 +756,7 @@ fn count_crlf(data: &[u8]) -> usize {
 /// hash per piece, and the parse takes time bounded by the input; a record the agent writes
 /// for any offset and data parses back to the same numbers.
 pub fn mbox_journal(data: &[u8]) {
-    use virtmail_agent::deliver::mbox::{AppendIntent, append_record};
+    use virtmail_agent::deliver::journal::{AppendIntent, append_record};
     let text = String::from_utf8_lossy(data);
     let started = std::time::Instant::now();
     if let Some(intent) = AppendIntent::parse(&text) {

@@ -1,17 +1,33 @@
-//! The engine behind the LMTP server's [`Backend`] seam.
-
-use std::time::Duration;
+//! The engine a server drives: RCPT-time checks, then one message for every recipient of its
+//! envelope, each copy's [`Outcome`] handed back as soon as it is durable, automatic replies
+//! after it. It knows no protocol: the server renders each [`Status`].
 
 use virtmail_crds::Directory;
 
-use crate::server::backend::{self, Backend, Delivered, Recipient};
+use super::{Envelope, Options, Outcome, Recipient, Status, Target, deliver_checked, message};
+use super::{precheck, resolve};
 
-use super::{Options, Status, deliver_one, precheck, resolve};
+/// A message and its envelope, as a server hands them over after receiving the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The directory version the transaction started with.
+    pub directory: &'a Directory,
+    /// Sender and recipients, as accepted.
+    pub envelope: &'a Envelope,
+    /// The message with LF line ends.
+    pub message: &'a [u8],
+}
 
-/// The delivery engine as an LMTP backend: `precheck` at RCPT, `deliver_one` after DATA.
+/// The delivery engine with its tunables.
 #[derive(Debug, Default)]
 pub struct Engine {
     options: Options,
+}
+
+fn log_warning(status: &Status) {
+    if let Some(warning) = &status.warning {
+        tracing::warn!("{warning}");
+    }
 }
 
 impl Engine {
@@ -19,66 +35,57 @@ impl Engine {
     pub fn new(options: Options) -> Engine {
         Engine { options }
     }
-}
 
-fn reply(status: &Status) -> backend::Status {
-    backend::Status::new(&status.code.to_string(), status.text.clone())
-}
+    /// [`precheck`], with the status's warning logged.
+    pub fn precheck(&self, directory: &Directory, recipient: &str) -> Result<Target, Status> {
+        precheck(directory, recipient).inspect_err(log_warning)
+    }
 
-impl Backend for Engine {
-    fn precheck(&self, directory: &Directory, recipient: &str) -> Result<(), backend::Status> {
-        match precheck(directory, recipient) {
-            Ok(_) => Ok(()),
-            Err(status) => {
-                if let Some(warning) = &status.warning {
-                    tracing::warn!("{warning}");
-                }
-                Err(reply(&status))
+    /// Deliver `delivery` to each of its recipients, independently and in order (virtual(8)
+    /// V1). Each outcome goes to `report` as soon as its copy is durable; `report` returning
+    /// `false` (nobody listens any more) stops before the next copy. Blocking.
+    pub fn deliver(&self, delivery: Delivery<'_>, report: &mut dyn FnMut(Outcome) -> bool) {
+        let sender = delivery.envelope.sender.as_str();
+        let mut recipients = delivery.envelope.recipients.clone();
+        let message = message::adopt_postfix_original_recipient(&mut recipients, delivery.message);
+        for recipient in &recipients {
+            let outcome = self.deliver_copy(delivery.directory, sender, recipient, message);
+            let delivered = outcome.status.is_success();
+            if !report(outcome) {
+                return;
+            }
+            // The reply for this copy is on its way; an automatic reply comes after it.
+            if delivered {
+                self.reply_automatically(delivery.directory, sender, recipient, message);
             }
         }
     }
 
-    fn deliver(
+    /// One copy. The quota is checked with the message size during delivery, so only
+    /// [`resolve`] runs first.
+    fn deliver_copy(
         &self,
         directory: &Directory,
         sender: &str,
         recipient: &Recipient,
         message: &[u8],
-    ) -> Delivered {
-        // The quota is checked again with the message size inside deliver_one.
-        let (status, path, size, duration) = match resolve(directory, &recipient.address) {
-            Ok(target) => {
-                let outcome =
-                    deliver_one(&target, sender, &recipient.original, message, &self.options);
-                (outcome.status, outcome.path, outcome.size, outcome.duration)
-            }
-            Err(status) => (status, None, 0, Duration::ZERO),
-        };
-        if let Some(warning) = &status.warning {
-            tracing::warn!("{warning}");
-        }
-        Delivered {
-            status: reply(&status),
-            path,
-            size,
-            duration,
-        }
+    ) -> Outcome {
+        let checked = resolve(directory, &recipient.address);
+        let outcome = deliver_checked(checked, sender, recipient, message, &self.options);
+        log_warning(&outcome.status);
+        outcome
     }
 
-    fn after_delivery(
+    fn reply_automatically(
         &self,
         directory: &Directory,
         sender: &str,
         recipient: &Recipient,
         message: &[u8],
-        delivered: &Delivered,
     ) {
         let Some(submission) = &self.options.submission else {
             return;
         };
-        if delivered.status.class() != 2 {
-            return;
-        }
         let Some(found) = directory.find_mailbox(&recipient.address) else {
             return;
         };
@@ -94,7 +101,7 @@ impl Backend for Engine {
             autoreply,
             &directory.settings.recipient_delimiter,
             sender,
-            &recipient.original,
+            &recipient.original_recipient,
             message,
         );
     }

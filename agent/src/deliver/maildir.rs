@@ -35,14 +35,13 @@ use std::time::{Duration, SystemTime};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use super::containment::{self, WalkError, open_beneath};
-use super::mbox::write_all;
 use super::message;
 use super::status::{Failure, Place, Stage};
 use super::{Options, Target, unsafe_path, untrusted_directory};
+use crate::fs::containment::{self, WalkError, open_beneath};
+use crate::fs::layout::{MAIL_FILE_MODE, MAILDIR_MODE, MAILDIR_SUBDIRECTORIES};
+use crate::fs::write_all;
 
-const DIR_MODE: u32 = 0o700;
-const FILE_MODE: u32 = 0o600;
 /// Dovecot and Courier recalculate a `maildirsize` larger than this.
 const MAILDIRSIZE_LIMIT: usize = 5120;
 
@@ -116,7 +115,7 @@ fn open_maildir(base: &OwnedFd, target: &Target, create: bool) -> Result<Maildir
         containment::make_dirs(
             base.as_fd(),
             relative,
-            Mode::from_raw_mode(DIR_MODE),
+            Mode::from_raw_mode(MAILDIR_MODE),
             target.uid,
         )
         .map(|(fd, _)| fd)
@@ -127,11 +126,11 @@ fn open_maildir(base: &OwnedFd, target: &Target, create: bool) -> Result<Maildir
     check_owner(&root, &target.full_path, target)?;
     let mut subdirs = Vec::with_capacity(3);
     // docs/DELIVERY.md: all three always exist after a delivery (virtual(8) may skip cur/, V27).
-    for sub in ["tmp", "new", "cur"] {
+    for sub in MAILDIR_SUBDIRECTORIES {
         // The root is the recipient's (checked above): `tmp/` and `new/` get the stricter
         // owner check below, `cur/` is never written here.
         let fd = if create {
-            containment::make_dirs_in_own_dir(root.as_fd(), sub, Mode::from_raw_mode(DIR_MODE))
+            containment::make_dirs_in_own_dir(root.as_fd(), sub, Mode::from_raw_mode(MAILDIR_MODE))
                 .map(|(fd, _)| fd)
         } else {
             containment::open_dir(root.as_fd(), sub).map_err(|errno| WalkError {
@@ -226,7 +225,7 @@ pub fn deliver(
             &maildir.tmp,
             name.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(FILE_MODE),
+            Mode::from_raw_mode(MAIL_FILE_MODE),
         ) {
             Ok(fd) => break (name, fd),
             Err(Errno::EXIST) if attempts < 8 => attempts += 1,
@@ -582,7 +581,7 @@ fn write_maildirsize(root: &OwnedFd, quota: u64, bytes: u64, count: u64) {
         &tmp,
         name.as_str(),
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(FILE_MODE),
+        Mode::from_raw_mode(MAIL_FILE_MODE),
     ) else {
         return;
     };

@@ -1,9 +1,11 @@
-//! Message bytes: line ends, prepended headers, mbox quoting, loop detection (virtual(8) V21, V26,
-//! V31; docs/DELIVERY.md).
+//! Message bytes: line ends, Postfix's prepended original recipient, prepended headers, mbox
+//! quoting, loop detection (virtual(8) V21, V26, V31; docs/DELIVERY.md).
 
 use std::borrow::Cow;
 
 use virtmail_crds::address::{fold, quote_address};
+
+use super::Recipient;
 
 /// Turn CRLF line ends into LF and keep every other byte (virtual(8) V31): a stray CR inside a line,
 /// 8-bit bytes and NUL stay as they are. Borrowed when there is nothing to change.
@@ -22,6 +24,51 @@ pub fn crlf_to_lf(message: &[u8]) -> Cow<'_, [u8]> {
         i += 1;
     }
     Cow::Owned(out)
+}
+
+/// The original recipient that Postfix's lmtp(8) prepends with master.cf `flags=O` (the virtmail
+/// profile sets it, with one recipient per transaction): an `X-Original-To:` header as the very
+/// first line. Returns the address and the message without that line.
+///
+/// Mail that came through Postfix otherwise always starts with Postfix's own `Received:`, so a
+/// sender cannot put an `X-Original-To:` first.
+pub fn postfix_original_recipient(message: &[u8]) -> Option<(String, &[u8])> {
+    const NAME: &[u8] = b"X-Original-To: ";
+    let rest = message.strip_prefix(NAME)?;
+    let end = rest.iter().position(|b| *b == b'\n')?;
+    // A folded (continued) header is not what Postfix writes: leave the message alone.
+    if matches!(rest.get(end + 1), Some(b' ' | b'\t')) {
+        return None;
+    }
+    let value = std::str::from_utf8(&rest[..end]).ok()?.trim();
+    let value = value
+        .strip_prefix('<')
+        .and_then(|v| v.strip_suffix('>'))
+        .unwrap_or(value);
+    // Postfix writes an address: anything with control characters (a bare CR, say) is not its
+    // header, and would be written into the mailbox as a header the agent vouches for.
+    if value.is_empty() || value.chars().any(char::is_control) {
+        return None;
+    }
+    Some((value.to_string(), &rest[end + 1..]))
+}
+
+/// The message to store for a transaction of `recipients`: with one recipient and Postfix's
+/// prepended `X-Original-To:` ([`postfix_original_recipient`]), that line is taken off and its
+/// address becomes the recipient's original, so the copy's own headers come in virtual(8)'s
+/// order (Return-Path, X-Original-To, Delivered-To) and name the address before alias
+/// expansion, which LMTP alone cannot carry without DSN.
+pub fn adopt_postfix_original_recipient<'m>(
+    recipients: &mut [Recipient],
+    message: &'m [u8],
+) -> &'m [u8] {
+    if let [only] = recipients
+        && let Some((original, rest)) = postfix_original_recipient(message)
+    {
+        only.original_recipient = original;
+        return rest;
+    }
+    message
 }
 
 /// The null sender as written in headers and the From_ line.
@@ -208,6 +255,43 @@ mod tests {
         assert!(!has_delivered_to(body_only, "bob@example.test"));
         let folded = b"Delivered-To:\n bob@example.test\n\n";
         assert!(has_delivered_to(folded, "bob@example.test"));
+    }
+
+    fn recipient(address: &str) -> Recipient {
+        Recipient {
+            address: address.into(),
+            original_recipient: address.into(),
+        }
+    }
+
+    #[test]
+    fn postfix_prepended_x_original_to_is_taken_off_for_one_recipient() {
+        let m = b"X-Original-To: <postmaster@virtual1.test>\nReceived: x\n\nbody\n";
+        let mut one = [recipient("root@virtual1.test")];
+        assert_eq!(
+            adopt_postfix_original_recipient(&mut one, m),
+            b"Received: x\n\nbody\n"
+        );
+        assert_eq!(one[0].original_recipient, "postmaster@virtual1.test");
+        let mut two = [recipient("a@x.test"), recipient("b@x.test")];
+        assert_eq!(adopt_postfix_original_recipient(&mut two, m), m);
+        assert_eq!(two[0].original_recipient, "a@x.test");
+    }
+
+    /// The last three were found by fuzzing (`lmtp_command`): control characters on the first
+    /// line would have been written into X-Original-To.
+    #[test]
+    fn other_first_lines_are_left_in_the_message() {
+        for text in [
+            &b"Received: x\nX-Original-To: a@b\n\n"[..],
+            b"X-Original-To: a@b\n continued\n\n",
+            b"X-Original-To: \n\n",
+            b"X-Original-To: team@example.test\r\x08Received: x\n\nbody\n",
+            b"X-Original-To: a\0b@example.test\nReceived: x\n\n",
+            b"X-Original-To: a@example.test\x1b[2J\nReceived: x\n\n",
+        ] {
+            assert_eq!(postfix_original_recipient(text), None, "{text:?}");
+        }
     }
 
     #[test]

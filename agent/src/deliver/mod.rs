@@ -1,7 +1,7 @@
 //! The delivery engine: Postfix virtual(8)-exact mbox and Maildir delivery (virtual(8) V1–V37) with
 //! the deliberate improvements of docs/DELIVERY.md.
 //!
-//! Two entry points serve LMTP (and the `deliver` CLI):
+//! Two entry points serve every caller:
 //! - [`precheck`] at RCPT time: table lookups and checks knowable before the message (unknown
 //!   user 5.1.1, suspended 4.2.1, deferring entry or bad owner/path 4.3.5, over quota 5.2.2);
 //!   it returns the resolved [`Target`].
@@ -9,17 +9,20 @@
 //!   whose [`Status`] is data. Deliveries of different recipients may run concurrently on
 //!   different threads.
 //!
+//! [`Engine`] drives them for a server (a whole transaction, automatic replies after each
+//! copy), [`deliver()`] for the `deliver` command. Neither knows a protocol: callers render the
+//! [`Status`] (LMTP into a reply line, the command into a sysexits code with [`exit_code`]).
+//!
 //! # Security
 //!
 //! Nothing from the directory is trusted: uid/gid and paths are re-validated here, every open
-//! below the base is contained ([`containment`]), and all disk access happens under the
-//! recipient's file system identity ([`identity`]) for the duration of one call on the calling
-//! thread. Callers must run [`drop_supplementary_groups`] once at start.
+//! below the base is contained ([`crate::fs::containment`]), and all disk access happens under
+//! the recipient's file system identity ([`crate::fs::identity`]) for the duration of one call
+//! on the calling thread. Callers must run [`crate::fs::identity::drop_supplementary_groups`]
+//! once at start.
 
-pub mod containment;
 mod engine;
-pub mod identity;
-pub mod lock;
+pub mod journal;
 pub mod maildir;
 pub mod mbox;
 pub mod message;
@@ -31,15 +34,16 @@ use std::time::{Duration, Instant};
 use rustix::fs::{Mode, OFlags};
 use virtmail_crds::Directory;
 use virtmail_crds::address::fold;
+use virtmail_crds::contract::{self, PathProblem};
 use virtmail_crds::resources::{LockMethod, MailboxFormat};
 
-pub use engine::Engine;
-pub use identity::drop_supplementary_groups;
+pub use engine::{Delivery, Engine};
 pub use message::crlf_to_lf;
 pub use status::{Class, Code, Failure, Status, classify, exit_code};
 
-use containment::PathProblem;
-use identity::FsIdentity;
+use crate::fs::containment;
+use crate::fs::identity::{FsIdentity, uid_floor};
+use crate::fs::lock;
 use status::Place;
 
 /// Engine tunables.
@@ -74,9 +78,10 @@ impl Default for Options {
 /// One envelope recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
-    /// Final recipient as queued (after alias rewriting, unfolded, unquoted).
+    /// Final recipient as queued (after alias rewriting, unfolded, unquoted; LMTP's RCPT).
     pub address: String,
-    /// Recipient before alias rewriting, for `X-Original-To` (empty: header omitted).
+    /// Recipient before alias rewriting, for `X-Original-To` (empty: header omitted): LMTP's
+    /// `ORCPT=rfc822;...` when given, else the RCPT address.
     pub original_recipient: String,
 }
 
@@ -250,7 +255,7 @@ pub fn resolve(directory: &Directory, recipient: &str) -> Result<Target, Status>
     let base = settings.mailbox_base.trim_end_matches('/');
     let base = if base.is_empty() { "/" } else { base };
     let full_path = format!("{base}/{}", entry.path);
-    let bad_path = match containment::check_relative(&entry.path) {
+    let bad_path = match contract::check_mailbox_path(&entry.path) {
         Ok(()) => None,
         Err(PathProblem::DotDot | PathProblem::Empty) => {
             // V14: the configuration error Postfix reports, checked before uid/gid (V7).
@@ -264,8 +269,8 @@ pub fn resolve(directory: &Directory, recipient: &str) -> Result<Target, Status>
         }
         Err(problem) => Some(problem),
     };
-    identity::check_uid(&folded, entry.uid, settings.minimum_uid).map_err(Status::from)?;
-    identity::check_gid(&folded, entry.gid).map_err(Status::from)?;
+    check_uid(&folded, entry.uid, settings.minimum_uid)?;
+    check_gid(&folded, entry.gid)?;
     let format = if entry.path.ends_with('/') {
         Format::Maildir
     } else {
@@ -312,6 +317,37 @@ pub fn resolve(directory: &Directory, recipient: &str) -> Result<Target, Status>
         size_limit: settings.mailbox_size_limit,
         locks: settings.mailbox_lock.clone(),
     })
+}
+
+/// Validate a uid from the directory as Postfix does (virtual(8) V9): uid 0, (uid_t)-1 and uids below
+/// the minimum are configuration errors (defer 4.3.5). The minimum is the directory's
+/// `minimum_uid` or the agent's own [`uid_floor`], whichever is higher.
+fn check_uid(recipient: &str, uid: u32, minimum_uid: u32) -> Result<(), Failure> {
+    let floor = uid_floor();
+    if uid == 0 || uid == u32::MAX || uid < minimum_uid.max(1) || uid < floor {
+        let below_floor = uid != 0 && uid < floor && uid >= minimum_uid;
+        return Err(Failure::Config {
+            warning: format!(
+                "recipient {recipient}: bad uid {uid} in virtual_uid_maps{}",
+                if below_floor {
+                    format!(" (below the agent's --minimum-uid {floor})")
+                } else {
+                    String::new()
+                }
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Validate a gid (virtual(8) V10, current snapshot: gid 0 is refused).
+fn check_gid(recipient: &str, gid: u32) -> Result<(), Failure> {
+    if gid == 0 || gid == u32::MAX {
+        return Err(Failure::Config {
+            warning: format!("recipient {recipient}: bad gid {gid} in virtual_gid_maps"),
+        });
+    }
+    Ok(())
 }
 
 /// The mailbox base of `target`, opened as [`open_base`] does, for work beside the delivery
@@ -434,21 +470,35 @@ pub fn deliver(
     envelope
         .recipients
         .iter()
-        .map(|recipient| match precheck(directory, &recipient.address) {
-            Ok(target) => deliver_one(
-                &target,
-                &envelope.sender,
-                &recipient.original_recipient,
-                message,
-                options,
-            ),
-            Err(status) => Outcome {
-                recipient: recipient.address.clone(),
-                status,
-                path: None,
-                size: 0,
-                duration: Duration::ZERO,
-            },
+        .map(|recipient| {
+            let checked = precheck(directory, &recipient.address);
+            deliver_checked(checked, &envelope.sender, recipient, message, options)
         })
         .collect()
+}
+
+/// [`deliver_one`] to a recipient that `checked` resolved, or its refusal as an outcome.
+fn deliver_checked(
+    checked: Result<Target, Status>,
+    sender: &str,
+    recipient: &Recipient,
+    message: &[u8],
+    options: &Options,
+) -> Outcome {
+    match checked {
+        Ok(target) => deliver_one(
+            &target,
+            sender,
+            &recipient.original_recipient,
+            message,
+            options,
+        ),
+        Err(status) => Outcome {
+            recipient: recipient.address.clone(),
+            status,
+            path: None,
+            size: 0,
+            duration: Duration::ZERO,
+        },
+    }
 }

@@ -330,6 +330,14 @@ pub fn classify(failure: &Failure) -> Status {
     }
 }
 
+impl From<crate::fs::identity::IdentityError> for Failure {
+    fn from(error: crate::fs::identity::IdentityError) -> Failure {
+        Failure::Identity {
+            reason: error.reason,
+        }
+    }
+}
+
 impl From<Failure> for Status {
     fn from(failure: Failure) -> Status {
         classify(&failure)

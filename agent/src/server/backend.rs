@@ -1,105 +1,76 @@
 //! The seam between the LMTP protocol and the delivery engine.
 //!
-//! LMTP only needs two things from delivery: a RCPT-time check and a blocking per-recipient
-//! delivery that returns a status as data. Keeping that behind a trait lets the protocol be tested
-//! on its own and lets the engine evolve without touching the session code.
+//! LMTP only needs two things from delivery: a RCPT-time check and a blocking delivery of one
+//! message that reports each recipient's [`Status`] as data, which LMTP renders into a reply
+//! line ([`Reply::line`]). Keeping that behind a trait lets the protocol be tested on its own and
+//! lets the engine evolve without touching the session code.
 
 use std::fmt::Debug;
-use std::time::Duration;
 
 use virtmail_crds::Directory;
+use virtmail_crds::address::quote_address;
 
-/// A reply status: SMTP code, RFC 3463 enhanced code and text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// Three-digit reply code.
-    pub code: u16,
-    /// Enhanced status code, e.g. `2.0.0`.
-    pub enhanced: String,
-    /// Human-readable text (without the address).
-    pub text: String,
-}
-
-impl Status {
-    /// Build a status; the reply code follows the enhanced code (virtual(8) V37).
-    pub fn new(enhanced: &str, text: impl Into<String>) -> Status {
-        Status {
-            code: reply_code(enhanced),
-            enhanced: enhanced.into(),
-            text: text.into(),
-        }
-    }
-
-    /// Reply class digit (2, 4 or 5).
-    pub fn class(&self) -> u8 {
-        (self.code / 100) as u8
-    }
-}
-
-/// docs/DELIVERY.md: 2.0.0→250, 5.1.1→550, 5.2.2→552, 5.3.4→552 (size), 5.3.x/5.4.6→554,
-/// 4.2.1→450 (suspended), 4.3.0→452, other 4.x.x→451, other 5.x.x→550.
-pub fn reply_code(enhanced: &str) -> u16 {
-    match enhanced {
-        e if e.starts_with("2.") => 250,
-        "5.1.1" => 550,
-        "5.2.2" | "5.3.4" => 552,
-        "5.4.6" => 554,
-        e if e.starts_with("5.3.") => 554,
-        e if e.starts_with("5.") => 550,
-        "4.2.1" => 450,
-        "4.3.0" => 452,
-        _ => 451,
-    }
-}
-
-/// One recipient of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipient {
-    /// The RCPT address, unquoted (`john doe@example.test`).
-    pub address: String,
-    /// The address before alias expansion, for `X-Original-To`: the RCPT `ORCPT=rfc822;...`
-    /// parameter when present, otherwise the RCPT address.
-    pub original: String,
-}
-
-/// Result of one recipient's delivery.
-#[derive(Debug, Clone)]
-pub struct Delivered {
-    /// The status to reply with.
-    pub status: Status,
-    /// Mailbox file or Maildir file written, if any.
-    pub path: Option<String>,
-    /// Bytes written.
-    pub size: u64,
-    /// Time spent delivering.
-    pub duration: Duration,
-}
+use crate::deliver::{Code, Engine};
+pub use crate::deliver::{Delivery, Outcome, Recipient, Status};
 
 /// What LMTP needs from the delivery engine.
 pub trait Backend: Send + Sync + Debug + 'static {
     /// RCPT-time checks knowable before DATA (unknown user, suspended, deferring entry, quota).
     fn precheck(&self, directory: &Directory, recipient: &str) -> Result<(), Status>;
 
-    /// Deliver one copy; blocking (runs on a blocking thread). `message` is the unstuffed body
-    /// with LF line ends.
-    fn deliver(
-        &self,
-        directory: &Directory,
-        sender: &str,
-        recipient: &Recipient,
-        message: &[u8],
-    ) -> Delivered;
+    /// Deliver one copy per recipient, in order, handing each outcome to `report` as soon as it
+    /// is durable (see [`Engine::deliver`]). Blocking: runs on a blocking thread.
+    fn deliver(&self, delivery: Delivery<'_>, report: &mut dyn FnMut(Outcome) -> bool);
+}
 
-    /// Work after a copy's reply is decided (the automatic reply); blocking, on the same thread
-    /// as [`Backend::deliver`], after the reply has been handed to the session. Never changes
-    /// the delivery's result.
-    fn after_delivery(
-        &self,
-        _directory: &Directory,
-        _sender: &str,
-        _recipient: &Recipient,
-        _message: &[u8],
-        _delivered: &Delivered,
-    ) {
+impl Backend for Engine {
+    fn precheck(&self, directory: &Directory, recipient: &str) -> Result<(), Status> {
+        Engine::precheck(self, directory, recipient).map(drop)
+    }
+
+    fn deliver(&self, delivery: Delivery<'_>, report: &mut dyn FnMut(Outcome) -> bool) {
+        Engine::deliver(self, delivery, report);
+    }
+}
+
+/// What LMTP replies about one recipient: a [`Status`] and the reply code it is rendered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Three-digit reply code.
+    pub code: u16,
+    /// Enhanced code and text.
+    pub status: Status,
+}
+
+impl From<Status> for Reply {
+    /// The engine's statuses: the reply code follows the enhanced code (virtual(8) V37).
+    fn from(status: Status) -> Reply {
+        Reply {
+            code: status.reply_code(),
+            status,
+        }
+    }
+}
+
+impl Reply {
+    /// A temporary failure of the LMTP session itself (no directory yet, a check that
+    /// panicked), not of delivery: `451 4.3.0`, where the engine's 4.3.0 (disk full) is 452.
+    pub fn session_deferral(text: &str) -> Reply {
+        Reply {
+            code: 451,
+            status: Status::new(Code(4, 3, 0), text),
+        }
+    }
+
+    /// The reply line about `address`: reply code, enhanced code, the address in angle
+    /// brackets, text.
+    pub fn line(&self, address: &str) -> String {
+        format!(
+            "{} {} <{}> {}",
+            self.code,
+            self.status.code,
+            quote_address(address),
+            self.status.text
+        )
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use virtmail_crds::address;
 
 use super::Shared;
-use super::backend::{Recipient, Status};
+use super::backend::{Delivery, Recipient, Reply};
 use super::metrics::Proto;
 use crate::source::Loaded;
 use virtmail_crds::address::unquote_address;
@@ -354,54 +354,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             return self.reply("452 4.5.3 Too many recipients").await;
         }
         let check = match self.tx.as_ref().and_then(|t| t.snapshot.clone()) {
-            None => Err(Status {
-                code: 451,
-                enhanced: "4.3.0".into(),
-                text: "Directory not loaded yet".into(),
-            }),
+            None => Err(Reply::session_deferral("Directory not loaded yet")),
             Some(loaded) => {
                 // The check may read the disk (quota): on the blocking pool, never on a runtime
                 // worker that socketmap, other sessions and /healthz share.
                 let backend = self.shared.backend.clone();
                 let rcpt = address.clone();
-                tokio::task::spawn_blocking(move || backend.precheck(&loaded.directory, &rcpt))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Status {
-                            code: 451,
-                            enhanced: "4.3.0".into(),
-                            text: "Internal error while checking the recipient".into(),
-                        })
-                    })
+                match tokio::task::spawn_blocking(move || {
+                    backend.precheck(&loaded.directory, &rcpt)
+                })
+                .await
+                {
+                    Ok(checked) => checked.map_err(Reply::from),
+                    Err(_) => Err(Reply::session_deferral(
+                        "Internal error while checking the recipient",
+                    )),
+                }
             }
         };
         match check {
             Ok(()) => {
                 if let Some(tx) = &mut self.tx {
                     tx.recipients.push(Recipient {
-                        original: original.unwrap_or_else(|| address.clone()),
+                        original_recipient: original.unwrap_or_else(|| address.clone()),
                         address,
                     });
                 }
                 self.reply("250 2.1.5 OK").await
             }
-            Err(status) => {
-                self.shared.metrics.rcpt_refused(status.class());
+            Err(reply) => {
+                self.shared.metrics.rcpt_refused(reply.status.code.0);
                 tracing::info!(
                     sender = %self.tx.as_ref().map(|t| t.sender.as_str()).unwrap_or(""),
                     recipient = %address,
-                    status = %status.enhanced,
+                    status = %reply.status.code,
                     "refused at RCPT: {}",
-                    status.text
+                    reply.status.text
                 );
-                let line = format!(
-                    "{} {} <{}> {}",
-                    status.code,
-                    status.enhanced,
-                    address::quote_address(&address),
-                    status.text
-                );
-                self.reply(&line).await
+                self.reply(&reply.line(&address)).await
             }
         }
     }
@@ -454,33 +444,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         };
         let backend = self.shared.backend.clone();
         let (send, mut results) = tokio::sync::mpsc::unbounded_channel();
-        let mut recipients = tx.recipients.clone();
-        let mut message = message;
-        if let [only] = recipients.as_mut_slice()
-            && let Some(original) = take_postfix_original_recipient(&mut message)
-        {
-            only.original = original;
-        }
-        let sender = tx.sender.clone();
+        let envelope = crate::deliver::Envelope {
+            sender: tx.sender.clone(),
+            recipients: tx.recipients.clone(),
+        };
         let size = message.len();
         // One blocking task per transaction: the engine switches fsuid per thread, and replies
         // stream back one by one so each goes out as soon as its copy is durable.
         let task = tokio::task::spawn_blocking(move || {
-            for recipient in &recipients {
-                let result = backend.deliver(&snapshot.directory, &sender, recipient, &message);
-                let delivered = result.clone();
-                if send.send(result).is_err() {
-                    return;
-                }
-                // The reply for this copy is on its way; automatic replies come after it.
-                backend.after_delivery(
-                    &snapshot.directory,
-                    &sender,
-                    recipient,
-                    &message,
-                    &delivered,
-                );
-            }
+            let delivery = Delivery {
+                directory: &snapshot.directory,
+                envelope: &envelope,
+                message: &message,
+            };
+            backend.deliver(delivery, &mut |outcome| send.send(outcome).is_ok());
         });
         let mut answered = 0;
         for recipient in &tx.recipients {
@@ -491,13 +468,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             let status = &result.status;
             self.shared
                 .metrics
-                .delivery(status.class(), started.elapsed());
+                .delivery(status.code.0, started.elapsed());
             tracing::info!(
                 sender = %tx.sender,
                 recipient = %recipient.address,
-                original = %recipient.original,
-                status = %status.enhanced,
-                code = status.code,
+                original = %recipient.original_recipient,
+                status = %status.code,
+                code = status.reply_code(),
                 path = %result.path.as_deref().unwrap_or("-"),
                 size = result.size,
                 message_size = size,
@@ -505,13 +482,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
                 "{}",
                 status.text
             );
-            let line = format!(
-                "{} {} <{}> {}",
-                status.code,
-                status.enhanced,
-                address::quote_address(&recipient.address),
-                status.text
-            );
+            let line = Reply::from(result.status).line(&recipient.address);
             // Write errors are noticed later: the remaining copies are still delivered.
             if self.reply(&line).await.is_err() || self.flush().await.is_err() {
                 let _ = task.await;
@@ -853,81 +824,5 @@ mod tests {
         );
         assert_eq!(decode_orcpt("rfc822;a+2@x.test"), None);
         assert_eq!(decode_orcpt("x400;foo"), None);
-    }
-}
-
-/// The original recipient that Postfix's lmtp(8) prepends with master.cf `flags=O` (the virtmail
-/// profile sets it, with one recipient per transaction): an `X-Original-To:` header as the very
-/// first line. It is taken off the message and used for the copy's own `X-Original-To`, so the
-/// header order is virtual(8)'s (Return-Path, X-Original-To, Delivered-To) and the address is
-/// the one before alias expansion, which LMTP alone cannot carry without DSN.
-///
-/// Mail that came through Postfix otherwise always starts with Postfix's own `Received:`, so a
-/// sender cannot put an `X-Original-To:` first.
-pub fn take_postfix_original_recipient(message: &mut Vec<u8>) -> Option<String> {
-    const NAME: &[u8] = b"X-Original-To: ";
-    if !message.starts_with(NAME) {
-        return None;
-    }
-    let end = message.iter().position(|b| *b == b'\n')?;
-    // A folded (continued) header is not what Postfix writes: leave the message alone.
-    if matches!(message.get(end + 1), Some(b' ' | b'\t')) {
-        return None;
-    }
-    let value = std::str::from_utf8(&message[NAME.len()..end]).ok()?.trim();
-    let value = value
-        .strip_prefix('<')
-        .and_then(|v| v.strip_suffix('>'))
-        .unwrap_or(value);
-    // Postfix writes an address: anything with control characters (a bare CR, say) is not its
-    // header, and would be written into the mailbox as a header the agent vouches for.
-    if value.is_empty() || value.chars().any(char::is_control) {
-        return None;
-    }
-    let value = value.to_string();
-    message.drain(..=end);
-    Some(value)
-}
-
-#[cfg(test)]
-mod original_recipient_tests {
-    use super::take_postfix_original_recipient;
-
-    #[test]
-    fn postfix_prepended_x_original_to_is_taken_off() {
-        let mut m = b"X-Original-To: postmaster@virtual1.test\nReceived: x\n\nbody\n".to_vec();
-        assert_eq!(
-            take_postfix_original_recipient(&mut m).as_deref(),
-            Some("postmaster@virtual1.test")
-        );
-        assert_eq!(m, b"Received: x\n\nbody\n");
-    }
-
-    #[test]
-    fn other_messages_are_left_alone() {
-        for text in [
-            &b"Received: x\nX-Original-To: a@b\n\n"[..],
-            b"X-Original-To: a@b\n continued\n\n",
-            b"X-Original-To: \n\n",
-        ] {
-            let mut m = text.to_vec();
-            assert_eq!(take_postfix_original_recipient(&mut m), None);
-            assert_eq!(m, text);
-        }
-    }
-
-    /// Found by fuzzing (`lmtp_command`): a bare CR inside the first line made its rest part of
-    /// the "recipient", and the agent wrote CR and control characters into X-Original-To.
-    #[test]
-    fn x_original_to_with_control_characters_is_left_in_the_message() {
-        for text in [
-            &b"X-Original-To: team@example.test\r\x08Received: x\n\nbody\n"[..],
-            b"X-Original-To: a\0b@example.test\nReceived: x\n\n",
-            b"X-Original-To: a@example.test\x1b[2J\nReceived: x\n\n",
-        ] {
-            let mut m = text.to_vec();
-            assert_eq!(take_postfix_original_recipient(&mut m), None);
-            assert_eq!(m, text);
-        }
     }
 }

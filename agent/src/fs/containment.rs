@@ -4,7 +4,7 @@
 //!
 //! The directory is not trusted: a mailbox path could name `..`, an absolute path or a NUL, and
 //! a user with shell access to the volume could plant symlinks. Every path is therefore checked
-//! lexically first ([`check_relative`]) and then opened *relative to a directory descriptor of
+//! lexically first ([`check_mailbox_path`], the rule the compiler applies too) and then opened *relative to a directory descriptor of
 //! the base* with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`: the
 //! kernel refuses any resolution that would leave the base or cross a symlink in any component,
 //! including the last, so a swap of a directory for a symlink between check and use cannot
@@ -25,62 +25,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
+#[cfg(doc)]
+use virtmail_crds::contract::check_mailbox_path;
 
 /// Flags of every open below the base.
 pub const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS);
-
-/// Why a mailbox path is refused before the disk is touched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathProblem {
-    /// Empty path.
-    Empty,
-    /// A `..` component (virtual(8) V14; virtmail also catches a trailing `/..`).
-    DotDot,
-    /// Absolute path (Postfix would put it under the base with `//`; virtmail refuses).
-    Absolute,
-    /// A NUL byte.
-    Nul,
-    /// A `.` or empty component (`a/./b`, `a//b`): ambiguous with another entry's path.
-    NotNormal,
-}
-
-impl PathProblem {
-    /// Human text for warnings.
-    pub fn describe(self) -> &'static str {
-        match self {
-            PathProblem::Empty => "is empty",
-            PathProblem::DotDot => "contains a .. component",
-            PathProblem::Absolute => "is absolute",
-            PathProblem::Nul => "contains a NUL byte",
-            PathProblem::NotNormal => "contains a . or empty component",
-        }
-    }
-}
-
-/// Check a path relative to the base: no NUL, not absolute, no `..`, `.` or empty components.
-/// One trailing `/` (the Maildir marker, virtual(8) V15) is allowed.
-pub fn check_relative(path: &str) -> Result<(), PathProblem> {
-    if path.is_empty() || path == "/" {
-        return Err(PathProblem::Empty);
-    }
-    if path.contains('\0') {
-        return Err(PathProblem::Nul);
-    }
-    // `..` first: Postfix's own check (virtual(8) V14) reports it as a configuration error.
-    let trimmed = path.strip_suffix('/').unwrap_or(path);
-    if trimmed.split('/').any(|c| c == "..") {
-        return Err(PathProblem::DotDot);
-    }
-    if path.starts_with('/') {
-        return Err(PathProblem::Absolute);
-    }
-    if trimmed.split('/').any(|c| c.is_empty() || c == ".") {
-        return Err(PathProblem::NotNormal);
-    }
-    Ok(())
-}
 
 /// `openat2` below `dir` with [`RESOLVE`]. Retries the rare EAGAIN/EINTR the kernel returns
 /// when a concurrent rename raced with the resolution.
@@ -263,30 +214,5 @@ pub fn unsafe_errno(errno: Errno) -> Option<&'static str> {
         Errno::LOOP => Some("crosses a symbolic link"),
         Errno::XDEV => Some("leaves the mailbox base"),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn v14_dotdot_is_caught_anywhere() {
-        assert_eq!(check_relative("../x/"), Err(PathProblem::DotDot));
-        assert_eq!(check_relative("x/../y"), Err(PathProblem::DotDot));
-        assert_eq!(check_relative("x/.."), Err(PathProblem::DotDot));
-        assert_eq!(check_relative("x/../"), Err(PathProblem::DotDot));
-    }
-
-    #[test]
-    fn absolute_nul_dot_and_empty_are_refused() {
-        assert_eq!(check_relative("/etc/x"), Err(PathProblem::Absolute));
-        assert_eq!(check_relative("a\0b"), Err(PathProblem::Nul));
-        assert_eq!(check_relative("a/./b"), Err(PathProblem::NotNormal));
-        assert_eq!(check_relative("a//b"), Err(PathProblem::NotNormal));
-        assert_eq!(check_relative(""), Err(PathProblem::Empty));
-        assert_eq!(check_relative("d/u/"), Ok(()));
-        assert_eq!(check_relative("d/u"), Ok(()));
-        assert_eq!(check_relative("d/..u"), Ok(()));
     }
 }

@@ -1,4 +1,4 @@
-//! The recipient's identity for file system access (virtual(8) V16, docs/DELIVERY.md).
+//! The mailbox owner's identity for file system access (virtual(8) V16, docs/DELIVERY.md).
 //!
 //! # Security
 //!
@@ -17,9 +17,10 @@
 //! The directory says which uid owns each mailbox, and anyone who may write the directory's
 //! ConfigMaps can rewrite it, `minimumUid` included. The agent therefore has a floor of its own
 //! ([`set_uid_floor`], the `--minimum-uid` flag the operator sets from the MailServer, never
-//! read from the directory): no uid below it is accepted ([`check_uid`]) or assumed
-//! ([`FsIdentity::assume`]), whatever the directory says.
+//! read from the directory): no uid below it is accepted (delivery's uid check reads
+//! [`uid_floor`]) or assumed ([`FsIdentity::assume`]), whatever the directory says.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::unistd::{Gid, Uid, setfsgid, setfsuid, setgroups};
@@ -39,7 +40,20 @@ pub fn uid_floor() -> u32 {
     UID_FLOOR.load(Ordering::Relaxed)
 }
 
-use super::status::Failure;
+/// Why [`FsIdentity::assume`] refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityError {
+    /// What happened.
+    pub reason: String,
+}
+
+impl fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for IdentityError {}
 
 /// Drop every supplementary group of the process (Postfix `set_eugid()` keeps only the
 /// recipient's gid, virtual(8) V16). Call once at start, before threads that deliver exist.
@@ -66,9 +80,9 @@ pub struct FsIdentity {
 impl FsIdentity {
     /// Switch this thread's fsgid then fsuid to `uid`/`gid`. Refuses 0 and -1; fails when the
     /// kernel did not apply the switch (e.g. the process lacks CAP_SETUID).
-    pub fn assume(uid: u32, gid: u32) -> Result<FsIdentity, Failure> {
+    pub fn assume(uid: u32, gid: u32) -> Result<FsIdentity, IdentityError> {
         if uid == 0 || gid == 0 || uid == u32::MAX || gid == u32::MAX || uid < uid_floor() {
-            return Err(Failure::Identity {
+            return Err(IdentityError {
                 reason: format!(
                     "refusing uid/gid {uid}/{gid} (the agent's uid floor is {})",
                     uid_floor()
@@ -79,14 +93,14 @@ impl FsIdentity {
         let previous_gid = setfsgid(Gid::from_raw(gid)).as_raw();
         let guard_gid = RestoreGid(previous_gid);
         if current_fsgid() != gid {
-            return Err(Failure::Identity {
+            return Err(IdentityError {
                 reason: format!("setfsgid({gid}) did not take effect"),
             });
         }
         let previous_uid = setfsuid(Uid::from_raw(uid)).as_raw();
         if current_fsuid() != uid {
             setfsuid(Uid::from_raw(previous_uid));
-            return Err(Failure::Identity {
+            return Err(IdentityError {
                 reason: format!("setfsuid({uid}) did not take effect"),
             });
         }
@@ -117,35 +131,4 @@ impl Drop for RestoreGid {
     fn drop(&mut self) {
         setfsgid(Gid::from_raw(self.0));
     }
-}
-
-/// Validate a uid from the directory as Postfix does (virtual(8) V9): uid 0, (uid_t)-1 and uids below
-/// the minimum are configuration errors (defer 4.3.5). The minimum is the directory's
-/// `minimum_uid` or the agent's own [`uid_floor`], whichever is higher.
-pub fn check_uid(recipient: &str, uid: u32, minimum_uid: u32) -> Result<(), Failure> {
-    let floor = uid_floor();
-    if uid == 0 || uid == u32::MAX || uid < minimum_uid.max(1) || uid < floor {
-        let below_floor = uid != 0 && uid < floor && uid >= minimum_uid;
-        return Err(Failure::Config {
-            warning: format!(
-                "recipient {recipient}: bad uid {uid} in virtual_uid_maps{}",
-                if below_floor {
-                    format!(" (below the agent's --minimum-uid {floor})")
-                } else {
-                    String::new()
-                }
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Validate a gid (virtual(8) V10, current snapshot: gid 0 is refused).
-pub fn check_gid(recipient: &str, gid: u32) -> Result<(), Failure> {
-    if gid == 0 || gid == u32::MAX {
-        return Err(Failure::Config {
-            warning: format!("recipient {recipient}: bad gid {gid} in virtual_gid_maps"),
-        });
-    }
-    Ok(())
 }
