@@ -23,7 +23,7 @@ use kube::Resource;
 use kube::runtime::watcher::Event;
 use virtmail_crds::{MailAlias, MailDomain, Mailbox};
 
-use crate::status::READY;
+use crate::reconcile::status::READY;
 
 /// A member kind: its status conditions (the cache keeps only the operator's own, the status
 /// step reads them).
