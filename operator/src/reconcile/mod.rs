@@ -8,10 +8,10 @@
 //! [`crate::watches`].
 
 mod apply;
-mod snapshot;
-pub mod status;
 #[cfg(test)]
 mod request_sequence;
+mod snapshot;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
