@@ -83,17 +83,21 @@ impl Default for Metrics {
             "The operator's version (always 1)",
             build_info,
         );
-        registry.register("reconciles", "Reconciles run", metrics.reconciles.clone());
-        registry.register(
-            "paced_reconciles",
-            "Reconciles put off because directory writes used up their budget",
-            metrics.paced.clone(),
-        );
-        registry.register(
-            "directory_written_bytes",
-            "Directory bytes (shards and heads) written to the apiserver",
-            metrics.written.clone(),
-        );
+        for (name, help, counter) in [
+            ("reconciles", "Reconciles run", &metrics.reconciles),
+            (
+                "paced_reconciles",
+                "Reconciles put off because directory writes used up their budget",
+                &metrics.paced,
+            ),
+            (
+                "directory_written_bytes",
+                "Directory bytes (shards and heads) written to the apiserver",
+                &metrics.written,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "reconcile_failures",
             "Failed reconciles by error category",

@@ -52,16 +52,17 @@ fn condition<'a>(status: &'a MailServerStatus, type_: &str) -> &'a Condition {
         .unwrap_or_else(|| panic!("no {type_} condition"))
 }
 
+/// A new server's first status, generation 1, with `ready` of 2 pods ready.
+fn first_status(compiled: &Compiled, ready: i32, now: &Time) -> MailServerStatus {
+    let observed = observed(compiled, &[], ready);
+    server_status(&MailServerStatus::default(), &observed, Some(1), now)
+}
+
 #[test]
 fn available_follows_the_ready_pods_and_ready_the_reconcile() {
     let (t0, t1) = (time("2026-01-01T00:00:00Z"), time("2026-01-02T00:00:00Z"));
     let compiled = empty_compile();
-    let starting = server_status(
-        &MailServerStatus::default(),
-        &observed(&compiled, &[], 1),
-        Some(1),
-        &t0,
-    );
+    let starting = first_status(&compiled, 1, &t0);
     assert_eq!(condition(&starting, READY).status, "True");
     let available = condition(&starting, AVAILABLE);
     assert_eq!(
@@ -100,12 +101,7 @@ fn available_follows_the_ready_pods_and_ready_the_reconcile() {
 fn a_ceded_domain_shows_as_a_domain_conflict() {
     let t0 = time("2026-01-01T00:00:00Z");
     let mut compiled = empty_compile();
-    let clean = server_status(
-        &MailServerStatus::default(),
-        &observed(&compiled, &[], 2),
-        Some(1),
-        &t0,
-    );
+    let clean = first_status(&compiled, 2, &t0);
     assert_eq!(condition(&clean, DOMAIN_CONFLICT).status, "False");
     compiled.ceded.push(virtmail_crds::CededDomain {
         object: "shared".into(),
