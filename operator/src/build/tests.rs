@@ -289,12 +289,7 @@ fn shard_config_maps_carry_their_hash() {
 }
 
 fn mounted_server(example: &str) -> (MailServer, Encoded) {
-    let (mut server, encoded) = example_server(example);
-    server.spec.agent = Some(virtmail_crds::AgentSpec {
-        directory_source: Some(DirectorySource::MountedFiles),
-        ..Default::default()
-    });
-    (server, encoded)
+    example_with(example, "agent: {directorySource: MountedFiles}")
 }
 
 #[test]
@@ -474,7 +469,12 @@ fn network_policy_admits_smtp_from_anywhere_and_http_only_from_the_metrics_names
 
 /// A server of example 1 with `spec` merged in (as YAML).
 fn server_with(spec: &str) -> (MailServer, Encoded) {
-    let (mut server, encoded) = example_server("1-virtual-for-all-mail");
+    example_with("1-virtual-for-all-mail", spec)
+}
+
+/// A server of `example` with `spec` merged in (as YAML).
+fn example_with(example: &str, spec: &str) -> (MailServer, Encoded) {
+    let (mut server, encoded) = example_server(example);
     let mut value = serde_json::to_value(&server.spec).expect("spec");
     let extra: serde_json::Value = serde_yaml::from_str(spec).expect("spec YAML");
     for (k, v) in extra.as_object().expect("a mapping") {
