@@ -1,7 +1,7 @@
 //! Objects the unit tests share.
 
 use serde_json::json;
-use virtmail_crds::{MailServer, Mailbox};
+use virtmail_crds::{Compiled, Inputs, MailServer, Mailbox, Objects, compile};
 
 /// A Mailbox `name@example.test`, `Ready` or without conditions.
 pub fn mailbox(namespace: &str, name: &str, generation: i64, ready: bool) -> Mailbox {
@@ -29,4 +29,15 @@ pub fn server(namespace: &str, name: &str, generation: i64) -> MailServer {
         "spec": {},
     }))
     .expect("a MailServer")
+}
+
+/// The compile of `server` with no other object in its namespace.
+pub fn compiled_alone(server: &MailServer) -> Compiled {
+    compile(Inputs {
+        server,
+        servers: Objects::Slice(&[]),
+        domains: Objects::Slice(&[]),
+        mailboxes: Objects::Slice(&[]),
+        aliases: Objects::Slice(&[]),
+    })
 }

@@ -221,13 +221,7 @@ mod tests {
     fn a_server_directory_shows_per_server_and_kind() {
         let m = Metrics::default();
         let server = virtmail_crds::MailServer::new("mail", Default::default());
-        let compiled = virtmail_crds::compile(virtmail_crds::Inputs {
-            server: &server,
-            servers: virtmail_crds::Objects::Slice(&[]),
-            domains: virtmail_crds::Objects::Slice(&[]),
-            mailboxes: virtmail_crds::Objects::Slice(&[]),
-            aliases: virtmail_crds::Objects::Slice(&[]),
-        });
+        let compiled = crate::fixtures::compiled_alone(&server);
         m.set_directory("ns/mail", 4096, &compiled);
         let text = m.render();
         assert!(

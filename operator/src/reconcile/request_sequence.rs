@@ -208,14 +208,7 @@ fn context(api: &MockApi, server: &MailServer) -> Arc<Context> {
 /// `server`'s directory, as shards named and filled by hand (a real encoding of a few entries
 /// is one shard).
 fn directory(server: &MailServer, shards: &[(usize, &str)]) -> Encoded {
-    let nothing = virtmail_crds::Objects::Slice(&[]);
-    let compiled = virtmail_crds::compile(virtmail_crds::Inputs {
-        server,
-        servers: virtmail_crds::Objects::Slice(&[]),
-        domains: virtmail_crds::Objects::Slice(&[]),
-        mailboxes: virtmail_crds::Objects::Slice(&[]),
-        aliases: nothing,
-    });
+    let compiled = fixtures::compiled_alone(server);
     let mut encoded = encoding::encode(&compiled.directory);
     encoded.shards = shards
         .iter()

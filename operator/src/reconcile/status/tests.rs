@@ -15,13 +15,7 @@ fn wanted(status: bool, reason: &str) -> Wanted {
 
 fn empty_compile() -> Compiled {
     let server = MailServer::new("mail", Default::default());
-    virtmail_crds::compile(virtmail_crds::Inputs {
-        server: &server,
-        servers: virtmail_crds::Objects::Slice(&[]),
-        domains: virtmail_crds::Objects::Slice(&[]),
-        mailboxes: virtmail_crds::Objects::Slice(&[]),
-        aliases: virtmail_crds::Objects::Slice(&[]),
-    })
+    crate::fixtures::compiled_alone(&server)
 }
 
 fn observed<'a>(
