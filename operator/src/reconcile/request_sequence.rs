@@ -12,8 +12,8 @@ use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use virtmail_crds::MailServer;
 use virtmail_crds::encoding::{self, Encoded, Shard};
-use virtmail_crds::{MailDomain, MailServer};
 
 use super::*;
 use crate::fixtures;
@@ -288,13 +288,7 @@ async fn statuses_are_patched_only_after_the_directory_is_published() {
     let api = MockApi::default();
     let server = fixtures::server("ns", "mail", 1);
     let ctx = context(&api, &server);
-    let domain: MailDomain = serde_json::from_value(json!({
-        "apiVersion": "virtmail.io/v1alpha1", "kind": "MailDomain",
-        "metadata": {"name": "example", "namespace": "ns", "uid": "uid-example", "generation": 1},
-        "spec": {"domain": "example.test", "postmaster": "alice@example.test",
-                 "defaults": {"uid": 5000, "gid": 5000, "format": "Mbox"}},
-    }))
-    .expect("a MailDomain");
+    let domain = fixtures::domain("ns");
     let mailbox = fixtures::mailbox("ns", "alice", 1, false);
     api.hold(&server).hold(&domain).hold(&mailbox);
     ctx.domains.apply(&Event::Apply(domain));

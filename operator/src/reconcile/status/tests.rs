@@ -131,3 +131,98 @@ fn last_transition_time_moves_only_on_status_change() {
         &merge(&third, &[wanted(true, "Published")], Some(3), &t0)
     ));
 }
+
+/// Server `mail` compiled with domain `example.test` and Mailbox `alice`, as a cache would hold
+/// them.
+fn compiled_with_alice() -> (Compiled, Mailbox, MailDomain) {
+    use crate::fixtures;
+    let server = fixtures::server("ns", "mail", 1);
+    let (domain, mailbox) = (
+        fixtures::domain("ns"),
+        fixtures::mailbox("ns", "alice", 1, false),
+    );
+    let compiled = fixtures::compiled(
+        &server,
+        std::slice::from_ref(&domain),
+        std::slice::from_ref(&mailbox),
+    );
+    (compiled, mailbox, domain)
+}
+
+fn member<'a>(compiled: &'a Compiled, name: &str) -> &'a ObjectRef {
+    compiled
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("{name} is a member"))
+}
+
+#[test]
+fn a_new_mailbox_gets_ready_and_its_values_without_an_event_and_then_nothing() {
+    let (compiled, mut mailbox, _) = compiled_with_alice();
+    let statuses = MemberStatuses::new(&compiled, "mail", time("2026-01-01T00:00:00Z"));
+    let alice = member(&compiled, "alice");
+    let patch = statuses.mailbox(alice, &mailbox).expect("a first patch");
+    assert_eq!(patch.status["conditions"][0]["type"], READY);
+    assert_eq!(patch.status["conditions"][0]["status"], "True");
+    assert_eq!(patch.status["conditions"][0]["reason"], PUBLISHED);
+    assert_eq!(patch.status["observedGeneration"], 1);
+    assert_eq!(patch.status["uid"], 5000);
+    assert_eq!(patch.status["format"], "Mbox");
+    assert!(patch.status["path"].is_string(), "{}", patch.status);
+    assert_eq!(patch.event, None, "becoming Ready as expected is no Event");
+    // Once the object shows that status, there is nothing to patch.
+    mailbox.status = Some(serde_json::from_value(patch.status).expect("a MailboxStatus"));
+    let later = MemberStatuses::new(&compiled, "mail", time("2026-01-02T00:00:00Z"));
+    assert!(later.mailbox(alice, &mailbox).is_none());
+}
+
+#[test]
+fn a_domain_counts_its_mailboxes_and_a_problem_is_a_warning() {
+    let (compiled, _, domain) = compiled_with_alice();
+    let statuses = MemberStatuses::new(&compiled, "mail", time("2026-01-01T00:00:00Z"));
+    let patch = statuses
+        .domain(member(&compiled, "example"), &domain)
+        .expect("a patch");
+    assert_eq!(patch.status["mailboxes"], 1);
+    assert_eq!(patch.status["servers"], json!(["mail"]));
+    // A Mailbox of a domain nobody serves: Ready=False and a Warning.
+    let server = crate::fixtures::server("ns", "mail", 1);
+    let stray = crate::fixtures::mailbox("ns", "alice", 1, true);
+    let compiled = crate::fixtures::compiled(&server, &[], std::slice::from_ref(&stray));
+    let statuses = MemberStatuses::new(&compiled, "mail", time("2026-01-01T00:00:00Z"));
+    let patch = statuses
+        .mailbox(member(&compiled, "alice"), &stray)
+        .expect("Ready flips");
+    assert_eq!(patch.status["conditions"][0]["status"], "False");
+    let event = patch.event.expect("a problem is an Event");
+    assert_eq!(event.type_, EventType::Warning);
+    assert_eq!(event.action, "Compile");
+}
+
+#[test]
+fn server_events_follow_a_new_version_and_a_new_conflict() {
+    let t0 = time("2026-01-01T00:00:00Z");
+    let mut compiled = empty_compile();
+    let encoded = virtmail_crds::encoding::encode(&compiled.directory);
+    let first = first_status(&compiled, 2, &t0);
+    let reasons = |previous: &MailServerStatus, new: &MailServerStatus| -> Vec<String> {
+        server_events(previous, new, &encoded)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect()
+    };
+    assert_eq!(
+        reasons(&MailServerStatus::default(), &first),
+        ["DirectoryPublished"]
+    );
+    assert!(reasons(&first, &first).is_empty());
+    compiled.ceded.push(virtmail_crds::CededDomain {
+        object: "shared".into(),
+        domain: "shared.test".into(),
+        served_by: "first".into(),
+    });
+    let ceded = server_status(&first, &observed(&compiled, &[], 2), Some(1), &t0);
+    assert_eq!(reasons(&first, &ceded), ["DomainConflict"]);
+    assert!(reasons(&ceded, &ceded).is_empty());
+}
