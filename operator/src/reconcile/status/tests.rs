@@ -149,12 +149,10 @@ fn compiled_with_alice() -> (Compiled, Mailbox, MailDomain) {
     (compiled, mailbox, domain)
 }
 
+/// The member `name` of the compiled directory.
 fn member<'a>(compiled: &'a Compiled, name: &str) -> &'a ObjectRef {
-    compiled
-        .members
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap_or_else(|| panic!("{name} is a member"))
+    let found = compiled.members.iter().find(|m| m.name == name);
+    found.expect("a member of the directory")
 }
 
 #[test]
