@@ -52,7 +52,8 @@ pub fn domain(namespace: &str) -> MailDomain {
     serde_json::from_value(json!({
         "apiVersion": "virtmail.io/v1alpha1",
         "kind": "MailDomain",
-        "metadata": {"name": "example", "namespace": namespace, "uid": "uid-example", "generation": 1},
+        "metadata": {"name": "example", "namespace": namespace, "uid": "uid-example",
+                     "generation": 1},
         "spec": {"domain": "example.test", "postmaster": "alice@example.test",
                  "defaults": {"uid": 5000, "gid": 5000, "format": "Mbox"}},
     }))

@@ -1,6 +1,6 @@
 //! The MailServer reconcile, a named pipeline of steps, each in its own module:
-//! [`snapshot`] (members from the caches, compiled and encoded) → [`crate::build`] (the desired
-//! objects, pure) → [`apply`] (server-side apply) → [`status`] (the server's status now, the
+//! `snapshot` (members from the caches, compiled and encoded) → [`crate::build`] (the desired
+//! objects, pure) → `apply` (server-side apply) → [`status`] (the server's status now, the
 //! members' in the background). [`error_policy`] and [`backoff`] decide retries; the directory
 //! write budget ([`crate::pacing`]) can put a reconcile off before it writes.
 //!
@@ -65,8 +65,8 @@ pub struct Context {
     member_status: std::sync::Mutex<HashMap<String, StatusTask>>,
     /// Paces directory writes (see [`crate::pacing`]); one for all servers, as they share etcd.
     write_budget: std::sync::Mutex<WriteBudget>,
-    /// Counts changes of compiler inputs (see [`compiler_input_changes`]): a snapshot compiled
-    /// at epoch E is current while the epoch is still E.
+    /// Counts changes of compiler inputs (see [`crate::watches::compiler_input_changes`]): a
+    /// snapshot compiled at epoch E is current while the epoch is still E.
     inputs_epoch: Arc<AtomicU64>,
 }
 
