@@ -66,11 +66,8 @@ pub fn postfix_flush_seconds(grace: i64) -> i64 {
 }
 
 fn termination_grace(server: &MailServer) -> i64 {
-    server
-        .spec
-        .pod
-        .as_ref()
-        .and_then(|p| p.termination_grace_period_seconds)
+    let pod = server.spec.pod.as_ref();
+    pod.and_then(|p| p.termination_grace_period_seconds)
         .unwrap_or(TERMINATION_GRACE_SECONDS)
 }
 /// Field manager of every apply.
@@ -261,11 +258,8 @@ fn tls_secret(server: &MailServer) -> Option<&str> {
 }
 
 fn proxy_protocol(server: &MailServer) -> bool {
-    server
-        .spec
-        .postfix
-        .as_ref()
-        .is_some_and(|p| p.proxy_protocol)
+    let postfix = server.spec.postfix.as_ref();
+    postfix.is_some_and(|p| p.proxy_protocol)
 }
 
 fn volume_mount(name: &str, path: &str, read_only: bool) -> VolumeMount {

@@ -23,7 +23,7 @@ use kube::Resource;
 use kube::runtime::watcher::Event;
 use virtmail_crds::{MailAlias, MailDomain, Mailbox};
 
-use crate::status::READY;
+use crate::reconcile::status::READY;
 
 /// A member kind: its status conditions (the cache keeps only the operator's own, the status
 /// step reads them).
@@ -242,12 +242,22 @@ mod tests {
         names
     }
 
+    /// A cache holding one Mailbox per `(namespace, name, address)`.
+    fn cache_of(mailboxes: &[(&str, &str, &str)]) -> MemberCache<Mailbox> {
+        let cache = MemberCache::default();
+        for (namespace, name, address) in mailboxes {
+            cache.apply(&Event::Apply(mailbox(namespace, name, address)));
+        }
+        cache
+    }
+
     #[test]
     fn objects_are_found_by_namespace_and_name() {
-        let cache = MemberCache::default();
-        cache.apply(&Event::Apply(mailbox("a", "m1", "one@a.test")));
-        cache.apply(&Event::Apply(mailbox("a", "m2", "two@a.test")));
-        cache.apply(&Event::Apply(mailbox("b", "m1", "one@b.test")));
+        let cache = cache_of(&[
+            ("a", "m1", "one@a.test"),
+            ("a", "m2", "two@a.test"),
+            ("b", "m1", "one@b.test"),
+        ]);
         assert_eq!(names(&cache, "a"), ["m1", "m2"]);
         assert_eq!(names(&cache, "b"), ["m1"]);
         assert!(names(&cache, "c").is_empty());
@@ -261,9 +271,7 @@ mod tests {
 
     #[test]
     fn deletes_remove_only_their_object() {
-        let cache = MemberCache::default();
-        cache.apply(&Event::Apply(mailbox("a", "m1", "one@a.test")));
-        cache.apply(&Event::Apply(mailbox("b", "m1", "one@b.test")));
+        let cache = cache_of(&[("a", "m1", "one@a.test"), ("b", "m1", "one@b.test")]);
         cache.apply(&Event::Delete(mailbox("a", "m1", "one@a.test")));
         assert!(cache.get("a", "m1").is_none());
         assert!(names(&cache, "a").is_empty());

@@ -2,8 +2,9 @@
 
 pub mod build;
 pub mod cache;
-pub mod controller;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod lease;
 pub mod metrics;
@@ -11,4 +12,5 @@ pub mod owned;
 pub mod pacing;
 pub mod profile;
 pub mod rbac;
-pub mod status;
+pub mod reconcile;
+pub mod watches;

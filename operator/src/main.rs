@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use virtmail_operator::build::BuildConfig;
-use virtmail_operator::controller::{self, RunOptions};
 use virtmail_operator::lease::{self, LeaseConfig};
 use virtmail_operator::metrics::Metrics;
 use virtmail_operator::profile::{self, ProfileInput};
+use virtmail_operator::watches::{self, RunOptions};
 
 /// jemalloc instead of glibc's malloc: the operator replaces 100,000 cached Mailboxes one by one
 /// and re-encodes directories of many MiB, and glibc kept the freed memory in its arenas. The
@@ -273,7 +273,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 let lost = lease::keep(client.clone(), lease.clone());
                 tokio::select! {
-                    _ = controller::run(client.clone(), options, metrics.clone(), shutdown_signal()) => {
+                    _ = watches::run(client.clone(), options, metrics.clone(), shutdown_signal()) => {
                         metrics.set_leader(false);
                         if let Err(e) = lease::release(&client, &lease).await {
                             tracing::warn!(error = %e, "lease release; a standby takes over when it expires");

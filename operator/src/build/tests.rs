@@ -4,7 +4,7 @@ use virtmail_crds::encoding;
 use virtmail_crds::manifests::load_dir;
 
 use super::*;
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 
 /// A MailServer as the API would return it (namespace and uid set).
 fn example_server(example: &str) -> (MailServer, Encoded) {
@@ -18,6 +18,19 @@ fn example_server(example: &str) -> (MailServer, Encoded) {
     let compiled = virtmail_crds::compile(resources.inputs(&server));
     let encoded = encoding::encode(&compiled.directory);
     (server, encoded)
+}
+
+/// The StatefulSet's pod template.
+fn pod_of(d: &Desired) -> &PodSpec {
+    d.stateful_set.spec.template.spec.as_ref().expect("pod")
+}
+
+/// The pod's container `name`.
+fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
+    pod.containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no {name} container"))
 }
 
 #[test]
@@ -61,17 +74,9 @@ fn owned_object_names_are_the_contract() {
 fn agent_container_has_exactly_three_capabilities_and_the_volume() {
     let (server, encoded) = example_server("1-virtual-for-all-mail");
     let d = desired(&server, &encoded, &BuildConfig::default());
-    let pod = d.stateful_set.spec.template.spec.as_ref().expect("pod");
-    let agent = pod
-        .containers
-        .iter()
-        .find(|c| c.name == "agent")
-        .expect("agent");
-    let postfix = pod
-        .containers
-        .iter()
-        .find(|c| c.name == "postfix")
-        .expect("postfix");
+    let pod = pod_of(&d);
+    let agent = container(pod, "agent");
+    let postfix = container(pod, "postfix");
     let sc = agent.security_context.as_ref().expect("securityContext");
     let caps = sc.capabilities.as_ref().expect("capabilities");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
@@ -127,7 +132,7 @@ fn agent_container_has_exactly_three_capabilities_and_the_volume() {
 fn postfix_queue_is_persistent_and_drained_before_the_agent_stops() {
     let (server, encoded) = example_server("1-virtual-for-all-mail");
     let d = desired(&server, &encoded, &BuildConfig::default());
-    let spec = d.stateful_set.spec;
+    let spec = &d.stateful_set.spec;
     let queue = spec
         .volume_claim_templates
         .as_ref()
@@ -140,8 +145,8 @@ fn postfix_queue_is_persistent_and_drained_before_the_agent_stops() {
         queue.spec.as_ref().and_then(|s| s.access_modes.clone()),
         Some(vec!["ReadWriteOnce".to_string()])
     );
-    let pod = spec.template.spec.expect("pod");
-    let postfix = pod.containers.iter().find(|c| c.name == "postfix").unwrap();
+    let pod = pod_of(&d);
+    let postfix = container(pod, "postfix");
     let mounts = postfix.volume_mounts.as_ref().unwrap();
     assert!(
         mounts
@@ -170,7 +175,7 @@ fn postfix_queue_is_persistent_and_drained_before_the_agent_stops() {
             postfix_flush_seconds(TERMINATION_GRACE_SECONDS).to_string()
         ]
     );
-    let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
+    let agent = container(pod, "agent");
     let agent_wait = agent
         .lifecycle
         .as_ref()
@@ -284,26 +289,17 @@ fn shard_config_maps_carry_their_hash() {
 }
 
 fn mounted_server(example: &str) -> (MailServer, Encoded) {
-    let (mut server, encoded) = example_server(example);
-    server.spec.agent = Some(virtmail_crds::AgentSpec {
-        directory_source: Some(DirectorySource::MountedFiles),
-        ..Default::default()
-    });
-    (server, encoded)
+    example_with(example, "agent: {directorySource: MountedFiles}")
 }
 
 #[test]
 fn api_mode_mounts_no_directory_and_keeps_the_token() {
     let (server, encoded) = example_server("1-virtual-for-all-mail");
     let d = desired(&server, &encoded, &BuildConfig::default());
-    let pod = d.stateful_set.spec.template.spec.expect("pod");
+    let pod = pod_of(&d);
     assert_eq!(pod.automount_service_account_token, None);
     assert!(pod.volumes.iter().flatten().all(|v| v.name != "directory"));
-    let agent = pod
-        .containers
-        .iter()
-        .find(|c| c.name == "agent")
-        .expect("agent");
+    let agent = container(pod, "agent");
     let args = agent.args.clone().unwrap_or_default().join(" ");
     assert!(args.contains("--namespace $(POD_NAMESPACE)"), "{args}");
     assert!(!args.contains("--directory-dir"), "{args}");
@@ -313,13 +309,9 @@ fn api_mode_mounts_no_directory_and_keeps_the_token() {
 fn mounted_files_mode_projects_head_and_every_shard_slot_without_a_token() {
     let (server, encoded) = mounted_server("3-many-virtual-users");
     let d = desired(&server, &encoded, &BuildConfig::default());
-    let pod = d.stateful_set.spec.template.spec.expect("pod");
+    let pod = pod_of(&d);
     assert_eq!(pod.automount_service_account_token, Some(false));
-    let agent = pod
-        .containers
-        .iter()
-        .find(|c| c.name == "agent")
-        .expect("agent");
+    let agent = container(pod, "agent");
     let args = agent.args.clone().unwrap_or_default().join(" ");
     assert!(
         args.contains("--directory-dir /etc/virtmail/directory"),
@@ -334,11 +326,7 @@ fn mounted_files_mode_projects_head_and_every_shard_slot_without_a_token() {
         .expect("directory mount");
     assert_eq!(mount.mount_path, DIRECTORY_DIR);
     assert_eq!(mount.read_only, Some(true));
-    let postfix = pod
-        .containers
-        .iter()
-        .find(|c| c.name == "postfix")
-        .expect("postfix");
+    let postfix = container(pod, "postfix");
     assert!(
         postfix
             .volume_mounts
@@ -433,12 +421,8 @@ fn agent_gets_its_own_uid_floor_from_the_mailserver() {
     let (mut server, encoded) = example_server("1-virtual-for-all-mail");
     server.spec.minimum_uid = 2000;
     let d = desired(&server, &encoded, &BuildConfig::default());
-    let pod = d.stateful_set.spec.template.spec.expect("pod");
-    let agent = pod
-        .containers
-        .iter()
-        .find(|c| c.name == "agent")
-        .expect("agent");
+    let pod = pod_of(&d);
+    let agent = container(pod, "agent");
     let args = agent.args.clone().unwrap_or_default().join(" ");
     assert!(args.contains("--minimum-uid 2000"), "{args}");
 }
@@ -485,7 +469,12 @@ fn network_policy_admits_smtp_from_anywhere_and_http_only_from_the_metrics_names
 
 /// A server of example 1 with `spec` merged in (as YAML).
 fn server_with(spec: &str) -> (MailServer, Encoded) {
-    let (mut server, encoded) = example_server("1-virtual-for-all-mail");
+    example_with("1-virtual-for-all-mail", spec)
+}
+
+/// A server of `example` with `spec` merged in (as YAML).
+fn example_with(example: &str, spec: &str) -> (MailServer, Encoded) {
+    let (mut server, encoded) = example_server(example);
     let mut value = serde_json::to_value(&server.spec).expect("spec");
     let extra: serde_json::Value = serde_yaml::from_str(spec).expect("spec YAML");
     for (k, v) in extra.as_object().expect("a mapping") {
@@ -499,7 +488,7 @@ fn server_with(spec: &str) -> (MailServer, Encoded) {
 fn tls_secret_is_mounted_read_only_for_postfix_and_wired_in_main_cf() {
     let (server, encoded) = server_with("postfix: {tls: {secretName: mail-tls}}");
     let d = desired(&server, &encoded, &BuildConfig::default());
-    let pod = d.stateful_set.spec.template.spec.expect("pod");
+    let pod = pod_of(&d);
     let volume = pod
         .volumes
         .iter()
@@ -509,8 +498,8 @@ fn tls_secret_is_mounted_read_only_for_postfix_and_wired_in_main_cf() {
     let secret = volume.secret.as_ref().expect("from a Secret");
     assert_eq!(secret.secret_name.as_deref(), Some("mail-tls"));
     assert_eq!(secret.default_mode, Some(0o400));
-    let postfix = pod.containers.iter().find(|c| c.name == "postfix").unwrap();
-    let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
+    let postfix = container(pod, "postfix");
+    let agent = container(pod, "agent");
     let mounts = |c: &Container| -> Vec<(String, bool)> {
         c.volume_mounts
             .iter()
@@ -551,8 +540,8 @@ postfix: {proxyProtocol: true}",
         d.service.metadata.annotations.as_ref().unwrap()["lb.example/x"],
         "y"
     );
-    let pod = d.stateful_set.spec.template.spec.expect("pod");
-    let postfix = pod.containers.iter().find(|c| c.name == "postfix").unwrap();
+    let pod = pod_of(&d);
+    let postfix = container(pod, "postfix");
     assert!(postfix.ports.iter().flatten().any(|p| {
         p.name.as_deref() == Some("smtp-proxy")
             && p.container_port == i32::from(PROXY_PROTOCOL_PORT)

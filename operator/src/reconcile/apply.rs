@@ -1,0 +1,184 @@
+//! The apply step: server-side apply of the desired objects with the operator's one field
+//! manager. Directory shards go first, then the head that names them, then the rest; shards the
+//! head no longer names are deleted only after the new head is applied, so a reader never finds
+//! a head naming a missing shard. Objects still holding the operator's last write are skipped
+//! (see [`crate::owned`]).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use virtmail_crds::MailServer;
+use virtmail_crds::encoding::{self, LABEL_ROLE, LABEL_SERVER};
+
+use super::Context;
+use crate::build::{self, Desired, FIELD_MANAGER};
+use crate::error::Result;
+use crate::owned;
+
+/// Server-side apply of one object, with the operator's field manager (forced: the operator owns
+/// these fields).
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?)
+}
+
+/// Server-side apply of one owned object unless it still holds exactly this content from the
+/// operator's last write (see [`crate::owned`]).
+async fn apply_if_changed<K>(ctx: &Context, namespace: &str, object: &K) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let key = owned::key::<K>(namespace, &object.name_any());
+    let hash = owned::content_hash(object);
+    if ctx.owned.unchanged(&key, &hash, None) {
+        return Ok(());
+    }
+    let written = apply(&ctx.client, namespace, object).await?;
+    ctx.owned
+        .wrote(key, hash, written.resource_version().unwrap_or_default());
+    Ok(())
+}
+
+/// The content hash the build step put on a shard ConfigMap.
+fn shard_hash(cm: &ConfigMap) -> String {
+    cm.annotations()
+        .get(encoding::ANNOTATION_SHARD_HASH)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The apply step: shards, head, then the rest; finally shards the head no longer names.
+/// The directory write is first taken from the write budget; when the budget refuses it,
+/// nothing is applied and the wait is returned (see [`crate::pacing`]).
+pub(super) async fn apply_desired(
+    ctx: &Context,
+    server: &MailServer,
+    namespace: &str,
+    encoded: &encoding::Encoded,
+    desired: &Desired,
+) -> Result<Option<Duration>> {
+    let client = &ctx.client;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let server_name = server.name_any();
+    let shard_selector = format!("{LABEL_SERVER}={server_name},{LABEL_ROLE}=shard");
+    let existing = config_maps
+        .list_metadata(&ListParams::default().labels(&shard_selector))
+        .await?;
+    let existing_versions: HashMap<String, String> = existing
+        .items
+        .iter()
+        .filter(|m| build::owned_by(*m, server))
+        .map(|m| (m.name_any(), m.resource_version().unwrap_or_default()))
+        .collect();
+    // Shards: skip those present exactly as we last wrote them, with the content we want now
+    // (same hash, same resourceVersion); a hand edit changes the resourceVersion and gets
+    // overwritten.
+    let shard_key = |name: &str| owned::key::<ConfigMap>(namespace, name);
+    let to_apply: Vec<usize> = (0..encoded.shards.len())
+        .filter(|&index| {
+            let shard = &encoded.shards[index];
+            !existing_versions.get(&shard.name).is_some_and(|current| {
+                ctx.owned
+                    .unchanged(&shard_key(&shard.name), &shard.hash, Some(current))
+            })
+        })
+        .collect();
+    // The head changes only with its shards (an unchanged apply writes no etcd revision).
+    if !to_apply.is_empty() {
+        let written = to_apply
+            .iter()
+            .map(|&index| encoding::data_size(&encoded.shards[index].data) as u64)
+            .sum::<u64>()
+            + encoding::data_size(&encoded.head) as u64;
+        let whole = encoded.shard_bytes() + encoding::data_size(&encoded.head) as u64;
+        if let Err(wait) = ctx.budget().take(written, whole, Instant::now()) {
+            return Ok(Some(wait));
+        }
+        ctx.metrics.observe_written(written);
+    }
+    let results: Vec<Result<ConfigMap>> = stream::iter(to_apply)
+        .map(|index| {
+            // Indices, not references: a stream of borrowed shards is not `Send` for every
+            // lifetime, which the controller requires.
+            let config_map = build::shard_config_map(server, &encoded.shards[index]);
+            async move { apply(client, namespace, &config_map).await }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for result in results {
+        let cm = result?;
+        ctx.owned.wrote(
+            shard_key(&cm.name_any()),
+            shard_hash(&cm),
+            cm.resource_version().unwrap_or_default(),
+        );
+    }
+    // Each of the rest is skipped while it holds our last write (an edit of one Mailbox
+    // changes only a shard and the head).
+    apply_if_changed(ctx, namespace, &desired.head).await?;
+    apply_if_changed(ctx, namespace, &desired.postfix).await?;
+    apply_if_changed(ctx, namespace, &desired.service_account).await?;
+    apply_if_changed(ctx, namespace, &desired.role).await?;
+    apply_if_changed(ctx, namespace, &desired.role_binding).await?;
+    apply_if_changed(ctx, namespace, &desired.service).await?;
+    apply_if_changed(ctx, namespace, &desired.network_policy).await?;
+    apply_if_changed(ctx, namespace, &desired.stateful_set).await?;
+    match &desired.pod_disruption_budget {
+        Some(pdb) => {
+            apply_if_changed(ctx, namespace, pdb).await?;
+        }
+        None => {
+            // Only a budget the watch has seen can be there to delete.
+            let key = owned::key::<PodDisruptionBudget>(namespace, &server_name);
+            let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), namespace);
+            if ctx.owned.observed(&key)
+                && let Some(pdb) = pdbs.get_opt(&server_name).await?
+                && build::owned_by(&pdb, server)
+            {
+                pdbs.delete(&server_name, &DeleteParams::default()).await?;
+                ctx.owned.forget(&key);
+            }
+        }
+    }
+    // Only now, with the head naming the new shards applied, remove shards nobody names.
+    let wanted: HashSet<&str> = encoded.shards.iter().map(|s| s.name.as_str()).collect();
+    for name in existing_versions
+        .keys()
+        .filter(|n| !wanted.contains(n.as_str()))
+    {
+        match config_maps.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        ctx.owned.forget(&shard_key(name));
+    }
+    Ok(None)
+}

@@ -1,0 +1,324 @@
+//! The order and content of the reconcile's API requests, against a mock API service (no
+//! apiserver): a recorded request/response verifier that answers each request as the apiserver
+//! would for the calls the reconcile makes, keeps the ConfigMaps it is sent (so a second
+//! reconcile sees the first one's writes) and logs every request.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::reflector;
+use kube::runtime::watcher::Event;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use virtmail_crds::MailServer;
+use virtmail_crds::encoding::{self, Encoded, Shard};
+
+use super::*;
+use crate::fixtures;
+
+/// One request as the mock API saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    /// The path without the query.
+    path: String,
+}
+
+impl Seen {
+    fn is(&self, method: &Method, path_end: &str) -> bool {
+        self.method == *method && self.path.ends_with(path_end)
+    }
+}
+
+/// What the mock API holds: the objects whose status the reconcile patches (by
+/// `<plural>/<name>`), the ConfigMaps written to it, and every request in order.
+#[derive(Debug, Default)]
+struct ApiState {
+    objects: BTreeMap<String, Value>,
+    config_maps: BTreeMap<String, Value>,
+    resource_version: u64,
+    log: Vec<Seen>,
+}
+
+/// The mock API's log, shared with the task answering its requests.
+#[derive(Debug, Clone, Default)]
+struct MockApi(Arc<Mutex<ApiState>>);
+
+impl MockApi {
+    /// A client whose requests this mock answers.
+    fn client(&self) -> Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let body = body.collect_bytes().await.expect("request body");
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let (status, answer) = api.answer(&parts.method, &parts.uri, body);
+                respond.send_response(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                        .expect("response"),
+                );
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    /// Hold `object`, as the answer to patches of its status.
+    fn hold<K: Resource<DynamicType = ()> + serde::Serialize>(&self, object: &K) -> &Self {
+        let key = format!("{}/{}", K::plural(&()), object.name_any());
+        let value = serde_json::to_value(object).expect("json");
+        self.0
+            .lock()
+            .expect("mock state")
+            .objects
+            .insert(key, value);
+        self
+    }
+
+    fn log(&self) -> Vec<Seen> {
+        self.0.lock().expect("mock state").log.clone()
+    }
+
+    /// The index in the log of the one request `method` whose path ends with `path_end`.
+    fn position(&self, method: &Method, path_end: &str) -> usize {
+        let log = self.log();
+        let found: Vec<usize> = (0..log.len())
+            .filter(|&i| log[i].is(method, path_end))
+            .collect();
+        assert_eq!(found.len(), 1, "one {method} …{path_end} in {log:#?}");
+        found[0]
+    }
+
+    fn count(&self, method: &Method, path_end: &str) -> usize {
+        self.log().iter().filter(|s| s.is(method, path_end)).count()
+    }
+
+    fn answer(&self, method: &Method, uri: &http::Uri, body: Value) -> (StatusCode, Value) {
+        let mut state = self.0.lock().expect("mock state");
+        let path = uri.path().to_string();
+        state.log.push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+        });
+        let segments: Vec<&str> = path.split('/').collect();
+        let config_map = match segments.as_slice() {
+            [.., "configmaps", name] => Some(name.to_string()),
+            _ => None,
+        };
+        match (method.as_str(), config_map) {
+            ("GET", None) if path.ends_with("/configmaps") => {
+                let selector = uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("labelSelector=")))
+                    .map(|s| {
+                        s.replace("%2F", "/")
+                            .replace("%3D", "=")
+                            .replace("%2C", ",")
+                    })
+                    .unwrap_or_default();
+                let items: Vec<Value> = state
+                    .config_maps
+                    .values()
+                    .filter(|cm| has_labels(cm, &selector))
+                    .map(|cm| json!({ "metadata": cm["metadata"] }))
+                    .collect();
+                (
+                    StatusCode::OK,
+                    json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                            "metadata": {}, "items": items }),
+                )
+            }
+            ("PATCH", Some(name)) => {
+                state.resource_version += 1;
+                let mut stored = body;
+                stored["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+                state.config_maps.insert(name, stored.clone());
+                (StatusCode::OK, stored)
+            }
+            ("DELETE", Some(name)) => match state.config_maps.remove(&name) {
+                Some(deleted) => (StatusCode::OK, deleted),
+                None => not_found(),
+            },
+            ("PATCH", None) if path.ends_with("/status") => {
+                let held = segments[segments.len() - 3..segments.len() - 1].join("/");
+                match state.objects.get(&held) {
+                    Some(object) => {
+                        let mut object = object.clone();
+                        object["status"] = body["status"].clone();
+                        (StatusCode::OK, object)
+                    }
+                    None => not_found(),
+                }
+            }
+            ("PATCH", None) => {
+                state.resource_version += 1;
+                let mut applied = body;
+                applied["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+                (StatusCode::OK, applied)
+            }
+            ("POST", None) => (StatusCode::CREATED, body),
+            _ => not_found(),
+        }
+    }
+}
+
+/// Whether a stored object carries every `key=value` label of `selector`.
+fn has_labels(object: &Value, selector: &str) -> bool {
+    selector
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .all(|pair| match pair.split_once('=') {
+            Some((key, value)) => object["metadata"]["labels"][key] == value,
+            None => false,
+        })
+}
+
+fn not_found() -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "not found", "reason": "NotFound", "code": 404 }),
+    )
+}
+
+/// A reconcile context on the mock API, its caches listed and holding `server`.
+fn context(api: &MockApi, server: &MailServer) -> Arc<Context> {
+    let caches = MemberCaches::default();
+    caches.domains.apply(&Event::InitDone);
+    caches.mailboxes.apply(&Event::InitDone);
+    caches.aliases.apply(&Event::InitDone);
+    let (servers, mut writer) = reflector::store::<MailServer>();
+    writer.apply_watcher_event(&Event::Apply(server.clone()));
+    Arc::new(Context::new(
+        api.client(),
+        BuildConfig::default(),
+        caches,
+        servers,
+        Arc::default(),
+        "test".into(),
+        WatchedState::default(),
+    ))
+}
+
+/// `server`'s directory, as shards named and filled by hand (a real encoding of a few entries
+/// is one shard).
+fn directory(server: &MailServer, shards: &[(usize, &str)]) -> Encoded {
+    let compiled = fixtures::compiled_alone(server);
+    let mut encoded = encoding::encode(&compiled.directory);
+    encoded.shards = shards
+        .iter()
+        .map(|&(index, line)| {
+            let data = [(encoding::KEY_MAILBOXES.to_string(), format!("{line}\n"))].into();
+            Shard {
+                name: encoding::shard_name(&server.name_any(), index),
+                hash: crate::owned::content_hash(&data),
+                data,
+            }
+        })
+        .collect();
+    encoded
+}
+
+async fn apply(ctx: &Context, server: &MailServer, encoded: &Encoded) {
+    let desired = build::desired(server, encoded, &ctx.config);
+    let paced = apply_desired(ctx, server, "ns", encoded, &desired)
+        .await
+        .expect("applied");
+    assert_eq!(paced, None, "unpaced");
+}
+
+const PATCH: Method = Method::PATCH;
+
+#[tokio::test]
+async fn shards_go_before_the_head_unchanged_ones_not_at_all_and_orphans_after_the_head() {
+    let api = MockApi::default();
+    let server = fixtures::server("ns", "mail", 1);
+    let ctx = context(&api, &server);
+    apply(
+        &ctx,
+        &server,
+        &directory(&server, &[(0, "a"), (1, "b"), (2, "c")]),
+    )
+    .await;
+    let head = api.position(&PATCH, "/configmaps/mail-directory");
+    for shard in [
+        "mail-directory-00",
+        "mail-directory-01",
+        "mail-directory-02",
+    ] {
+        assert!(
+            api.position(&PATCH, &format!("/configmaps/{shard}")) < head,
+            "{shard} before the head: {:#?}",
+            api.log()
+        );
+    }
+    assert!(head < api.position(&PATCH, "/statefulsets/mail"));
+
+    // Shard 00 unchanged, 01 changed, 02 no longer named.
+    let before = api.log().len();
+    apply(&ctx, &server, &directory(&server, &[(0, "a"), (1, "b2")])).await;
+    let second: Vec<Seen> = api.log().split_off(before);
+    let at = |method: &Method, end: &str| second.iter().position(|s| s.is(method, end));
+    assert_eq!(
+        at(&PATCH, "/configmaps/mail-directory-00"),
+        None,
+        "{second:#?}"
+    );
+    let changed = at(&PATCH, "/configmaps/mail-directory-01").expect("changed shard applied");
+    let head = at(&PATCH, "/configmaps/mail-directory").expect("head applied");
+    let orphan = at(&Method::DELETE, "/configmaps/mail-directory-02").expect("orphan deleted");
+    assert!(changed < head && head < orphan, "{second:#?}");
+    assert_eq!(
+        api.count(&Method::DELETE, "/configmaps/mail-directory-02"),
+        1
+    );
+    assert_eq!(
+        api.count(&Method::DELETE, "/configmaps/mail-directory-00"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn statuses_are_patched_only_after_the_directory_is_published() {
+    let api = MockApi::default();
+    let server = fixtures::server("ns", "mail", 1);
+    let ctx = context(&api, &server);
+    let domain = fixtures::domain("ns");
+    let mailbox = fixtures::mailbox("ns", "alice", 1, false);
+    api.hold(&server).hold(&domain).hold(&mailbox);
+    ctx.domains.apply(&Event::Apply(domain));
+    ctx.mailboxes.apply(&Event::Apply(mailbox));
+
+    reconcile(Arc::new(server.clone()), ctx.clone())
+        .await
+        .expect("reconciled");
+    let task = ctx
+        .member_status
+        .lock()
+        .expect("tasks")
+        .remove(&server_key(&server))
+        .map(|(_, task)| task)
+        .expect("member status task spawned");
+    task.await.expect("member status task");
+
+    let head = api.position(&PATCH, "/configmaps/mail-directory");
+    let shard = api.position(&PATCH, "/configmaps/mail-directory-00");
+    let server_status = api.position(&PATCH, "/mailservers/mail/status");
+    let mailbox_status = api.position(&PATCH, "/mailboxes/alice/status");
+    let domain_status = api.position(&PATCH, "/maildomains/example/status");
+    let log = api.log();
+    assert!(shard < head, "{log:#?}");
+    assert!(head < server_status, "{log:#?}");
+    assert!(server_status < mailbox_status, "{log:#?}");
+    assert!(server_status < domain_status, "{log:#?}");
+    // The DirectoryPublished Event follows the status that shows the version.
+    let event = (0..log.len())
+        .find(|&i| log[i].is(&Method::POST, "/events"))
+        .expect("an Event");
+    assert!(server_status < event, "{log:#?}");
+}
