@@ -47,18 +47,21 @@ postconf -e maillog_file=/dev/stdout
 # Copies what chrooted services need into the queue directory.
 /usr/lib/postfix/configure-instance.sh -
 
-# Every $interval seconds: write the queue's size where the agent exports it, and reload
+# Every $interval seconds: write the queue's size where the agent exports it (the file the
+# operator names in VIRTMAIL_QUEUE_STATS, in the directory both containers share), and reload
 # Postfix when the kubelet has swapped in a renewed TLS Secret (smtpd reads the certificate
 # when it starts; a reload replaces idle smtpd processes, sessions in progress finish first).
 watch_queue_and_certificate() {
-  interval="${VIRTMAIL_WATCH_INTERVAL:-10}" stats=/run/virtmail/postfix-queue.stats
+  interval="${VIRTMAIL_WATCH_INTERVAL:-10}" stats="${VIRTMAIL_QUEUE_STATS:-}"
   tls_cert="$(postconf -h smtpd_tls_cert_file)" tls_key="$(postconf -h smtpd_tls_key_file)"
   fingerprint() { [ -z "$tls_cert" ] || cat "$tls_cert" "$tls_key" 2>/dev/null | cksum; }
   loaded="$(fingerprint)"
   while sleep "$interval"; do
-    for queue in maildrop incoming active deferred hold; do
-      echo "$queue $(find "/var/spool/postfix/$queue" -type f 2>/dev/null | wc -l)"
-    done >"$stats.tmp" && mv "$stats.tmp" "$stats"
+    if [ -n "$stats" ]; then
+      for queue in maildrop incoming active deferred hold; do
+        echo "$queue $(find "/var/spool/postfix/$queue" -type f 2>/dev/null | wc -l)"
+      done >"$stats.tmp" && mv "$stats.tmp" "$stats"
+    fi
     current="$(fingerprint)"
     if [ "$current" != "$loaded" ]; then
       echo "postfix-entrypoint: TLS certificate changed, reloading Postfix" >&2

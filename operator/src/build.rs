@@ -24,6 +24,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
+use virtmail_crds::contract::{
+    self, AgentArgs, AgentDirectory, DIRECTORY_DIR, LMTP_SOCKET, POSTFIX_QUEUE_STATS, SOCKET_DIR,
+    SOCKETMAP_SOCKET,
+};
 use virtmail_crds::encoding::{
     self, ANNOTATION_SHARD_HASH, Encoded, LABEL_ROLE, LABEL_SERVER, Shard,
 };
@@ -31,25 +35,12 @@ use virtmail_crds::{DirectorySource, MailServer, ServiceKind, TrafficPolicy};
 
 use crate::profile::{self, Profile, ProfileInput};
 
-/// Directory in the pod where Postfix and the agent share their sockets.
-pub const SOCKET_DIR: &str = "/run/virtmail";
-/// The agent's LMTP socket in the pod.
-pub const LMTP_SOCKET: &str = "/run/virtmail/lmtp.sock";
-/// The agent's socketmap socket in the pod.
-pub const SOCKETMAP_SOCKET: &str = "/run/virtmail/socketmap.sock";
-/// Where the agent reads the directory in `MountedFiles` mode (a projected volume: the head's
-/// keys at the top, each shard's keys under a directory named after the shard ConfigMap).
-pub const DIRECTORY_DIR: &str = "/etc/virtmail/directory";
-/// Port of the agent's HTTP endpoints.
-pub const AGENT_HTTP_PORT: i32 = 8080;
+/// Port of the agent's HTTP endpoints, as Kubernetes types it.
+pub const AGENT_HTTP_PORT: i32 = contract::AGENT_HTTP_PORT as i32;
 /// Where the Postfix container reads the TLS Secret (`tls.crt`, `tls.key`).
 pub const TLS_DIR: &str = "/etc/virtmail/tls";
 /// Postfix's SMTP listener that expects HAProxy's PROXY protocol (`postfix.proxyProtocol`).
 pub const PROXY_PROTOCOL_PORT: u16 = 10025;
-/// File in the shared socket directory where the Postfix container writes its queue's size
-/// (one `<queue> <messages>` line each) for the agent's `/metrics`: the agent cannot read
-/// Postfix's queue directories itself, and should not.
-pub const POSTFIX_QUEUE_STATS: &str = "/run/virtmail/postfix-queue.stats";
 /// Postfix's queue, on its own volume per pod: mail accepted with 250 and not yet delivered
 /// survives a pod restart.
 pub const POSTFIX_QUEUE_DIR: &str = "/var/spool/postfix";
@@ -305,11 +296,6 @@ fn agent_container(server: &MailServer, config: &BuildConfig) -> Container {
     let spec = &server.spec;
     let agent = spec.agent.clone().unwrap_or_default();
     let mounted = directory_source(server) == DirectorySource::MountedFiles;
-    let source = if mounted {
-        ["--directory-dir".to_string(), DIRECTORY_DIR.into()]
-    } else {
-        ["--namespace".to_string(), "$(POD_NAMESPACE)".into()]
-    };
     let mut mounts = vec![
         volume_mount("sockets", SOCKET_DIR, false),
         volume_mount("mailboxes", &spec.mailbox_base, false),
@@ -318,30 +304,24 @@ fn agent_container(server: &MailServer, config: &BuildConfig) -> Container {
     if mounted {
         mounts.push(volume_mount("directory", DIRECTORY_DIR, true));
     }
-    let mut args = vec![
-        "serve".to_string(),
-        "--server".into(),
-        name,
-        source[0].clone(),
-        source[1].clone(),
-        "--mailbox-base".into(),
-        spec.mailbox_base.clone(),
-        "--lmtp".into(),
-        format!("unix:{LMTP_SOCKET}"),
-        "--socketmap".into(),
-        format!("unix:{SOCKETMAP_SOCKET}"),
-        "--http".into(),
-        format!("0.0.0.0:{AGENT_HTTP_PORT}"),
+    let args = AgentArgs {
+        server: name,
+        directory: if mounted {
+            AgentDirectory::Mounted {
+                dir: DIRECTORY_DIR.into(),
+            }
+        } else {
+            AgentDirectory::Api {
+                namespace: "$(POD_NAMESPACE)".into(),
+            }
+        },
+        mailbox_base: spec.mailbox_base.clone(),
         // The agent's own uid floor: the directory ConfigMaps (writable by whoever may write
         // ConfigMaps in the namespace) cannot lower it.
-        "--minimum-uid".into(),
-        spec.minimum_uid.max(1).to_string(),
-        "--postfix-queue-stats".into(),
-        POSTFIX_QUEUE_STATS.into(),
-    ];
-    if let Some(format) = &agent.log_format {
-        args.extend(["--log-format".into(), format.clone()]);
+        minimum_uid: spec.minimum_uid.max(1),
+        log_format: agent.log_format.clone(),
     }
+    .to_args();
     Container {
         name: "agent".into(),
         image: Some(agent.image.unwrap_or_else(|| config.agent_image.clone())),
@@ -481,6 +461,11 @@ fn postfix_container(server: &MailServer, config: &BuildConfig) -> Container {
                 .unwrap_or_else(|| config.postfix_image.clone()),
         ),
         ports: Some(ports),
+        env: Some(vec![EnvVar {
+            name: "VIRTMAIL_QUEUE_STATS".into(),
+            value: Some(POSTFIX_QUEUE_STATS.into()),
+            ..Default::default()
+        }]),
         readiness_probe: Some(Probe {
             tcp_socket: Some(TCPSocketAction {
                 port: IntOrString::Int(25),

@@ -41,10 +41,10 @@ enum Command {
     /// wires Postfix to an agent's sockets.
     PostfixProfile {
         /// The agent's LMTP socket path.
-        #[arg(long, default_value = virtmail_operator::build::LMTP_SOCKET)]
+        #[arg(long, default_value = virtmail_crds::contract::LMTP_SOCKET)]
         lmtp_socket: String,
         /// The agent's socketmap socket path.
-        #[arg(long, default_value = virtmail_operator::build::SOCKETMAP_SOCKET)]
+        #[arg(long, default_value = virtmail_crds::contract::SOCKETMAP_SOCKET)]
         socketmap_socket: String,
         /// MailServer `mailboxSizeLimit`.
         #[arg(long, default_value_t = 51_200_000)]

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use virtmail_crds::contract::SocketmapMap;
+
 /// Postfix's default `message_size_limit`.
 pub const DEFAULT_MESSAGE_SIZE_LIMIT: u64 = 10_240_000;
 
@@ -159,13 +161,18 @@ pub fn message_size_limit(mailbox_size_limit: u64) -> u64 {
 
 /// Build the profile.
 pub fn profile(input: &ProfileInput) -> Profile {
-    let socketmap = |map: &str| format!("socketmap:unix:{}:{map}", input.socketmap_socket);
+    let socketmap = |map: SocketmapMap| {
+        (
+            map.postfix_parameter(),
+            map.postfix_reference(&input.socketmap_socket),
+        )
+    };
     let mut main: Vec<(String, String)> = [
         // Postfix delivers nothing locally: every served domain goes to the agent.
         ("mydestination", String::new()),
-        ("virtual_mailbox_domains", socketmap("domain")),
-        ("virtual_mailbox_maps", socketmap("mailbox")),
-        ("virtual_alias_maps", socketmap("alias")),
+        socketmap(SocketmapMap::Domain),
+        socketmap(SocketmapMap::Mailbox),
+        socketmap(SocketmapMap::Alias),
         // Otherwise it defaults to $virtual_alias_maps and Postfix asks the alias map for bare
         // domain names.
         ("virtual_alias_domains", String::new()),

@@ -191,6 +191,19 @@ fn postfix_queue_is_persistent_and_drained_before_the_agent_stops() {
         grace > agent_wait + 10,
         "grace {grace} s, agent waits {agent_wait} s"
     );
+    // The queue's size goes from Postfix to the agent's /metrics through one file in the
+    // shared socket directory, named to both containers.
+    let stats = postfix
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "VIRTMAIL_QUEUE_STATS")
+        .and_then(|e| e.value.clone())
+        .expect("Postfix is told where to write its queue size");
+    let args = agent.args.as_deref().unwrap_or_default();
+    let told = args.windows(2).find(|w| w[0] == "--postfix-queue-stats");
+    assert_eq!(told.map(|w| w[1].as_str()), Some(stats.as_str()));
+    assert!(stats.starts_with(&format!("{SOCKET_DIR}/")), "{stats}");
 }
 
 #[test]

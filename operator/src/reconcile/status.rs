@@ -28,16 +28,13 @@ use crate::build::{self, Desired, FIELD_MANAGER};
 use crate::cache::Member;
 use crate::error::{Error, Result};
 
-/// Condition `Ready`.
-pub const READY: &str = "Ready";
+pub use virtmail_crds::contract::condition::{
+    AVAILABLE, DIRECTORY_PUBLISHED, DOMAIN_CONFLICT, READY,
+};
+use virtmail_crds::contract::{WantedCondition, conditions_differ, merge_conditions};
+
 /// Reason of a member's `Ready=True` when it is served without a problem.
 pub const PUBLISHED: &str = "Published";
-/// Condition `Available` (MailServer): every wanted pod is ready.
-pub const AVAILABLE: &str = "Available";
-/// Condition `DirectoryPublished` (MailServer).
-pub const DIRECTORY_PUBLISHED: &str = "DirectoryPublished";
-/// Condition `DomainConflict` (MailServer): it selects domains an older server serves.
-pub const DOMAIN_CONFLICT: &str = "DomainConflict";
 
 /// What a MailServer's status is made from after a successful reconcile.
 #[derive(Debug, Clone)]
@@ -76,7 +73,7 @@ pub fn server_status(
     let directory = &observed.directory;
     let (wanted, ready) = (observed.wanted_replicas, observed.ready_replicas);
     let mut conditions = vec![
-        Wanted {
+        WantedCondition {
             type_: DIRECTORY_PUBLISHED,
             status: true,
             reason: "Published".into(),
@@ -86,7 +83,7 @@ pub fn server_status(
             ),
         },
         if observed.refused.is_empty() {
-            Wanted {
+            WantedCondition {
                 type_: READY,
                 status: true,
                 reason: "Reconciled".into(),
@@ -96,7 +93,7 @@ pub fn server_status(
                 ),
             }
         } else {
-            Wanted {
+            WantedCondition {
                 type_: READY,
                 status: false,
                 reason: "ParameterRefused".into(),
@@ -104,19 +101,19 @@ pub fn server_status(
             }
         },
         match (wanted, ready) {
-            (0, _) => Wanted {
+            (0, _) => WantedCondition {
                 type_: AVAILABLE,
                 status: false,
                 reason: "ScaledToZero".into(),
                 message: "replicas is 0: no pod accepts mail".into(),
             },
-            (wanted, ready) if ready >= wanted => Wanted {
+            (wanted, ready) if ready >= wanted => WantedCondition {
                 type_: AVAILABLE,
                 status: true,
                 reason: "PodsReady".into(),
                 message: format!("{ready} of {wanted} pods ready"),
             },
-            (wanted, ready) => Wanted {
+            (wanted, ready) => WantedCondition {
                 type_: AVAILABLE,
                 status: false,
                 reason: if ready == 0 {
@@ -129,14 +126,14 @@ pub fn server_status(
             },
         },
         if compiled.ceded.is_empty() {
-            Wanted {
+            WantedCondition {
                 type_: DOMAIN_CONFLICT,
                 status: false,
                 reason: "NoConflict".into(),
                 message: "no older MailServer selects the same domains".into(),
             }
         } else {
-            Wanted {
+            WantedCondition {
                 type_: DOMAIN_CONFLICT,
                 status: true,
                 reason: "DomainConflict".into(),
@@ -155,7 +152,7 @@ pub fn server_status(
     conditions.sort_by_key(|w| w.type_);
     MailServerStatus {
         observed_generation: generation,
-        conditions: merge(&previous.conditions, &conditions, generation, now),
+        conditions: merge_conditions(&previous.conditions, &conditions, generation, now),
         domains: compiled.directory.domains.len() as u32,
         mailboxes: compiled.directory.mailboxes.len() as u32,
         aliases: compiled.directory.aliases.len() as u32,
@@ -176,7 +173,7 @@ pub fn failed_server_status(
     generation: Option<i64>,
     now: &Time,
 ) -> MailServerStatus {
-    let ready = Wanted {
+    let ready = WantedCondition {
         type_: READY,
         status: false,
         reason: category.into(),
@@ -188,7 +185,12 @@ pub fn failed_server_status(
         .filter(|c| c.type_ != READY)
         .cloned()
         .collect();
-    conditions.extend(merge(&previous.conditions, &[ready], generation, now));
+    conditions.extend(merge_conditions(
+        &previous.conditions,
+        &[ready],
+        generation,
+        now,
+    ));
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     MailServerStatus {
         conditions,
@@ -198,81 +200,23 @@ pub fn failed_server_status(
 
 /// Whether a new server status shows anything the previous one does not.
 pub fn server_status_differs(previous: &MailServerStatus, new: &MailServerStatus) -> bool {
-    differs(&previous.conditions, &new.conditions)
+    conditions_differ(&previous.conditions, &new.conditions)
         || MailServerStatus {
             conditions: previous.conditions.clone(),
             ..new.clone()
         } != *previous
 }
 
-/// A condition as computed, before timestamps are merged in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wanted {
-    /// Type.
-    pub type_: &'static str,
-    /// `True` / `False`.
-    pub status: bool,
-    /// PascalCase reason.
-    pub reason: String,
-    /// Message.
-    pub message: String,
-}
-
-/// Merge wanted conditions into the existing ones: `lastTransitionTime` is kept unless the
-/// status changes; conditions of other types (another manager's) are left out, since server-side
-/// apply merges the list by type.
-pub fn merge(
-    existing: &[Condition],
-    wanted: &[Wanted],
-    generation: Option<i64>,
-    now: &Time,
-) -> Vec<Condition> {
-    wanted
-        .iter()
-        .map(|w| {
-            let status = if w.status { "True" } else { "False" }.to_string();
-            let previous = existing.iter().find(|c| c.type_ == w.type_);
-            let last_transition_time = match previous {
-                Some(p) if p.status == status => p.last_transition_time.clone(),
-                _ => now.clone(),
-            };
-            Condition {
-                type_: w.type_.to_string(),
-                status,
-                reason: w.reason.clone(),
-                message: w.message.clone(),
-                observed_generation: generation,
-                last_transition_time,
-            }
-        })
-        .collect()
-}
-
-/// Whether applying `merged` would change anything the object already shows.
-pub fn differs(existing: &[Condition], merged: &[Condition]) -> bool {
-    merged.iter().any(|m| {
-        existing
-            .iter()
-            .find(|c| c.type_ == m.type_)
-            .is_none_or(|c| {
-                c.status != m.status
-                    || c.reason != m.reason
-                    || c.message != m.message
-                    || c.observed_generation != m.observed_generation
-            })
-    })
-}
-
 /// `Ready` for a member object of a server's directory.
-pub fn ready_for(compiled: &Compiled, object: &ObjectRef, server: &str) -> Wanted {
+pub fn ready_for(compiled: &Compiled, object: &ObjectRef, server: &str) -> WantedCondition {
     match compiled.diagnostic(object) {
-        None => Wanted {
+        None => WantedCondition {
             type_: READY,
             status: true,
             reason: PUBLISHED.into(),
             message: format!("in the directory of MailServer/{server}"),
         },
-        Some(d) => Wanted {
+        Some(d) => WantedCondition {
             type_: READY,
             // A degraded domain still receives mail.
             status: d.effect == Effect::Degraded,
@@ -327,13 +271,13 @@ impl Notice {
 pub fn member_patch(
     existing: &[Condition],
     generation: Option<i64>,
-    wanted: Wanted,
+    wanted: WantedCondition,
     extra: serde_json::Value,
     extra_changed: bool,
     now: &Time,
 ) -> Option<StatusPatch> {
-    let merged = merge(existing, std::slice::from_ref(&wanted), generation, now);
-    if !extra_changed && !differs(existing, &merged) {
+    let merged = merge_conditions(existing, std::slice::from_ref(&wanted), generation, now);
+    if !extra_changed && !conditions_differ(existing, &merged) {
         return None;
     }
     let mut status = json!({ "observedGeneration": generation, "conditions": merged });

@@ -4,15 +4,6 @@ fn time(s: &str) -> Time {
     Time(s.parse().expect("timestamp"))
 }
 
-fn wanted(status: bool, reason: &str) -> Wanted {
-    Wanted {
-        type_: READY,
-        status,
-        reason: reason.into(),
-        message: "m".into(),
-    }
-}
-
 fn empty_compile() -> Compiled {
     let server = MailServer::new("mail", Default::default());
     crate::fixtures::compiled_alone(&server)
@@ -110,26 +101,6 @@ fn a_ceded_domain_shows_as_a_domain_conflict() {
         "{}",
         conflict.message
     );
-}
-
-#[test]
-fn last_transition_time_moves_only_on_status_change() {
-    let t0 = time("2026-01-01T00:00:00Z");
-    let t1 = time("2026-01-02T00:00:00Z");
-    let first = merge(&[], &[wanted(false, "InvalidOwner")], Some(1), &t0);
-    assert_eq!(first[0].last_transition_time, t0);
-    // Same status, new reason and generation: time kept.
-    let second = merge(&first, &[wanted(false, "InvalidPath")], Some(2), &t1);
-    assert_eq!(second[0].last_transition_time, t0);
-    assert_eq!(second[0].reason, "InvalidPath");
-    assert!(differs(&first, &second));
-    // Status flips: time moves.
-    let third = merge(&second, &[wanted(true, "Published")], Some(3), &t1);
-    assert_eq!(third[0].last_transition_time, t1);
-    assert!(!differs(
-        &third,
-        &merge(&third, &[wanted(true, "Published")], Some(3), &t0)
-    ));
 }
 
 /// Server `mail` compiled with domain `example.test` and Mailbox `alice`, as a cache would hold
