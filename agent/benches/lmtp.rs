@@ -12,30 +12,16 @@
 //! Each connection sends MAIL, RCPT and DATA in one write, then the body; latency is measured
 //! from that write to the post-dot reply.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn machine_line() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("machine: nproc={cores} cpu=\"{cpu}\" kernel={kernel}")
-}
+use virtmail_tests::fixtures::{mail_domain, mailbox, stream};
+use virtmail_tests::lmtp::Lmtp;
+use virtmail_tests::process::machine_line;
+use virtmail_tests::socketmap::Socketmap;
 
 struct Args(Vec<String>);
 
@@ -60,21 +46,6 @@ impl Args {
     }
 }
 
-/// A connection to `unix:PATH` or `HOST:PORT`.
-trait Conn: Read + Write + Send {}
-impl Conn for UnixStream {}
-impl Conn for std::net::TcpStream {}
-
-fn connect(target: &str) -> Box<dyn Conn> {
-    if let Some(path) = target.strip_prefix("unix:") {
-        Box::new(UnixStream::connect(path).expect("connect"))
-    } else {
-        let s = std::net::TcpStream::connect(target).expect("connect");
-        s.set_nodelay(true).unwrap();
-        Box::new(s)
-    }
-}
-
 struct Agent {
     child: Child,
     _dir: tempfile::TempDir,
@@ -94,15 +65,10 @@ impl Drop for Agent {
 }
 
 fn resources(mailboxes: usize) -> String {
-    let mut y = String::from(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n",
-    );
-    for i in 0..mailboxes {
-        y.push_str(&format!(
-            "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: u{i}}}\nspec: {{address: u{i}@bench.test}}\n"
-        ));
-    }
-    y
+    let domain = mail_domain("bench", "bench.test", "u0@bench.test", 5000, "");
+    let mailboxes =
+        (0..mailboxes).map(|i| mailbox(&format!("u{i}"), &format!("address: u{i}@bench.test")));
+    stream(std::iter::once(domain).chain(mailboxes))
 }
 
 fn start_agent(mailboxes: usize) -> Agent {
@@ -201,14 +167,11 @@ fn lmtp(args: &Args) {
         .map(|c| {
             let (target, data, domain) = (target.clone(), data.clone(), domain.clone());
             std::thread::spawn(move || {
-                let mut stream = connect(&target);
+                let mut lmtp = Lmtp::connect_to(&target);
                 let mut lat = Vec::new();
                 let mut classes = [0usize; 6];
-                let mut r = LineReader::default();
-                r.reply(&mut stream);
-                stream.write_all(b"LHLO bench.test\r\n").unwrap();
                 // Send SIZE only where announced (Dovecot refuses it otherwise).
-                let size_param = if r.reply(&mut stream).contains("SIZE") {
+                let size_param = if lmtp.hello().contains("SIZE") {
                     format!(" SIZE={size}")
                 } else {
                     String::new()
@@ -220,21 +183,22 @@ fn lmtp(args: &Args) {
                     let head = format!(
                         "MAIL FROM:<bench@remote.test>{size_param}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n"
                     );
-                    stream.write_all(head.as_bytes()).unwrap();
-                    let mail = r.reply(&mut stream);
-                    let rcpt_reply = r.reply(&mut stream);
-                    let go = r.reply(&mut stream);
+                    lmtp.send(head.as_bytes());
+                    let mail = lmtp.reply();
+                    let rcpt_reply = lmtp.reply();
+                    let go = lmtp.reply();
                     if !go.starts_with("354") {
                         panic!("no 354: {mail} {rcpt_reply} {go}");
                     }
-                    stream.write_all(&data).unwrap();
-                    let done = r.reply(&mut stream);
+                    lmtp.send(&data);
+                    let done = lmtp.reply();
+                    assert!(!done.is_empty(), "connection closed");
                     lat.push(t.elapsed());
                     let class = usize::from(done.as_bytes()[0] - b'0');
                     classes[class.min(5)] += 1;
                     i += conns;
                 }
-                stream.write_all(b"QUIT\r\n").unwrap();
+                lmtp.send(b"QUIT\r\n");
                 (lat, classes)
             })
         })
@@ -250,7 +214,7 @@ fn lmtp(args: &Args) {
     }
     let elapsed = started.elapsed();
     lat.sort();
-    println!("{}", machine_line());
+    println!("machine: {}", machine_line());
     println!(
         "lmtp target={} messages={messages} size={size} connections={conns} mailboxes={mailboxes}",
         if agent.is_some() {
@@ -273,38 +237,6 @@ fn lmtp(args: &Args) {
     if let Some(agent) = &agent {
         let files = count_files(&agent.base);
         println!("files in the mailbox base after the run: {files}");
-    }
-}
-
-/// Reads CRLF reply lines from a boxed stream with its own buffer.
-#[derive(Default)]
-struct LineReader {
-    buf: Vec<u8>,
-}
-
-impl LineReader {
-    fn line(&mut self, s: &mut Box<dyn Conn>) -> String {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return String::from_utf8_lossy(&line).into_owned();
-            }
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "connection closed");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn reply(&mut self, s: &mut Box<dyn Conn>) -> String {
-        let mut all = String::new();
-        loop {
-            let line = self.line(s);
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return all;
-            }
-        }
     }
 }
 
@@ -335,8 +267,7 @@ fn socketmap(args: &Args) {
         .map(|c| {
             let path = agent.map.clone();
             std::thread::spawn(move || {
-                let mut s = UnixStream::connect(path).unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut map = Socketmap::connect(&path);
                 let mut lat = Vec::with_capacity(queries / conns + 1);
                 let mut found = 0;
                 let mut i = c;
@@ -348,18 +279,9 @@ fn socketmap(args: &Args) {
                         format!("mailbox U{}+ext@Bench.TEST", (i * 7919) % mailboxes)
                     };
                     let t = Instant::now();
-                    s.write_all(format!("{}:{},", key.len(), key).as_bytes())
-                        .unwrap();
-                    let mut len = Vec::new();
-                    r.read_until(b':', &mut len).unwrap();
-                    let n: usize = std::str::from_utf8(&len[..len.len() - 1])
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    let mut reply = vec![0u8; n + 1];
-                    r.read_exact(&mut reply).unwrap();
+                    let reply = map.query(&key);
                     lat.push(t.elapsed());
-                    if reply.starts_with(b"OK ") {
+                    if reply.starts_with("OK ") {
                         found += 1;
                     }
                     i += conns;
@@ -377,7 +299,7 @@ fn socketmap(args: &Args) {
     }
     let elapsed = started.elapsed();
     lat.sort();
-    println!("{}", machine_line());
+    println!("machine: {}", machine_line());
     println!(
         "socketmap mailboxes={mailboxes} queries={queries} connections={conns}; agent ready after {:.2}s (compile + load)",
         agent.ready_after.as_secs_f64()

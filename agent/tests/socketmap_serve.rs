@@ -1,10 +1,9 @@
 //! socketmap answers from a running `virtmail-agent serve`, over its unix socket.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Agent, Map};
+use virtmail_tests::serve::Agent;
+use virtmail_tests::socketmap::Socketmap;
 
 #[test]
 fn socketmap_answers_exact_extension_case_catch_all_and_unknown() {
@@ -111,10 +110,7 @@ fn socketmap_pipelined_requests_and_limits() {
 
 #[test]
 fn socketmap_idle_connection_is_closed() {
-    let agent = Agent::start_with(
-        Some(support::RESOURCES),
-        &["--socketmap-idle-timeout", "1s"],
-    );
+    let agent = Agent::with_flags(&["--socketmap-idle-timeout", "1s"]);
     let mut m = agent.map();
     assert_eq!(m.query("domain example.test"), "OK example.test");
     let started = std::time::Instant::now();
@@ -130,7 +126,7 @@ fn socketmap_many_concurrent_clients() {
         .map(|i| {
             let path = path.clone();
             std::thread::spawn(move || {
-                let mut m = Map::connect(&path);
+                let mut m = Socketmap::connect(&path);
                 for j in 0..200 {
                     let reply = m.query(&format!("mailbox alice+{i}x{j}@example.test"));
                     assert_eq!(reply, "OK example.test/alice/");

@@ -5,7 +5,9 @@ pub mod agent;
 pub mod cluster;
 pub mod dovecot;
 pub mod e2e;
+pub mod fixtures;
 pub mod kubelet;
+pub mod lmtp;
 pub mod mail;
 pub mod mailstack;
 pub mod node;
@@ -13,6 +15,8 @@ pub mod operator;
 pub mod postfix;
 pub mod process;
 pub mod reliability;
+pub mod serve;
+pub mod socketmap;
 
 use std::path::PathBuf;
 

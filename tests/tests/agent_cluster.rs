@@ -7,9 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use virtmail_tests::agent::{impersonating_kubeconfig, lmtp, socketmap};
+use virtmail_tests::agent::impersonating_kubeconfig;
 use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::{Process, binary, wait_for};
+use virtmail_tests::socketmap::query_once;
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -83,10 +85,10 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
 
     // The directory arrives through the API and answers Postfix's lookups.
     wait_for("socketmap to know test1@virtual1.test", WAIT, || {
-        socketmap(&map_socket, "mailbox Test1+x@Virtual1.test").filter(|r| r.starts_with("OK "))
+        query_once(&map_socket, "mailbox Test1+x@Virtual1.test").filter(|r| r.starts_with("OK "))
     });
     assert_eq!(
-        socketmap(&map_socket, "mailbox nobody@virtual1.test").as_deref(),
+        query_once(&map_socket, "mailbox nobody@virtual1.test").as_deref(),
         Some("NOTFOUND ")
     );
 
@@ -115,7 +117,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     );
 
     // Mail is delivered to the provisioned Maildir.
-    let reply = lmtp(
+    let reply = deliver_once(
         &lmtp_socket,
         "test2@virtual2.test",
         "hello from the cluster",
@@ -144,7 +146,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     .expect("patch uid");
     wait_provisioned(&ns, "test2-virtual2", ("False", "OwnerMismatch"));
     let reply = wait_for("delivery to defer after the uid change", WAIT, || {
-        let r = lmtp(&lmtp_socket, "test2@virtual2.test", "after uid change");
+        let r = deliver_once(&lmtp_socket, "test2@virtual2.test", "after uid change");
         r.starts_with('4').then_some(r)
     });
     assert!(reply.contains("4.2.0"), "{reply}");
@@ -156,7 +158,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     // Deleting a Mailbox: lookups say NOTFOUND, the data stays.
     run(ns.kubectl().args(["delete", "mailbox", "test1-virtual1"])).expect("delete mailbox");
     wait_for("socketmap to forget test1", WAIT, || {
-        (socketmap(&map_socket, "mailbox test1@virtual1.test").as_deref() == Some("NOTFOUND "))
+        (query_once(&map_socket, "mailbox test1@virtual1.test").as_deref() == Some("NOTFOUND "))
             .then_some(())
     });
     assert!(

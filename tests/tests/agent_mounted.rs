@@ -8,10 +8,12 @@
 use std::time::Duration;
 
 use virtmail_crds::encoding;
-use virtmail_tests::agent::{self, lmtp, socketmap};
+use virtmail_tests::agent;
 use virtmail_tests::cluster::{TestNamespace, cluster, run};
 use virtmail_tests::kubelet::{self, ProjectedVolume};
+use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::{http_get, wait_for};
+use virtmail_tests::socketmap::query_once;
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -87,14 +89,14 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
 
     // Served from the volume: lookups, provisioning and delivery.
     wait_for("test1 in the mounted directory", WAIT, || {
-        socketmap(map_socket, "mailbox test1@virtual1.test").filter(|r| r.starts_with("OK "))
+        query_once(map_socket, "mailbox test1@virtual1.test").filter(|r| r.starts_with("OK "))
     });
     assert_eq!(
-        socketmap(map_socket, "mailbox nobody@virtual1.test").as_deref(),
+        query_once(map_socket, "mailbox nobody@virtual1.test").as_deref(),
         Some("NOTFOUND ")
     );
     let reply = wait_for("a delivery to test1", WAIT, || {
-        let reply = lmtp(
+        let reply = deliver_once(
             lmtp_socket,
             "test1@virtual1.test",
             "Subject: mounted\r\n\r\nhi\r\n",
@@ -117,7 +119,7 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     )
     .expect("new mailbox");
     wait_for("fresh@ after a kubelet swap", WAIT, || {
-        socketmap(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
+        query_once(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
     });
     assert!(
         volume.writes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
@@ -139,7 +141,7 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     .expect("hand edit");
     wait_for("the operator to restore the edited shard", WAIT, || {
         assert_eq!(
-            socketmap(map_socket, "mailbox evil@virtual1.test").as_deref(),
+            query_once(map_socket, "mailbox evil@virtual1.test").as_deref(),
             Some("NOTFOUND "),
             "the edited shard is never served"
         );
@@ -153,11 +155,11 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     });
     // Throughout, the agent kept answering from a verified version.
     assert_eq!(
-        socketmap(map_socket, "mailbox evil@virtual1.test").as_deref(),
+        query_once(map_socket, "mailbox evil@virtual1.test").as_deref(),
         Some("NOTFOUND ")
     );
     wait_for("fresh@ still served after the faults", WAIT, || {
-        socketmap(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
+        query_once(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
     });
     let log = agent.process.log();
     assert!(

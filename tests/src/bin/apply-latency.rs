@@ -24,11 +24,11 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use virtmail_tests::agent::socketmap;
 use virtmail_tests::cluster::{self, cluster, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, Options};
 use virtmail_tests::mail::Smtp;
 use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
+use virtmail_tests::socketmap::query_once;
 use virtmail_tests::workspace_root;
 
 const NS: &str = "virtmail-latency";
@@ -219,7 +219,7 @@ fn main() {
     wait_for(
         "the agent to serve known@bench.test",
         Duration::from_secs(300),
-        || socketmap(&map, "mailbox known@bench.test").filter(|r| r.starts_with("OK ")),
+        || query_once(&map, "mailbox known@bench.test").filter(|r| r.starts_with("OK ")),
     );
     // Start measuring once the start-up work is over: every Mailbox provisioned and reported (the
     // operator's and the agent's status patches for --existing mailboxes would compete with the
@@ -251,7 +251,7 @@ fn main() {
         let rcpt_existing = t.elapsed();
         assert_eq!(known.code, 250, "{known}");
         let t = Instant::now();
-        let hit = socketmap(&map, "mailbox known@bench.test");
+        let hit = query_once(&map, "mailbox known@bench.test");
         let socketmap_existing = t.elapsed();
         assert!(hit.is_some_and(|r| r.starts_with("OK ")));
         smtp.rset();
@@ -266,7 +266,7 @@ fn main() {
             let (map, address, tx) = (map.clone(), address.clone(), tx.clone());
             std::thread::spawn(move || {
                 while Instant::now() < deadline {
-                    let reply = socketmap(&map, &format!("mailbox {address}"));
+                    let reply = query_once(&map, &format!("mailbox {address}"));
                     if reply.is_some_and(|r| r.starts_with("OK ")) {
                         let _ = tx.send(("socketmap", start.elapsed()));
                         return;

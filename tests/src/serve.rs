@@ -1,89 +1,66 @@
-//! Shared helpers for the `serve` integration tests: start the real binary on unix sockets in a
-//! temporary directory, talk raw LMTP / socketmap / HTTP to it, stop it with SIGTERM.
-#![allow(dead_code)]
+//! `virtmail-agent serve` on a directory of manifests (no API server), on unix sockets in a
+//! temporary directory, for the agent's own integration tests and benchmarks.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A domain with a catch-all, a plain mailbox, a suspended one, an alias, and a deferring mailbox
-/// (invalid owner: uid below minimumUid).
-pub const RESOURCES: &str = r#"
-apiVersion: virtmail.io/v1alpha1
-kind: MailServer
-metadata: {name: mail}
-spec: {}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailDomain
-metadata: {name: example}
-spec: {domain: Example.TEST, postmaster: alice@example.test, defaults: {uid: 5000, gid: 5000}}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailDomain
-metadata: {name: catchall}
-spec: {domain: catchall.test, postmaster: info@catchall.test, catchAll: info, defaults: {uid: 5000, gid: 5000}}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: info}
-spec: {address: info@catchall.test}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: alice}
-spec: {address: Alice@Example.Test}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: bob}
-spec: {address: bob@example.test, format: Mbox, uid: 5001}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: frozen}
-spec: {address: frozen@example.test, suspended: true}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: broken}
-spec: {address: broken@example.test, uid: 0}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailAlias
-metadata: {name: team}
-spec: {address: team@example.test, to: [alice@example.test, bob@example.test]}
-"#;
+use crate::lmtp::Lmtp;
+use crate::socketmap::Socketmap;
+
+/// The `virtmail-agent` binary cargo built for the running test or benchmark: those run from
+/// `target/<profile>/deps/`, and their package's binaries sit one level up.
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lies in target/<profile>/deps")
+        .join("virtmail-agent");
+    assert!(
+        path.is_file(),
+        "{} is missing: run this from the agent's tests or benches",
+        path.display()
+    );
+    path
+}
 
 /// A running `virtmail-agent serve`.
 #[derive(Debug)]
 pub struct Agent {
+    /// The scratch directory: `resources/`, `mail/` (the base), `run/` (sockets), the log.
     pub dir: tempfile::TempDir,
+    /// The process, until `stop` or a test takes it.
     pub child: Option<Child>,
-    pub log: PathBuf,
+    log: PathBuf,
 }
 
 impl Agent {
+    /// The directory of manifests the agent reads.
     pub fn resources(&self) -> PathBuf {
         self.dir.path().join("resources")
     }
+    /// The mailbox base.
     pub fn base(&self) -> PathBuf {
         self.dir.path().join("mail")
     }
+    /// The LMTP socket.
     pub fn lmtp_path(&self) -> PathBuf {
         self.dir.path().join("run/lmtp.sock")
     }
+    /// The socketmap socket.
     pub fn map_path(&self) -> PathBuf {
         self.dir.path().join("run/map.sock")
     }
+    /// The HTTP socket (`/healthz`, `/readyz`, `/metrics`).
     pub fn http_path(&self) -> PathBuf {
         self.dir.path().join("run/http.sock")
     }
 
-    /// Start with `RESOURCES` (or `yaml`; `None` = no resources file at all) and extra flags.
+    /// Start with `yaml` as `resources/all.yaml` (`None`: no resources file at all) and extra
+    /// flags.
     pub fn start_with(yaml: Option<&str>, extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("resources")).unwrap();
@@ -114,13 +91,20 @@ impl Agent {
         agent
     }
 
+    /// Start with [`crate::fixtures::agent_directory`].
     pub fn start() -> Agent {
-        Agent::start_with(Some(RESOURCES), &[])
+        Agent::with_flags(&[])
     }
 
+    /// Start with [`crate::fixtures::agent_directory`] and extra flags.
+    pub fn with_flags(extra: &[&str]) -> Agent {
+        Agent::start_with(Some(&crate::fixtures::agent_directory()), extra)
+    }
+
+    /// Start the process (again) on this directory with extra flags; returns once it answers.
     pub fn spawn(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_virtmail-agent"))
+        let child = Command::new(agent_binary())
             .arg("serve")
             .arg("--resources")
             .arg(self.resources())
@@ -156,6 +140,7 @@ impl Agent {
         }
     }
 
+    /// The agent's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -179,12 +164,14 @@ impl Agent {
         }
     }
 
+    /// A new LMTP connection (greeting not read yet).
     pub fn lmtp(&self) -> Lmtp {
         Lmtp::connect(&self.lmtp_path())
     }
 
-    pub fn map(&self) -> Map {
-        Map::connect(&self.map_path())
+    /// A new socketmap connection.
+    pub fn map(&self) -> Socketmap {
+        Socketmap::connect(&self.map_path())
     }
 
     /// GET `path` over the HTTP unix socket: (status, body).
@@ -202,7 +189,9 @@ impl Drop for Agent {
     }
 }
 
+/// GET `path` over the HTTP unix socket `socket`: (status, body).
 pub fn http_get(socket: &Path, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
     let mut s = UnixStream::connect(socket).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n").unwrap();
@@ -216,115 +205,9 @@ pub fn http_get(socket: &Path, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// A raw LMTP client.
-#[derive(Debug)]
-pub struct Lmtp {
-    pub reader: BufReader<UnixStream>,
-    pub writer: UnixStream,
-}
-
-impl Lmtp {
-    pub fn connect(path: &Path) -> Lmtp {
-        let s = UnixStream::connect(path).expect("connect lmtp");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Lmtp {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
-    }
-
-    pub fn send(&mut self, data: &[u8]) {
-        self.writer.write_all(data).unwrap();
-    }
-
-    /// One reply (all its lines), joined with `\n`; empty string at EOF.
-    pub fn reply(&mut self) -> String {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return lines.join("\n"),
-                Ok(_) => {}
-            }
-            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
-            let line = line.trim_end().to_string();
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line);
-            if last {
-                return lines.join("\n");
-            }
-        }
-    }
-
-    /// Send a command line and read its reply.
-    pub fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes());
-        self.reply()
-    }
-
-    /// Read the greeting and say LHLO.
-    pub fn hello(&mut self) -> String {
-        let greeting = self.reply();
-        assert!(greeting.starts_with("220 "), "{greeting}");
-        self.cmd("LHLO client.test")
-    }
-
-    /// Whether the server closed the connection.
-    pub fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 1];
-        matches!(self.reader.read(&mut buf), Ok(0))
-    }
-}
-
-/// A socketmap client.
-#[derive(Debug)]
-pub struct Map {
-    pub stream: UnixStream,
-}
-
-impl Map {
-    pub fn connect(path: &Path) -> Map {
-        let stream = UnixStream::connect(path).expect("connect socketmap");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Map { stream }
-    }
-
-    pub fn send_raw(&mut self, data: &[u8]) {
-        self.stream.write_all(data).unwrap();
-    }
-
-    /// Read one netstring reply; `None` at EOF.
-    pub fn read_reply(&mut self) -> Option<String> {
-        let mut len = 0usize;
-        loop {
-            let mut b = [0u8; 1];
-            if self.stream.read(&mut b).ok()? == 0 {
-                return None;
-            }
-            match b[0] {
-                b':' => break,
-                d => len = len * 10 + usize::from(d - b'0'),
-            }
-        }
-        let mut data = vec![0u8; len + 1];
-        self.stream.read_exact(&mut data).ok()?;
-        assert_eq!(data.pop(), Some(b','));
-        Some(String::from_utf8(data).unwrap())
-    }
-
-    pub fn query(&mut self, request: &str) -> String {
-        self.send_raw(format!("{}:{},", request.len(), request).as_bytes());
-        self.read_reply().expect("socketmap reply")
-    }
-}
-
 /// Run a python script from `tests/support/` with arguments; returns stdout, panics on failure.
 pub fn python(script: &str, args: &[&str]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(script);
+    let path = crate::workspace_root().join("tests/support").join(script);
     let out = Command::new("python3")
         .arg(&path)
         .args(args)
