@@ -8,6 +8,7 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 
 use deliver_support::*;
+use virtmail_tests::fixtures::mailbox;
 
 const BOB: &str = "bob@example.test";
 const ALICE: &str = "alice@example.test";
@@ -424,7 +425,7 @@ fn addresses_with_cr_lf_or_nul_never_reach_the_mailbox() {
         let outcome = w.deliver(rcpt, MESSAGE);
         assert_ne!(code(&outcome.status), "2.0.0", "{rcpt:?}");
     }
-    let resources = w.resources("---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: bob}\nspec: {address: bob@example.test, format: Mbox}\n");
+    let resources = w.resources(&[mailbox("bob", "address: bob@example.test, format: Mbox")]);
     let (_, _, status) = w.cli(
         &resources,
         &[

@@ -7,6 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use deliver_support::*;
+use virtmail_tests::tmpfs::Tmpfs;
 
 fn big() -> Vec<u8> {
     let mut m = b"Subject: big\n\n".to_vec();
@@ -21,7 +22,7 @@ fn big() -> Vec<u8> {
 #[test]
 fn v30_disk_full_defers_430_and_truncates_the_mbox_back() {
     let mut w = World::new();
-    let tmpfs = Tmpfs::mount(w.dir.path(), "1m");
+    let tmpfs = Tmpfs::mount(&w.dir.path().join("tmpfs"), "1m");
     fs::set_permissions(&tmpfs.path, fs::Permissions::from_mode(0o755)).unwrap();
     w.directory.settings.mailbox_base = tmpfs.path.display().to_string();
     let domain = tmpfs.path.join(DOMAIN);
@@ -61,7 +62,7 @@ fn v30_disk_full_defers_430_and_truncates_the_mbox_back() {
 #[test]
 fn v30_disk_full_defers_430_and_leaves_nothing_in_maildir() {
     let mut w = World::new();
-    let tmpfs = Tmpfs::mount(w.dir.path(), "1m");
+    let tmpfs = Tmpfs::mount(&w.dir.path().join("tmpfs"), "1m");
     fs::set_permissions(&tmpfs.path, fs::Permissions::from_mode(0o755)).unwrap();
     w.directory.settings.mailbox_base = tmpfs.path.display().to_string();
     let domain = tmpfs.path.join(DOMAIN);

@@ -86,9 +86,7 @@ fn scenario() {
     }
     let slow = {
         let (w, big) = (w.clone(), big.clone());
-        std::thread::spawn(move || {
-            w.deliver_with("box@example.test", "s@origin.test", &big, &options())
-        })
+        std::thread::spawn(move || w.deliver("box@example.test", &big))
     };
     // Wait until the slow delivery's file is in tmp/, then deliver the quick one.
     let tmp = w.base.join("example.test/box/tmp");
@@ -101,7 +99,7 @@ fn scenario() {
         );
         std::thread::sleep(Duration::from_micros(200));
     }
-    let quick = w.deliver_with("box@example.test", "s@origin.test", MESSAGE, &options());
+    let quick = w.deliver("box@example.test", MESSAGE);
     assert_eq!(code(&quick.status), "2.0.0", "{}", quick.status);
     // The test only means something if the quick one finished (and cleaned up) first.
     let overlapped = !slow.is_finished();

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod delivery;
 pub mod dovecot;
 pub mod e2e;
 pub mod fixtures;
@@ -17,6 +18,7 @@ pub mod process;
 pub mod reliability;
 pub mod serve;
 pub mod socketmap;
+pub mod tmpfs;
 
 use std::path::PathBuf;
 
