@@ -246,13 +246,14 @@ pub const MESSAGE: &[u8] = b"From: a@origin.test\nSubject: test\n\nhello\n";
 pub const IMAP: &str = "/usr/lib/dovecot/imap";
 
 /// Start Dovecot's `imap` pre-authenticated as the recipient (no daemon), with a private
-/// configuration (`extra_config` appended) and `mail_location`; stdin and stdout are piped.
-/// Returns the process and the path of its log.
+/// configuration (`extra_config` appended) and `mail_location`, reading `commands` (then end of
+/// input); stdout and stderr are piped. Returns the process and the path of its log.
 pub fn spawn_imap(
     w: &World,
     extra_config: &str,
     mail_location: &str,
     home: &Path,
+    commands: &str,
 ) -> (std::process::Child, PathBuf) {
     use std::os::unix::process::CommandExt as _;
     assert!(
@@ -277,7 +278,7 @@ pub fn spawn_imap(
         ),
     )
     .unwrap();
-    let child = Command::new(IMAP)
+    let mut child = Command::new(IMAP)
         .arg("-c")
         .arg(&config)
         .arg("-o")
@@ -292,5 +293,7 @@ pub fn spawn_imap(
         .stderr(Stdio::piped())
         .spawn()
         .expect("run dovecot imap");
+    let mut stdin = child.stdin.take().expect("imap stdin");
+    stdin.write_all(commands.as_bytes()).expect("imap commands");
     (child, log)
 }

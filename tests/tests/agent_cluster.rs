@@ -6,9 +6,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
 use virtmail_tests::agent::impersonating_kubeconfig;
-use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, run};
 use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::{Process, binary, wait_for};
 use virtmail_tests::socketmap::query_once;
@@ -16,26 +15,14 @@ use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn condition(object: &Value, kind: &str) -> Option<(String, String)> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_owned(),
-                c["reason"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-}
-
 fn wait_provisioned(ns: &TestNamespace, mailbox: &str, want: (&str, &str)) {
     wait_for(
         &format!("Mailbox/{mailbox} Provisioned {want:?}"),
         WAIT,
         || {
             let m = ns.get_json("mailbox", mailbox);
-            (condition(&m, "Provisioned") == Some((want.0.into(), want.1.into()))).then_some(())
+            (condition_status(&m, "Provisioned") == Some((want.0.into(), want.1.into())))
+                .then_some(())
         },
     );
 }
@@ -112,7 +99,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     // The operator's Ready and the agent's Provisioned live side by side.
     let m = ns.get_json("mailbox", "test2-virtual2");
     assert_eq!(
-        condition(&m, "Ready"),
+        condition_status(&m, "Ready"),
         Some(("True".into(), "Published".into()))
     );
 

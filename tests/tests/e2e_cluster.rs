@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use virtmail_crds::resources::MailboxFormat;
-use virtmail_tests::cluster::{self, cluster, run, run_with_stdin};
+use virtmail_tests::cluster::{self, cluster, condition, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, MailboxOnDisk, Options, WAIT};
 use virtmail_tests::mail;
 use virtmail_tests::process::wait_for;
@@ -58,16 +58,6 @@ fn get_json(resource: &str, name: &str) -> Value {
     let out = run(kubectl().args(["get", resource, name, "-o", "json"]))
         .unwrap_or_else(|e| panic!("{resource}/{name}: {e}"));
     serde_json::from_str(&out).expect("JSON")
-}
-
-/// (status, reason, message) of condition `kind`.
-fn condition(object: &Value, kind: &str) -> Option<(String, String, String)> {
-    let c = object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)?;
-    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
-    Some((s("status"), s("reason"), s("message")))
 }
 
 /// Wait until Mailbox `name` reports `Provisioned` with `status` and one of `reasons`; returns

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use virtmail_tests::cluster::{TestNamespace, run, run_with_stdin};
+use virtmail_tests::cluster::{TestNamespace, condition, run, run_with_stdin};
 use virtmail_tests::mail::{self, Smtp};
 use virtmail_tests::node::{self, apply, eventually, helm, volume_of, wait_for};
 use virtmail_tests::workspace_root;
@@ -78,20 +78,6 @@ fn pod_ip(ns: &TestNamespace, pod: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("pod {pod} has no IP"))
         .to_string()
-}
-
-fn condition(object: &Value, type_: &str) -> Option<(String, String, String)> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_string(),
-                c["reason"].as_str().unwrap_or_default().to_string(),
-                c["message"].as_str().unwrap_or_default().to_string(),
-            )
-        })
 }
 
 /// Waits until the object's condition has this status and reason; returns its message.

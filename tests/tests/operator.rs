@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use virtmail_crds::{compile, encoding, manifests};
-use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, run};
 use virtmail_tests::postfix::free_port;
 use virtmail_tests::process::{http_get, wait_for};
 use virtmail_tests::{operator, workspace_root};
@@ -47,20 +47,6 @@ fn suspend(ns: &TestNamespace, mailbox: &str) {
         r#"{"spec":{"suspended":true}}"#,
     ]))
     .expect("patch");
-}
-
-fn condition(object: &Value, kind: &str) -> Option<(String, String)> {
-    object
-        .pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_owned(),
-                c["reason"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
 }
 
 /// What changes when the operator writes an object: `metadata.generation` where the object has
@@ -193,7 +179,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
     // Every object reports Ready with the observed generation.
     wait_for("Mailboxes Ready", WAIT, || {
         let mbx = ns.get_json("mailbox", "test1-virtual1");
-        (condition(&mbx, "Ready") == Some(("True".into(), "Published".into()))).then_some(())
+        (condition_status(&mbx, "Ready") == Some(("True".into(), "Published".into()))).then_some(())
     });
     let mbx = ns.get_json("mailbox", "test2-virtual2");
     assert_eq!(mbx["status"]["path"], "/var/mail/vhosts/test2/");
@@ -203,7 +189,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
     );
     let server = ns.get_json("mailserver", "mail");
     assert_eq!(
-        condition(&server, "DirectoryPublished").map(|c| c.0),
+        condition_status(&server, "DirectoryPublished").map(|c| c.0),
         Some("True".into())
     );
     assert_eq!(server["status"]["mailboxes"], 2);
@@ -213,7 +199,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
     );
     let domain = ns.get_json("maildomain", "virtual1");
     assert_eq!(
-        condition(&domain, "Ready"),
+        condition_status(&domain, "Ready"),
         Some(("True".into(), "Published".into()))
     );
     assert_eq!(domain["status"]["mailboxes"], 1);
@@ -369,7 +355,8 @@ fn invalid_and_conflicting_objects_get_their_reasons_while_the_rest_works() {
             WAIT,
             || {
                 let mbx = ns.get_json("mailbox", name);
-                (condition(&mbx, "Ready") == Some((status.into(), reason.into()))).then_some(())
+                (condition_status(&mbx, "Ready") == Some((status.into(), reason.into())))
+                    .then_some(())
             },
         );
     }
@@ -621,7 +608,8 @@ fn autoreply_and_pattern_reasons_reach_the_objects() {
             WAIT,
             || {
                 let object = ns.get_json(kind, name);
-                (condition(&object, "Ready") == Some((status.into(), reason.into()))).then_some(())
+                (condition_status(&object, "Ready") == Some((status.into(), reason.into())))
+                    .then_some(())
             },
         );
     }

@@ -4,12 +4,18 @@
 use std::time::Duration;
 
 use virtmail_agent::deliver::{self, Options, Outcome, Status};
+use virtmail_crds::directory::Directory;
 pub use virtmail_tests::delivery::*;
 
-/// Deliveries into a [`World`] through the engine.
+/// Deliveries into a [`World`]'s directory through the engine.
 pub trait Engine {
+    /// The directory deliveries look recipients up in.
+    fn directory(&self) -> &Directory;
+
     /// Deliver `message` to `recipient` from `sender@origin.test` with [`options`].
-    fn deliver(&self, recipient: &str, message: &[u8]) -> Outcome;
+    fn deliver(&self, recipient: &str, message: &[u8]) -> Outcome {
+        self.deliver_with(recipient, "sender@origin.test", message, &options())
+    }
 
     /// Deliver `message` from `sender` to `recipient` with `options`.
     fn deliver_with(
@@ -18,22 +24,8 @@ pub trait Engine {
         sender: &str,
         message: &[u8],
         options: &Options,
-    ) -> Outcome;
-}
-
-impl Engine for World {
-    fn deliver(&self, recipient: &str, message: &[u8]) -> Outcome {
-        self.deliver_with(recipient, "sender@origin.test", message, &options())
-    }
-
-    fn deliver_with(
-        &self,
-        recipient: &str,
-        sender: &str,
-        message: &[u8],
-        options: &Options,
     ) -> Outcome {
-        match deliver::precheck(&self.directory, recipient) {
+        match deliver::precheck(self.directory(), recipient) {
             Ok(target) => deliver::deliver_one(&target, sender, recipient, message, options),
             Err(status) => Outcome {
                 recipient: recipient.into(),
@@ -43,6 +35,12 @@ impl Engine for World {
                 duration: Duration::ZERO,
             },
         }
+    }
+}
+
+impl Engine for World {
+    fn directory(&self) -> &Directory {
+        &self.directory
     }
 }
 
