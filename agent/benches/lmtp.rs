@@ -18,32 +18,47 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
 use virtmail_tests::fixtures::{mail_domain, mailbox, stream};
 use virtmail_tests::lmtp::Lmtp;
 use virtmail_tests::process::machine_line;
 use virtmail_tests::socketmap::Socketmap;
 
-struct Args(Vec<String>);
+/// The command line (`cargo bench` adds `--bench`).
+#[derive(Debug, Parser)]
+struct Args {
+    /// `lmtp` (deliveries) or `socketmap` (lookups).
+    #[arg(value_enum, default_value_t = Mode::Lmtp)]
+    mode: Mode,
+    /// Messages to deliver (lmtp; default 2000).
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Message size in bytes (lmtp).
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Mailboxes (default 100 for lmtp, 100000 for socketmap).
+    #[arg(long)]
+    mailboxes: Option<usize>,
+    /// An LMTP server to drive instead of a fresh agent: `unix:PATH` or `HOST:PORT`.
+    #[arg(long)]
+    target: Option<String>,
+    /// The recipients' domain (lmtp).
+    #[arg(long, default_value = "bench.test")]
+    domain: String,
+    /// Lookups to make (socketmap).
+    #[arg(long, default_value_t = 200_000)]
+    queries: usize,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
 
-impl Args {
-    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
-        self.0
-            .iter()
-            .position(|a| a == name)
-            .and_then(|i| self.0.get(i + 1))
-            .map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("bad value for {name}: {v}"))
-            })
-            .unwrap_or(default)
-    }
-    fn text(&self, name: &str) -> Option<String> {
-        self.0
-            .iter()
-            .position(|a| a == name)
-            .and_then(|i| self.0.get(i + 1))
-            .cloned()
-    }
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    Lmtp,
+    Socketmap,
 }
 
 struct Agent {
@@ -149,17 +164,16 @@ fn body(size: usize) -> Vec<u8> {
 }
 
 fn lmtp(args: &Args) {
-    let messages: usize = args.get("--messages", 2000);
-    let size: usize = args.get("--size", 4096);
-    let conns: usize = args.get("--connections", 8);
-    let mailboxes: usize = args.get("--mailboxes", 100);
-    let domain = args.text("--domain").unwrap_or_else(|| "bench.test".into());
-    let agent = match args.text("--target") {
+    let (messages, size, conns) = (args.messages, args.size, args.connections);
+    let mailboxes = args.mailboxes.unwrap_or(100);
+    let domain = args.domain.clone();
+    let agent = match &args.target {
         Some(_) => None,
         None => Some(start_agent(mailboxes)),
     };
     let target = args
-        .text("--target")
+        .target
+        .clone()
         .unwrap_or_else(|| format!("unix:{}", agent.as_ref().unwrap().lmtp.display()));
     let data = body(size);
     let started = Instant::now();
@@ -258,9 +272,8 @@ fn count_files(dir: &Path) -> usize {
 }
 
 fn socketmap(args: &Args) {
-    let mailboxes: usize = args.get("--mailboxes", 100_000);
-    let queries: usize = args.get("--queries", 200_000);
-    let conns: usize = args.get("--connections", 8);
+    let mailboxes = args.mailboxes.unwrap_or(100_000);
+    let (queries, conns) = (args.queries, args.connections);
     let agent = start_agent(mailboxes);
     let started = Instant::now();
     let threads: Vec<_> = (0..conns)
@@ -315,11 +328,9 @@ fn socketmap(args: &Args) {
 }
 
 fn main() {
-    let args = Args(std::env::args().skip(1).collect());
-    // `cargo bench` adds `--bench`; the word `socketmap` picks the lookup benchmark.
-    if args.0.iter().any(|a| a == "socketmap") {
-        socketmap(&args);
-    } else {
-        lmtp(&args);
+    let args = Args::parse();
+    match args.mode {
+        Mode::Lmtp => lmtp(&args),
+        Mode::Socketmap => socketmap(&args),
     }
 }

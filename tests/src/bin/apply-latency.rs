@@ -24,6 +24,8 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 use virtmail_tests::cluster::{self, cluster, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, Options};
 use virtmail_tests::mail::Smtp;
@@ -36,60 +38,37 @@ const SENDER: &str = "probe@remote.test";
 /// A sample that takes longer aborts the run (something is broken).
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
+/// The command line.
+#[derive(Debug, Clone, Parser)]
 struct Args {
+    /// Latency samples to take.
+    #[arg(long, default_value_t = 50)]
     samples: usize,
+    /// Mailboxes that exist before the first sample.
+    #[arg(long, default_value_t = 0)]
     existing: usize,
+    /// How often the probe looks, in milliseconds.
+    #[arg(long = "poll-ms", default_value = "5", value_parser = millis)]
     poll: Duration,
+    /// Pause between samples, in milliseconds.
+    #[arg(long = "gap-ms", default_value = "500", value_parser = millis)]
     gap: Duration,
+    /// Leave the private plane running at the end.
+    #[arg(long)]
     keep_plane: bool,
+    /// The operator binary (default: the release build).
+    #[arg(long)]
     operator: Option<PathBuf>,
+    /// The agent binary (default: the release build).
+    #[arg(long)]
     agent: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-fn parse() -> Args {
-    let mut a = Args {
-        samples: 50,
-        existing: 0,
-        poll: Duration::from_millis(5),
-        gap: Duration::from_millis(500),
-        keep_plane: false,
-        operator: None,
-        agent: None,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        let n = || {
-            value
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("{} wants a number", args[i]))
-        };
-        match args[i].as_str() {
-            "--samples" => a.samples = n() as usize,
-            "--existing" => a.existing = n() as usize,
-            "--poll-ms" => a.poll = Duration::from_millis(n()),
-            "--gap-ms" => a.gap = Duration::from_millis(n()),
-            "--operator" => a.operator = Some(PathBuf::from(&value)),
-            "--agent" => a.agent = Some(PathBuf::from(&value)),
-            "--keep-plane" => {
-                a.keep_plane = true;
-                i += 1;
-                continue;
-            }
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => panic!(
-                "unknown argument {other}; usage: apply-latency [--samples N] [--existing M] \
-                 [--poll-ms MS] [--gap-ms MS] [--keep-plane] [--operator BIN] [--agent BIN]"
-            ),
-        }
-        i += 2;
-    }
-    a
+fn millis(value: &str) -> Result<Duration, std::num::ParseIntError> {
+    value.parse().map(Duration::from_millis)
 }
 
 /// Stops the private plane at the end unless asked to keep it.
@@ -128,7 +107,7 @@ struct Sample {
 }
 
 fn main() {
-    let args = parse();
+    let args = Args::parse();
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "run as root: the agent delivers and provisions as each mailbox's uid"

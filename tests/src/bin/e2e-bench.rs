@@ -25,56 +25,41 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 use virtmail_tests::dovecot::{self, Dovecot};
 use virtmail_tests::mail::Smtp;
 use virtmail_tests::postfix::{self, Config, Postfix, free_port};
 use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
 
-#[derive(Debug, Clone)]
+/// The command line.
+#[derive(Debug, Clone, Parser)]
 struct Options {
+    /// Messages per round and target.
+    #[arg(long, default_value_t = 2000)]
     messages: usize,
+    /// Concurrent SMTP sessions.
+    #[arg(long, default_value_t = 10)]
     sessions: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 4096)]
     size: usize,
+    /// Mailboxes the messages are spread over.
+    #[arg(long, default_value_t = 100)]
     mailboxes: usize,
+    /// Rounds per target.
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Comma-separated targets.
+    #[arg(long, value_delimiter = ',', default_value = "agent,virtual,dovecot")]
     targets: Vec<String>,
-}
-
-fn parse() -> Options {
-    let mut o = Options {
-        messages: 2000,
-        sessions: 10,
-        size: 4096,
-        mailboxes: 100,
-        rounds: 3,
-        targets: vec!["agent".into(), "virtual".into(), "dovecot".into()],
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        let n = || value.parse::<usize>().expect("a number");
-        match args[i].as_str() {
-            "--messages" => o.messages = n(),
-            "--sessions" => o.sessions = n(),
-            "--size" => o.size = n(),
-            "--mailboxes" => o.mailboxes = n(),
-            "--rounds" => o.rounds = n(),
-            "--targets" => o.targets = value.split(',').map(str::to_string).collect(),
-            // cargo bench/run may pass this.
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => panic!("unknown argument {other}"),
-        }
-        i += 2;
-    }
-    o
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn main() {
-    let o = parse();
+    let o = Options::parse();
     let agent = release_binary("virtmail-agent");
     let mut results: Vec<(String, bool, Vec<f64>)> = Vec::new();
     for drain in [false, true] {
