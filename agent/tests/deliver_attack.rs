@@ -14,7 +14,7 @@ const BOB: &str = "bob@example.test";
 const ALICE: &str = "alice@example.test";
 
 fn world() -> World {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox(BOB, "example.test/bob");
     w.mailbox(ALICE, "example.test/alice/");
@@ -44,7 +44,7 @@ fn symlink_as_the_mbox_file_defers_420() {
 
 #[test]
 fn symlink_as_the_mbox_parent_defers_420() {
-    let mut w = World::new();
+    let mut w = World::create();
     symlink(&w.outside, w.base.join("example.test")).unwrap();
     w.mailbox(BOB, "example.test/victim");
     assert_unsafe(&w, BOB);
@@ -52,7 +52,7 @@ fn symlink_as_the_mbox_parent_defers_420() {
 
 #[test]
 fn symlink_as_a_deeper_parent_defers_420() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.mkdir("example.test", UID, GID);
     symlink(&w.outside, w.base.join("example.test/sub")).unwrap();
     w.mailbox(BOB, "example.test/sub/victim");
@@ -107,7 +107,7 @@ fn symlink_as_maildir_new_or_tmp_defers_420() {
 
 #[test]
 fn symlink_as_the_maildir_parent_defers_420() {
-    let mut w = World::new();
+    let mut w = World::create();
     symlink(&w.outside, w.base.join("example.test")).unwrap();
     w.mailbox(ALICE, "example.test/alice/");
     assert_unsafe(&w, ALICE);
@@ -377,7 +377,7 @@ fn fifo_planted_by_a_co_tenant_defers_instead_of_bouncing() {
 /// directory: delivery refuses to put mail where the co-tenant could later move or delete it.
 #[test]
 fn parent_directory_owned_by_a_co_tenant_is_refused() {
-    let mut w = World::new();
+    let mut w = World::create();
     let domain = w.mkdir("example.test", 0, 0);
     fs::set_permissions(&domain, PermissionsExt::from_mode(0o1777)).unwrap();
     let team = domain.join("team");

@@ -15,7 +15,7 @@ fn mailboxes() -> [String; 3] {
 }
 
 fn world() -> (World, std::path::PathBuf) {
-    let w = World::new();
+    let w = World::create();
     w.domain_dir();
     let resources = w.resources(&mailboxes());
     (w, resources)

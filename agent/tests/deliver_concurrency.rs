@@ -23,7 +23,7 @@ fn message(process: usize, number: usize) -> Vec<u8> {
 }
 
 fn run(locks: &str) {
-    let w = World::new();
+    let w = World::create();
     w.domain_dir();
     let res = w.resources_with(
         &format!("mailboxBase: /x, mailboxLock: [{locks}]"),

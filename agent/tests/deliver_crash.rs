@@ -31,7 +31,7 @@ fn huge() -> Vec<u8> {
 }
 
 fn world(locks: &str) -> (World, PathBuf) {
-    let w = World::new();
+    let w = World::create();
     w.domain_dir();
     let resources = w.resources_with(
         &format!(

@@ -22,7 +22,7 @@ fn imap(w: &World, mail_location: &str, home: &Path, commands: &str) -> (String,
 
 #[test]
 fn dovecot_reads_our_maildir_sizes_and_maildirsize_quota() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox("alice@example.test", "example.test/alice/").quota = Some(1 << 20);
     let mut sizes = Vec::new();
@@ -58,7 +58,7 @@ fn dovecot_reads_our_maildir_sizes_and_maildirsize_quota() {
 
 #[test]
 fn dovecot_reads_our_mbox() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox("bob@example.test", "example.test/bob");
     for i in 0..3 {

@@ -23,7 +23,7 @@ fn big() -> Vec<u8> {
 /// A world whose base is a 1 MiB tmpfs with the domain directory and one mailbox `address` at
 /// `path`; the tmpfs and the domain directory.
 fn full_disk_world(address: &str, path: &str) -> (World, Tmpfs, PathBuf) {
-    let mut w = World::new();
+    let mut w = World::create();
     let tmpfs = Tmpfs::mount(&w.dir.path().join("tmpfs"), "1m");
     fs::set_permissions(&tmpfs.path, fs::Permissions::from_mode(0o755)).unwrap();
     w.directory.settings.mailbox_base = tmpfs.path.display().to_string();

@@ -65,7 +65,7 @@ fn delivery_and_dovecot_with_debian_lock_order_both_finish() {
         "mbox_write_locks = fcntl dotlock",
         "this test is about Debian's packaged lock order"
     );
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox("bob@example.test", "example.test/bob");
     let mbox = w.base.join("example.test/bob");

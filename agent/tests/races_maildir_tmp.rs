@@ -65,7 +65,7 @@ fn first_maildir_delivery_of_a_process_keeps_its_tmp_file_while_another_delivery
 
 /// One process: a slow first delivery, a quick second one to the same maildir meanwhile.
 fn scenario() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox("box@example.test", "example.test/box/");
     // The maildir exists before the deliveries, so that the slow one names its file at once.

@@ -26,6 +26,50 @@ pub const OTHER_GID: u32 = 5002;
 /// The world's one domain.
 pub const DOMAIN: &str = "example.test";
 
+/// A directory for server `server` on the mailbox base `base` with the domain [`DOMAIN`] and no
+/// mailboxes yet; mbox locks fcntl and dotlock.
+pub fn directory(server: &str, base: &Path, mailbox_size_limit: u64) -> Directory {
+    let domain = Domain {
+        postmaster: format!("postmaster@{DOMAIN}"),
+        catch_all: None,
+        object: "example".into(),
+    };
+    Directory {
+        settings: Settings {
+            server: server.into(),
+            mailbox_base: base.display().to_string(),
+            minimum_uid: 100,
+            mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
+            mailbox_size_limit,
+            recipient_delimiter: "+".into(),
+        },
+        domains: BTreeMap::from([(DOMAIN.to_string(), domain)]),
+        mailboxes: BTreeMap::new(),
+        aliases: BTreeMap::new(),
+    }
+}
+
+/// The entry of mailbox `address` at `path` (Maildir where it ends in `/`, else mbox), owned by
+/// uid = gid = `uid`.
+pub fn mailbox_entry(address: &str, path: &str, uid: u32) -> MailboxEntry {
+    let format = if path.ends_with('/') {
+        MailboxFormat::Maildir
+    } else {
+        MailboxFormat::Mbox
+    };
+    MailboxEntry {
+        path: path.to_string(),
+        format,
+        uid,
+        gid: uid,
+        quota: None,
+        suspended: false,
+        defer: None,
+        object: address.split('@').next().unwrap().to_string(),
+        autoreply: None,
+    }
+}
+
 /// These tests need root (setfsuid, chown, mount). Not root is a failure, not a skip.
 pub fn require_root() {
     assert_eq!(
@@ -40,14 +84,19 @@ pub fn require_root() {
 /// directory outside it (`<tmp>/outside`) that no delivery may touch.
 #[derive(Debug)]
 pub struct World {
+    /// The temporary directory holding it all.
     pub dir: tempfile::TempDir,
+    /// The mailbox base.
     pub base: PathBuf,
+    /// The sentinel directory outside the base.
     pub outside: PathBuf,
+    /// The directory deliveries look recipients up in (one domain, mailboxes added by tests).
     pub directory: Directory,
 }
 
 impl World {
-    pub fn new() -> World {
+    /// Create the world on disk (as root).
+    pub fn create() -> World {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("virtmail-deliver-")
@@ -63,28 +112,7 @@ impl World {
         fs::set_permissions(&outside, fs::Permissions::from_mode(0o777)).unwrap();
         fs::write(outside.join("victim"), b"original\n").unwrap();
         fs::set_permissions(outside.join("victim"), fs::Permissions::from_mode(0o666)).unwrap();
-        let mut domains = BTreeMap::new();
-        domains.insert(
-            DOMAIN.to_string(),
-            Domain {
-                postmaster: format!("postmaster@{DOMAIN}"),
-                catch_all: None,
-                object: "example".into(),
-            },
-        );
-        let directory = Directory {
-            settings: Settings {
-                server: "mail".into(),
-                mailbox_base: base.display().to_string(),
-                minimum_uid: 100,
-                mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
-                mailbox_size_limit: 51_200_000,
-                recipient_delimiter: "+".into(),
-            },
-            domains,
-            mailboxes: BTreeMap::new(),
-            aliases: BTreeMap::new(),
-        };
+        let directory = directory("mail", &base, 51_200_000);
         World {
             dir,
             base,
@@ -107,30 +135,15 @@ impl World {
         self.mkdir(DOMAIN, UID, GID)
     }
 
-    /// Add a mailbox entry.
+    /// Add a mailbox entry owned by the test recipient.
     pub fn mailbox(&mut self, address: &str, path: &str) -> &mut MailboxEntry {
-        let format = if path.ends_with('/') {
-            MailboxFormat::Maildir
-        } else {
-            MailboxFormat::Mbox
-        };
-        self.directory.mailboxes.insert(
-            address.to_string(),
-            MailboxEntry {
-                path: path.to_string(),
-                format,
-                uid: UID,
-                gid: GID,
-                quota: None,
-                suspended: false,
-                defer: None,
-                object: address.split('@').next().unwrap().to_string(),
-                autoreply: None,
-            },
-        );
+        self.directory
+            .mailboxes
+            .insert(address.to_string(), mailbox_entry(address, path, UID));
         self.directory.mailboxes.get_mut(address).unwrap()
     }
 
+    /// Add a mailbox entry that defers every delivery (an invalid owner).
     pub fn deferring(&mut self, address: &str, path: &str) {
         self.mailbox(address, path).defer = Some(Deferral {
             reason: virtmail_crds::Reason::InvalidOwner,
