@@ -22,6 +22,7 @@ use clap::{Parser, ValueEnum};
 use virtmail_tests::fixtures::{mail_domain, mailbox, stream};
 use virtmail_tests::lmtp::Lmtp;
 use virtmail_tests::process::machine_line;
+use virtmail_tests::serve::serve_command;
 use virtmail_tests::socketmap::Socketmap;
 
 /// The command line (`cargo bench` adds `--bench`).
@@ -107,23 +108,19 @@ fn start_agent(mailboxes: usize) -> Agent {
         dir.path().join("http.sock"),
     );
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_virtmail-agent"))
-        .arg("serve")
-        .arg("--resources")
-        .arg(&res)
-        .arg("--mailbox-base")
-        .arg(&base)
-        .arg("--lmtp")
-        .arg(format!("unix:{}", lmtp.display()))
-        .arg("--socketmap")
-        .arg(format!("unix:{}", map.display()))
-        .arg("--http")
-        .arg(format!("unix:{}", http.display()))
-        .args(["--max-connections", "1000"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start virtmail-agent");
+    let child = serve_command(
+        Path::new(env!("CARGO_BIN_EXE_virtmail-agent")),
+        &res,
+        &base,
+        &lmtp,
+        &map,
+        &format!("unix:{}", http.display()),
+    )
+    .args(["--max-connections", "1000"])
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start virtmail-agent");
     while UnixStream::connect(&http).is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(600),

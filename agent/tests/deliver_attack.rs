@@ -35,6 +35,14 @@ fn assert_unsafe(w: &World, rcpt: &str) {
     w.assert_outside_untouched();
 }
 
+/// The domain directory is a symlink out of the base; `rcpt`'s mailbox is at `path` in it.
+fn assert_unsafe_behind_a_symlinked_domain(rcpt: &str, path: &str) {
+    let mut w = World::create();
+    symlink(&w.outside, w.base.join("example.test")).unwrap();
+    w.mailbox(rcpt, path);
+    assert_unsafe(&w, rcpt);
+}
+
 #[test]
 fn symlink_as_the_mbox_file_defers_420() {
     let w = world();
@@ -44,10 +52,7 @@ fn symlink_as_the_mbox_file_defers_420() {
 
 #[test]
 fn symlink_as_the_mbox_parent_defers_420() {
-    let mut w = World::create();
-    symlink(&w.outside, w.base.join("example.test")).unwrap();
-    w.mailbox(BOB, "example.test/victim");
-    assert_unsafe(&w, BOB);
+    assert_unsafe_behind_a_symlinked_domain(BOB, "example.test/victim");
 }
 
 #[test]
@@ -107,10 +112,7 @@ fn symlink_as_maildir_new_or_tmp_defers_420() {
 
 #[test]
 fn symlink_as_the_maildir_parent_defers_420() {
-    let mut w = World::create();
-    symlink(&w.outside, w.base.join("example.test")).unwrap();
-    w.mailbox(ALICE, "example.test/alice/");
-    assert_unsafe(&w, ALICE);
+    assert_unsafe_behind_a_symlinked_domain(ALICE, "example.test/alice/");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use virtmail_crds::directory::{Deferral, Directory, Domain, MailboxEntry, Settin
 use virtmail_crds::resources::{LockMethod, MailboxFormat};
 
 use crate::fixtures::{mail_domain, mail_server, mailbox, stream};
+use crate::process::output_with_input;
 use crate::serve::agent_binary;
 
 /// The test recipient's uid.
@@ -25,6 +26,19 @@ pub const OTHER_UID: u32 = 5002;
 pub const OTHER_GID: u32 = 5002;
 /// The world's one domain.
 pub const DOMAIN: &str = "example.test";
+
+/// `binary deliver` reading manifests from `resources` and delivering below `base`; callers
+/// add the sender and recipients.
+pub fn deliver_command(binary: &Path, resources: &Path, base: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("deliver")
+        .arg("--resources")
+        .arg(resources)
+        .arg("--mailbox-base")
+        .arg(base);
+    command
+}
 
 /// A directory for server `server` on the mailbox base `base` with the domain [`DOMAIN`] and no
 /// mailboxes yet; mbox locks fcntl and dotlock.
@@ -201,25 +215,9 @@ impl World {
         stdin: &[u8],
         env: &[(&str, &str)],
     ) -> (String, String, i32) {
-        let mut child = Command::new(agent_binary())
-            .envs(env.iter().copied())
-            .arg("deliver")
-            .arg("--resources")
-            .arg(resources)
-            .arg("--mailbox-base")
-            .arg(&self.base)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn virtmail-agent");
-        // The CLI may exit before reading (a refused argument): a broken pipe is not an error.
-        let written = child.stdin.take().unwrap().write_all(stdin);
-        if let Err(error) = written {
-            assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
-        }
-        let output = child.wait_with_output().unwrap();
+        let mut command = deliver_command(&agent_binary(), resources, &self.base);
+        command.envs(env.iter().copied()).args(args);
+        let output = output_with_input(&mut command, stdin);
         (
             String::from_utf8_lossy(&output.stdout).into_owned(),
             String::from_utf8_lossy(&output.stderr).into_owned(),

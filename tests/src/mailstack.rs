@@ -16,7 +16,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use virtmail_crds::resources::MailboxFormat;
@@ -26,6 +25,7 @@ use crate::dovecot::{self, Dovecot};
 use crate::mail::{self, Fetched, Sent};
 use crate::postfix::{self, Postfix, free_port};
 use crate::process::{Process, binary, http_get, wait_for};
+use crate::serve::serve_command;
 use crate::tmpfs::Tmpfs;
 use crate::workspace_root;
 
@@ -463,19 +463,15 @@ impl StackPaths {
 
     /// `virtmail-agent serve` for this stack, started and waited for (sockets, `/readyz`).
     fn start_agent(&self, http_port: u16, smtp_port: u16) -> Process {
-        let mut command = Command::new(binary("virtmail-agent"));
+        let mut command = serve_command(
+            &binary("virtmail-agent"),
+            &self.root.join("resources"),
+            &self.root.join("mail"),
+            &self.lmtp(),
+            &self.socketmap(),
+            &format!("127.0.0.1:{http_port}"),
+        );
         command
-            .arg("serve")
-            .arg("--resources")
-            .arg(self.root.join("resources"))
-            .arg("--mailbox-base")
-            .arg(self.root.join("mail"))
-            .arg("--lmtp")
-            .arg(format!("unix:{}", self.lmtp().display()))
-            .arg("--socketmap")
-            .arg(format!("unix:{}", self.socketmap().display()))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{http_port}"))
             .arg("--hostname")
             .arg("agent.virtmail.test")
             .arg("--submit-to")

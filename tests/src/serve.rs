@@ -27,6 +27,32 @@ pub fn agent_binary() -> PathBuf {
     path
 }
 
+/// `binary serve` reading manifests from `resources`, delivering below `base`, with LMTP and
+/// socketmap on the unix sockets `lmtp` and `socketmap` and HTTP on `http` (`unix:PATH` or
+/// `HOST:PORT`); callers add their own flags.
+pub fn serve_command(
+    binary: &Path,
+    resources: &Path,
+    base: &Path,
+    lmtp: &Path,
+    socketmap: &Path,
+    http: &str,
+) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("serve")
+        .arg("--resources")
+        .arg(resources)
+        .arg("--mailbox-base")
+        .arg(base)
+        .arg("--lmtp")
+        .arg(format!("unix:{}", lmtp.display()))
+        .arg("--socketmap")
+        .arg(format!("unix:{}", socketmap.display()))
+        .args(["--http", http]);
+    command
+}
+
 /// A running `virtmail-agent serve`.
 #[derive(Debug)]
 pub struct Agent {
@@ -104,25 +130,21 @@ impl Agent {
     /// Start the process (again) on this directory with extra flags; returns once it answers.
     pub fn spawn(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(agent_binary())
-            .arg("serve")
-            .arg("--resources")
-            .arg(self.resources())
-            .arg("--mailbox-base")
-            .arg(self.base())
-            .arg("--lmtp")
-            .arg(format!("unix:{}", self.lmtp_path().display()))
-            .arg("--socketmap")
-            .arg(format!("unix:{}", self.map_path().display()))
-            .arg("--http")
-            .arg(format!("unix:{}", self.http_path().display()))
-            .args(["--hostname", "mx.test", "--reload-interval", "200ms"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("virtmail-agent binary runs");
+        let child = serve_command(
+            &agent_binary(),
+            &self.resources(),
+            &self.base(),
+            &self.lmtp_path(),
+            &self.map_path(),
+            &format!("unix:{}", self.http_path().display()),
+        )
+        .args(["--hostname", "mx.test", "--reload-interval", "200ms"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("virtmail-agent binary runs");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         // Connectable, not merely present: a killed predecessor leaves stale socket files. The

@@ -2,13 +2,11 @@
 //! 8-bit and SMTPUTF8 mail, lines starting with `From ` and `.`, over-long lines, a message
 //! without a final newline (through `virtmail-agent deliver`: SMTP cannot carry one), 20 MB.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
+use virtmail_tests::delivery::deliver_command;
 use virtmail_tests::fixtures::{alice_and_bob, stream};
 use virtmail_tests::mail::{self, message};
 use virtmail_tests::mailstack::MailStack;
-use virtmail_tests::process::binary;
+use virtmail_tests::process::{binary, output_with_input};
 
 const SENDER: &str = "sender@remote.test";
 /// One Maildir and one mbox recipient for every message.
@@ -101,21 +99,13 @@ fn message_without_final_newline_gets_one_through_deliver() {
     let stack = MailStack::resources(&resources()).start();
     let sent = message(SENDER, RCPTS[0], "no final newline", "", b"last line");
     assert!(!sent.ends_with(b"\n"));
-    let mut child = Command::new(binary("virtmail-agent"))
-        .arg("deliver")
-        .arg("--resources")
-        .arg(stack.resources_dir())
-        .arg("--mailbox-base")
-        .arg(stack.base())
-        .args(["-f", SENDER])
-        .args(RCPTS)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run virtmail-agent deliver");
-    child.stdin.take().unwrap().write_all(&sent).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut command = deliver_command(
+        &binary("virtmail-agent"),
+        &stack.resources_dir(),
+        &stack.base(),
+    );
+    command.args(["-f", SENDER]).args(RCPTS);
+    let out = output_with_input(&mut command, &sent);
     assert!(
         out.status.success(),
         "deliver: {}{}",

@@ -31,6 +31,7 @@ use virtmail_tests::dovecot::{self, Dovecot};
 use virtmail_tests::mail::Smtp;
 use virtmail_tests::postfix::{self, Config, Postfix, free_port};
 use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
+use virtmail_tests::serve::serve_command;
 
 /// The command line.
 #[derive(Debug, Clone, Parser)]
@@ -176,19 +177,14 @@ fn run(target: &str, o: &Options, agent_bin: &Path, drain: bool) -> (Duration, f
             std::fs::write(root.join("resources/all.yaml"), resources(o)).unwrap();
             let lmtp = root.join("sock/lmtp.sock");
             let map = root.join("sock/map.sock");
-            let mut command = Command::new(agent_bin);
-            command
-                .arg("serve")
-                .arg("--resources")
-                .arg(root.join("resources"))
-                .arg("--mailbox-base")
-                .arg(&base)
-                .arg("--lmtp")
-                .arg(format!("unix:{}", lmtp.display()))
-                .arg("--socketmap")
-                .arg(format!("unix:{}", map.display()))
-                .arg("--http")
-                .arg(format!("127.0.0.1:{}", free_port()));
+            let command = serve_command(
+                agent_bin,
+                &root.join("resources"),
+                &base,
+                &lmtp,
+                &map,
+                &format!("127.0.0.1:{}", free_port()),
+            );
             let agent = Process::start("virtmail-agent", command);
             wait_for("agent sockets", Duration::from_secs(30), || {
                 (std::os::unix::net::UnixStream::connect(&lmtp).is_ok()
