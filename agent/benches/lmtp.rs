@@ -92,12 +92,13 @@ fn start_agent(mailboxes: usize) -> Agent {
     let res = dir.path().join("resources");
     let base = dir.path().join("mail");
     std::fs::create_dir_all(&res).unwrap();
-    // Deliveries run as uid 5000: the base must be searchable and the domain directory writable.
+    // Deliveries run as uid 5000: the base must be searchable and the domain directory writable
+    // and sticky, as the agent requires of a shared directory on a mailbox path.
     std::fs::create_dir_all(base.join("bench.test")).unwrap();
     for (path, mode) in [
         (dir.path(), 0o755),
         (&base, 0o755),
-        (&base.join("bench.test"), 0o777),
+        (&base.join("bench.test"), 0o1777),
     ] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }

@@ -610,6 +610,17 @@ fn label_value(test: &str) -> String {
     }
 }
 
+/// `kubectl patch <kind> <name> --type=merge -p <patch>` with `kubectl` (its namespace and
+/// identity already set).
+pub fn merge_patch(
+    mut kubectl: Command,
+    kind: &str,
+    name: &str,
+    patch: &str,
+) -> Result<String, CommandError> {
+    run(kubectl.args(["patch", kind, name, "--type=merge", "-p", patch]))
+}
+
 /// The `(status, reason, message)` of condition `kind` in an object's JSON.
 pub fn condition(object: &serde_json::Value, kind: &str) -> Option<(String, String, String)> {
     let c = object["status"]["conditions"]

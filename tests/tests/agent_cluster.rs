@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use virtmail_tests::agent::impersonating_kubeconfig;
-use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, run};
+use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, merge_patch, run};
 use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::{Process, binary, wait_for};
 use virtmail_tests::socketmap::query_once;
@@ -122,14 +122,12 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     );
 
     // Changing the uid: the data is not touched, the status says why, deliveries defer.
-    run(ns.kubectl().args([
-        "patch",
+    merge_patch(
+        ns.kubectl(),
         "mailbox",
         "test2-virtual2",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"uid":5003}}"#,
-    ]))
+    )
     .expect("patch uid");
     wait_provisioned(&ns, "test2-virtual2", ("False", "OwnerMismatch"));
     let reply = wait_for("delivery to defer after the uid change", WAIT, || {

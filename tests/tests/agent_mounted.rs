@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use virtmail_crds::encoding;
 use virtmail_tests::agent;
-use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::cluster::{TestNamespace, cluster, merge_patch, run};
 use virtmail_tests::kubelet::{self, ProjectedVolume};
 use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::{http_get, wait_for};
@@ -44,14 +44,12 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     let ns = cluster().namespace("agent-mounted");
     ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail"))
         .expect("example 1");
-    run(ns.kubectl().args([
-        "patch",
+    merge_patch(
+        ns.kubectl(),
         "mailserver",
         "mail",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"agent":{"directorySource":"MountedFiles"}}}"#,
-    ]))
+    )
     .expect("MountedFiles");
     let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
     let sts = wait_for("the StatefulSet with the directory volume", WAIT, || {
@@ -130,14 +128,12 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     // it; the agent never serves the edited content (its hash does not match the head).
     let shard = shard_names(&ns).into_iter().next().expect("a shard");
     let want = data_hash_of(&ns, &shard);
-    run(ns.kubectl().args([
-        "patch",
+    merge_patch(
+        ns.kubectl(),
         "configmap",
         &shard,
-        "--type=merge",
-        "-p",
         r#"{"data":{"mailboxes.jsonl":"{\"address\":\"evil@virtual1.test\"}\n"}}"#,
-    ]))
+    )
     .expect("hand edit");
     wait_for("the operator to restore the edited shard", WAIT, || {
         assert_eq!(

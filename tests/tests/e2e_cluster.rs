@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use virtmail_crds::resources::MailboxFormat;
-use virtmail_tests::cluster::{self, cluster, condition, run, run_with_stdin};
+use virtmail_tests::cluster::{self, cluster, condition, merge_patch, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, MailboxOnDisk, Options, WAIT};
 use virtmail_tests::mail;
 use virtmail_tests::process::wait_for;
@@ -310,14 +310,12 @@ fn kubectl_changes_reach_postfix_and_the_volume_and_an_apiserver_outage_keeps_ma
     step(started, "uid change");
     // --- a Mailbox's uid changes → deliveries defer (owner mismatch) until the volume is fixed,
     // and the status says why.
-    run(kubectl().args([
-        "patch",
+    merge_patch(
+        kubectl(),
         "mailbox",
         "test2-virtual2",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"uid":5003}}"#,
-    ]))
+    )
     .expect("patch the uid");
     let why = wait_provisioned("test2-virtual2", "False", &["OwnerMismatch"]);
     assert!(why.contains("5002") && why.contains("5003"), "{why}");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use virtmail_tests::cluster::{TestNamespace, run};
+use virtmail_tests::cluster::{TestNamespace, merge_patch, run};
 use virtmail_tests::dovecot::{Format, User};
 use virtmail_tests::mail::{self, Smtp};
 use virtmail_tests::node::{
@@ -289,14 +289,12 @@ fn a_mailbox_created_or_edited_is_served_by_the_pod_within_two_seconds() {
 
     // A new address for the same mailbox.
     let edited_at = Instant::now();
-    run(server.ns.kubectl().args([
-        "patch",
+    merge_patch(
+        server.ns.kubectl(),
         "mailbox",
         "new",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"address":"renamed@virtual2.test"}}"#,
-    ]))
+    )
     .unwrap();
     let edited = eventually(
         "the edited address accepted at RCPT",

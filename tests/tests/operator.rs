@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use virtmail_crds::{compile, encoding, manifests};
-use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, run};
+use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, merge_patch, run};
 use virtmail_tests::postfix::free_port;
 use virtmail_tests::process::{http_get, wait_for};
 use virtmail_tests::{operator, workspace_root};
@@ -38,14 +38,12 @@ fn wait_version(ns: &TestNamespace, server: &str, want: &str) {
 
 /// Edit a Mailbox's spec (suspend it): a change that moves the directory to a new version.
 fn suspend(ns: &TestNamespace, mailbox: &str) {
-    run(ns.kubectl().args([
-        "patch",
+    merge_patch(
+        ns.kubectl(),
         "mailbox",
         mailbox,
-        "--type=merge",
-        "-p",
         r#"{"spec":{"suspended":true}}"#,
-    ]))
+    )
     .expect("patch");
 }
 
