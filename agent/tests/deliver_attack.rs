@@ -353,6 +353,17 @@ fn dotlock_held_by_a_foreign_uid_is_reported_at_once() {
     assert!(lock.exists(), "a co-tenant's file was removed");
 }
 
+/// Delivery to `rcpt` defers 4.2.0 with a warning that names the co-tenant's uid.
+fn assert_deferred_for_the_co_tenant(w: &World, rcpt: &str) {
+    let outcome = w.deliver(rcpt, MESSAGE);
+    assert_eq!(code(&outcome.status), "4.2.0", "{rcpt}: {}", outcome.status);
+    let warning = outcome.status.warning.unwrap_or_default();
+    assert!(
+        warning.contains(&format!("uid {OTHER_UID}")),
+        "{rcpt}: the warning names the co-tenant: {warning:?}"
+    );
+}
+
 /// A co-tenant creates a FIFO where bob's mbox will be: deferred (mail kept), not bounced.
 #[test]
 fn fifo_planted_by_a_co_tenant_defers_instead_of_bouncing() {
@@ -363,16 +374,7 @@ fn fifo_planted_by_a_co_tenant_defers_instead_of_bouncing() {
     let mbox = domain.join("bob");
     nix::unistd::mkfifo(&mbox, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
     chown(&mbox, OTHER_UID, OTHER_GID);
-    let outcome = w.deliver(BOB, MESSAGE);
-    assert_eq!(code(&outcome.status), "4.2.0", "{}", outcome.status);
-    assert!(
-        outcome
-            .status
-            .warning
-            .unwrap_or_default()
-            .contains(&format!("uid {OTHER_UID}")),
-        "the warning names the co-tenant"
-    );
+    assert_deferred_for_the_co_tenant(&w, BOB);
 }
 
 /// A co-tenant creates a parent directory of bob's future Maildir in a shared (1777)
@@ -389,16 +391,7 @@ fn parent_directory_owned_by_a_co_tenant_is_refused() {
     w.mailbox(ALICE, "example.test/team/alice/");
     w.mailbox(BOB, "example.test/team/bob");
     for rcpt in [ALICE, BOB] {
-        let outcome = w.deliver(rcpt, MESSAGE);
-        assert_eq!(code(&outcome.status), "4.2.0", "{rcpt}: {}", outcome.status);
-        assert!(
-            outcome
-                .status
-                .warning
-                .unwrap_or_default()
-                .contains(&format!("uid {OTHER_UID}")),
-            "{rcpt}: the warning names the owner of the directory"
-        );
+        assert_deferred_for_the_co_tenant(&w, rcpt);
     }
     assert!(
         names(&team).is_empty(),

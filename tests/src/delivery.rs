@@ -64,8 +64,8 @@ pub fn directory(server: &str, base: &Path, mailbox_size_limit: u64) -> Director
 }
 
 /// The entry of mailbox `address` at `path` (Maildir where it ends in `/`, else mbox), owned by
-/// uid = gid = `uid`.
-pub fn mailbox_entry(address: &str, path: &str, uid: u32) -> MailboxEntry {
+/// uid = gid = `owner`.
+pub fn mailbox_entry(address: &str, path: &str, owner: u32) -> MailboxEntry {
     let format = if path.ends_with('/') {
         MailboxFormat::Maildir
     } else {
@@ -74,8 +74,8 @@ pub fn mailbox_entry(address: &str, path: &str, uid: u32) -> MailboxEntry {
     MailboxEntry {
         path: path.to_string(),
         format,
-        uid,
-        gid: uid,
+        uid: owner,
+        gid: owner,
         quota: None,
         suspended: false,
         defer: None,
