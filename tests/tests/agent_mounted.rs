@@ -10,6 +10,7 @@ use std::time::Duration;
 use virtmail_crds::encoding;
 use virtmail_tests::agent;
 use virtmail_tests::cluster::{TestNamespace, cluster, merge_patch, run};
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::kubelet::{self, ProjectedVolume};
 use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::{http_get, wait_for};
@@ -112,9 +113,10 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     assert!(metrics.contains(&version_before), "{metrics}");
 
     // A new Mailbox reaches the agent through the next payload.
-    ns.apply(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata:\n  name: fresh\nspec:\n  address: fresh@virtual1.test\n  path: virtual1.test/fresh/\n  uid: 5005\n  gid: 5005\n",
-    )
+    ns.apply(&mailbox(
+        "fresh",
+        "address: fresh@virtual1.test, path: virtual1.test/fresh/, uid: 5005, gid: 5005",
+    ))
     .expect("new mailbox");
     wait_for("fresh@ after a kubelet swap", WAIT, || {
         query_once(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))

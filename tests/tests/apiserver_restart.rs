@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use virtmail_tests::agent;
 use virtmail_tests::cluster::{self, cluster, run};
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::wait_for;
 use virtmail_tests::socketmap::query_once;
@@ -73,10 +74,8 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
     // controller-runtime's do, and its pod is restarted by the kubelet; stand in for the kubelet.
     operator::restart_if_lease_lost(&mut operator, ns.name(), &lease);
     // A change after the restart flows through operator and agent again.
-    ns.apply(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: late}\nspec: {address: late@virtual2.test}\n",
-    )
-    .expect("apply a new Mailbox");
+    ns.apply(&mailbox("late", "address: late@virtual2.test"))
+        .expect("apply a new Mailbox");
     wait_for(
         "the new mailbox to reach the agent after the restart",
         WAIT,
@@ -106,10 +105,8 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     restart.join().expect("restart-etcd");
     operator::restart_if_lease_lost(&mut operator, ns.name(), &lease);
-    ns.apply(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: after-etcd}\nspec: {address: after-etcd@virtual2.test}\n",
-    )
-    .expect("apply a Mailbox after the etcd restart");
+    ns.apply(&mailbox("after-etcd", "address: after-etcd@virtual2.test"))
+        .expect("apply a Mailbox after the etcd restart");
     wait_for("the new mailbox after the etcd restart", WAIT, || {
         query_once(&agent.socketmap, "mailbox after-etcd@virtual2.test")
             .filter(|r| r.starts_with("OK "))

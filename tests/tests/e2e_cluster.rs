@@ -19,6 +19,7 @@ use serde_json::Value;
 use virtmail_crds::resources::MailboxFormat;
 use virtmail_tests::cluster::{self, cluster, condition, merge_patch, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, MailboxOnDisk, Options, WAIT};
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::mail;
 use virtmail_tests::process::wait_for;
 use virtmail_tests::{operator, workspace_root};
@@ -410,8 +411,10 @@ fn kubectl_changes_reach_postfix_and_the_volume_and_an_apiserver_outage_keeps_ma
     operator::restart_if_lease_lost(&mut operator, NS, "e2e");
     run_with_stdin(
         kubectl().args(["apply", "-f", "-"]),
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: late-virtual2}\n\
-         spec: {address: late@virtual2.test, format: Maildir, path: late/, uid: 5004, gid: 5004}\n",
+        &mailbox(
+            "late-virtual2",
+            "address: late@virtual2.test, format: Maildir, path: late/, uid: 5004, gid: 5004",
+        ),
     )
     .expect("apply a new Mailbox after the restart");
     let accepted = wait_for("RCPT to the new mailbox to be accepted", WAIT, || {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use virtmail_crds::{compile, encoding, manifests};
 use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, merge_patch, run};
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::postfix::free_port;
 use virtmail_tests::process::{http_get, wait_for};
 use virtmail_tests::{operator, workspace_root};
@@ -336,9 +337,10 @@ fn invalid_and_conflicting_objects_get_their_reasons_while_the_rest_works() {
         "{refused}"
     );
     // Two conflicting mailboxes, the second newer.
-    ns.apply(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: ok-again}\nspec: {address: OK@example.test, uid: 5000, gid: 5000, path: other/ok/}\n",
-    )
+    ns.apply(&mailbox(
+        "ok-again",
+        "address: OK@example.test, uid: 5000, gid: 5000, path: other/ok/",
+    ))
     .expect("apply conflicting mailbox");
     let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
     let expect = [
@@ -496,9 +498,8 @@ fn a_steady_stream_of_new_mailboxes_is_published_while_it_lasts() {
     // tens of seconds.
     let yaml: String = (0..1500)
         .map(|i| {
-            format!(
-                "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: s{i}}}\nspec: {{address: s{i}@virtual1.test, path: virtual1.test/s{i}/}}\n"
-            )
+            let spec = format!("address: s{i}@virtual1.test, path: virtual1.test/s{i}/");
+            format!("---\n{}", mailbox(&format!("s{i}"), &spec))
         })
         .collect();
     let creator = std::thread::spawn(move || {

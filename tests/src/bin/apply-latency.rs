@@ -28,6 +28,7 @@ use clap::Parser;
 
 use virtmail_tests::cluster::{self, cluster, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, Options};
+use virtmail_tests::fixtures::{mail_server, mailbox, resource, stream};
 use virtmail_tests::mail::Smtp;
 use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
 use virtmail_tests::socketmap::query_once;
@@ -89,10 +90,7 @@ fn kubectl() -> Command {
 }
 
 fn mailbox_yaml(name: &str, address: &str) -> String {
-    format!(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: {name}}}\n\
-         spec: {{address: {address}}}\n"
-    )
+    mailbox(name, &format!("address: {address}"))
 }
 
 /// One sample: durations from the start of `kubectl apply` (and from its exit).
@@ -145,12 +143,16 @@ fn main() {
 
     // The server, one domain (Maildir for uid 5000 by default), an existing mailbox for the
     // baselines, and --existing more.
-    let mut yaml = String::from(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\n\
-         spec: {domain: bench.test, postmaster: postmaster@remote.test, \
-         defaults: {uid: 5000, gid: 5000, format: Maildir}}\n---\n",
-    );
+    let mut yaml = stream([
+        mail_server("mail", ""),
+        resource(
+            "MailDomain",
+            "bench",
+            "{domain: bench.test, postmaster: postmaster@remote.test, \
+             defaults: {uid: 5000, gid: 5000, format: Maildir}}",
+        ),
+    ]);
+    yaml.push_str("---\n");
     yaml.push_str(&mailbox_yaml("known", "known@bench.test"));
     for n in 0..args.existing {
         yaml.push_str("---\n");

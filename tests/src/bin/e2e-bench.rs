@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use virtmail_tests::dovecot::{self, Dovecot};
+use virtmail_tests::fixtures;
 use virtmail_tests::mail::Smtp;
 use virtmail_tests::postfix::{self, Config, Postfix, free_port};
 use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
@@ -350,18 +351,23 @@ fn send(o: &Options, host: &str, port: u16) {
 
 /// The bench's resources (one domain, uid/gid 5000, M mailboxes) as YAML.
 fn resources(o: &Options) -> String {
-    let mut yaml = String::from(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n",
-    );
-    for i in 0..o.mailboxes {
-        let (a, maildir) = mailbox(i);
-        yaml.push_str(&format!(
-            "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: u{i}}}\nspec: {{address: {a}, format: {}, path: u{i}{}}}\n",
-            if maildir { "Maildir" } else { "Mbox" },
-            if maildir { "/" } else { "" }
-        ));
-    }
-    yaml
+    let head = [
+        fixtures::mail_server("mail", ""),
+        fixtures::mail_domain("bench", "bench.test", "u0@bench.test", 5000, ""),
+    ];
+    let mailboxes = (0..o.mailboxes).map(|i| {
+        let (address, maildir) = mailbox(i);
+        let (format, slash) = if maildir {
+            ("Maildir", "/")
+        } else {
+            ("Mbox", "")
+        };
+        fixtures::mailbox(
+            &format!("u{i}"),
+            &format!("address: {address}, format: {format}, path: u{i}{slash}"),
+        )
+    });
+    fixtures::stream(head.into_iter().chain(mailboxes))
 }
 
 /// A fresh namespace with the bench's MailServer, its pod Ready and every Mailbox provisioned:
