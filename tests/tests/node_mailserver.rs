@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use virtmail_tests::cluster::{TestNamespace, merge_patch, run};
 use virtmail_tests::dovecot::{Format, User};
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::mail::{self, Smtp};
 use virtmail_tests::node::{
     self, apply, eventually, exec, helm, restricted_namespace, uninstall, volume_of, wait_for,
@@ -276,7 +277,10 @@ fn a_mailbox_created_or_edited_is_served_by_the_pod_within_two_seconds() {
     let created = Instant::now();
     apply(
         &server.ns,
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: new}\nspec: {address: new@virtual2.test, format: Maildir, uid: 5003, gid: 5003}\n",
+        &mailbox(
+            "new",
+            "address: new@virtual2.test, format: Maildir, uid: 5003, gid: 5003",
+        ),
     );
     let served = eventually(
         "the new Mailbox accepted at RCPT",
