@@ -12,7 +12,6 @@
 //! threads; every thread delivers to its own mailbox (different recipients, as LMTP does).
 //! The median, min and max of the rounds are printed.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -20,37 +19,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use clap::Parser;
 use virtmail_agent::deliver::{self, Options, Target};
-use virtmail_crds::directory::{Directory, Domain, MailboxEntry, Settings};
-use virtmail_crds::resources::{LockMethod, MailboxFormat};
+use virtmail_crds::directory::Directory;
+use virtmail_crds::resources::MailboxFormat;
+use virtmail_tests::{delivery, process};
 
 const UID: u32 = 5001;
 const MESSAGE_SIZE: usize = 4096;
 
-#[derive(Debug)]
+/// The command line.
+#[derive(Debug, Parser)]
 struct Args {
+    /// Where the mailbox base goes (its file system is what is measured).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
+    /// Deliveries per round.
+    #[arg(long, default_value_t = 400)]
     messages: usize,
+    /// Rounds per scenario.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
-}
-
-fn args() -> Args {
-    let mut args = Args {
-        dir: std::env::temp_dir(),
-        messages: 400,
-        rounds: 5,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let value = it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--dir" => args.dir = value.into(),
-            "--messages" => args.messages = value.parse().expect("--messages N"),
-            "--rounds" => args.rounds = value.parse().expect("--rounds R"),
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    args
 }
 
 fn message() -> Vec<u8> {
@@ -67,21 +56,8 @@ fn message() -> Vec<u8> {
     m
 }
 
-/// nproc, CPU model, kernel and the file system type of `dir`.
+/// The machine line of every benchmark, with the file system type of `dir`.
 fn machine_line(dir: &Path) -> String {
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|k| k.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
     let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     // Longest mount point that contains `dir` (mountinfo: field 5 = mount point, after " - "
     // the file system type).
@@ -100,55 +76,25 @@ fn machine_line(dir: &Path) -> String {
         })
         .unwrap_or_else(|| "unknown".into());
     format!(
-        "machine: nproc={nproc} cpu=\"{cpu}\" kernel={kernel} fs={fs_type} dir={}",
+        "machine: {} fs={fs_type} dir={}",
+        process::machine_line(),
         dir.display()
     )
 }
 
+/// The benchmark's directory: one mailbox per thread, `user<t>@example.test`, in `format`.
 fn directory(base: &Path, threads: usize, format: MailboxFormat) -> Directory {
-    let mut domains = BTreeMap::new();
-    domains.insert(
-        "example.test".to_string(),
-        Domain {
-            postmaster: "postmaster@example.test".into(),
-            catch_all: None,
-            object: "example".into(),
-        },
-    );
-    let mut mailboxes = BTreeMap::new();
+    let mut directory = delivery::directory("bench", base, 0);
     for t in 0..threads {
         let path = match format {
             MailboxFormat::Maildir => format!("example.test/user{t}/"),
             MailboxFormat::Mbox => format!("example.test/user{t}"),
         };
-        mailboxes.insert(
-            format!("user{t}@example.test"),
-            MailboxEntry {
-                path,
-                format,
-                uid: UID,
-                gid: UID,
-                quota: None,
-                suspended: false,
-                defer: None,
-                object: format!("user{t}"),
-                autoreply: None,
-            },
-        );
+        let address = format!("user{t}@example.test");
+        let entry = delivery::mailbox_entry(&address, &path, UID);
+        directory.mailboxes.insert(address, entry);
     }
-    Directory {
-        settings: Settings {
-            server: "bench".into(),
-            mailbox_base: base.display().to_string(),
-            minimum_uid: 100,
-            mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
-            mailbox_size_limit: 0,
-            recipient_delimiter: "+".into(),
-        },
-        domains,
-        mailboxes,
-        aliases: BTreeMap::new(),
-    }
+    directory
 }
 
 /// One round: `messages` deliveries over `threads` threads; returns deliveries per second.
@@ -223,7 +169,7 @@ fn stats(mut rates: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let args = args();
+    let args = Args::parse();
     if !rustix::process::geteuid().is_root() {
         eprintln!("delivery-bench must run as root: deliveries switch to uid/gid {UID}");
         std::process::exit(1);

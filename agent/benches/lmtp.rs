@@ -12,67 +12,54 @@
 //! Each connection sends MAIL, RCPT and DATA in one write, then the body; latency is measured
 //! from that write to the post-dot reply.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn machine_line() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("machine: nproc={cores} cpu=\"{cpu}\" kernel={kernel}")
+use clap::{Parser, ValueEnum};
+use virtmail_tests::fixtures::{mail_domain, mailbox, stream};
+use virtmail_tests::lmtp::Lmtp;
+use virtmail_tests::process::machine_line;
+use virtmail_tests::serve::serve_command;
+use virtmail_tests::socketmap::Socketmap;
+
+/// The command line (`cargo bench` adds `--bench`).
+#[derive(Debug, Parser)]
+struct Args {
+    /// `lmtp` (deliveries) or `socketmap` (lookups).
+    #[arg(value_enum, default_value_t = Mode::Lmtp)]
+    mode: Mode,
+    /// Messages to deliver (lmtp; default 2000).
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Message size in bytes (lmtp).
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Mailboxes (default 100 for lmtp, 100000 for socketmap).
+    #[arg(long)]
+    mailboxes: Option<usize>,
+    /// An LMTP server to drive instead of a fresh agent: `unix:PATH` or `HOST:PORT`.
+    #[arg(long)]
+    target: Option<String>,
+    /// The recipients' domain (lmtp).
+    #[arg(long, default_value = "bench.test")]
+    domain: String,
+    /// Lookups to make (socketmap).
+    #[arg(long, default_value_t = 200_000)]
+    queries: usize,
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-struct Args(Vec<String>);
-
-impl Args {
-    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
-        self.0
-            .iter()
-            .position(|a| a == name)
-            .and_then(|i| self.0.get(i + 1))
-            .map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("bad value for {name}: {v}"))
-            })
-            .unwrap_or(default)
-    }
-    fn text(&self, name: &str) -> Option<String> {
-        self.0
-            .iter()
-            .position(|a| a == name)
-            .and_then(|i| self.0.get(i + 1))
-            .cloned()
-    }
-}
-
-/// A connection to `unix:PATH` or `HOST:PORT`.
-trait Conn: Read + Write + Send {}
-impl Conn for UnixStream {}
-impl Conn for std::net::TcpStream {}
-
-fn connect(target: &str) -> Box<dyn Conn> {
-    if let Some(path) = target.strip_prefix("unix:") {
-        Box::new(UnixStream::connect(path).expect("connect"))
-    } else {
-        let s = std::net::TcpStream::connect(target).expect("connect");
-        s.set_nodelay(true).unwrap();
-        Box::new(s)
-    }
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    Lmtp,
+    Socketmap,
 }
 
 struct Agent {
@@ -94,15 +81,10 @@ impl Drop for Agent {
 }
 
 fn resources(mailboxes: usize) -> String {
-    let mut y = String::from(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n",
-    );
-    for i in 0..mailboxes {
-        y.push_str(&format!(
-            "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: u{i}}}\nspec: {{address: u{i}@bench.test}}\n"
-        ));
-    }
-    y
+    let domain = mail_domain("bench", "bench.test", "u0@bench.test", 5000, "");
+    let mailboxes =
+        (0..mailboxes).map(|i| mailbox(&format!("u{i}"), &format!("address: u{i}@bench.test")));
+    stream(std::iter::once(domain).chain(mailboxes))
 }
 
 fn start_agent(mailboxes: usize) -> Agent {
@@ -110,12 +92,13 @@ fn start_agent(mailboxes: usize) -> Agent {
     let res = dir.path().join("resources");
     let base = dir.path().join("mail");
     std::fs::create_dir_all(&res).unwrap();
-    // Deliveries run as uid 5000: the base must be searchable and the domain directory writable.
+    // Deliveries run as uid 5000: the base must be searchable and the domain directory writable
+    // and sticky, as the agent requires of a shared directory on a mailbox path.
     std::fs::create_dir_all(base.join("bench.test")).unwrap();
     for (path, mode) in [
         (dir.path(), 0o755),
         (&base, 0o755),
-        (&base.join("bench.test"), 0o777),
+        (&base.join("bench.test"), 0o1777),
     ] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
@@ -126,23 +109,19 @@ fn start_agent(mailboxes: usize) -> Agent {
         dir.path().join("http.sock"),
     );
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_virtmail-agent"))
-        .arg("serve")
-        .arg("--resources")
-        .arg(&res)
-        .arg("--mailbox-base")
-        .arg(&base)
-        .arg("--lmtp")
-        .arg(format!("unix:{}", lmtp.display()))
-        .arg("--socketmap")
-        .arg(format!("unix:{}", map.display()))
-        .arg("--http")
-        .arg(format!("unix:{}", http.display()))
-        .args(["--max-connections", "1000"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start virtmail-agent");
+    let child = serve_command(
+        Path::new(env!("CARGO_BIN_EXE_virtmail-agent")),
+        &res,
+        &base,
+        &lmtp,
+        &map,
+        &format!("unix:{}", http.display()),
+    )
+    .args(["--max-connections", "1000"])
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null())
+    .spawn()
+    .expect("start virtmail-agent");
     while UnixStream::connect(&http).is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(600),
@@ -183,17 +162,16 @@ fn body(size: usize) -> Vec<u8> {
 }
 
 fn lmtp(args: &Args) {
-    let messages: usize = args.get("--messages", 2000);
-    let size: usize = args.get("--size", 4096);
-    let conns: usize = args.get("--connections", 8);
-    let mailboxes: usize = args.get("--mailboxes", 100);
-    let domain = args.text("--domain").unwrap_or_else(|| "bench.test".into());
-    let agent = match args.text("--target") {
+    let (messages, size, conns) = (args.messages, args.size, args.connections);
+    let mailboxes = args.mailboxes.unwrap_or(100);
+    let domain = args.domain.clone();
+    let agent = match &args.target {
         Some(_) => None,
         None => Some(start_agent(mailboxes)),
     };
     let target = args
-        .text("--target")
+        .target
+        .clone()
         .unwrap_or_else(|| format!("unix:{}", agent.as_ref().unwrap().lmtp.display()));
     let data = body(size);
     let started = Instant::now();
@@ -201,14 +179,11 @@ fn lmtp(args: &Args) {
         .map(|c| {
             let (target, data, domain) = (target.clone(), data.clone(), domain.clone());
             std::thread::spawn(move || {
-                let mut stream = connect(&target);
+                let mut lmtp = Lmtp::connect_to(&target);
                 let mut lat = Vec::new();
                 let mut classes = [0usize; 6];
-                let mut r = LineReader::default();
-                r.reply(&mut stream);
-                stream.write_all(b"LHLO bench.test\r\n").unwrap();
                 // Send SIZE only where announced (Dovecot refuses it otherwise).
-                let size_param = if r.reply(&mut stream).contains("SIZE") {
+                let size_param = if lmtp.hello().contains("SIZE") {
                     format!(" SIZE={size}")
                 } else {
                     String::new()
@@ -220,21 +195,22 @@ fn lmtp(args: &Args) {
                     let head = format!(
                         "MAIL FROM:<bench@remote.test>{size_param}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n"
                     );
-                    stream.write_all(head.as_bytes()).unwrap();
-                    let mail = r.reply(&mut stream);
-                    let rcpt_reply = r.reply(&mut stream);
-                    let go = r.reply(&mut stream);
+                    lmtp.send(head.as_bytes());
+                    let mail = lmtp.reply();
+                    let rcpt_reply = lmtp.reply();
+                    let go = lmtp.reply();
                     if !go.starts_with("354") {
                         panic!("no 354: {mail} {rcpt_reply} {go}");
                     }
-                    stream.write_all(&data).unwrap();
-                    let done = r.reply(&mut stream);
+                    lmtp.send(&data);
+                    let done = lmtp.reply();
+                    assert!(!done.is_empty(), "connection closed");
                     lat.push(t.elapsed());
                     let class = usize::from(done.as_bytes()[0] - b'0');
                     classes[class.min(5)] += 1;
                     i += conns;
                 }
-                stream.write_all(b"QUIT\r\n").unwrap();
+                lmtp.send(b"QUIT\r\n");
                 (lat, classes)
             })
         })
@@ -250,7 +226,7 @@ fn lmtp(args: &Args) {
     }
     let elapsed = started.elapsed();
     lat.sort();
-    println!("{}", machine_line());
+    println!("machine: {}", machine_line());
     println!(
         "lmtp target={} messages={messages} size={size} connections={conns} mailboxes={mailboxes}",
         if agent.is_some() {
@@ -276,38 +252,6 @@ fn lmtp(args: &Args) {
     }
 }
 
-/// Reads CRLF reply lines from a boxed stream with its own buffer.
-#[derive(Default)]
-struct LineReader {
-    buf: Vec<u8>,
-}
-
-impl LineReader {
-    fn line(&mut self, s: &mut Box<dyn Conn>) -> String {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return String::from_utf8_lossy(&line).into_owned();
-            }
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "connection closed");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn reply(&mut self, s: &mut Box<dyn Conn>) -> String {
-        let mut all = String::new();
-        loop {
-            let line = self.line(s);
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return all;
-            }
-        }
-    }
-}
-
 fn count_files(dir: &Path) -> usize {
     let mut n = 0;
     let mut pending = vec![dir.to_path_buf()];
@@ -326,17 +270,15 @@ fn count_files(dir: &Path) -> usize {
 }
 
 fn socketmap(args: &Args) {
-    let mailboxes: usize = args.get("--mailboxes", 100_000);
-    let queries: usize = args.get("--queries", 200_000);
-    let conns: usize = args.get("--connections", 8);
+    let mailboxes = args.mailboxes.unwrap_or(100_000);
+    let (queries, conns) = (args.queries, args.connections);
     let agent = start_agent(mailboxes);
     let started = Instant::now();
     let threads: Vec<_> = (0..conns)
         .map(|c| {
             let path = agent.map.clone();
             std::thread::spawn(move || {
-                let mut s = UnixStream::connect(path).unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut map = Socketmap::connect(&path);
                 let mut lat = Vec::with_capacity(queries / conns + 1);
                 let mut found = 0;
                 let mut i = c;
@@ -348,18 +290,9 @@ fn socketmap(args: &Args) {
                         format!("mailbox U{}+ext@Bench.TEST", (i * 7919) % mailboxes)
                     };
                     let t = Instant::now();
-                    s.write_all(format!("{}:{},", key.len(), key).as_bytes())
-                        .unwrap();
-                    let mut len = Vec::new();
-                    r.read_until(b':', &mut len).unwrap();
-                    let n: usize = std::str::from_utf8(&len[..len.len() - 1])
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    let mut reply = vec![0u8; n + 1];
-                    r.read_exact(&mut reply).unwrap();
+                    let reply = map.query(&key);
                     lat.push(t.elapsed());
-                    if reply.starts_with(b"OK ") {
+                    if reply.starts_with("OK ") {
                         found += 1;
                     }
                     i += conns;
@@ -377,7 +310,7 @@ fn socketmap(args: &Args) {
     }
     let elapsed = started.elapsed();
     lat.sort();
-    println!("{}", machine_line());
+    println!("machine: {}", machine_line());
     println!(
         "socketmap mailboxes={mailboxes} queries={queries} connections={conns}; agent ready after {:.2}s (compile + load)",
         agent.ready_after.as_secs_f64()
@@ -393,11 +326,9 @@ fn socketmap(args: &Args) {
 }
 
 fn main() {
-    let args = Args(std::env::args().skip(1).collect());
-    // `cargo bench` adds `--bench`; the word `socketmap` picks the lookup benchmark.
-    if args.0.iter().any(|a| a == "socketmap") {
-        socketmap(&args);
-    } else {
-        lmtp(&args);
+    let args = Args::parse();
+    match args.mode {
+        Mode::Lmtp => lmtp(&args),
+        Mode::Socketmap => socketmap(&args),
     }
 }

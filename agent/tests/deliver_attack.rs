@@ -8,12 +8,13 @@ use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 
 use deliver_support::*;
+use virtmail_tests::fixtures::mailbox;
 
 const BOB: &str = "bob@example.test";
 const ALICE: &str = "alice@example.test";
 
 fn world() -> World {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox(BOB, "example.test/bob");
     w.mailbox(ALICE, "example.test/alice/");
@@ -34,6 +35,14 @@ fn assert_unsafe(w: &World, rcpt: &str) {
     w.assert_outside_untouched();
 }
 
+/// The domain directory is a symlink out of the base; `rcpt`'s mailbox is at `path` in it.
+fn assert_unsafe_behind_a_symlinked_domain(rcpt: &str, path: &str) {
+    let mut w = World::create();
+    symlink(&w.outside, w.base.join("example.test")).unwrap();
+    w.mailbox(rcpt, path);
+    assert_unsafe(&w, rcpt);
+}
+
 #[test]
 fn symlink_as_the_mbox_file_defers_420() {
     let w = world();
@@ -43,15 +52,12 @@ fn symlink_as_the_mbox_file_defers_420() {
 
 #[test]
 fn symlink_as_the_mbox_parent_defers_420() {
-    let mut w = World::new();
-    symlink(&w.outside, w.base.join("example.test")).unwrap();
-    w.mailbox(BOB, "example.test/victim");
-    assert_unsafe(&w, BOB);
+    assert_unsafe_behind_a_symlinked_domain(BOB, "example.test/victim");
 }
 
 #[test]
 fn symlink_as_a_deeper_parent_defers_420() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.mkdir("example.test", UID, GID);
     symlink(&w.outside, w.base.join("example.test/sub")).unwrap();
     w.mailbox(BOB, "example.test/sub/victim");
@@ -106,10 +112,7 @@ fn symlink_as_maildir_new_or_tmp_defers_420() {
 
 #[test]
 fn symlink_as_the_maildir_parent_defers_420() {
-    let mut w = World::new();
-    symlink(&w.outside, w.base.join("example.test")).unwrap();
-    w.mailbox(ALICE, "example.test/alice/");
-    assert_unsafe(&w, ALICE);
+    assert_unsafe_behind_a_symlinked_domain(ALICE, "example.test/alice/");
 }
 
 #[test]
@@ -350,6 +353,17 @@ fn dotlock_held_by_a_foreign_uid_is_reported_at_once() {
     assert!(lock.exists(), "a co-tenant's file was removed");
 }
 
+/// Delivery to `rcpt` defers 4.2.0 with a warning that names the co-tenant's uid.
+fn assert_deferred_for_the_co_tenant(w: &World, rcpt: &str) {
+    let outcome = w.deliver(rcpt, MESSAGE);
+    assert_eq!(code(&outcome.status), "4.2.0", "{rcpt}: {}", outcome.status);
+    let warning = outcome.status.warning.unwrap_or_default();
+    assert!(
+        warning.contains(&format!("uid {OTHER_UID}")),
+        "{rcpt}: the warning names the co-tenant: {warning:?}"
+    );
+}
+
 /// A co-tenant creates a FIFO where bob's mbox will be: deferred (mail kept), not bounced.
 #[test]
 fn fifo_planted_by_a_co_tenant_defers_instead_of_bouncing() {
@@ -360,23 +374,14 @@ fn fifo_planted_by_a_co_tenant_defers_instead_of_bouncing() {
     let mbox = domain.join("bob");
     nix::unistd::mkfifo(&mbox, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
     chown(&mbox, OTHER_UID, OTHER_GID);
-    let outcome = w.deliver(BOB, MESSAGE);
-    assert_eq!(code(&outcome.status), "4.2.0", "{}", outcome.status);
-    assert!(
-        outcome
-            .status
-            .warning
-            .unwrap_or_default()
-            .contains(&format!("uid {OTHER_UID}")),
-        "the warning names the co-tenant"
-    );
+    assert_deferred_for_the_co_tenant(&w, BOB);
 }
 
 /// A co-tenant creates a parent directory of bob's future Maildir in a shared (1777)
 /// directory: delivery refuses to put mail where the co-tenant could later move or delete it.
 #[test]
 fn parent_directory_owned_by_a_co_tenant_is_refused() {
-    let mut w = World::new();
+    let mut w = World::create();
     let domain = w.mkdir("example.test", 0, 0);
     fs::set_permissions(&domain, PermissionsExt::from_mode(0o1777)).unwrap();
     let team = domain.join("team");
@@ -386,16 +391,7 @@ fn parent_directory_owned_by_a_co_tenant_is_refused() {
     w.mailbox(ALICE, "example.test/team/alice/");
     w.mailbox(BOB, "example.test/team/bob");
     for rcpt in [ALICE, BOB] {
-        let outcome = w.deliver(rcpt, MESSAGE);
-        assert_eq!(code(&outcome.status), "4.2.0", "{rcpt}: {}", outcome.status);
-        assert!(
-            outcome
-                .status
-                .warning
-                .unwrap_or_default()
-                .contains(&format!("uid {OTHER_UID}")),
-            "{rcpt}: the warning names the owner of the directory"
-        );
+        assert_deferred_for_the_co_tenant(&w, rcpt);
     }
     assert!(
         names(&team).is_empty(),
@@ -424,7 +420,7 @@ fn addresses_with_cr_lf_or_nul_never_reach_the_mailbox() {
         let outcome = w.deliver(rcpt, MESSAGE);
         assert_ne!(code(&outcome.status), "2.0.0", "{rcpt:?}");
     }
-    let resources = w.resources("---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: bob}\nspec: {address: bob@example.test, format: Mbox}\n");
+    let resources = w.resources(&[mailbox("bob", "address: bob@example.test, format: Mbox")]);
     let (_, _, status) = w.cli(
         &resources,
         &[

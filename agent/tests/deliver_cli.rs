@@ -1,33 +1,23 @@
 //! The `virtmail-agent deliver` contract: one line per recipient, sysexits exit codes, CRLF
 //! input, invalid objects not stopping valid ones.
 
-mod deliver_support;
-
 use std::fs;
 
-use deliver_support::*;
+use virtmail_tests::delivery::*;
+use virtmail_tests::fixtures::mailbox;
 
-const MAILBOXES: &str = "---
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: alice}
-spec: {address: alice@example.test}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: bob}
-spec: {address: bob@example.test, format: Mbox}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: broken}
-spec: {address: broken@example.test, uid: 0}
-";
+fn mailboxes() -> [String; 3] {
+    [
+        mailbox("alice", "address: alice@example.test"),
+        mailbox("bob", "address: bob@example.test, format: Mbox"),
+        mailbox("broken", "address: broken@example.test, uid: 0"),
+    ]
+}
 
 fn world() -> (World, std::path::PathBuf) {
-    let w = World::new();
+    let w = World::create();
     w.domain_dir();
-    let resources = w.resources(MAILBOXES);
+    let resources = w.resources(&mailboxes());
     (w, resources)
 }
 

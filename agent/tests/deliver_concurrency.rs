@@ -1,21 +1,16 @@
 //! Several processes appending to one mbox never interleave, with fcntl locks and with
 //! dotlocks (virtual(8) V19), using the real CLI binary.
 
-mod deliver_support;
-
 use std::fs;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use deliver_support::*;
+use virtmail_tests::delivery::*;
+use virtmail_tests::fixtures::mailbox;
 
 const PROCESSES: usize = 6;
 const MESSAGES: usize = 4;
 const LINES: usize = 400;
-
-fn mailbox_yaml() -> String {
-    "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: bob}\nspec: {address: bob@example.test, format: Mbox}\n".into()
-}
 
 fn message(process: usize, number: usize) -> Vec<u8> {
     let mut m = format!("Subject: p{process} m{number}\n\n").into_bytes();
@@ -28,11 +23,11 @@ fn message(process: usize, number: usize) -> Vec<u8> {
 }
 
 fn run(locks: &str) {
-    let w = World::new();
+    let w = World::create();
     w.domain_dir();
     let res = w.resources_with(
-        &format!("{{mailboxBase: /x, mailboxLock: [{locks}]}}"),
-        &mailbox_yaml(),
+        &format!("mailboxBase: /x, mailboxLock: [{locks}]"),
+        &[mailbox("bob", "address: bob@example.test, format: Mbox")],
     );
     let mut children = Vec::new();
     for p in 0..PROCESSES {

@@ -4,27 +4,21 @@
 //! the unacknowledged partial append and removes the dead delivery's Maildir `tmp/` file. Real
 //! processes (`virtmail-agent deliver`), real uids, real SIGKILL.
 
-mod deliver_support;
-
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deliver_support::*;
+use virtmail_tests::delivery::*;
+use virtmail_tests::fixtures::mailbox;
 
-const MAILBOXES: &str = "---
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: alice}
-spec: {address: alice@example.test}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: bob}
-spec: {address: bob@example.test, format: Mbox}
-";
+fn mailboxes() -> [String; 2] {
+    [
+        mailbox("alice", "address: alice@example.test"),
+        mailbox("bob", "address: bob@example.test, format: Mbox"),
+    ]
+}
 
 /// A message large enough (40 MB) that its write can be caught half done.
 fn huge() -> Vec<u8> {
@@ -37,11 +31,13 @@ fn huge() -> Vec<u8> {
 }
 
 fn world(locks: &str) -> (World, PathBuf) {
-    let w = World::new();
+    let w = World::create();
     w.domain_dir();
     let resources = w.resources_with(
-        &format!("{{mailboxBase: /nonexistent/base, mailboxLock: [{locks}], mailboxSizeLimit: 200000000}}"),
-        MAILBOXES,
+        &format!(
+            "mailboxBase: /nonexistent/base, mailboxLock: [{locks}], mailboxSizeLimit: 200000000"
+        ),
+        &mailboxes(),
     );
     (w, resources)
 }

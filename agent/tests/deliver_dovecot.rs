@@ -5,7 +5,6 @@
 mod deliver_support;
 
 use std::fs;
-use std::io::Write as _;
 use std::path::Path;
 
 use deliver_support::*;
@@ -14,13 +13,7 @@ use deliver_support::*;
 fn imap(w: &World, mail_location: &str, home: &Path, commands: &str) -> (String, String) {
     let quota = "mail_plugins = quota imap_quota\n\
                  plugin {\n  quota = maildir:User quota\n  quota_rule = *:storage=1M\n}\n";
-    let (mut child, log) = spawn_imap(w, quota, mail_location, home);
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(commands.as_bytes())
-        .unwrap();
+    let (child, log) = spawn_imap(w, quota, mail_location, home, commands);
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let log = fs::read_to_string(&log).unwrap() + &String::from_utf8_lossy(&output.stderr);
@@ -29,7 +22,7 @@ fn imap(w: &World, mail_location: &str, home: &Path, commands: &str) -> (String,
 
 #[test]
 fn dovecot_reads_our_maildir_sizes_and_maildirsize_quota() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox("alice@example.test", "example.test/alice/").quota = Some(1 << 20);
     let mut sizes = Vec::new();
@@ -65,7 +58,7 @@ fn dovecot_reads_our_maildir_sizes_and_maildirsize_quota() {
 
 #[test]
 fn dovecot_reads_our_mbox() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox("bob@example.test", "example.test/bob");
     for i in 0..3 {

@@ -5,8 +5,10 @@ mod deliver_support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 use deliver_support::*;
+use virtmail_tests::tmpfs::Tmpfs;
 
 fn big() -> Vec<u8> {
     let mut m = b"Subject: big\n\n".to_vec();
@@ -18,16 +20,23 @@ fn big() -> Vec<u8> {
     m
 }
 
-#[test]
-fn v30_disk_full_defers_430_and_truncates_the_mbox_back() {
-    let mut w = World::new();
-    let tmpfs = Tmpfs::mount(w.dir.path(), "1m");
+/// A world whose base is a 1 MiB tmpfs with the domain directory and one mailbox `address` at
+/// `path`; the tmpfs and the domain directory.
+fn full_disk_world(address: &str, path: &str) -> (World, Tmpfs, PathBuf) {
+    let mut w = World::create();
+    let tmpfs = Tmpfs::mount(&w.dir.path().join("tmpfs"), "1m");
     fs::set_permissions(&tmpfs.path, fs::Permissions::from_mode(0o755)).unwrap();
     w.directory.settings.mailbox_base = tmpfs.path.display().to_string();
     let domain = tmpfs.path.join(DOMAIN);
     fs::create_dir(&domain).unwrap();
     chown(&domain, UID, GID);
-    w.mailbox("bob@example.test", "example.test/bob");
+    w.mailbox(address, path);
+    (w, tmpfs, domain)
+}
+
+#[test]
+fn v30_disk_full_defers_430_and_truncates_the_mbox_back() {
+    let (w, tmpfs, domain) = full_disk_world("bob@example.test", "example.test/bob");
     assert_eq!(
         code(&w.deliver("bob@example.test", MESSAGE).status),
         "2.0.0"
@@ -60,14 +69,7 @@ fn v30_disk_full_defers_430_and_truncates_the_mbox_back() {
 
 #[test]
 fn v30_disk_full_defers_430_and_leaves_nothing_in_maildir() {
-    let mut w = World::new();
-    let tmpfs = Tmpfs::mount(w.dir.path(), "1m");
-    fs::set_permissions(&tmpfs.path, fs::Permissions::from_mode(0o755)).unwrap();
-    w.directory.settings.mailbox_base = tmpfs.path.display().to_string();
-    let domain = tmpfs.path.join(DOMAIN);
-    fs::create_dir(&domain).unwrap();
-    chown(&domain, UID, GID);
-    w.mailbox("alice@example.test", "example.test/alice/");
+    let (w, tmpfs, domain) = full_disk_world("alice@example.test", "example.test/alice/");
     assert_eq!(
         code(&w.deliver("alice@example.test", MESSAGE).status),
         "2.0.0"

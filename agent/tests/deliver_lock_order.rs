@@ -7,7 +7,6 @@
 mod deliver_support;
 
 use std::fs;
-use std::io::Write as _;
 use std::os::fd::AsFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
@@ -37,19 +36,12 @@ fn dovecot_append(w: &World, mbox: &Path, message: &str) -> Child {
         home.join("mail").display(),
         mbox.display()
     );
-    let (mut child, _log) = spawn_imap(w, "", &location, &home);
     let message = message.replace('\n', "\r\n");
     let commands = format!(
         "a APPEND INBOX {{{}+}}\r\n{message}\r\nb logout\r\n",
         message.len()
     );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(commands.as_bytes())
-        .unwrap();
-    child
+    spawn_imap(w, "", &location, &home, &commands).0
 }
 
 /// Whether some process is blocked waiting for a kernel lock on the file with inode `ino`
@@ -73,7 +65,7 @@ fn delivery_and_dovecot_with_debian_lock_order_both_finish() {
         "mbox_write_locks = fcntl dotlock",
         "this test is about Debian's packaged lock order"
     );
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox("bob@example.test", "example.test/bob");
     let mbox = w.base.join("example.test/bob");

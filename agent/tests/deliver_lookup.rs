@@ -9,7 +9,7 @@ use deliver_support::*;
 use virtmail_agent::deliver::{self, Envelope, Recipient};
 
 fn world() -> World {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox("alice@example.test", "example.test/alice/");
     w
@@ -177,7 +177,7 @@ fn v31_bytes_are_kept_exactly_after_crlf_to_lf() {
 
 #[test]
 fn deliveries_of_different_recipients_run_concurrently_on_threads() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.mkdir(DOMAIN, UID, GID);
     w.mkdir("other.test", OTHER_UID, OTHER_GID);
     w.directory

@@ -10,7 +10,7 @@ use deliver_support::*;
 const ALICE: &str = "alice@example.test";
 
 fn world() -> World {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox(ALICE, "example.test/alice/");
     w
@@ -45,7 +45,7 @@ fn v24_maildir_and_subdirectories_are_created_0700_as_recipient() {
 
 #[test]
 fn v24_missing_parents_are_created_as_recipient_when_the_base_allows() {
-    let mut w = World::new();
+    let mut w = World::create();
     chown(&w.base, UID, GID);
     w.mailbox(ALICE, "new.test/deep/alice/");
     assert_eq!(code(&w.deliver(ALICE, MESSAGE).status), "2.0.0");
@@ -57,7 +57,7 @@ fn v24_missing_parents_are_created_as_recipient_when_the_base_allows() {
 /// directory's owner) needs only search permission on it.
 #[test]
 fn maildir_below_a_root_0711_domain_directory_is_delivered() {
-    let mut w = World::new();
+    let mut w = World::create();
     let domain = w.mkdir("example.test", 0, 0);
     fs::set_permissions(&domain, fs::Permissions::from_mode(0o711)).unwrap();
     w.mkdir("example.test/alice", UID, GID);
@@ -68,7 +68,7 @@ fn maildir_below_a_root_0711_domain_directory_is_delivered() {
 
 #[test]
 fn v28_unwritable_parent_defers_420_with_access_warning() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.mkdir("example.test", 0, 0);
     w.mailbox(ALICE, "example.test/alice/");
     let outcome = w.deliver(ALICE, MESSAGE);

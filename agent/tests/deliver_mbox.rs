@@ -12,7 +12,7 @@ use virtmail_crds::resources::LockMethod;
 const BOB: &str = "bob@example.test";
 
 fn world() -> World {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox(BOB, "example.test/bob");
     w
@@ -121,7 +121,7 @@ fn v18_existing_mode_is_never_changed() {
 
 #[test]
 fn v18_missing_parent_directory_defers_420_and_is_not_created() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.mailbox(BOB, "example.test/bob");
     let outcome = w.deliver(BOB, MESSAGE);
     let path = w.base.join("example.test/bob");

@@ -1,12 +1,12 @@
 //! LMTP end to end with real deliveries (run as root: files are written as uid 5000/5001).
 
-mod support;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{Agent, Lmtp, RESOURCES, eventually};
+use virtmail_tests::fixtures::{agent_directory, mailbox, stream};
+use virtmail_tests::lmtp::Lmtp;
+use virtmail_tests::serve::{Agent, eventually, python};
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     match std::fs::read_dir(dir) {
@@ -19,32 +19,21 @@ fn new_mail(agent: &Agent, mailbox: &str) -> Vec<PathBuf> {
     files(&agent.base().join(mailbox).join("new"))
 }
 
-/// MAIL, RCPT..., DATA, body; returns the post-dot replies.
-fn send(c: &mut Lmtp, from: &str, rcpts: &[&str], body: &[u8]) -> Vec<String> {
-    assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")), "250 2.1.0 OK");
-    for r in rcpts {
-        assert_eq!(c.cmd(&format!("RCPT TO:<{r}>")), "250 2.1.5 OK", "{r}");
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(body);
-    rcpts.iter().map(|_| c.reply()).collect()
-}
-
 #[test]
 fn lmtp_delivers_durably_with_per_recipient_headers() {
     let agent = Agent::start();
     let mut c = agent.lmtp();
     c.hello();
     assert_eq!(
-        c.cmd("MAIL FROM:<s@remote.test> BODY=8BITMIME"),
+        c.command("MAIL FROM:<s@remote.test> BODY=8BITMIME"),
         "250 2.1.0 OK"
     );
     assert_eq!(
-        c.cmd("RCPT TO:<alice@example.test> ORCPT=rfc822;team+2Bx@example.test"),
+        c.command("RCPT TO:<alice@example.test> ORCPT=rfc822;team+2Bx@example.test"),
         "250 2.1.5 OK"
     );
-    assert_eq!(c.cmd("RCPT TO:<bob@example.test>"), "250 2.1.5 OK");
-    assert!(c.cmd("DATA").starts_with("354"));
+    assert_eq!(c.command("RCPT TO:<bob@example.test>"), "250 2.1.5 OK");
+    assert!(c.command("DATA").starts_with("354"));
     let long = "L".repeat(100_000);
     c.send(format!("Subject: t\r\n\r\n..dot\r\n{long}\r\nlast\r\n.\r\n").as_bytes());
     let a = c.reply();
@@ -83,7 +72,7 @@ fn lmtp_delivers_durably_with_per_recipient_headers() {
 #[test]
 fn lmtp_smtplib_delivers() {
     let agent = Agent::start();
-    let out = support::python(
+    let out = python(
         "lmtp_dialogue.py",
         &[
             agent.lmtp_path().to_str().unwrap(),
@@ -108,9 +97,9 @@ fn lmtp_disconnect_mid_data_leaves_nothing() {
     let agent = Agent::start();
     let mut c = agent.lmtp();
     c.hello();
-    c.cmd("MAIL FROM:<s@remote.test>");
-    c.cmd("RCPT TO:<alice@example.test>");
-    assert!(c.cmd("DATA").starts_with("354"));
+    c.command("MAIL FROM:<s@remote.test>");
+    c.command("RCPT TO:<alice@example.test>");
+    assert!(c.command("DATA").starts_with("354"));
     c.send(&vec![b'x'; 200_000]);
     c.send(b"\r\nno final dot\r\n");
     drop(c);
@@ -118,12 +107,7 @@ fn lmtp_disconnect_mid_data_leaves_nothing() {
     // Later sessions work, and the aborted message is nowhere.
     let mut c = agent.lmtp();
     c.hello();
-    let replies = send(
-        &mut c,
-        "s@remote.test",
-        &["alice@example.test"],
-        b"ok\r\n.\r\n",
-    );
+    let replies = c.deliver("s@remote.test", &["alice@example.test"], b"ok\r\n");
     assert!(replies[0].starts_with("250 2.0.0"));
     let delivered = new_mail(&agent, "example.test/alice");
     assert_eq!(delivered.len(), 1);
@@ -145,9 +129,8 @@ fn lmtp_fifty_parallel_connections() {
             std::thread::spawn(move || {
                 let mut c = Lmtp::connect(&path);
                 c.hello();
-                let body = format!("Subject: {i}\r\n\r\nmessage {i}\r\n.\r\n");
-                let replies = send(
-                    &mut c,
+                let body = format!("Subject: {i}\r\n\r\nmessage {i}\r\n");
+                let replies = c.deliver(
                     "s@remote.test",
                     &["alice@example.test", "anyone@catchall.test"],
                     body.as_bytes(),
@@ -155,7 +138,7 @@ fn lmtp_fifty_parallel_connections() {
                 for r in replies {
                     assert!(r.starts_with("250 2.0.0"), "{r}");
                 }
-                assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye");
+                assert_eq!(c.command("QUIT"), "221 2.0.0 Bye");
             })
         })
         .collect();
@@ -179,12 +162,7 @@ fn lmtp_reload_under_load_fails_no_delivery() {
                 c.hello();
                 let mut sent = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = send(
-                        &mut c,
-                        "s@remote.test",
-                        &["alice@example.test"],
-                        b"x\r\n.\r\n",
-                    );
+                    let r = c.deliver("s@remote.test", &["alice@example.test"], b"x\r\n");
                     assert!(r[0].starts_with("250 2.0.0"), "{r:?}");
                     sent += 1;
                 }
@@ -193,14 +171,15 @@ fn lmtp_reload_under_load_fails_no_delivery() {
         })
         .collect();
     // Rewrite the resources ten times, each adding a mailbox, while deliveries run.
-    let mut yaml = RESOURCES.to_string();
+    let mut manifests = vec![agent_directory()];
     let mut m = agent.map();
     for i in 0..10 {
-        yaml.push_str(&format!(
-            "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: n{i}}}\nspec: {{address: n{i}@example.test}}\n"
+        manifests.push(mailbox(
+            &format!("n{i}"),
+            &format!("address: n{i}@example.test"),
         ));
         let tmp = agent.dir.path().join("next.yaml");
-        std::fs::write(&tmp, &yaml).unwrap();
+        std::fs::write(&tmp, stream(&manifests)).unwrap();
         std::fs::rename(&tmp, agent.resources().join("all.yaml")).unwrap();
         let key = format!("mailbox n{i}@example.test");
         assert!(eventually(Duration::from_secs(2), || m

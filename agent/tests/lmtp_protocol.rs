@@ -1,10 +1,9 @@
 //! LMTP protocol conformance against the running agent: Python's smtplib.LMTP and a raw client.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{Agent, Lmtp, python};
+use virtmail_tests::lmtp::Lmtp;
+use virtmail_tests::serve::{Agent, eventually, python};
 
 fn code(reply: &str) -> &str {
     &reply[..reply.len().min(9)]
@@ -62,88 +61,103 @@ fn lmtp_reference_dialogue_with_smtplib() {
 
 #[test]
 fn lmtp_lhlo_capabilities_and_refused_commands() {
-    let agent = Agent::start_with(Some(support::RESOURCES), &["--max-message-size", "4096"]);
+    let agent = Agent::with_flags(&["--max-message-size", "4096"]);
     let mut c = agent.lmtp();
     assert!(c.reply().starts_with("220 mx.test "));
     // Before LHLO: HELO/EHLO are refused, MAIL needs LHLO.
-    assert!(c.cmd("HELO client.test").starts_with("500 5.5.1"));
-    assert!(c.cmd("EHLO client.test").starts_with("500 5.5.1"));
-    assert!(c.cmd("MAIL FROM:<a@b.test>").starts_with("503 5.5.1"));
-    let lhlo = c.cmd("LHLO client.test");
+    assert!(c.command("HELO client.test").starts_with("500 5.5.1"));
+    assert!(c.command("EHLO client.test").starts_with("500 5.5.1"));
+    assert!(c.command("MAIL FROM:<a@b.test>").starts_with("503 5.5.1"));
+    let lhlo = c.command("LHLO client.test");
     assert_eq!(
         lhlo,
         "250-mx.test\n250-PIPELINING\n250-ENHANCEDSTATUSCODES\n250-8BITMIME\n250-SMTPUTF8\n250 SIZE 4096"
     );
-    assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK");
-    assert!(c.cmd("VRFY alice@example.test").starts_with("502 5.5.1"));
-    assert!(c.cmd("EXPN team@example.test").starts_with("502 5.5.1"));
-    assert!(c.cmd("STARTTLS").starts_with("502 5.5.1"));
-    assert!(c.cmd("BDAT 10 LAST").starts_with("502 5.5.1"));
-    assert!(c.cmd("FOO").starts_with("500 5.5.1"));
-    assert!(c.cmd("").starts_with("500 5.5.2"));
+    assert_eq!(c.command("NOOP"), "250 2.0.0 OK");
     assert!(
-        c.cmd("RCPT TO:<alice@example.test>")
+        c.command("VRFY alice@example.test")
+            .starts_with("502 5.5.1")
+    );
+    assert!(c.command("EXPN team@example.test").starts_with("502 5.5.1"));
+    assert!(c.command("STARTTLS").starts_with("502 5.5.1"));
+    assert!(c.command("BDAT 10 LAST").starts_with("502 5.5.1"));
+    assert!(c.command("FOO").starts_with("500 5.5.1"));
+    assert!(c.command("").starts_with("500 5.5.2"));
+    assert!(
+        c.command("RCPT TO:<alice@example.test>")
             .starts_with("503 5.5.1")
     );
-    assert!(c.cmd("DATA").starts_with("503 5.5.1"));
-    assert_eq!(c.cmd("MAIL FROM:<>"), "250 2.1.0 OK");
+    assert!(c.command("DATA").starts_with("503 5.5.1"));
+    assert_eq!(c.command("MAIL FROM:<>"), "250 2.1.0 OK");
     assert!(
-        c.cmd("MAIL FROM:<>").starts_with("503 5.5.1"),
+        c.command("MAIL FROM:<>").starts_with("503 5.5.1"),
         "nested MAIL"
     );
-    assert!(c.cmd("DATA").starts_with("503 5.5.1"), "DATA without RCPT");
-    assert_eq!(c.cmd("RSET"), "250 2.0.0 OK");
     assert!(
-        c.cmd("RCPT TO:<alice@example.test>")
+        c.command("DATA").starts_with("503 5.5.1"),
+        "DATA without RCPT"
+    );
+    assert_eq!(c.command("RSET"), "250 2.0.0 OK");
+    assert!(
+        c.command("RCPT TO:<alice@example.test>")
             .starts_with("503 5.5.1"),
         "RSET ended it"
     );
-    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye");
+    assert_eq!(c.command("QUIT"), "221 2.0.0 Bye");
     assert!(c.closed());
 }
 
 #[test]
 fn lmtp_mail_and_rcpt_parameters() {
-    let agent = Agent::start_with(Some(support::RESOURCES), &["--max-message-size", "4096"]);
+    let agent = Agent::with_flags(&["--max-message-size", "4096"]);
     let mut c = agent.lmtp();
     c.hello();
-    assert_eq!(code(&c.cmd("MAIL FROM:<a@b.test> SIZE=5000")), "552 5.3.4");
-    assert_eq!(code(&c.cmd("MAIL FROM:<a@b.test> SIZE=x")), "501 5.5.4");
     assert_eq!(
-        code(&c.cmd("MAIL FROM:<a@b.test> BODY=BINARYMIME")),
+        code(&c.command("MAIL FROM:<a@b.test> SIZE=5000")),
+        "552 5.3.4"
+    );
+    assert_eq!(code(&c.command("MAIL FROM:<a@b.test> SIZE=x")), "501 5.5.4");
+    assert_eq!(
+        code(&c.command("MAIL FROM:<a@b.test> BODY=BINARYMIME")),
         "501 5.5.4"
     );
-    assert_eq!(code(&c.cmd("MAIL FROM:<a@b.test> RET=FULL")), "555 5.5.4");
-    assert_eq!(code(&c.cmd("MAIL FROM:a@b.test")), "501 5.1.7");
-    assert_eq!(code(&c.cmd("MAIL TO:<a@b.test>")), "501 5.5.4");
-    // Postfix hands over UTF-8 addresses without SMTPUTF8 too: taken, never 553 5.6.7.
-    assert_eq!(c.cmd("MAIL FROM:<jörg@b.test>"), "250 2.1.0 OK");
-    assert_eq!(code(&c.cmd("RSET")), "250 2.0.0");
     assert_eq!(
-        c.cmd("MAIL FROM:<a@b.test> SIZE=4096 BODY=8BITMIME SMTPUTF8"),
+        code(&c.command("MAIL FROM:<a@b.test> RET=FULL")),
+        "555 5.5.4"
+    );
+    assert_eq!(code(&c.command("MAIL FROM:a@b.test")), "501 5.1.7");
+    assert_eq!(code(&c.command("MAIL TO:<a@b.test>")), "501 5.5.4");
+    // Postfix hands over UTF-8 addresses without SMTPUTF8 too: taken, never 553 5.6.7.
+    assert_eq!(c.command("MAIL FROM:<jörg@b.test>"), "250 2.1.0 OK");
+    assert_eq!(code(&c.command("RSET")), "250 2.0.0");
+    assert_eq!(
+        c.command("MAIL FROM:<a@b.test> SIZE=4096 BODY=8BITMIME SMTPUTF8"),
         "250 2.1.0 OK"
     );
-    assert_eq!(code(&c.cmd("RCPT TO:<>")), "501 5.1.3");
-    assert_eq!(code(&c.cmd("RCPT TO:<no-domain>")), "501 5.1.3");
+    assert_eq!(code(&c.command("RCPT TO:<>")), "501 5.1.3");
+    assert_eq!(code(&c.command("RCPT TO:<no-domain>")), "501 5.1.3");
     assert_eq!(
-        code(&c.cmd("RCPT TO:<alice@example.test> NOTIFY=NEVER")),
+        code(&c.command("RCPT TO:<alice@example.test> NOTIFY=NEVER")),
         "555 5.5.4"
     );
     assert_eq!(
-        code(&c.cmd("RCPT TO:<alice@example.test> ORCPT=rfc822;a+ZZ")),
+        code(&c.command("RCPT TO:<alice@example.test> ORCPT=rfc822;a+ZZ")),
         "501 5.5.4"
     );
     assert_eq!(
-        c.cmd("RCPT TO:<alice@example.test> ORCPT=rfc822;team+2Bx@example.test"),
+        c.command("RCPT TO:<alice@example.test> ORCPT=rfc822;team+2Bx@example.test"),
         "250 2.1.5 OK"
     );
-    assert_eq!(c.cmd("RCPT TO:<\"alice\"@example.test>"), "250 2.1.5 OK");
     assert_eq!(
-        c.cmd("RCPT TO:<@relay.test:alice@example.test>"),
+        c.command("RCPT TO:<\"alice\"@example.test>"),
         "250 2.1.5 OK"
     );
-    assert_eq!(c.cmd("RCPT TO:<jörg@catchall.test>"), "250 2.1.5 OK");
-    assert_eq!(c.cmd("rcpt to: <ALICE@EXAMPLE.TEST>"), "250 2.1.5 OK");
+    assert_eq!(
+        c.command("RCPT TO:<@relay.test:alice@example.test>"),
+        "250 2.1.5 OK"
+    );
+    assert_eq!(c.command("RCPT TO:<jörg@catchall.test>"), "250 2.1.5 OK");
+    assert_eq!(c.command("rcpt to: <ALICE@EXAMPLE.TEST>"), "250 2.1.5 OK");
 }
 
 #[test]
@@ -166,7 +180,7 @@ fn lmtp_pipelined_transaction_in_one_write() {
     assert!(second.contains("<anyone@catchall.test>"), "{second}");
     assert_eq!(c.reply(), "250 2.0.0 OK", "NOOP after the body");
     // A cached connection starts another transaction.
-    assert_eq!(c.cmd("MAIL FROM:<>"), "250 2.1.0 OK");
+    assert_eq!(c.command("MAIL FROM:<>"), "250 2.1.0 OK");
 }
 
 #[test]
@@ -175,24 +189,24 @@ fn lmtp_line_length_and_error_limits() {
     let mut c = agent.lmtp();
     c.hello();
     let long = format!("NOOP {}", "x".repeat(600));
-    assert_eq!(code(&c.cmd(&long)), "500 5.5.2");
+    assert_eq!(code(&c.command(&long)), "500 5.5.2");
     // Exactly 512 octets including CRLF is fine.
     let max = format!("NOOP {}", "x".repeat(512 - 7));
-    assert_eq!(c.cmd(&max), "250 2.0.0 OK");
+    assert_eq!(c.command(&max), "250 2.0.0 OK");
     // A megabyte without a line end is consumed, not buffered, and refused once.
     c.send(&vec![b'A'; 1 << 20]);
-    assert_eq!(code(&c.cmd("")), "500 5.5.2");
-    assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK");
+    assert_eq!(code(&c.command("")), "500 5.5.2");
+    assert_eq!(c.command("NOOP"), "250 2.0.0 OK");
     // NUL and invalid UTF-8 are refused, the session survives.
     c.send(b"NO\0OP\r\n");
     assert_eq!(code(&c.reply()), "500 5.5.2");
     c.send(b"MAIL FROM:<\xff@x.test>\r\n");
     assert_eq!(code(&c.reply()), "500 5.5.2");
-    assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK");
+    assert_eq!(c.command("NOOP"), "250 2.0.0 OK");
     // Too many errors close the session.
     let mut last = String::new();
     for _ in 0..30 {
-        last = c.cmd("BOGUS");
+        last = c.command("BOGUS");
         if last.starts_with("421") {
             break;
         }
@@ -203,15 +217,18 @@ fn lmtp_line_length_and_error_limits() {
 
 #[test]
 fn lmtp_too_many_recipients() {
-    let agent = Agent::start_with(Some(support::RESOURCES), &["--max-recipients", "3"]);
+    let agent = Agent::with_flags(&["--max-recipients", "3"]);
     let mut c = agent.lmtp();
     c.hello();
-    assert_eq!(c.cmd("MAIL FROM:<s@remote.test>"), "250 2.1.0 OK");
+    assert_eq!(c.command("MAIL FROM:<s@remote.test>"), "250 2.1.0 OK");
     for _ in 0..3 {
-        assert_eq!(c.cmd("RCPT TO:<alice@example.test>"), "250 2.1.5 OK");
+        assert_eq!(c.command("RCPT TO:<alice@example.test>"), "250 2.1.5 OK");
     }
-    assert_eq!(code(&c.cmd("RCPT TO:<alice@example.test>")), "452 4.5.3");
-    c.cmd("DATA");
+    assert_eq!(
+        code(&c.command("RCPT TO:<alice@example.test>")),
+        "452 4.5.3"
+    );
+    c.command("DATA");
     c.send(b"x\r\n.\r\n");
     for _ in 0..3 {
         assert!(
@@ -223,25 +240,25 @@ fn lmtp_too_many_recipients() {
 
 #[test]
 fn lmtp_message_over_size_limit_after_data() {
-    let agent = Agent::start_with(Some(support::RESOURCES), &["--max-message-size", "1000"]);
+    let agent = Agent::with_flags(&["--max-message-size", "1000"]);
     let mut c = agent.lmtp();
     c.hello();
-    c.cmd("MAIL FROM:<s@remote.test>");
-    c.cmd("RCPT TO:<alice@example.test>");
-    c.cmd("RCPT TO:<anyone@catchall.test>");
-    assert!(c.cmd("DATA").starts_with("354"));
+    c.command("MAIL FROM:<s@remote.test>");
+    c.command("RCPT TO:<alice@example.test>");
+    c.command("RCPT TO:<anyone@catchall.test>");
+    assert!(c.command("DATA").starts_with("354"));
     // One long line over the limit: read to the final dot, then 552 5.3.4 per recipient.
     let mut body = vec![b'y'; 5000];
     body.extend_from_slice(b"\r\n.\r\n");
     c.send(&body);
     assert_eq!(code(&c.reply()), "552 5.3.4");
     assert_eq!(code(&c.reply()), "552 5.3.4");
-    assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK");
+    assert_eq!(c.command("NOOP"), "250 2.0.0 OK");
 }
 
 #[test]
 fn lmtp_command_timeout_closes() {
-    let agent = Agent::start_with(Some(support::RESOURCES), &["--command-timeout", "1s"]);
+    let agent = Agent::with_flags(&["--command-timeout", "1s"]);
     let mut c = agent.lmtp();
     c.hello();
     let reply = c.reply();
@@ -251,7 +268,7 @@ fn lmtp_command_timeout_closes() {
 
 #[test]
 fn lmtp_connection_limit() {
-    let agent = Agent::start_with(Some(support::RESOURCES), &["--max-connections", "2"]);
+    let agent = Agent::with_flags(&["--max-connections", "2"]);
     let mut a = agent.lmtp();
     let mut b = agent.lmtp();
     a.hello();
@@ -261,7 +278,7 @@ fn lmtp_connection_limit() {
     assert!(c.closed());
     drop(a);
     // A slot frees up when a session ends.
-    assert!(support::eventually(Duration::from_secs(5), || {
+    assert!(eventually(Duration::from_secs(5), || {
         let mut d = agent.lmtp();
         d.reply().starts_with("220 ")
     }));
@@ -287,12 +304,12 @@ fn lmtp_garbage_never_kills_the_server() {
                 _ => (seed >> 8) as u8,
             });
         }
-        let _ = std::io::Write::write_all(&mut c.writer, &junk);
+        let _ = c.try_send(&junk);
         drop(c);
     }
     let mut c = agent.lmtp();
     c.hello();
-    assert_eq!(c.cmd("NOOP"), "250 2.0.0 OK");
+    assert_eq!(c.command("NOOP"), "250 2.0.0 OK");
     let mut m = agent.map();
     assert_eq!(m.query("domain example.test"), "OK example.test");
 }
@@ -303,6 +320,9 @@ fn lmtp_no_directory_defers_rcpt() {
     let agent = Agent::start_with(Some("this: [is not valid"), &[]);
     let mut c = Lmtp::connect(&agent.lmtp_path());
     c.hello();
-    assert_eq!(c.cmd("MAIL FROM:<s@remote.test>"), "250 2.1.0 OK");
-    assert_eq!(code(&c.cmd("RCPT TO:<alice@example.test>")), "451 4.3.0");
+    assert_eq!(c.command("MAIL FROM:<s@remote.test>"), "250 2.1.0 OK");
+    assert_eq!(
+        code(&c.command("RCPT TO:<alice@example.test>")),
+        "451 4.3.0"
+    );
 }

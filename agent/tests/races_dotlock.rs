@@ -91,7 +91,7 @@ fn mbox_tags(path: &Path, lines: usize) -> Vec<String> {
 }
 
 fn stale_world(mailboxes: usize) -> (World, Vec<(String, PathBuf)>) {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     let mut boxes = Vec::new();
     for i in 0..mailboxes {
@@ -384,7 +384,7 @@ fn breaking_a_stale_dotlock_never_removes_a_fresh_lock_of_another_client() {
 #[test]
 fn a_user_held_directory_flock_stalls_no_other_mailbox_and_is_never_bypassed() {
     use std::os::fd::AsFd as _;
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mkdir("other.test", OTHER_UID, OTHER_GID);
     w.directory
@@ -401,10 +401,7 @@ fn a_user_held_directory_flock_stalls_no_other_mailbox_and_is_never_bypassed() {
     // First deliveries create both journals.
     for rcpt in ["bob@example.test", "carol@other.test"] {
         assert_eq!(
-            code(
-                &w.deliver_with(rcpt, "s@origin.test", b"Subject: first\n\nx\n", &options)
-                    .status
-            ),
+            code(&w.deliver(rcpt, b"Subject: first\n\nx\n").status),
             "2.0.0"
         );
     }

@@ -65,7 +65,7 @@ fn first_maildir_delivery_of_a_process_keeps_its_tmp_file_while_another_delivery
 
 /// One process: a slow first delivery, a quick second one to the same maildir meanwhile.
 fn scenario() {
-    let mut w = World::new();
+    let mut w = World::create();
     w.domain_dir();
     w.mailbox("box@example.test", "example.test/box/");
     // The maildir exists before the deliveries, so that the slow one names its file at once.
@@ -86,9 +86,7 @@ fn scenario() {
     }
     let slow = {
         let (w, big) = (w.clone(), big.clone());
-        std::thread::spawn(move || {
-            w.deliver_with("box@example.test", "s@origin.test", &big, &options())
-        })
+        std::thread::spawn(move || w.deliver("box@example.test", &big))
     };
     // Wait until the slow delivery's file is in tmp/, then deliver the quick one.
     let tmp = w.base.join("example.test/box/tmp");
@@ -101,7 +99,7 @@ fn scenario() {
         );
         std::thread::sleep(Duration::from_micros(200));
     }
-    let quick = w.deliver_with("box@example.test", "s@origin.test", MESSAGE, &options());
+    let quick = w.deliver("box@example.test", MESSAGE);
     assert_eq!(code(&quick.status), "2.0.0", "{}", quick.status);
     // The test only means something if the quick one finished (and cleaned up) first.
     let overlapped = !slow.is_finished();

@@ -2,30 +2,26 @@
 //! every quota check expensive must not stall the runtime that socketmap, LMTP and `/healthz`
 //! share. Real binary, real uids, real files.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::*;
+use virtmail_tests::fixtures::{agent_directory, mailbox, stream};
+use virtmail_tests::lmtp::Lmtp;
+use virtmail_tests::serve::{Agent, eventually};
 
 /// `full@example.test`: a Maildir with a quota (uid 5000 from the domain defaults).
-const QUOTA_MAILBOX: &str = r#"
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: full}
-spec: {address: full@example.test, quota: 1Gi}
-"#;
+fn quota_mailbox() -> String {
+    mailbox("full", "address: full@example.test, quota: 1Gi")
+}
 
 /// Files the owner puts in `cur/` (no `,S=` in their names, so a scan must stat each).
 const FILES: usize = 150_000;
 
 #[test]
 fn quota_scans_of_a_hostile_maildir_do_not_stall_healthz_or_lmtp() {
-    let agent = Agent::start_with(Some(&format!("{RESOURCES}{QUOTA_MAILBOX}")), &[]);
+    let agent = Agent::start_with(Some(&stream([agent_directory(), quota_mailbox()])), &[]);
     assert!(
         eventually(Duration::from_secs(10), || agent.get("/readyz").0 == 200),
         "agent not ready:\n{}",
@@ -56,10 +52,10 @@ fn quota_scans_of_a_hostile_maildir_do_not_stall_healthz_or_lmtp() {
                 let mut sent = 0;
                 while !stop.load(Ordering::Relaxed) {
                     if sent % 50 == 0 {
-                        lmtp.cmd("RSET");
-                        lmtp.cmd("MAIL FROM:<s@origin.test>");
+                        lmtp.command("RSET");
+                        lmtp.command("MAIL FROM:<s@origin.test>");
                     }
-                    let reply = lmtp.cmd("RCPT TO:<full@example.test>");
+                    let reply = lmtp.command("RCPT TO:<full@example.test>");
                     assert!(reply.starts_with("250"), "RCPT: {reply}");
                     answered.fetch_add(1, Ordering::Relaxed);
                     sent += 1;
@@ -99,7 +95,7 @@ fn quota_scans_of_a_hostile_maildir_do_not_stall_healthz_or_lmtp() {
 /// and LMTP keeps greeting.
 #[test]
 fn idle_http_connections_cannot_exhaust_the_agents_descriptors() {
-    let agent = Agent::start_with(Some(RESOURCES), &[]);
+    let agent = Agent::with_flags(&[]);
     let pid = rustix::process::Pid::from_raw(agent.child.as_ref().unwrap().id() as i32).unwrap();
     // A small descriptor limit makes exhaustion quick to reach (production limits are larger,
     // connections cheaper still).

@@ -1,19 +1,17 @@
 //! `serve` as a process: HTTP endpoints, hot reload, sockets, logs and graceful shutdown.
 
-mod support;
-
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
-use support::{Agent, RESOURCES, eventually};
+use virtmail_tests::fixtures::{agent_directory, mailbox, stream};
+use virtmail_tests::serve::{Agent, eventually};
 
-const NEW_MAILBOX: &str = "
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: newcomer}
-spec: {address: newcomer@example.test}
-";
+fn with_newcomer() -> String {
+    stream([
+        agent_directory(),
+        mailbox("newcomer", "address: newcomer@example.test"),
+    ])
+}
 
 #[test]
 fn serve_http_endpoints() {
@@ -55,11 +53,7 @@ fn serve_new_mailbox_answers_within_two_seconds() {
             .to_string()
     };
     let before = version(&agent);
-    std::fs::write(
-        agent.resources().join("all.yaml"),
-        format!("{RESOURCES}{NEW_MAILBOX}"),
-    )
-    .unwrap();
+    std::fs::write(agent.resources().join("all.yaml"), with_newcomer()).unwrap();
     let written = Instant::now();
     assert!(
         eventually(Duration::from_secs(2), || m
@@ -74,8 +68,8 @@ fn serve_new_mailbox_answers_within_two_seconds() {
     // A new LMTP session sees it too.
     let mut c = agent.lmtp();
     c.hello();
-    c.cmd("MAIL FROM:<>");
-    assert_eq!(c.cmd("RCPT TO:<newcomer@example.test>"), "250 2.1.5 OK");
+    c.command("MAIL FROM:<>");
+    assert_eq!(c.command("RCPT TO:<newcomer@example.test>"), "250 2.1.5 OK");
 }
 
 #[test]
@@ -103,11 +97,7 @@ fn serve_broken_reload_keeps_previous_directory() {
     assert!(agent.log_text().contains("keeping the previous directory"));
     // Fixing the files recovers.
     std::fs::remove_file(agent.resources().join("broken.yaml")).unwrap();
-    std::fs::write(
-        agent.resources().join("all.yaml"),
-        format!("{RESOURCES}{NEW_MAILBOX}"),
-    )
-    .unwrap();
+    std::fs::write(agent.resources().join("all.yaml"), with_newcomer()).unwrap();
     assert!(eventually(Duration::from_secs(5), || m
         .query("mailbox newcomer@example.test")
         .starts_with("OK ")));
@@ -122,7 +112,7 @@ fn serve_broken_reload_keeps_previous_directory() {
 #[test]
 fn serve_invalid_objects_are_logged_and_served_as_deferring() {
     let agent = Agent::start();
-    // RESOURCES has broken@example.test with uid 0: one diagnostic, logged on load.
+    // The directory has broken@example.test with uid 0: one diagnostic, logged on load.
     let log = agent.log_text();
     assert!(log.contains("InvalidOwner"), "{log}");
     assert!(
@@ -140,9 +130,9 @@ fn serve_sigterm_finishes_inflight_transaction_and_exits_zero() {
     idle.hello();
     let mut busy = agent.lmtp();
     busy.hello();
-    busy.cmd("MAIL FROM:<s@remote.test>");
-    busy.cmd("RCPT TO:<alice@example.test>");
-    assert!(busy.cmd("DATA").starts_with("354"));
+    busy.command("MAIL FROM:<s@remote.test>");
+    busy.command("RCPT TO:<alice@example.test>");
+    assert!(busy.command("DATA").starts_with("354"));
     busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
     let pid = agent.child.as_ref().unwrap().id();
     std::process::Command::new("kill")
@@ -230,16 +220,16 @@ fn serve_socket_mode_and_stale_socket_replacement() {
 
 #[test]
 fn serve_json_logs_one_line_per_recipient() {
-    let mut agent = Agent::start_with(Some(RESOURCES), &["--log-format", "json"]);
+    let mut agent = Agent::with_flags(&["--log-format", "json"]);
     let mut c = agent.lmtp();
     c.hello();
-    c.cmd("MAIL FROM:<s@remote.test>");
-    c.cmd("RCPT TO:<alice+tag@example.test>");
-    c.cmd("RCPT TO:<nobody@example.test>");
-    c.cmd("DATA");
+    c.command("MAIL FROM:<s@remote.test>");
+    c.command("RCPT TO:<alice+tag@example.test>");
+    c.command("RCPT TO:<nobody@example.test>");
+    c.command("DATA");
     c.send(b"x\r\n.\r\n");
     c.reply();
-    c.cmd("QUIT");
+    c.command("QUIT");
     agent.stop();
     let log = agent.log_text();
     let lines: Vec<serde_json::Value> = log

@@ -1,10 +1,7 @@
-//! The agent as a real process in cluster mode, and small clients for its sockets.
+//! The agent as a real process in cluster mode.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use crate::cluster::cluster;
 use crate::process::{Process, binary};
@@ -26,66 +23,6 @@ pub fn impersonating_kubeconfig(dir: &Path, user: &str, namespace: &str) -> Path
     let path = dir.join("agent.kubeconfig");
     std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("write kubeconfig");
     path
-}
-
-/// One socketmap request (`map key`); the reply payload.
-pub fn socketmap(socket: &Path, request: &str) -> Option<String> {
-    let mut stream = UnixStream::connect(socket).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "{}:{},", request.len(), request).ok()?;
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        stream.read_exact(&mut byte).ok()?;
-        if byte[0] == b':' {
-            break;
-        }
-        reply.push(byte[0]);
-    }
-    let len: usize = String::from_utf8(reply).ok()?.parse().ok()?;
-    let mut body = vec![0u8; len + 1];
-    stream.read_exact(&mut body).ok()?;
-    body.pop();
-    String::from_utf8(body).ok()
-}
-
-/// One LMTP transaction; returns the reply to the final dot.
-pub fn lmtp(socket: &Path, recipient: &str, body: &str) -> String {
-    let stream = UnixStream::connect(socket).expect("connect LMTP");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut writer = stream;
-    let mut reply = || {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("reply");
-            text.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return text;
-            }
-        }
-    };
-    reply();
-    for command in [
-        "LHLO test.invalid".to_string(),
-        "MAIL FROM:<sender@example.test>".into(),
-        format!("RCPT TO:<{recipient}>"),
-    ] {
-        write!(writer, "{command}\r\n").expect("write");
-        let r = reply();
-        if !r.starts_with('2') {
-            return r;
-        }
-    }
-    write!(writer, "DATA\r\n").expect("write");
-    assert!(reply().starts_with("354"));
-    write!(writer, "Subject: test\r\n\r\n{body}\r\n.\r\n").expect("write");
-    let r = reply();
-    let _ = write!(writer, "QUIT\r\n");
-    r
 }
 
 /// Sockets and volume of one agent.

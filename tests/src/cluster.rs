@@ -610,6 +610,32 @@ fn label_value(test: &str) -> String {
     }
 }
 
+/// `kubectl patch <kind> <name> --type=merge -p <patch>` with `kubectl` (its namespace and
+/// identity already set).
+pub fn merge_patch(
+    mut kubectl: Command,
+    kind: &str,
+    name: &str,
+    patch: &str,
+) -> Result<String, CommandError> {
+    run(kubectl.args(["patch", kind, name, "--type=merge", "-p", patch]))
+}
+
+/// The `(status, reason, message)` of condition `kind` in an object's JSON.
+pub fn condition(object: &serde_json::Value, kind: &str) -> Option<(String, String, String)> {
+    let c = object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)?;
+    let field = |name: &str| c[name].as_str().unwrap_or_default().to_owned();
+    Some((field("status"), field("reason"), field("message")))
+}
+
+/// The `(status, reason)` of condition `kind` in an object's JSON.
+pub fn condition_status(object: &serde_json::Value, kind: &str) -> Option<(String, String)> {
+    condition(object, kind).map(|(status, reason, _)| (status, reason))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

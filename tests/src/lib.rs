@@ -3,9 +3,12 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod delivery;
 pub mod dovecot;
 pub mod e2e;
+pub mod fixtures;
 pub mod kubelet;
+pub mod lmtp;
 pub mod mail;
 pub mod mailstack;
 pub mod node;
@@ -13,6 +16,9 @@ pub mod operator;
 pub mod postfix;
 pub mod process;
 pub mod reliability;
+pub mod serve;
+pub mod socketmap;
+pub mod tmpfs;
 
 use std::path::PathBuf;
 

@@ -16,7 +16,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use virtmail_crds::resources::MailboxFormat;
@@ -26,6 +25,8 @@ use crate::dovecot::{self, Dovecot};
 use crate::mail::{self, Fetched, Sent};
 use crate::postfix::{self, Postfix, free_port};
 use crate::process::{Process, binary, http_get, wait_for};
+use crate::serve::serve_command;
+use crate::tmpfs::Tmpfs;
 use crate::workspace_root;
 
 /// How long a test waits for mail to land.
@@ -103,7 +104,7 @@ pub struct MailStack {
     http_port: u16,
     admin_layout: bool,
     /// Unmounted after the agent and Dovecot stopped, before the directory is removed.
-    _base_tmpfs: Option<BaseTmpfs>,
+    _base_tmpfs: Option<Tmpfs>,
     dir: tempfile::TempDir,
 }
 
@@ -159,7 +160,7 @@ impl MailStack {
         let base_tmpfs = builder
             .base_tmpfs
             .as_deref()
-            .map(|size| BaseTmpfs::mount(&root.join("mail"), size));
+            .map(|size| Tmpfs::mount(&root.join("mail"), size));
         for (name, text) in &builder.resources {
             std::fs::write(root.join("resources").join(name), text).expect("write resources");
         }
@@ -462,19 +463,15 @@ impl StackPaths {
 
     /// `virtmail-agent serve` for this stack, started and waited for (sockets, `/readyz`).
     fn start_agent(&self, http_port: u16, smtp_port: u16) -> Process {
-        let mut command = Command::new(binary("virtmail-agent"));
+        let mut command = serve_command(
+            &binary("virtmail-agent"),
+            &self.root.join("resources"),
+            &self.root.join("mail"),
+            &self.lmtp(),
+            &self.socketmap(),
+            &format!("127.0.0.1:{http_port}"),
+        );
         command
-            .arg("serve")
-            .arg("--resources")
-            .arg(self.root.join("resources"))
-            .arg("--mailbox-base")
-            .arg(self.root.join("mail"))
-            .arg("--lmtp")
-            .arg(format!("unix:{}", self.lmtp().display()))
-            .arg("--socketmap")
-            .arg(format!("unix:{}", self.socketmap().display()))
-            .arg("--http")
-            .arg(format!("127.0.0.1:{http_port}"))
             .arg("--hostname")
             .arg("agent.virtmail.test")
             .arg("--submit-to")
@@ -610,41 +607,6 @@ pub fn split_mbox(bytes: &[u8]) -> Vec<Vec<u8>> {
         out.push(message);
     }
     out
-}
-
-/// A tmpfs mounted as a stack's mailbox base; unmounted (lazily) on drop.
-#[derive(Debug)]
-struct BaseTmpfs {
-    path: PathBuf,
-}
-
-impl BaseTmpfs {
-    fn mount(path: &Path, size: &str) -> BaseTmpfs {
-        assert_eq!(
-            nix::unistd::geteuid().as_raw(),
-            0,
-            "a tmpfs mailbox base needs root (mount -t tmpfs)"
-        );
-        nix::mount::mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-            Some(format!("size={size},mode=0755").as_str()),
-        )
-        .unwrap_or_else(|e| panic!("mount -t tmpfs -o size={size} {}: {e}", path.display()));
-        BaseTmpfs {
-            path: path.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for BaseTmpfs {
-    fn drop(&mut self) {
-        if let Err(e) = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH) {
-            eprintln!("warning: cannot unmount {}: {e}", self.path.display());
-        }
-    }
 }
 
 #[cfg(test)]

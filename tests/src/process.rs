@@ -184,6 +184,23 @@ impl Drop for Process {
     }
 }
 
+/// Run `command` to its end with `input` on stdin; its output. A command that exits before it
+/// has read all of its input (a refused argument) is not an error.
+pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let written = child.stdin.take().expect("stdin").write_all(input);
+    if let Err(error) = written {
+        assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
+    }
+    child.wait_with_output().expect("wait for the command")
+}
+
 /// Poll `probe` every 100 ms until it returns `Some`, or panic after `timeout` naming `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

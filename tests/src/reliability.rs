@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use virtmail_crds::resources::MailboxFormat;
 
+use crate::fixtures::{mail_domain, mail_server, mailbox, stream};
 use crate::mail;
 use crate::mailstack::MailStack;
 
@@ -69,20 +70,19 @@ impl Rng {
 /// ones Maildir, odd ones mbox, each with its own uid/gid (5100 + i); mbox locks `locks` (e.g.
 /// `"fcntl, dotlock"`, the default).
 pub fn resources(mailboxes: usize, locks: &str) -> String {
-    let mut yaml = format!(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\nspec: {{mailboxLock: [{locks}]}}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: crash}}\n\
-         spec: {{domain: {DOMAIN}, postmaster: user0@{DOMAIN}, defaults: {{uid: 5100, gid: 5100}}}}\n"
-    );
-    for i in 0..mailboxes {
+    let head = [
+        mail_server("mail", &format!("mailboxLock: [{locks}]")),
+        mail_domain("crash", DOMAIN, &format!("user0@{DOMAIN}"), 5100, ""),
+    ];
+    let mailboxes = (0..mailboxes).map(|i| {
         let format = if i % 2 == 0 { "Maildir" } else { "Mbox" };
-        yaml.push_str(&format!(
-            "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: user{i}}}\n\
-             spec: {{address: user{i}@{DOMAIN}, format: {format}, uid: {uid}, gid: {uid}}}\n",
-            uid = 5100 + i
-        ));
-    }
-    yaml
+        let uid = 5100 + i;
+        mailbox(
+            &format!("user{i}"),
+            &format!("address: user{i}@{DOMAIN}, format: {format}, uid: {uid}, gid: {uid}"),
+        )
+    });
+    stream(head.into_iter().chain(mailboxes))
 }
 
 /// The recipient of message `n`.

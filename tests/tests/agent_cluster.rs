@@ -6,26 +6,14 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-use virtmail_tests::agent::{impersonating_kubeconfig, lmtp, socketmap};
-use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::agent::impersonating_kubeconfig;
+use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, merge_patch, run};
+use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::{Process, binary, wait_for};
+use virtmail_tests::socketmap::query_once;
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn condition(object: &Value, kind: &str) -> Option<(String, String)> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_owned(),
-                c["reason"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-}
 
 fn wait_provisioned(ns: &TestNamespace, mailbox: &str, want: (&str, &str)) {
     wait_for(
@@ -33,7 +21,8 @@ fn wait_provisioned(ns: &TestNamespace, mailbox: &str, want: (&str, &str)) {
         WAIT,
         || {
             let m = ns.get_json("mailbox", mailbox);
-            (condition(&m, "Provisioned") == Some((want.0.into(), want.1.into()))).then_some(())
+            (condition_status(&m, "Provisioned") == Some((want.0.into(), want.1.into())))
+                .then_some(())
         },
     );
 }
@@ -83,10 +72,10 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
 
     // The directory arrives through the API and answers Postfix's lookups.
     wait_for("socketmap to know test1@virtual1.test", WAIT, || {
-        socketmap(&map_socket, "mailbox Test1+x@Virtual1.test").filter(|r| r.starts_with("OK "))
+        query_once(&map_socket, "mailbox Test1+x@Virtual1.test").filter(|r| r.starts_with("OK "))
     });
     assert_eq!(
-        socketmap(&map_socket, "mailbox nobody@virtual1.test").as_deref(),
+        query_once(&map_socket, "mailbox nobody@virtual1.test").as_deref(),
         Some("NOTFOUND ")
     );
 
@@ -110,12 +99,12 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     // The operator's Ready and the agent's Provisioned live side by side.
     let m = ns.get_json("mailbox", "test2-virtual2");
     assert_eq!(
-        condition(&m, "Ready"),
+        condition_status(&m, "Ready"),
         Some(("True".into(), "Published".into()))
     );
 
     // Mail is delivered to the provisioned Maildir.
-    let reply = lmtp(
+    let reply = deliver_once(
         &lmtp_socket,
         "test2@virtual2.test",
         "hello from the cluster",
@@ -133,18 +122,16 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     );
 
     // Changing the uid: the data is not touched, the status says why, deliveries defer.
-    run(ns.kubectl().args([
-        "patch",
+    merge_patch(
+        ns.kubectl(),
         "mailbox",
         "test2-virtual2",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"uid":5003}}"#,
-    ]))
+    )
     .expect("patch uid");
     wait_provisioned(&ns, "test2-virtual2", ("False", "OwnerMismatch"));
     let reply = wait_for("delivery to defer after the uid change", WAIT, || {
-        let r = lmtp(&lmtp_socket, "test2@virtual2.test", "after uid change");
+        let r = deliver_once(&lmtp_socket, "test2@virtual2.test", "after uid change");
         r.starts_with('4').then_some(r)
     });
     assert!(reply.contains("4.2.0"), "{reply}");
@@ -156,7 +143,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     // Deleting a Mailbox: lookups say NOTFOUND, the data stays.
     run(ns.kubectl().args(["delete", "mailbox", "test1-virtual1"])).expect("delete mailbox");
     wait_for("socketmap to forget test1", WAIT, || {
-        (socketmap(&map_socket, "mailbox test1@virtual1.test").as_deref() == Some("NOTFOUND "))
+        (query_once(&map_socket, "mailbox test1@virtual1.test").as_deref() == Some("NOTFOUND "))
             .then_some(())
     });
     assert!(

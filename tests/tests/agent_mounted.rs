@@ -8,10 +8,13 @@
 use std::time::Duration;
 
 use virtmail_crds::encoding;
-use virtmail_tests::agent::{self, lmtp, socketmap};
-use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::agent;
+use virtmail_tests::cluster::{TestNamespace, cluster, merge_patch, run};
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::kubelet::{self, ProjectedVolume};
+use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::{http_get, wait_for};
+use virtmail_tests::socketmap::query_once;
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -42,14 +45,12 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     let ns = cluster().namespace("agent-mounted");
     ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail"))
         .expect("example 1");
-    run(ns.kubectl().args([
-        "patch",
+    merge_patch(
+        ns.kubectl(),
         "mailserver",
         "mail",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"agent":{"directorySource":"MountedFiles"}}}"#,
-    ]))
+    )
     .expect("MountedFiles");
     let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
     let sts = wait_for("the StatefulSet with the directory volume", WAIT, || {
@@ -87,14 +88,14 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
 
     // Served from the volume: lookups, provisioning and delivery.
     wait_for("test1 in the mounted directory", WAIT, || {
-        socketmap(map_socket, "mailbox test1@virtual1.test").filter(|r| r.starts_with("OK "))
+        query_once(map_socket, "mailbox test1@virtual1.test").filter(|r| r.starts_with("OK "))
     });
     assert_eq!(
-        socketmap(map_socket, "mailbox nobody@virtual1.test").as_deref(),
+        query_once(map_socket, "mailbox nobody@virtual1.test").as_deref(),
         Some("NOTFOUND ")
     );
     let reply = wait_for("a delivery to test1", WAIT, || {
-        let reply = lmtp(
+        let reply = deliver_once(
             lmtp_socket,
             "test1@virtual1.test",
             "Subject: mounted\r\n\r\nhi\r\n",
@@ -112,12 +113,13 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     assert!(metrics.contains(&version_before), "{metrics}");
 
     // A new Mailbox reaches the agent through the next payload.
-    ns.apply(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata:\n  name: fresh\nspec:\n  address: fresh@virtual1.test\n  path: virtual1.test/fresh/\n  uid: 5005\n  gid: 5005\n",
-    )
+    ns.apply(&mailbox(
+        "fresh",
+        "address: fresh@virtual1.test, path: virtual1.test/fresh/, uid: 5005, gid: 5005",
+    ))
     .expect("new mailbox");
     wait_for("fresh@ after a kubelet swap", WAIT, || {
-        socketmap(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
+        query_once(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
     });
     assert!(
         volume.writes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
@@ -128,18 +130,16 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     // it; the agent never serves the edited content (its hash does not match the head).
     let shard = shard_names(&ns).into_iter().next().expect("a shard");
     let want = data_hash_of(&ns, &shard);
-    run(ns.kubectl().args([
-        "patch",
+    merge_patch(
+        ns.kubectl(),
         "configmap",
         &shard,
-        "--type=merge",
-        "-p",
         r#"{"data":{"mailboxes.jsonl":"{\"address\":\"evil@virtual1.test\"}\n"}}"#,
-    ]))
+    )
     .expect("hand edit");
     wait_for("the operator to restore the edited shard", WAIT, || {
         assert_eq!(
-            socketmap(map_socket, "mailbox evil@virtual1.test").as_deref(),
+            query_once(map_socket, "mailbox evil@virtual1.test").as_deref(),
             Some("NOTFOUND "),
             "the edited shard is never served"
         );
@@ -153,11 +153,11 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
     });
     // Throughout, the agent kept answering from a verified version.
     assert_eq!(
-        socketmap(map_socket, "mailbox evil@virtual1.test").as_deref(),
+        query_once(map_socket, "mailbox evil@virtual1.test").as_deref(),
         Some("NOTFOUND ")
     );
     wait_for("fresh@ still served after the faults", WAIT, || {
-        socketmap(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
+        query_once(map_socket, "mailbox fresh@virtual1.test").filter(|r| r.starts_with("OK "))
     });
     let log = agent.process.log();
     assert!(

@@ -7,9 +7,12 @@
 
 use std::time::Duration;
 
-use virtmail_tests::agent::{self, lmtp, socketmap};
+use virtmail_tests::agent;
 use virtmail_tests::cluster::{self, cluster, run};
+use virtmail_tests::fixtures::mailbox;
+use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::process::wait_for;
+use virtmail_tests::socketmap::query_once;
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -42,7 +45,7 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
     let mut operator = operator::start(ns.name(), &lease);
     let agent = agent::start(ns.name(), "mail");
     wait_for("the agent to serve the directory", WAIT, || {
-        socketmap(&agent.socketmap, "mailbox test2@virtual2.test").filter(|r| r.starts_with("OK "))
+        query_once(&agent.socketmap, "mailbox test2@virtual2.test").filter(|r| r.starts_with("OK "))
     });
 
     cluster_script("stop-apiserver");
@@ -56,10 +59,10 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
     // Fail static: lookups and deliveries go on with the last verified directory.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        socketmap(&agent.socketmap, "mailbox test2@virtual2.test")
+        query_once(&agent.socketmap, "mailbox test2@virtual2.test")
             .is_some_and(|r| r.starts_with("OK "))
     );
-    let reply = lmtp(
+    let reply = deliver_once(
         &agent.lmtp,
         "test2@virtual2.test",
         "delivered while the apiserver is down",
@@ -71,19 +74,17 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
     // controller-runtime's do, and its pod is restarted by the kubelet; stand in for the kubelet.
     operator::restart_if_lease_lost(&mut operator, ns.name(), &lease);
     // A change after the restart flows through operator and agent again.
-    ns.apply(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: late}\nspec: {address: late@virtual2.test}\n",
-    )
-    .expect("apply a new Mailbox");
+    ns.apply(&mailbox("late", "address: late@virtual2.test"))
+        .expect("apply a new Mailbox");
     wait_for(
         "the new mailbox to reach the agent after the restart",
         WAIT,
         || {
-            socketmap(&agent.socketmap, "mailbox late@virtual2.test")
+            query_once(&agent.socketmap, "mailbox late@virtual2.test")
                 .filter(|r| r.starts_with("OK "))
         },
     );
-    let reply = lmtp(&agent.lmtp, "late@virtual2.test", "after the restart");
+    let reply = deliver_once(&agent.lmtp, "late@virtual2.test", "after the restart");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     let delivered = std::fs::read_dir(agent.base.join("virtual2.test/late/new"))
         .expect("new/")
@@ -100,16 +101,14 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
         assert!(status.success(), "tools/cluster.sh restart-etcd 5 failed");
     });
     std::thread::sleep(Duration::from_secs(2));
-    let reply = lmtp(&agent.lmtp, "late@virtual2.test", "while etcd is down");
+    let reply = deliver_once(&agent.lmtp, "late@virtual2.test", "while etcd is down");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     restart.join().expect("restart-etcd");
     operator::restart_if_lease_lost(&mut operator, ns.name(), &lease);
-    ns.apply(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: after-etcd}\nspec: {address: after-etcd@virtual2.test}\n",
-    )
-    .expect("apply a Mailbox after the etcd restart");
+    ns.apply(&mailbox("after-etcd", "address: after-etcd@virtual2.test"))
+        .expect("apply a Mailbox after the etcd restart");
     wait_for("the new mailbox after the etcd restart", WAIT, || {
-        socketmap(&agent.socketmap, "mailbox after-etcd@virtual2.test")
+        query_once(&agent.socketmap, "mailbox after-etcd@virtual2.test")
             .filter(|r| r.starts_with("OK "))
     });
     assert_eq!(

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::fixtures::resource;
 use virtmail_tests::workspace_root;
 
 const CRDS: [&str; 4] = [
@@ -146,16 +147,11 @@ fn every_example_applies_and_reads_back() {
     }
 }
 
-fn mailbox(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata:\n  name: {name}\nspec: {spec}\n"
-    )
-}
-
 #[test]
 fn bad_mailboxes_are_rejected_with_the_expected_message() {
     let ns = cluster().namespace("bad-mailbox");
-    ns.apply(&mailbox(
+    ns.apply(&resource(
+        "Mailbox",
         "good",
         "{address: good@example.test, format: Mbox, path: example.test/good}",
     ))
@@ -182,7 +178,7 @@ fn bad_mailboxes_are_rejected_with_the_expected_message() {
         ("root-uid", "{address: d@example.test, uid: 0}", "spec.uid"),
     ];
     for (name, spec, message) in cases {
-        match ns.apply(&mailbox(name, spec)) {
+        match ns.apply(&resource("Mailbox", name, spec)) {
             Ok(out) => panic!("Mailbox {name} {spec} was accepted: {out}"),
             Err(e) => assert!(
                 e.stderr.contains(message),
@@ -202,11 +198,7 @@ fn bad_mailboxes_are_rejected_with_the_expected_message() {
 #[test]
 fn replicas_above_one_need_a_shared_claim() {
     let ns = cluster().namespace("replicas-claim");
-    let server = |name: &str, spec: &str| {
-        format!(
-            "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: {name}}}\nspec: {spec}\n"
-        )
-    };
+    let server = |name: &str, spec: &str| resource("MailServer", name, spec);
     let err = ns
         .apply(&server("split", "{replicas: 2}"))
         .expect_err("two replicas with a claim template");
@@ -227,7 +219,8 @@ fn replicas_above_one_need_a_shared_claim() {
 #[test]
 fn kubectl_get_mbx_shows_the_printer_columns() {
     let ns = cluster().namespace("printer-columns");
-    ns.apply(&mailbox(
+    ns.apply(&resource(
+        "Mailbox",
         "alice",
         "{address: alice@example.test, format: Maildir, uid: 5000}",
     ))
@@ -319,8 +312,12 @@ fn the_agent_identity_is_denied_secrets() {
 #[test]
 fn a_failing_test_namespace_dump_shows_its_objects() {
     let ns = cluster().namespace("dump");
-    ns.apply(&mailbox("dumped", "{address: dumped@example.test}"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    ns.apply(&resource(
+        "Mailbox",
+        "dumped",
+        "{address: dumped@example.test}",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
     let labels = ns.get_json("namespace", ns.name());
     assert_eq!(
         labels["metadata"]["labels"]["virtmail.io/test"], "dump",

@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use virtmail_crds::resources::MailboxFormat;
-use virtmail_tests::cluster::{self, cluster, run, run_with_stdin};
+use virtmail_tests::cluster::{self, cluster, condition, merge_patch, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, MailboxOnDisk, Options, WAIT};
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::mail;
 use virtmail_tests::process::wait_for;
 use virtmail_tests::{operator, workspace_root};
@@ -58,16 +59,6 @@ fn get_json(resource: &str, name: &str) -> Value {
     let out = run(kubectl().args(["get", resource, name, "-o", "json"]))
         .unwrap_or_else(|e| panic!("{resource}/{name}: {e}"));
     serde_json::from_str(&out).expect("JSON")
-}
-
-/// (status, reason, message) of condition `kind`.
-fn condition(object: &Value, kind: &str) -> Option<(String, String, String)> {
-    let c = object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)?;
-    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
-    Some((s("status"), s("reason"), s("message")))
 }
 
 /// Wait until Mailbox `name` reports `Provisioned` with `status` and one of `reasons`; returns
@@ -320,14 +311,12 @@ fn kubectl_changes_reach_postfix_and_the_volume_and_an_apiserver_outage_keeps_ma
     step(started, "uid change");
     // --- a Mailbox's uid changes → deliveries defer (owner mismatch) until the volume is fixed,
     // and the status says why.
-    run(kubectl().args([
-        "patch",
+    merge_patch(
+        kubectl(),
         "mailbox",
         "test2-virtual2",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"uid":5003}}"#,
-    ]))
+    )
     .expect("patch the uid");
     let why = wait_provisioned("test2-virtual2", "False", &["OwnerMismatch"]);
     assert!(why.contains("5002") && why.contains("5003"), "{why}");
@@ -422,8 +411,10 @@ fn kubectl_changes_reach_postfix_and_the_volume_and_an_apiserver_outage_keeps_ma
     operator::restart_if_lease_lost(&mut operator, NS, "e2e");
     run_with_stdin(
         kubectl().args(["apply", "-f", "-"]),
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: late-virtual2}\n\
-         spec: {address: late@virtual2.test, format: Maildir, path: late/, uid: 5004, gid: 5004}\n",
+        &mailbox(
+            "late-virtual2",
+            "address: late@virtual2.test, format: Maildir, path: late/, uid: 5004, gid: 5004",
+        ),
     )
     .expect("apply a new Mailbox after the restart");
     let accepted = wait_for("RCPT to the new mailbox to be accepted", WAIT, || {

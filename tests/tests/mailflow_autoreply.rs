@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use virtmail_tests::fixtures::{mail_domain, mail_server, mailbox, resource, stream};
 use virtmail_tests::mail::{self, message};
 use virtmail_tests::mailstack::MailStack;
 use virtmail_tests::process::wait_for;
@@ -15,13 +16,12 @@ const ALICE: &str = "alice@remote.test";
 const CAROL: &str = "carol@remote.test";
 
 fn remote() -> MailStack {
-    MailStack::resources(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: remote}\nspec: {}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: remote}\n\
-         spec: {domain: remote.test, postmaster: alice@remote.test, defaults: {uid: 5003, gid: 5003}}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: alice}\nspec: {address: alice@remote.test}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: carol}\nspec: {address: carol@remote.test}\n",
-    )
+    MailStack::resources(&stream([
+        mail_server("remote", ""),
+        mail_domain("remote", "remote.test", ALICE, 5003, ""),
+        mailbox("alice", &format!("address: {ALICE}")),
+        mailbox("carol", &format!("address: {CAROL}")),
+    ]))
     // Another name than the answering stack's Postfix, or its smtp client would see mail
     // "loop back to myself".
     .postfix_param("myhostname", "mx.remote.test")
@@ -29,17 +29,29 @@ fn remote() -> MailStack {
 }
 
 fn away(relay_port: u16) -> MailStack {
-    MailStack::resources(&format!(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\n\
-         spec: {{outbound: {{relayHost: '[127.0.0.1]:{relay_port}'}}}}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: domain}}\n\
-         spec: {{domain: domain.test, postmaster: user@domain.test, defaults: {{uid: 5000, gid: 5000}}}}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: user}}\n\
-         spec:\n  address: {AWAY}\n  format: Mbox\n  autoreply:\n    subject: Away\n    body: |\n      I am away until Monday.\n      .\n      Mail is read then.\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: desk}}\n\
-         spec: {{address: {DESK}, format: Maildir, autoreply: {{body: Closed today.}}}}\n"
-    ))
+    MailStack::resources(&stream([
+        mail_server(
+            "mail",
+            &format!("outbound: {{relayHost: '[127.0.0.1]:{relay_port}'}}"),
+        ),
+        away_domain(),
+        resource(
+            "Mailbox",
+            "user",
+            &format!(
+                "\n  address: {AWAY}\n  format: Mbox\n  autoreply:\n    subject: Away\n    body: |\n      I am away until Monday.\n      .\n      Mail is read then."
+            ),
+        ),
+        mailbox(
+            "desk",
+            &format!("address: {DESK}, format: Maildir, autoreply: {{body: Closed today.}}"),
+        ),
+    ]))
     .start()
+}
+
+fn away_domain() -> String {
+    mail_domain("domain", "domain.test", AWAY, 5000, "")
 }
 
 /// Wait until the agent has logged `line` `n` times.
@@ -198,13 +210,14 @@ fn automatic_bulk_list_and_blind_copies_are_delivered_but_never_answered() {
 
 #[test]
 fn without_an_outbound_path_the_autoreply_is_refused_and_mail_still_delivered() {
-    let stack = MailStack::resources(&format!(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\nspec: {{}}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: domain}}\n\
-         spec: {{domain: domain.test, postmaster: user@domain.test, defaults: {{uid: 5000, gid: 5000}}}}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: user}}\n\
-         spec: {{address: {AWAY}, autoreply: {{body: away}}}}\n"
-    ))
+    let stack = MailStack::resources(&stream([
+        mail_server("mail", ""),
+        away_domain(),
+        mailbox(
+            "user",
+            &format!("address: {AWAY}, autoreply: {{body: away}}"),
+        ),
+    ]))
     .start();
     assert!(
         stack.directory().mailboxes[AWAY].autoreply.is_none(),

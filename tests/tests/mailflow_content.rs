@@ -2,38 +2,20 @@
 //! 8-bit and SMTPUTF8 mail, lines starting with `From ` and `.`, over-long lines, a message
 //! without a final newline (through `virtmail-agent deliver`: SMTP cannot carry one), 20 MB.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
+use virtmail_tests::delivery::deliver_command;
+use virtmail_tests::fixtures::{alice_and_bob, stream};
 use virtmail_tests::mail::{self, message};
 use virtmail_tests::mailstack::MailStack;
-use virtmail_tests::process::binary;
+use virtmail_tests::process::{binary, output_with_input};
 
 const SENDER: &str = "sender@remote.test";
 /// One Maildir and one mbox recipient for every message.
 const RCPTS: [&str; 2] = ["alice@example.test", "bob@example.test"];
 
-const RESOURCES: &str = "\
-apiVersion: virtmail.io/v1alpha1
-kind: MailServer
-metadata: {name: mail}
-spec: {mailboxSizeLimit: 60000000}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailDomain
-metadata: {name: example}
-spec: {domain: example.test, postmaster: alice@example.test, defaults: {uid: 5000, gid: 5000}}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: alice}
-spec: {address: alice@example.test, format: Maildir}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: bob}
-spec: {address: bob@example.test, format: Mbox}
-";
+/// Room for the 20 MB message in the mbox.
+fn resources() -> String {
+    stream(alice_and_bob("mailboxSizeLimit: 60000000"))
+}
 
 fn deliver_both(stack: &MailStack, sender: &str, params: &str, sent: &[u8]) {
     let result = mail::send(stack.smtp_port(), sender, params, &RCPTS, sent);
@@ -45,7 +27,7 @@ fn deliver_both(stack: &MailStack, sender: &str, params: &str, sent: &[u8]) {
 
 #[test]
 fn eight_bit_body_and_headers_arrive_byte_for_byte() {
-    let stack = MailStack::resources(RESOURCES).start();
+    let stack = MailStack::resources(&resources()).start();
     let mut body = b"caf\xc3\xa9 in UTF-8, caf\xe9 in Latin-1, a NUL-free \x80\xff mix\n".to_vec();
     body.extend_from_slice(b"tab\tand trailing spaces   \n");
     let sent = message(
@@ -60,7 +42,7 @@ fn eight_bit_body_and_headers_arrive_byte_for_byte() {
 
 #[test]
 fn smtputf8_sender_and_headers_arrive_byte_for_byte() {
-    let stack = MailStack::resources(RESOURCES).start();
+    let stack = MailStack::resources(&resources()).start();
     let sender = "δοκιμή@παράδειγμα.test";
     let sent = message(
         sender,
@@ -80,7 +62,7 @@ fn smtputf8_sender_and_headers_arrive_byte_for_byte() {
 
 #[test]
 fn from_and_dot_lines_are_kept_with_mboxo_quoting_only_in_mbox() {
-    let stack = MailStack::resources(RESOURCES).start();
+    let stack = MailStack::resources(&resources()).start();
     let sent = message(
         SENDER,
         RCPTS[0],
@@ -100,7 +82,7 @@ fn from_and_dot_lines_are_kept_with_mboxo_quoting_only_in_mbox() {
 
 #[test]
 fn lines_longer_than_998_characters_are_not_split() {
-    let stack = MailStack::resources(RESOURCES).start();
+    let stack = MailStack::resources(&resources()).start();
     let mut body = Vec::new();
     body.extend_from_slice(&vec![b'a'; 999]);
     body.push(b'\n');
@@ -114,24 +96,16 @@ fn lines_longer_than_998_characters_are_not_split() {
 
 #[test]
 fn message_without_final_newline_gets_one_through_deliver() {
-    let stack = MailStack::resources(RESOURCES).start();
+    let stack = MailStack::resources(&resources()).start();
     let sent = message(SENDER, RCPTS[0], "no final newline", "", b"last line");
     assert!(!sent.ends_with(b"\n"));
-    let mut child = Command::new(binary("virtmail-agent"))
-        .arg("deliver")
-        .arg("--resources")
-        .arg(stack.resources_dir())
-        .arg("--mailbox-base")
-        .arg(stack.base())
-        .args(["-f", SENDER])
-        .args(RCPTS)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run virtmail-agent deliver");
-    child.stdin.take().unwrap().write_all(&sent).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut command = deliver_command(
+        &binary("virtmail-agent"),
+        &stack.resources_dir(),
+        &stack.base(),
+    );
+    command.args(["-f", SENDER]).args(RCPTS);
+    let out = output_with_input(&mut command, &sent);
     assert!(
         out.status.success(),
         "deliver: {}{}",
@@ -163,7 +137,7 @@ fn message_without_final_newline_gets_one_through_deliver() {
 fn twenty_megabyte_message_is_delivered_whole() {
     // The profile caps message_size_limit at Postfix's default (10240000) whatever the
     // mailboxSizeLimit; a MailServer raises it with spec.postfix.parameters, as here.
-    let stack = MailStack::resources(RESOURCES)
+    let stack = MailStack::resources(&resources())
         .postfix_param("message_size_limit", "30000000")
         .start();
     let line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ab\n";

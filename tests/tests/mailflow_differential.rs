@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use virtmail_crds::resources::MailboxFormat;
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::mail::{self, message};
 use virtmail_tests::mailstack::{MailStack, stored_messages};
 use virtmail_tests::postfix::{self, Postfix, free_port};
@@ -282,16 +283,16 @@ fn alias_expansion_gives_the_same_x_original_to_as_virtual8() {
 }
 
 /// Postfix's smtpd takes a UTF-8 envelope from a client that never said SMTPUTF8 and hands it on
-/// without SMTPUTF8; virtual(8) delivers it, so the agent, the last hop, must too (it used to
-/// answer 553 5.6.7 and Postfix bounced the message).
+/// without SMTPUTF8; virtual(8) delivers it, so the agent, the last hop, must too (a 553 5.6.7
+/// would make Postfix bounce the message).
 #[test]
 fn utf8_envelope_without_smtputf8_is_delivered_as_virtual8_does() {
     let stack = MailStack::example("1-virtual-for-all-mail")
         .resource(
             "utf8.yaml",
-            &format!(
-                "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: utf8}}\n\
-                 spec: {{address: {UTF8_RECIPIENT}, path: utf8/, uid: 5001, gid: 5001}}\n"
+            &mailbox(
+                "utf8",
+                &format!("address: {UTF8_RECIPIENT}, path: utf8/, uid: 5001, gid: 5001"),
             ),
         )
         .start();

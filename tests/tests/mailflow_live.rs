@@ -3,34 +3,23 @@
 
 use std::time::{Duration, Instant};
 
+use virtmail_tests::fixtures::{mail_domain, mail_server, mailbox, stream};
 use virtmail_tests::mail::{self, message};
 use virtmail_tests::mailstack::MailStack;
 
 const SENDER: &str = "sender@remote.test";
 
-const RESOURCES: &str = "\
-apiVersion: virtmail.io/v1alpha1
-kind: MailServer
-metadata: {name: mail}
-spec: {}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailDomain
-metadata: {name: example}
-spec: {domain: example.test, postmaster: alice@example.test, defaults: {uid: 5000, gid: 5000}}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: alice}
-spec: {address: alice@example.test, format: Maildir}
-";
+fn resources() -> String {
+    stream([
+        mail_server("mail", ""),
+        mail_domain("example", "example.test", "alice@example.test", 5000, ""),
+        mailbox("alice", "address: alice@example.test, format: Maildir"),
+    ])
+}
 
-const NEWBIE: &str = "\
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: newbie}
-spec: {address: newbie@example.test, format: Maildir}
-";
+fn newbie() -> String {
+    mailbox("newbie", "address: newbie@example.test, format: Maildir")
+}
 
 /// RCPT reply code for `rcpt` in a fresh session (RSET, no mail sent).
 fn rcpt_code(stack: &MailStack, rcpt: &str) -> u16 {
@@ -50,13 +39,13 @@ fn master_pid(stack: &MailStack) -> String {
 
 #[test]
 fn added_mailbox_is_accepted_within_2s_and_removed_one_rejected_with_its_mail_kept() {
-    let stack = MailStack::resources(RESOURCES).start();
+    let stack = MailStack::resources(&resources()).start();
     let pid = master_pid(&stack);
     let config = std::fs::read(stack.postfix().config_dir().join("main.cf")).unwrap();
     assert_eq!(rcpt_code(&stack, "newbie@example.test"), 550);
 
     // Add the Mailbox file: accepted at RCPT within 2 s.
-    std::fs::write(stack.resources_dir().join("newbie.yaml"), NEWBIE).unwrap();
+    std::fs::write(stack.resources_dir().join("newbie.yaml"), newbie()).unwrap();
     stack.resources_changed();
     let added = Instant::now();
     loop {

@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
+use virtmail_tests::fixtures::{mail_domain, mail_server, mailbox, stream};
 use virtmail_tests::mail::message;
 use virtmail_tests::mailstack::MailStack;
 
@@ -38,15 +39,15 @@ fn standalone_agent_provisions_mailboxes_on_an_empty_base() {
 /// to both lands and reads back through Dovecot.
 #[test]
 fn maildir_and_dotlocked_mbox_share_a_domain_directory() {
-    let stack = MailStack::resources(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: d}\n\
-         spec: {domain: mixed.test, postmaster: alice@mixed.test, defaults: {uid: 5000, gid: 5000}}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: alice}\n\
-         spec: {address: alice@mixed.test, format: Maildir}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: bob}\n\
-         spec: {address: bob@mixed.test, format: Mbox, uid: 5001, gid: 5001}\n",
-    )
+    let stack = MailStack::resources(&stream([
+        mail_server("mail", ""),
+        mail_domain("d", "mixed.test", "alice@mixed.test", 5000, ""),
+        mailbox("alice", "address: alice@mixed.test, format: Maildir"),
+        mailbox(
+            "bob",
+            "address: bob@mixed.test, format: Mbox, uid: 5001, gid: 5001",
+        ),
+    ]))
     .admin_layout(false)
     .start();
     for rcpt in ["alice@mixed.test", "bob@mixed.test"] {

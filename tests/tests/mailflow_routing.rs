@@ -3,54 +3,37 @@
 
 use std::time::Duration;
 
+use virtmail_tests::fixtures::{alice_and_bob, mail_alias, mail_domain, mailbox, stream};
 use virtmail_tests::mail::message;
 use virtmail_tests::mailstack::MailStack;
 use virtmail_tests::process::wait_for;
 
 const SENDER: &str = "sender@remote.test";
 
-const RESOURCES: &str = "\
-apiVersion: virtmail.io/v1alpha1
-kind: MailServer
-metadata: {name: mail}
-spec: {}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailDomain
-metadata: {name: example}
-spec: {domain: example.test, postmaster: alice@example.test, defaults: {uid: 5000, gid: 5000}}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailDomain
-metadata: {name: catchall}
-spec: {domain: catchall.test, postmaster: info@catchall.test, catchAll: info, defaults: {uid: 5001, gid: 5001}}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: alice}
-spec: {address: alice@example.test, format: Maildir}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: bob}
-spec: {address: bob@example.test, format: Mbox}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: info}
-spec: {address: info@catchall.test}
-";
+/// alice (Maildir) and bob (mbox) at example.test; catchall.test, whose catch-all is info.
+fn resources() -> Vec<String> {
+    let mut manifests = alice_and_bob("");
+    manifests.push(mail_domain(
+        "catchall",
+        "catchall.test",
+        "info@catchall.test",
+        5001,
+        "catchAll: info",
+    ));
+    manifests.push(mailbox("info", "address: info@catchall.test"));
+    manifests
+}
 
-const CAROL: &str = "\
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: carol}
-spec: {address: carol@example.test, format: Maildir, suspended: true}
-";
+fn carol(suspended: bool) -> String {
+    mailbox(
+        "carol",
+        &format!("address: carol@example.test, format: Maildir, suspended: {suspended}"),
+    )
+}
 
 #[test]
 fn unknown_user_is_rejected_at_rcpt_while_the_other_recipients_get_their_copies() {
-    let stack = MailStack::resources(RESOURCES).start();
+    let stack = MailStack::resources(&stream(resources())).start();
     let rcpts = [
         "alice@example.test",
         "nobody@example.test",
@@ -86,7 +69,7 @@ fn unknown_user_is_rejected_at_rcpt_while_the_other_recipients_get_their_copies(
 
 #[test]
 fn extension_goes_to_the_user_and_unknown_locals_to_the_catch_all() {
-    let stack = MailStack::resources(RESOURCES).start();
+    let stack = MailStack::resources(&stream(resources())).start();
     let sent = message(
         SENDER,
         "alice+lists@example.test",
@@ -130,8 +113,8 @@ fn extension_goes_to_the_user_and_unknown_locals_to_the_catch_all() {
 
 #[test]
 fn suspended_mailbox_is_deferred_by_postfix_and_delivered_after_resume() {
-    let stack = MailStack::resources(RESOURCES)
-        .resource("carol.yaml", CAROL)
+    let stack = MailStack::resources(&stream(resources()))
+        .resource("carol.yaml", &carol(true))
         .start();
     let sent = message(
         SENDER,
@@ -157,11 +140,7 @@ fn suspended_mailbox_is_deferred_by_postfix_and_delivered_after_resume() {
         "carol's mail waits in the queue"
     );
 
-    std::fs::write(
-        stack.resources_dir().join("carol.yaml"),
-        CAROL.replace("suspended: true", "suspended: false"),
-    )
-    .unwrap();
+    std::fs::write(stack.resources_dir().join("carol.yaml"), carol(false)).unwrap();
     stack.resources_changed();
     // Give the agent its reload (~0.5 s), then retry the queue now.
     std::thread::sleep(Duration::from_millis(1500));
@@ -176,25 +155,25 @@ fn suspended_mailbox_is_deferred_by_postfix_and_delivered_after_resume() {
     stack.wait_queue_empty();
 }
 
-const PATTERNS: &str = "\
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailAlias
-metadata: {name: sales}
-spec: {address: '@catchall.test', pattern: 'sales-[a-z]+', to: [alice@example.test]}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailAlias
-metadata: {name: broken}
-spec: {address: '@catchall.test', pattern: 'support-(', to: [bob@example.test]}
-";
+fn patterns() -> [String; 2] {
+    [
+        mail_alias(
+            "sales",
+            "address: '@catchall.test', pattern: 'sales-[a-z]+', to: [alice@example.test]",
+        ),
+        mail_alias(
+            "broken",
+            "address: '@catchall.test', pattern: 'support-(', to: [bob@example.test]",
+        ),
+    ]
+}
 
 /// A pattern alias through Postfix's socketmap lookups: a matching local part (any case, with an
 /// extension) goes to its target with X-Original-To as sent; an exact mailbox still wins, and
 /// what no pattern matches falls to the domain's catch-all. An invalid pattern is not served.
 #[test]
 fn pattern_aliases_route_between_exact_addresses_and_the_catch_all() {
-    let stack = MailStack::resources(&format!("{RESOURCES}{PATTERNS}")).start();
+    let stack = MailStack::resources(&stream(resources().into_iter().chain(patterns()))).start();
     for rcpt in ["sales-eu@catchall.test", "Sales-Asia+x@catchall.test"] {
         let sent = message(SENDER, rcpt, "pattern", "", b"to sales\n");
         stack.send(SENDER, &[rcpt], &sent).assert_accepted();

@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use virtmail_tests::cluster::{TestNamespace, run, run_with_stdin};
+use virtmail_tests::cluster::{TestNamespace, condition, run, run_with_stdin};
+use virtmail_tests::fixtures::{mail_domain, mail_server, mailbox, resource, stream};
 use virtmail_tests::mail::{self, Smtp};
 use virtmail_tests::node::{self, apply, eventually, helm, volume_of, wait_for};
 use virtmail_tests::workspace_root;
@@ -78,20 +79,6 @@ fn pod_ip(ns: &TestNamespace, pod: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("pod {pod} has no IP"))
         .to_string()
-}
-
-fn condition(object: &Value, type_: &str) -> Option<(String, String, String)> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_string(),
-                c["reason"].as_str().unwrap_or_default().to_string(),
-                c["message"].as_str().unwrap_or_default().to_string(),
-            )
-        })
 }
 
 /// Waits until the object's condition has this status and reason; returns its message.
@@ -444,14 +431,13 @@ spec:
 #[test]
 fn a_domain_two_servers_select_is_served_by_the_older_one_until_it_goes() {
     let ns = node::mail_namespace("node-two-servers");
-    let server = |name: &str| {
-        format!(
-            "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: {name}}}\nspec: {{replicas: 0}}\n"
-        )
-    };
+    let server = |name: &str| mail_server(name, "replicas: 0");
     apply(
         &ns,
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: shared}\nspec: {domain: shared.test, postmaster: a@shared.test, defaults: {uid: 5000, gid: 5000}}\n---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: a}\nspec: {address: a@shared.test}\n",
+        &stream([
+            mail_domain("shared", "shared.test", "a@shared.test", 5000, ""),
+            mailbox("a", "address: a@shared.test"),
+        ]),
     );
     apply(&ns, &server("older"));
     wait_condition(
@@ -534,11 +520,7 @@ fn refused(ns: &TestNamespace, yaml: &str) -> String {
 #[test]
 fn admission_and_status_refuse_what_cannot_work_and_scale_works() {
     let ns = node::mail_namespace("node-status");
-    let server = |name: &str, spec: &str| {
-        format!(
-            "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: {name}}}\nspec:\n{spec}"
-        )
-    };
+    let server = |name: &str, spec: &str| resource("MailServer", name, &format!("\n{spec}"));
     for (spec, says) in [
         ("  agent: {logFormat: xml}\n", "logFormat is text or json"),
         (

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use virtmail_tests::cluster::{TestNamespace, run};
+use virtmail_tests::cluster::{TestNamespace, merge_patch, run};
 use virtmail_tests::dovecot::{Format, User};
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::mail::{self, Smtp};
 use virtmail_tests::node::{
     self, apply, eventually, exec, helm, restricted_namespace, uninstall, volume_of, wait_for,
@@ -276,7 +277,10 @@ fn a_mailbox_created_or_edited_is_served_by_the_pod_within_two_seconds() {
     let created = Instant::now();
     apply(
         &server.ns,
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: new}\nspec: {address: new@virtual2.test, format: Maildir, uid: 5003, gid: 5003}\n",
+        &mailbox(
+            "new",
+            "address: new@virtual2.test, format: Maildir, uid: 5003, gid: 5003",
+        ),
     );
     let served = eventually(
         "the new Mailbox accepted at RCPT",
@@ -289,14 +293,12 @@ fn a_mailbox_created_or_edited_is_served_by_the_pod_within_two_seconds() {
 
     // A new address for the same mailbox.
     let edited_at = Instant::now();
-    run(server.ns.kubectl().args([
-        "patch",
+    merge_patch(
+        server.ns.kubectl(),
         "mailbox",
         "new",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"address":"renamed@virtual2.test"}}"#,
-    ]))
+    )
     .unwrap();
     let edited = eventually(
         "the edited address accepted at RCPT",

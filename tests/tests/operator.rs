@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use virtmail_crds::{compile, encoding, manifests};
-use virtmail_tests::cluster::{TestNamespace, cluster, run};
+use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, merge_patch, run};
+use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::postfix::free_port;
 use virtmail_tests::process::{http_get, wait_for};
 use virtmail_tests::{operator, workspace_root};
@@ -38,29 +39,13 @@ fn wait_version(ns: &TestNamespace, server: &str, want: &str) {
 
 /// Edit a Mailbox's spec (suspend it): a change that moves the directory to a new version.
 fn suspend(ns: &TestNamespace, mailbox: &str) {
-    run(ns.kubectl().args([
-        "patch",
+    merge_patch(
+        ns.kubectl(),
         "mailbox",
         mailbox,
-        "--type=merge",
-        "-p",
         r#"{"spec":{"suspended":true}}"#,
-    ]))
+    )
     .expect("patch");
-}
-
-fn condition(object: &Value, kind: &str) -> Option<(String, String)> {
-    object
-        .pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_owned(),
-                c["reason"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
 }
 
 /// What changes when the operator writes an object: `metadata.generation` where the object has
@@ -193,7 +178,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
     // Every object reports Ready with the observed generation.
     wait_for("Mailboxes Ready", WAIT, || {
         let mbx = ns.get_json("mailbox", "test1-virtual1");
-        (condition(&mbx, "Ready") == Some(("True".into(), "Published".into()))).then_some(())
+        (condition_status(&mbx, "Ready") == Some(("True".into(), "Published".into()))).then_some(())
     });
     let mbx = ns.get_json("mailbox", "test2-virtual2");
     assert_eq!(mbx["status"]["path"], "/var/mail/vhosts/test2/");
@@ -203,7 +188,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
     );
     let server = ns.get_json("mailserver", "mail");
     assert_eq!(
-        condition(&server, "DirectoryPublished").map(|c| c.0),
+        condition_status(&server, "DirectoryPublished").map(|c| c.0),
         Some("True".into())
     );
     assert_eq!(server["status"]["mailboxes"], 2);
@@ -213,7 +198,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
     );
     let domain = ns.get_json("maildomain", "virtual1");
     assert_eq!(
-        condition(&domain, "Ready"),
+        condition_status(&domain, "Ready"),
         Some(("True".into(), "Published".into()))
     );
     assert_eq!(domain["status"]["mailboxes"], 1);
@@ -352,9 +337,10 @@ fn invalid_and_conflicting_objects_get_their_reasons_while_the_rest_works() {
         "{refused}"
     );
     // Two conflicting mailboxes, the second newer.
-    ns.apply(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: ok-again}\nspec: {address: OK@example.test, uid: 5000, gid: 5000, path: other/ok/}\n",
-    )
+    ns.apply(&mailbox(
+        "ok-again",
+        "address: OK@example.test, uid: 5000, gid: 5000, path: other/ok/",
+    ))
     .expect("apply conflicting mailbox");
     let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
     let expect = [
@@ -369,7 +355,8 @@ fn invalid_and_conflicting_objects_get_their_reasons_while_the_rest_works() {
             WAIT,
             || {
                 let mbx = ns.get_json("mailbox", name);
-                (condition(&mbx, "Ready") == Some((status.into(), reason.into()))).then_some(())
+                (condition_status(&mbx, "Ready") == Some((status.into(), reason.into())))
+                    .then_some(())
             },
         );
     }
@@ -511,9 +498,8 @@ fn a_steady_stream_of_new_mailboxes_is_published_while_it_lasts() {
     // tens of seconds.
     let yaml: String = (0..1500)
         .map(|i| {
-            format!(
-                "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: s{i}}}\nspec: {{address: s{i}@virtual1.test, path: virtual1.test/s{i}/}}\n"
-            )
+            let spec = format!("address: s{i}@virtual1.test, path: virtual1.test/s{i}/");
+            format!("---\n{}", mailbox(&format!("s{i}"), &spec))
         })
         .collect();
     let creator = std::thread::spawn(move || {
@@ -621,7 +607,8 @@ fn autoreply_and_pattern_reasons_reach_the_objects() {
             WAIT,
             || {
                 let object = ns.get_json(kind, name);
-                (condition(&object, "Ready") == Some((status.into(), reason.into()))).then_some(())
+                (condition_status(&object, "Ready") == Some((status.into(), reason.into())))
+                    .then_some(())
             },
         );
     }

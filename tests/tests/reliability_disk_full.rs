@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use virtmail_tests::fixtures::{alice_and_bob, stream};
 use virtmail_tests::mail::message;
 use virtmail_tests::mailstack::MailStack;
 use virtmail_tests::reliability::without_colours;
@@ -15,28 +16,6 @@ use virtmail_tests::reliability::without_colours;
 const SENDER: &str = "sender@remote.test";
 const MAILDIR: &str = "alice@example.test";
 const MBOX: &str = "bob@example.test";
-
-const RESOURCES: &str = "\
-apiVersion: virtmail.io/v1alpha1
-kind: MailServer
-metadata: {name: mail}
-spec: {}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailDomain
-metadata: {name: example}
-spec: {domain: example.test, postmaster: alice@example.test, defaults: {uid: 5000, gid: 5000}}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: alice}
-spec: {address: alice@example.test, format: Maildir}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: bob}
-spec: {address: bob@example.test, format: Mbox}
-";
 
 /// Fill the file system of `dir` with one file until ENOSPC (as root: tmpfs keeps no reserve).
 fn fill(dir: &Path) -> std::path::PathBuf {
@@ -85,7 +64,9 @@ fn body(tag: &str) -> Vec<u8> {
 
 #[test]
 fn full_mailbox_disk_defers_452_430_and_postfix_delivers_when_space_returns() {
-    let stack = MailStack::resources(RESOURCES).base_tmpfs("8m").start();
+    let stack = MailStack::resources(&stream(alice_and_bob("")))
+        .base_tmpfs("8m")
+        .start();
     // One message each first: the Maildir and the mbox (and its journal) exist.
     for rcpt in [MAILDIR, MBOX] {
         let first = message(SENDER, rcpt, "before the disk fills", "", &body("first"));

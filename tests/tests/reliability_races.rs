@@ -22,7 +22,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -34,6 +33,8 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{RenameFlags, renameat2};
 use virtmail_crds::resources::MailboxFormat;
 use virtmail_tests::dovecot::{self, Dovecot};
+use virtmail_tests::fixtures::{mail_domain, mail_server, mailbox, stream};
+use virtmail_tests::lmtp::Lmtp;
 use virtmail_tests::mail;
 use virtmail_tests::mailstack::{split_mbox, stored_messages};
 use virtmail_tests::process::{Process, binary, wait_for};
@@ -73,32 +74,15 @@ struct Volume {
 
 /// No mailbox size limit (V29): long runs (`VIRTMAIL_RACES_ITERATIONS`) grow the mbox past the
 /// default 51,200,000 bytes.
-const RESOURCES: &str = r#"
-apiVersion: virtmail.io/v1alpha1
-kind: MailServer
-metadata: {name: mail}
-spec: {mailboxSizeLimit: 0}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailDomain
-metadata: {name: md}
-spec: {domain: md.test, postmaster: alice@md.test, defaults: {uid: 5101, gid: 5101}}
----
-apiVersion: virtmail.io/v1alpha1
-kind: MailDomain
-metadata: {name: mb}
-spec: {domain: mb.test, postmaster: bob@mb.test, defaults: {uid: 5101, gid: 5101}}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: alice}
-spec: {address: alice@md.test, format: Maildir}
----
-apiVersion: virtmail.io/v1alpha1
-kind: Mailbox
-metadata: {name: bob}
-spec: {address: bob@mb.test, format: Mbox}
-"#;
+fn manifests() -> String {
+    stream([
+        mail_server("mail", "mailboxSizeLimit: 0"),
+        mail_domain("md", "md.test", ALICE, UID, ""),
+        mail_domain("mb", "mb.test", BOB, UID, ""),
+        mailbox("alice", &format!("address: {ALICE}, format: Maildir")),
+        mailbox("bob", &format!("address: {BOB}, format: Mbox")),
+    ])
+}
 
 impl Volume {
     fn new() -> Volume {
@@ -126,7 +110,7 @@ impl Volume {
             fs::create_dir(base.join(domain)).expect("domain dir");
             mode(&base.join(domain), 0o1777);
         }
-        fs::write(resources.join("resources.yaml"), RESOURCES).expect("resources");
+        fs::write(resources.join("resources.yaml"), manifests()).expect("resources");
         Volume {
             dir,
             base,
@@ -229,79 +213,6 @@ fn outside_untouched(outside: &Path) -> Result<(), String> {
 struct Agent {
     process: Process,
     lmtp: PathBuf,
-}
-
-/// A minimal LMTP client over a unix socket (as Postfix's lmtp(8) talks to the agent).
-struct Lmtp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Lmtp {
-    fn connect(path: &Path) -> Lmtp {
-        let stream = UnixStream::connect(path)
-            .unwrap_or_else(|e| panic!("connect LMTP {}: {e}", path.display()));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .expect("timeout");
-        let mut lmtp = Lmtp {
-            reader: BufReader::new(stream.try_clone().expect("clone")),
-            writer: stream,
-        };
-        let greeting = lmtp.reply();
-        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
-        let lhlo = lmtp.command("LHLO client.races.test");
-        assert!(lhlo.starts_with("250"), "LHLO: {lhlo}");
-        lmtp
-    }
-
-    fn reply(&mut self) -> String {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            let n = self.reader.read_line(&mut line).expect("LMTP reply");
-            assert!(n > 0, "the agent closed the LMTP connection");
-            text.push_str(line.trim_end());
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return text;
-            }
-            text.push('\n');
-        }
-    }
-
-    fn command(&mut self, line: &str) -> String {
-        self.writer
-            .write_all(format!("{line}\r\n").as_bytes())
-            .expect("LMTP write");
-        self.reply()
-    }
-
-    /// One transaction; the final reply for each recipient (the RCPT reply if it was refused,
-    /// else the reply after the final dot).
-    fn deliver(&mut self, rcpts: &[&str], message: &[u8]) -> Vec<String> {
-        let mail = self.command(&format!("MAIL FROM:<{SENDER}>"));
-        assert!(mail.starts_with("250"), "MAIL: {mail}");
-        let mut replies: Vec<Option<String>> = rcpts
-            .iter()
-            .map(|r| {
-                let reply = self.command(&format!("RCPT TO:<{r}>"));
-                (!reply.starts_with("250")).then_some(reply)
-            })
-            .collect();
-        if replies.iter().all(Option::is_some) {
-            self.command("RSET");
-        } else {
-            let data = self.command("DATA");
-            assert!(data.starts_with("354"), "DATA: {data}");
-            let mut wire = mail::to_wire(message);
-            wire.extend_from_slice(b".\r\n");
-            self.writer.write_all(&wire).expect("LMTP data");
-            for reply in replies.iter_mut().filter(|r| r.is_none()) {
-                *reply = Some(self.reply());
-            }
-        }
-        replies.into_iter().map(Option::unwrap).collect()
-    }
 }
 
 /// A test message: its tag in the Subject and on every body line, about `size` bytes.
@@ -558,12 +469,12 @@ fn symlink_attack(attack: Attack) {
         .map(|s| {
             let (lmtp, sent) = (agent.lmtp.clone(), sent.clone());
             std::thread::spawn(move || {
-                let mut client = Lmtp::connect(&lmtp);
+                let mut client = Lmtp::session(&lmtp);
                 for i in 0..per_sender {
                     let rcpt = if i % 2 == 0 { ALICE } else { BOB };
                     let tag = format!("swap-s{s}-m{i}");
                     let body = message(&tag, 500 + (i * 997) % 20_000);
-                    let reply = client.deliver(&[rcpt], &body).remove(0);
+                    let reply = client.deliver(SENDER, &[rcpt], &body).remove(0);
                     sent.lock()
                         .unwrap()
                         .insert(tag, (rcpt.to_string(), body, reply));
@@ -633,10 +544,10 @@ fn symlink_attack(attack: Attack) {
 
     // Postfix retries the deferred mail: with the attack over, every retry lands.
     let mut retried = 0;
-    let mut client = Lmtp::connect(&agent.lmtp);
+    let mut client = Lmtp::session(&agent.lmtp);
     for (_, (rcpt, body, reply)) in sent.iter_mut() {
         if !reply.starts_with("250") {
-            *reply = client.deliver(&[rcpt.as_str()], body).remove(0);
+            *reply = client.deliver(SENDER, &[rcpt.as_str()], body).remove(0);
             assert!(reply.starts_with("250 2.0.0"), "retry: {reply}");
             retried += 1;
         }
@@ -863,13 +774,13 @@ fn dovecot_reading_an_mbox_while_the_agent_appends_sees_only_whole_messages() {
         .map(|w| {
             let (lmtp, sent, slowest) = (agent.lmtp.clone(), sent.clone(), slowest.clone());
             std::thread::spawn(move || {
-                let mut client = Lmtp::connect(&lmtp);
+                let mut client = Lmtp::session(&lmtp);
                 for i in 0..per_writer {
                     let tag = format!("imap-w{w}-m{i}");
                     // 1 KiB .. 100 KiB: long appends widen the window a reader could fall into.
                     let body = message(&tag, 1024 + (i * 7919 + w * 104_729) % 100_000);
                     let started = Instant::now();
-                    let reply = client.deliver(&[BOB], &body).remove(0);
+                    let reply = client.deliver(SENDER, &[BOB], &body).remove(0);
                     let took = started.elapsed();
                     let mut slowest = slowest.lock().unwrap();
                     *slowest = (*slowest).max(took);
@@ -1020,11 +931,11 @@ fn two_agents_on_one_volume_deliver_to_the_same_mailboxes_exactly_once() {
             let lmtp = if s % 2 == 0 { &one.lmtp } else { &two.lmtp }.clone();
             let sent = sent.clone();
             std::thread::spawn(move || {
-                let mut client = Lmtp::connect(&lmtp);
+                let mut client = Lmtp::session(&lmtp);
                 for i in 0..per_sender {
                     let tag = format!("two-s{s}-m{i}");
                     let body = message(&tag, 2000 + (i * 4099 + s * 7) % 60_000);
-                    let replies = client.deliver(&[ALICE, BOB], &body);
+                    let replies = client.deliver(SENDER, &[ALICE, BOB], &body);
                     sent.lock().unwrap().insert(tag, (body, replies));
                 }
             })
@@ -1123,8 +1034,8 @@ fn dotlock_left_by_a_dead_process_defers_with_default_timings_and_the_retry_land
         let lmtp = agent.lmtp.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
-            let reply = Lmtp::connect(&lmtp)
-                .deliver(&[BOB], &message("locked-out", 2000))
+            let reply = Lmtp::session(&lmtp)
+                .deliver(SENDER, &[BOB], &message("locked-out", 2000))
                 .remove(0);
             (reply, started.elapsed())
         })
@@ -1132,8 +1043,8 @@ fn dotlock_left_by_a_dead_process_defers_with_default_timings_and_the_retry_land
     // Meanwhile other mailboxes are not held up.
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    let other = Lmtp::connect(&agent.lmtp)
-        .deliver(&[ALICE], &message("not-held-up", 2000))
+    let other = Lmtp::session(&agent.lmtp)
+        .deliver(SENDER, &[ALICE], &message("not-held-up", 2000))
         .remove(0);
     assert!(other.starts_with("250 2.0.0"), "{other}");
     let other_took = started.elapsed();
@@ -1155,8 +1066,8 @@ fn dotlock_left_by_a_dead_process_defers_with_default_timings_and_the_retry_land
     );
     // The lock goes (500 s later, or an administrator removes it): Postfix's retry lands once.
     fs::remove_file(&lock).expect("remove the dead lock");
-    let retry = Lmtp::connect(&agent.lmtp)
-        .deliver(&[BOB], &message("locked-out", 2000))
+    let retry = Lmtp::session(&agent.lmtp)
+        .deliver(SENDER, &[BOB], &message("locked-out", 2000))
         .remove(0);
     assert!(retry.starts_with("250 2.0.0"), "{retry}");
     let stored = stored_messages(&volume.mbox(), MailboxFormat::Mbox);

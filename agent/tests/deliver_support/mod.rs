@@ -1,148 +1,31 @@
-//! Shared helpers for the delivery engine's integration tests (run as root, real uids/gids,
-//! real files).
-#![allow(dead_code)]
+//! The delivery engine's side of the tests' world ([`virtmail_tests::delivery`]): deliveries
+//! through the engine in this process.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use virtmail_agent::deliver::{self, Options, Outcome, Status};
-use virtmail_crds::directory::{Deferral, Directory, Domain, MailboxEntry, Settings};
-use virtmail_crds::resources::{LockMethod, MailboxFormat};
+use virtmail_crds::directory::Directory;
+pub use virtmail_tests::delivery::*;
 
-pub const UID: u32 = 5001;
-pub const GID: u32 = 5001;
-pub const OTHER_UID: u32 = 5002;
-pub const OTHER_GID: u32 = 5002;
-pub const DOMAIN: &str = "example.test";
+/// Deliveries into a [`World`]'s directory through the engine.
+pub trait Engine {
+    /// The directory deliveries look recipients up in.
+    fn directory(&self) -> &Directory;
 
-/// These tests need root (setfsuid, chown, mount). Not root is a failure, not a skip.
-pub fn require_root() {
-    assert_eq!(
-        nix::unistd::geteuid().as_raw(),
-        0,
-        "the delivery tests must run as root: they switch to real uids/gids ({UID}, {OTHER_UID}), \
-         chown files and mount tmpfs"
-    );
-}
-
-/// A temporary world with a mailbox base inside (`<tmp>/base`, 0755 root) and a sentinel
-/// directory outside it (`<tmp>/outside`) that no delivery may touch.
-pub struct World {
-    pub dir: tempfile::TempDir,
-    pub base: PathBuf,
-    pub outside: PathBuf,
-    pub directory: Directory,
-}
-
-impl World {
-    pub fn new() -> World {
-        require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("virtmail-deliver-")
-            .tempdir()
-            .expect("tempdir");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let base = dir.path().join("base");
-        let outside = dir.path().join("outside");
-        fs::create_dir(&base).unwrap();
-        fs::create_dir(&outside).unwrap();
-        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
-        // World-writable so that a recipient *could* write there if containment failed.
-        fs::set_permissions(&outside, fs::Permissions::from_mode(0o777)).unwrap();
-        fs::write(outside.join("victim"), b"original\n").unwrap();
-        fs::set_permissions(outside.join("victim"), fs::Permissions::from_mode(0o666)).unwrap();
-        let mut domains = BTreeMap::new();
-        domains.insert(
-            DOMAIN.to_string(),
-            Domain {
-                postmaster: format!("postmaster@{DOMAIN}"),
-                catch_all: None,
-                object: "example".into(),
-            },
-        );
-        let directory = Directory {
-            settings: Settings {
-                server: "mail".into(),
-                mailbox_base: base.display().to_string(),
-                minimum_uid: 100,
-                mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
-                mailbox_size_limit: 51_200_000,
-                recipient_delimiter: "+".into(),
-            },
-            domains,
-            mailboxes: BTreeMap::new(),
-            aliases: BTreeMap::new(),
-        };
-        World {
-            dir,
-            base,
-            outside,
-            directory,
-        }
-    }
-
-    /// Create `<base>/<rel>` owned by `uid:gid`, mode 0700 (a provisioned domain directory).
-    pub fn mkdir(&self, rel: &str, uid: u32, gid: u32) -> PathBuf {
-        let path = self.base.join(rel);
-        fs::create_dir_all(&path).unwrap();
-        chown(&path, uid, gid);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
-        path
-    }
-
-    /// The usual domain directory, owned by the test recipient.
-    pub fn domain_dir(&self) -> PathBuf {
-        self.mkdir(DOMAIN, UID, GID)
-    }
-
-    /// Add a mailbox entry.
-    pub fn mailbox(&mut self, address: &str, path: &str) -> &mut MailboxEntry {
-        let format = if path.ends_with('/') {
-            MailboxFormat::Maildir
-        } else {
-            MailboxFormat::Mbox
-        };
-        self.directory.mailboxes.insert(
-            address.to_string(),
-            MailboxEntry {
-                path: path.to_string(),
-                format,
-                uid: UID,
-                gid: GID,
-                quota: None,
-                suspended: false,
-                defer: None,
-                object: address.split('@').next().unwrap().to_string(),
-                autoreply: None,
-            },
-        );
-        self.directory.mailboxes.get_mut(address).unwrap()
-    }
-
-    pub fn deferring(&mut self, address: &str, path: &str) {
-        self.mailbox(address, path).defer = Some(Deferral {
-            reason: virtmail_crds::Reason::InvalidOwner,
-            message: "uid 0 is not allowed".into(),
-        });
-    }
-
-    pub fn deliver(&self, recipient: &str, message: &[u8]) -> Outcome {
+    /// Deliver `message` to `recipient` from `sender@origin.test` with [`options`].
+    fn deliver(&self, recipient: &str, message: &[u8]) -> Outcome {
         self.deliver_with(recipient, "sender@origin.test", message, &options())
     }
 
-    pub fn deliver_with(
+    /// Deliver `message` from `sender` to `recipient` with `options`.
+    fn deliver_with(
         &self,
         recipient: &str,
         sender: &str,
         message: &[u8],
         options: &Options,
     ) -> Outcome {
-        match deliver::precheck(&self.directory, recipient) {
+        match deliver::precheck(self.directory(), recipient) {
             Ok(target) => deliver::deliver_one(&target, sender, recipient, message, options),
             Err(status) => Outcome {
                 recipient: recipient.into(),
@@ -153,79 +36,11 @@ impl World {
             },
         }
     }
+}
 
-    /// Everything below `outside` is as created: the victim file unchanged, nothing added.
-    pub fn assert_outside_untouched(&self) {
-        assert_eq!(
-            fs::read(self.outside.join("victim")).unwrap(),
-            b"original\n"
-        );
-        let names: Vec<_> = fs::read_dir(&self.outside)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            names,
-            vec!["victim"],
-            "something was created outside the base"
-        );
-    }
-
-    /// Write manifests for the CLI: server with `mailbox_base`, domain, the given YAML docs.
-    pub fn resources(&self, extra: &str) -> PathBuf {
-        self.resources_with("{mailboxBase: /nonexistent/base}", extra)
-    }
-
-    /// Like [`World::resources`] with the MailServer's `spec` as given (flow YAML).
-    pub fn resources_with(&self, server_spec: &str, extra: &str) -> PathBuf {
-        let dir = self.dir.path().join("resources");
-        fs::create_dir_all(&dir).unwrap();
-        let yaml = format!(
-            "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {{name: mail}}\nspec: {server_spec}\n---\n\
-             apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: example}}\nspec:\n  domain: {DOMAIN}\n  postmaster: postmaster@{DOMAIN}\n  defaults: {{uid: {UID}, gid: {GID}}}\n---\n\
-             apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: postmaster}}\nspec: {{address: postmaster@{DOMAIN}}}\n{extra}"
-        );
-        fs::write(dir.join("resources.yaml"), yaml).unwrap();
-        dir
-    }
-
-    /// Run `virtmail-agent deliver` with `--mailbox-base` pointing at this world's base.
-    pub fn cli(&self, resources: &Path, args: &[&str], stdin: &[u8]) -> (String, String, i32) {
-        self.cli_env(resources, args, stdin, &[])
-    }
-
-    /// [`World::cli`] with extra environment variables.
-    pub fn cli_env(
-        &self,
-        resources: &Path,
-        args: &[&str],
-        stdin: &[u8],
-        env: &[(&str, &str)],
-    ) -> (String, String, i32) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_virtmail-agent"))
-            .envs(env.iter().copied())
-            .arg("deliver")
-            .arg("--resources")
-            .arg(resources)
-            .arg("--mailbox-base")
-            .arg(&self.base)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn virtmail-agent");
-        // The CLI may exit before reading (a refused argument): a broken pipe is not an error.
-        let written = child.stdin.take().unwrap().write_all(stdin);
-        if let Err(error) = written {
-            assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
-        }
-        let output = child.wait_with_output().unwrap();
-        (
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-            output.status.code().unwrap_or(-1),
-        )
+impl Engine for World {
+    fn directory(&self) -> &Directory {
+        &self.directory
     }
 }
 
@@ -238,116 +53,7 @@ pub fn options() -> Options {
     }
 }
 
-pub fn chown(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
-}
-
-pub fn owner(path: &Path) -> (u32, u32) {
-    let m = fs::symlink_metadata(path).unwrap();
-    (m.uid(), m.gid())
-}
-
-pub fn mode(path: &Path) -> u32 {
-    fs::symlink_metadata(path).unwrap().mode() & 0o7777
-}
-
+/// The enhanced status code of `status` (`2.0.0`, `4.2.0`, ...).
 pub fn code(status: &Status) -> String {
     status.code.to_string()
-}
-
-/// The files in a directory, sorted.
-pub fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-pub const MESSAGE: &[u8] = b"From: a@origin.test\nSubject: test\n\nhello\n";
-
-/// A tmpfs mounted on a fresh directory inside `parent`; unmounted on drop, even when the test
-/// fails.
-pub struct Tmpfs {
-    pub path: PathBuf,
-}
-
-impl Tmpfs {
-    pub fn mount(parent: &Path, size: &str) -> Tmpfs {
-        let path = parent.join("tmpfs");
-        fs::create_dir_all(&path).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            &path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-            Some(format!("size={size},mode=0755").as_str()),
-        )
-        .unwrap_or_else(|e| panic!("mount -t tmpfs -o size={size} {}: {e}", path.display()));
-        Tmpfs { path }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if let Err(e) = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH) {
-            eprintln!("warning: cannot unmount {}: {e}", self.path.display());
-        }
-    }
-}
-
-/// Dovecot's `imap` binary (Debian's dovecot-imapd).
-pub const IMAP: &str = "/usr/lib/dovecot/imap";
-
-/// Start Dovecot's `imap` pre-authenticated as the recipient (no daemon), with a private
-/// configuration (`extra_config` appended) and `mail_location`; stdin and stdout are piped.
-/// Returns the process and the path of its log.
-pub fn spawn_imap(
-    w: &World,
-    extra_config: &str,
-    mail_location: &str,
-    home: &Path,
-) -> (std::process::Child, PathBuf) {
-    use std::os::unix::process::CommandExt as _;
-    assert!(
-        Path::new(IMAP).exists(),
-        "{IMAP} is missing: install Debian's dovecot-imapd (scripts/install-deps.sh does)"
-    );
-    let dir = w.dir.path().join("dovecot");
-    fs::create_dir_all(dir.join("run")).unwrap();
-    let log = dir.join("dovecot.log");
-    fs::write(&log, b"").unwrap();
-    for path in [dir.join("run"), log.clone()] {
-        chown(&path, UID, GID);
-    }
-    let config = dir.join("dovecot.conf");
-    fs::write(
-        &config,
-        format!(
-            "base_dir = {run}\nstate_dir = {run}\nlog_path = {log}\nssl = no\nprotocols =\n\
-             mail_uid = {UID}\nmail_gid = {GID}\nfirst_valid_uid = 100\n{extra_config}",
-            run = dir.join("run").display(),
-            log = log.display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(IMAP)
-        .arg("-c")
-        .arg(&config)
-        .arg("-o")
-        .arg(format!("mail_location={mail_location}"))
-        .env_clear()
-        .env("USER", "recipient")
-        .env("HOME", home)
-        .uid(UID)
-        .gid(GID)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run dovecot imap");
-    (child, log)
 }

@@ -12,9 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use virtmail_crds::{Directory, encoding};
-use virtmail_tests::agent::socketmap;
 use virtmail_tests::postfix::free_port;
 use virtmail_tests::process::{Process, http_get, machine_line, release_binary, wait_for};
+use virtmail_tests::socketmap::query_once;
 
 /// Write the encoded directory in the mounted-files layout (head keys at the top, each shard's
 /// keys under its name).
@@ -93,7 +93,7 @@ fn measure(agent_binary: &std::path::Path, mailboxes: usize) -> Row {
     });
     let provisioned = started.elapsed();
     if mailboxes > 0 {
-        let reply = socketmap(&map, "mailbox user0@domain0.test").unwrap_or_default();
+        let reply = query_once(&map, "mailbox user0@domain0.test").unwrap_or_default();
         assert!(reply.starts_with("OK "), "lookup: {reply}");
     }
     std::thread::sleep(Duration::from_millis(500));

@@ -24,11 +24,14 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use virtmail_tests::agent::socketmap;
+use clap::Parser;
+
 use virtmail_tests::cluster::{self, cluster, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, Options};
+use virtmail_tests::fixtures::{mail_server, mailbox, resource, stream};
 use virtmail_tests::mail::Smtp;
 use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
+use virtmail_tests::socketmap::query_once;
 use virtmail_tests::workspace_root;
 
 const NS: &str = "virtmail-latency";
@@ -36,60 +39,37 @@ const SENDER: &str = "probe@remote.test";
 /// A sample that takes longer aborts the run (something is broken).
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
+/// The command line.
+#[derive(Debug, Clone, Parser)]
 struct Args {
+    /// Latency samples to take.
+    #[arg(long, default_value_t = 50)]
     samples: usize,
+    /// Mailboxes that exist before the first sample.
+    #[arg(long, default_value_t = 0)]
     existing: usize,
+    /// How often the probe looks, in milliseconds.
+    #[arg(long = "poll-ms", default_value = "5", value_parser = millis)]
     poll: Duration,
+    /// Pause between samples, in milliseconds.
+    #[arg(long = "gap-ms", default_value = "500", value_parser = millis)]
     gap: Duration,
+    /// Leave the private plane running at the end.
+    #[arg(long)]
     keep_plane: bool,
+    /// The operator binary (default: the release build).
+    #[arg(long)]
     operator: Option<PathBuf>,
+    /// The agent binary (default: the release build).
+    #[arg(long)]
     agent: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-fn parse() -> Args {
-    let mut a = Args {
-        samples: 50,
-        existing: 0,
-        poll: Duration::from_millis(5),
-        gap: Duration::from_millis(500),
-        keep_plane: false,
-        operator: None,
-        agent: None,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        let n = || {
-            value
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("{} wants a number", args[i]))
-        };
-        match args[i].as_str() {
-            "--samples" => a.samples = n() as usize,
-            "--existing" => a.existing = n() as usize,
-            "--poll-ms" => a.poll = Duration::from_millis(n()),
-            "--gap-ms" => a.gap = Duration::from_millis(n()),
-            "--operator" => a.operator = Some(PathBuf::from(&value)),
-            "--agent" => a.agent = Some(PathBuf::from(&value)),
-            "--keep-plane" => {
-                a.keep_plane = true;
-                i += 1;
-                continue;
-            }
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => panic!(
-                "unknown argument {other}; usage: apply-latency [--samples N] [--existing M] \
-                 [--poll-ms MS] [--gap-ms MS] [--keep-plane] [--operator BIN] [--agent BIN]"
-            ),
-        }
-        i += 2;
-    }
-    a
+fn millis(value: &str) -> Result<Duration, std::num::ParseIntError> {
+    value.parse().map(Duration::from_millis)
 }
 
 /// Stops the private plane at the end unless asked to keep it.
@@ -110,10 +90,7 @@ fn kubectl() -> Command {
 }
 
 fn mailbox_yaml(name: &str, address: &str) -> String {
-    format!(
-        "apiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: {name}}}\n\
-         spec: {{address: {address}}}\n"
-    )
+    mailbox(name, &format!("address: {address}"))
 }
 
 /// One sample: durations from the start of `kubectl apply` (and from its exit).
@@ -128,7 +105,7 @@ struct Sample {
 }
 
 fn main() {
-    let args = parse();
+    let args = Args::parse();
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "run as root: the agent delivers and provisions as each mailbox's uid"
@@ -166,12 +143,16 @@ fn main() {
 
     // The server, one domain (Maildir for uid 5000 by default), an existing mailbox for the
     // baselines, and --existing more.
-    let mut yaml = String::from(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\n\
-         apiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\n\
-         spec: {domain: bench.test, postmaster: postmaster@remote.test, \
-         defaults: {uid: 5000, gid: 5000, format: Maildir}}\n---\n",
-    );
+    let mut yaml = stream([
+        mail_server("mail", ""),
+        resource(
+            "MailDomain",
+            "bench",
+            "{domain: bench.test, postmaster: postmaster@remote.test, \
+             defaults: {uid: 5000, gid: 5000, format: Maildir}}",
+        ),
+    ]);
+    yaml.push_str("---\n");
     yaml.push_str(&mailbox_yaml("known", "known@bench.test"));
     for n in 0..args.existing {
         yaml.push_str("---\n");
@@ -219,7 +200,7 @@ fn main() {
     wait_for(
         "the agent to serve known@bench.test",
         Duration::from_secs(300),
-        || socketmap(&map, "mailbox known@bench.test").filter(|r| r.starts_with("OK ")),
+        || query_once(&map, "mailbox known@bench.test").filter(|r| r.starts_with("OK ")),
     );
     // Start measuring once the start-up work is over: every Mailbox provisioned and reported (the
     // operator's and the agent's status patches for --existing mailboxes would compete with the
@@ -251,7 +232,7 @@ fn main() {
         let rcpt_existing = t.elapsed();
         assert_eq!(known.code, 250, "{known}");
         let t = Instant::now();
-        let hit = socketmap(&map, "mailbox known@bench.test");
+        let hit = query_once(&map, "mailbox known@bench.test");
         let socketmap_existing = t.elapsed();
         assert!(hit.is_some_and(|r| r.starts_with("OK ")));
         smtp.rset();
@@ -266,7 +247,7 @@ fn main() {
             let (map, address, tx) = (map.clone(), address.clone(), tx.clone());
             std::thread::spawn(move || {
                 while Instant::now() < deadline {
-                    let reply = socketmap(&map, &format!("mailbox {address}"));
+                    let reply = query_once(&map, &format!("mailbox {address}"));
                     if reply.is_some_and(|r| r.starts_with("OK ")) {
                         let _ = tx.send(("socketmap", start.elapsed()));
                         return;

@@ -13,42 +13,45 @@
 
 use std::time::Duration;
 
+use clap::Parser;
+
 use virtmail_tests::reliability::{CrashOptions, crash_run};
 
+/// The command line; every option has the default of a full run.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Messages sent through Postfix.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// SIGKILLs of the agent during the run.
+    #[arg(long, default_value_t = 10)]
+    kills: usize,
+    /// Seed of the messages, recipients and kill times.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Concurrent SMTP sessions.
+    #[arg(long, default_value_t = 6)]
+    sessions: usize,
+    /// Mailboxes (even ones Maildir, odd ones mbox).
+    #[arg(long, default_value_t = 40)]
+    mailboxes: usize,
+    /// The MailServer's mbox lock methods.
+    #[arg(long, default_value = "fcntl, dotlock")]
+    locks: String,
+}
+
 fn parse() -> CrashOptions {
-    let mut o = CrashOptions {
-        messages: 10_000,
-        kills: 10,
-        seed: 1,
-        sessions: 6,
-        mailboxes: 40,
-        locks: "fcntl, dotlock".into(),
+    let args = Args::parse();
+    CrashOptions {
+        messages: args.messages,
+        kills: args.kills,
+        seed: args.seed,
+        sessions: args.sessions,
+        mailboxes: args.mailboxes,
+        locks: args.locks,
         drain_timeout: Duration::from_secs(1800),
         progress: true,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        let n = || {
-            value
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("{}: a number, not {value:?}", args[i]))
-        };
-        match args[i].as_str() {
-            "--messages" => o.messages = n() as usize,
-            "--kills" => o.kills = n() as usize,
-            "--seed" => o.seed = n(),
-            "--sessions" => o.sessions = n() as usize,
-            "--mailboxes" => o.mailboxes = n() as usize,
-            "--locks" => o.locks = value.clone(),
-            other => panic!(
-                "unknown argument {other}; use --messages N --kills K --seed S --sessions C --mailboxes M --locks 'fcntl, dotlock'"
-            ),
-        }
-        i += 2;
     }
-    o
 }
 
 fn main() {

@@ -25,56 +25,43 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 use virtmail_tests::dovecot::{self, Dovecot};
+use virtmail_tests::fixtures;
 use virtmail_tests::mail::Smtp;
 use virtmail_tests::postfix::{self, Config, Postfix, free_port};
 use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
+use virtmail_tests::serve::serve_command;
 
-#[derive(Debug, Clone)]
+/// The command line.
+#[derive(Debug, Clone, Parser)]
 struct Options {
+    /// Messages per round and target.
+    #[arg(long, default_value_t = 2000)]
     messages: usize,
+    /// Concurrent SMTP sessions.
+    #[arg(long, default_value_t = 10)]
     sessions: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 4096)]
     size: usize,
+    /// Mailboxes the messages are spread over.
+    #[arg(long, default_value_t = 100)]
     mailboxes: usize,
+    /// Rounds per target.
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Comma-separated targets.
+    #[arg(long, value_delimiter = ',', default_value = "agent,virtual,dovecot")]
     targets: Vec<String>,
-}
-
-fn parse() -> Options {
-    let mut o = Options {
-        messages: 2000,
-        sessions: 10,
-        size: 4096,
-        mailboxes: 100,
-        rounds: 3,
-        targets: vec!["agent".into(), "virtual".into(), "dovecot".into()],
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        let n = || value.parse::<usize>().expect("a number");
-        match args[i].as_str() {
-            "--messages" => o.messages = n(),
-            "--sessions" => o.sessions = n(),
-            "--size" => o.size = n(),
-            "--mailboxes" => o.mailboxes = n(),
-            "--rounds" => o.rounds = n(),
-            "--targets" => o.targets = value.split(',').map(str::to_string).collect(),
-            // cargo bench/run may pass this.
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            other => panic!("unknown argument {other}"),
-        }
-        i += 2;
-    }
-    o
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn main() {
-    let o = parse();
+    let o = Options::parse();
     let agent = release_binary("virtmail-agent");
     let mut results: Vec<(String, bool, Vec<f64>)> = Vec::new();
     for drain in [false, true] {
@@ -191,19 +178,14 @@ fn run(target: &str, o: &Options, agent_bin: &Path, drain: bool) -> (Duration, f
             std::fs::write(root.join("resources/all.yaml"), resources(o)).unwrap();
             let lmtp = root.join("sock/lmtp.sock");
             let map = root.join("sock/map.sock");
-            let mut command = Command::new(agent_bin);
-            command
-                .arg("serve")
-                .arg("--resources")
-                .arg(root.join("resources"))
-                .arg("--mailbox-base")
-                .arg(&base)
-                .arg("--lmtp")
-                .arg(format!("unix:{}", lmtp.display()))
-                .arg("--socketmap")
-                .arg(format!("unix:{}", map.display()))
-                .arg("--http")
-                .arg(format!("127.0.0.1:{}", free_port()));
+            let command = serve_command(
+                agent_bin,
+                &root.join("resources"),
+                &base,
+                &lmtp,
+                &map,
+                &format!("127.0.0.1:{}", free_port()),
+            );
             let agent = Process::start("virtmail-agent", command);
             wait_for("agent sockets", Duration::from_secs(30), || {
                 (std::os::unix::net::UnixStream::connect(&lmtp).is_ok()
@@ -369,18 +351,23 @@ fn send(o: &Options, host: &str, port: u16) {
 
 /// The bench's resources (one domain, uid/gid 5000, M mailboxes) as YAML.
 fn resources(o: &Options) -> String {
-    let mut yaml = String::from(
-        "apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n",
-    );
-    for i in 0..o.mailboxes {
-        let (a, maildir) = mailbox(i);
-        yaml.push_str(&format!(
-            "---\napiVersion: virtmail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: u{i}}}\nspec: {{address: {a}, format: {}, path: u{i}{}}}\n",
-            if maildir { "Maildir" } else { "Mbox" },
-            if maildir { "/" } else { "" }
-        ));
-    }
-    yaml
+    let head = [
+        fixtures::mail_server("mail", ""),
+        fixtures::mail_domain("bench", "bench.test", "u0@bench.test", 5000, ""),
+    ];
+    let mailboxes = (0..o.mailboxes).map(|i| {
+        let (address, maildir) = mailbox(i);
+        let (format, slash) = if maildir {
+            ("Maildir", "/")
+        } else {
+            ("Mbox", "")
+        };
+        fixtures::mailbox(
+            &format!("u{i}"),
+            &format!("address: {address}, format: {format}, path: u{i}{slash}"),
+        )
+    });
+    fixtures::stream(head.into_iter().chain(mailboxes))
 }
 
 /// A fresh namespace with the bench's MailServer, its pod Ready and every Mailbox provisioned:
