@@ -375,19 +375,9 @@ mod tests {
     }
 
     fn directory() -> Directory {
-        let mut d = Directory {
-            settings: Settings {
-                server: "mail".into(),
-                mailbox_base: "/var/mail/vhosts".into(),
-                minimum_uid: 100,
-                mailbox_lock: vec![LockMethod::Fcntl, LockMethod::Dotlock],
-                mailbox_size_limit: 0,
-                recipient_delimiter: "+".into(),
-            },
-            domains: BTreeMap::new(),
-            mailboxes: BTreeMap::new(),
-            aliases: BTreeMap::new(),
-        };
+        let mut d = Directory::synthetic(0);
+        d.domains.clear();
+        d.aliases.clear();
         d.domains.insert(
             "example.test".into(),
             Domain {

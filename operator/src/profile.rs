@@ -468,30 +468,35 @@ mod tests {
 
     #[test]
     fn parameters_that_would_relay_for_others_are_refused() {
-        let refused = |name: &str, value: &str| relay_refusal(name, value, false);
-        assert!(refused("mynetworks", "127.0.0.0/8 [::1]/128").is_none());
-        assert!(refused("mynetworks", "127.0.0.0/8, 10.0.0.0/8").is_some());
-        assert!(refused("mynetworks", "0.0.0.0/0").is_some());
-        assert!(refused("mynetworks_style", "host").is_none());
-        assert!(refused("mynetworks_style", "subnet").is_some());
-        assert!(
-            refused(
+        for (name, value, outbound, refused) in [
+            ("mynetworks", "127.0.0.0/8 [::1]/128", false, false),
+            ("mynetworks", "127.0.0.0/8, 10.0.0.0/8", false, true),
+            ("mynetworks", "0.0.0.0/0", false, true),
+            ("mynetworks_style", "host", false, false),
+            ("mynetworks_style", "subnet", false, true),
+            (
                 "smtpd_relay_restrictions",
-                "permit_mynetworks, reject_unauth_destination"
-            )
-            .is_none()
-        );
-        assert!(refused("smtpd_relay_restrictions", "permit_mynetworks").is_some());
-        assert!(
-            refused(
+                "permit_mynetworks, reject_unauth_destination",
+                false,
+                false,
+            ),
+            ("smtpd_relay_restrictions", "permit_mynetworks", false, true),
+            (
                 "smtpd_relay_restrictions",
-                "permit, reject_unauth_destination"
-            )
-            .is_some()
-        );
-        assert!(refused("relayhost", "[smtp.example.net]:587").is_some());
-        assert!(relay_refusal("relayhost", "[smtp.example.net]:587", true).is_none());
-        assert!(refused("smtpd_banner", "$myhostname ESMTP").is_none());
+                "permit, reject_unauth_destination",
+                false,
+                true,
+            ),
+            ("relayhost", "[smtp.example.net]:587", false, true),
+            ("relayhost", "[smtp.example.net]:587", true, false),
+            ("smtpd_banner", "$myhostname ESMTP", false, false),
+        ] {
+            assert_eq!(
+                relay_refusal(name, value, outbound).is_some(),
+                refused,
+                "{name} = {value} (outbound declared: {outbound})"
+            );
+        }
         let mut i = input();
         i.extra.insert("mynetworks".into(), "0.0.0.0/0".into());
         let p = profile(&i);
