@@ -341,14 +341,14 @@ fn state_path(target: &Target) -> String {
         Format::Maildir => format!(
             "{}{}",
             target.path,
-            virtmail_crds::compile::MAILDIR_AUTOREPLY_STATE
+            virtmail_crds::contract::MAILDIR_AUTOREPLY_STATE
         ),
         Format::Mbox => match target.path.rsplit_once('/') {
             Some((parent, leaf)) => format!(
                 "{parent}/{}",
-                virtmail_crds::compile::autoreply_state_name(leaf)
+                virtmail_crds::contract::autoreply_state_name(leaf)
             ),
-            None => virtmail_crds::compile::autoreply_state_name(&target.path),
+            None => virtmail_crds::contract::autoreply_state_name(&target.path),
         },
     }
 }

@@ -396,7 +396,7 @@ fn mbox(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> State {
 /// Whether the recipient can create `<mbox>.lock` beside the mbox (virtual(8) V19: a dotlock needs a
 /// parent directory the recipient may write). Probed by taking and releasing the lock once.
 fn dotlock_possible(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> Result<(), State> {
-    let lock = virtmail_crds::compile::dotlock_name(leaf);
+    let lock = contract::dotlock_name(leaf);
     let _identity = FsIdentity::assume(entry.uid, entry.gid).map_err(|e| {
         problem(
             "IoError",

@@ -33,7 +33,7 @@ pub fn valid_domain(domain: &str) -> bool {
 
 /// Whether `local` is an unquoted local part virtmail accepts: a dot-atom of printable characters
 /// (8-bit UTF-8 allowed for SMTPUTF8) without RFC 5322 specials.
-pub fn valid_local_part(local: &str) -> bool {
+fn valid_local_part(local: &str) -> bool {
     !local.is_empty()
         && local.len() <= 64
         && !local.starts_with('.')

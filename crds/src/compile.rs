@@ -1025,7 +1025,7 @@ impl<'a> Compiler<'a> {
 pub const MAX_AUTOREPLY_BODY: usize = 65_536;
 
 /// An autoreply interval, `<n>h` or `<n>d`, in seconds; `None` if malformed or under an hour.
-pub fn parse_interval(text: &str) -> Option<u64> {
+fn parse_interval(text: &str) -> Option<u64> {
     let (number, unit) = text.split_at(text.len().checked_sub(1)?);
     let number: u64 = number.parse().ok()?;
     let seconds = match unit {
@@ -1072,32 +1072,13 @@ pub fn check_path(path: &str, format: MailboxFormat) -> Option<String> {
     None
 }
 
-/// The file name of the dotlock of the mbox named `mbox` (beside it).
-pub fn dotlock_name(mbox: &str) -> String {
-    format!("{mbox}.lock")
-}
-
-/// The file name of the append journal of the mbox named `mbox` (beside it).
-pub fn journal_name(mbox: &str) -> String {
-    format!(".{mbox}.virtmail-append")
-}
-
-/// The file name of the autoreply state of the mbox named `mbox` (beside it). A Maildir keeps
-/// it inside, as [`MAILDIR_AUTOREPLY_STATE`].
-pub fn autoreply_state_name(mbox: &str) -> String {
-    format!(".{mbox}.virtmail-autoreply")
-}
-
-/// The autoreply state inside a Maildir (a dot file: Maildir readers skip it).
-pub const MAILDIR_AUTOREPLY_STATE: &str = ".virtmail-autoreply";
-
 /// Every name the agent creates beside a mailbox, relative to the base like `path`, with what
 /// it is: for an mbox `d/bob`, its dotlock `d/bob.lock`, its append journal
 /// `d/.bob.virtmail-append` and its autoreply state `d/.bob.virtmail-autoreply`. A Maildir's work files (`tmp/…`, `maildirsize`) lie inside its own
 /// directory, which nested-path checking already covers. The compiler reserves these names: a
 /// mailbox on one of them could be deferred forever by the other's lock, or removed as a stale
 /// lock when both share a uid.
-pub fn derived_names(path: &str, format: MailboxFormat) -> Vec<(String, &'static str)> {
+fn derived_names(path: &str, format: MailboxFormat) -> Vec<(String, &'static str)> {
     match format {
         MailboxFormat::Maildir => Vec::new(),
         MailboxFormat::Mbox => {
@@ -1106,13 +1087,16 @@ pub fn derived_names(path: &str, format: MailboxFormat) -> Vec<(String, &'static
                 None => (String::new(), path),
             };
             vec![
-                (format!("{parent}{}", dotlock_name(leaf)), "the dotlock"),
                 (
-                    format!("{parent}{}", journal_name(leaf)),
+                    format!("{parent}{}", contract::dotlock_name(leaf)),
+                    "the dotlock",
+                ),
+                (
+                    format!("{parent}{}", contract::journal_name(leaf)),
                     "the append journal",
                 ),
                 (
-                    format!("{parent}{}", autoreply_state_name(leaf)),
+                    format!("{parent}{}", contract::autoreply_state_name(leaf)),
                     "the autoreply state",
                 ),
             ]

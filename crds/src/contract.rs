@@ -214,6 +214,28 @@ pub fn conditions_differ(existing: &[Condition], merged: &[Condition]) -> bool {
     })
 }
 
+// The names the agent creates beside an mbox on the volume. The compiler reserves them, so no
+// mailbox is put where another's lock, journal or state lies.
+
+/// The file name of the dotlock of the mbox named `mbox` (beside it).
+pub fn dotlock_name(mbox: &str) -> String {
+    format!("{mbox}.lock")
+}
+
+/// The file name of the append journal of the mbox named `mbox` (beside it).
+pub fn journal_name(mbox: &str) -> String {
+    format!(".{mbox}.virtmail-append")
+}
+
+/// The file name of the autoreply state of the mbox named `mbox` (beside it). A Maildir keeps
+/// it inside, as [`MAILDIR_AUTOREPLY_STATE`].
+pub fn autoreply_state_name(mbox: &str) -> String {
+    format!(".{mbox}.virtmail-autoreply")
+}
+
+/// The autoreply state inside a Maildir (a dot file: Maildir readers skip it).
+pub const MAILDIR_AUTOREPLY_STATE: &str = ".virtmail-autoreply";
+
 /// Why a mailbox path is refused. The compiler refuses such a Mailbox; the agent, which reads a
 /// directory anyone allowed to write ConfigMaps could have edited, checks again before opening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -243,7 +243,7 @@ impl Resources {
 
 /// Every `*.yaml` / `*.yml` file below `dir`, sorted, recursively. Hidden entries (`.git`,
 /// the kubelet's `..data`) are skipped.
-pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ManifestError::Io { path, source }

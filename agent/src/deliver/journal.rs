@@ -266,7 +266,7 @@ impl Journal {
     /// Open (or create, as the recipient) the journal beside mbox `name`. `None` when it cannot
     /// be used: then delivery goes on without crash recovery.
     pub(super) fn open(parent: BorrowedFd<'_>, name: &str, target: &Target) -> Option<Journal> {
-        let journal_name = virtmail_crds::compile::journal_name(name);
+        let journal_name = virtmail_crds::contract::journal_name(name);
         let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         let fd = match rustix::fs::openat(parent, journal_name.as_str(), flags, Mode::empty()) {
             Ok(fd) => fd,
@@ -309,7 +309,7 @@ impl Journal {
         host: &str,
         deadline: Instant,
     ) {
-        let lock_name = virtmail_crds::compile::dotlock_name(name);
+        let lock_name = virtmail_crds::contract::dotlock_name(name);
         if rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_err() {
             return;
         }
@@ -344,7 +344,7 @@ impl Journal {
 
     /// Record the dotlock just taken as ours (no fsync: only a process crash needs it).
     pub(super) fn claim_dotlock(&self, parent: BorrowedFd<'_>, name: &str, host: &str) {
-        let lock_name = virtmail_crds::compile::dotlock_name(name);
+        let lock_name = virtmail_crds::contract::dotlock_name(name);
         let Ok(lock) = rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
         else {
             return;

@@ -138,7 +138,7 @@ pub fn dotlock<'a>(
     deadline: Instant,
     stale: Duration,
 ) -> Result<DotLock<'a>, DotlockError> {
-    let name = virtmail_crds::compile::dotlock_name(mailbox);
+    let name = virtmail_crds::contract::dotlock_name(mailbox);
     let mut backoff = Backoff::new();
     loop {
         // O_EXCL|O_CREAT fails on an existing name, symlinks included: nothing is followed.

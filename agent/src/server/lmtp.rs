@@ -37,14 +37,11 @@ pub const DEFAULT_MAX_MESSAGE: u64 = 52_428_800;
 type Reader<S> = BufReader<tokio::io::ReadHalf<S>>;
 type Writer<S> = BufWriter<tokio::io::WriteHalf<S>>;
 
-/// Why a session ends.
+/// The session ends: the client closed, timed out, I/O failed, or QUIT.
 #[derive(Debug)]
-enum End {
-    /// Client closed, timed out, I/O failed, or QUIT.
-    Closed,
-}
+struct Closed;
 
-type Step = Result<(), End>;
+type Step = Result<(), Closed>;
 
 struct Transaction {
     sender: String,
@@ -129,7 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             };
             let line = match line {
                 Err(_) => return self.close("421 4.4.2 Timeout, closing connection").await,
-                Ok(Err(_)) | Ok(Ok(None)) => return Err(End::Closed),
+                Ok(Err(_)) | Ok(Ok(None)) => return Err(Closed),
                 Ok(Ok(Some(line))) => line,
             };
             match line {
@@ -148,14 +145,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         };
         match tokio::time::timeout(self.shared.limits.command_timeout, write).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(End::Closed),
+            _ => Err(Closed),
         }
     }
 
     async fn flush(&mut self) -> Step {
         match tokio::time::timeout(self.shared.limits.command_timeout, self.writer.flush()).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(End::Closed),
+            _ => Err(Closed),
         }
     }
 
@@ -170,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
     async fn close(&mut self, text: &str) -> Step {
         self.reply(text).await?;
         self.flush().await?;
-        Err(End::Closed)
+        Err(Closed)
     }
 
     /// A protocol error reply; too many of them end the session.
@@ -415,7 +412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
         )
         .await;
         // A client that vanishes inside DATA gets nothing delivered: the body only lived here.
-        let body = body.map_err(|_| End::Closed)?;
+        let body = body.map_err(|_| Closed)?;
         let Some(tx) = self.tx.take() else {
             return Ok(());
         };
@@ -486,7 +483,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Session<S> {
             // Write errors are noticed later: the remaining copies are still delivered.
             if self.reply(&line).await.is_err() || self.flush().await.is_err() {
                 let _ = task.await;
-                return Err(End::Closed);
+                return Err(Closed);
             }
         }
         if answered < tx.recipients.len() {
