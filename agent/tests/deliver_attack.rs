@@ -6,6 +6,7 @@ mod deliver_support;
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::PathBuf;
 
 use deliver_support::*;
 use virtmail_tests::fixtures::mailbox;
@@ -321,14 +322,20 @@ fn stale_lock_breaker_never_unlinks_a_mailbox_at_the_lock_name() {
     );
 }
 
+/// The domain directory as shared with co-tenants: root's, mode 1777 (anyone may create, only
+/// the owner may remove). Its path.
+fn shared_domain_dir(w: &World) -> PathBuf {
+    let domain = w.mkdir("example.test", 0, 0);
+    fs::set_permissions(&domain, PermissionsExt::from_mode(0o1777)).unwrap();
+    domain
+}
+
 /// A co-tenant (another uid) creates `bob.lock` in the shared directory and keeps it fresh:
 /// reported at once with the foreign uid, not waited on silently, and never removed.
 #[test]
 fn dotlock_held_by_a_foreign_uid_is_reported_at_once() {
     let w = world();
-    let domain = w.base.join("example.test");
-    chown(&domain, 0, 0);
-    fs::set_permissions(&domain, PermissionsExt::from_mode(0o1777)).unwrap();
+    let domain = shared_domain_dir(&w);
     let lock = domain.join("bob.lock");
     fs::write(&lock, b"").unwrap();
     chown(&lock, OTHER_UID, OTHER_GID);
@@ -368,9 +375,7 @@ fn assert_deferred_for_the_co_tenant(w: &World, rcpt: &str) {
 #[test]
 fn fifo_planted_by_a_co_tenant_defers_instead_of_bouncing() {
     let w = world();
-    let domain = w.base.join("example.test");
-    chown(&domain, 0, 0);
-    fs::set_permissions(&domain, PermissionsExt::from_mode(0o1777)).unwrap();
+    let domain = shared_domain_dir(&w);
     let mbox = domain.join("bob");
     nix::unistd::mkfifo(&mbox, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
     chown(&mbox, OTHER_UID, OTHER_GID);
@@ -382,8 +387,7 @@ fn fifo_planted_by_a_co_tenant_defers_instead_of_bouncing() {
 #[test]
 fn parent_directory_owned_by_a_co_tenant_is_refused() {
     let mut w = World::create();
-    let domain = w.mkdir("example.test", 0, 0);
-    fs::set_permissions(&domain, PermissionsExt::from_mode(0o1777)).unwrap();
+    let domain = shared_domain_dir(&w);
     let team = domain.join("team");
     fs::create_dir(&team).unwrap();
     chown(&team, OTHER_UID, OTHER_GID);

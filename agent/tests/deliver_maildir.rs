@@ -145,16 +145,16 @@ fn v27_cur_is_created_when_new_exists() {
     assert!(root.join("cur").is_dir());
 }
 
+/// [`World::mkdir`] with mode 0777, so that only the ownership check can stop a delivery.
+fn mkdir_writable_by_all(w: &World, rel: &str, uid: u32, gid: u32) {
+    let path = w.mkdir(rel, uid, gid);
+    fs::set_permissions(path, fs::Permissions::from_mode(0o777)).unwrap();
+}
+
 #[test]
 fn maildir_owned_by_another_uid_defers_420() {
     let w = world();
-    w.mkdir("example.test/alice", OTHER_UID, GID);
-    // Mode 0777 so only the ownership check can stop the delivery.
-    fs::set_permissions(
-        w.base.join("example.test/alice"),
-        fs::Permissions::from_mode(0o777),
-    )
-    .unwrap();
+    mkdir_writable_by_all(&w, "example.test/alice", OTHER_UID, GID);
     let outcome = w.deliver(ALICE, MESSAGE);
     assert_eq!(code(&outcome.status), "4.2.0", "{}", outcome.status);
     assert!(outcome.status.text.contains("not owned by recipient"));
@@ -165,12 +165,7 @@ fn maildir_owned_by_another_uid_defers_420() {
 fn maildir_new_owned_by_another_uid_defers_420() {
     let w = world();
     w.mkdir("example.test/alice", UID, GID);
-    w.mkdir("example.test/alice/new", OTHER_UID, OTHER_GID);
-    fs::set_permissions(
-        w.base.join("example.test/alice/new"),
-        fs::Permissions::from_mode(0o777),
-    )
-    .unwrap();
+    mkdir_writable_by_all(&w, "example.test/alice/new", OTHER_UID, OTHER_GID);
     let outcome = w.deliver(ALICE, MESSAGE);
     assert_eq!(code(&outcome.status), "4.2.0", "{}", outcome.status);
     assert!(names(&w.base.join("example.test/alice/new")).is_empty());
