@@ -313,6 +313,13 @@ impl TestNamespace {
         run(self.kubectl().arg("apply").arg("-f").arg(file))
     }
 
+    /// `kubectl apply -f examples/<example>` into the namespace, as the admin; panics naming the
+    /// example if it is refused.
+    pub fn apply_example(&self, example: &str) {
+        self.apply_file(&workspace_root().join("examples").join(example))
+            .unwrap_or_else(|e| panic!("example {example}: {e}"));
+    }
+
     /// One object as JSON (`kubectl get <resource> <name> -o json`); panics if it cannot be read.
     pub fn get_json(&self, resource: &str, name: &str) -> serde_json::Value {
         let out = run(self.kubectl().args(["get", resource, name, "-o", "json"]))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::mail::{Fetched, imap_fetch};
 use crate::postfix::free_port;
-use crate::process::wait_for;
+use crate::process::{wait_for, wait_for_greeting};
 
 /// Dovecot's master binary.
 pub const DOVECOT: &str = "/usr/sbin/dovecot";
@@ -102,13 +102,12 @@ impl Dovecot {
         );
         let mut dovecot = dovecot;
         dovecot.running = true;
-        wait_for("Dovecot IMAP greeting", Duration::from_secs(20), || {
-            let stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).ok()?;
-            line.starts_with("* OK").then_some(())
-        });
+        wait_for_greeting(
+            "Dovecot IMAP greeting",
+            port,
+            "* OK",
+            Duration::from_secs(20),
+        );
         if let Some(sock) = &dovecot.lmtp {
             wait_for("Dovecot LMTP socket", Duration::from_secs(10), || {
                 sock.exists().then_some(())

@@ -24,7 +24,7 @@ use virtmail_crds::resources::MailboxFormat;
 use crate::cluster::{Cluster, run};
 use crate::dovecot::{self, Dovecot};
 use crate::mail::{self, Sent};
-use crate::mailstack::stored_messages;
+use crate::mailstack::{stored_messages, wait_for_count};
 use crate::postfix::{self, Postfix, free_port};
 use crate::process::{Process, binary, wait_for};
 
@@ -283,22 +283,19 @@ impl ClusterMail {
 
     /// Wait until `mailbox` holds at least `n` messages and return them.
     pub fn wait_for_messages(&self, mailbox: &MailboxOnDisk, n: usize) -> Vec<Vec<u8>> {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let stored = self.stored(mailbox);
-            if stored.len() >= n {
-                return stored;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{}: {} message(s) on disk after {WAIT:?}, wanted {n}\nqueue:\n{}\nagent log:\n{}",
-                mailbox.address,
-                stored.len(),
-                self.postfix.queue(),
-                self.agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_count(
+            &mailbox.address,
+            n,
+            WAIT,
+            || self.stored(mailbox),
+            || {
+                format!(
+                    "queue:\n{}\nagent log:\n{}",
+                    self.postfix.queue(),
+                    self.agent.log()
+                )
+            },
+        )
     }
 }
 

@@ -346,27 +346,38 @@ impl MailStack {
 
     /// Wait until `address`'s mailbox holds at least `n` messages and return them.
     pub fn wait_for_messages(&self, address: &str, n: usize) -> Vec<Vec<u8>> {
-        let deadline = std::time::Instant::now() + DELIVERY_TIMEOUT;
-        loop {
-            let stored = self.stored(address);
-            if stored.len() >= n {
-                return stored;
-            }
-            if std::time::Instant::now() > deadline {
-                panic!(
-                    "{address}: {} message(s) on disk after {DELIVERY_TIMEOUT:?}, wanted {n}\nqueue:\n{}\nagent log:\n{}",
-                    stored.len(),
+        wait_for_count(
+            address,
+            n,
+            DELIVERY_TIMEOUT,
+            || self.stored(address),
+            || {
+                format!(
+                    "queue:\n{}\nagent log:\n{}",
                     self.postfix.queue(),
                     self.agent.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                )
+            },
+        )
     }
 
     /// Every message of `address`'s INBOX read back through Dovecot IMAP.
     pub fn imap(&self, address: &str) -> Fetched {
         self.dovecot.fetch(address)
+    }
+
+    /// Send `sent` from `sender` to the one recipient `rcpt`, require Postfix to accept it, and
+    /// check the copy in `mailbox` with [`assert_delivered`](Self::assert_delivered).
+    pub fn send_and_assert_delivered(
+        &self,
+        sender: &str,
+        rcpt: &str,
+        mailbox: &str,
+        delivered_to: &str,
+        sent: &[u8],
+    ) -> Vec<u8> {
+        self.send(sender, &[rcpt], sent).assert_accepted();
+        self.assert_delivered(mailbox, sender, rcpt, delivered_to, sent)
     }
 
     /// Check one delivered copy end to end and return it as stored: wait until `mailbox` holds a
@@ -383,31 +394,14 @@ impl MailStack {
         sent: &[u8],
     ) -> Vec<u8> {
         let (_, format) = self.mailbox(mailbox);
-        let expected = match format {
-            MailboxFormat::Mbox => mail::mboxo_quoted(sent),
-            MailboxFormat::Maildir => mail::lf(sent),
-        };
-        let deadline = std::time::Instant::now() + DELIVERY_TIMEOUT;
-        let copy = loop {
-            let stored = self.stored(mailbox);
-            if let Some(copy) = stored.iter().find(|m| mail::delivery(m).rest == expected) {
-                break copy.clone();
-            }
-            if std::time::Instant::now() > deadline {
-                let shown: Vec<String> = stored
-                    .iter()
-                    .map(|m| String::from_utf8_lossy(&m[..m.len().min(2000)]).into_owned())
-                    .collect();
-                panic!(
-                    "{mailbox}: no stored copy equals what was sent after {DELIVERY_TIMEOUT:?}\nexpected rest:\n{}\nstored:\n{}\nqueue:\n{}",
-                    String::from_utf8_lossy(&expected[..expected.len().min(2000)]),
-                    shown.join("\n----\n"),
-                    self.postfix.queue()
-                );
-            }
-            // Each probe re-reads the whole mailbox (20 MB in one test): not too often.
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let copy = wait_for_copy(
+            mailbox,
+            format,
+            sent,
+            DELIVERY_TIMEOUT,
+            || self.stored(mailbox),
+            || format!("queue:\n{}", self.postfix.queue()),
+        );
         let d = mail::delivery(&copy);
         assert_eq!(
             d.return_path,
@@ -551,6 +545,70 @@ impl StackPaths {
                 path: base.join(entry.path.trim_end_matches('/')),
             })
             .collect()
+    }
+}
+
+/// Poll `stored` (what `mailbox` holds on disk) until it holds at least `n` messages; them.
+/// After `timeout`, panic naming `mailbox`, with `context` (the queue, logs).
+pub fn wait_for_count(
+    mailbox: &str,
+    n: usize,
+    timeout: Duration,
+    stored: impl Fn() -> Vec<Vec<u8>>,
+    context: impl Fn() -> String,
+) -> Vec<Vec<u8>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let stored = stored();
+        if stored.len() >= n {
+            return stored;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{mailbox}: {} message(s) on disk after {timeout:?}, wanted {n}\n{}",
+            stored.len(),
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Poll `stored` (what `mailbox` holds on disk) until one message, after the headers the
+/// delivery prepended, is `sent` as `format` stores it (mbox: with virtual(8)'s `>From `
+/// quoting; Maildir: LF line ends); that copy as stored. After `timeout`, panic naming
+/// `mailbox`, showing what is stored and `context` (the queue).
+pub fn wait_for_copy(
+    mailbox: &str,
+    format: MailboxFormat,
+    sent: &[u8],
+    timeout: Duration,
+    stored: impl Fn() -> Vec<Vec<u8>>,
+    context: impl Fn() -> String,
+) -> Vec<u8> {
+    let expected = match format {
+        MailboxFormat::Mbox => mail::mboxo_quoted(sent),
+        MailboxFormat::Maildir => mail::lf(sent),
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let stored = stored();
+        if let Some(copy) = stored.iter().find(|m| mail::delivery(m).rest == expected) {
+            return copy.clone();
+        }
+        if std::time::Instant::now() > deadline {
+            let shown: Vec<String> = stored
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m[..m.len().min(2000)]).into_owned())
+                .collect();
+            panic!(
+                "{mailbox}: no stored copy equals what was sent after {timeout:?}\nexpected after the delivery headers:\n{}\nstored:\n{}\n{}",
+                String::from_utf8_lossy(&expected[..expected.len().min(2000)]),
+                shown.join("\n----\n"),
+                context()
+            );
+        }
+        // Each probe re-reads the whole mailbox (20 MB in one test): not too often.
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

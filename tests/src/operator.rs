@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::cluster::{Cluster, cluster, run, run_with_stdin};
+use crate::cluster::{Cluster, TestNamespace, cluster, run, run_with_stdin};
 use crate::process::{Process, binary};
 
 /// Namespace of the operator's identity and leases.
@@ -35,6 +35,11 @@ pub fn install_rbac(cluster: &Cluster) {
 /// (so parallel tests do not wait on each other's leader).
 pub fn start(namespace: &str, lease: &str) -> Process {
     start_with(namespace, lease, 0, &[])
+}
+
+/// [`start`] watching `ns`, with a lease of its own (`lease-<namespace>`).
+pub fn start_in(ns: &TestNamespace) -> Process {
+    start(ns.name(), &format!("lease-{}", ns.name()))
 }
 
 /// [`start`] with /metrics on `http_port` of 127.0.0.1 (0: any) and extra `run` flags.

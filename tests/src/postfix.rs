@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{binary, wait_for};
+use crate::process::{binary, wait_for_greeting};
 
 /// Postfix's control program.
 pub const POSTFIX: &str = "/usr/sbin/postfix";
@@ -134,7 +134,7 @@ pub fn profile_with_relay(
     } else {
         command.arg("postfix-profile");
     }
-    let out = command
+    command
         .arg("--lmtp-socket")
         .arg(lmtp_socket)
         .arg("--socketmap-socket")
@@ -142,15 +142,9 @@ pub fn profile_with_relay(
         .arg("--mailbox-size-limit")
         .arg(mailbox_size_limit.to_string())
         .arg("--recipient-delimiter")
-        .arg(recipient_delimiter)
-        .output()
-        .expect("run virtmail-operator postfix-profile");
-    assert!(
-        out.status.success(),
-        "virtmail-operator postfix-profile failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_profile(&String::from_utf8(out.stdout).expect("UTF-8 profile"))
+        .arg(recipient_delimiter);
+    let profile = crate::cluster::run(&mut command).unwrap_or_else(|e| panic!("{e}"));
+    parse_profile(&profile)
 }
 
 /// Parse the profile text: `name = value` lines, then (after the `postconf -F` comment)
@@ -266,13 +260,12 @@ impl Postfix {
                 etc.display()
             );
         }
-        wait_for("Postfix smtpd greeting", Duration::from_secs(20), || {
-            let stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).ok()?;
-            line.starts_with("220").then_some(())
-        });
+        wait_for_greeting(
+            "Postfix smtpd greeting",
+            port,
+            "220",
+            Duration::from_secs(20),
+        );
         // SO_REUSEPORT lets a second listener (another Postfix) share the port silently.
         let listeners = listeners_on(port);
         assert_eq!(

@@ -215,3 +215,15 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Wait up to `timeout` until the server on 127.0.0.1:`port` greets a new connection with a line
+/// that starts with `greeting`; `what` names it when it does not.
+pub fn wait_for_greeting(what: &str, port: u16, greeting: &str, timeout: Duration) {
+    wait_for(what, timeout, || {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line).ok()?;
+        line.starts_with(greeting).then_some(())
+    });
+}

@@ -9,9 +9,9 @@ use std::time::Duration;
 use virtmail_tests::agent::impersonating_kubeconfig;
 use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, merge_patch, run};
 use virtmail_tests::lmtp::deliver_once;
+use virtmail_tests::operator;
 use virtmail_tests::process::{Process, binary, wait_for};
 use virtmail_tests::socketmap::query_once;
-use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -30,9 +30,8 @@ fn wait_provisioned(ns: &TestNamespace, mailbox: &str, want: (&str, &str)) {
 #[test]
 fn agent_follows_the_published_directory_provisions_and_delivers() {
     let ns = cluster().namespace("agent-cluster");
-    ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail"))
-        .expect("example 1");
-    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    ns.apply_example("1-virtual-for-all-mail");
+    let _operator = operator::start_in(&ns);
     wait_for("the directory head", WAIT, || {
         run(ns.kubectl().args(["get", "configmap", "mail-directory"])).ok()
     });

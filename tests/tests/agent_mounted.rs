@@ -13,9 +13,9 @@ use virtmail_tests::cluster::{TestNamespace, cluster, merge_patch, run};
 use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::kubelet::{self, ProjectedVolume};
 use virtmail_tests::lmtp::deliver_once;
+use virtmail_tests::operator;
 use virtmail_tests::process::{http_get, wait_for};
 use virtmail_tests::socketmap::query_once;
-use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -43,8 +43,7 @@ fn data_hash_of(ns: &TestNamespace, name: &str) -> String {
 #[test]
 fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_undone() {
     let ns = cluster().namespace("agent-mounted");
-    ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail"))
-        .expect("example 1");
+    ns.apply_example("1-virtual-for-all-mail");
     merge_patch(
         ns.kubectl(),
         "mailserver",
@@ -52,7 +51,7 @@ fn mounted_agent_without_api_access_follows_kubelet_swaps_and_hand_edits_are_und
         r#"{"spec":{"agent":{"directorySource":"MountedFiles"}}}"#,
     )
     .expect("MountedFiles");
-    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let _operator = operator::start_in(&ns);
     let sts = wait_for("the StatefulSet with the directory volume", WAIT, || {
         let text = run(ns
             .kubectl()

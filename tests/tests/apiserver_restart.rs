@@ -39,8 +39,7 @@ fn apiserver_restart_is_survived_by_operator_and_agent() {
     cluster::use_cluster_dir(&workspace_root().join("target/cluster-restart"));
     let _plane = PrivatePlane;
     let ns = cluster().namespace("apiserver-restart");
-    ns.apply_file(&workspace_root().join("examples/2-coexisting-with-local"))
-        .expect("example 2");
+    ns.apply_example("2-coexisting-with-local");
     let lease = format!("lease-{}", ns.name());
     let mut operator = operator::start(ns.name(), &lease);
     let agent = agent::start(ns.name(), "mail");

@@ -165,8 +165,7 @@ fn chart_installs_under_restricted_and_the_operator_works_with_exactly_its_rbac(
     // The operator with the chart's identity (a token of that service account) reconciles an
     // example: any RBAC rule missing from the chart fails here.
     let ns = cluster.namespace("chart-operator");
-    ns.apply_file(&workspace_root().join("examples/2-coexisting-with-local"))
-        .expect("example");
+    ns.apply_example("2-coexisting-with-local");
     let mut command = Command::new(binary("virtmail-operator"));
     command
         .env("KUBECONFIG", cluster.kubeconfig("chart-operator"))

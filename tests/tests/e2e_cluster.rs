@@ -21,6 +21,7 @@ use virtmail_tests::cluster::{self, cluster, condition, merge_patch, run, run_wi
 use virtmail_tests::e2e::{ClusterMail, MailboxOnDisk, Options, WAIT};
 use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::mail;
+use virtmail_tests::mailstack::wait_for_copy;
 use virtmail_tests::process::wait_for;
 use virtmail_tests::{operator, workspace_root};
 
@@ -39,14 +40,7 @@ impl Drop for PrivatePlane {
 }
 
 fn cluster_script(command: &str) {
-    let out = cluster::cluster_script(command)
-        .output()
-        .expect("run tools/cluster.sh");
-    assert!(
-        out.status.success(),
-        "tools/cluster.sh {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&mut cluster::cluster_script(command)).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn kubectl() -> Command {
@@ -109,30 +103,14 @@ fn wait_stored(
     original: &str,
     sent: &[u8],
 ) -> Vec<u8> {
-    let expected = match mailbox.format {
-        MailboxFormat::Mbox => mail::mboxo_quoted(sent),
-        MailboxFormat::Maildir => mail::lf(sent),
-    };
-    let deadline = std::time::Instant::now() + WAIT;
-    let copy = loop {
-        let stored = mail.stored(mailbox);
-        if let Some(copy) = stored.iter().find(|m| mail::delivery(m).rest == expected) {
-            break copy.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}: no stored copy equals what was sent after {WAIT:?}\nexpected after the delivery headers:\n{}\nstored:\n{}\nqueue:\n{}",
-            mailbox.address,
-            String::from_utf8_lossy(&expected),
-            stored
-                .iter()
-                .map(|m| String::from_utf8_lossy(m).into_owned())
-                .collect::<Vec<_>>()
-                .join("\n----\n"),
-            mail.postfix().queue()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let copy = wait_for_copy(
+        &mailbox.address,
+        mailbox.format,
+        sent,
+        WAIT,
+        || mail.stored(mailbox),
+        || format!("queue:\n{}", mail.postfix().queue()),
+    );
     let d = mail::delivery(&copy);
     assert_eq!(d.return_path, format!("<{SENDER}>"));
     assert_eq!(d.x_original_to, original);

@@ -69,8 +69,7 @@ fn a_reply_goes_once_per_sender_with_rfc3834_headers_and_a_null_sender() {
     let stack = away(remote.smtp_port());
 
     let first = message(ALICE, AWAY, "Lunch?", "", b"Lunch on Friday?\n");
-    stack.send(ALICE, &[AWAY], &first).assert_accepted();
-    stack.assert_delivered(AWAY, ALICE, AWAY, AWAY, &first);
+    stack.send_and_assert_delivered(ALICE, AWAY, AWAY, AWAY, &first);
 
     // The reply, as stored by the remote side (after its Postfix and agent) and read over IMAP.
     let replies = remote.wait_for_messages(ALICE, 1);
@@ -110,8 +109,7 @@ fn a_reply_goes_once_per_sender_with_rfc3834_headers_and_a_null_sender() {
 
     // The same sender again within the interval: delivered, not answered.
     let second = message(ALICE, AWAY, "Lunch? (2)", "", b"Still lunch?\n");
-    stack.send(ALICE, &[AWAY], &second).assert_accepted();
-    stack.assert_delivered(AWAY, ALICE, AWAY, AWAY, &second);
+    stack.send_and_assert_delivered(ALICE, AWAY, AWAY, AWAY, &second);
     wait_log(
         &stack,
         "autoreply not sent: sender answered within the interval",
@@ -142,8 +140,7 @@ fn a_reply_goes_once_per_sender_with_rfc3834_headers_and_a_null_sender() {
     // A Maildir keeps its state inside, where Dovecot does not take it for mail; each mailbox
     // answers a sender on its own.
     let to_desk = message(ALICE, DESK, "Opening hours", "", b"Open today?\n");
-    stack.send(ALICE, &[DESK], &to_desk).assert_accepted();
-    stack.assert_delivered(DESK, ALICE, DESK, DESK, &to_desk);
+    stack.send_and_assert_delivered(ALICE, DESK, DESK, DESK, &to_desk);
     wait_for("the desk's reply", Duration::from_secs(30), || {
         remote
             .stored(ALICE)
@@ -224,8 +221,7 @@ fn without_an_outbound_path_the_autoreply_is_refused_and_mail_still_delivered() 
         "refused by the compiler"
     );
     let sent = message(ALICE, AWAY, "hello", "", b"hi\n");
-    stack.send(ALICE, &[AWAY], &sent).assert_accepted();
-    stack.assert_delivered(AWAY, ALICE, AWAY, AWAY, &sent);
+    stack.send_and_assert_delivered(ALICE, AWAY, AWAY, AWAY, &sent);
     stack.wait_queue_empty();
     assert!(!stack.agent_log().contains("autoreply sent"));
 }

@@ -44,8 +44,7 @@ fn example2_delivers_to_shared_uid_5000_mbox_and_maildir() {
     let stack = MailStack::example("2-coexisting-with-local").start();
     for address in ["test1@virtual1.test", "test2@virtual2.test"] {
         let sent = message(SENDER, address, "example 2", "", b"one line\n");
-        stack.send(SENDER, &[address], &sent).assert_accepted();
-        stack.assert_delivered(address, SENDER, address, address, &sent);
+        stack.send_and_assert_delivered(SENDER, address, address, address, &sent);
         let (path, _) = stack.mailbox(address);
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (5000, 5000), "{}", path.display());
@@ -80,26 +79,20 @@ fn example4_forwards_the_old_address_to_the_new_mailbox() {
         "",
         b"for the old address\n",
     );
-    stack
-        .send(SENDER, &["old_user@old.test"], &sent)
-        .assert_accepted();
     // virtual(8) writes the address before alias expansion as X-Original-To (virtual(8) V21 item 3).
-    stack.assert_delivered(
-        "new_user@new.test",
+    stack.send_and_assert_delivered(
         SENDER,
         "old_user@old.test",
+        "new_user@new.test",
         "new_user@new.test",
         &sent,
     );
     // postmaster@old.test is the implied alias to the domain's postmaster.
     let sent = message(SENDER, "postmaster@old.test", "to postmaster", "", b"hi\n");
-    stack
-        .send(SENDER, &["postmaster@old.test"], &sent)
-        .assert_accepted();
-    stack.assert_delivered(
-        "new_user@new.test",
+    stack.send_and_assert_delivered(
         SENDER,
         "postmaster@old.test",
+        "new_user@new.test",
         "new_user@new.test",
         &sent,
     );
@@ -129,12 +122,9 @@ fn example5_keeps_a_copy_and_hands_one_to_the_autoreply_transport() {
         "",
         b"are you there?\n",
     );
-    stack
-        .send(SENDER, &["user@domain.test"], &sent)
-        .assert_accepted();
-    stack.assert_delivered(
-        "user@domain.test",
+    stack.send_and_assert_delivered(
         SENDER,
+        "user@domain.test",
         "user@domain.test",
         "user@domain.test",
         &sent,

@@ -62,12 +62,9 @@ fn added_mailbox_is_accepted_within_2s_and_removed_one_rejected_with_its_mail_ke
         std::thread::sleep(Duration::from_millis(50));
     }
     let sent = message(SENDER, "newbie@example.test", "welcome", "", b"hi newbie\n");
-    stack
-        .send(SENDER, &["newbie@example.test"], &sent)
-        .assert_accepted();
-    stack.assert_delivered(
-        "newbie@example.test",
+    stack.send_and_assert_delivered(
         SENDER,
+        "newbie@example.test",
         "newbie@example.test",
         "newbie@example.test",
         &sent,

@@ -16,12 +16,9 @@ fn standalone_agent_provisions_mailboxes_on_an_empty_base() {
         .admin_layout(false)
         .start();
     let sent = message(SENDER, "new_user@new.test", "no preparation", "", b"hi\n");
-    stack
-        .send(SENDER, &["new_user@new.test"], &sent)
-        .assert_accepted();
-    stack.assert_delivered(
-        "new_user@new.test",
+    stack.send_and_assert_delivered(
         SENDER,
+        "new_user@new.test",
         "new_user@new.test",
         "new_user@new.test",
         &sent,
@@ -52,8 +49,7 @@ fn maildir_and_dotlocked_mbox_share_a_domain_directory() {
     .start();
     for rcpt in ["alice@mixed.test", "bob@mixed.test"] {
         let sent = message(SENDER, rcpt, "mixed directory", "", b"hi\n");
-        stack.send(SENDER, &[rcpt], &sent).assert_accepted();
-        stack.assert_delivered(rcpt, SENDER, rcpt, rcpt, &sent);
+        stack.send_and_assert_delivered(SENDER, rcpt, rcpt, rcpt, &sent);
     }
     let domain = std::fs::metadata(stack.base().join("mixed.test")).unwrap();
     assert_eq!(domain.mode() & 0o7777, 0o1777);

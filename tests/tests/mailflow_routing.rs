@@ -77,14 +77,11 @@ fn extension_goes_to_the_user_and_unknown_locals_to_the_catch_all() {
         "",
         b"extension\n",
     );
-    stack
-        .send(SENDER, &["alice+lists@example.test"], &sent)
-        .assert_accepted();
     // virtual(8): X-Original-To and Delivered-To keep the extension (virtual(8) V21).
-    stack.assert_delivered(
-        "alice@example.test",
+    stack.send_and_assert_delivered(
         SENDER,
         "alice+lists@example.test",
+        "alice@example.test",
         "alice+lists@example.test",
         &sent,
     );
@@ -96,13 +93,10 @@ fn extension_goes_to_the_user_and_unknown_locals_to_the_catch_all() {
         "",
         b"catch me\n",
     );
-    stack
-        .send(SENDER, &["whoever@catchall.test"], &sent)
-        .assert_accepted();
-    stack.assert_delivered(
-        "info@catchall.test",
+    stack.send_and_assert_delivered(
         SENDER,
         "whoever@catchall.test",
+        "info@catchall.test",
         "whoever@catchall.test",
         &sent,
     );
@@ -176,22 +170,18 @@ fn pattern_aliases_route_between_exact_addresses_and_the_catch_all() {
     let stack = MailStack::resources(&stream(resources().into_iter().chain(patterns()))).start();
     for rcpt in ["sales-eu@catchall.test", "Sales-Asia+x@catchall.test"] {
         let sent = message(SENDER, rcpt, "pattern", "", b"to sales\n");
-        stack.send(SENDER, &[rcpt], &sent).assert_accepted();
-        stack.assert_delivered(
-            "alice@example.test",
+        stack.send_and_assert_delivered(
             SENDER,
             rcpt,
+            "alice@example.test",
             "alice@example.test",
             &sent,
         );
     }
     let exact = message(SENDER, "info@catchall.test", "exact", "", b"to info\n");
-    stack
-        .send(SENDER, &["info@catchall.test"], &exact)
-        .assert_accepted();
-    stack.assert_delivered(
-        "info@catchall.test",
+    stack.send_and_assert_delivered(
         SENDER,
+        "info@catchall.test",
         "info@catchall.test",
         "info@catchall.test",
         &exact,
@@ -199,8 +189,7 @@ fn pattern_aliases_route_between_exact_addresses_and_the_catch_all() {
     // Not matched (anchored), and the invalid pattern serves nothing: the catch-all gets both.
     for rcpt in ["xsales-eu@catchall.test", "support-1@catchall.test"] {
         let sent = message(SENDER, rcpt, "catch-all", "", b"to the catch-all\n");
-        stack.send(SENDER, &[rcpt], &sent).assert_accepted();
-        stack.assert_delivered("info@catchall.test", SENDER, rcpt, rcpt, &sent);
+        stack.send_and_assert_delivered(SENDER, rcpt, "info@catchall.test", rcpt, &sent);
     }
     assert!(stack.stored("bob@example.test").is_empty());
 }

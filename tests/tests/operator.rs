@@ -106,7 +106,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
     .expect("label namespace");
     let example = workspace_root().join("examples/1-virtual-for-all-mail");
     ns.apply_file(&example).expect("apply example 1");
-    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let _operator = operator::start_in(&ns);
     let local = local_encoding(&example, ns.name());
     wait_version(&ns, "mail", &local.version);
 
@@ -209,7 +209,7 @@ fn editing_one_mailbox_changes_only_the_directory() {
     let ns = cluster().namespace("operator-edit");
     let example = workspace_root().join("examples/3-many-virtual-users");
     ns.apply_file(&example).expect("apply example 3");
-    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let _operator = operator::start_in(&ns);
     let local = local_encoding(&example, ns.name());
     wait_version(&ns, "mail", &local.version);
     let before: Vec<(&str, &str, String)> = [
@@ -342,7 +342,7 @@ fn invalid_and_conflicting_objects_get_their_reasons_while_the_rest_works() {
         "address: OK@example.test, uid: 5000, gid: 5000, path: other/ok/",
     ))
     .expect("apply conflicting mailbox");
-    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let _operator = operator::start_in(&ns);
     let expect = [
         ("ok", "True", "Published"),
         ("low", "False", "InvalidOwner"),
@@ -387,7 +387,7 @@ fn deleting_the_mail_server_garbage_collects_what_it_owns() {
     let ns = cluster().namespace("operator-gc");
     let example = workspace_root().join("examples/5-autoreply-copy");
     ns.apply_file(&example).expect("apply example 5");
-    let operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    let operator = operator::start_in(&ns);
     let local = local_encoding(&example, ns.name());
     wait_version(&ns, "mail", &local.version);
     run(ns
@@ -487,9 +487,8 @@ fn two_replicas_never_fight_and_the_standby_takes_over() {
 fn a_steady_stream_of_new_mailboxes_is_published_while_it_lasts() {
     // A trailing-edge debounce would hold every reconcile back as long as changes keep coming.
     let ns = cluster().namespace("operator-stream");
-    ns.apply_file(&workspace_root().join("examples/1-virtual-for-all-mail"))
-        .expect("example 1");
-    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
+    ns.apply_example("1-virtual-for-all-mail");
+    let _operator = operator::start_in(&ns);
     wait_for("the first publish", WAIT, || status_version(&ns, "mail"));
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (kubectl_ns, flag) = (ns.name().to_string(), done.clone());
@@ -584,9 +583,8 @@ fn autoreply_and_pattern_reasons_reach_the_objects() {
             .contains("a pattern alias names its domain as address"),
         "{refused}"
     );
-    let _operator = operator::start(ns.name(), &format!("lease-{}", ns.name()));
-    let _patterns_operator =
-        operator::start(patterns.name(), &format!("lease-{}", patterns.name()));
+    let _operator = operator::start_in(&ns);
+    let _patterns_operator = operator::start_in(&patterns);
     let expect = [
         (&ns, "mailbox", "away-closed", "True", "AutoreplyRefused"),
         (&ns, "mailbox", "away-open", "True", "Published"),
