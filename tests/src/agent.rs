@@ -30,7 +30,7 @@ pub fn impersonating_kubeconfig(dir: &Path, user: &str, namespace: &str) -> Path
 pub struct Agent {
     /// The process.
     pub process: Process,
-    /// Mailbox base (mode 1777, as for VIRTUAL_README's Example 1).
+    /// Mailbox base (mode 1777 as for VIRTUAL_README's Example 1, unless started with another).
     pub base: PathBuf,
     /// LMTP socket.
     pub lmtp: PathBuf,
@@ -44,7 +44,13 @@ pub struct Agent {
 /// Start `virtmail-agent serve` in cluster mode for MailServer `server` in `namespace`, as the
 /// ServiceAccount `<server>-agent` the operator creates (through impersonation, so RBAC applies).
 pub fn start(namespace: &str, server: &str) -> Agent {
-    launch(|command, work| {
+    start_with_base_mode(namespace, server, 0o1777)
+}
+
+/// [`start`] on a base of mode `base_mode` (at 0755, the owner of an mbox directly in the base
+/// cannot create its dotlock).
+pub fn start_with_base_mode(namespace: &str, server: &str, base_mode: u32) -> Agent {
+    launch(base_mode, |command, work| {
         let kubeconfig = impersonating_kubeconfig(
             work,
             &format!("system:serviceaccount:{namespace}:{server}-agent"),
@@ -60,7 +66,7 @@ pub fn start(namespace: &str, server: &str) -> Agent {
 /// Start `virtmail-agent serve` in mounted-files mode on the volume `dir` for MailServer
 /// `server`, with no API credentials at all (the mode is for pods without API access).
 pub fn start_mounted(dir: &Path, server: &str) -> Agent {
-    launch(|command, work| {
+    launch(0o1777, |command, work| {
         command
             .env_remove("KUBECONFIG")
             .env("HOME", work)
@@ -71,14 +77,14 @@ pub fn start_mounted(dir: &Path, server: &str) -> Agent {
     })
 }
 
-/// `serve` on a fresh 1777 base and sockets in a scratch directory; `source` adds the directory
-/// source's flags and environment.
-fn launch(source: impl FnOnce(&mut Command, &Path)) -> Agent {
+/// `serve` on a fresh base of mode `base_mode` and sockets in a scratch directory; `source` adds
+/// the directory source's flags and environment.
+fn launch(base_mode: u32, source: impl FnOnce(&mut Command, &Path)) -> Agent {
     use std::os::unix::fs::PermissionsExt;
     let work = tempfile::tempdir().expect("tempdir");
     let base = work.path().join("vhosts");
     std::fs::create_dir(&base).expect("base");
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(base_mode)).expect("chmod");
     let lmtp = work.path().join("lmtp.sock");
     let socketmap = work.path().join("socketmap.sock");
     let http_port = crate::postfix::free_port();

@@ -3,14 +3,13 @@
 //! reports `Provisioned`, answers socketmap and delivers LMTP.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Command;
 use std::time::Duration;
 
-use virtmail_tests::agent::impersonating_kubeconfig;
+use virtmail_tests::agent;
 use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, merge_patch, run};
 use virtmail_tests::lmtp::deliver_once;
 use virtmail_tests::operator;
-use virtmail_tests::process::{Process, binary, wait_for};
+use virtmail_tests::process::wait_for;
 use virtmail_tests::socketmap::query_once;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -36,45 +35,15 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
         run(ns.kubectl().args(["get", "configmap", "mail-directory"])).ok()
     });
 
-    let work = tempfile::tempdir().expect("tempdir");
-    let base = work.path().join("vhosts");
-    std::fs::create_dir(&base).expect("base");
-    let lmtp_socket = work.path().join("lmtp.sock");
-    let map_socket = work.path().join("socketmap.sock");
-    let kubeconfig = impersonating_kubeconfig(
-        work.path(),
-        &format!("system:serviceaccount:{}:mail-agent", ns.name()),
-        ns.name(),
-    );
-    let mut command = Command::new(binary("virtmail-agent"));
-    command
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
-        .args([
-            "serve",
-            "--namespace",
-            ns.name(),
-            "--server",
-            "mail",
-            "--http",
-            "127.0.0.1:0",
-            "--reprovision-interval",
-            "1s",
-        ])
-        .arg("--mailbox-base")
-        .arg(&base)
-        .arg("--lmtp")
-        .arg(format!("unix:{}", lmtp_socket.display()))
-        .arg("--socketmap")
-        .arg(format!("unix:{}", map_socket.display()));
-    let agent = Process::start("agent", command);
+    let agent = agent::start_with_base_mode(ns.name(), "mail", 0o755);
+    let (base, lmtp_socket, map_socket) = (&agent.base, &agent.lmtp, &agent.socketmap);
 
     // The directory arrives through the API and answers Postfix's lookups.
     wait_for("socketmap to know test1@virtual1.test", WAIT, || {
-        query_once(&map_socket, "mailbox Test1+x@Virtual1.test").filter(|r| r.starts_with("OK "))
+        query_once(map_socket, "mailbox Test1+x@Virtual1.test").filter(|r| r.starts_with("OK "))
     });
     assert_eq!(
-        query_once(&map_socket, "mailbox nobody@virtual1.test").as_deref(),
+        query_once(map_socket, "mailbox nobody@virtual1.test").as_deref(),
         Some("NOTFOUND ")
     );
 
@@ -84,7 +53,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     wait_provisioned(&ns, "test1-virtual1", ("False", "DotlockNotPossible"));
     wait_provisioned(&ns, "test2-virtual2", ("True", "Created"));
     // … until the administrator makes the base sticky and writable, like /var/mail.
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).expect("chmod base");
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o1777)).expect("chmod base");
     wait_provisioned(&ns, "test1-virtual1", ("True", "Present"));
     let mbox = std::fs::metadata(base.join("test1")).expect("mbox provisioned");
     assert_eq!(
@@ -103,11 +72,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     );
 
     // Mail is delivered to the provisioned Maildir.
-    let reply = deliver_once(
-        &lmtp_socket,
-        "test2@virtual2.test",
-        "hello from the cluster",
-    );
+    let reply = deliver_once(lmtp_socket, "test2@virtual2.test", "hello from the cluster");
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     let delivered: Vec<_> = std::fs::read_dir(base.join("test2/new"))
         .expect("new/")
@@ -130,7 +95,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     .expect("patch uid");
     wait_provisioned(&ns, "test2-virtual2", ("False", "OwnerMismatch"));
     let reply = wait_for("delivery to defer after the uid change", WAIT, || {
-        let r = deliver_once(&lmtp_socket, "test2@virtual2.test", "after uid change");
+        let r = deliver_once(lmtp_socket, "test2@virtual2.test", "after uid change");
         r.starts_with('4').then_some(r)
     });
     assert!(reply.contains("4.2.0"), "{reply}");
@@ -142,7 +107,7 @@ fn agent_follows_the_published_directory_provisions_and_delivers() {
     // Deleting a Mailbox: lookups say NOTFOUND, the data stays.
     run(ns.kubectl().args(["delete", "mailbox", "test1-virtual1"])).expect("delete mailbox");
     wait_for("socketmap to forget test1", WAIT, || {
-        (query_once(&map_socket, "mailbox test1@virtual1.test").as_deref() == Some("NOTFOUND "))
+        (query_once(map_socket, "mailbox test1@virtual1.test").as_deref() == Some("NOTFOUND "))
             .then_some(())
     });
     assert!(

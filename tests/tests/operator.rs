@@ -316,25 +316,28 @@ fn directory_writes_over_budget_are_paced_and_then_published() {
     assert!(metric(port, "virtmail_operator_directory_written_bytes_total") > first_write);
 }
 
+/// Apply `crds/fixtures/<fixture>` into `ns`, which the apiserver must refuse in part; the
+/// refusal names each of `reasons`.
+fn apply_fixture_refused(ns: &TestNamespace, fixture: &str, reasons: &[&str]) {
+    let Err(refused) = ns.apply_file(&workspace_root().join("crds/fixtures").join(fixture)) else {
+        panic!("{fixture} was not refused");
+    };
+    for reason in reasons {
+        assert!(refused.stderr.contains(reason), "{reason}: {refused}");
+    }
+}
+
 #[test]
 fn invalid_and_conflicting_objects_get_their_reasons_while_the_rest_works() {
     let ns = cluster().namespace("operator-invalid");
-    let fixtures = workspace_root().join("crds/fixtures");
     // The schema already refuses uid 0 and gid 0; the rest of the fixture is created.
-    let refused = ns
-        .apply_file(&fixtures.join("invalid-owner.yaml"))
-        .expect_err("uid 0 refused");
-    assert!(
-        refused
-            .stderr
-            .contains("spec.uid in body should be greater than or equal to 1"),
-        "{refused}"
-    );
-    assert!(
-        refused
-            .stderr
-            .contains("spec.gid in body should be greater than or equal to 1"),
-        "{refused}"
+    apply_fixture_refused(
+        &ns,
+        "invalid-owner.yaml",
+        &[
+            "spec.uid in body should be greater than or equal to 1",
+            "spec.gid in body should be greater than or equal to 1",
+        ],
     );
     // Two conflicting mailboxes, the second newer.
     ns.apply(&mailbox(
@@ -564,24 +567,15 @@ fn a_missing_lease_namespace_is_a_clear_error_at_start() {
 /// stays served); bad and conflicting MailAlias patterns get their reasons.
 #[test]
 fn autoreply_and_pattern_reasons_reach_the_objects() {
-    let fixtures = workspace_root().join("crds/fixtures");
     let ns = cluster().namespace("operator-autoreply");
-    let refused = ns
-        .apply_file(&fixtures.join("autoreply.yaml"))
-        .expect_err("the schema refuses an interval in minutes");
-    assert!(
-        refused.stderr.contains("spec.autoreply.interval"),
-        "{refused}"
-    );
+    // The schema refuses an interval in minutes.
+    apply_fixture_refused(&ns, "autoreply.yaml", &["spec.autoreply.interval"]);
     let patterns = cluster().namespace("operator-patterns");
-    let refused = patterns
-        .apply_file(&fixtures.join("alias-patterns.yaml"))
-        .expect_err("CEL refuses a pattern without @domain");
-    assert!(
-        refused
-            .stderr
-            .contains("a pattern alias names its domain as address"),
-        "{refused}"
+    // CEL refuses a pattern without @domain.
+    apply_fixture_refused(
+        &patterns,
+        "alias-patterns.yaml",
+        &["a pattern alias names its domain as address"],
     );
     let _operator = operator::start_in(&ns);
     let _patterns_operator = operator::start_in(&patterns);
