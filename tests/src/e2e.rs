@@ -24,7 +24,7 @@ use virtmail_crds::resources::MailboxFormat;
 use crate::cluster::{Cluster, run};
 use crate::dovecot::{self, Dovecot};
 use crate::mail::{self, Sent};
-use crate::mailstack::{stored_messages, wait_for_count};
+use crate::mailstack::stored_messages;
 use crate::postfix::{self, Postfix, free_port};
 use crate::process::{Process, binary, wait_for};
 
@@ -279,23 +279,6 @@ impl ClusterMail {
     /// Messages stored in the mailbox at `mailbox` (see [`stored_messages`]).
     pub fn stored(&self, mailbox: &MailboxOnDisk) -> Vec<Vec<u8>> {
         stored_messages(&mailbox.path, mailbox.format)
-    }
-
-    /// Wait until `mailbox` holds at least `n` messages and return them.
-    pub fn wait_for_messages(&self, mailbox: &MailboxOnDisk, n: usize) -> Vec<Vec<u8>> {
-        wait_for_count(
-            &mailbox.address,
-            n,
-            WAIT,
-            || self.stored(mailbox),
-            || {
-                format!(
-                    "queue:\n{}\nagent log:\n{}",
-                    self.postfix.queue(),
-                    self.agent.log()
-                )
-            },
-        )
     }
 }
 

@@ -346,19 +346,22 @@ impl MailStack {
 
     /// Wait until `address`'s mailbox holds at least `n` messages and return them.
     pub fn wait_for_messages(&self, address: &str, n: usize) -> Vec<Vec<u8>> {
-        wait_for_count(
-            address,
-            n,
-            DELIVERY_TIMEOUT,
-            || self.stored(address),
-            || {
-                format!(
-                    "queue:\n{}\nagent log:\n{}",
+        let deadline = std::time::Instant::now() + DELIVERY_TIMEOUT;
+        loop {
+            let stored = self.stored(address);
+            if stored.len() >= n {
+                return stored;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "{address}: {} message(s) on disk after {DELIVERY_TIMEOUT:?}, wanted {n}\nqueue:\n{}\nagent log:\n{}",
+                    stored.len(),
                     self.postfix.queue(),
                     self.agent.log()
-                )
-            },
-        )
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Every message of `address`'s INBOX read back through Dovecot IMAP.
@@ -545,31 +548,6 @@ impl StackPaths {
                 path: base.join(entry.path.trim_end_matches('/')),
             })
             .collect()
-    }
-}
-
-/// Poll `stored` (what `mailbox` holds on disk) until it holds at least `n` messages; them.
-/// After `timeout`, panic naming `mailbox`, with `context` (the queue, logs).
-pub fn wait_for_count(
-    mailbox: &str,
-    n: usize,
-    timeout: Duration,
-    stored: impl Fn() -> Vec<Vec<u8>>,
-    context: impl Fn() -> String,
-) -> Vec<Vec<u8>> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let stored = stored();
-        if stored.len() >= n {
-            return stored;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{mailbox}: {} message(s) on disk after {timeout:?}, wanted {n}\n{}",
-            stored.len(),
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -1,7 +1,6 @@
 //! The operator against the real control plane, running with its own RBAC identity.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -9,14 +8,15 @@ use virtmail_crds::{compile, encoding, manifests};
 use virtmail_tests::cluster::{TestNamespace, cluster, condition_status, merge_patch, run};
 use virtmail_tests::fixtures::mailbox;
 use virtmail_tests::postfix::free_port;
-use virtmail_tests::process::{http_get, wait_for};
+use virtmail_tests::process::{Process, http_get, wait_for};
 use virtmail_tests::{operator, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The directory version `virtmail-agent check` computes locally for the same manifests.
-fn local_encoding(dir: &Path, namespace: &str) -> encoding::Encoded {
-    let resources = manifests::load_dir(dir).expect("manifests");
+/// The directory `virtmail-agent check` computes locally for `examples/<example>`.
+fn local_encoding(example: &str, namespace: &str) -> encoding::Encoded {
+    let dir = workspace_root().join("examples").join(example);
+    let resources = manifests::load_dir(&dir).expect("manifests");
     let mut server = resources.server(None).expect("server");
     server.metadata.namespace = Some(namespace.into());
     encoding::encode(&compile(resources.inputs(&server)).directory)
@@ -35,6 +35,16 @@ fn wait_version(ns: &TestNamespace, server: &str, want: &str) {
         WAIT,
         || (status_version(ns, server).as_deref() == Some(want)).then_some(()),
     );
+}
+
+/// Apply `examples/<example>` into `ns`, start the operator and wait until it has published the
+/// directory the example compiles to; the operator and that directory.
+fn publish_example(ns: &TestNamespace, example: &str) -> (Process, encoding::Encoded) {
+    ns.apply_example(example);
+    let operator = operator::start_in(ns);
+    let local = local_encoding(example, ns.name());
+    wait_version(ns, "mail", &local.version);
+    (operator, local)
 }
 
 /// Edit a Mailbox's spec (suspend it): a change that moves the directory to a new version.
@@ -104,11 +114,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
         "pod-security.kubernetes.io/enforce=baseline",
     ]))
     .expect("label namespace");
-    let example = workspace_root().join("examples/1-virtual-for-all-mail");
-    ns.apply_file(&example).expect("apply example 1");
-    let _operator = operator::start_in(&ns);
-    let local = local_encoding(&example, ns.name());
-    wait_version(&ns, "mail", &local.version);
+    let (_operator, local) = publish_example(&ns, "1-virtual-for-all-mail");
 
     // The directory ConfigMaps are exactly the local encoding.
     let head = ns.get_json("configmap", "mail-directory");
@@ -207,11 +213,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
 #[test]
 fn editing_one_mailbox_changes_only_the_directory() {
     let ns = cluster().namespace("operator-edit");
-    let example = workspace_root().join("examples/3-many-virtual-users");
-    ns.apply_file(&example).expect("apply example 3");
-    let _operator = operator::start_in(&ns);
-    let local = local_encoding(&example, ns.name());
-    wait_version(&ns, "mail", &local.version);
+    let (_operator, local) = publish_example(&ns, "3-many-virtual-users");
     let before: Vec<(&str, &str, String)> = [
         ("statefulset", "mail"),
         ("service", "mail"),
@@ -275,9 +277,9 @@ fn metric(port: u16, name: &str) -> u64 {
 #[test]
 fn directory_writes_over_budget_are_paced_and_then_published() {
     let ns = cluster().namespace("operator-paced");
-    let example = workspace_root().join("examples/3-many-virtual-users");
-    ns.apply_file(&example).expect("apply example 3");
-    let local = local_encoding(&example, ns.name());
+    let example = "3-many-virtual-users";
+    ns.apply_example(example);
+    let local = local_encoding(example, ns.name());
     // A rate at which the first publish overdraws the bucket (30 s of burst) by 10 s' worth,
     // and an edit (the head and one shard) is too large to go on credit (over 1/8 of a burst).
     let head = encoding::data_size(&local.head) as u64;
@@ -388,11 +390,7 @@ fn invalid_and_conflicting_objects_get_their_reasons_while_the_rest_works() {
 #[test]
 fn deleting_the_mail_server_garbage_collects_what_it_owns() {
     let ns = cluster().namespace("operator-gc");
-    let example = workspace_root().join("examples/5-autoreply-copy");
-    ns.apply_file(&example).expect("apply example 5");
-    let operator = operator::start_in(&ns);
-    let local = local_encoding(&example, ns.name());
-    wait_version(&ns, "mail", &local.version);
+    let (operator, _) = publish_example(&ns, "5-autoreply-copy");
     run(ns
         .kubectl()
         .args(["delete", "mailserver", "mail", "--wait=true"]))
@@ -418,11 +416,11 @@ fn deleting_the_mail_server_garbage_collects_what_it_owns() {
 #[test]
 fn two_replicas_never_fight_and_the_standby_takes_over() {
     let ns = cluster().namespace("operator-ha");
-    let example = workspace_root().join("examples/4-forwarding-old-address");
-    ns.apply_file(&example).expect("apply example 4");
+    let example = "4-forwarding-old-address";
+    ns.apply_example(example);
     let lease = format!("lease-{}", ns.name());
     let mut first = operator::start(ns.name(), &lease);
-    let local = local_encoding(&example, ns.name());
+    let local = local_encoding(example, ns.name());
     wait_version(&ns, "mail", &local.version);
     let mut second = operator::start(ns.name(), &lease);
     std::thread::sleep(Duration::from_secs(3));
@@ -550,7 +548,7 @@ fn a_missing_lease_namespace_is_a_clear_error_at_start() {
         .env("KUBECONFIG", cluster.kubeconfig("admin"))
         .env("RUST_LOG", "info,kube=warn")
         .args(["run", "--http=127.0.0.1:0", "--lease-namespace", missing]);
-    let mut operator = virtmail_tests::process::Process::start("operator-no-lease-ns", command);
+    let mut operator = Process::start("operator-no-lease-ns", command);
     wait_for("the operator to stop", WAIT, || {
         (!operator.running()).then_some(())
     });
