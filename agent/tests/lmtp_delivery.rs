@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use virtmail_tests::fixtures::{agent_directory, mailbox, stream};
 use virtmail_tests::lmtp::Lmtp;
-use virtmail_tests::serve::{Agent, eventually, python};
+use virtmail_tests::serve::{Agent, eventually};
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     match std::fs::read_dir(dir) {
@@ -72,15 +72,7 @@ fn lmtp_delivers_durably_with_per_recipient_headers() {
 #[test]
 fn lmtp_smtplib_delivers() {
     let agent = Agent::start();
-    let out = python(
-        "lmtp_dialogue.py",
-        &[
-            agent.lmtp_path().to_str().unwrap(),
-            "<>",
-            "alice@example.test",
-            "anyone@catchall.test",
-        ],
-    );
+    let out = agent.smtplib_dialogue("<>", &["alice@example.test", "anyone@catchall.test"]);
     assert!(out.contains("data alice@example.test 250 2.0.0"), "{out}");
     assert!(out.contains("data anyone@catchall.test 250 2.0.0"), "{out}");
     let text = std::fs::read_to_string(&new_mail(&agent, "catchall.test/info")[0]).unwrap();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use virtmail_tests::lmtp::Lmtp;
-use virtmail_tests::serve::{Agent, eventually, python};
+use virtmail_tests::serve::{Agent, eventually};
 
 fn code(reply: &str) -> &str {
     &reply[..reply.len().min(9)]
@@ -12,11 +12,9 @@ fn code(reply: &str) -> &str {
 #[test]
 fn lmtp_reference_dialogue_with_smtplib() {
     let agent = Agent::start();
-    let out = python(
-        "lmtp_dialogue.py",
+    let out = agent.smtplib_dialogue(
+        "sender@remote.test",
         &[
-            agent.lmtp_path().to_str().unwrap(),
-            "sender@remote.test",
             "alice@example.test",
             "nobody@example.test",
             "frozen@example.test",

@@ -76,6 +76,15 @@ impl Agent {
     pub fn lmtp_path(&self) -> PathBuf {
         self.dir.path().join("run/lmtp.sock")
     }
+    /// Python's smtplib.LMTP (a real, independent client) sends one message from `sender` to
+    /// `rcpts` over the LMTP socket; its transcript, one line per step
+    /// (`tests/support/lmtp_dialogue.py`).
+    pub fn smtplib_dialogue(&self, sender: &str, rcpts: &[&str]) -> String {
+        let socket = self.lmtp_path();
+        let mut args = vec![socket.to_str().expect("UTF-8 socket path"), sender];
+        args.extend_from_slice(rcpts);
+        python("lmtp_dialogue.py", &args)
+    }
     /// The socketmap socket.
     pub fn map_path(&self) -> PathBuf {
         self.dir.path().join("run/map.sock")
