@@ -55,8 +55,19 @@ impl Smtp {
     /// Like [`Smtp::connect_to`], sending `preamble` first (a PROXY protocol header, as a load
     /// balancer does before the client's first byte).
     pub fn connect_with_preamble(host: &str, port: u16, preamble: &[u8]) -> Smtp {
-        let mut stream = TcpStream::connect((host, port))
-            .unwrap_or_else(|e| panic!("cannot connect to SMTP {host}:{port}: {e}"));
+        Smtp::try_connect_with_preamble(host, port, preamble)
+            .unwrap_or_else(|e| panic!("cannot connect to SMTP {host}:{port}: {e}"))
+    }
+
+    /// Like [`Smtp::connect_to`], but a refused connection is the caller's to handle, as a
+    /// sending MTA retries a server that is briefly unreachable (a Service without a ready pod
+    /// refuses connections).
+    pub fn try_connect_to(host: &str, port: u16) -> std::io::Result<Smtp> {
+        Smtp::try_connect_with_preamble(host, port, b"")
+    }
+
+    fn try_connect_with_preamble(host: &str, port: u16, preamble: &[u8]) -> std::io::Result<Smtp> {
+        let mut stream = TcpStream::connect((host, port))?;
         stream.write_all(preamble).expect("send the preamble");
         stream
             .set_read_timeout(Some(Duration::from_secs(120)))
@@ -72,7 +83,7 @@ impl Smtp {
         let ehlo = smtp.command("EHLO client.test");
         assert_eq!(ehlo.code, 250, "EHLO: {ehlo}");
         smtp.ehlo = Some(ehlo);
-        smtp
+        Ok(smtp)
     }
 
     /// Read one (possibly multi-line) reply.

@@ -402,11 +402,20 @@ fn the_agent_killed_under_load_loses_nothing() {
                     &format!("X-Node-Test: load-{i}\r\n"),
                     b"under load\r\n",
                 );
-                // As a sending MTA does: a 4xx (lookups fail while the agent restarts) is
-                // tried again; a 5xx would be a bounce and fails the test.
+                // As a sending MTA does: a 4xx (lookups fail while the agent restarts) or a
+                // refused connection (the Service has no ready pod meanwhile) is tried again;
+                // a 5xx would be a bounce and fails the test.
                 let deadline = Instant::now() + MINUTE * 2;
                 loop {
-                    let mut smtp = Smtp::connect_to(&address, 25);
+                    let mut smtp = match Smtp::try_connect_to(&address, 25) {
+                        Ok(smtp) => smtp,
+                        Err(e) if Instant::now() < deadline => {
+                            eprintln!("message {i}: {e}; trying again");
+                            std::thread::sleep(Duration::from_millis(200));
+                            continue;
+                        }
+                        Err(e) => panic!("message {i}: cannot connect to {address}:25: {e}"),
+                    };
                     let mail = smtp.mail("sender@outside.test", "");
                     let rcpt = smtp.rcpt("test2@virtual2.test");
                     let code = if mail.code == 250 && rcpt.code == 250 {
