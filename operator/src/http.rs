@@ -1,4 +1,11 @@
 //! `/metrics`, `/healthz` and `/readyz` over HTTP/1.1 (hyper), one request per connection.
+//!
+//! # Security
+//!
+//! Whatever the chart's NetworkPolicy admits can reach this port. It serves read-only data and
+//! no request changes state: only GET and HEAD are answered. At most [`MAX_CONNECTIONS`] are
+//! served at once and a client must send its request head within a few seconds, so idle
+//! connections cannot exhaust the operator's descriptors.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -9,6 +9,15 @@
 //!
 //! Every reader takes one `Arc<Loaded>` snapshot and answers from it alone, so a swap is atomic:
 //! no lookup or transaction ever sees parts of two directories.
+//!
+//! # Security
+//!
+//! A directory is input, not authority: in a pod it comes from ConfigMaps that anyone allowed to
+//! write ConfigMaps in the namespace can edit. The hashes in the head make a version complete
+//! and consistent, not trusted. What bounds a forged entry lies elsewhere: the uid floor from the
+//! agent's own arguments (the directory cannot lower it), the mailbox path rule that delivery and
+//! provisioning apply again, and containment below the mailbox base (`crate::fs`). A version that
+//! does not decode or verify is never served; the previous one keeps serving.
 
 pub mod api;
 pub mod assemble;
