@@ -31,7 +31,11 @@ const PROTOS: [&str; 3] = ["lmtp", "socketmap", "http"];
 
 type Labels = Vec<(&'static str, &'static str)>;
 
-/// The servers' metrics; clones count into the same series.
+/// Reply classes of deliveries, in label order.
+const CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
+
+/// The servers' metrics; clones count into the same series. Every series is made once, here:
+/// counting on the LMTP and socketmap paths is one atomic add, with no label lookup.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     deliveries: Family<Labels, Counter>,
@@ -41,55 +45,50 @@ pub struct Metrics {
     open: Family<Labels, Gauge>,
     connections_refused: Counter,
     http_connections_refused: Counter,
+    /// `deliveries` by class, in [`CLASSES`] order.
+    delivery_series: [Counter; 3],
+    /// `rcpt_refused` for 4xx and 5xx.
+    rcpt_series: [Counter; 2],
+    /// `lookups` by map (the served maps, then `unknown`) and result.
+    lookup_series: [[Counter; 4]; 4],
+    /// `open` by protocol, in [`Proto`] order.
+    open_series: [Gauge; 3],
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let metrics = Metrics {
-            deliveries: Family::default(),
-            rcpt_refused: Family::default(),
+        let deliveries = Family::<Labels, Counter>::default();
+        let rcpt_refused = Family::<Labels, Counter>::default();
+        let lookups = Family::<Labels, Counter>::default();
+        let open = Family::<Labels, Gauge>::default();
+        let class = |family: &Family<Labels, Counter>, class: &'static str| {
+            family.get_or_create_owned(&vec![("class", class)])
+        };
+        let maps = [
+            Some(SocketmapMap::Domain),
+            Some(SocketmapMap::Mailbox),
+            Some(SocketmapMap::Alias),
+            None,
+        ];
+        Metrics {
+            delivery_series: CLASSES.map(|c| class(&deliveries, c)),
+            rcpt_series: ["4xx", "5xx"].map(|c| class(&rcpt_refused, c)),
+            lookup_series: maps.map(|map| {
+                let map = map.map_or("unknown", SocketmapMap::name);
+                RESULTS.map(|result| {
+                    lookups.get_or_create_owned(&vec![("map", map), ("result", result)])
+                })
+            }),
+            open_series: PROTOS.map(|proto| open.get_or_create_owned(&vec![("protocol", proto)])),
+            deliveries,
+            rcpt_refused,
             latency: Histogram::new(BUCKETS),
-            lookups: Family::default(),
-            open: Family::default(),
+            lookups,
+            open,
             connections_refused: Counter::default(),
             http_connections_refused: Counter::default(),
-        };
-        for class in [2, 4, 5] {
-            metrics.deliveries.get_or_create_owned(&class_label(class));
         }
-        for class in [4, 5] {
-            metrics
-                .rcpt_refused
-                .get_or_create_owned(&class_label(class));
-        }
-        let maps = SocketmapMap::ALL.map(Some).into_iter().chain([None]);
-        for map in maps {
-            for result in 0..RESULTS.len() {
-                metrics
-                    .lookups
-                    .get_or_create_owned(&lookup_labels(map, result));
-            }
-        }
-        for proto in PROTOS {
-            metrics.open.get_or_create_owned(&vec![("protocol", proto)]);
-        }
-        metrics
     }
-}
-
-fn class_label(class: u8) -> Labels {
-    let class = match class {
-        2 => "2xx",
-        4 => "4xx",
-        _ => "5xx",
-    };
-    vec![("class", class)]
-}
-
-/// A lookup's labels; a map the request named but the agent does not serve is `unknown`.
-fn lookup_labels(map: Option<SocketmapMap>, result: usize) -> Labels {
-    let map = map.map_or("unknown", SocketmapMap::name);
-    vec![("map", map), ("result", RESULTS[result])]
 }
 
 impl Metrics {
@@ -142,30 +141,37 @@ impl Metrics {
 
     /// Count a per-recipient delivery result (class 2, 4 or 5).
     pub fn delivery(&self, class: u8, duration: Duration) {
-        if matches!(class, 2 | 4 | 5) {
-            self.deliveries.get_or_create(&class_label(class)).inc();
+        let index = match class {
+            2 => Some(0),
+            4 => Some(1),
+            5 => Some(2),
+            _ => None,
+        };
+        if let Some(index) = index {
+            self.delivery_series[index].inc();
         }
         self.latency.observe(duration.as_secs_f64());
     }
 
     /// Count a refused RCPT.
     pub fn rcpt_refused(&self, class: u8) {
-        let class = if class == 4 { 4 } else { 5 };
-        self.rcpt_refused.get_or_create(&class_label(class)).inc();
+        self.rcpt_series[usize::from(class != 4)].inc();
     }
 
     /// Count a socketmap lookup (`result` is an index into [`RESULTS`]).
     pub fn lookup(&self, map: Option<SocketmapMap>, result: usize) {
-        self.lookups
-            .get_or_create(&lookup_labels(map, result))
-            .inc();
+        let map = match map {
+            Some(SocketmapMap::Domain) => 0,
+            Some(SocketmapMap::Mailbox) => 1,
+            Some(SocketmapMap::Alias) => 2,
+            None => 3,
+        };
+        self.lookup_series[map][result].inc();
     }
 
     /// One more open connection; the guard counts it down again.
     pub fn open(&self, proto: Proto) -> OpenGuard {
-        let gauge = self
-            .open
-            .get_or_create_owned(&vec![("protocol", PROTOS[proto as usize])]);
+        let gauge = self.open_series[proto as usize].clone();
         gauge.inc();
         OpenGuard(gauge)
     }
@@ -196,7 +202,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_reply_class_is_counted_under_its_own_label() {
+    fn each_result_is_counted_under_its_own_labels() {
         let metrics = Metrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
@@ -205,6 +211,10 @@ mod tests {
         metrics.delivery(4, Duration::from_millis(1));
         metrics.delivery(5, Duration::from_millis(1));
         metrics.rcpt_refused(4);
+        metrics.lookup(Some(SocketmapMap::Alias), 0);
+        metrics.lookup(None, 3);
+        metrics.lookup(None, 3);
+        let _lmtp = metrics.open(Proto::Lmtp);
         let text = crate::metrics::render(&registry);
         for series in [
             "virtmail_deliveries_total{class=\"2xx\"} 1\n",
@@ -213,7 +223,11 @@ mod tests {
             "virtmail_rcpt_refused_total{class=\"4xx\"} 1\n",
             "virtmail_rcpt_refused_total{class=\"5xx\"} 0\n",
             "virtmail_delivery_duration_seconds_count 4\n",
-            "virtmail_lookups_total{map=\"unknown\",result=\"perm\"} 0\n",
+            "virtmail_lookups_total{map=\"alias\",result=\"ok\"} 1\n",
+            "virtmail_lookups_total{map=\"domain\",result=\"ok\"} 0\n",
+            "virtmail_lookups_total{map=\"unknown\",result=\"perm\"} 2\n",
+            "virtmail_open_connections{protocol=\"lmtp\"} 1\n",
+            "virtmail_open_connections{protocol=\"http\"} 0\n",
         ] {
             assert!(text.contains(series), "missing {series}in:\n{text}");
         }
