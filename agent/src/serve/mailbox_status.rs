@@ -42,8 +42,11 @@ pub async fn publish(
             reason: reason.into(),
             message,
         };
-        let previous = written.0.get(&report.object).cloned();
-        let previous = previous.as_slice();
+        let previous = written
+            .0
+            .get(&report.object)
+            .map(std::slice::from_ref)
+            .unwrap_or_default();
         let merged = contract::merge_conditions(previous, &[wanted], None, &now);
         if !contract::conditions_differ(previous, &merged) {
             continue;
