@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -355,28 +354,29 @@ impl<'a> Compiler<'a> {
 
     fn domains(&mut self) {
         let server = self.inputs.server;
-        let selector = server.spec.domain_selector.as_ref();
+        let selector = domain_selector(server);
         // The namespace's live servers in the order objects always win in (oldest first). A
         // server not among them (a cache that has not seen it yet) counts as the youngest: a new
         // server never takes a domain from an existing one.
-        let servers: Vec<&MailServer> = oldest_first(server, self.inputs.servers)
-            .into_iter()
-            .filter(|s| s.meta().deletion_timestamp.is_none())
-            .collect();
+        let servers: Vec<(&MailServer, Option<Selector>)> =
+            oldest_first(server, self.inputs.servers)
+                .into_iter()
+                .filter(|s| s.meta().deletion_timestamp.is_none())
+                .map(|s| (s, domain_selector(s)))
+                .collect();
         let own = servers
             .iter()
-            .position(|s| s.name_any() == server.name_any())
+            .position(|(s, _)| s.name_any() == server.name_any())
             .unwrap_or(servers.len());
         let (older, younger) = (&servers[..own], servers.get(own + 1..).unwrap_or_default());
         for domain in oldest_first(server, self.inputs.domains) {
             let name = fold(&domain.spec.domain);
             self.known_domains.insert(name.clone());
-            if !selects(selector, domain.labels()) {
+            if !selects(&selector, domain.labels()) {
                 continue;
             }
-            let claims =
-                |s: &&&MailServer| selects(s.spec.domain_selector.as_ref(), domain.labels());
-            if let Some(owner) = older.iter().find(claims) {
+            let claims = |(_, s): &&(&MailServer, Option<Selector>)| selects(s, domain.labels());
+            if let Some((owner, _)) = older.iter().find(claims) {
                 self.ceded.push(CededDomain {
                     object: domain.name_any(),
                     domain: name,
@@ -392,7 +392,7 @@ impl<'a> Compiler<'a> {
             let rivals: Vec<String> = younger
                 .iter()
                 .filter(claims)
-                .map(|s| format!("MailServer/{}", s.name_any()))
+                .map(|(s, _)| format!("MailServer/{}", s.name_any()))
                 .collect();
             if !rivals.is_empty() {
                 let message = format!(
@@ -1036,13 +1036,20 @@ fn parse_interval(text: &str) -> Option<u64> {
     (seconds >= 3600).then_some(seconds)
 }
 
-/// Whether a MailServer's `domainSelector` selects a MailDomain with these labels, as the
-/// apiserver matches label selectors. An absent selector selects every domain; one kube cannot
-/// parse (an unknown operator, `In` without values) selects none, so a typo never widens it.
-fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
-    selector.is_none_or(|selector| {
-        Selector::try_from(selector.clone()).is_ok_and(|selector| selector.matches(labels))
-    })
+/// A MailServer's `domainSelector`, parsed once per compile. Absent, it selects every domain
+/// (an empty selector); one kube cannot parse (an unknown operator, `In` without values) is
+/// `None` and selects none, so a typo never widens a selection.
+fn domain_selector(server: &MailServer) -> Option<Selector> {
+    match &server.spec.domain_selector {
+        None => Some(Selector::default()),
+        Some(selector) => Selector::try_from(selector.clone()).ok(),
+    }
+}
+
+/// Whether a parsed `domainSelector` selects a MailDomain with these labels, as the apiserver
+/// matches label selectors.
+fn selects(selector: &Option<Selector>, labels: &BTreeMap<String, String>) -> bool {
+    selector.as_ref().is_some_and(|s| s.matches(labels))
 }
 
 /// The format a path implies: a trailing `/` means Maildir.
