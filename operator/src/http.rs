@@ -4,8 +4,9 @@
 //!
 //! Whatever the chart's NetworkPolicy admits can reach this port. It serves read-only data and
 //! no request changes state: only GET and HEAD are answered. At most [`MAX_CONNECTIONS`] are
-//! served at once and a client must send its request head within a few seconds, so idle
-//! connections cannot exhaust the operator's descriptors.
+//! served at once, a request head is at most 8 KiB and must arrive within a few seconds, and a
+//! whole connection ends a few seconds after that, so idle or slow clients cannot hold the
+//! slots or exhaust the operator's descriptors.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +30,10 @@ pub const MAX_CONNECTIONS: usize = 32;
 
 /// How long a client may take to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to read the response: a slow reader cannot keep a slot.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head (hyper's smallest buffer limit).
+const MAX_HEAD: usize = 8192;
 
 /// Serve until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
@@ -46,14 +51,16 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 let response = respond(request.method(), request.uri().path(), &metrics);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let served = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
                 .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                debug!(error = %e, "http connection");
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(HEADER_TIMEOUT + WRITE_TIMEOUT, connection).await {
+                Ok(Err(e)) => debug!(error = %e, "http connection"),
+                Err(_) => debug!("http connection timed out"),
+                Ok(Ok(())) => {}
             }
             drop(slot);
         });
@@ -156,6 +163,14 @@ mod tests {
         .await;
         assert!(response.starts_with("HTTP/1.1 405"), "{response}");
         assert!(response.contains("allow: GET, HEAD\r\n"), "{response}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_head_is_refused() {
+        let padding = "x".repeat(MAX_HEAD);
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: {padding}\r\n\r\n");
+        let response = exchange(&request, Arc::new(Metrics::default())).await;
+        assert!(response.starts_with("HTTP/1.1 431"), "{response}");
     }
 
     #[test]
