@@ -49,31 +49,20 @@ impl Engine {
         let mut recipients = delivery.envelope.recipients.clone();
         let message = message::adopt_postfix_original_recipient(&mut recipients, delivery.message);
         for recipient in &recipients {
-            let outcome = self.deliver_copy(delivery.directory, sender, recipient, message);
+            // The quota is checked with the message size during delivery, so only `resolve`
+            // runs first; its target serves the automatic reply too.
+            let checked = resolve(delivery.directory, &recipient.address);
+            let outcome = deliver_checked(&checked, sender, recipient, message, &self.options);
+            log_warning(&outcome.status);
             let delivered = outcome.status.is_success();
             if !report(outcome) {
                 return;
             }
             // The reply for this copy is on its way; an automatic reply comes after it.
-            if delivered {
-                self.reply_automatically(delivery.directory, sender, recipient, message);
+            if delivered && let Ok(target) = &checked {
+                self.reply_automatically(delivery.directory, sender, recipient, target, message);
             }
         }
-    }
-
-    /// One copy. The quota is checked with the message size during delivery, so only
-    /// [`resolve`] runs first.
-    fn deliver_copy(
-        &self,
-        directory: &Directory,
-        sender: &str,
-        recipient: &Recipient,
-        message: &[u8],
-    ) -> Outcome {
-        let checked = resolve(directory, &recipient.address);
-        let outcome = deliver_checked(checked, sender, recipient, message, &self.options);
-        log_warning(&outcome.status);
-        outcome
     }
 
     fn reply_automatically(
@@ -81,23 +70,22 @@ impl Engine {
         directory: &Directory,
         sender: &str,
         recipient: &Recipient,
+        target: &Target,
         message: &[u8],
     ) {
         let Some(submission) = &self.options.submission else {
             return;
         };
-        let Some(found) = directory.find_mailbox(&recipient.address) else {
-            return;
-        };
-        let Some(autoreply) = &found.entry.autoreply else {
-            return;
-        };
-        let Ok(target) = resolve(directory, &recipient.address) else {
+        let Some(autoreply) = directory
+            .mailboxes
+            .get(&target.key)
+            .and_then(|entry| entry.autoreply.as_ref())
+        else {
             return;
         };
         crate::autoreply::respond(
             submission,
-            &target,
+            target,
             autoreply,
             &directory.settings.recipient_delimiter,
             sender,

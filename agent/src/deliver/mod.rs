@@ -472,14 +472,14 @@ pub fn deliver(
         .iter()
         .map(|recipient| {
             let checked = precheck(directory, &recipient.address);
-            deliver_checked(checked, &envelope.sender, recipient, message, options)
+            deliver_checked(&checked, &envelope.sender, recipient, message, options)
         })
         .collect()
 }
 
 /// [`deliver_one`] to a recipient that `checked` resolved, or its refusal as an outcome.
 fn deliver_checked(
-    checked: Result<Target, Status>,
+    checked: &Result<Target, Status>,
     sender: &str,
     recipient: &Recipient,
     message: &[u8],
@@ -487,7 +487,7 @@ fn deliver_checked(
 ) -> Outcome {
     match checked {
         Ok(target) => deliver_one(
-            &target,
+            target,
             sender,
             &recipient.original_recipient,
             message,
@@ -495,7 +495,7 @@ fn deliver_checked(
         ),
         Err(status) => Outcome {
             recipient: recipient.address.clone(),
-            status,
+            status: status.clone(),
             path: None,
             size: 0,
             duration: Duration::ZERO,
