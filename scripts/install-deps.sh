@@ -9,9 +9,10 @@ log() { printf '==> %s\n' "$*" >&2; }
 # openssl and curl (control-plane certificates and health checks), python3 (LMTP conformance client), util-linux (mount),
 # gcc, libc6-dev and make (the linker, and the build of the operator's allocator, jemalloc);
 # for the node (tools/cluster.sh up --node): runc, the CNI plugins, iptables, conntrack and
-# iproute2; for the images (tools/images.sh): buildah and mmdebstrap.
+# iproute2; for the images (tools/images.sh): buildah and mmdebstrap; strace (a crash test kills
+# a delivery at an exact system call).
 APT_PACKAGES=(postfix dovecot-imapd dovecot-lmtpd etcd-server openssl curl python3 util-linux procps tzdata gcc libc6-dev make
-  runc containernetworking-plugins iptables conntrack iproute2 buildah mmdebstrap)
+  runc containernetworking-plugins iptables conntrack iproute2 buildah mmdebstrap strace)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use virtmail_tests::delivery::*;
 use virtmail_tests::fixtures::mailbox;
+use virtmail_tests::process::output_with_input;
 
 fn mailboxes() -> [String; 2] {
     [
@@ -233,4 +234,60 @@ fn killed_maildir_delivery_leaves_no_stray_tmp_file_after_the_next_delivery() {
         );
     }
     assert!(new.len() >= 2);
+}
+
+/// Where the agent is killed by the test below: strace (a real tool, not a hook in the agent)
+/// delivers SIGKILL on entry to the first `unlinkat`, which for an mbox delivery under a dotlock
+/// is the removal of that dotlock: the message is durable, the lock still there.
+fn deliver_killed_at_the_dotlock_removal(w: &World, resources: &Path, rcpt: &str) {
+    let strace = Path::new("/usr/bin/strace");
+    assert!(
+        strace.exists(),
+        "strace is missing (scripts/install-deps.sh installs it)"
+    );
+    let mut command = Command::new(strace);
+    command.args([
+        "-f",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=unlinkat",
+        "-e",
+        "inject=unlinkat:signal=KILL:when=1",
+    ]);
+    command
+        .arg(env!("CARGO_BIN_EXE_virtmail-agent"))
+        .arg("deliver")
+        .arg("--resources")
+        .arg(resources)
+        .arg("--mailbox-base")
+        .arg(&w.base)
+        .args(["-f", "sender@origin.test", rcpt]);
+    let output = output_with_input(&mut command, b"Subject: killed\r\n\r\nkilled at unlock\r\n");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&output.status),
+        Some(9),
+        "the delivery was killed as it removed its dotlock: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_delivery_killed_as_it_removes_its_dotlock_leaves_a_lock_the_next_delivery_breaks_at_once() {
+    let (w, resources) = world("fcntl, dotlock");
+    let mbox = w.base.join("example.test/bob");
+    deliver_small(&w, &resources, "bob@example.test");
+    deliver_killed_at_the_dotlock_removal(&w, &resources, "bob@example.test");
+    let lock = mbox.with_file_name("bob.lock");
+    assert!(lock.exists(), "the killed delivery left its dotlock");
+    assert!(
+        String::from_utf8_lossy(&fs::read(&mbox).unwrap()).ends_with("\n\nkilled at unlock\n\n"),
+        "its message was written in full before the lock was to be removed"
+    );
+    // Far below the stale time (500 s): only a lock proven dead is removed in time.
+    deliver_small(&w, &resources, "bob@example.test");
+    assert!(!lock.exists(), "no dotlock left behind");
+    let text = String::from_utf8_lossy(&fs::read(&mbox).unwrap()).into_owned();
+    assert_eq!(text.matches("\nsmall\n").count(), 2, "{text}");
+    assert!(text.ends_with("\n\nsmall\n\n"));
 }

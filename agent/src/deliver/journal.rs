@@ -41,7 +41,13 @@
 //! exactly and its owner is provably dead: same host and pid namespace, and the pid no longer
 //! exists (or it is our own pid with another process start: a container restart, where the
 //! agent is always pid 1). Any other lock (Postfix, Dovecot, mutt, a live agent, or one whose
-//! owner cannot be judged) is waited for as before. The judgement and the removal happen under
+//! owner cannot be judged) is waited for as before. The claim is written right after the lock is
+//! created and withdrawn only after the lock is removed (and only while the slot still holds
+//! it), so a crash at any moment in between leaves a lock its claim names. A claim that outlives
+//! its lock (a crash right after the removal) names a file that no longer exists: a breaker
+//! needs the same inode and the same ctime, and the owner dead. Only a crash between creating
+//! the lock and writing the claim (two system calls) leaves a lock that waits for the stale
+//! time. The judgement and the removal happen under
 //! the directory `flock` of [`lock::break_dotlock_if`], like the stale-time rule, so no breaker
 //! of ours removes a fresh lock another just took.
 //!
@@ -143,8 +149,6 @@ const JOURNAL_LIMIT: usize = 16 << 20;
 pub(super) struct Journal {
     fd: OwnedFd,
     name: String,
-    /// Whether the slot names our dotlock (withdrawn by [`Claim`] just before it is removed).
-    claimed: std::cell::Cell<bool>,
 }
 
 /// The boundaries of the pieces of an append of `length` bytes at `from` (none when the end
@@ -292,7 +296,6 @@ impl Journal {
         usable.then(|| Journal {
             fd,
             name: format!("{}/.{name}.virtmail-append", parent_dir(&target.full_path)),
-            claimed: std::cell::Cell::new(false),
         })
     }
 
@@ -342,13 +345,10 @@ impl Journal {
         }
     }
 
-    /// Record the dotlock just taken as ours (no fsync: only a process crash needs it).
-    pub(super) fn claim_dotlock(&self, parent: BorrowedFd<'_>, name: &str, host: &str) {
-        let lock_name = virtmail_crds::contract::dotlock_name(name);
-        let Ok(lock) = rustix::fs::statat(parent, lock_name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-        else {
-            return;
-        };
+    /// Record the dotlock just taken as ours (no fsync: only a process crash needs it). The
+    /// returned [`Claim`] withdraws the record when dropped, which must be after the lock is
+    /// removed.
+    pub(super) fn claim_dotlock(&self, lock: &Stat, host: &str) -> Option<Claim<'_>> {
         let (start, namespace) = &*PROCESS;
         let line = Owner {
             ino: lock.st_ino,
@@ -361,13 +361,14 @@ impl Journal {
         .line();
         // A host name with spaces or a very long one cannot be recorded: no claim, no breaking.
         if line.len() > SLOT as usize || host.contains([' ', '\n']) {
-            return;
+            return None;
         }
         let mut slot = [0u8; SLOT as usize];
         slot[..line.len()].copy_from_slice(line.as_bytes());
-        if rustix::io::pwrite(&self.fd, &slot, 0) == Ok(slot.len()) {
-            self.claimed.set(true);
-        }
+        (rustix::io::pwrite(&self.fd, &slot, 0) == Ok(slot.len())).then_some(Claim {
+            journal: self,
+            slot,
+        })
     }
 
     /// Step 1: undo a provably partial, unacknowledged append of a crashed delivery. `file` is
@@ -466,33 +467,34 @@ impl Journal {
         rustix::fs::fdatasync(&self.fd)
     }
 
-    /// Step 3: the append is complete (or undone): forget it (the dotlock claim stays until
-    /// the dotlock is gone).
+    /// Step 3: the append is complete (or undone): forget it. The dotlock claim stays until the
+    /// dotlock is gone.
     pub(super) fn clear(&self) {
-        let keep = if self.claimed.get() { SLOT } else { 0 };
+        let keep = self.size().min(SLOT);
         if let Err(errno) = rustix::fs::ftruncate(&self.fd, keep) {
             tracing::warn!("{}: cannot empty the journal: {errno}", self.name);
         }
     }
 }
 
-/// Withdraws the journal's dotlock claim when dropped, just before the dotlock is removed (an
-/// append record that could not be recovered yet stays for the next delivery).
+/// A dotlock claim in the journal's slot; withdrawn on drop, after the lock was removed, and
+/// only while the slot still holds it (a later holder's claim is left alone).
 #[derive(Debug)]
-pub(super) struct Claim<'a>(pub(super) Option<&'a Journal>);
+pub(super) struct Claim<'a> {
+    journal: &'a Journal,
+    slot: [u8; SLOT as usize],
+}
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        let Some(journal) = self.0 else {
-            return;
-        };
-        if !journal.claimed.replace(false) {
+        let mut now = [0u8; SLOT as usize];
+        if rustix::io::pread(&self.journal.fd, &mut now, 0) != Ok(now.len()) || now != self.slot {
             return;
         }
-        if journal.size() <= SLOT {
-            let _ = rustix::fs::ftruncate(&journal.fd, 0);
+        if self.journal.size() <= SLOT {
+            let _ = rustix::fs::ftruncate(&self.journal.fd, 0);
         } else {
-            let _ = rustix::io::pwrite(&journal.fd, &[0u8; SLOT as usize], 0);
+            let _ = rustix::io::pwrite(&self.journal.fd, &[0u8; SLOT as usize], 0);
         }
     }
 }

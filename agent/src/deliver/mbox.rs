@@ -23,7 +23,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use virtmail_crds::resources::LockMethod;
 
-use super::journal::{Claim, Journal};
+use super::journal::Journal;
 use super::message;
 use super::status::{Failure, Place, Stage};
 use super::{Options, Target, unsafe_path, untrusted_directory};
@@ -162,23 +162,20 @@ pub fn deliver(
     // Take every lock; a busy kernel lock while the dotlock is held releases everything and
     // starts again after a sleep (see `lock`: writers with the opposite order must not deadlock).
     let locked = loop {
-        let dotlock = if dotlock_wanted {
+        let (dotlock, claim) = if dotlock_wanted {
             if let Some(journal) = &journal {
                 journal.break_orphaned_dotlock(parent, name, target, &options.hostname, deadline);
             }
             let dotlock =
                 lock::dotlock(parent, name, target.uid, deadline, options.stale_lock_time)
                     .map_err(|error| dotlock_failure(target, error))?;
-            if let Some(journal) = &journal {
-                journal.claim_dotlock(parent, name, &options.hostname);
-            }
-            Some(dotlock)
+            let claim = journal
+                .as_ref()
+                .and_then(|journal| journal.claim_dotlock(dotlock.created(), &options.hostname));
+            (Some(dotlock), claim)
         } else {
-            None
+            (None, None)
         };
-        // Dropped before the dotlock: the claim is withdrawn while the lock is still ours
-        // (afterwards the next holder's claim would be erased).
-        let claim = Claim(journal.as_ref());
         let file = open_checked(parent, name, target, before.as_ref())?;
         // With the dotlock held, one attempt only.
         let kernel_deadline = if dotlock.is_some() {
@@ -187,11 +184,11 @@ pub fn deliver(
             deadline
         };
         match kernel_locks(&file, &target.locks, kernel_deadline) {
-            Ok(()) => break (dotlock, claim, file),
+            Ok(()) => break (claim, dotlock, file),
             Err(Errno::AGAIN) if dotlock.is_some() => {
                 drop(file);
-                drop(claim);
                 drop(dotlock);
+                drop(claim);
                 if !backoff.wait(deadline) {
                     return Err(io(
                         target,
@@ -211,9 +208,10 @@ pub fn deliver(
             }
         }
     };
-    // Dropped in reverse: the file (kernel locks) first, then the claim, then the dotlock.
-    let _dotlock = locked.0;
-    let _claim = locked.1;
+    // Dropped in reverse: the file (kernel locks), the dotlock, then its claim (see the journal:
+    // a crash at any moment while the lock exists leaves it breakable).
+    let _claim = locked.0;
+    let _dotlock = locked.1;
     let file = locked.2;
     if let Some(journal) = &journal {
         journal.recover(parent, name, &file, target);

@@ -112,15 +112,24 @@ impl Backoff {
 pub struct DotLock<'a> {
     dir: BorrowedFd<'a>,
     name: String,
-    /// Device and inode of the lock file we created.
-    id: (u64, u64),
+    /// Status of the lock file we created, right after creating it.
+    created: Stat,
+}
+
+impl DotLock<'_> {
+    /// Status of the lock file as created (its inode and ctime identify it).
+    pub fn created(&self) -> &Stat {
+        &self.created
+    }
 }
 
 impl Drop for DotLock<'_> {
     fn drop(&mut self) {
         // Not ours any more (broken as stale by someone else, and maybe re-created): leave it.
         match rustix::fs::statat(self.dir, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) if (stat.st_dev, stat.st_ino) == self.id => {
+            Ok(stat)
+                if (stat.st_dev, stat.st_ino) == (self.created.st_dev, self.created.st_ino) =>
+            {
                 let _ = rustix::fs::unlinkat(self.dir, self.name.as_str(), AtFlags::empty());
             }
             _ => {}
@@ -152,11 +161,7 @@ pub fn dotlock<'a>(
                 let stat = rustix::fs::fstat(&fd);
                 drop(fd);
                 return match stat {
-                    Ok(stat) => Ok(DotLock {
-                        dir,
-                        name,
-                        id: (stat.st_dev, stat.st_ino),
-                    }),
+                    Ok(created) => Ok(DotLock { dir, name, created }),
                     Err(errno) => {
                         let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
                         Err(errno.into())
