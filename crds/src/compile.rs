@@ -146,7 +146,7 @@ pub struct Diagnostic {
 }
 
 /// Output of [`compile`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Compiled {
     /// The directory.
     pub directory: Directory,
@@ -1192,6 +1192,9 @@ fn cyclic_nodes(edges: &[Vec<usize>]) -> Vec<bool> {
     }
     result
 }
+
+mod in_place;
+pub use in_place::{NeedsFullCompile, recompile_mailbox};
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@
 //! head (or a head before its shards) is never served half-new.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -66,8 +67,8 @@ pub struct Shard {
     pub name: String,
     /// SHA-256 of the data, hex.
     pub hash: String,
-    /// The data.
-    pub data: Data,
+    /// The data (shared: a version that keeps a shard keeps it without a copy).
+    pub data: Arc<Data>,
 }
 
 /// An encoded directory.
@@ -217,34 +218,107 @@ fn version_of(settings_json: &str, shard_hashes: &[&str]) -> String {
     hex::encode(hasher.finalize())[..16].to_string()
 }
 
+/// One record of a directory: its data key, its key and its JSON line.
+fn record_lines(directory: &Directory) -> Vec<(&'static str, &str, String)> {
+    let mut records = Vec::new();
+    for (domain, entry) in &directory.domains {
+        records.push((KEY_DOMAINS, domain.as_str(), domain_line(domain, entry)));
+    }
+    for (address, entry) in &directory.mailboxes {
+        records.push((KEY_MAILBOXES, address.as_str(), mailbox_line(address, entry)));
+    }
+    for (address, entry) in &directory.aliases {
+        records.push((KEY_ALIASES, address.as_str(), alias_line(address, entry)));
+    }
+    records
+}
+
+fn domain_line(domain: &str, entry: &Domain) -> String {
+    json_line(&DomainRecord {
+        domain: domain.to_string(),
+        entry: entry.clone(),
+    })
+}
+
+fn mailbox_line(address: &str, entry: &MailboxEntry) -> String {
+    json_line(&MailboxRecord {
+        address: address.to_string(),
+        entry: entry.clone(),
+    })
+}
+
+fn alias_line(address: &str, entry: &AliasEntry) -> String {
+    json_line(&AliasRecord {
+        address: address.to_string(),
+        entry: entry.clone(),
+    })
+}
+
+/// Bytes a record adds to its shard.
+fn record_size(data_key: &str, line: &str) -> usize {
+    data_key.len() + line.len()
+}
+
+/// The bucket count a directory of `total` record bytes starts from (doubled while a shard
+/// would exceed [`SHARD_LIMIT`]).
+fn base_buckets(total: usize) -> usize {
+    total.div_ceil(SHARD_TARGET).max(1)
+}
+
+fn shard_of(server: &str, index: usize, data: Data) -> Shard {
+    Shard {
+        name: shard_name(server, index),
+        hash: data_hash(&data),
+        data: Arc::new(data),
+    }
+}
+
+/// The head for `shards` (non-empty, in slot order) and its version.
+fn assemble(directory_counts: [usize; 3], settings: &Settings, shards: Vec<Shard>) -> Encoded {
+    let settings_text = settings_json(settings);
+    let hashes: Vec<&str> = shards.iter().map(|s| s.hash.as_str()).collect();
+    let version = version_of(&settings_text, &hashes);
+    let mut head = Data::new();
+    head.insert(KEY_SCHEMA.into(), SCHEMA.into());
+    head.insert(KEY_VERSION.into(), version.clone());
+    head.insert(KEY_SETTINGS.into(), settings_text);
+    head.insert(
+        KEY_SHARDS.into(),
+        shards
+            .iter()
+            .map(|s| format!("{} {} {}\n", s.name, s.hash, data_size(&s.data)))
+            .collect(),
+    );
+    let [domains, mailboxes, aliases] = directory_counts;
+    head.insert(
+        KEY_SUMMARY.into(),
+        format!(
+            "domains={domains} mailboxes={mailboxes} aliases={aliases} shards={}\n",
+            shards.len()
+        ),
+    );
+    Encoded {
+        version,
+        head_name: head_name(&settings.server),
+        head,
+        shards,
+    }
+}
+
+fn counts(directory: &Directory) -> [usize; 3] {
+    [
+        directory.domains.len(),
+        directory.mailboxes.len(),
+        directory.aliases.len(),
+    ]
+}
+
 /// Encode a directory for ConfigMaps. Deterministic: equal directories give equal output.
 pub fn encode(directory: &Directory) -> Encoded {
     let server = &directory.settings.server;
-    // (data key, record key, line) for every record, in a stable order.
-    let mut records: Vec<(&str, &str, String)> = Vec::new();
-    for (domain, entry) in &directory.domains {
-        let line = json_line(&DomainRecord {
-            domain: domain.clone(),
-            entry: entry.clone(),
-        });
-        records.push((KEY_DOMAINS, domain, line));
-    }
-    for (address, entry) in &directory.mailboxes {
-        let line = json_line(&MailboxRecord {
-            address: address.clone(),
-            entry: entry.clone(),
-        });
-        records.push((KEY_MAILBOXES, address, line));
-    }
-    for (address, entry) in &directory.aliases {
-        let line = json_line(&AliasRecord {
-            address: address.clone(),
-            entry: entry.clone(),
-        });
-        records.push((KEY_ALIASES, address, line));
-    }
-    let total: usize = records.iter().map(|(k, _, l)| k.len() + l.len()).sum();
-    let mut buckets = total.div_ceil(SHARD_TARGET).max(1);
+    let records = record_lines(directory);
+    let total: usize = records.iter().map(|(k, _, l)| record_size(k, l)).sum();
+    let mut buckets = base_buckets(total);
     let shard_data = loop {
         let mut shards: Vec<Data> = vec![Data::new(); buckets];
         for (data_key, record_key, line) in &records {
@@ -262,42 +336,9 @@ pub fn encode(directory: &Directory) -> Encoded {
         .into_iter()
         .enumerate()
         .filter(|(_, data)| !data.is_empty())
-        .map(|(index, data)| Shard {
-            name: shard_name(server, index),
-            hash: data_hash(&data),
-            data,
-        })
+        .map(|(index, data)| shard_of(server, index, data))
         .collect();
-    let settings = settings_json(&directory.settings);
-    let hashes: Vec<&str> = shards.iter().map(|s| s.hash.as_str()).collect();
-    let version = version_of(&settings, &hashes);
-    let mut head = Data::new();
-    head.insert(KEY_SCHEMA.into(), SCHEMA.into());
-    head.insert(KEY_VERSION.into(), version.clone());
-    head.insert(KEY_SETTINGS.into(), settings);
-    head.insert(
-        KEY_SHARDS.into(),
-        shards
-            .iter()
-            .map(|s| format!("{} {} {}\n", s.name, s.hash, data_size(&s.data)))
-            .collect(),
-    );
-    head.insert(
-        KEY_SUMMARY.into(),
-        format!(
-            "domains={} mailboxes={} aliases={} shards={}\n",
-            directory.domains.len(),
-            directory.mailboxes.len(),
-            directory.aliases.len(),
-            shards.len()
-        ),
-    );
-    Encoded {
-        version,
-        head_name: head_name(server),
-        head,
-        shards,
-    }
+    assemble(counts(directory), &directory.settings, shards)
 }
 
 /// A shard the head names: `(name, sha256)`.
@@ -413,6 +454,9 @@ pub fn decode<'a>(
 pub fn version(directory: &Directory) -> String {
     encode(directory).version
 }
+
+mod incremental;
+pub use incremental::Encoder;
 
 #[cfg(test)]
 mod tests;

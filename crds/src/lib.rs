@@ -11,7 +11,8 @@ pub mod quantity;
 pub mod resources;
 
 pub use compile::{
-    CededDomain, Compiled, Diagnostic, Effect, Inputs, Kind, ObjectRef, Objects, Reason, compile,
+    CededDomain, Compiled, Diagnostic, Effect, Inputs, Kind, NeedsFullCompile, ObjectRef, Objects,
+    Reason, compile, recompile_mailbox,
 };
 pub use directory::Directory;
 pub use resources::*;

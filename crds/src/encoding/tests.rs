@@ -11,7 +11,7 @@ fn shard_map(encoded: &Encoded) -> BTreeMap<String, Data> {
     encoded
         .shards
         .iter()
-        .map(|s| (s.name.clone(), s.data.clone()))
+        .map(|s| (s.name.clone(), (*s.data).clone()))
         .collect()
 }
 
@@ -116,7 +116,7 @@ fn a_shard_rewritten_before_its_head_is_refused_not_served() {
     let (old, new) = (encode(&d), encode(&edited));
     let mut shards = shard_map(&old);
     for shard in &new.shards {
-        shards.insert(shard.name.clone(), shard.data.clone());
+        shards.insert(shard.name.clone(), (*shard.data).clone());
     }
     assert!(matches!(
         decode(&old.head, |n| shards.get(n)),
