@@ -195,7 +195,7 @@ pub fn shard_config_map(server: &MailServer, shard: &Shard) -> ConfigMap {
     )]));
     ConfigMap {
         metadata,
-        data: Some(shard.data.clone()),
+        data: Some((*shard.data).clone()),
         ..Default::default()
     }
 }

@@ -6,6 +6,7 @@ pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod http;
+pub mod input_changes;
 pub mod lease;
 pub mod metrics;
 pub mod owned;

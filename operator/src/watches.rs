@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -28,6 +27,7 @@ use virtmail_crds::{MailAlias, MailDomain, MailServer, Mailbox};
 
 use crate::build::BuildConfig;
 use crate::cache::{Member, MemberCache};
+use crate::input_changes::{Change, InputChanges};
 use crate::metrics::Metrics;
 use crate::owned::OwnedVersions;
 use crate::reconcile::{Context, MemberCaches, WatchedState, error_policy, reconcile, servers_of};
@@ -84,6 +84,16 @@ fn uid_key<K: Resource>(object: &K) -> u64 {
     hasher.finish()
 }
 
+/// A Mailbox's change as the reconcile tells it apart: an edit it may apply in place, or a
+/// deletion under way (the object goes: a full compile).
+fn mailbox_change(mailbox: &Mailbox) -> Change {
+    if mailbox.meta().deletion_timestamp.is_some() {
+        Change::Other
+    } else {
+        Change::Mailbox(mailbox.name_any())
+    }
+}
+
 /// What [`compiler_input_changes`] remembers of one object: 24 bytes, not the object.
 struct Seen {
     fingerprint: u64,
@@ -104,7 +114,8 @@ struct Seen {
 /// that lost objects stands in for it.
 pub fn compiler_input_changes<K>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    epoch: Arc<AtomicU64>,
+    changes: Arc<InputChanges>,
+    classify: fn(&K) -> Change,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource + Send + 'static,
@@ -134,7 +145,7 @@ where
     };
     events
         .map(move |event| {
-            let triggers: Vec<Result<PartialObjectMeta<K>, watcher::Error>> = match event {
+            let changed: Vec<(Option<String>, Change)> = match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                     let fingerprint = compiler_input_fingerprint(&o);
                     let namespace = intern(o.meta().namespace.clone(), &mut namespaces);
@@ -149,12 +160,12 @@ where
                     if previous.is_some_and(|p| p.fingerprint == fingerprint) {
                         vec![]
                     } else {
-                        vec![Ok(trigger(o.meta().namespace.clone()))]
+                        vec![(o.meta().namespace.clone(), classify(&o))]
                     }
                 }
                 Ok(watcher::Event::Delete(o)) => {
                     seen.remove(&uid_key(&o));
-                    vec![Ok(trigger(o.meta().namespace.clone()))]
+                    vec![(o.meta().namespace.clone(), Change::Other)]
                 }
                 Ok(watcher::Event::Init) => {
                     for entry in seen.values_mut() {
@@ -171,13 +182,17 @@ where
                         entry.relisted
                     });
                     lost.into_iter()
-                        .map(|index| Ok(trigger(namespaces[index as usize].clone())))
+                        .map(|index| (namespaces[index as usize].clone(), Change::Other))
                         .collect()
                 }
-                Err(e) => vec![Err(e)],
+                Err(e) => return stream::iter(vec![Err(e)]),
             };
-            if triggers.iter().any(Result::is_ok) {
-                epoch.fetch_add(1, Ordering::SeqCst);
+            let triggers: Vec<_> = changed
+                .iter()
+                .map(|(namespace, _)| Ok(trigger(namespace.clone())))
+                .collect();
+            if !changed.is_empty() {
+                changes.record(changed);
             }
             stream::iter(triggers)
         })
@@ -329,7 +344,7 @@ pub async fn run(
     let controller = Controller::for_stream(server_triggers, servers.clone())
         .with_config(ControllerConfig::default().concurrency(4));
     let (s1, s2, s3) = (servers.clone(), servers.clone(), servers.clone());
-    let inputs_epoch = Arc::new(AtomicU64::new(0));
+    let input_changes = Arc::new(InputChanges::default());
     let context = Arc::new(Context::new(
         client.clone(),
         options.config,
@@ -339,7 +354,7 @@ pub async fn run(
         options.instance,
         WatchedState {
             owned: owned.versions.clone(),
-            inputs_epoch: inputs_epoch.clone(),
+            input_changes: input_changes.clone(),
             directory_write_rate: options.directory_write_rate,
         },
     ));
@@ -353,15 +368,15 @@ pub async fn run(
         .owns_stream(owned.changes::<PodDisruptionBudget>())
         .owns_stream(owned.changes::<NetworkPolicy>())
         .watches_stream(
-            compiler_input_changes(domain_stream, inputs_epoch.clone()),
+            compiler_input_changes(domain_stream, input_changes.clone(), |_| Change::Other),
             move |o: PartialObjectMeta<MailDomain>| servers_in(&s1, o.namespace()),
         )
         .watches_stream(
-            compiler_input_changes(mailbox_stream, inputs_epoch.clone()),
+            compiler_input_changes(mailbox_stream, input_changes.clone(), mailbox_change),
             move |o: PartialObjectMeta<Mailbox>| servers_in(&s2, o.namespace()),
         )
         .watches_stream(
-            compiler_input_changes(alias_stream, inputs_epoch),
+            compiler_input_changes(alias_stream, input_changes, |_| Change::Other),
             move |o: PartialObjectMeta<MailAlias>| servers_in(&s3, o.namespace()),
         )
         .graceful_shutdown_on(shutdown)
@@ -437,10 +452,14 @@ mod tests {
     /// Feeds `events` through [`compiler_input_changes`] and returns the namespaces of the
     /// triggers it emitted and how far the epoch moved.
     fn triggers_for(events: Vec<watcher::Event<Mailbox>>) -> (Vec<String>, u64) {
-        let epoch = Arc::new(AtomicU64::new(0));
+        let changes = Arc::new(InputChanges::default());
         let triggers = futures::executor::block_on(
-            compiler_input_changes(stream::iter(events.into_iter().map(Ok)), epoch.clone())
-                .collect::<Vec<_>>(),
+            compiler_input_changes(
+                stream::iter(events.into_iter().map(Ok)),
+                changes.clone(),
+                mailbox_change,
+            )
+            .collect::<Vec<_>>(),
         );
         let namespaces = triggers
             .into_iter()
@@ -450,7 +469,7 @@ mod tests {
                 t.namespace().expect("a trigger carries its namespace")
             })
             .collect();
-        (namespaces, epoch.load(Ordering::SeqCst))
+        (namespaces, changes.epoch())
     }
 
     #[test]

@@ -15,7 +15,6 @@ pub mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
@@ -31,6 +30,7 @@ use crate::cache::MemberCache;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::owned::OwnedVersions;
+use crate::input_changes::InputChanges;
 use crate::pacing::WriteBudget;
 use apply::apply_desired;
 use snapshot::{Snapshot, wait_ready};
@@ -61,13 +61,17 @@ pub struct Context {
     owned: Arc<OwnedVersions>,
     /// The last compile of each server, reused while its inputs are unchanged.
     snapshots: std::sync::Mutex<HashMap<String, Arc<Snapshot>>>,
+    /// The encoding of each server's last snapshot, which an in-place edit updates.
+    encoders: std::sync::Mutex<HashMap<String, virtmail_crds::encoding::Encoder>>,
+    /// The members' statuses each server's next status task is to publish, with a serial.
+    owed_statuses: std::sync::Mutex<HashMap<String, (u64, status::Owed)>>,
     /// The member-status task of each server, with the snapshot it works from.
     member_status: std::sync::Mutex<HashMap<String, StatusTask>>,
     /// Paces directory writes (see [`crate::pacing`]); one for all servers, as they share etcd.
     write_budget: std::sync::Mutex<WriteBudget>,
-    /// Counts changes of compiler inputs (see [`crate::watches::compiler_input_changes`]): a
-    /// snapshot compiled at epoch E is current while the epoch is still E.
-    inputs_epoch: Arc<AtomicU64>,
+    /// Changes of compiler inputs (see [`crate::watches::compiler_input_changes`]): a snapshot
+    /// compiled at epoch E is current while the epoch is still E.
+    input_changes: Arc<InputChanges>,
 }
 
 impl std::fmt::Debug for Context {
@@ -89,7 +93,7 @@ pub struct MemberCaches {
 
 impl Context {
     /// The context of every reconcile. `owned` is fed by the owned objects' watches and
-    /// `inputs_epoch` by [`crate::watches::compiler_input_changes`].
+    /// `input_changes` by [`crate::watches::compiler_input_changes`].
     pub fn new(
         client: Client,
         config: BuildConfig,
@@ -122,8 +126,10 @@ impl Context {
             failures: Mutex::default(),
             owned: watched.owned,
             snapshots: Default::default(),
+            encoders: Default::default(),
+            owed_statuses: Default::default(),
             member_status: Default::default(),
-            inputs_epoch: watched.inputs_epoch,
+            input_changes: watched.input_changes,
             write_budget: std::sync::Mutex::new(WriteBudget::new(
                 watched.directory_write_rate,
                 Instant::now(),
@@ -141,8 +147,8 @@ impl Context {
 pub struct WatchedState {
     /// Versions of owned objects, fed by their watches.
     pub owned: Arc<OwnedVersions>,
-    /// Advanced by every change of compiler inputs.
-    pub inputs_epoch: Arc<AtomicU64>,
+    /// Fed by every change of compiler inputs.
+    pub input_changes: Arc<InputChanges>,
     /// Average directory bytes written per second, over all servers (0: unpaced); see
     /// [`crate::pacing`].
     pub directory_write_rate: u64,
@@ -204,7 +210,7 @@ async fn reconcile_inner(
     }
     // compile (or reuse the last compile while nothing it reads has changed)
     let step = Instant::now();
-    let snapshot = ctx.snapshot(server, &namespace);
+    let snapshot = ctx.snapshot(server, &namespace).await;
     let compile_took = step.elapsed();
     let (compiled, encoded) = (&snapshot.compiled, &snapshot.encoded);
     // build
@@ -227,6 +233,7 @@ async fn reconcile_inner(
         shards = encoded.shards.len(),
         mailboxes = compiled.directory.mailboxes.len(),
         diagnostics = compiled.diagnostics.len(),
+        made = snapshot.made.as_str(),
         ?compile_took,
         ?apply_took,
         ?status_took,

@@ -1,16 +1,20 @@
 //! The snapshot step: a server's members as the caches hold them, compiled and encoded, kept
 //! while nothing the compiler reads has changed.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef as KubeRef;
 use kube::{Resource, ResourceExt};
 use tracing::info;
-use virtmail_crds::encoding;
-use virtmail_crds::{Compiled, Inputs, MailAlias, MailDomain, MailServer, Mailbox, compile};
+use virtmail_crds::encoding::{self, Encoder};
+use virtmail_crds::{
+    Compiled, Inputs, Kind, MailAlias, MailDomain, MailServer, Mailbox, ObjectRef, Objects,
+    compile, recompile_mailbox,
+};
 
+use super::status::Owed;
 use super::{Context, server_key, servers_of};
 use crate::cache::MemberCache;
 use crate::error::{Error, Result};
@@ -49,13 +53,20 @@ impl Members {
 /// What the compiler's result depends on besides the member caches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct SnapshotKey {
-    /// [`Context::inputs_epoch`] read before the caches were.
+    /// [`InputChanges::epoch`](crate::input_changes::InputChanges::epoch) read before the
+    /// caches were.
     epoch: u64,
+    /// What the compile depends on besides the members: the server's spec and which servers
+    /// of the namespace there are (which one serves a domain several select).
+    servers: ServersKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServersKey {
     /// The server's uid and generation (its spec).
     server_uid: Option<String>,
     server_generation: Option<i64>,
-    /// The uid and generation of every server of the namespace (which one serves a domain
-    /// several select).
+    /// The uid and generation of every server of the namespace.
     neighbours: Vec<(Option<String>, Option<i64>, bool)>,
 }
 
@@ -73,10 +84,12 @@ impl SnapshotKey {
             .collect();
         neighbours.sort();
         SnapshotKey {
-            epoch: ctx.inputs_epoch.load(Ordering::SeqCst),
-            server_uid: server.meta().uid.clone(),
-            server_generation: server.meta().generation,
-            neighbours,
+            epoch: ctx.input_changes.epoch(),
+            servers: ServersKey {
+                server_uid: server.meta().uid.clone(),
+                server_generation: server.meta().generation,
+                neighbours,
+            },
         }
     }
 }
@@ -89,49 +102,157 @@ pub(super) struct Snapshot {
     key: SnapshotKey,
     pub(super) compiled: Compiled,
     pub(super) encoded: encoding::Encoded,
+    /// How it was made (for the log and the metrics).
+    pub(super) made: Made,
+}
+
+/// How a snapshot was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Made {
+    /// Compiled and encoded from scratch.
+    Full,
+    /// Mailbox edits applied to the previous snapshot; only their shards encoded again.
+    InPlace {
+        /// Mailbox entries that changed.
+        entries: usize,
+        /// Shards encoded again.
+        shards: usize,
+    },
+}
+
+impl Made {
+    /// For logs and metrics.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Made::Full => "full",
+            Made::InPlace { .. } => "in_place",
+        }
+    }
 }
 
 impl Context {
-    /// The server's snapshot for these inputs: the kept one if its key still holds, else a new
-    /// compile. Before compiling, the outdated snapshot is let go (with the status task that
-    /// works from it) so the old and the new directory are never in memory together.
-    pub(super) fn snapshot(&self, server: &MailServer, namespace: &str) -> Arc<Snapshot> {
+    /// The server's snapshot for these inputs: the kept one if its key still holds; else the
+    /// kept one with the Mailbox edits since applied in place, when those were all that
+    /// changed (see [`recompile_mailbox`]); else a new compile. The outdated snapshot is let
+    /// go first (with the status task that works from it), so the old and the new directory are
+    /// never in memory together.
+    pub(super) async fn snapshot(&self, server: &MailServer, namespace: &str) -> Arc<Snapshot> {
         let server_key = server_key(server);
         // The epoch first: the caches read after it hold at least every change it counts.
         let key = SnapshotKey::of(self, server);
-        {
+        let kept = {
             let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(kept) = snapshots.get(&server_key)
                 && kept.key == key
             {
                 return kept.clone();
             }
-            snapshots.remove(&server_key);
-        }
+            snapshots.remove(&server_key)
+        };
         self.forget_deleted_servers();
-        if let Some((_, task)) = self
+        let task = self
             .member_status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&server_key)
-        {
+            .remove(&server_key);
+        if let Some((_, task)) = task {
             task.abort();
+            // Cancelled at its next await; then the kept snapshot is ours alone.
+            let _ = task.await;
         }
-        let compiled = {
-            let members = Members::of(self, namespace);
-            compile(members.inputs(server))
+        let in_place = kept
+            .filter(|kept| kept.key.servers == key.servers)
+            .and_then(|kept| self.apply_mailbox_edits(server, namespace, &server_key, kept));
+        let (snapshot, edited) = match in_place {
+            Some((compiled, encoded, made, edited)) => (
+                Snapshot {
+                    key,
+                    compiled,
+                    encoded,
+                    made,
+                },
+                Some(edited),
+            ),
+            None => {
+                let compiled = {
+                    let members = Members::of(self, namespace);
+                    compile(members.inputs(server))
+                };
+                let encoder = Encoder::new(&compiled.directory);
+                let encoded = encoder.encoded().clone();
+                self.encoders
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(server_key.clone(), encoder);
+                (
+                    Snapshot {
+                        key,
+                        compiled,
+                        encoded,
+                        made: Made::Full,
+                    },
+                    None,
+                )
+            }
         };
-        let encoded = encoding::encode(&compiled.directory);
-        let snapshot = Arc::new(Snapshot {
-            key,
-            compiled,
-            encoded,
-        });
+        self.owe_statuses(&server_key, edited);
+        let snapshot = Arc::new(snapshot);
         self.snapshots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(server_key, snapshot.clone());
         snapshot
+    }
+
+    /// The kept snapshot with the Mailbox edits since its epoch applied in place, or none when
+    /// anything else changed or an edit needs a full compile.
+    fn apply_mailbox_edits(
+        &self,
+        server: &MailServer,
+        namespace: &str,
+        server_key: &str,
+        kept: Arc<Snapshot>,
+    ) -> Option<(Compiled, encoding::Encoded, Made, BTreeSet<ObjectRef>)> {
+        let names = self
+            .input_changes
+            .mailbox_edits_since(namespace, kept.key.epoch)?;
+        let mut encoders = self.encoders.lock().unwrap_or_else(|e| e.into_inner());
+        let encoder = encoders
+            .get_mut(server_key)
+            .filter(|e| e.encoded().version == kept.encoded.version)?;
+        // Ours alone unless a reconcile still holds it; then a copy.
+        let mut compiled = match Arc::try_unwrap(kept) {
+            Ok(kept) => kept.compiled,
+            Err(shared) => shared.compiled.clone(),
+        };
+        let domains = self.domains.in_namespace(namespace);
+        let inputs = Inputs {
+            server,
+            servers: Objects::Slice(&[]),
+            domains: (&domains).into(),
+            mailboxes: Objects::Slice(&[]),
+            aliases: Objects::Slice(&[]),
+        };
+        let mut keys = Vec::new();
+        for name in &names {
+            let mailbox = self.mailboxes.get(namespace, name)?;
+            if let Some(key) = recompile_mailbox(&mut compiled, inputs, &mailbox).ok()? {
+                keys.push(key);
+            }
+        }
+        let update = encoder.update_mailboxes(&compiled.directory, keys.iter().map(String::as_str));
+        let made = Made::InPlace {
+            entries: keys.len(),
+            shards: update.shards,
+        };
+        let edited = names
+            .into_iter()
+            .map(|name| ObjectRef {
+                kind: Kind::Mailbox,
+                name,
+            })
+            .collect();
+        Some((compiled, encoder.encoded().clone(), made, edited))
     }
 
     /// Drop the snapshots and status tasks of servers no longer in the cache: a deleted server
@@ -147,6 +268,14 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|key, _| exists(key));
+        self.encoders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| exists(key));
+        self.owed_statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| exists(key));
         self.member_status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -159,9 +288,38 @@ impl Context {
             });
     }
 
+    /// Members' statuses are owed after a new snapshot: every member's after a full compile,
+    /// the edited Mailboxes' after an in-place one.
+    fn owe_statuses(&self, server_key: &str, edited: Option<BTreeSet<ObjectRef>>) {
+        let mut owed = self.owed_statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let (serial, before) = owed.remove(server_key).unwrap_or((0, Owed::All));
+        owed.insert(server_key.to_string(), (serial + 1, before.after(edited)));
+    }
+
+    /// What the next members' status task is to publish (none when nothing is owed), with the
+    /// serial that [`Context::statuses_published`] takes back.
+    pub(super) fn owed_statuses(&self, server_key: &str) -> Option<(u64, Owed)> {
+        let owed = self.owed_statuses.lock().unwrap_or_else(|e| e.into_inner());
+        match owed.get(server_key) {
+            Some((_, Owed::Some(members))) if members.is_empty() => None,
+            Some(owed) => Some(owed.clone()),
+            None => Some((0, Owed::All)),
+        }
+    }
+
+    /// A task published what was owed at `serial`; owed since (a newer snapshot) stays owed.
+    pub(super) fn statuses_published(&self, server_key: &str, serial: u64) {
+        let mut owed = self.owed_statuses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = owed.get_mut(server_key)
+            && entry.0 == serial
+        {
+            entry.1 = Owed::Some(BTreeSet::new());
+        }
+    }
+
     /// Whether a snapshot's compile still reflects the caches.
     pub(super) fn is_current(&self, snapshot: &Snapshot) -> bool {
-        snapshot.key.epoch == self.inputs_epoch.load(Ordering::SeqCst)
+        snapshot.key.epoch == self.input_changes.epoch()
     }
 }
 

@@ -4,7 +4,7 @@
 //! diagnostics, and the Events worth publishing. A thin layer sends the patches (server-side
 //! apply of the status with the operator's field manager) and publishes the Events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures::{StreamExt, stream};
@@ -68,7 +68,7 @@ pub fn server_status(
         .diagnostics
         .iter()
         .map(|d| &d.object)
-        .collect::<std::collections::BTreeSet<_>>()
+        .collect::<BTreeSet<_>>()
         .len() as u32;
     let directory = &observed.directory;
     let (wanted, ready) = (observed.wanted_replicas, observed.ready_replicas);
@@ -309,26 +309,33 @@ pub struct MemberStatuses<'a> {
     compiled: &'a Compiled,
     server_name: &'a str,
     now: Time,
-    /// Mailboxes per domain, for the MailDomains' status (one pass, not one per domain).
-    mailboxes_per_domain: HashMap<&'a str, usize>,
+    /// Mailboxes per domain, for the MailDomains' status (one pass, not one per domain; none
+    /// when no domain's status is looked at).
+    mailboxes_per_domain: std::sync::OnceLock<HashMap<&'a str, usize>>,
 }
 
 impl<'a> MemberStatuses<'a> {
     /// The statuses `compiled`, the directory of MailServer `server_name`, wants; `now` is the
     /// time of any condition that changes.
     pub fn new(compiled: &'a Compiled, server_name: &'a str, now: Time) -> Self {
-        let mut mailboxes_per_domain: HashMap<&str, usize> = HashMap::new();
-        for key in compiled.directory.mailboxes.keys() {
-            if let Some((_, domain)) = key.rsplit_once('@') {
-                *mailboxes_per_domain.entry(domain).or_default() += 1;
-            }
-        }
         MemberStatuses {
             compiled,
             server_name,
             now,
-            mailboxes_per_domain,
+            mailboxes_per_domain: std::sync::OnceLock::new(),
         }
+    }
+
+    fn mailboxes_per_domain(&self) -> &HashMap<&'a str, usize> {
+        self.mailboxes_per_domain.get_or_init(|| {
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for key in self.compiled.directory.mailboxes.keys() {
+                if let Some((_, domain)) = key.rsplit_once('@') {
+                    *counts.entry(domain).or_default() += 1;
+                }
+            }
+            counts
+        })
     }
 
     fn patch<K: Member>(
@@ -388,7 +395,7 @@ impl<'a> MemberStatuses<'a> {
     pub fn domain(&self, member: &ObjectRef, domain: &MailDomain) -> Option<StatusPatch> {
         let folded = virtmail_crds::address::fold(&domain.spec.domain);
         let count = self
-            .mailboxes_per_domain
+            .mailboxes_per_domain()
             .get(folded.as_str())
             .copied()
             .unwrap_or(0);
@@ -569,17 +576,46 @@ where
     Ok(())
 }
 
-/// The status step for members: Ready on every Mailbox, MailAlias and MailDomain of the server,
-/// read from the caches as they are when each patch is decided. Stops early (successfully)
-/// when the inputs change: a newer snapshot and its own task are on the way.
-async fn publish_members(ctx: &Context, server: &MailServer, snapshot: &Snapshot) -> Result<()> {
+/// Members whose status may differ from what was last published: every member after a full
+/// compile, the edited Mailboxes after in-place ones (added up until a task publishes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Owed {
+    /// Every member of the snapshot.
+    All,
+    /// These members only.
+    Some(BTreeSet<ObjectRef>),
+}
+
+impl Owed {
+    /// What is owed after a snapshot that changed `changed` (none: everything).
+    pub(super) fn after(self, changed: Option<BTreeSet<ObjectRef>>) -> Owed {
+        match (self, changed) {
+            (Owed::Some(mut owed), Some(changed)) => {
+                owed.extend(changed);
+                Owed::Some(owed)
+            }
+            _ => Owed::All,
+        }
+    }
+}
+
+/// The status step for members: Ready on every Mailbox, MailAlias and MailDomain of the server
+/// that is `owed` one, read from the caches as they are when each patch is decided. Stops early
+/// (successfully) when the inputs change: a newer snapshot and its own task are on the way.
+async fn publish_members(
+    ctx: &Context,
+    server: &MailServer,
+    snapshot: &Snapshot,
+    owed: &Owed,
+) -> Result<()> {
     let namespace = server.namespace().unwrap_or_default();
     let server_name = server.name_any();
     let statuses = MemberStatuses::new(&snapshot.compiled, &server_name, now());
-    let mut pending = snapshot
-        .compiled
-        .members
-        .iter()
+    let members: Box<dyn Iterator<Item = &ObjectRef> + Send> = match owed {
+        Owed::All => Box::new(snapshot.compiled.members.iter()),
+        Owed::Some(members) => Box::new(members.iter()),
+    };
+    let mut pending = members
         .take_while(|_| ctx.is_current(snapshot))
         .filter_map(|member| MemberPatch::of(ctx, &namespace, &statuses, member));
     // Futures are made as they are sent: 16 in flight, never one per member.
@@ -669,8 +705,8 @@ pub(super) type StatusTask = (Arc<Snapshot>, tokio::task::JoinHandle<()>);
 /// reconcile: mail depends on the directory, not on 100,000 status patches, so those must not
 /// hold back the next version. A task already working from this snapshot is left alone; one
 /// from an older snapshot was stopped when the new one was compiled (every patch is an
-/// idempotent apply, so stopping one halfway loses nothing). Failures are retried with
-/// backoff, then left to the next reconcile.
+/// idempotent apply, so stopping one halfway loses nothing: what it owed stays owed). Failures
+/// are retried with backoff, then left to the next reconcile.
 pub(super) fn spawn_member_status(
     server: &Arc<MailServer>,
     ctx: &Arc<Context>,
@@ -684,11 +720,19 @@ pub(super) fn spawn_member_status(
     {
         return;
     }
+    let Some((serial, owed)) = ctx.owed_statuses(&key) else {
+        return;
+    };
     let (server, task_ctx, task_snapshot) = (server.clone(), ctx.clone(), snapshot.clone());
     let task = tokio::spawn(async move {
         for attempt in 1..=3 {
-            match publish_members(&task_ctx, &server, &task_snapshot).await {
-                Ok(()) => return,
+            match publish_members(&task_ctx, &server, &task_snapshot, &owed).await {
+                Ok(()) => {
+                    if task_ctx.is_current(&task_snapshot) {
+                        task_ctx.statuses_published(&server_key(&server), serial);
+                    }
+                    return;
+                }
                 Err(error) => {
                     warn!(server = %server_key(&server), category = error.category(), %error, attempt, "member status not published");
                     task_ctx.metrics.observe_status_failure(error.category());
