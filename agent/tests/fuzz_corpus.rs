@@ -120,7 +120,7 @@ fn directory_container_holds_an_encoded_directory_exactly() {
     let want: BTreeMap<_, _> = encoded
         .shards
         .iter()
-        .map(|s| (s.name.clone(), s.data.clone()))
+        .map(|s| (s.name.clone(), (*s.data).clone()))
         .collect();
     assert_eq!(shards, want);
     match assemble(Some(&head), &shards, None) {

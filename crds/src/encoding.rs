@@ -225,7 +225,11 @@ fn record_lines(directory: &Directory) -> Vec<(&'static str, &str, String)> {
         records.push((KEY_DOMAINS, domain.as_str(), domain_line(domain, entry)));
     }
     for (address, entry) in &directory.mailboxes {
-        records.push((KEY_MAILBOXES, address.as_str(), mailbox_line(address, entry)));
+        records.push((
+            KEY_MAILBOXES,
+            address.as_str(),
+            mailbox_line(address, entry),
+        ));
     }
     for (address, entry) in &directory.aliases {
         records.push((KEY_ALIASES, address.as_str(), alias_line(address, entry)));

@@ -537,7 +537,7 @@ fn round_trip(directory: &Directory) {
     let shards: BTreeMap<String, Data> = encoded
         .shards
         .iter()
-        .map(|s| (s.name.clone(), s.data.clone()))
+        .map(|s| (s.name.clone(), (*s.data).clone()))
         .collect();
     match assemble(Some(&encoded.head), &shards, None) {
         Assembly::Ready {
@@ -672,7 +672,7 @@ pub fn directory_container(encoded: &encoding::Encoded, fix: bool) -> String {
         out.push_str(&format!("@head {key}\n{text}\n"));
     }
     for shard in &encoded.shards {
-        for (key, text) in &shard.data {
+        for (key, text) in shard.data.iter() {
             out.push_str(&format!("@shard {} {key}\n{text}\n", shard.name));
         }
     }

@@ -109,7 +109,10 @@ mod tests {
             Some(BTreeSet::from(["alice".to_string(), "bob".to_string()]))
         );
         assert_eq!(changes.mailbox_edits_since("b", since), None);
-        assert_eq!(changes.mailbox_edits_since("c", since), Some(BTreeSet::new()));
+        assert_eq!(
+            changes.mailbox_edits_since("c", since),
+            Some(BTreeSet::new())
+        );
         changes.record([(Some("a".into()), Change::Other)]);
         assert_eq!(changes.mailbox_edits_since("a", since), None);
         assert_eq!(

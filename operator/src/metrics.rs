@@ -29,6 +29,11 @@ struct CategoryLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MadeLabel {
+    made: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ServerLabel {
     server: String,
 }
@@ -55,6 +60,7 @@ pub struct Metrics {
     paced: Counter,
     written: Counter,
     failures: Family<CategoryLabel, Counter>,
+    snapshots: Family<MadeLabel, Counter>,
     duration: Histogram,
     directory_bytes: Family<ServerLabel, Gauge>,
     objects: Family<ObjectsLabel, Gauge>,
@@ -71,6 +77,7 @@ impl Default for Metrics {
             paced: Counter::default(),
             written: Counter::default(),
             failures: Family::default(),
+            snapshots: Family::default(),
             duration: Histogram::new(BUCKETS),
             directory_bytes: Family::default(),
             objects: Family::default(),
@@ -94,6 +101,9 @@ impl Default for Metrics {
             "directory_written_bytes",
                 "Directory bytes (shards and heads) written to the apiserver" => metrics.written;
             "reconcile_failures", "Failed reconciles by error category" => metrics.failures;
+            "snapshots",
+                "Directories made, from scratch (full) or by Mailbox edits applied in place \
+                 (in_place)" => metrics.snapshots;
             "reconcile_duration_seconds", "Time per reconcile" => metrics.duration;
             "directory_bytes", "Bytes of directory data per server" => metrics.directory_bytes;
             "objects", "Directory entries and diagnostics per server" => metrics.objects;
@@ -114,6 +124,11 @@ impl Metrics {
             self.observe_status_failure(category);
         }
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Count a directory made, by how (`full`, `in_place`).
+    pub fn observe_snapshot(&self, made: &'static str) {
+        self.snapshots.get_or_create(&MadeLabel { made }).inc();
     }
 
     /// Count a reconcile put off by the directory write budget.

@@ -15,8 +15,18 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// The directory `virtmail-agent check` computes locally for `examples/<example>`.
 fn local_encoding(example: &str, namespace: &str) -> encoding::Encoded {
+    local_encoding_edited(example, namespace, |_| {})
+}
+
+/// [`local_encoding`] after `edit` (a full compile and encode, the reference).
+fn local_encoding_edited(
+    example: &str,
+    namespace: &str,
+    edit: impl FnOnce(&mut manifests::Resources),
+) -> encoding::Encoded {
     let dir = workspace_root().join("examples").join(example);
-    let resources = manifests::load_dir(&dir).expect("manifests");
+    let mut resources = manifests::load_dir(&dir).expect("manifests");
+    edit(&mut resources);
     let mut server = resources.server(None).expect("server");
     server.metadata.namespace = Some(namespace.into());
     encoding::encode(&compile(resources.inputs(&server)).directory)
@@ -40,8 +50,17 @@ fn wait_version(ns: &TestNamespace, server: &str, want: &str) {
 /// Apply `examples/<example>` into `ns`, start the operator and wait until it has published the
 /// directory the example compiles to; the operator and that directory.
 fn publish_example(ns: &TestNamespace, example: &str) -> (Process, encoding::Encoded) {
+    publish_example_on(ns, example, 0)
+}
+
+/// [`publish_example`] with the operator's /metrics on `port` of 127.0.0.1.
+fn publish_example_on(
+    ns: &TestNamespace,
+    example: &str,
+    port: u16,
+) -> (Process, encoding::Encoded) {
     ns.apply_example(example);
-    let operator = operator::start_in(ns);
+    let operator = operator::start_with(ns.name(), &format!("lease-{}", ns.name()), port, &[]);
     let local = local_encoding(example, ns.name());
     wait_version(ns, "mail", &local.version);
     (operator, local)
@@ -125,7 +144,7 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
         let cm = ns.get_json("configmap", &shard.name);
         let data: BTreeMap<String, String> =
             serde_json::from_value(cm["data"].clone()).expect("data");
-        assert_eq!(data, shard.data, "shard {}", shard.name);
+        assert_eq!(data, *shard.data, "shard {}", shard.name);
         assert_eq!(cm["metadata"]["labels"]["virtmail.io/directory"], "shard");
     }
     let mut expected: Vec<String> = local.shards.iter().map(|s| s.name.clone()).collect();
@@ -213,7 +232,16 @@ fn example_becomes_the_exact_directory_and_pod_layout() {
 #[test]
 fn editing_one_mailbox_changes_only_the_directory() {
     let ns = cluster().namespace("operator-edit");
-    let (_operator, local) = publish_example(&ns, "3-many-virtual-users");
+    let port = free_port();
+    let example = "3-many-virtual-users";
+    let (_operator, local) = publish_example_on(&ns, example, port);
+    let made = |how: &str| {
+        metric(
+            port,
+            &format!("virtmail_operator_snapshots_total{{made=\"{how}\"}}"),
+        )
+    };
+    assert!(made("full") >= 1);
     let before: Vec<(&str, &str, String)> = [
         ("statefulset", "mail"),
         ("service", "mail"),
@@ -230,9 +258,19 @@ fn editing_one_mailbox_changes_only_the_directory() {
     let ready_since = mbx["status"]["conditions"][0]["lastTransitionTime"].clone();
 
     suspend(&ns, "alice-virtual1");
-    wait_for("a new directory version", WAIT, || {
-        status_version(&ns, "mail").filter(|v| v != &local.version)
+    // The edit is applied to the kept compile in place, and gives exactly the directory a full
+    // compile of the edited manifests gives.
+    let edited = local_encoding_edited(example, ns.name(), |resources| {
+        let mailbox = resources
+            .mailboxes
+            .iter_mut()
+            .find(|m| m.metadata.name.as_deref() == Some("alice-virtual1"))
+            .expect("the example has alice-virtual1");
+        mailbox.spec.suspended = true;
     });
+    assert_ne!(edited.version, local.version);
+    wait_version(&ns, "mail", &edited.version);
+    assert!(made("in_place") >= 1, "the edit was applied in place");
     for (resource, name, version) in &before {
         assert_eq!(
             &written_version(&ns, resource, name),

@@ -109,7 +109,7 @@ mod tests {
     fn shard_map(e: &encoding::Encoded) -> BTreeMap<String, Data> {
         e.shards
             .iter()
-            .map(|s| (s.name.clone(), s.data.clone()))
+            .map(|s| (s.name.clone(), (*s.data).clone()))
             .collect()
     }
 

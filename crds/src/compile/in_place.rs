@@ -51,7 +51,11 @@ pub fn recompile_mailbox(
         Some((local, domain)) if !local.is_empty() && address::valid_address(&key) => domain,
         _ => return Err(NeedsFullCompile),
     };
-    let old = compiled.directory.mailboxes.get(&key).ok_or(NeedsFullCompile)?;
+    let old = compiled
+        .directory
+        .mailboxes
+        .get(&key)
+        .ok_or(NeedsFullCompile)?;
     if !same_namespace || old.object != name {
         return Err(NeedsFullCompile);
     }

@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Data, Encoded, KEY_ALIASES, KEY_DOMAINS, KEY_MAILBOXES, SHARD_LIMIT, alias_line,
-    assemble, base_buckets, bucket_of, counts, domain_line, mailbox_line, record_lines,
-    record_size, shard_of,
+    Data, Encoded, KEY_ALIASES, KEY_DOMAINS, KEY_MAILBOXES, SHARD_LIMIT, alias_line, assemble,
+    base_buckets, bucket_of, counts, domain_line, mailbox_line, record_lines, record_size,
+    shard_of,
 };
 use crate::directory::Directory;
 
@@ -165,14 +165,16 @@ impl Encoder {
 
     fn apply(&mut self, new: &Directory, changes: Vec<Change>) -> Update {
         let buckets = self.slots.len();
-        let total = changes.iter().fold(self.total as isize, |total, (kind, key, line)| {
-            let data_key = KINDS[*kind];
-            let before = self.slots[bucket_of(key, buckets)].lines[*kind]
-                .get(key)
-                .map_or(0, |l| record_size(data_key, l));
-            let after = line.as_deref().map_or(0, |l| record_size(data_key, l));
-            total + after as isize - before as isize
-        }) as usize;
+        let total = changes
+            .iter()
+            .fold(self.total as isize, |total, (kind, key, line)| {
+                let data_key = KINDS[*kind];
+                let before = self.slots[bucket_of(key, buckets)].lines[*kind]
+                    .get(key)
+                    .map_or(0, |l| record_size(data_key, l));
+                let after = line.as_deref().map_or(0, |l| record_size(data_key, l));
+                total + after as isize - before as isize
+            }) as usize;
         // The shard count is chosen from the total (and doubled only for skew): when it would
         // change, or was doubled, every record moves; encode from scratch.
         if base_buckets(total) != buckets || new.settings.server != self.server {
@@ -193,7 +195,9 @@ impl Encoder {
         }
         self.total = total;
         let server = &new.settings.server;
-        let mut kept = std::mem::take(&mut self.encoded.shards).into_iter().peekable();
+        let mut kept = std::mem::take(&mut self.encoded.shards)
+            .into_iter()
+            .peekable();
         let mut shards = Vec::new();
         let mut encoded_again = 0;
         for (index, slot) in self.slots.iter().enumerate() {

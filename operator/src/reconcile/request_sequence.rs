@@ -213,11 +213,12 @@ fn directory(server: &MailServer, shards: &[(usize, &str)]) -> Encoded {
     encoded.shards = shards
         .iter()
         .map(|&(index, line)| {
-            let data = [(encoding::KEY_MAILBOXES.to_string(), format!("{line}\n"))].into();
+            let data: encoding::Data =
+                [(encoding::KEY_MAILBOXES.to_string(), format!("{line}\n"))].into();
             Shard {
                 name: encoding::shard_name(&server.name_any(), index),
                 hash: crate::owned::content_hash(&data),
-                data,
+                data: data.into(),
             }
         })
         .collect();

@@ -196,6 +196,7 @@ impl Context {
             }
         };
         self.owe_statuses(&server_key, edited);
+        self.metrics.observe_snapshot(snapshot.made.as_str());
         let snapshot = Arc::new(snapshot);
         self.snapshots
             .lock()

@@ -27,7 +27,7 @@ fn write_volume(dir: &std::path::Path, directory: &Directory) -> (String, usize)
     for shard in &encoded.shards {
         let sub = dir.join(&shard.name);
         std::fs::create_dir_all(&sub).expect("shard dir");
-        for (key, value) in &shard.data {
+        for (key, value) in shard.data.iter() {
             std::fs::write(sub.join(key), value).expect("shard file");
         }
     }

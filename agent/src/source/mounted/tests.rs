@@ -23,7 +23,7 @@ fn payload_files(e: &Encoded) -> Vec<(String, String)> {
     let mut files: Vec<(String, String)> =
         e.head.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for shard in &e.shards {
-        for (k, v) in &shard.data {
+        for (k, v) in shard.data.iter() {
             files.push((format!("{}/{k}", shard.name), v.clone()));
         }
     }

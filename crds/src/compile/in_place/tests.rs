@@ -97,7 +97,13 @@ fn edit(mailbox: &mut Mailbox, rng: &mut Rng) {
             }
         }
         4 => spec.path = [None, Some(format!("shared/p{}", rng.below(8)))][rng.below(2)].clone(),
-        5 => spec.format = [None, Some(MailboxFormat::Mbox), Some(MailboxFormat::Maildir)][rng.below(3)],
+        5 => {
+            spec.format = [
+                None,
+                Some(MailboxFormat::Mbox),
+                Some(MailboxFormat::Maildir),
+            ][rng.below(3)]
+        }
         6 => spec.gid = [None, Some(5000), Some(0)][rng.below(3)],
         7 => spec.address = format!("user{}@domain{}.test", rng.below(55), rng.below(3)),
         _ => spec.quota = None,
@@ -135,7 +141,8 @@ fn in_place_mailbox_edits_equal_a_full_compile_after_every_step() {
                     let key = fold(&resources.mailboxes[index].spec.address);
                     assert_eq!(
                         changed.is_some(),
-                        before.directory.mailboxes.get(&key) != compiled.directory.mailboxes.get(&key),
+                        before.directory.mailboxes.get(&key)
+                            != compiled.directory.mailboxes.get(&key),
                         "the changed key is reported exactly when the entry changed"
                     );
                 }
@@ -149,5 +156,8 @@ fn in_place_mailbox_edits_equal_a_full_compile_after_every_step() {
     }
     // Both paths were taken, the in-place one more often (the edits here are harsher than
     // self-service ones: a third of them break something).
-    assert!(in_place > full && full > 20, "in place {in_place}, full {full}");
+    assert!(
+        in_place > full && full > 20,
+        "in place {in_place}, full {full}"
+    );
 }

@@ -23,7 +23,11 @@ fn nth_key<T>(map: &BTreeMap<String, T>, rng: &mut Rng) -> Option<String> {
 }
 
 fn mailbox(i: usize) -> (String, MailboxEntry) {
-    let mut entry = Directory::synthetic(1).mailboxes.into_values().next().unwrap();
+    let mut entry = Directory::synthetic(1)
+        .mailboxes
+        .into_values()
+        .next()
+        .unwrap();
     entry.path = format!("domain{}.test/new{i}/", i % 100);
     entry.object = format!("new{i}");
     (format!("new{i}@domain{}.test", i % 100), entry)
@@ -127,7 +131,10 @@ fn random_edit_sequences_encode_exactly_as_a_full_encode_after_every_step() {
         }
     }
     // The sequences exercised what they are for: several shard counts, and both paths.
-    assert!(shard_counts.len() >= 3, "shard counts seen: {shard_counts:?}");
+    assert!(
+        shard_counts.len() >= 3,
+        "shard counts seen: {shard_counts:?}"
+    );
     assert!(partial > full * 3, "partial {partial}, full {full}");
 }
 
@@ -188,9 +195,13 @@ fn a_settings_change_encodes_no_shard_again() {
 fn mailbox_keys_an_in_place_compile_reports_are_enough_to_encode_the_new_version() {
     let mut directory = Directory::synthetic(5000);
     let mut encoder = Encoder::new(&directory);
-    for (step, key) in ["user1@domain1.test", "user2@domain2.test", "user1@domain1.test"]
-        .into_iter()
-        .enumerate()
+    for (step, key) in [
+        "user1@domain1.test",
+        "user2@domain2.test",
+        "user1@domain1.test",
+    ]
+    .into_iter()
+    .enumerate()
     {
         directory.mailboxes.get_mut(key).unwrap().quota = Some(step as u64);
         let update = encoder.update_mailboxes(&directory, [key]);
