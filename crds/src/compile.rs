@@ -313,20 +313,7 @@ struct Compiler<'a> {
 
 /// Compile one server's directory. Pure and deterministic.
 pub fn compile(inputs: Inputs<'_>) -> Compiled {
-    let mut compiler = Compiler {
-        inputs,
-        directory: Directory {
-            settings: settings(inputs.server),
-            domains: BTreeMap::new(),
-            mailboxes: BTreeMap::new(),
-            aliases: BTreeMap::new(),
-        },
-        diagnostics: Vec::new(),
-        members: Vec::new(),
-        ceded: Vec::new(),
-        known_domains: BTreeSet::new(),
-        domain_specs: BTreeMap::new(),
-    };
+    let mut compiler = Compiler::new(inputs, settings(inputs.server));
     compiler.domains();
     compiler.mailboxes();
     compiler.aliases();
@@ -343,6 +330,23 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
 }
 
 impl<'a> Compiler<'a> {
+    fn new(inputs: Inputs<'a>, settings: Settings) -> Compiler<'a> {
+        Compiler {
+            inputs,
+            directory: Directory {
+                settings,
+                domains: BTreeMap::new(),
+                mailboxes: BTreeMap::new(),
+                aliases: BTreeMap::new(),
+            },
+            diagnostics: Vec::new(),
+            members: Vec::new(),
+            ceded: Vec::new(),
+            known_domains: BTreeSet::new(),
+            domain_specs: BTreeMap::new(),
+        }
+    }
+
     fn diagnose(&mut self, object: ObjectRef, reason: Reason, effect: Effect, message: String) {
         self.diagnostics.push(Diagnostic {
             object,

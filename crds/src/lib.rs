@@ -9,6 +9,8 @@ pub mod encoding;
 pub mod manifests;
 pub mod quantity;
 pub mod resources;
+#[cfg(test)]
+mod test_rng;
 
 pub use compile::{
     CededDomain, Compiled, Diagnostic, Effect, Inputs, Kind, NeedsFullCompile, ObjectRef, Objects,

@@ -17,13 +17,11 @@
 //! caller compiles from scratch, which stays the reference. A property test holds every in-place
 //! result to a full compile of the same inputs.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use kube::{Resource, ResourceExt};
 
 use super::{Compiled, Compiler, Effect, Inputs, Kind, ObjectRef, Reason, fold};
 use crate::address;
-use crate::directory::{Deferral, Directory};
+use crate::directory::Deferral;
 use crate::resources::Mailbox;
 
 /// The edit cannot be applied in place; compile from scratch.
@@ -70,20 +68,14 @@ pub fn recompile_mailbox(
         .find(|d| d.name_any() == served.object && fold(&d.spec.domain) == domain)
         .ok_or(NeedsFullCompile)?;
     // A compiler holding only what an entry is built from: the settings and the one domain.
-    let mut compiler = Compiler {
-        inputs,
-        directory: Directory {
-            settings: compiled.directory.settings.clone(),
-            domains: BTreeMap::from([(domain.to_string(), served.clone())]),
-            mailboxes: BTreeMap::new(),
-            aliases: BTreeMap::new(),
-        },
-        diagnostics: Vec::new(),
-        members: Vec::new(),
-        ceded: Vec::new(),
-        known_domains: BTreeSet::new(),
-        domain_specs: BTreeMap::from([(domain.to_string(), domain_object)]),
-    };
+    let mut compiler = Compiler::new(inputs, compiled.directory.settings.clone());
+    compiler
+        .directory
+        .domains
+        .insert(domain.to_string(), served.clone());
+    compiler
+        .domain_specs
+        .insert(domain.to_string(), domain_object);
     let object = ObjectRef {
         kind: Kind::Mailbox,
         name,

@@ -1,27 +1,12 @@
 use std::path::Path;
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
 use super::*;
 use crate::compile;
 use crate::manifests::Resources;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-
 use crate::resources::{AutoreplySpec, MailboxFormat};
-
-/// xorshift64*: a seeded, reproducible source of edits.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 const HEADER: &str = "apiVersion: virtmail.io/v1alpha1\n";
 
@@ -114,7 +99,7 @@ fn edit(mailbox: &mut Mailbox, rng: &mut Rng) {
 fn in_place_mailbox_edits_equal_a_full_compile_after_every_step() {
     let (mut in_place, mut full) = (0, 0);
     for (seed, outbound) in [(1u64, true), (2, false), (3, true)] {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let mut resources = resources(outbound);
         let server = resources.server(None).unwrap();
         let mut compiled = compile(resources.inputs(&server));

@@ -1,22 +1,7 @@
 use super::*;
 use crate::directory::{AliasEntry, Directory, MailboxEntry};
 use crate::encoding::{SHARD_TARGET, encode};
-
-/// xorshift64*: a seeded, reproducible source of edits.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 fn nth_key<T>(map: &BTreeMap<String, T>, rng: &mut Rng) -> Option<String> {
     map.keys().nth(rng.below(map.len())).cloned()
@@ -103,7 +88,7 @@ fn random_edit_sequences_encode_exactly_as_a_full_encode_after_every_step() {
     let mut shard_counts = std::collections::BTreeSet::new();
     let (mut partial, mut full) = (0, 0);
     for seed in [1u64, 2, 3] {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let mut directory = Directory::synthetic(3000);
         let mut encoder = Encoder::new(&directory);
         assert_eq!(encoder.encoded(), &encode(&directory));
