@@ -33,6 +33,8 @@ use crate::metrics::Metrics;
 use crate::owned::OwnedVersions;
 use crate::pacing::WriteBudget;
 use apply::apply_desired;
+#[cfg(test)]
+use snapshot::Made;
 use snapshot::{Snapshot, wait_ready};
 use status::{StatusTask, publish_server, report_failure, spawn_member_status};
 

@@ -1,8 +1,11 @@
 //! Agent memory benchmark (not a test): the resident memory of `virtmail-agent serve`
 //! holding a directory of N mailboxes, as it runs in a pod without API access (mounted-files
-//! mode, the directory written exactly as the operator encodes it). Baseline in the same run: the
-//! same agent with an empty directory. The agent provisions every mailbox on the way (as it does
-//! in a pod), so the peak includes one provisioning round.
+//! mode, the directory written exactly as the operator encodes it and swapped in as the kubelet
+//! does). Baseline in the same run: the same agent with an empty directory. The agent provisions
+//! every mailbox on the way (as it does in a pod), so the first peak includes one provisioning
+//! round. Then 20 back-to-back edits, each adding one mailbox: the time from the swap to the
+//! first `OK` the agent's socketmap gives for it (what Postfix's RCPT waits for), and the peak
+//! RSS through them.
 //!
 //! ```text
 //! cargo run --release -p virtmail-tests --bin agent-rss -- [N ...]     (default: 10000 100000)
@@ -16,20 +19,28 @@ use virtmail_tests::postfix::free_port;
 use virtmail_tests::process::{Process, http_get, machine_line, release_binary, wait_for};
 use virtmail_tests::socketmap::query_once;
 
-/// Write the encoded directory in the mounted-files layout (head keys at the top, each shard's
-/// keys under its name).
-fn write_volume(dir: &std::path::Path, directory: &Directory) -> (String, usize) {
+/// Write the encoded directory as the kubelet projects a ConfigMap volume: a payload directory
+/// `..<payload>` (head keys at the top, each shard's keys under its name) that a fresh `..data`
+/// symlink is renamed over; the previous payload is removed.
+fn write_volume(dir: &std::path::Path, directory: &Directory, payload: usize) -> (String, usize) {
     let encoded = encoding::encode(directory);
-    std::fs::create_dir_all(dir).expect("volume");
+    let data = dir.join(format!("..payload{payload}"));
+    std::fs::create_dir_all(&data).expect("payload");
     for (key, value) in &encoded.head {
-        std::fs::write(dir.join(key), value).expect("head file");
+        std::fs::write(data.join(key), value).expect("head file");
     }
     for shard in &encoded.shards {
-        let sub = dir.join(&shard.name);
+        let sub = data.join(&shard.name);
         std::fs::create_dir_all(&sub).expect("shard dir");
         for (key, value) in shard.data.iter() {
             std::fs::write(sub.join(key), value).expect("shard file");
         }
+    }
+    let link = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..payload{payload}"), &link).expect("symlink");
+    std::fs::rename(&link, dir.join("..data")).expect("swap ..data");
+    if let Some(previous) = payload.checked_sub(1) {
+        let _ = std::fs::remove_dir_all(dir.join(format!("..payload{previous}")));
     }
     (encoded.version, encoded.shards.len())
 }
@@ -42,6 +53,9 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Edits after the first load.
+const EDITS: usize = 20;
+
 struct Row {
     mailboxes: usize,
     shards: usize,
@@ -49,13 +63,16 @@ struct Row {
     provisioned: Duration,
     rss_mib: f64,
     peak_mib: f64,
+    /// Swap → socketmap OK for the added mailbox, per edit.
+    edits: Vec<Duration>,
+    edits_peak_mib: f64,
 }
 
 fn measure(agent_binary: &std::path::Path, mailboxes: usize) -> Row {
     let work = tempfile::tempdir().expect("tempdir");
-    let directory = Directory::synthetic(mailboxes);
-    let (version, shards) = write_volume(&work.path().join("directory"), &directory);
-    drop(directory);
+    let mut directory = Directory::synthetic(mailboxes);
+    let volume = work.path().join("directory");
+    let (version, shards) = write_volume(&volume, &directory, 0);
     let base = work.path().join("vhosts");
     std::fs::create_dir(&base).expect("base");
     let map = work.path().join("socketmap.sock");
@@ -98,13 +115,37 @@ fn measure(agent_binary: &std::path::Path, mailboxes: usize) -> Row {
     }
     std::thread::sleep(Duration::from_millis(500));
     let pid = agent.pid();
+    let (rss_mib, peak_mib) = (
+        status_kib(pid, "VmRSS:") as f64 / 1024.0,
+        status_kib(pid, "VmHWM:") as f64 / 1024.0,
+    );
+    // Back to back: each edit as soon as the previous one is served.
+    let template = directory.mailboxes.values().next().cloned();
+    let mut edits = Vec::new();
+    for edit in 1..=EDITS {
+        let Some(mut entry) = template.clone() else {
+            break;
+        };
+        let address = format!("added{edit}@domain0.test");
+        entry.path = format!("domain0.test/added{edit}/");
+        entry.object = format!("added{edit}");
+        directory.mailboxes.insert(address.clone(), entry);
+        let swapped = Instant::now();
+        write_volume(&volume, &directory, edit);
+        wait_for("the added mailbox served", Duration::from_secs(60), || {
+            query_once(&map, &format!("mailbox {address}")).filter(|reply| reply.starts_with("OK "))
+        });
+        edits.push(swapped.elapsed());
+    }
     let row = Row {
         mailboxes,
         shards,
         loaded,
         provisioned,
-        rss_mib: status_kib(pid, "VmRSS:") as f64 / 1024.0,
-        peak_mib: status_kib(pid, "VmHWM:") as f64 / 1024.0,
+        rss_mib,
+        peak_mib,
+        edits,
+        edits_peak_mib: status_kib(pid, "VmHWM:") as f64 / 1024.0,
     };
     agent.stop(Duration::from_secs(10));
     row
@@ -127,19 +168,29 @@ fn main() {
     eprintln!("baseline: empty directory");
     let baseline = measure(&agent, 0);
     println!(
-        "| mailboxes | shards | ready after (s) | provisioned after (s) | RSS now (MiB) | peak RSS (MiB) | peak ÷ empty-directory peak |"
+        "| mailboxes | shards | ready after (s) | provisioned after (s) | RSS now (MiB) | peak RSS (MiB) | peak ÷ empty-directory peak | edit → socketmap OK, median of {EDITS} (s) | p99 (s) | peak RSS through the edits (MiB) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let print = |r: &Row| {
+        let mut edits: Vec<f64> = r.edits.iter().map(Duration::as_secs_f64).collect();
+        edits.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            edits
+                .get(((p * edits.len() as f64).ceil() as usize).saturating_sub(1))
+                .map_or("-".to_string(), |v| format!("{v:.3}"))
+        };
         println!(
-            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} | {:.1} |",
             r.mailboxes,
             r.shards,
             r.loaded.as_secs_f64(),
             r.provisioned.as_secs_f64(),
             r.rss_mib,
             r.peak_mib,
-            r.peak_mib / baseline.peak_mib
+            r.peak_mib / baseline.peak_mib,
+            at(0.5),
+            at(0.99),
+            r.edits_peak_mib,
         )
     };
     print(&baseline);
