@@ -117,6 +117,8 @@ pub(super) enum Made {
         entries: usize,
         /// Shards encoded again.
         shards: usize,
+        /// Whether the kept compile was still shared and had to be copied first.
+        copied: bool,
     },
 }
 
@@ -155,7 +157,8 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&server_key);
-        if let Some((_, task)) = task {
+        if let Some((running, task)) = task {
+            drop(running);
             task.abort();
             // Cancelled at its next await; then the kept snapshot is ours alone.
             let _ = task.await;
@@ -174,6 +177,11 @@ impl Context {
                 Some(edited),
             ),
             None => {
+                // The old encoding goes first: two of them would be two more directories.
+                self.encoders
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&server_key);
                 let compiled = {
                     let members = Members::of(self, namespace);
                     compile(members.inputs(server))
@@ -222,9 +230,9 @@ impl Context {
             .get_mut(server_key)
             .filter(|e| e.encoded().version == kept.encoded.version)?;
         // Ours alone unless a reconcile still holds it; then a copy.
-        let mut compiled = match Arc::try_unwrap(kept) {
-            Ok(kept) => kept.compiled,
-            Err(shared) => shared.compiled.clone(),
+        let (mut compiled, copied) = match Arc::try_unwrap(kept) {
+            Ok(kept) => (kept.compiled, false),
+            Err(shared) => (shared.compiled.clone(), true),
         };
         let domains = self.domains.in_namespace(namespace);
         let inputs = Inputs {
@@ -245,6 +253,7 @@ impl Context {
         let made = Made::InPlace {
             entries: keys.len(),
             shards: update.shards,
+            copied,
         };
         let edited = names
             .into_iter()
