@@ -1,65 +1,91 @@
 //! Re-encoding only what an edit changed. [`encode`](super::encode) serializes and hashes every
 //! record of a server; at 100,000 mailboxes that is most of an edit's cost. An [`Encoder`] keeps
-//! each record's line in the slot its key hashes to, so a new version re-serializes only the
-//! records that differ and re-hashes only the shards they fall in. Its output is byte for byte
+//! where each record's line is in the shard its key hashes to, so a new version re-serializes
+//! only the records that differ and rebuilds and re-hashes only the shards they fall in. Its output is byte for byte
 //! what [`encode`](super::encode) gives the same directory (a property test holds it to that);
 //! whenever the shard count would change it simply encodes from scratch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::{
-    Data, Encoded, KEY_ALIASES, KEY_DOMAINS, KEY_MAILBOXES, SHARD_LIMIT, alias_line, assemble,
-    base_buckets, bucket_of, counts, domain_line, mailbox_line, record_lines, record_size,
-    shard_of,
+    Data, Encoded, KEY_ALIASES, KEY_DOMAINS, KEY_MAILBOXES, SHARD_LIMIT, Shard, alias_line,
+    assemble, base_buckets, bucket_of, counts, data_hash, domain_line, mailbox_line, record_lines,
+    record_size, shard_name,
 };
 use crate::directory::Directory;
 
-/// Data keys in the order of [`Slot::lines`].
+/// Data keys in the order of [`Slot::index`].
 const KINDS: [&str; 3] = [KEY_DOMAINS, KEY_MAILBOXES, KEY_ALIASES];
 
-/// The records of one shard slot, by kind, each key with its JSON line.
+/// Where each record of one shard slot is: per kind, its key and the offset and length of its
+/// line in the shard's data (the data itself is shared with the encoded shard, so the lines are
+/// held once).
 #[derive(Debug, Clone, Default)]
 struct Slot {
-    lines: [BTreeMap<String, String>; 3],
+    index: [BTreeMap<Box<str>, (u32, u32)>; 3],
     /// Bytes of the lines of each kind.
     bytes: [usize; 3],
+    /// The shard's data (none while the slot is empty).
+    data: Option<Arc<Data>>,
 }
 
 impl Slot {
-    fn set(&mut self, kind: usize, key: &str, line: Option<String>) {
-        let old = match line {
-            Some(line) => {
-                self.bytes[kind] += line.len();
-                self.lines[kind].insert(key.to_string(), line)
+    /// A slot holding `lines` (per kind: key → line, in key order).
+    fn of(lines: [BTreeMap<String, String>; 3]) -> Slot {
+        let mut slot = Slot::default();
+        let mut data = Data::new();
+        for (kind, lines) in lines.into_iter().enumerate() {
+            if lines.is_empty() {
+                continue;
             }
-            None => self.lines[kind].remove(key),
-        };
-        if let Some(old) = old {
-            self.bytes[kind] -= old.len();
+            let mut text = String::with_capacity(lines.values().map(String::len).sum());
+            for (key, line) in lines {
+                slot.index[kind].insert(key.into(), (text.len() as u32, line.len() as u32));
+                text.push_str(&line);
+            }
+            slot.bytes[kind] = text.len();
+            data.insert(KINDS[kind].to_string(), text);
         }
+        slot.data = (!data.is_empty()).then(|| Arc::new(data));
+        slot
+    }
+
+    /// The length of the line of `key`, if the slot holds it.
+    fn line_len(&self, kind: usize, key: &str) -> Option<usize> {
+        self.index[kind].get(key).map(|&(_, len)| len as usize)
+    }
+
+    /// The lines of the slot with `changes` (per kind: key → new line or none) applied.
+    fn with(&self, mut changes: [BTreeMap<String, Option<String>>; 3]) -> Slot {
+        let mut lines: [BTreeMap<String, String>; 3] = Default::default();
+        for kind in 0..3 {
+            let text = self
+                .data
+                .as_ref()
+                .and_then(|d| d.get(KINDS[kind]))
+                .map_or("", String::as_str);
+            for (key, &(start, len)) in &self.index[kind] {
+                if !changes[kind].contains_key(&**key) {
+                    let line = &text[start as usize..(start + len) as usize];
+                    lines[kind].insert(key.to_string(), line.to_string());
+                }
+            }
+            for (key, line) in std::mem::take(&mut changes[kind]) {
+                if let Some(line) = line {
+                    lines[kind].insert(key, line);
+                }
+            }
+        }
+        Slot::of(lines)
     }
 
     /// Bytes of the shard's ConfigMap data.
     fn size(&self) -> usize {
         (0..3)
-            .filter(|&kind| !self.lines[kind].is_empty())
+            .filter(|&kind| !self.index[kind].is_empty())
             .map(|kind| KINDS[kind].len() + self.bytes[kind])
             .sum()
-    }
-
-    fn data(&self) -> Data {
-        let mut data = Data::new();
-        for (kind, lines) in self.lines.iter().enumerate() {
-            if lines.is_empty() {
-                continue;
-            }
-            let mut text = String::with_capacity(self.bytes[kind]);
-            for line in lines.values() {
-                text.push_str(line);
-            }
-            data.insert(KINDS[kind].to_string(), text);
-        }
-        data
     }
 }
 
@@ -99,7 +125,6 @@ impl Encoder {
             .map(|(data_key, key, line)| (kind_of(data_key), key.to_string(), line))
             .collect();
         let slots = loop {
-            let mut slots = vec![Slot::default(); buckets];
             let mut sizes = vec![[0usize; 3]; buckets];
             for (kind, key, line) in &records {
                 sizes[bucket_of(key, buckets)][*kind] += line.len();
@@ -112,10 +137,12 @@ impl Encoder {
                     <= SHARD_LIMIT
             });
             if fits {
+                let mut lines: Vec<[BTreeMap<String, String>; 3]> =
+                    (0..buckets).map(|_| Default::default()).collect();
                 for (kind, key, line) in records.drain(..) {
-                    slots[bucket_of(&key, buckets)].set(kind, &key, Some(line));
+                    lines[bucket_of(&key, buckets)][kind].insert(key, line);
                 }
-                break slots;
+                break lines.into_iter().map(Slot::of).collect::<Vec<_>>();
             }
             buckets *= 2;
         };
@@ -123,8 +150,7 @@ impl Encoder {
         let shards = slots
             .iter()
             .enumerate()
-            .filter(|(_, slot)| slot.size() > 0)
-            .map(|(index, slot)| shard_of(server, index, slot.data()))
+            .filter_map(|(index, slot)| Some(shard_sharing(server, index, slot.data.clone()?)))
             .collect();
         Encoder {
             server: server.clone(),
@@ -169,29 +195,34 @@ impl Encoder {
             .iter()
             .fold(self.total as isize, |total, (kind, key, line)| {
                 let data_key = KINDS[*kind];
-                let before = self.slots[bucket_of(key, buckets)].lines[*kind]
-                    .get(key)
-                    .map_or(0, |l| record_size(data_key, l));
+                let before = self.slots[bucket_of(key, buckets)]
+                    .line_len(*kind, key)
+                    .map_or(0, |len| data_key.len() + len);
                 let after = line.as_deref().map_or(0, |l| record_size(data_key, l));
                 total + after as isize - before as isize
             }) as usize;
+        let records = changes.len();
         // The shard count is chosen from the total (and doubled only for skew): when it would
         // change, or was doubled, every record moves; encode from scratch.
         if base_buckets(total) != buckets || new.settings.server != self.server {
-            let records = changes.len();
             *self = Encoder::new(new);
             return self.full_update(records);
         }
-        let mut dirty = vec![false; buckets];
-        let records = changes.len();
+        let mut pending: BTreeMap<usize, [BTreeMap<String, Option<String>>; 3]> = BTreeMap::new();
         for (kind, key, line) in changes {
-            let bucket = bucket_of(&key, buckets);
-            self.slots[bucket].set(kind, &key, line);
-            dirty[bucket] = true;
+            pending.entry(bucket_of(&key, buckets)).or_default()[kind].insert(key, line);
         }
-        if self.slots.iter().any(|slot| slot.size() > SHARD_LIMIT) {
+        let rebuilt: Vec<(usize, Slot)> = pending
+            .into_iter()
+            .map(|(bucket, changes)| (bucket, self.slots[bucket].with(changes)))
+            .collect();
+        if rebuilt.iter().any(|(_, slot)| slot.size() > SHARD_LIMIT) {
             *self = Encoder::new(new);
             return self.full_update(records);
+        }
+        let encoded_again = rebuilt.len();
+        for (bucket, slot) in rebuilt {
+            self.slots[bucket] = slot;
         }
         self.total = total;
         let server = &new.settings.server;
@@ -199,19 +230,15 @@ impl Encoder {
             .into_iter()
             .peekable();
         let mut shards = Vec::new();
-        let mut encoded_again = 0;
         for (index, slot) in self.slots.iter().enumerate() {
-            let name = super::shard_name(server, index);
+            let name = shard_name(server, index);
             let previous = kept.next_if(|shard| shard.name == name);
-            if slot.size() == 0 {
+            let Some(data) = &slot.data else {
                 continue;
-            }
+            };
             match previous {
-                Some(shard) if !dirty[index] => shards.push(shard),
-                _ => {
-                    encoded_again += 1;
-                    shards.push(shard_of(server, index, slot.data()));
-                }
+                Some(shard) if Arc::ptr_eq(&shard.data, data) => shards.push(shard),
+                _ => shards.push(shard_sharing(server, index, data.clone())),
             }
         }
         self.encoded = assemble(counts(new), &new.settings, shards);
@@ -228,6 +255,15 @@ impl Encoder {
             shards: self.encoded.shards.len(),
             full: true,
         }
+    }
+}
+
+/// The shard of slot `index` holding `data` (shared, not copied).
+fn shard_sharing(server: &str, index: usize, data: Arc<Data>) -> Shard {
+    Shard {
+        name: shard_name(server, index),
+        hash: data_hash(&data),
+        data,
     }
 }
 
