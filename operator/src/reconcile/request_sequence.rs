@@ -342,7 +342,7 @@ async fn reconcile_and_publish_members(ctx: &Arc<Context>, server: &MailServer) 
         if finished {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
