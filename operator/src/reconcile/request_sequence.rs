@@ -284,16 +284,26 @@ async fn shards_go_before_the_head_unchanged_ones_not_at_all_and_orphans_after_t
     );
 }
 
-#[tokio::test]
-async fn statuses_are_patched_only_after_the_directory_is_published() {
+/// A mock API and a context holding server `mail`, domain `example.test` and these Mailboxes
+/// (in the caches, and as the answers to their status patches).
+fn with_mailboxes(names: &[&str]) -> (MockApi, MailServer, Arc<Context>) {
     let api = MockApi::default();
     let server = fixtures::server("ns", "mail", 1);
     let ctx = context(&api, &server);
     let domain = fixtures::domain("ns");
-    let mailbox = fixtures::mailbox("ns", "alice", 1, false);
-    api.hold(&server).hold(&domain).hold(&mailbox);
+    api.hold(&server).hold(&domain);
     ctx.domains.apply(&Event::Apply(domain));
-    ctx.mailboxes.apply(&Event::Apply(mailbox));
+    for name in names {
+        let mailbox = fixtures::mailbox("ns", name, 1, false);
+        api.hold(&mailbox);
+        ctx.mailboxes.apply(&Event::Apply(mailbox));
+    }
+    (api, server, ctx)
+}
+
+#[tokio::test]
+async fn statuses_are_patched_only_after_the_directory_is_published() {
+    let (api, server, ctx) = with_mailboxes(&["alice"]);
 
     reconcile(Arc::new(server.clone()), ctx.clone())
         .await
@@ -349,18 +359,8 @@ async fn reconcile_and_publish_members(ctx: &Arc<Context>, server: &MailServer) 
 #[tokio::test]
 async fn an_in_place_mailbox_edit_publishes_its_shard_and_only_its_status() {
     use crate::input_changes::Change;
-    let api = MockApi::default();
-    let server = fixtures::server("ns", "mail", 1);
-    let ctx = context(&api, &server);
-    let domain = fixtures::domain("ns");
-    let (alice, bob) = (
-        fixtures::mailbox("ns", "alice", 1, false),
-        fixtures::mailbox("ns", "bob", 1, false),
-    );
-    api.hold(&server).hold(&domain).hold(&alice).hold(&bob);
-    ctx.domains.apply(&Event::Apply(domain));
-    ctx.mailboxes.apply(&Event::Apply(alice));
-    ctx.mailboxes.apply(&Event::Apply(bob.clone()));
+    let (api, server, ctx) = with_mailboxes(&["alice", "bob"]);
+    let bob = fixtures::mailbox("ns", "bob", 1, false);
     reconcile_and_publish_members(&ctx, &server).await;
     assert_eq!(api.count(&PATCH, "/mailboxes/alice/status"), 1);
 
