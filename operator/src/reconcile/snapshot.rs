@@ -274,18 +274,9 @@ impl Context {
                 .get(&KubeRef::new(name).within(namespace))
                 .is_some()
         };
-        self.snapshots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|key, _| exists(key));
-        self.encoders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|key, _| exists(key));
-        self.owed_statuses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|key, _| exists(key));
+        keep_servers(&self.snapshots, exists);
+        keep_servers(&self.encoders, exists);
+        keep_servers(&self.owed_statuses, exists);
         self.member_status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -331,6 +322,16 @@ impl Context {
     pub(super) fn is_current(&self, snapshot: &Snapshot) -> bool {
         snapshot.key.epoch == self.input_changes.epoch()
     }
+}
+
+/// Keep the entries of a per-server map whose server still `exists`.
+fn keep_servers<V>(
+    map: &std::sync::Mutex<std::collections::HashMap<String, V>>,
+    exists: impl Fn(&String) -> bool,
+) {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|key, _| exists(key));
 }
 
 /// Wait for a member cache's first list; an error only when the list has stalled for 30 s.
