@@ -56,28 +56,54 @@ impl Slot {
         self.index[kind].get(key).map(|&(_, len)| len as usize)
     }
 
-    /// The lines of the slot with `changes` (per kind: key → new line or none) applied.
-    fn with(&self, mut changes: [BTreeMap<String, Option<String>>; 3]) -> Slot {
-        let mut lines: [BTreeMap<String, String>; 3] = Default::default();
-        for kind in 0..3 {
-            let text = self
+    /// The slot with `changes` (per kind: key → new line or none) applied: one merge of the
+    /// old lines and the changes, both in key order, into the new text.
+    fn with(self, changes: [BTreeMap<String, Option<String>>; 3]) -> Slot {
+        let mut slot = Slot::default();
+        let mut data = Data::new();
+        for (kind, (index, changes)) in self.index.into_iter().zip(changes).enumerate() {
+            let old = self
                 .data
                 .as_ref()
                 .and_then(|d| d.get(KINDS[kind]))
                 .map_or("", String::as_str);
-            for (key, &(start, len)) in &self.index[kind] {
-                if !changes[kind].contains_key(&**key) {
-                    let line = &text[start as usize..(start + len) as usize];
-                    lines[kind].insert(key.to_string(), line.to_string());
+            let mut text = String::with_capacity(old.len());
+            let mut add = |key: Box<str>, line: &str, index: &mut BTreeMap<Box<str>, _>| {
+                index.insert(key, (text.len() as u32, line.len() as u32));
+                text.push_str(line);
+            };
+            let mut changes = changes.into_iter().peekable();
+            for (key, (start, len)) in index {
+                while let Some((changed, _)) = changes.peek()
+                    && **changed < *key
+                {
+                    let (changed, line) = changes.next().expect("peeked");
+                    if let Some(line) = line {
+                        add(changed.into(), &line, &mut slot.index[kind]);
+                    }
+                }
+                match changes.next_if(|(changed, _)| **changed == *key) {
+                    Some((_, Some(line))) => add(key, &line, &mut slot.index[kind]),
+                    Some((_, None)) => {}
+                    None => add(
+                        key,
+                        &old[start as usize..(start + len) as usize],
+                        &mut slot.index[kind],
+                    ),
                 }
             }
-            for (key, line) in std::mem::take(&mut changes[kind]) {
+            for (changed, line) in changes {
                 if let Some(line) = line {
-                    lines[kind].insert(key, line);
+                    add(changed.into(), &line, &mut slot.index[kind]);
                 }
+            }
+            if !text.is_empty() {
+                slot.bytes[kind] = text.len();
+                data.insert(KINDS[kind].to_string(), text);
             }
         }
-        Slot::of(lines)
+        slot.data = (!data.is_empty()).then(|| Arc::new(data));
+        slot
     }
 
     /// Bytes of the shard's ConfigMap data.
@@ -214,7 +240,12 @@ impl Encoder {
         }
         let rebuilt: Vec<(usize, Slot)> = pending
             .into_iter()
-            .map(|(bucket, changes)| (bucket, self.slots[bucket].with(changes)))
+            .map(|(bucket, changes)| {
+                (
+                    bucket,
+                    std::mem::take(&mut self.slots[bucket]).with(changes),
+                )
+            })
             .collect();
         if rebuilt.iter().any(|(_, slot)| slot.size() > SHARD_LIMIT) {
             *self = Encoder::new(new);
