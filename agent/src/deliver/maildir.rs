@@ -296,8 +296,8 @@ pub fn deliver(
     }
     if target.quota.is_some() {
         record_in_maildirsize(&maildir.root, size);
-        if let Ok(stat) = rustix::fs::fstat(&maildir.root) {
-            USAGE_CACHE.add((stat.st_dev, stat.st_ino), size);
+        if let Some(key) = maildir_id(&maildir.root) {
+            USAGE_CACHE.add(key, size);
         }
     }
     clean_stale_tmp(&maildir.tmp, &options.hostname);
@@ -403,7 +403,7 @@ fn usage_of(root: &OwnedFd, quota: u64) -> Option<u64> {
     if let Some(bytes) = read_maildirsize(root) {
         return Some(bytes);
     }
-    let key = rustix::fs::fstat(root).ok().map(|s| (s.st_dev, s.st_ino))?;
+    let key = maildir_id(root)?;
     if let Some(bytes) = USAGE_CACHE.get(key) {
         return bytes;
     }
@@ -423,8 +423,28 @@ const USAGE_CACHE_TIME: Duration = Duration::from_secs(60);
 /// Maildirs remembered at most (the cache is emptied when full).
 const USAGE_CACHE_ENTRIES: usize = 10_000;
 
-/// A Maildir's device and inode.
-type MaildirId = (u64, u64);
+/// A Maildir's device, inode and birth time: an inode number is reused as soon as its directory
+/// is removed, and a new Maildir must not inherit the usage scanned in a removed one.
+type MaildirId = (u64, u64, i64, u32);
+
+/// The [`MaildirId`] of an open Maildir root. Where the file system keeps no birth time, the
+/// inode alone.
+fn maildir_id(root: &OwnedFd) -> Option<MaildirId> {
+    let stat = rustix::fs::statx(
+        root,
+        "",
+        AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::INO | rustix::fs::StatxFlags::BTIME,
+    )
+    .ok()?;
+    let device = (u64::from(stat.stx_dev_major) << 32) | u64::from(stat.stx_dev_minor);
+    let born = if stat.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0 {
+        (stat.stx_btime.tv_sec, stat.stx_btime.tv_nsec)
+    } else {
+        (0, 0)
+    };
+    Some((device, stat.stx_ino, born.0, born.1))
+}
 /// A scanned usage (`None`: the scan hit its bound) and when it was scanned.
 type CachedUsage = (Option<u64>, std::time::Instant);
 
@@ -439,7 +459,7 @@ static USAGE_CACHE: LazyLock<UsageCache> = LazyLock::new(UsageCache::default);
 
 impl UsageCache {
     /// A fresh entry: `Some(usage)` (usage itself may be unknown).
-    fn get(&self, key: (u64, u64)) -> Option<Option<u64>> {
+    fn get(&self, key: MaildirId) -> Option<Option<u64>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(&key)
@@ -447,7 +467,7 @@ impl UsageCache {
             .map(|(bytes, _)| *bytes)
     }
 
-    fn put(&self, key: (u64, u64), bytes: Option<u64>) {
+    fn put(&self, key: MaildirId, bytes: Option<u64>) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= USAGE_CACHE_ENTRIES {
             entries.clear();
@@ -456,7 +476,7 @@ impl UsageCache {
     }
 
     /// A delivery added `size` bytes to a Maildir whose usage is cached.
-    fn add(&self, key: (u64, u64), size: u64) {
+    fn add(&self, key: MaildirId, size: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((Some(bytes), _)) = entries.get_mut(&key) {
             *bytes = bytes.saturating_add(size);
@@ -648,6 +668,36 @@ mod tests {
             "mx.test"
         ));
         assert!(our_tmp_name("x.M5P9Q0.mx.test", "mx.test").is_none());
+    }
+
+    #[test]
+    fn a_new_maildir_on_a_removed_ones_inode_does_not_inherit_its_scanned_usage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = |path: &std::path::Path| {
+            rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .expect("open the maildir")
+        };
+        // A Maildir whose usage had to be scanned (its maildirsize is a directory).
+        let old = dir.path().join("old");
+        std::fs::create_dir_all(old.join("cur")).unwrap();
+        std::fs::create_dir(old.join("maildirsize")).unwrap();
+        std::fs::write(old.join("cur/1.M1P1.h,S=9000:2,S"), b"x").unwrap();
+        let root = open(&old);
+        assert_eq!(usage_of(&root, 10_000), Some(9000));
+        let inode = rustix::fs::fstat(&root).unwrap().st_ino;
+        drop(root);
+        std::fs::remove_dir_all(&old).unwrap();
+        // Directories are made until one gets the removed one's inode (at once, usually).
+        let reused = (0..1000).find_map(|i| {
+            let path = dir.path().join(format!("new{i}"));
+            std::fs::create_dir(&path).unwrap();
+            let root = open(&path);
+            (rustix::fs::fstat(&root).unwrap().st_ino == inode).then_some((path, root))
+        });
+        let (path, root) = reused.expect("the file system reused the inode (the premise)");
+        std::fs::create_dir(path.join("cur")).unwrap();
+        std::fs::create_dir(path.join("maildirsize")).unwrap();
+        assert_eq!(usage_of(&root, 10_000), Some(0), "an empty Maildir");
     }
 
     #[test]
