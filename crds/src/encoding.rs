@@ -263,17 +263,41 @@ fn record_size(data_key: &str, line: &str) -> usize {
     data_key.len() + line.len()
 }
 
-/// The bucket count a directory of `total` record bytes starts from (doubled while a shard
-/// would exceed [`SHARD_LIMIT`]).
+/// How many shard slots the records get: one per [`SHARD_TARGET`] of record bytes, doubled
+/// while a slot would exceed [`SHARD_LIMIT`] (skewed keys).
+fn bucket_count(records: &[(&'static str, &str, String)]) -> usize {
+    let total: usize = records.iter().map(|(k, _, l)| record_size(k, l)).sum();
+    let mut buckets = base_buckets(total);
+    loop {
+        let mut sizes: Vec<BTreeMap<&str, usize>> = vec![BTreeMap::new(); buckets];
+        for (data_key, key, line) in records {
+            *sizes[bucket_of(key, buckets)].entry(data_key).or_default() += line.len();
+        }
+        let fits = sizes.iter().all(|bucket| {
+            bucket
+                .iter()
+                .map(|(k, bytes)| k.len() + bytes)
+                .sum::<usize>()
+                <= SHARD_LIMIT
+        });
+        if fits {
+            return buckets;
+        }
+        buckets *= 2;
+    }
+}
+
+/// The bucket count a directory of `total` record bytes starts from.
 fn base_buckets(total: usize) -> usize {
     total.div_ceil(SHARD_TARGET).max(1)
 }
 
-fn shard_of(server: &str, index: usize, data: Data) -> Shard {
+/// The shard of slot `index` holding `data`.
+fn shard_of(server: &str, index: usize, data: Arc<Data>) -> Shard {
     Shard {
         name: shard_name(server, index),
         hash: data_hash(&data),
-        data: Arc::new(data),
+        data,
     }
 }
 
@@ -321,26 +345,19 @@ fn counts(directory: &Directory) -> [usize; 3] {
 pub fn encode(directory: &Directory) -> Encoded {
     let server = &directory.settings.server;
     let records = record_lines(directory);
-    let total: usize = records.iter().map(|(k, _, l)| record_size(k, l)).sum();
-    let mut buckets = base_buckets(total);
-    let shard_data = loop {
-        let mut shards: Vec<Data> = vec![Data::new(); buckets];
-        for (data_key, record_key, line) in &records {
-            shards[bucket_of(record_key, buckets)]
-                .entry((*data_key).to_string())
-                .or_default()
-                .push_str(line);
-        }
-        if shards.iter().all(|s| data_size(s) <= SHARD_LIMIT) {
-            break shards;
-        }
-        buckets *= 2;
-    };
+    let buckets = bucket_count(&records);
+    let mut shard_data: Vec<Data> = vec![Data::new(); buckets];
+    for (data_key, record_key, line) in &records {
+        shard_data[bucket_of(record_key, buckets)]
+            .entry((*data_key).to_string())
+            .or_default()
+            .push_str(line);
+    }
     let shards: Vec<Shard> = shard_data
         .into_iter()
         .enumerate()
         .filter(|(_, data)| !data.is_empty())
-        .map(|(index, data)| shard_of(server, index, data))
+        .map(|(index, data)| shard_of(server, index, Arc::new(data)))
         .collect();
     assemble(counts(directory), &directory.settings, shards)
 }

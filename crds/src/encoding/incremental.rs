@@ -1,17 +1,17 @@
 //! Re-encoding only what an edit changed. [`encode`](super::encode) serializes and hashes every
 //! record of a server; at 100,000 mailboxes that is most of an edit's cost. An [`Encoder`] keeps
 //! where each record's line is in the shard its key hashes to, so a new version re-serializes
-//! only the records that differ and rebuilds and re-hashes only the shards they fall in. Its output is byte for byte
-//! what [`encode`](super::encode) gives the same directory (a property test holds it to that);
+//! only the records that differ and rebuilds and re-hashes only the shards they fall in. Its
+//! output is byte for byte what [`encode`](super::encode) gives the same directory (a property test holds it to that);
 //! whenever the shard count would change it simply encodes from scratch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{
-    Data, Encoded, KEY_ALIASES, KEY_DOMAINS, KEY_MAILBOXES, SHARD_LIMIT, Shard, alias_line,
-    assemble, base_buckets, bucket_of, counts, data_hash, domain_line, mailbox_line, record_lines,
-    record_size, shard_name,
+    Data, Encoded, KEY_ALIASES, KEY_DOMAINS, KEY_MAILBOXES, SHARD_LIMIT, alias_line, assemble,
+    base_buckets, bucket_count, bucket_of, counts, data_size, domain_line, mailbox_line,
+    record_lines, record_size, shard_name, shard_of,
 };
 use crate::directory::Directory;
 
@@ -24,33 +24,11 @@ const KINDS: [&str; 3] = [KEY_DOMAINS, KEY_MAILBOXES, KEY_ALIASES];
 #[derive(Debug, Clone, Default)]
 struct Slot {
     index: [BTreeMap<Box<str>, (u32, u32)>; 3],
-    /// Bytes of the lines of each kind.
-    bytes: [usize; 3],
     /// The shard's data (none while the slot is empty).
     data: Option<Arc<Data>>,
 }
 
 impl Slot {
-    /// A slot holding `lines` (per kind: key → line, in key order).
-    fn of(lines: [BTreeMap<String, String>; 3]) -> Slot {
-        let mut slot = Slot::default();
-        let mut data = Data::new();
-        for (kind, lines) in lines.into_iter().enumerate() {
-            if lines.is_empty() {
-                continue;
-            }
-            let mut text = String::with_capacity(lines.values().map(String::len).sum());
-            for (key, line) in lines {
-                slot.index[kind].insert(key.into(), (text.len() as u32, line.len() as u32));
-                text.push_str(&line);
-            }
-            slot.bytes[kind] = text.len();
-            data.insert(KINDS[kind].to_string(), text);
-        }
-        slot.data = (!data.is_empty()).then(|| Arc::new(data));
-        slot
-    }
-
     /// The length of the line of `key`, if the slot holds it.
     fn line_len(&self, kind: usize, key: &str) -> Option<usize> {
         self.index[kind].get(key).map(|&(_, len)| len as usize)
@@ -98,7 +76,6 @@ impl Slot {
                 }
             }
             if !text.is_empty() {
-                slot.bytes[kind] = text.len();
                 data.insert(KINDS[kind].to_string(), text);
             }
         }
@@ -108,10 +85,19 @@ impl Slot {
 
     /// Bytes of the shard's ConfigMap data.
     fn size(&self) -> usize {
+        self.data.as_deref().map_or(0, data_size)
+    }
+
+    /// Record bytes as [`encode`](super::encode) counts them to choose the shard count: each
+    /// line with its data key.
+    fn record_bytes(&self) -> usize {
         (0..3)
-            .filter(|&kind| !self.index[kind].is_empty())
-            .map(|kind| KINDS[kind].len() + self.bytes[kind])
-            .sum()
+            .map(|kind| self.index[kind].len() * KINDS[kind].len())
+            .sum::<usize>()
+            + self
+                .data
+                .as_deref()
+                .map_or(0, |d| d.values().map(String::len).sum())
     }
 }
 
@@ -135,8 +121,6 @@ pub struct Update {
 pub struct Encoder {
     server: String,
     slots: Vec<Slot>,
-    /// Record bytes as [`encode`](super::encode) counts them to choose the shard count.
-    total: usize,
     encoded: Encoded,
 }
 
@@ -144,44 +128,25 @@ impl Encoder {
     /// Encode `directory` from scratch.
     pub fn new(directory: &Directory) -> Encoder {
         let records = record_lines(directory);
-        let total: usize = records.iter().map(|(k, _, l)| record_size(k, l)).sum();
-        let mut buckets = base_buckets(total);
-        let mut records: Vec<(usize, String, String)> = records
+        let buckets = bucket_count(&records);
+        let mut lines: Vec<[BTreeMap<String, Option<String>>; 3]> =
+            (0..buckets).map(|_| Default::default()).collect();
+        for (data_key, key, line) in records {
+            lines[bucket_of(key, buckets)][kind_of(data_key)].insert(key.to_string(), Some(line));
+        }
+        let slots: Vec<Slot> = lines
             .into_iter()
-            .map(|(data_key, key, line)| (kind_of(data_key), key.to_string(), line))
+            .map(|lines| Slot::default().with(lines))
             .collect();
-        let slots = loop {
-            let mut sizes = vec![[0usize; 3]; buckets];
-            for (kind, key, line) in &records {
-                sizes[bucket_of(key, buckets)][*kind] += line.len();
-            }
-            let fits = sizes.iter().all(|bytes| {
-                (0..3)
-                    .filter(|&kind| bytes[kind] > 0)
-                    .map(|kind| KINDS[kind].len() + bytes[kind])
-                    .sum::<usize>()
-                    <= SHARD_LIMIT
-            });
-            if fits {
-                let mut lines: Vec<[BTreeMap<String, String>; 3]> =
-                    (0..buckets).map(|_| Default::default()).collect();
-                for (kind, key, line) in records.drain(..) {
-                    lines[bucket_of(&key, buckets)][kind].insert(key, line);
-                }
-                break lines.into_iter().map(Slot::of).collect::<Vec<_>>();
-            }
-            buckets *= 2;
-        };
         let server = &directory.settings.server;
         let shards = slots
             .iter()
             .enumerate()
-            .filter_map(|(index, slot)| Some(shard_sharing(server, index, slot.data.clone()?)))
+            .filter_map(|(index, slot)| Some(shard_of(server, index, slot.data.clone()?)))
             .collect();
         Encoder {
             server: server.clone(),
             slots,
-            total,
             encoded: assemble(counts(directory), &directory.settings, shards),
         }
     }
@@ -217,9 +182,10 @@ impl Encoder {
 
     fn apply(&mut self, new: &Directory, changes: Vec<Change>) -> Update {
         let buckets = self.slots.len();
+        let before: usize = self.slots.iter().map(Slot::record_bytes).sum();
         let total = changes
             .iter()
-            .fold(self.total as isize, |total, (kind, key, line)| {
+            .fold(before as isize, |total, (kind, key, line)| {
                 let data_key = KINDS[*kind];
                 let before = self.slots[bucket_of(key, buckets)]
                     .line_len(*kind, key)
@@ -255,7 +221,6 @@ impl Encoder {
         for (bucket, slot) in rebuilt {
             self.slots[bucket] = slot;
         }
-        self.total = total;
         let server = &new.settings.server;
         let mut kept = std::mem::take(&mut self.encoded.shards)
             .into_iter()
@@ -269,7 +234,7 @@ impl Encoder {
             };
             match previous {
                 Some(shard) if Arc::ptr_eq(&shard.data, data) => shards.push(shard),
-                _ => shards.push(shard_sharing(server, index, data.clone())),
+                _ => shards.push(shard_of(server, index, data.clone())),
             }
         }
         self.encoded = assemble(counts(new), &new.settings, shards);
@@ -286,15 +251,6 @@ impl Encoder {
             shards: self.encoded.shards.len(),
             full: true,
         }
-    }
-}
-
-/// The shard of slot `index` holding `data` (shared, not copied).
-fn shard_sharing(server: &str, index: usize, data: Arc<Data>) -> Shard {
-    Shard {
-        name: shard_name(server, index),
-        hash: data_hash(&data),
-        data,
     }
 }
 
