@@ -63,8 +63,6 @@ pub struct Context {
     owned: Arc<OwnedVersions>,
     /// The last compile of each server, reused while its inputs are unchanged.
     snapshots: std::sync::Mutex<HashMap<String, Arc<Snapshot>>>,
-    /// The encoding of each server's last snapshot, which an in-place edit updates.
-    encoders: std::sync::Mutex<HashMap<String, virtmail_crds::encoding::Encoder>>,
     /// The members' statuses each server's next status task is to publish, with a serial.
     owed_statuses: std::sync::Mutex<HashMap<String, (u64, status::Owed)>>,
     /// The member-status task of each server, with the snapshot it works from.
@@ -128,7 +126,6 @@ impl Context {
             failures: Mutex::default(),
             owned: watched.owned,
             snapshots: Default::default(),
-            encoders: Default::default(),
             owed_statuses: Default::default(),
             member_status: Default::default(),
             input_changes: watched.input_changes,
@@ -214,7 +211,7 @@ async fn reconcile_inner(
     let step = Instant::now();
     let snapshot = ctx.snapshot(server, &namespace).await;
     let compile_took = step.elapsed();
-    let (compiled, encoded) = (&snapshot.compiled, &snapshot.encoded);
+    let (compiled, encoded) = (&snapshot.compiled, snapshot.encoded());
     // build
     let desired = build::desired(server, encoded, &ctx.config);
     // apply

@@ -101,7 +101,8 @@ impl SnapshotKey {
 pub(super) struct Snapshot {
     key: SnapshotKey,
     pub(super) compiled: Compiled,
-    pub(super) encoded: encoding::Encoded,
+    /// The encoding of `compiled`, kept so that an in-place edit re-encodes only its shard.
+    encoder: Encoder,
     /// How it was made (for the log and the metrics).
     pub(super) made: Made,
 }
@@ -129,6 +130,13 @@ impl Made {
             Made::Full => "full",
             Made::InPlace { .. } => "in_place",
         }
+    }
+}
+
+impl Snapshot {
+    /// The encoded directory.
+    pub(super) fn encoded(&self) -> &encoding::Encoded {
+        self.encoder.encoded()
     }
 }
 
@@ -165,38 +173,28 @@ impl Context {
         }
         let in_place = kept
             .filter(|kept| kept.key.servers == key.servers)
-            .and_then(|kept| self.apply_mailbox_edits(server, namespace, &server_key, kept));
+            .and_then(|kept| self.apply_mailbox_edits(server, namespace, kept));
         let (snapshot, edited) = match in_place {
-            Some((compiled, encoded, made, edited)) => (
+            Some((compiled, encoder, made, edited)) => (
                 Snapshot {
                     key,
                     compiled,
-                    encoded,
+                    encoder,
                     made,
                 },
                 Some(edited),
             ),
             None => {
-                // The old encoding goes first: two of them would be two more directories.
-                self.encoders
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&server_key);
                 let compiled = {
                     let members = Members::of(self, namespace);
                     compile(members.inputs(server))
                 };
                 let encoder = Encoder::new(&compiled.directory);
-                let encoded = encoder.encoded().clone();
-                self.encoders
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(server_key.clone(), encoder);
                 (
                     Snapshot {
                         key,
                         compiled,
-                        encoded,
+                        encoder,
                         made: Made::Full,
                     },
                     None,
@@ -219,20 +217,15 @@ impl Context {
         &self,
         server: &MailServer,
         namespace: &str,
-        server_key: &str,
         kept: Arc<Snapshot>,
-    ) -> Option<(Compiled, encoding::Encoded, Made, BTreeSet<ObjectRef>)> {
+    ) -> Option<(Compiled, Encoder, Made, BTreeSet<ObjectRef>)> {
         let names = self
             .input_changes
             .mailbox_edits_since(namespace, kept.key.epoch)?;
-        let mut encoders = self.encoders.lock().unwrap_or_else(|e| e.into_inner());
-        let encoder = encoders
-            .get_mut(server_key)
-            .filter(|e| e.encoded().version == kept.encoded.version)?;
         // Ours alone unless a reconcile still holds it; then a copy.
-        let (mut compiled, copied) = match Arc::try_unwrap(kept) {
-            Ok(kept) => (kept.compiled, false),
-            Err(shared) => (shared.compiled.clone(), true),
+        let (mut compiled, mut encoder, copied) = match Arc::try_unwrap(kept) {
+            Ok(kept) => (kept.compiled, kept.encoder, false),
+            Err(shared) => (shared.compiled.clone(), shared.encoder.clone(), true),
         };
         let domains = self.domains.in_namespace(namespace);
         let inputs = Inputs {
@@ -262,7 +255,7 @@ impl Context {
                 name,
             })
             .collect();
-        Some((compiled, encoder.encoded().clone(), made, edited))
+        Some((compiled, encoder, made, edited))
     }
 
     /// Drop the snapshots and status tasks of servers no longer in the cache: a deleted server
@@ -275,7 +268,6 @@ impl Context {
                 .is_some()
         };
         keep_servers(&self.snapshots, exists);
-        keep_servers(&self.encoders, exists);
         keep_servers(&self.owed_statuses, exists);
         self.member_status
             .lock()
