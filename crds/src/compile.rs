@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -278,15 +279,20 @@ pub fn settings(server: &MailServer) -> Settings {
 /// winner. Input order decides only among objects without a creation time (files).
 /// The objects in `server`'s namespace (all of them when either has none, as in manifests),
 /// in the order in which older objects win: creation time, then file order, then name.
+/// Whether an object is in `namespace` (every object is when either has none, as in manifests).
+fn in_namespace(namespace: Option<&str>, meta: &ObjectMeta) -> bool {
+    match (namespace, meta.namespace.as_deref()) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
 fn oldest_first<'a, K: Resource>(server: &MailServer, objects: Objects<'a, K>) -> Vec<&'a K> {
     let namespace = server.meta().namespace.as_deref();
     let mut sorted: Vec<(usize, &K)> = objects
         .iter()
         .enumerate()
-        .filter(|(_, o)| match (namespace, o.meta().namespace.as_deref()) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        })
+        .filter(|(_, o)| in_namespace(namespace, o.meta()))
         .collect();
     sorted.sort_by(|(ia, a), (ib, b)| {
         let key = |index: usize, o: &'a K| {
@@ -499,7 +505,7 @@ impl<'a> Compiler<'a> {
                 self.diagnose(object, Reason::AddressConflict, Effect::Excluded, message);
                 continue;
             }
-            let (mut entry, problem) = self.mailbox_entry(&key, mailbox, &object);
+            let (entry, problem) = self.mailbox_entry(&key, mailbox, &object);
             let problem = problem.or_else(|| {
                 // The path and every name the agent derives from it: none may touch another
                 // mailbox's path or derived names.
@@ -530,22 +536,35 @@ impl<'a> Compiler<'a> {
                     }
                 }
             });
-            if let Some((reason, message)) = problem {
-                entry.defer = Some(Deferral {
-                    reason,
-                    message: message.clone(),
-                });
-                self.diagnose(object, reason, Effect::Deferring, message);
-            } else if let Some(spec) = &mailbox.spec.autoreply {
-                match self.autoreply(spec) {
-                    Ok(autoreply) => entry.autoreply = Some(autoreply),
-                    Err(message) => {
-                        self.diagnose(object, Reason::AutoreplyRefused, Effect::Degraded, message)
-                    }
-                }
-            }
+            let entry = self.settle_mailbox(object, entry, problem, mailbox);
             self.directory.mailboxes.insert(key, entry);
         }
+    }
+
+    /// A mailbox entry with its first problem (a deferring entry), or else its automatic reply,
+    /// and the diagnostic either gets.
+    fn settle_mailbox(
+        &mut self,
+        object: ObjectRef,
+        mut entry: MailboxEntry,
+        problem: Option<(Reason, String)>,
+        mailbox: &Mailbox,
+    ) -> MailboxEntry {
+        if let Some((reason, message)) = problem {
+            entry.defer = Some(Deferral {
+                reason,
+                message: message.clone(),
+            });
+            self.diagnose(object, reason, Effect::Deferring, message);
+        } else if let Some(spec) = &mailbox.spec.autoreply {
+            match self.autoreply(spec) {
+                Ok(autoreply) => entry.autoreply = Some(autoreply),
+                Err(message) => {
+                    self.diagnose(object, Reason::AutoreplyRefused, Effect::Degraded, message)
+                }
+            }
+        }
+        entry
     }
 
     /// Build a mailbox entry; the first problem found makes it a deferring entry.

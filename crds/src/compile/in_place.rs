@@ -19,9 +19,8 @@
 
 use kube::{Resource, ResourceExt};
 
-use super::{Compiled, Compiler, Effect, Inputs, Kind, ObjectRef, Reason, fold};
+use super::{Compiled, Compiler, Inputs, Kind, ObjectRef, Reason, fold, in_namespace};
 use crate::address;
-use crate::directory::Deferral;
 use crate::resources::Mailbox;
 
 /// The edit cannot be applied in place; compile from scratch.
@@ -36,13 +35,7 @@ pub fn recompile_mailbox(
     inputs: Inputs<'_>,
     mailbox: &Mailbox,
 ) -> Result<Option<String>, NeedsFullCompile> {
-    let same_namespace = match (
-        inputs.server.meta().namespace.as_deref(),
-        mailbox.meta().namespace.as_deref(),
-    ) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    };
+    let same_namespace = in_namespace(inputs.server.meta().namespace.as_deref(), mailbox.meta());
     let key = fold(&mailbox.spec.address);
     let name = mailbox.name_any();
     let domain = match address::split(&key) {
@@ -80,40 +73,21 @@ pub fn recompile_mailbox(
         kind: Kind::Mailbox,
         name,
     };
-    let (mut entry, problem) = compiler.mailbox_entry(&key, mailbox, &object);
+    let (entry, problem) = compiler.mailbox_entry(&key, mailbox, &object);
     let claimed_before = old
         .defer
         .as_ref()
         .is_none_or(|d| d.reason == Reason::PathConflict);
-    match (claimed_before, &problem) {
+    let problem = match (claimed_before, problem) {
         // The overlap check ran before and runs again on the same names against the same
         // older claims: its outcome (a claim, or a PathConflict) stands.
         (true, None) if entry.path == old.path && entry.format == old.format => {
-            entry.defer = old.defer.clone();
+            old.defer.as_ref().map(|d| (d.reason, d.message.clone()))
         }
-        (false, Some(_)) => {}
+        (false, Some(problem)) => Some(problem),
         _ => return Err(NeedsFullCompile),
-    }
-    if let Some((reason, message)) = problem {
-        entry.defer = Some(Deferral {
-            reason,
-            message: message.clone(),
-        });
-        compiler.diagnose(object.clone(), reason, Effect::Deferring, message);
-    } else if let Some(deferral) = &entry.defer {
-        let (reason, message) = (deferral.reason, deferral.message.clone());
-        compiler.diagnose(object.clone(), reason, Effect::Deferring, message);
-    } else if let Some(spec) = &mailbox.spec.autoreply {
-        match compiler.autoreply(spec) {
-            Ok(autoreply) => entry.autoreply = Some(autoreply),
-            Err(message) => compiler.diagnose(
-                object.clone(),
-                Reason::AutoreplyRefused,
-                Effect::Degraded,
-                message,
-            ),
-        }
-    }
+    };
+    let entry = compiler.settle_mailbox(object.clone(), entry, problem, mailbox);
     // The object's diagnostics are replaced where they stand; one appearing or going would
     // move in the list, which only a full compile orders.
     let positions: Vec<usize> = compiled
