@@ -124,11 +124,8 @@ fn directory_container_holds_an_encoded_directory_exactly() {
         .collect();
     assert_eq!(shards, want);
     match assemble(Some(&head), &shards, None) {
-        Assembly::Ready {
-            directory: decoded,
-            version,
-        } => {
-            assert_eq!(*decoded, *directory);
+        Assembly::Ready { decoded, version } => {
+            assert_eq!(decoded.directory, *directory);
             assert_eq!(version, encoded.version);
         }
         other => panic!("the fixture directory does not assemble: {other:?}"),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::{self, fold};
 use crate::contract;
 use crate::directory::{
-    AliasEntry, Autoreply, Deferral, Directory, Domain, MailboxEntry, Settings,
+    AliasEntry, Autoreply, Deferral, Directory, Domain, MailboxEntry, Settings, Table,
 };
 use crate::quantity;
 use crate::resources::{MailAlias, MailDomain, MailServer, Mailbox, MailboxFormat};
@@ -341,9 +341,9 @@ impl<'a> Compiler<'a> {
             inputs,
             directory: Directory {
                 settings,
-                domains: BTreeMap::new(),
-                mailboxes: BTreeMap::new(),
-                aliases: BTreeMap::new(),
+                domains: Table::new(),
+                mailboxes: Table::new(),
+                aliases: Table::new(),
             },
             diagnostics: Vec::new(),
             members: Vec::new(),

@@ -3,12 +3,13 @@
 //! The operator publishes it as ConfigMaps ([`crate::encoding`]); the agent loads it and answers
 //! every lookup from it. Keys are case-folded addresses.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::address;
+
+mod table;
 use crate::resources::{LockMethod, MailboxFormat};
+pub use table::{Part, Table, slot_of};
 
 pub mod pattern {
     //! MailAlias patterns: how they are compiled (bounded, linear-time), keyed in the alias
@@ -208,11 +209,11 @@ pub struct Directory {
     /// Server-wide settings.
     pub settings: Settings,
     /// Served domains by folded name.
-    pub domains: BTreeMap<String, Domain>,
+    pub domains: Table<Domain>,
     /// Mailboxes by folded address.
-    pub mailboxes: BTreeMap<String, MailboxEntry>,
+    pub mailboxes: Table<MailboxEntry>,
     /// Aliases by folded address (`local@domain` or `@domain`).
-    pub aliases: BTreeMap<String, AliasEntry>,
+    pub aliases: Table<AliasEntry>,
 }
 
 /// Result of looking a recipient up in one table.
@@ -240,9 +241,9 @@ impl Directory {
                 mailbox_size_limit: 51_200_000,
                 recipient_delimiter: "+".into(),
             },
-            domains: BTreeMap::new(),
-            mailboxes: BTreeMap::new(),
-            aliases: BTreeMap::new(),
+            domains: Table::new(),
+            mailboxes: Table::new(),
+            aliases: Table::new(),
         };
         for i in 0..100 {
             d.domains.insert(
@@ -343,11 +344,7 @@ impl Directory {
 
     /// The entry of `table` for the (folded) address itself, else for the address without its
     /// extension.
-    fn find_exact<'a, T>(
-        &self,
-        table: &'a BTreeMap<String, T>,
-        folded: &str,
-    ) -> Option<Found<'a, T>> {
+    fn find_exact<'a, T>(&self, table: &'a Table<T>, folded: &str) -> Option<Found<'a, T>> {
         let (key, entry) = table.get_key_value(folded).or_else(|| {
             let stripped = address::strip_extension(folded, &self.settings.recipient_delimiter)?;
             table.get_key_value(&stripped)

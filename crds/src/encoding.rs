@@ -19,7 +19,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::directory::{AliasEntry, Directory, Domain, MailboxEntry, SCHEMA, Settings};
+use crate::directory::{
+    AliasEntry, Directory, Domain, MailboxEntry, Part, SCHEMA, Settings, Table, slot_of,
+};
 
 /// Largest amount of data (keys + values) in one ConfigMap; the apiserver's limit is 1 MiB for
 /// the whole object.
@@ -37,6 +39,10 @@ pub const KEY_SETTINGS: &str = "settings.json";
 pub const KEY_SHARDS: &str = "shards";
 /// Counts, for people.
 pub const KEY_SUMMARY: &str = "summary";
+/// How many shard slots the records are spread over (a shard's number is its slot). A head
+/// without it (written before it existed) is decoded whole, without reusing a previous version's
+/// parts.
+pub const KEY_SLOTS: &str = "slots";
 /// Shard data keys.
 pub const KEY_DOMAINS: &str = "domains.jsonl";
 /// Mailbox records.
@@ -186,13 +192,6 @@ pub fn data_hash(data: &Data) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn bucket_of(key: &str, buckets: usize) -> usize {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    (u64::from_be_bytes(first) % buckets as u64) as usize
-}
-
 fn json_line<T: Serialize>(record: &T) -> String {
     let mut line = serde_json::to_string(record).expect("directory records always serialize");
     line.push('\n');
@@ -271,7 +270,7 @@ fn bucket_count(records: &[(&'static str, &str, String)]) -> usize {
     loop {
         let mut sizes: Vec<BTreeMap<&str, usize>> = vec![BTreeMap::new(); buckets];
         for (data_key, key, line) in records {
-            *sizes[bucket_of(key, buckets)].entry(data_key).or_default() += line.len();
+            *sizes[slot_of(key, buckets)].entry(data_key).or_default() += line.len();
         }
         let fits = sizes.iter().all(|bucket| {
             bucket
@@ -301,8 +300,13 @@ fn shard_of(server: &str, index: usize, data: Arc<Data>) -> Shard {
     }
 }
 
-/// The head for `shards` (non-empty, in slot order) and its version.
-fn assemble(directory_counts: [usize; 3], settings: &Settings, shards: Vec<Shard>) -> Encoded {
+/// The head for `shards` (non-empty, in slot order, of `slots` slots) and its version.
+fn assemble(
+    directory_counts: [usize; 3],
+    settings: &Settings,
+    slots: usize,
+    shards: Vec<Shard>,
+) -> Encoded {
     let settings_text = settings_json(settings);
     let hashes: Vec<&str> = shards.iter().map(|s| s.hash.as_str()).collect();
     let version = version_of(&settings_text, &hashes);
@@ -310,6 +314,7 @@ fn assemble(directory_counts: [usize; 3], settings: &Settings, shards: Vec<Shard
     head.insert(KEY_SCHEMA.into(), SCHEMA.into());
     head.insert(KEY_VERSION.into(), version.clone());
     head.insert(KEY_SETTINGS.into(), settings_text);
+    head.insert(KEY_SLOTS.into(), slots.to_string());
     head.insert(
         KEY_SHARDS.into(),
         shards
@@ -348,7 +353,7 @@ pub fn encode(directory: &Directory) -> Encoded {
     let buckets = bucket_count(&records);
     let mut shard_data: Vec<Data> = vec![Data::new(); buckets];
     for (data_key, record_key, line) in &records {
-        shard_data[bucket_of(record_key, buckets)]
+        shard_data[slot_of(record_key, buckets)]
             .entry((*data_key).to_string())
             .or_default()
             .push_str(line);
@@ -359,7 +364,7 @@ pub fn encode(directory: &Directory) -> Encoded {
         .filter(|(_, data)| !data.is_empty())
         .map(|(index, data)| shard_of(server, index, Arc::new(data)))
         .collect();
-    assemble(counts(directory), &directory.settings, shards)
+    assemble(counts(directory), &directory.settings, buckets, shards)
 }
 
 /// A shard the head names: `(name, sha256)`.
@@ -386,36 +391,70 @@ pub fn head_version(head: &Data) -> Result<&str, DecodeError> {
         .ok_or_else(|| DecodeError::Head("no version key".into()))
 }
 
-fn parse_lines<T: for<'de> Deserialize<'de>>(
-    shard: &str,
-    data: &Data,
-    key: &str,
-    mut insert: impl FnMut(T),
-) -> Result<(), DecodeError> {
-    let Some(text) = data.get(key) else {
-        return Ok(());
-    };
-    for (number, line) in text.lines().enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let record = serde_json::from_str(line).map_err(|e| DecodeError::Record {
-            name: shard.to_string(),
-            key: key.to_string(),
-            line: number + 1,
-            message: e.to_string(),
-        })?;
-        insert(record);
+/// Most shard slots a head may name: far beyond any directory the apiserver can hold, and small
+/// enough that a forged head cannot make a reader allocate much.
+const MAX_SLOTS: usize = 1 << 16;
+
+/// The shards a directory was decoded from, by slot (`None` for an empty slot): name and hash,
+/// so that the next version can take the parts of the shards that kept their hash. Empty for a
+/// head that named no slot count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardHashes(Vec<Option<(String, String)>>);
+
+impl ShardHashes {
+    /// Whether slot `slot` of `slots` was decoded from data with `hash`.
+    fn holds(&self, slots: usize, slot: usize, hash: &str) -> bool {
+        self.0.len() == slots
+            && self
+                .0
+                .get(slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|(_, held)| held == hash)
     }
-    Ok(())
+
+    /// Whether the shard `name` with content `hash` was decoded into this directory, so a
+    /// reader need not keep its data.
+    pub fn holds_shard(&self, name: &str, hash: &str) -> bool {
+        self.0
+            .iter()
+            .flatten()
+            .any(|(held_name, held_hash)| held_name == name && held_hash == hash)
+    }
 }
 
-/// Decode a directory from its head and a shard source. Refuses a partial or mismatched set:
-/// every shard the head names must be present with exactly the named hash.
-pub fn decode<'a>(
-    head: &Data,
-    shard: impl Fn(&str) -> Option<&'a Data>,
-) -> Result<Directory, DecodeError> {
+/// A decoded directory, with what the next decode may take from it.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The directory.
+    pub directory: Directory,
+    /// The hash of each slot's shard.
+    pub hashes: ShardHashes,
+    /// Shards decoded from their data.
+    pub decoded: usize,
+    /// Shards whose parts were taken from the previous version.
+    pub reused: usize,
+}
+
+/// What a head describes.
+struct Layout<'h> {
+    version: &'h str,
+    settings_text: &'h str,
+    settings: Settings,
+    /// The slot count, if the head names one.
+    slots: Option<usize>,
+    /// Each listed shard's name, hash and slot (its position when the head names no slot count).
+    shards: Vec<(String, String, usize)>,
+}
+
+impl Layout<'_> {
+    /// Whether `previous` holds the part of listed shard `slot` with hash `hash`.
+    fn reusable(&self, previous: &ShardHashes, slot: usize, hash: &str) -> bool {
+        self.slots
+            .is_some_and(|slots| previous.holds(slots, slot, hash))
+    }
+}
+
+fn layout(head: &Data) -> Result<Layout<'_>, DecodeError> {
     match head.get(KEY_SCHEMA) {
         Some(schema) if schema == SCHEMA => {}
         Some(other) => return Err(DecodeError::Head(format!("unsupported schema {other:?}"))),
@@ -433,14 +472,196 @@ pub fn decode<'a>(
             settings.server
         )));
     }
-    let list = shard_list(head)?;
-    let mut directory = Directory {
-        settings,
-        domains: BTreeMap::new(),
-        mailboxes: BTreeMap::new(),
-        aliases: BTreeMap::new(),
+    let slots = match head.get(KEY_SLOTS) {
+        None => None,
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(slots) if (1..=MAX_SLOTS).contains(&slots) => Some(slots),
+            _ => return Err(DecodeError::Head(format!("bad slot count {text:?}"))),
+        },
     };
-    for (name, want) in &list {
+    let mut taken = vec![false; slots.unwrap_or(0)];
+    let shards = shard_list(head)?
+        .into_iter()
+        .enumerate()
+        .map(|(position, (name, hash))| {
+            let Some(slots) = slots else {
+                return Ok((name, hash, position));
+            };
+            let slot = shard_slot(&settings.server, &name)
+                .filter(|slot| *slot < slots && !std::mem::replace(&mut taken[*slot], true))
+                .ok_or_else(|| {
+                    DecodeError::Head(format!(
+                        "shard {name} is not one of {slots} slots, or is listed twice"
+                    ))
+                })?;
+            Ok((name, hash, slot))
+        })
+        .collect::<Result<_, DecodeError>>()?;
+    Ok(Layout {
+        version,
+        settings_text,
+        settings,
+        slots,
+        shards,
+    })
+}
+
+/// The slot of a shard named as [`shard_name`] names slots.
+fn shard_slot(server: &str, name: &str) -> Option<usize> {
+    let digits = name.strip_prefix(server)?.strip_prefix("-directory-")?;
+    let slot: usize = digits.parse().ok()?;
+    (shard_name(server, slot) == name).then_some(slot)
+}
+
+/// The shards of `head` a reader must read to decode it: those `previous` does not already hold
+/// with the same hash.
+pub fn shards_to_read(
+    head: &Data,
+    previous: &ShardHashes,
+) -> Result<Vec<(String, String)>, DecodeError> {
+    let layout = layout(head)?;
+    Ok(layout
+        .shards
+        .iter()
+        .filter(|(_, hash, slot)| !layout.reusable(previous, *slot, hash))
+        .map(|(name, hash, _)| (name.clone(), hash.clone()))
+        .collect())
+}
+
+/// A JSON Lines record: its key and entry.
+trait Record: for<'de> Deserialize<'de> {
+    type Entry;
+    fn into_pair(self) -> (String, Self::Entry);
+}
+
+impl Record for DomainRecord {
+    type Entry = Domain;
+    fn into_pair(self) -> (String, Domain) {
+        (self.domain, self.entry)
+    }
+}
+
+impl Record for MailboxRecord {
+    type Entry = MailboxEntry;
+    fn into_pair(self) -> (String, MailboxEntry) {
+        (self.address, self.entry)
+    }
+}
+
+impl Record for AliasRecord {
+    type Entry = AliasEntry;
+    fn into_pair(self) -> (String, AliasEntry) {
+        (self.address, self.entry)
+    }
+}
+
+/// Parse the `data_key` records of shard `name` into `part`; with `slot = Some((slot, slots))`
+/// every key must belong in that slot, so that a lookup finds it where it looks.
+fn parse_into<R: Record>(
+    name: &str,
+    data: &Data,
+    data_key: &str,
+    slot: Option<(usize, usize)>,
+    part: &mut Part<R::Entry>,
+) -> Result<(), DecodeError> {
+    let Some(text) = data.get(data_key) else {
+        return Ok(());
+    };
+    let error = |line: usize, message: String| DecodeError::Record {
+        name: name.to_string(),
+        key: data_key.to_string(),
+        line,
+        message,
+    };
+    for (number, line) in text.lines().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let record: R = serde_json::from_str(line).map_err(|e| error(number + 1, e.to_string()))?;
+        let (key, entry) = record.into_pair();
+        if let Some((slot, slots)) = slot {
+            let belongs = slot_of(&key, slots);
+            if belongs != slot {
+                return Err(error(
+                    number + 1,
+                    format!("{key:?} belongs in slot {belongs} of {slots}, not {slot}"),
+                ));
+            }
+        }
+        part.insert(key, entry);
+    }
+    Ok(())
+}
+
+/// Each table's parts while a directory is decoded: taken from the previous version, or parsed.
+struct Parts<T> {
+    taken: Vec<Option<Arc<Part<T>>>>,
+    parsed: Vec<Part<T>>,
+}
+
+impl<T> Parts<T> {
+    fn new(slots: usize) -> Self {
+        Parts {
+            taken: (0..slots).map(|_| None).collect(),
+            parsed: (0..slots).map(|_| Part::new()).collect(),
+        }
+    }
+
+    fn into_table(self) -> Table<T> {
+        Table::from_parts(
+            self.taken
+                .into_iter()
+                .zip(self.parsed)
+                .map(|(taken, parsed)| taken.unwrap_or_else(|| Arc::new(parsed)))
+                .collect(),
+        )
+    }
+}
+
+/// Decode a directory from its head and a shard source. Refuses a partial or mismatched set:
+/// every shard the head names must be present with exactly the named hash.
+pub fn decode<'a>(
+    head: &Data,
+    shard: impl Fn(&str) -> Option<&'a Data>,
+) -> Result<Directory, DecodeError> {
+    decode_reusing(head, shard, None).map(|decoded| decoded.directory)
+}
+
+/// [`decode`], taking from `previous` (a directory and the hashes it was decoded from) the parts
+/// of every shard whose hash did not change: only the other shards are read, verified and
+/// parsed, and the new directory shares the taken parts with the previous one.
+pub fn decode_reusing<'a>(
+    head: &Data,
+    shard: impl Fn(&str) -> Option<&'a Data>,
+    previous: Option<(&Directory, &ShardHashes)>,
+) -> Result<Decoded, DecodeError> {
+    let layout = layout(head)?;
+    let slots = layout.slots.unwrap_or(1);
+    let mut domains = Parts::new(slots);
+    let mut mailboxes = Parts::new(slots);
+    let mut aliases = Parts::new(slots);
+    let mut hashes = vec![None; layout.slots.unwrap_or(0)];
+    let (mut decoded, mut reused) = (0, 0);
+    for (name, want, listed_slot) in &layout.shards {
+        if let Some(slot) = hashes.get_mut(*listed_slot) {
+            *slot = Some((name.clone(), want.clone()));
+        }
+        let reusable = previous.filter(|(directory, hashes)| {
+            layout.reusable(hashes, *listed_slot, want)
+                && [
+                    directory.domains.parts().len(),
+                    directory.mailboxes.parts().len(),
+                    directory.aliases.parts().len(),
+                ] == [slots; 3]
+        });
+        if let Some((directory, _)) = reusable {
+            let slot = *listed_slot;
+            domains.taken[slot] = Some(directory.domains.parts()[slot].clone());
+            mailboxes.taken[slot] = Some(directory.mailboxes.parts()[slot].clone());
+            aliases.taken[slot] = Some(directory.aliases.parts()[slot].clone());
+            reused += 1;
+            continue;
+        }
         let data = shard(name).ok_or_else(|| DecodeError::MissingShard(name.clone()))?;
         let have = data_hash(data);
         if &have != want {
@@ -450,25 +671,41 @@ pub fn decode<'a>(
                 have,
             });
         }
-        parse_lines(name, data, KEY_DOMAINS, |r: DomainRecord| {
-            directory.domains.insert(r.domain, r.entry);
-        })?;
-        parse_lines(name, data, KEY_MAILBOXES, |r: MailboxRecord| {
-            directory.mailboxes.insert(r.address, r.entry);
-        })?;
-        parse_lines(name, data, KEY_ALIASES, |r: AliasRecord| {
-            directory.aliases.insert(r.address, r.entry);
-        })?;
+        // Without a slot count every record goes to the one part.
+        let (slot, check) = match layout.slots {
+            Some(slots) => (*listed_slot, Some((*listed_slot, slots))),
+            None => (0, None),
+        };
+        parse_into::<DomainRecord>(name, data, KEY_DOMAINS, check, &mut domains.parsed[slot])?;
+        parse_into::<MailboxRecord>(
+            name,
+            data,
+            KEY_MAILBOXES,
+            check,
+            &mut mailboxes.parsed[slot],
+        )?;
+        parse_into::<AliasRecord>(name, data, KEY_ALIASES, check, &mut aliases.parsed[slot])?;
+        decoded += 1;
     }
-    let hashes: Vec<&str> = list.iter().map(|(_, h)| h.as_str()).collect();
-    let have = version_of(settings_text, &hashes);
-    if have != version {
+    let hashes_listed: Vec<&str> = layout.shards.iter().map(|(_, h, _)| h.as_str()).collect();
+    let have = version_of(layout.settings_text, &hashes_listed);
+    if have != layout.version {
         return Err(DecodeError::Version {
-            want: version.to_string(),
+            want: layout.version.to_string(),
             have,
         });
     }
-    Ok(directory)
+    Ok(Decoded {
+        directory: Directory {
+            settings: layout.settings,
+            domains: domains.into_table(),
+            mailboxes: mailboxes.into_table(),
+            aliases: aliases.into_table(),
+        },
+        hashes: ShardHashes(hashes),
+        decoded,
+        reused,
+    })
 }
 
 /// The version [`encode`] gives a directory.

@@ -27,8 +27,8 @@ use virtmail_agent::server::lmtp::{self, BodyDecoder};
 use virtmail_agent::server::metrics::Metrics;
 use virtmail_agent::server::socketmap::{self, FrameError, MAX_QUERY, MAX_REPLY, Reply};
 use virtmail_agent::server::{Limits, Shared};
-use virtmail_agent::source::Holder;
 use virtmail_agent::source::assemble::{Assembly, assemble};
+use virtmail_agent::source::{Holder, Loaded};
 use virtmail_crds::contract::SocketmapMap;
 use virtmail_crds::encoding::{self, Data};
 use virtmail_crds::manifests::Resources;
@@ -540,11 +540,11 @@ fn round_trip(directory: &Directory) {
         .map(|s| (s.name.clone(), (*s.data).clone()))
         .collect();
     match assemble(Some(&encoded.head), &shards, None) {
-        Assembly::Ready {
-            directory: decoded,
-            version,
-        } => {
-            assert_eq!(*decoded, *directory, "directory changed by the encoding");
+        Assembly::Ready { decoded, version } => {
+            assert_eq!(
+                decoded.directory, *directory,
+                "directory changed by the encoding"
+            );
             assert_eq!(version, encoded.version);
         }
         other => panic!("an encoded directory does not assemble: {other:?}"),
@@ -582,18 +582,20 @@ pub fn directory_decode(data: &[u8]) {
         head.insert(encoding::KEY_VERSION.into(), have.clone());
         assembly = assemble(Some(&head), &shards, None);
     }
-    let Assembly::Ready { directory, version } = assembly else {
+    let Assembly::Ready { decoded, version } = assembly else {
         return;
     };
     assert_eq!(
         Some(version.as_str()),
         head.get(encoding::KEY_VERSION).map(String::as_str)
     );
+    let serving = Loaded::new(decoded.directory, version, decoded.hashes);
     assert!(matches!(
-        assemble(Some(&head), &shards, Some(&version)),
+        assemble(Some(&head), &shards, Some(&serving)),
         Assembly::Unchanged
     ));
-    round_trip(&directory);
+    let directory = &*serving.directory;
+    round_trip(directory);
     let keys = directory
         .mailboxes
         .keys()
@@ -601,9 +603,9 @@ pub fn directory_decode(data: &[u8]) {
         .chain(directory.domains.keys());
     for key in keys {
         for map in SocketmapMap::ALL {
-            let _ = socketmap::lookup(Some(&directory), &format!("{} {key}", map.name()));
+            let _ = socketmap::lookup(Some(directory), &format!("{} {key}", map.name()));
         }
-        let _ = deliver::resolve(&directory, key);
+        let _ = deliver::resolve(directory, key);
     }
 }
 

@@ -2,14 +2,13 @@
 //! files): a mailbox base, a sentinel directory outside it, the directory the engine reads, and
 //! the `virtmail-agent deliver` command on it.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use virtmail_crds::directory::{Deferral, Directory, Domain, MailboxEntry, Settings};
+use virtmail_crds::directory::{Deferral, Directory, Domain, MailboxEntry, Settings, Table};
 use virtmail_crds::resources::{LockMethod, MailboxFormat};
 
 use crate::fixtures::{mail_domain, mail_server, mailbox, stream};
@@ -57,9 +56,9 @@ pub fn directory(server: &str, base: &Path, mailbox_size_limit: u64) -> Director
             mailbox_size_limit,
             recipient_delimiter: "+".into(),
         },
-        domains: BTreeMap::from([(DOMAIN.to_string(), domain)]),
-        mailboxes: BTreeMap::new(),
-        aliases: BTreeMap::new(),
+        domains: [(DOMAIN.to_string(), domain)].into_iter().collect(),
+        mailboxes: Table::new(),
+        aliases: Table::new(),
     }
 }
 

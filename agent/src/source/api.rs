@@ -48,7 +48,9 @@ impl DirectorySource for ApiSource {
     }
 }
 
-/// The ConfigMaps seen so far.
+/// The ConfigMaps seen so far. A shard's data is dropped once the served version holds it
+/// decoded: a later version takes that part from the served one, and the watch sends the data
+/// again if the shard changes.
 #[derive(Debug, Default)]
 struct Seen {
     head: Option<Data>,
@@ -129,11 +131,12 @@ async fn watch_configmaps(client: Client, namespace: &str, server: &str, publish
         if !settled {
             continue;
         }
-        let assembly = assemble(
-            seen.head.as_ref(),
-            &seen.shards,
-            publisher.status().serving.as_deref(),
-        );
+        let serving = publisher.current();
+        let assembly = assemble(seen.head.as_ref(), &seen.shards, serving.as_deref());
         publisher.settle(&format!("ConfigMap {head_name}"), assembly);
+        if let Some(serving) = publisher.current() {
+            seen.shards
+                .retain(|name, data| !serving.hashes.holds_shard(name, &encoding::data_hash(data)));
+        }
     }
 }

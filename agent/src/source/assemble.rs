@@ -4,11 +4,15 @@
 //! version is assembled only when every shard the head names is present with its hash; until then
 //! the previous version keeps serving. A head or shard that does not verify is never served
 //! (fail static).
+//!
+//! A new version takes from the one being served the parts of every shard whose hash did not
+//! change: only changed shards must be present, and only they are verified and parsed.
 
 use std::collections::BTreeMap;
 
-use virtmail_crds::Directory;
-use virtmail_crds::encoding::{self, Data, DecodeError};
+use virtmail_crds::encoding::{self, Data, DecodeError, Decoded, ShardHashes};
+
+use super::Loaded;
 
 /// What one assembly attempt found.
 #[derive(Debug)]
@@ -19,8 +23,8 @@ pub enum Assembly {
     Unchanged,
     /// A new version, complete and verified.
     Ready {
-        /// The directory.
-        directory: Box<Directory>,
+        /// The directory, and what was decoded of it.
+        decoded: Box<Decoded>,
         /// Its version.
         version: String,
     },
@@ -40,11 +44,12 @@ pub enum Assembly {
     },
 }
 
-/// Try to assemble the version `head` names from `shards`, unless it is `serving` already.
+/// Try to assemble the version `head` names from `shards` and the parts of `serving`, unless
+/// it is `serving` already.
 pub fn assemble(
     head: Option<&Data>,
     shards: &BTreeMap<String, Data>,
-    serving: Option<&str>,
+    serving: Option<&Loaded>,
 ) -> Assembly {
     let Some(head) = head else {
         return Assembly::NoHead;
@@ -58,10 +63,12 @@ pub fn assemble(
             };
         }
     };
-    if serving == Some(version.as_str()) {
+    if serving.is_some_and(|loaded| loaded.version == version) {
         return Assembly::Unchanged;
     }
-    match encoding::shard_list(head) {
+    let no_hashes = ShardHashes::default();
+    let held = serving.map_or(&no_hashes, |loaded| &loaded.hashes);
+    match encoding::shards_to_read(head, held) {
         Ok(list) => {
             let missing: Vec<String> = list
                 .into_iter()
@@ -79,9 +86,10 @@ pub fn assemble(
             };
         }
     }
-    match encoding::decode(head, |name| shards.get(name)) {
-        Ok(directory) => Assembly::Ready {
-            directory: Box::new(directory),
+    let previous = serving.map(|loaded| (&*loaded.directory, &loaded.hashes));
+    match encoding::decode_reusing(head, |name| shards.get(name), previous) {
+        Ok(decoded) => Assembly::Ready {
+            decoded: Box::new(decoded),
             version,
         },
         Err(error) => Assembly::Invalid {
@@ -118,15 +126,16 @@ mod tests {
         let e = encoded("3-many-virtual-users");
         let shards = shard_map(&e);
         assert!(matches!(assemble(None, &shards, None), Assembly::NoHead));
-        match assemble(Some(&e.head), &shards, None) {
-            Assembly::Ready { version, directory } => {
+        let serving = match assemble(Some(&e.head), &shards, None) {
+            Assembly::Ready { version, decoded } => {
                 assert_eq!(version, e.version);
-                assert_eq!(directory.mailboxes.len(), 13);
+                assert_eq!(decoded.directory.mailboxes.len(), 13);
+                Loaded::new(decoded.directory, version, decoded.hashes)
             }
             other => panic!("{other:?}"),
-        }
+        };
         assert!(matches!(
-            assemble(Some(&e.head), &shards, Some(&e.version)),
+            assemble(Some(&e.head), &shards, Some(&serving)),
             Assembly::Unchanged
         ));
         // Head arrived before its shards.
@@ -134,6 +143,50 @@ mod tests {
             Assembly::Waiting { missing, .. } => assert_eq!(missing.len(), e.shards.len()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_new_version_needs_only_the_shards_that_changed() {
+        let e = encoding::encode(&virtmail_crds::Directory::synthetic(20_000));
+        assert!(e.shards.len() > 1);
+        let first = match assemble(Some(&e.head), &shard_map(&e), None) {
+            Assembly::Ready { version, decoded } => {
+                Loaded::new(decoded.directory, version, decoded.hashes)
+            }
+            other => panic!("{other:?}"),
+        };
+        let mut directory = (*first.directory).clone();
+        let (address, entry) = directory
+            .mailboxes
+            .iter()
+            .next()
+            .map(|(a, e)| (a.clone(), e.clone()))
+            .expect("a mailbox");
+        directory.mailboxes.insert(
+            address,
+            virtmail_crds::directory::MailboxEntry {
+                suspended: !entry.suspended,
+                ..entry
+            },
+        );
+        let edited = encoding::encode(&directory);
+        let changed: BTreeMap<String, Data> = shard_map(&edited)
+            .into_iter()
+            .filter(|(name, data)| shard_map(&e).get(name) != Some(data))
+            .collect();
+        assert_eq!(changed.len(), 1);
+        match assemble(Some(&edited.head), &changed, Some(&first)) {
+            Assembly::Ready { decoded, .. } => {
+                assert_eq!((decoded.decoded, decoded.reused), (1, e.shards.len() - 1));
+                assert_eq!(decoded.directory, directory);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without the served version the unchanged shards are missing.
+        assert!(matches!(
+            assemble(Some(&edited.head), &changed, None),
+            Assembly::Waiting { .. }
+        ));
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl FileSource {
                         d.message
                     );
                 }
-                publisher.publish(compiled.directory, None, compiled.diagnostics.len());
+                publisher.publish(compiled.directory, compiled.diagnostics.len());
             }
             Err(error) => {
                 publisher.failed(&format!("resources {}", self.dir.display()), &error);

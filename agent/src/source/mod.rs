@@ -33,7 +33,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use virtmail_crds::{Directory, encoding};
+use virtmail_crds::Directory;
+use virtmail_crds::encoding::{self, Decoded, ShardHashes};
 
 use assemble::Assembly;
 use metrics::SourceMetrics;
@@ -66,8 +67,26 @@ pub struct Loaded {
     pub directory: Arc<Directory>,
     /// Its content version (as published in ConfigMaps).
     pub version: String,
+    /// The hashes of the shards it was decoded from: the next version takes the parts of those
+    /// that did not change.
+    pub hashes: ShardHashes,
     /// When it was swapped in (Unix seconds).
     pub loaded_unix: u64,
+}
+
+impl Loaded {
+    /// A directory loaded now.
+    pub fn new(directory: impl Into<Arc<Directory>>, version: String, hashes: ShardHashes) -> Self {
+        Loaded {
+            directory: directory.into(),
+            version,
+            hashes,
+            loaded_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// The current directory, swapped atomically; `None` until the first successful load.
@@ -102,23 +121,18 @@ impl Holder {
     /// Replace the directory; its version is computed from its content.
     pub fn swap(&self, directory: Directory) -> Arc<Loaded> {
         let version = encoding::version(&directory);
-        self.swap_with_version(directory, version)
+        self.swap_with_version(directory, version, ShardHashes::default())
     }
 
-    /// Replace the directory with one whose version is known (as published in ConfigMaps).
+    /// Replace the directory with one whose version is known (as published in ConfigMaps),
+    /// decoded from shards with `hashes`.
     pub fn swap_with_version(
         &self,
         directory: impl Into<Arc<Directory>>,
         version: String,
+        hashes: ShardHashes,
     ) -> Arc<Loaded> {
-        let loaded = Arc::new(Loaded {
-            version,
-            directory: directory.into(),
-            loaded_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        });
+        let loaded = Arc::new(Loaded::new(directory, version, hashes));
         self.current.store(Some(loaded.clone()));
         self.versions.send_replace(Some(loaded.clone()));
         loaded
@@ -187,25 +201,43 @@ impl Publisher {
         self.state.get()
     }
 
-    /// Swap in a directory (with `diagnostics` problems logged by the source). `version` is the
-    /// published one, or `None` to compute it from the content after the `mailboxBase` override.
-    pub fn publish(
+    /// The version being served.
+    pub fn current(&self) -> Option<Arc<Loaded>> {
+        self.holder.current()
+    }
+
+    /// Swap in a directory (with `diagnostics` problems logged by the source), its version
+    /// computed from the content after the `mailboxBase` override.
+    pub fn publish(&self, directory: Directory, diagnostics: usize) -> Arc<Loaded> {
+        self.swap_in(directory, None, ShardHashes::default(), diagnostics, None)
+    }
+
+    /// Swap in a published version decoded from its shards.
+    pub fn publish_decoded(&self, decoded: Decoded, version: String) -> Arc<Loaded> {
+        let shards = Some((decoded.decoded, decoded.reused));
+        self.swap_in(decoded.directory, Some(version), decoded.hashes, 0, shards)
+    }
+
+    fn swap_in(
         &self,
         mut directory: Directory,
         version: Option<String>,
+        hashes: ShardHashes,
         diagnostics: usize,
+        shards: Option<(usize, usize)>,
     ) -> Arc<Loaded> {
         if let Some(base) = &self.mailbox_base {
             directory.settings.mailbox_base = base.display().to_string();
         }
         let previous = self.holder.current().map(|l| l.version.clone());
         let loaded = match version {
-            Some(version) => self.holder.swap_with_version(directory, version),
+            Some(version) => self.holder.swap_with_version(directory, version, hashes),
             None => self.holder.swap(directory),
         };
         self.metrics.reload_ok(diagnostics);
         if previous.as_deref() != Some(loaded.version.as_str()) {
             let d = &loaded.directory;
+            let (shards_decoded, shards_reused) = shards.unzip();
             info!(
                 version = %loaded.version,
                 server = %d.settings.server,
@@ -213,6 +245,8 @@ impl Publisher {
                 mailboxes = d.mailboxes.len(),
                 aliases = d.aliases.len(),
                 diagnostics,
+                shards_decoded,
+                shards_reused,
                 "directory loaded"
             );
         }
@@ -238,8 +272,8 @@ impl Publisher {
     /// the newest one cannot be served yet. `head` names where the head comes from, for people.
     pub fn settle(&self, head: &str, assembly: Assembly) {
         match assembly {
-            Assembly::Ready { directory, version } => {
-                self.publish(*directory, Some(version.clone()), 0);
+            Assembly::Ready { decoded, version } => {
+                self.publish_decoded(*decoded, version.clone());
                 self.state.update(|s| {
                     s.serving = Some(version);
                     s.pending = None;

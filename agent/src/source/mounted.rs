@@ -23,16 +23,16 @@
 //! it: `..data` must name a single entry of the volume, and symlinks inside a snapshot are
 //! ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use virtmail_crds::encoding::Data;
+use virtmail_crds::encoding::{self, Data, ShardHashes};
 
 use super::assemble::{Assembly, assemble};
-use super::{DirectorySource, Publisher};
+use super::{DirectorySource, Loaded, Publisher};
 
 /// The kubelet's symlink to the current payload.
 const DATA_LINK: &str = "..data";
@@ -163,11 +163,12 @@ fn is_vanished(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-/// Read one consistent snapshot of the volume.
-pub fn read_snapshot(dir: &Path) -> io::Result<Snapshot> {
+/// Read one consistent snapshot of the volume: the head, and the shards it names that `held`
+/// (the served version's shards) does not hold with the same hash.
+pub fn read_snapshot(dir: &Path, held: &ShardHashes) -> io::Result<Snapshot> {
     let mut last = None;
     for _ in 0..READ_ATTEMPTS {
-        match read_once(dir) {
+        match read_once(dir, held) {
             Ok(snapshot) => return Ok(snapshot),
             // The kubelet removed the payload we were reading: read the new one.
             Err(e) if is_vanished(&e) => last = Some(e),
@@ -177,15 +178,22 @@ pub fn read_snapshot(dir: &Path) -> io::Result<Snapshot> {
     Err(last.unwrap_or_else(|| io::Error::other("volume keeps changing")))
 }
 
-fn read_once(dir: &Path) -> io::Result<Snapshot> {
+fn read_once(dir: &Path, held: &ShardHashes) -> io::Result<Snapshot> {
     let (root, kubelet_key) = payload_root(dir)?;
     let key = match &kubelet_key {
         Some(name) => name.clone(),
         None => plain_signature(&root)?,
     };
     let (head, subdirs) = read_entries(&root)?;
+    // A head that does not parse is refused by the assembly; read everything for its report.
+    let to_read: Option<BTreeSet<String>> = encoding::shards_to_read(&head, held)
+        .ok()
+        .map(|list| list.into_iter().map(|(name, _)| name).collect());
     let mut shards = BTreeMap::new();
     for name in subdirs {
+        if to_read.as_ref().is_some_and(|names| !names.contains(&name)) {
+            continue;
+        }
         let (data, _) = read_entries(&root.join(&name))?;
         shards.insert(name, data);
     }
@@ -206,16 +214,18 @@ fn read_once(dir: &Path) -> io::Result<Snapshot> {
 pub fn assemble_snapshot(
     snapshot: &Snapshot,
     server: Option<&str>,
-    serving: Option<&str>,
+    serving: Option<&Loaded>,
 ) -> Assembly {
     let assembly = assemble(snapshot.head.as_ref(), &snapshot.shards, serving);
     match (assembly, server) {
-        (Assembly::Ready { directory, .. }, Some(want)) if directory.settings.server != want => {
+        (Assembly::Ready { decoded, .. }, Some(want))
+            if decoded.directory.settings.server != want =>
+        {
             Assembly::Invalid {
                 version: None,
-                error: virtmail_crds::encoding::DecodeError::Head(format!(
+                error: encoding::DecodeError::Head(format!(
                     "the directory is of server {:?}, not {want:?}",
-                    directory.settings.server
+                    decoded.directory.settings.server
                 )),
             }
         }
@@ -258,10 +268,14 @@ impl DirectorySource for MountedSource {
 impl MountedSource {
     async fn attempt(&self, head: &str, publisher: &Publisher) {
         let dir = self.dir.clone();
-        match blocking(move || read_snapshot(&dir)).await {
+        let serving = publisher.current();
+        let held = serving
+            .as_ref()
+            .map(|loaded| loaded.hashes.clone())
+            .unwrap_or_default();
+        match blocking(move || read_snapshot(&dir, &held)).await {
             Ok(snapshot) => {
                 publisher.source_error(None);
-                let serving = publisher.status().serving;
                 let assembly =
                     assemble_snapshot(&snapshot, self.server.as_deref(), serving.as_deref());
                 publisher.settle(head, assembly);

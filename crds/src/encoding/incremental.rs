@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use super::{
     Data, Encoded, KEY_ALIASES, KEY_DOMAINS, KEY_MAILBOXES, SHARD_LIMIT, alias_line, assemble,
-    base_buckets, bucket_count, bucket_of, counts, data_size, domain_line, mailbox_line,
-    record_lines, record_size, shard_name, shard_of,
+    base_buckets, bucket_count, counts, data_size, domain_line, mailbox_line, record_lines,
+    record_size, shard_name, shard_of,
 };
-use crate::directory::Directory;
+use crate::directory::{Directory, Table, slot_of};
 
 /// Data keys in the order of [`Slot::index`].
 const KINDS: [&str; 3] = [KEY_DOMAINS, KEY_MAILBOXES, KEY_ALIASES];
@@ -132,7 +132,7 @@ impl Encoder {
         let mut lines: Vec<[BTreeMap<String, Option<String>>; 3]> =
             (0..buckets).map(|_| Default::default()).collect();
         for (data_key, key, line) in records {
-            lines[bucket_of(key, buckets)][kind_of(data_key)].insert(key.to_string(), Some(line));
+            lines[slot_of(key, buckets)][kind_of(data_key)].insert(key.to_string(), Some(line));
         }
         let slots: Vec<Slot> = lines
             .into_iter()
@@ -147,7 +147,7 @@ impl Encoder {
         Encoder {
             server: server.clone(),
             slots,
-            encoded: assemble(counts(directory), &directory.settings, shards),
+            encoded: assemble(counts(directory), &directory.settings, buckets, shards),
         }
     }
 
@@ -187,7 +187,7 @@ impl Encoder {
             .iter()
             .fold(before as isize, |total, (kind, key, line)| {
                 let data_key = KINDS[*kind];
-                let before = self.slots[bucket_of(key, buckets)]
+                let before = self.slots[slot_of(key, buckets)]
                     .line_len(*kind, key)
                     .map_or(0, |len| data_key.len() + len);
                 let after = line.as_deref().map_or(0, |l| record_size(data_key, l));
@@ -202,7 +202,7 @@ impl Encoder {
         }
         let mut pending: BTreeMap<usize, [BTreeMap<String, Option<String>>; 3]> = BTreeMap::new();
         for (kind, key, line) in changes {
-            pending.entry(bucket_of(&key, buckets)).or_default()[kind].insert(key, line);
+            pending.entry(slot_of(&key, buckets)).or_default()[kind].insert(key, line);
         }
         let rebuilt: Vec<(usize, Slot)> = pending
             .into_iter()
@@ -237,7 +237,7 @@ impl Encoder {
                 _ => shards.push(shard_of(server, index, data.clone())),
             }
         }
-        self.encoded = assemble(counts(new), &new.settings, shards);
+        self.encoded = assemble(counts(new), &new.settings, buckets, shards);
         Update {
             records,
             shards: encoded_again,
@@ -278,11 +278,7 @@ fn changes(old: &Directory, new: &Directory) -> Vec<Change> {
 
 /// Walk two sorted maps together, calling `changed` for each key whose entry differs (with the
 /// new entry, none when removed).
-fn diff<T: PartialEq>(
-    old: &BTreeMap<String, T>,
-    new: &BTreeMap<String, T>,
-    mut changed: impl FnMut(&str, Option<&T>),
-) {
+fn diff<T: PartialEq>(old: &Table<T>, new: &Table<T>, mut changed: impl FnMut(&str, Option<&T>)) {
     let mut old = old.iter().peekable();
     let mut new = new.iter().peekable();
     loop {

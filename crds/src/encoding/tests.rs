@@ -205,3 +205,89 @@ fn head_naming_a_server_that_is_no_object_name_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_new_version_decodes_only_its_changed_shard_and_shares_the_other_parts() {
+    let (d, edited) = directory_and_one_edit();
+    let (a, b) = (encode(&d), encode(&edited));
+    let (shards_a, shards_b) = (shard_map(&a), shard_map(&b));
+    let first = decode_reusing(&a.head, |n| shards_a.get(n), None).expect("decode");
+    assert_eq!((first.decoded, first.reused), (a.shards.len(), 0));
+    assert_eq!(first.directory, d);
+
+    let to_read = shards_to_read(&b.head, &first.hashes).expect("head");
+    let changed = slot_of(
+        "user7@domain7.test",
+        first.directory.mailboxes.parts().len(),
+    );
+    assert_eq!(
+        to_read,
+        [(shard_name("mail", changed), b.shards[changed].hash.clone())]
+    );
+    // Only the changed shard is offered: the others must come from the previous version.
+    let only_changed: BTreeMap<String, Data> = shards_b
+        .into_iter()
+        .filter(|(name, _)| *name == to_read[0].0)
+        .collect();
+    let second = decode_reusing(
+        &b.head,
+        |n| only_changed.get(n),
+        Some((&first.directory, &first.hashes)),
+    )
+    .expect("decode reusing");
+    assert_eq!((second.decoded, second.reused), (1, a.shards.len() - 1));
+    assert_eq!(second.directory, edited);
+    let (old, new) = (&first.directory.mailboxes, &second.directory.mailboxes);
+    for slot in 0..old.parts().len() {
+        assert_eq!(
+            Arc::ptr_eq(&old.parts()[slot], &new.parts()[slot]),
+            slot != changed,
+            "slot {slot}"
+        );
+    }
+    // Without the previous version the same offer is a missing shard.
+    assert!(matches!(
+        decode_reusing(&b.head, |n| only_changed.get(n), None),
+        Err(DecodeError::MissingShard(_))
+    ));
+}
+
+#[test]
+fn a_head_whose_slot_count_does_not_place_its_records_is_refused() {
+    // The slot count is not part of the version, so a head edited to name another count still
+    // matches its hashes; lookups would then miss records (and bounce mail), so every record
+    // must hash to the slot it is in.
+    let d = directory(20_000);
+    let encoded = encode(&d);
+    let shards = shard_map(&encoded);
+    let slots: usize = encoded.head[KEY_SLOTS].parse().expect("slot count");
+    assert!(slots > 1);
+    let mut forged = encoded.head.clone();
+    forged.insert(KEY_SLOTS.into(), (slots + 1).to_string());
+    match decode(&forged, |n| shards.get(n)) {
+        Err(DecodeError::Record { message, .. }) => {
+            assert!(message.contains("belongs in slot"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in ["0", "x", "99999999"] {
+        forged.insert(KEY_SLOTS.into(), bad.into());
+        assert!(matches!(
+            decode(&forged, |n| shards.get(n)),
+            Err(DecodeError::Head(_))
+        ));
+    }
+}
+
+#[test]
+fn a_head_without_a_slot_count_decodes_whole() {
+    let d = directory(5_000);
+    let encoded = encode(&d);
+    let shards = shard_map(&encoded);
+    let mut older = encoded.head.clone();
+    older.remove(KEY_SLOTS);
+    let decoded = decode_reusing(&older, |n| shards.get(n), None).expect("decode");
+    assert_eq!(decoded.directory, d);
+    assert_eq!(decoded.directory.mailboxes.parts().len(), 1);
+    assert_eq!(decoded.hashes, ShardHashes::default(), "nothing to reuse");
+}

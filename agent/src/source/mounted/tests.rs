@@ -60,9 +60,11 @@ fn kubelet_swap(volume: &Path, stamp: &str, files: &[(String, String)]) {
     }
 }
 
-fn ready(assembly: Assembly) -> (Box<Directory>, String) {
+fn ready(assembly: Assembly) -> Loaded {
     match assembly {
-        Assembly::Ready { directory, version } => (directory, version),
+        Assembly::Ready { decoded, version } => {
+            Loaded::new(decoded.directory, version, decoded.hashes)
+        }
         other => panic!("not ready: {other:?}"),
     }
 }
@@ -72,14 +74,16 @@ fn plain_volume(example: &str) -> (tempfile::TempDir, Encoded, Snapshot) {
     let tmp = tempfile::tempdir().expect("tmp");
     let e = encoded(example, |_| {});
     write_files(tmp.path(), &payload_files(&e));
-    let snapshot = read_snapshot(tmp.path()).expect("read");
+    let snapshot = read_snapshot(tmp.path(), &ShardHashes::default()).expect("read");
     (tmp, e, snapshot)
 }
 
 #[test]
 fn plain_directory_is_read_as_it_is() {
     let (tmp, e, snapshot) = plain_volume("3-many-virtual-users");
-    let (directory, version) = ready(assemble_snapshot(&snapshot, None, None));
+    let Loaded {
+        directory, version, ..
+    } = ready(assemble_snapshot(&snapshot, None, None));
     assert_eq!(version, e.version);
     assert_eq!(directory.mailboxes.len(), 13);
     assert_eq!(snapshot.key, payload_key(tmp.path()).expect("key"));
@@ -90,12 +94,10 @@ fn kubelet_payload_swap_gives_the_new_version_and_a_new_key() {
     let tmp = tempfile::tempdir().expect("tmp");
     let first = encoded("1-virtual-for-all-mail", |_| {});
     kubelet_swap(tmp.path(), "2026_11_25_12_00_00.1", &payload_files(&first));
-    let a = read_snapshot(tmp.path()).expect("read");
+    let a = read_snapshot(tmp.path(), &ShardHashes::default()).expect("read");
     assert_eq!(a.key, "..2026_11_25_12_00_00.1");
-    assert_eq!(
-        ready(assemble_snapshot(&a, Some("mail"), None)).1,
-        first.version
-    );
+    let serving = ready(assemble_snapshot(&a, Some("mail"), None));
+    assert_eq!(serving.version, first.version);
 
     let second = encoded("1-virtual-for-all-mail", |d| {
         d.mailboxes.values_mut().for_each(|m| m.suspended = true)
@@ -105,8 +107,10 @@ fn kubelet_payload_swap_gives_the_new_version_and_a_new_key() {
         payload_key(tmp.path()).expect("key"),
         "..2026_11_25_12_01_00.2"
     );
-    let b = read_snapshot(tmp.path()).expect("read");
-    let (directory, version) = ready(assemble_snapshot(&b, Some("mail"), Some(&first.version)));
+    let b = read_snapshot(tmp.path(), &serving.hashes).expect("read");
+    let Loaded {
+        directory, version, ..
+    } = ready(assemble_snapshot(&b, Some("mail"), Some(&serving)));
     assert_eq!(version, second.version);
     assert!(directory.mailboxes.values().all(|m| m.suspended));
     assert!(
@@ -134,7 +138,7 @@ fn payload_with_a_new_shard_beside_the_old_head_is_not_served() {
             .filter(|(path, _)| path.contains('/')),
     );
     kubelet_swap(tmp.path(), "2026_11_25_12_00_00.1", &files);
-    let snapshot = read_snapshot(tmp.path()).expect("read");
+    let snapshot = read_snapshot(tmp.path(), &ShardHashes::default()).expect("read");
     assert!(matches!(
         assemble_snapshot(&snapshot, None, None),
         Assembly::Invalid {
@@ -149,7 +153,7 @@ fn empty_volume_has_no_head() {
     // The pod starts before the operator's first publish (every source is optional).
     let tmp = tempfile::tempdir().expect("tmp");
     kubelet_swap(tmp.path(), "2026_11_25_12_00_00.1", &[]);
-    let snapshot = read_snapshot(tmp.path()).expect("read");
+    let snapshot = read_snapshot(tmp.path(), &ShardHashes::default()).expect("read");
     assert!(matches!(
         assemble_snapshot(&snapshot, None, None),
         Assembly::NoHead
@@ -177,7 +181,7 @@ fn data_link_out_of_the_volume_is_refused_and_symlinked_shards_are_ignored() {
     write_files(&elsewhere, &payload_files(&e));
     std::fs::create_dir(&volume).expect("mkdir");
     symlink("../elsewhere", volume.join("..data")).expect("symlink");
-    let error = read_snapshot(&volume).expect_err("outside");
+    let error = read_snapshot(&volume, &ShardHashes::default()).expect_err("outside");
     assert_eq!(error.kind(), io::ErrorKind::InvalidData);
 
     // A plain volume whose shard directory is a symlink: the shard counts as missing.
@@ -189,9 +193,41 @@ fn data_link_out_of_the_volume_is_refused_and_symlinked_shards_are_ignored() {
         plain.join(&e.shards[0].name),
     )
     .expect("symlink");
-    let snapshot = read_snapshot(&plain).expect("read");
+    let snapshot = read_snapshot(&plain, &ShardHashes::default()).expect("read");
     assert!(matches!(
         assemble_snapshot(&snapshot, None, None),
         Assembly::Waiting { .. }
     ));
+}
+
+#[test]
+fn a_new_payload_is_read_only_for_the_shards_that_changed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut directory = Directory::synthetic(20_000);
+    let first = encoding::encode(&directory);
+    assert!(first.shards.len() > 1);
+    kubelet_swap(tmp.path(), "2026_11_25_12_00_00.1", &payload_files(&first));
+    let read = read_snapshot(tmp.path(), &ShardHashes::default()).expect("read");
+    assert_eq!(read.shards.len(), first.shards.len());
+    let serving = ready(assemble_snapshot(&read, Some("mail"), None));
+
+    directory
+        .mailboxes
+        .get_mut("user7@domain7.test")
+        .expect("exists")
+        .suspended = true;
+    let second = encoding::encode(&directory);
+    kubelet_swap(tmp.path(), "2026_11_25_12_01_00.2", &payload_files(&second));
+    let read = read_snapshot(tmp.path(), &serving.hashes).expect("read");
+    let changed: Vec<&String> = second
+        .shards
+        .iter()
+        .zip(&first.shards)
+        .filter(|(new, old)| new.hash != old.hash)
+        .map(|(new, _)| &new.name)
+        .collect();
+    assert_eq!(read.shards.keys().collect::<Vec<_>>(), changed);
+    let next = ready(assemble_snapshot(&read, Some("mail"), Some(&serving)));
+    assert_eq!(next.version, second.version);
+    assert_eq!(*next.directory, directory);
 }

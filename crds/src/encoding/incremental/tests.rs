@@ -3,15 +3,16 @@ use crate::directory::{AliasEntry, Directory, MailboxEntry};
 use crate::encoding::encode;
 use crate::test_rng::Rng;
 
-fn nth_key<T>(map: &BTreeMap<String, T>, rng: &mut Rng) -> Option<String> {
+fn nth_key<T>(map: &Table<T>, rng: &mut Rng) -> Option<String> {
     map.keys().nth(rng.below(map.len())).cloned()
 }
 
 fn mailbox(i: usize) -> (String, MailboxEntry) {
     let mut entry = Directory::synthetic(1)
         .mailboxes
-        .into_values()
+        .values()
         .next()
+        .cloned()
         .unwrap();
     entry.path = format!("domain{}.test/new{i}/", i % 100);
     entry.object = format!("new{i}");
