@@ -105,25 +105,32 @@ fn errno_problem(what: &str, path: &str, errno: Errno) -> State {
     }
 }
 
-/// Problems of the last provisioning round (`-1`: no round yet), for `/metrics`.
-static LAST_ROUND_PROBLEMS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1);
-
-/// How many mailboxes the last provisioning round of this process could not provision.
-pub fn last_round_problems() -> Option<u64> {
-    u64::try_from(LAST_ROUND_PROBLEMS.load(std::sync::atomic::Ordering::Relaxed)).ok()
-}
-
 /// Provision every mailbox of `directory` below the already-open `base`. Blocking; call it on a
 /// thread of its own (it switches that thread's file system identity while it works).
 pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> Vec<Report> {
+    provision_slots(base, base_path, directory, |_| true)
+}
+
+/// Provision the mailboxes of the table parts (shard slots) `slots` selects: after a new
+/// version, the parts it does not share with the last version provisioned. Parent directory
+/// modes are still decided from every mailbox, as [`provision_all`] decides them.
+pub fn provision_slots(
+    base: &OwnedFd,
+    base_path: &str,
+    directory: &Directory,
+    mut slots: impl FnMut(usize) -> bool,
+) -> Vec<Report> {
     let dotlock = directory
         .settings
         .mailbox_lock
         .contains(&LockMethod::Dotlock);
-    let modes = parent_modes(directory.mailboxes.values(), dotlock);
-    let reports: Vec<Report> = directory
-        .mailboxes
+    let parts = directory.mailboxes.parts();
+    let modes = parent_modes(parts.iter().flat_map(|part| part.values()), dotlock);
+    parts
         .iter()
+        .enumerate()
+        .filter(|(slot, _)| slots(*slot))
+        .flat_map(|(_, part)| part.iter())
         .map(|(address, entry)| {
             let parent = split_parent(&entry.path).0.unwrap_or_default();
             let mode = modes.get(parent).copied().unwrap_or(SHARED_PARENT_MODE);
@@ -134,17 +141,7 @@ pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> 
                 state: provision_with_parent_mode(base, entry, dotlock, mode),
             }
         })
-        .collect();
-    // Deferring entries wait for their object to be fixed; the volume is not at fault.
-    let problems = reports
-        .iter()
-        .filter(|r| matches!(&r.state, State::Problem { reason, .. } if *reason != "Deferring"))
-        .count();
-    LAST_ROUND_PROBLEMS.store(
-        i64::try_from(problems).unwrap_or(i64::MAX),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    reports
+        .collect()
 }
 
 /// Provision one mailbox, its parent directory's mode decided from this mailbox alone (see

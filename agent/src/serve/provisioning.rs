@@ -1,11 +1,17 @@
-//! Provisioning driven by directory versions: each new version (and, without one, every
-//! `interval`, so a volume fixed by an administrator is picked up) is provisioned on the mailbox
-//! volume; in cluster mode the result goes to the Mailboxes' `Provisioned` condition, otherwise
-//! problems are logged only.
+//! Provisioning driven by directory versions: each new version is provisioned on the mailbox
+//! volume, and without one the whole directory every `interval` (so a volume fixed by an
+//! administrator is picked up); in cluster mode the result goes to the Mailboxes'
+//! `Provisioned` condition, otherwise problems are logged only.
+//!
+//! A new version that shares table parts with the last one provisioned (the agent decodes only
+//! changed shards) is provisioned only in the parts it does not share: an edit costs the
+//! mailboxes of its shard, not a walk of the whole volume.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -14,6 +20,7 @@ use prometheus_client::registry::Registry;
 use rustix::fs::{Mode, OFlags};
 use tokio::sync::watch;
 use virtmail_crds::Directory;
+use virtmail_crds::directory::slot_of;
 
 use super::mailbox_status;
 use crate::provision;
@@ -44,19 +51,28 @@ pub async fn run(
     report: Option<StatusReport>,
 ) {
     let mut written = mailbox_status::Written::default();
+    let mut problems = Problems::default();
+    let mut last: Option<Arc<Loaded>> = None;
     // The version current at start counts as new.
     versions.mark_changed();
     loop {
-        tokio::select! {
-            changed = versions.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(interval) => {}
-        }
+        let new_version = tokio::select! {
+            changed = versions.changed() => if changed.is_err() { return } else { true },
+            _ = tokio::time::sleep(interval) => false,
+        };
         let Some(loaded) = versions.borrow_and_update().clone() else {
             continue;
         };
-        let Some(reports) = provision_round(loaded.directory.clone()).await else {
+        let scope = if new_version {
+            Scope::between(last.as_deref(), &loaded)
+        } else {
+            Scope::All
+        };
+        let Some(reports) = provision_round(loaded.directory.clone(), scope.clone()).await else {
             continue;
         };
+        problems.record(&scope, loaded.directory.mailboxes.parts().len(), &reports);
+        last = Some(loaded);
         if let Some(to) = &report {
             mailbox_status::publish(&to.client, &to.namespace, &reports, &mut written).await;
         }
@@ -68,8 +84,80 @@ pub fn register(registry: &mut Registry) {
     registry.register_collector(Box::new(Unprovisioned));
 }
 
-/// Provision one directory below its `mailboxBase` (blocking; call on a blocking thread).
-fn provision_directory(directory: &Directory) -> Result<Vec<provision::Report>, String> {
+/// Which mailboxes a round provisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// Every one.
+    All,
+    /// Those in the mailbox table parts marked `true`, by slot.
+    Slots(Vec<bool>),
+}
+
+impl Scope {
+    /// What `new` needs after `last` was provisioned: the parts it does not share with `last`,
+    /// or everything when the settings or the partition changed.
+    fn between(last: Option<&Loaded>, new: &Loaded) -> Scope {
+        let Some(last) = last else {
+            return Scope::All;
+        };
+        let (old, new) = (&last.directory, &new.directory);
+        let (old_parts, new_parts) = (old.mailboxes.parts(), new.mailboxes.parts());
+        if old.settings != new.settings || old_parts.len() != new_parts.len() {
+            return Scope::All;
+        }
+        Scope::Slots(
+            old_parts
+                .iter()
+                .zip(new_parts)
+                .map(|(old, new)| !Arc::ptr_eq(old, new))
+                .collect(),
+        )
+    }
+
+    fn includes(&self, slot: usize) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Slots(slots) => slots.get(slot).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// Mailboxes that could not be provisioned, as of their last round (deferring ones excepted:
+/// they wait for their object to be fixed, the volume is not at fault).
+#[derive(Debug, Default)]
+struct Problems(BTreeSet<String>);
+
+/// The number in [`Problems`] (`-1`: no round yet), for `/metrics`.
+static UNPROVISIONED: AtomicI64 = AtomicI64::new(-1);
+
+impl Problems {
+    /// Replace what a round of `scope` over a table of `slots` parts looked at.
+    fn record(&mut self, scope: &Scope, slots: usize, reports: &[provision::Report]) {
+        match scope {
+            Scope::All => self.0.clear(),
+            Scope::Slots(_) => self
+                .0
+                .retain(|address| !scope.includes(slot_of(address, slots))),
+        }
+        for report in reports {
+            if matches!(&report.state, provision::State::Problem { reason, .. } if *reason != "Deferring")
+            {
+                self.0.insert(report.address.clone());
+            }
+        }
+        UNPROVISIONED.store(
+            i64::try_from(self.0.len()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Provision a directory below its `mailboxBase`, the mailboxes `scope` selects (blocking; call
+/// on a blocking thread).
+fn provision_directory(
+    directory: &Directory,
+    scope: &Scope,
+) -> Result<Vec<provision::Report>, String> {
     let base = PathBuf::from(&directory.settings.mailbox_base);
     let fd = rustix::fs::open(
         &base,
@@ -77,10 +165,11 @@ fn provision_directory(directory: &Directory) -> Result<Vec<provision::Report>, 
         Mode::empty(),
     )
     .map_err(|e| format!("mailbox base {}: {e}", base.display()))?;
-    Ok(provision::provision_all(
+    Ok(provision::provision_slots(
         &fd,
         &base.to_string_lossy(),
         directory,
+        |slot| scope.includes(slot),
     ))
 }
 
@@ -102,8 +191,11 @@ fn log_reports(reports: &[provision::Report]) {
 
 /// One provisioning round on a blocking thread (it switches that thread's file system
 /// identity), logged; `None` when the base cannot be opened.
-async fn provision_round(directory: Arc<Directory>) -> Option<Vec<provision::Report>> {
-    match tokio::task::spawn_blocking(move || provision_directory(&directory)).await {
+async fn provision_round(
+    directory: Arc<Directory>,
+    scope: Scope,
+) -> Option<Vec<provision::Report>> {
+    match tokio::task::spawn_blocking(move || provision_directory(&directory, &scope)).await {
         Ok(Ok(reports)) => {
             log_reports(&reports);
             Some(reports)
@@ -125,14 +217,91 @@ struct Unprovisioned;
 
 impl Collector for Unprovisioned {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        match provision::last_round_problems() {
-            Some(problems) => crate::metrics::gauge(
+        match UNPROVISIONED.load(Ordering::Relaxed) {
+            problems if problems >= 0 => crate::metrics::gauge(
                 &mut encoder,
                 "virtmail_mailboxes_unprovisioned",
-                "Mailboxes the last provisioning round could not create or check.",
-                i64::try_from(problems).unwrap_or(i64::MAX),
+                "Mailboxes that could not be created or checked when last provisioned.",
+                problems,
             ),
-            None => Ok(()),
+            _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtmail_crds::encoding::{self, Data};
+
+    /// `directory` as the agent loads it after `previous`: decoded from its shards, taking the
+    /// unchanged parts from `previous`.
+    fn load(directory: &Directory, previous: Option<&Loaded>) -> Loaded {
+        let encoded = encoding::encode(directory);
+        let shards: std::collections::BTreeMap<String, Data> = encoded
+            .shards
+            .iter()
+            .map(|s| (s.name.clone(), (*s.data).clone()))
+            .collect();
+        let decoded = encoding::decode_reusing(
+            &encoded.head,
+            |name| shards.get(name),
+            previous.map(|l| (&*l.directory, &l.hashes)),
+        )
+        .expect("decode");
+        Loaded::new(decoded.directory, encoded.version, decoded.hashes)
+    }
+
+    fn problem(address: &str) -> provision::Report {
+        provision::Report {
+            address: address.into(),
+            object: address.into(),
+            path: address.into(),
+            state: provision::State::Problem {
+                reason: "OwnerMismatch",
+                message: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_new_version_is_provisioned_only_in_the_parts_it_does_not_share() {
+        let mut directory = Directory::synthetic(20_000);
+        let first = load(&directory, None);
+        let slots = first.directory.mailboxes.parts().len();
+        assert!(slots > 1);
+        assert_eq!(Scope::between(None, &first), Scope::All);
+
+        let mut entry = directory.mailboxes["user1@domain1.test"].clone();
+        entry.path = "domain1.test/added/".into();
+        directory
+            .mailboxes
+            .insert("added@domain1.test".into(), entry);
+        let second = load(&directory, Some(&first));
+        let changed = slot_of("added@domain1.test", slots);
+        let want: Vec<bool> = (0..slots).map(|slot| slot == changed).collect();
+        assert_eq!(Scope::between(Some(&first), &second), Scope::Slots(want));
+
+        directory.settings.minimum_uid += 1;
+        let third = load(&directory, Some(&second));
+        assert_eq!(Scope::between(Some(&second), &third), Scope::All);
+    }
+
+    #[test]
+    fn a_partial_round_replaces_only_the_problems_of_its_parts() {
+        let slots = 8;
+        let (a, b) = ("a@x.test", "b@x.test");
+        let (slot_a, slot_b) = (slot_of(a, slots), slot_of(b, slots));
+        assert_ne!(slot_a, slot_b, "the two addresses fall in different slots");
+        let mut problems = Problems::default();
+        problems.record(&Scope::All, slots, &[problem(a), problem(b)]);
+        assert_eq!(problems.0.len(), 2);
+        // A round over a's slot finds a fixed: b's problem stands.
+        let only_a: Vec<bool> = (0..slots).map(|slot| slot == slot_a).collect();
+        problems.record(&Scope::Slots(only_a), slots, &[]);
+        assert_eq!(problems.0.iter().collect::<Vec<_>>(), [b]);
+        assert_eq!(UNPROVISIONED.load(Ordering::Relaxed), 1);
+        problems.record(&Scope::All, slots, &[]);
+        assert!(problems.0.is_empty());
     }
 }
