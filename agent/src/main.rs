@@ -16,6 +16,13 @@ use virtmail_agent::source::api::ApiSource;
 use virtmail_agent::source::files::FileSource;
 use virtmail_agent::source::mounted::MountedSource;
 
+/// jemalloc instead of glibc's malloc, as in the operator: a directory version swap frees one
+/// shard's part and a provisioning round its reports, and glibc kept such memory in the arena of
+/// whichever thread freed it. The options (one arena, freed pages returned after a second) are
+/// compiled in from `.cargo/config.toml`; docs/PERFORMANCE.md has the measurements.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "virtmail-agent", version, about)]
 struct Cli {
@@ -388,6 +395,14 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
     use virtmail_crds::contract::{self, AgentArgs, AgentDirectory};
+
+    /// The options from `.cargo/config.toml` reached the allocator this binary links.
+    #[test]
+    fn allocator_runs_with_the_workspace_options() {
+        use tikv_jemalloc_ctl::opt;
+        assert_eq!(opt::narenas::read().expect("opt.narenas"), 1);
+        assert!(opt::background_thread::read().expect("opt.background_thread"));
+    }
 
     /// The operator writes `AgentArgs` into the pod; this parser must take them as meant.
     #[test]

@@ -621,10 +621,10 @@ mod tests {
     fn deferring_entries_are_not_provisioned() {
         let (dir, fd) = base();
         let mut e = entry("x/", MailboxFormat::Maildir, 5105);
-        e.defer = Some(Deferral {
+        e.defer = Some(Box::new(Deferral {
             reason: virtmail_crds::Reason::InvalidOwner,
             message: "m".into(),
-        });
+        }));
         assert_eq!(reason(provision_one(&fd, &e, true)), Some("Deferring"));
         assert!(!dir.path().join("x").exists());
     }
@@ -703,13 +703,13 @@ mod tests {
             entry("g.test/gus", MailboxFormat::Mbox, 5106),
         );
         let mut away = entry("h.test/away", MailboxFormat::Mbox, 5107);
-        away.autoreply = Some(virtmail_crds::directory::Autoreply {
+        away.autoreply = Some(Box::new(virtmail_crds::directory::Autoreply {
             subject: None,
             body: "away".into(),
             start: None,
             end: None,
             interval_seconds: 86_400,
-        });
+        }));
         directory.mailboxes.insert("away@h.test".into(), away);
         provision_all(&fd, &base_path, &directory);
         assert_eq!(mode("g.test"), 0o711);

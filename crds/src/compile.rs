@@ -551,14 +551,14 @@ impl<'a> Compiler<'a> {
         mailbox: &Mailbox,
     ) -> MailboxEntry {
         if let Some((reason, message)) = problem {
-            entry.defer = Some(Deferral {
+            entry.defer = Some(Box::new(Deferral {
                 reason,
                 message: message.clone(),
-            });
+            }));
             self.diagnose(object, reason, Effect::Deferring, message);
         } else if let Some(spec) = &mailbox.spec.autoreply {
             match self.autoreply(spec) {
-                Ok(autoreply) => entry.autoreply = Some(autoreply),
+                Ok(autoreply) => entry.autoreply = Some(Box::new(autoreply)),
                 Err(message) => {
                     self.diagnose(object, Reason::AutoreplyRefused, Effect::Degraded, message)
                 }

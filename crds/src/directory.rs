@@ -162,12 +162,12 @@ pub struct MailboxEntry {
     pub suspended: bool,
     /// Set on an invalid object whose address is known: deliveries defer 4.3.5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub defer: Option<Deferral>,
+    pub defer: Option<Box<Deferral>>,
     /// Name of the Mailbox object (for status reports).
     pub object: String,
     /// The automatic reply, when the Mailbox has a usable one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoreply: Option<Autoreply>,
+    pub autoreply: Option<Box<Autoreply>>,
 }
 
 /// A mailbox's automatic reply, as the agent sends it.

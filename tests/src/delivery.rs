@@ -158,10 +158,10 @@ impl World {
 
     /// Add a mailbox entry that defers every delivery (an invalid owner).
     pub fn deferring(&mut self, address: &str, path: &str) {
-        self.mailbox(address, path).defer = Some(Deferral {
+        self.mailbox(address, path).defer = Some(Box::new(Deferral {
             reason: virtmail_crds::Reason::InvalidOwner,
             message: "uid 0 is not allowed".into(),
-        });
+        }));
     }
 
     /// Everything below `outside` is as created: the victim file unchanged, nothing added.

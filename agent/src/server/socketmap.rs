@@ -88,14 +88,17 @@ pub fn lookup(directory: Option<&Directory>, request: &str) -> (Option<Socketmap
         }
         SocketmapMap::Mailbox => address_reply(key, |key| {
             d.find_mailbox(key)
-                .map(|found| (&found.entry.defer, Some(found.entry.path.clone())))
+                .map(|found| (found.entry.defer.as_deref(), Some(found.entry.path.clone())))
         }),
         // Postfix also asks the alias map for bare domains (virtual_alias_domains defaults to
         // $virtual_alias_maps); those are never alias domains here.
         SocketmapMap::Alias => address_reply(key, |key| {
             d.find_alias(key).map(|found| {
                 let to = &found.entry.to;
-                (&found.entry.defer, (!to.is_empty()).then(|| to.join(",")))
+                (
+                    found.entry.defer.as_ref(),
+                    (!to.is_empty()).then(|| to.join(",")),
+                )
             })
         }),
     };
@@ -106,7 +109,7 @@ pub fn lookup(directory: Option<&Directory>, request: &str) -> (Option<Socketmap
 /// a temporary failure for an entry that defers, else the entry's value (`None`: not found).
 fn address_reply<'d>(
     key: &str,
-    find: impl FnOnce(&str) -> Option<(&'d Option<Deferral>, Option<String>)>,
+    find: impl FnOnce(&str) -> Option<(Option<&'d Deferral>, Option<String>)>,
 ) -> Reply {
     let key = address::unquote_address(key);
     if address::split(&key).is_none() {

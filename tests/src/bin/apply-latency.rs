@@ -10,8 +10,13 @@
 //! `OK`). Baselines measured in the same run, once per sample: the `kubectl apply` call itself,
 //! one RCPT for an existing mailbox through Postfix, one socketmap lookup for it.
 //!
+//! With `--edit`, each sample is instead the edit users make most, applied in place by the
+//! operator: Mailbox `s-<n>` (created suspended with the others) is resumed with
+//! `kubectl patch`, and the probe asks the agent itself over LMTP (`MAIL`, `RCPT TO`, in a new
+//! session each time) until its RCPT answer turns from 450 4.2.1 into 250.
+//!
 //! ```sh
-//! cargo run --release -p virtmail-tests --bin apply-latency -- --samples 50 [--existing 1000]
+//! cargo run --release -p virtmail-tests --bin apply-latency -- --samples 50 [--existing 1000] [--edit]
 //! ```
 //! `--operator BIN --agent BIN` use prebuilt binaries instead of building the release ones;
 //! `--keep-plane` leaves the plane running for a look afterwards (`VIRTMAIL_CLUSTER_DIR=
@@ -29,6 +34,7 @@ use clap::Parser;
 use virtmail_tests::cluster::{self, cluster, run, run_with_stdin};
 use virtmail_tests::e2e::{ClusterMail, Options};
 use virtmail_tests::fixtures::{mail_server, mailbox, resource, stream};
+use virtmail_tests::lmtp::Lmtp;
 use virtmail_tests::mail::Smtp;
 use virtmail_tests::process::{Process, machine_line, release_binary, wait_for};
 use virtmail_tests::socketmap::query_once;
@@ -54,6 +60,10 @@ struct Args {
     /// Pause between samples, in milliseconds.
     #[arg(long = "gap-ms", default_value = "500", value_parser = millis)]
     gap: Duration,
+    /// Time an in-place edit (a suspended Mailbox resumed) to the agent's LMTP RCPT 250,
+    /// instead of a new Mailbox to Postfix's RCPT 250.
+    #[arg(long)]
+    edit: bool,
     /// Leave the private plane running at the end.
     #[arg(long)]
     keep_plane: bool,
@@ -93,7 +103,9 @@ fn mailbox_yaml(name: &str, address: &str) -> String {
     mailbox(name, &format!("address: {address}"))
 }
 
-/// One sample: durations from the start of `kubectl apply` (and from its exit).
+/// One sample: durations from the start of `kubectl apply` or `kubectl patch` (and from its
+/// exit). With `--edit`, `to_rcpt` is the agent's LMTP RCPT 250 and `to_socketmap` a baseline:
+/// one LMTP session to the (450) RCPT before the edit.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     apply_call: Duration,
@@ -154,6 +166,13 @@ fn main() {
     ]);
     yaml.push_str("---\n");
     yaml.push_str(&mailbox_yaml("known", "known@bench.test"));
+    for n in (0..args.samples).filter(|_| args.edit) {
+        yaml.push_str("---\n");
+        yaml.push_str(&mailbox(
+            &format!("s-{n}"),
+            &format!("address: s-{n}@bench.test, suspended: true"),
+        ));
+    }
     for n in 0..args.existing {
         yaml.push_str("---\n");
         yaml.push_str(&mailbox_yaml(
@@ -216,7 +235,8 @@ fn main() {
                 "jsonpath={.items[*].status.conditions[?(@.type==\"Provisioned\")].status}",
             ]))
             .ok()?;
-            (out.split_whitespace().filter(|s| *s == "True").count() > args.existing).then_some(())
+            let wanted = args.existing + if args.edit { args.samples } else { 0 };
+            (out.split_whitespace().filter(|s| *s == "True").count() > wanted).then_some(())
         },
     );
     std::thread::sleep(Duration::from_secs(2));
@@ -236,6 +256,18 @@ fn main() {
         let socketmap_existing = t.elapsed();
         assert!(hit.is_some_and(|r| r.starts_with("OK ")));
         smtp.rset();
+        if args.edit {
+            smtp.quit();
+            samples.push(edit_sample(
+                &mail.lmtp_socket(),
+                n,
+                args.poll,
+                rcpt_existing,
+                socketmap_existing,
+            ));
+            std::thread::sleep(args.gap);
+            continue;
+        }
 
         let address = format!("lat-{n}@bench.test");
         assert_ne!(smtp.rcpt(&address).code, 250, "{address} exists already");
@@ -334,6 +366,75 @@ fn main() {
     report(&args, &samples);
 }
 
+/// The agent's RCPT reply code for `address` in a new LMTP session.
+fn agent_rcpt(lmtp: &std::path::Path, address: &str) -> String {
+    let mut session = Lmtp::session(lmtp);
+    let mail = session.command(&format!("MAIL FROM:<{SENDER}>"));
+    assert!(mail.starts_with("250"), "MAIL: {mail}");
+    let reply = session.command(&format!("RCPT TO:<{address}>"));
+    session.command("QUIT");
+    reply
+}
+
+/// One `--edit` sample: resume `s-<n>` and poll the agent's RCPT until 250.
+fn edit_sample(
+    lmtp: &std::path::Path,
+    n: usize,
+    poll: Duration,
+    rcpt_existing: Duration,
+    socketmap_existing: Duration,
+) -> Sample {
+    let address = format!("s-{n}@bench.test");
+    let t = Instant::now();
+    let before = agent_rcpt(lmtp, &address);
+    let lmtp_session = t.elapsed();
+    assert!(
+        before.starts_with("450 4.2.1"),
+        "{address} is not suspended: {before}"
+    );
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    let probe = {
+        let (lmtp, address) = (lmtp.to_path_buf(), address.clone());
+        std::thread::spawn(move || {
+            while start.elapsed() < SAMPLE_TIMEOUT {
+                if agent_rcpt(&lmtp, &address).starts_with("250") {
+                    let _ = tx.send(start.elapsed());
+                    return;
+                }
+                std::thread::sleep(poll);
+            }
+        })
+    };
+    let patched = run(kubectl().args([
+        "patch",
+        "mailbox",
+        &format!("s-{n}"),
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspended":false}}"#,
+    ]));
+    let apply_call = start.elapsed();
+    patched.expect("kubectl patch");
+    let to_agent = rx
+        .recv()
+        .unwrap_or_else(|_| panic!("sample {n}: {address} not accepted within {SAMPLE_TIMEOUT:?}"));
+    let _ = probe.join();
+    eprintln!(
+        "sample {n:>3}: kubectl patch {:>6.1} ms, agent RCPT 250 {:>7.1} ms",
+        ms(apply_call),
+        ms(to_agent)
+    );
+    Sample {
+        apply_call,
+        to_socketmap: lmtp_session,
+        to_rcpt: to_agent,
+        to_rcpt_after_apply: to_agent.saturating_sub(apply_call),
+        rcpt_existing,
+        socketmap_existing,
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -355,38 +456,60 @@ fn report(args: &Args, samples: &[Sample]) {
     let _ = writeln!(out, "machine: {}", machine_line());
     let _ = writeln!(
         out,
-        "command: cargo run --release -p virtmail-tests --bin apply-latency -- --samples {} --existing {} --poll-ms {} --gap-ms {}",
+        "command: cargo run --release -p virtmail-tests --bin apply-latency -- --samples {} --existing {} --poll-ms {} --gap-ms {}{}",
         args.samples,
         args.existing,
         args.poll.as_millis(),
-        args.gap.as_millis()
+        args.gap.as_millis(),
+        if args.edit { " --edit" } else { "" }
     );
     let _ = writeln!(
         out,
         "samples: {} (each accepted; a sample over {SAMPLE_TIMEOUT:?} aborts the run); directory of {} mailboxes before the first sample",
         samples.len(),
-        args.existing + 1
+        args.existing + 1 + if args.edit { args.samples } else { 0 }
     );
-    let rows: [(&str, Field); 6] = [
-        (
-            "apply → RCPT 250 through Postfix (from kubectl start)",
-            |s| s.to_rcpt,
-        ),
-        (
-            "apply → socketmap OK at the agent (from kubectl start)",
-            |s| s.to_socketmap,
-        ),
-        ("apply → RCPT 250 (from kubectl exit)", |s| {
-            s.to_rcpt_after_apply
-        }),
-        ("baseline: the `kubectl apply` call", |s| s.apply_call),
-        ("baseline: RCPT for an existing mailbox", |s| {
-            s.rcpt_existing
-        }),
-        ("baseline: socketmap lookup, existing", |s| {
-            s.socketmap_existing
-        }),
-    ];
+    let rows: [(&str, Field); 6] = if args.edit {
+        [
+            ("edit → agent's LMTP RCPT 250 (from kubectl start)", |s| {
+                s.to_rcpt
+            }),
+            ("edit → agent's LMTP RCPT 250 (from kubectl exit)", |s| {
+                s.to_rcpt_after_apply
+            }),
+            ("baseline: one LMTP session to RCPT at the agent", |s| {
+                s.to_socketmap
+            }),
+            ("baseline: the `kubectl patch` call", |s| s.apply_call),
+            ("baseline: RCPT for an existing mailbox (Postfix)", |s| {
+                s.rcpt_existing
+            }),
+            ("baseline: socketmap lookup, existing", |s| {
+                s.socketmap_existing
+            }),
+        ]
+    } else {
+        [
+            (
+                "apply → RCPT 250 through Postfix (from kubectl start)",
+                |s| s.to_rcpt,
+            ),
+            (
+                "apply → socketmap OK at the agent (from kubectl start)",
+                |s| s.to_socketmap,
+            ),
+            ("apply → RCPT 250 (from kubectl exit)", |s| {
+                s.to_rcpt_after_apply
+            }),
+            ("baseline: the `kubectl apply` call", |s| s.apply_call),
+            ("baseline: RCPT for an existing mailbox", |s| {
+                s.rcpt_existing
+            }),
+            ("baseline: socketmap lookup, existing", |s| {
+                s.socketmap_existing
+            }),
+        ]
+    };
     let _ = writeln!(out, "| measured | p50 ms | p90 ms | p99 ms | max ms |");
     let _ = writeln!(out, "|---|---|---|---|---|");
     let mut p50 = Vec::new();
