@@ -26,7 +26,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use virtmail_crds::Directory;
 use virtmail_crds::contract;
-use virtmail_crds::directory::MailboxEntry;
+use virtmail_crds::directory::{MailboxEntry, Part};
 use virtmail_crds::resources::{LockMethod, MailboxFormat};
 
 use crate::fs::containment::{make_dirs, open_beneath, open_dir};
@@ -105,40 +105,65 @@ fn errno_problem(what: &str, path: &str, errno: Errno) -> State {
     }
 }
 
+/// What provisioning decides from the whole directory before any mailbox: whether mboxes are
+/// dotlocked, and the mode of each parent directory (which depends on every mailbox below it).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    dotlock: bool,
+    modes: std::collections::BTreeMap<String, u32>,
+}
+
+impl Plan {
+    /// The plan for `directory`.
+    pub fn new(directory: &Directory) -> Plan {
+        let dotlock = directory
+            .settings
+            .mailbox_lock
+            .contains(&LockMethod::Dotlock);
+        // Order does not matter here: walk the parts as they are, not merged into key order.
+        let entries = directory.mailboxes.parts().iter().flat_map(|p| p.values());
+        Plan {
+            dotlock,
+            modes: parent_modes(entries, dotlock),
+        }
+    }
+}
+
 /// Provision every mailbox of `directory` below the already-open `base`. Blocking; call it on a
 /// thread of its own (it switches that thread's file system identity while it works).
 pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> Vec<Report> {
-    provision_slots(base, base_path, directory, |_| true)
+    let plan = Plan::new(directory);
+    directory
+        .mailboxes
+        .parts()
+        .iter()
+        .flat_map(|part| provision_part(base, base_path, part, &plan))
+        .collect()
 }
 
-/// Provision the mailboxes of the table parts (shard slots) `slots` selects: after a new
-/// version, the parts it does not share with the last version provisioned. Parent directory
-/// modes are still decided from every mailbox, as [`provision_all`] decides them.
-pub fn provision_slots(
+/// Provision the mailboxes of one part of the mailbox table (a shard slot) as `plan` says: a
+/// round goes part by part, so it holds one part's reports at a time, and after a new version
+/// only the parts it does not share with the last version provisioned. Blocking, as
+/// [`provision_all`].
+pub fn provision_part(
     base: &OwnedFd,
     base_path: &str,
-    directory: &Directory,
-    mut slots: impl FnMut(usize) -> bool,
+    part: &Part<MailboxEntry>,
+    plan: &Plan,
 ) -> Vec<Report> {
-    let dotlock = directory
-        .settings
-        .mailbox_lock
-        .contains(&LockMethod::Dotlock);
-    let parts = directory.mailboxes.parts();
-    let modes = parent_modes(parts.iter().flat_map(|part| part.values()), dotlock);
-    parts
-        .iter()
-        .enumerate()
-        .filter(|(slot, _)| slots(*slot))
-        .flat_map(|(_, part)| part.iter())
+    part.iter()
         .map(|(address, entry)| {
             let parent = split_parent(&entry.path).0.unwrap_or_default();
-            let mode = modes.get(parent).copied().unwrap_or(SHARED_PARENT_MODE);
+            let mode = plan
+                .modes
+                .get(parent)
+                .copied()
+                .unwrap_or(SHARED_PARENT_MODE);
             Report {
                 address: address.clone(),
                 object: entry.object.clone(),
                 path: format!("{base_path}/{}", entry.path),
-                state: provision_with_parent_mode(base, entry, dotlock, mode),
+                state: provision_with_parent_mode(base, entry, plan.dotlock, mode),
             }
         })
         .collect()

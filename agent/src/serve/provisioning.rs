@@ -17,6 +17,8 @@ use std::time::Duration;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
+use std::os::fd::OwnedFd;
+
 use rustix::fs::{Mode, OFlags};
 use tokio::sync::watch;
 use virtmail_crds::Directory;
@@ -68,14 +70,118 @@ pub async fn run(
         } else {
             Scope::All
         };
-        let Some(reports) = provision_round(loaded.directory.clone(), scope.clone()).await else {
-            continue;
+        let round = Round {
+            report: report.as_ref(),
+            written: &mut written,
+            problems: &mut problems,
         };
-        problems.record(&scope, loaded.directory.mailboxes.parts().len(), &reports);
-        last = Some(loaded);
-        if let Some(to) = &report {
-            mailbox_status::publish(&to.client, &to.namespace, &reports, &mut written).await;
+        if round.run(&loaded.directory, &scope).await {
+            last = Some(loaded);
         }
+    }
+}
+
+/// Where one round's results go.
+struct Round<'a> {
+    report: Option<&'a StatusReport>,
+    written: &'a mut mailbox_status::Written,
+    problems: &'a mut Problems,
+}
+
+impl Round<'_> {
+    /// Provision the mailboxes `scope` selects, one table part at a time on a blocking thread
+    /// (it switches that thread's file system identity), reporting each part's results before
+    /// the next part starts. False when the round could not run (logged).
+    async fn run(self, directory: &Arc<Directory>, scope: &Scope) -> bool {
+        let settings = directory.clone();
+        let started = tokio::task::spawn_blocking(move || open_base(&settings)).await;
+        let (base, plan) = match started {
+            Ok(Ok((base, plan))) => (Arc::new(base), Arc::new(plan)),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot provision");
+                return false;
+            }
+            Err(error) => {
+                tracing::error!(%error, "provisioning task failed");
+                return false;
+            }
+        };
+        let base_path = Arc::new(directory.settings.mailbox_base.clone());
+        let parts = directory.mailboxes.parts();
+        if *scope == Scope::All {
+            self.problems.0.clear();
+        }
+        let mut tally = Tally::default();
+        for (slot, part) in parts.iter().enumerate() {
+            if !scope.includes(slot) {
+                continue;
+            }
+            let (base, plan, base_path, part) =
+                (base.clone(), plan.clone(), base_path.clone(), part.clone());
+            let provisioned = tokio::task::spawn_blocking(move || {
+                provision::provision_part(&base, &base_path, &part, &plan)
+            })
+            .await;
+            let reports = match provisioned {
+                Ok(reports) => reports,
+                Err(error) => {
+                    tracing::error!(%error, "provisioning task failed");
+                    return false;
+                }
+            };
+            tally.add(&reports);
+            self.problems.record_part(slot, parts.len(), &reports);
+            if let Some(to) = self.report {
+                mailbox_status::publish(&to.client, &to.namespace, &reports, self.written).await;
+            }
+        }
+        tally.log();
+        true
+    }
+}
+
+/// Open the mailbox base and plan the round (blocking).
+fn open_base(directory: &Directory) -> Result<(OwnedFd, provision::Plan), String> {
+    let base = PathBuf::from(&directory.settings.mailbox_base);
+    let fd = rustix::fs::open(
+        &base,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("mailbox base {}: {e}", base.display()))?;
+    Ok((fd, provision::Plan::new(directory)))
+}
+
+/// Counts of a round, for its log line; problems are logged as they are found.
+#[derive(Debug, Default)]
+struct Tally {
+    mailboxes: usize,
+    created: usize,
+    problems: usize,
+}
+
+impl Tally {
+    fn add(&mut self, reports: &[provision::Report]) {
+        self.mailboxes += reports.len();
+        for r in reports {
+            match &r.state {
+                provision::State::Created => self.created += 1,
+                provision::State::Problem { reason, message } => {
+                    self.problems += 1;
+                    tracing::warn!(mailbox = %r.object, path = %r.path, reason, "{message}");
+                }
+                provision::State::Present => {}
+            }
+        }
+    }
+
+    fn log(&self) {
+        let Tally {
+            mailboxes,
+            created,
+            problems,
+        } = self;
+        tracing::info!(mailboxes, created, problems, "provisioned");
     }
 }
 
@@ -131,14 +237,9 @@ struct Problems(BTreeSet<String>);
 static UNPROVISIONED: AtomicI64 = AtomicI64::new(-1);
 
 impl Problems {
-    /// Replace what a round of `scope` over a table of `slots` parts looked at.
-    fn record(&mut self, scope: &Scope, slots: usize, reports: &[provision::Report]) {
-        match scope {
-            Scope::All => self.0.clear(),
-            Scope::Slots(_) => self
-                .0
-                .retain(|address| !scope.includes(slot_of(address, slots))),
-        }
+    /// Replace the problems of part `slot` of a table of `slots` parts with those of `reports`.
+    fn record_part(&mut self, slot: usize, slots: usize, reports: &[provision::Report]) {
+        self.0.retain(|address| slot_of(address, slots) != slot);
         for report in reports {
             if matches!(&report.state, provision::State::Problem { reason, .. } if *reason != "Deferring")
             {
@@ -149,65 +250,6 @@ impl Problems {
             i64::try_from(self.0.len()).unwrap_or(i64::MAX),
             Ordering::Relaxed,
         );
-    }
-}
-
-/// Provision a directory below its `mailboxBase`, the mailboxes `scope` selects (blocking; call
-/// on a blocking thread).
-fn provision_directory(
-    directory: &Directory,
-    scope: &Scope,
-) -> Result<Vec<provision::Report>, String> {
-    let base = PathBuf::from(&directory.settings.mailbox_base);
-    let fd = rustix::fs::open(
-        &base,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("mailbox base {}: {e}", base.display()))?;
-    Ok(provision::provision_slots(
-        &fd,
-        &base.to_string_lossy(),
-        directory,
-        |slot| scope.includes(slot),
-    ))
-}
-
-/// Log a provisioning round: one summary line, one warning per problem.
-fn log_reports(reports: &[provision::Report]) {
-    let created = reports
-        .iter()
-        .filter(|r| r.state == provision::State::Created)
-        .count();
-    let mut problems = 0;
-    for r in reports {
-        if let provision::State::Problem { reason, message } = &r.state {
-            problems += 1;
-            tracing::warn!(mailbox = %r.object, path = %r.path, reason, "{message}");
-        }
-    }
-    tracing::info!(mailboxes = reports.len(), created, problems, "provisioned");
-}
-
-/// One provisioning round on a blocking thread (it switches that thread's file system
-/// identity), logged; `None` when the base cannot be opened.
-async fn provision_round(
-    directory: Arc<Directory>,
-    scope: Scope,
-) -> Option<Vec<provision::Report>> {
-    match tokio::task::spawn_blocking(move || provision_directory(&directory, &scope)).await {
-        Ok(Ok(reports)) => {
-            log_reports(&reports);
-            Some(reports)
-        }
-        Ok(Err(error)) => {
-            tracing::error!(%error, "cannot provision");
-            None
-        }
-        Err(error) => {
-            tracing::error!(%error, "provisioning task failed");
-            None
-        }
     }
 }
 
@@ -294,14 +336,12 @@ mod tests {
         let (slot_a, slot_b) = (slot_of(a, slots), slot_of(b, slots));
         assert_ne!(slot_a, slot_b, "the two addresses fall in different slots");
         let mut problems = Problems::default();
-        problems.record(&Scope::All, slots, &[problem(a), problem(b)]);
+        problems.record_part(slot_a, slots, &[problem(a)]);
+        problems.record_part(slot_b, slots, &[problem(b)]);
         assert_eq!(problems.0.len(), 2);
-        // A round over a's slot finds a fixed: b's problem stands.
-        let only_a: Vec<bool> = (0..slots).map(|slot| slot == slot_a).collect();
-        problems.record(&Scope::Slots(only_a), slots, &[]);
+        // The next round over a's part finds a fixed: b's problem stands.
+        problems.record_part(slot_a, slots, &[]);
         assert_eq!(problems.0.iter().collect::<Vec<_>>(), [b]);
         assert_eq!(UNPROVISIONED.load(Ordering::Relaxed), 1);
-        problems.record(&Scope::All, slots, &[]);
-        assert!(problems.0.is_empty());
     }
 }
