@@ -4,7 +4,9 @@
 # edit to the next directory version (median and p99 of VIRTMAIL_BENCH_EDITS back-to-back edits,
 # default 100), the operator's CPU time per edit, and its peak RSS. Runs against a private real
 # control plane (tools/cluster.sh). Baseline in the same run: how long the apiserver takes to
-# accept the N creates (4 kubectl processes in parallel); "lag" is published minus that.
+# accept the N creates (4 kubectl processes in parallel); "lag" is published minus that. After
+# each N, the size of etcd's data directory and the apiserver's peak RSS (the plane grows with
+# every N: both are totals so far), what a larger installation scales from.
 #   bench/operator.sh [N ...]          default: 1000 10000
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -34,6 +36,8 @@ stop_operator() {
   kill "$(cat "$W/op.pid")"; wait "$(cat "$W/op.pid")" 2>/dev/null || true
 }
 peak_rss() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$(cat "$W/op.pid")/status"; }
+apiserver_peak_rss() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$(awk '{print $1}' "$VIRTMAIL_CLUSTER_DIR/pids/kube-apiserver")/status"; }
+etcd_mib() { du -sm "$VIRTMAIL_CLUSTER_DIR/etcd" | cut -f1; }
 cpu_seconds() { # user + system CPU time of the operator so far
   awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$(cat "$W/op.pid")/stat"
 }
@@ -66,8 +70,8 @@ ready() { # NAMESPACE MAILBOX
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 EDITS="${VIRTMAIL_BENCH_EDITS:-100}"
-echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | create → every member Ready (s) | first edit → new version (s) | edit → new version, median of $EDITS (s) | p99 (s) | kubectl patch call, median (s, baseline) | edit stored → new version, median (s) | p99 (s) | operator CPU per edit (ms) | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | create → every member Ready (s) | first edit → new version (s) | edit → new version, median of $EDITS (s) | p99 (s) | kubectl patch call, median (s, baseline) | edit stored → new version, median (s) | p99 (s) | operator CPU per edit (ms) | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) | etcd data (MiB) | apiserver peak RSS (MiB) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${SIZES[@]}"; do
   ns="bench-$n"
   "$K" create namespace "$ns" >/dev/null
@@ -129,6 +133,6 @@ PY
   cold_rss=$(peak_rss)
   stop_operator
   lag=$(python3 -c "print(max(0.0, $published - $created))")
-  printf '| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %s | %.1f | %s |\n' "$n" "$created" "$published" "$lag" "$all_ready" "$first" "$edit" "$p99" "$call" "$acc_median" "$acc_p99" "$cpu_per_edit" "$rss" "$cold" "$cold_rss"
+  printf '| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %s | %.1f | %s | %s | %s |\n' "$n" "$created" "$published" "$lag" "$all_ready" "$first" "$edit" "$p99" "$call" "$acc_median" "$acc_p99" "$cpu_per_edit" "$rss" "$cold" "$cold_rss" "$(etcd_mib)" "$(apiserver_peak_rss)"
 done
 echo "command: bench/operator.sh ${SIZES[*]}"

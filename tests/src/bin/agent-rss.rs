@@ -23,8 +23,13 @@ use virtmail_tests::socketmap::query_once;
 
 /// Write the encoded directory as the kubelet projects a ConfigMap volume: a payload directory
 /// `..<payload>` (head keys at the top, each shard's keys under its name) that a fresh `..data`
-/// symlink is renamed over; the previous payload is removed.
-fn write_volume(dir: &std::path::Path, directory: &Directory, payload: usize) -> (String, usize) {
+/// symlink is renamed over; the previous payload is removed. Returns the version, the shard
+/// count and the moment of the swap (the rename), after the payload is written.
+fn write_volume(
+    dir: &std::path::Path,
+    directory: &Directory,
+    payload: usize,
+) -> (String, usize, Instant) {
     let encoded = encoding::encode(directory);
     let data = dir.join(format!("..payload{payload}"));
     std::fs::create_dir_all(&data).expect("payload");
@@ -40,11 +45,12 @@ fn write_volume(dir: &std::path::Path, directory: &Directory, payload: usize) ->
     }
     let link = dir.join("..data_tmp");
     std::os::unix::fs::symlink(format!("..payload{payload}"), &link).expect("symlink");
+    let swapped = Instant::now();
     std::fs::rename(&link, dir.join("..data")).expect("swap ..data");
     if let Some(previous) = payload.checked_sub(1) {
         let _ = std::fs::remove_dir_all(dir.join(format!("..payload{previous}")));
     }
-    (encoded.version, encoded.shards.len())
+    (encoded.version, encoded.shards.len(), swapped)
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -74,7 +80,7 @@ fn measure(agent_binary: &std::path::Path, mailboxes: usize, poll_ms: u64) -> Ro
     let work = tempfile::tempdir().expect("tempdir");
     let mut directory = Directory::synthetic(mailboxes);
     let volume = work.path().join("directory");
-    let (version, shards) = write_volume(&volume, &directory, 0);
+    let (version, shards, _) = write_volume(&volume, &directory, 0);
     let base = work.path().join("vhosts");
     std::fs::create_dir(&base).expect("base");
     let map = work.path().join("socketmap.sock");
@@ -102,15 +108,16 @@ fn measure(agent_binary: &std::path::Path, mailboxes: usize, poll_ms: u64) -> Ro
         http_get(port, "/metrics").filter(|(_, body)| body.contains(&version))
     });
     let loaded = started.elapsed();
-    // One provisioning round: every Maildir's cur/ (or mbox file) exists.
-    let last = mailboxes.checked_sub(1);
-    wait_for("provisioning", Duration::from_secs(1800), || match last {
-        None => Some(()),
-        Some(i) => {
-            let maildir = base.join(format!("domain{}.test/user{i}/cur", i % 100));
-            let mbox = base.join(format!("domain{}.test/user{i}", i % 100));
-            (maildir.exists() || mbox.is_file()).then_some(())
-        }
+    // One provisioning round: every Maildir's cur/ (or mbox file) exists. The agent goes part
+    // by part (shard slots, in no address order), so every mailbox is looked at; the first
+    // missing one ends a look.
+    wait_for("provisioning", Duration::from_secs(1800), || {
+        (0..mailboxes)
+            .all(|i| {
+                let path = base.join(format!("domain{}.test/user{i}", i % 100));
+                path.join("cur").exists() || path.is_file()
+            })
+            .then_some(())
     });
     let provisioned = started.elapsed();
     if mailboxes > 0 {
@@ -137,8 +144,7 @@ fn measure(agent_binary: &std::path::Path, mailboxes: usize, poll_ms: u64) -> Ro
         entry.path = format!("domain0.test/added{edit}/");
         entry.object = format!("added{edit}");
         directory.mailboxes.insert(address.clone(), entry);
-        let swapped = Instant::now();
-        write_volume(&volume, &directory, edit);
+        let (_, _, swapped) = write_volume(&volume, &directory, edit);
         wait_for("the added mailbox served", Duration::from_secs(60), || {
             query_once(&map, &format!("mailbox {address}")).filter(|reply| reply.starts_with("OK "))
         });
