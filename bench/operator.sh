@@ -49,29 +49,36 @@ wait_new_version() { # NAMESPACE VERSION-BEFORE
   until [[ "$(version "$1")" != "$2" ]]; do sleep 0.05; done
 }
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(a) for a in sys.argv[1:]))' "$@"; }
-# One timed edit: a watch on the MailServer is opened first (so that seeing the new version costs
-# no kubectl start-up), then the Mailbox is patched; prints "edit→version patch-call" seconds.
+# One timed edit: watches on the head ConfigMap and the MailServer are opened first (so that
+# seeing the new version costs no kubectl start-up), then the Mailbox is patched; prints
+# "edit→MailServer-status patch-call edit→head" seconds. The head is the publication agents
+# read; the MailServer's status reports it after one more write.
 timed_edit() { # NAMESPACE MAILBOX
-  local before v start patched fd watcher
+  local before v start patched fd hfd watcher hwatcher at_head
   before="$(version "$1")"
   exec {fd}< <("$K" -n "$1" get mailserver mail -w -o jsonpath='{.status.directory.version}{"\n"}')
   watcher=$!
-  read -r -u "$fd" v # the watch is up: its first line is the current state
+  exec {hfd}< <("$K" -n "$1" get configmap mail-directory -w -o jsonpath='{.data.version}{"\n"}')
+  hwatcher=$!
+  read -r -u "$fd" v # the watches are up: their first line is the current state
+  read -r -u "$hfd" v
   start=$(now)
   "$K" -n "$1" patch mailbox "$2" --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
   patched=$(now)
+  while read -r -u "$hfd" v; do [[ -n "$v" && "$v" != "$before" ]] && break; done
+  at_head=$(now)
   while read -r -u "$fd" v; do [[ -n "$v" && "$v" != "$before" ]] && break; done
-  python3 -c "print($(now) - $start, $patched - $start)"
-  kill "$watcher" 2>/dev/null || true
-  exec {fd}<&-
+  python3 -c "print($(now) - $start, $patched - $start, $at_head - $start)"
+  kill "$watcher" "$hwatcher" 2>/dev/null || true
+  exec {fd}<&- {hfd}<&-
 }
 ready() { # NAMESPACE MAILBOX
   [[ "$("$K" -n "$1" get mailbox "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 EDITS="${VIRTMAIL_BENCH_EDITS:-100}"
-echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | create → every member Ready (s) | first edit → new version (s) | edit → new version, median of $EDITS (s) | p99 (s) | kubectl patch call, median (s, baseline) | edit stored → new version, median (s) | p99 (s) | operator CPU per edit (ms) | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) | etcd data (MiB) | apiserver peak RSS (MiB) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | create → every member Ready (s) | first edit → new version (s) | edit → new version, median of $EDITS (s) | p99 (s) | kubectl patch call, median (s, baseline) | edit stored → new version, median (s) | p99 (s) | edit stored → head ConfigMap, median (s) | p99 (s) | operator CPU per edit (ms) | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) | etcd data (MiB) | apiserver peak RSS (MiB) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${SIZES[@]}"; do
   ns="bench-$n"
   "$K" create namespace "$ns" >/dev/null
@@ -105,21 +112,25 @@ PY
   all_ready=$(python3 -c "print($(now) - $start)")
   # Back-to-back self-service edits, each of another Mailbox; the operator's CPU time over the
   # whole series (the edited Mailboxes' status writes included) divided by the edits.
-  edits=() calls=()
+  edits=() calls=() heads=()
   cpu_before=$(cpu_seconds)
   for ((e = 0; e < EDITS; e++)); do
-    read -r t c < <(timed_edit "$ns" "u$((9 + 2 * e))")
-    edits+=("$t") calls+=("$c")
+    read -r t c h < <(timed_edit "$ns" "u$((9 + 2 * e))")
+    edits+=("$t") calls+=("$c") heads+=("$h")
     sleep 0.2
   done
   sleep 1 # the last edit's member status
   cpu_per_edit=$(python3 -c "print(($(cpu_seconds) - $cpu_before) * 1000 / $EDITS)")
   edit=$(median "${edits[@]}") p99=$(percentile 99 "${edits[@]}") call=$(median "${calls[@]}")
   # From the apiserver's answer to the patch (the edit is stored) to the new version.
-  accepted=()
-  for ((e = 0; e < EDITS; e++)); do accepted+=("$(python3 -c "print(${edits[e]} - ${calls[e]})")"); done
+  accepted=() to_head=()
+  for ((e = 0; e < EDITS; e++)); do
+    accepted+=("$(python3 -c "print(${edits[e]} - ${calls[e]})")")
+    to_head+=("$(python3 -c "print(${heads[e]} - ${calls[e]})")")
+  done
   acc_median=$(median "${accepted[@]}") acc_p99=$(percentile 99 "${accepted[@]}")
-  echo "  $n edits (s): ${edits[*]}; patch calls (s): ${calls[*]}" >&2
+  head_median=$(median "${to_head[@]}") head_p99=$(percentile 99 "${to_head[@]}")
+  echo "  $n edits (s): ${edits[*]}; patch calls (s): ${calls[*]}; to the head (s): ${heads[*]}" >&2
   rss=$(peak_rss)
   stop_operator
   # Cold start: an operator started against N existing Mailboxes, one of them edited while no
@@ -133,6 +144,6 @@ PY
   cold_rss=$(peak_rss)
   stop_operator
   lag=$(python3 -c "print(max(0.0, $published - $created))")
-  printf '| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %s | %.1f | %s | %s | %s |\n' "$n" "$created" "$published" "$lag" "$all_ready" "$first" "$edit" "$p99" "$call" "$acc_median" "$acc_p99" "$cpu_per_edit" "$rss" "$cold" "$cold_rss" "$(etcd_mib)" "$(apiserver_peak_rss)"
+  printf '| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %s | %.1f | %s | %s | %s |\n' "$n" "$created" "$published" "$lag" "$all_ready" "$first" "$edit" "$p99" "$call" "$acc_median" "$acc_p99" "$head_median" "$head_p99" "$cpu_per_edit" "$rss" "$cold" "$cold_rss" "$(etcd_mib)" "$(apiserver_peak_rss)"
 done
 echo "command: bench/operator.sh ${SIZES[*]}"

@@ -3,6 +3,12 @@
 //! head no longer names are deleted only after the new head is applied, so a reader never finds
 //! a head naming a missing shard. Objects still holding the operator's last write are skipped
 //! (see [`crate::owned`]).
+//!
+//! The shards that exist are listed only when the directory's shard names differ from those of
+//! the server's last listing (or after a start): only then can a shard be left over that the head
+//! no longer names. An edit keeps the names, so it costs no list; the owned-object watch's
+//! versions stand in for the listed ones (a shard edited by hand meanwhile is repaired by the
+//! reconcile its watch event triggers).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -86,16 +92,31 @@ pub(super) async fn apply_desired(
     let client = &ctx.client;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let server_name = server.name_any();
-    let shard_selector = format!("{LABEL_SERVER}={server_name},{LABEL_ROLE}=shard");
-    let existing = config_maps
-        .list_metadata(&ListParams::default().labels(&shard_selector))
-        .await?;
-    let existing_versions: HashMap<String, String> = existing
-        .items
-        .iter()
-        .filter(|m| build::owned_by(*m, server))
-        .map(|m| (m.name_any(), m.resource_version().unwrap_or_default()))
-        .collect();
+    let server_key = super::server_key(server);
+    let names: Vec<String> = encoded.shards.iter().map(|s| s.name.clone()).collect();
+    let listed_before = ctx
+        .listed_shards
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&server_key)
+        == Some(&names);
+    // name → resourceVersion of the shards this server owns, when listed.
+    let existing_versions: Option<HashMap<String, String>> = if listed_before {
+        None
+    } else {
+        let shard_selector = format!("{LABEL_SERVER}={server_name},{LABEL_ROLE}=shard");
+        let existing = config_maps
+            .list_metadata(&ListParams::default().labels(&shard_selector))
+            .await?;
+        Some(
+            existing
+                .items
+                .iter()
+                .filter(|m| build::owned_by(*m, server))
+                .map(|m| (m.name_any(), m.resource_version().unwrap_or_default()))
+                .collect(),
+        )
+    };
     // Shards: skip those present exactly as we last wrote them, with the content we want now
     // (same hash, same resourceVersion); a hand edit changes the resourceVersion and gets
     // overwritten.
@@ -103,10 +124,14 @@ pub(super) async fn apply_desired(
     let to_apply: Vec<usize> = (0..encoded.shards.len())
         .filter(|&index| {
             let shard = &encoded.shards[index];
-            !existing_versions.get(&shard.name).is_some_and(|current| {
-                ctx.owned
-                    .unchanged(&shard_key(&shard.name), &shard.hash, Some(current))
-            })
+            let key = shard_key(&shard.name);
+            let unchanged = match &existing_versions {
+                Some(listed) => listed
+                    .get(&shard.name)
+                    .is_some_and(|current| ctx.owned.unchanged(&key, &shard.hash, Some(current))),
+                None => ctx.owned.unchanged(&key, &shard.hash, None),
+            };
+            !unchanged
         })
         .collect();
     // The head changes only with its shards (an unchanged apply writes no etcd revision).
@@ -168,17 +193,23 @@ pub(super) async fn apply_desired(
         }
     }
     // Only now, with the head naming the new shards applied, remove shards nobody names.
-    let wanted: HashSet<&str> = encoded.shards.iter().map(|s| s.name.as_str()).collect();
-    for name in existing_versions
-        .keys()
-        .filter(|n| !wanted.contains(n.as_str()))
-    {
-        match config_maps.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+    if let Some(existing_versions) = existing_versions {
+        let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+        for name in existing_versions
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+        {
+            match config_maps.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.owned.forget(&shard_key(name));
         }
-        ctx.owned.forget(&shard_key(name));
+        ctx.listed_shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server_key, names);
     }
     Ok(None)
 }

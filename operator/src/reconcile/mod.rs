@@ -72,6 +72,9 @@ pub struct Context {
     /// Changes of compiler inputs (see [`crate::watches::compiler_input_changes`]): a snapshot
     /// compiled at epoch E is current while the epoch is still E.
     input_changes: Arc<InputChanges>,
+    /// The shard names each server's directory had when its shards were last listed (see
+    /// `apply.rs`): while a new directory keeps them, no shard can be left over.
+    listed_shards: std::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -129,6 +132,7 @@ impl Context {
             owed_statuses: Default::default(),
             member_status: Default::default(),
             input_changes: watched.input_changes,
+            listed_shards: Default::default(),
             write_budget: std::sync::Mutex::new(WriteBudget::new(
                 watched.directory_write_rate,
                 Instant::now(),

@@ -363,6 +363,11 @@ async fn an_in_place_mailbox_edit_publishes_its_shard_and_only_its_status() {
     let bob = fixtures::mailbox("ns", "bob", 1, false);
     reconcile_and_publish_members(&ctx, &server).await;
     assert_eq!(api.count(&PATCH, "/mailboxes/alice/status"), 1);
+    assert_eq!(
+        api.count(&Method::GET, "/configmaps"),
+        1,
+        "the shards listed once"
+    );
 
     // Bob is suspended: the cache holds the edit, the watches count it (as in `watches`).
     let mut edited = bob;
@@ -383,6 +388,11 @@ async fn an_in_place_mailbox_edit_publishes_its_shard_and_only_its_status() {
     // patches back into the caches), so a pass over every member would patch it again.
     assert_eq!(count("/mailboxes/alice/status"), 0, "{second:#?}");
     assert_eq!(count("/maildomains/example/status"), 0, "{second:#?}");
+    // The shard names are those of the last listing: nothing can be left over, no list.
+    assert!(
+        !second.iter().any(|s| s.is(&Method::GET, "/configmaps")),
+        "{second:#?}"
+    );
     let snapshot = ctx.snapshots.lock().expect("snapshots")[&server_key(&server)].clone();
     assert!(
         matches!(
