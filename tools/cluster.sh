@@ -270,18 +270,24 @@ stop() {
 # ---------------------------------------------------------------------------------------------
 # ports, certificates, identities
 
-listening_ports() {
-  # Local ports in LISTEN state (st == 0A), IPv4 and IPv6, from the kernel tables.
-  local _sl local_addr _rem st _rest
-  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | while read -r _sl local_addr _rem st _rest; do
-    [[ "$st" == 0A ]] && echo $((16#${local_addr##*:}))
+used_ports() {
+  # Local ports of every TCP socket (listening or connected), IPv4 and IPv6, from the kernel
+  # tables: a port some outgoing connection holds cannot be bound either.
+  local _sl local_addr _rest
+  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | while read -r _sl local_addr _rest; do
+    [[ "$local_addr" == *:* ]] && echo $((16#${local_addr##*:}))
   done | sort -un
 }
 
+# A port for the plane, below the kernel's ephemeral range (where outgoing connections take
+# their local ports at any moment: etcd once failed to bind a port picked there) and not in use.
 free_port() {
-  local used; used=" $(listening_ports | tr '\n' ' ') ${TAKEN_PORTS:-} "
+  local low _high
+  read -r low _high </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
+  (( low > 21000 )) || die "the ephemeral port range starts at $low; the plane needs ports 20000-$((low - 1)) free of it"
+  local used; used=" $(used_ports | tr '\n' ' ') ${TAKEN_PORTS:-} "
   for _ in $(seq 1 200); do
-    local p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 30000 ))
+    local p=$(( 20000 + (RANDOM * 32768 + RANDOM) % (low - 20000) ))
     if [[ "$used" != *" $p "* ]]; then TAKEN_PORTS="${TAKEN_PORTS:-} $p"; echo "$p"; return; fi
   done
   die "no free loopback port found"
