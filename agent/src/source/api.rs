@@ -14,7 +14,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::warn;
-use virtmail_crds::encoding::{self, Data, LABEL_SERVER};
+use virtmail_crds::encoding::{self, Data, LABEL_SERVER, ShardHashes};
 
 use super::assemble::assemble;
 use super::{DirectorySource, Publisher};
@@ -48,31 +48,54 @@ impl DirectorySource for ApiSource {
     }
 }
 
-/// The ConfigMaps seen so far. A shard's data is dropped once the served version holds it
-/// decoded: a later version takes that part from the served one, and the watch sends the data
-/// again if the shard changes.
+/// The ConfigMaps of one listing: the head, and each shard's data with its hash (taken once, as
+/// it arrives). A shard's data is dropped once the served version holds it decoded: a later
+/// version takes that part from the served one, and the watch sends the data again if the shard
+/// changes.
 #[derive(Debug, Default)]
-struct Seen {
+struct Objects {
     head: Option<Data>,
     shards: BTreeMap<String, Data>,
-    /// Objects of a re-list in progress (swapped in on `InitDone`).
-    relist: Option<(Option<Data>, BTreeMap<String, Data>)>,
+    hashes: BTreeMap<String, String>,
 }
 
-impl Seen {
-    fn put(
-        head_name: &str,
-        target: (&mut Option<Data>, &mut BTreeMap<String, Data>),
-        cm: ConfigMap,
-    ) {
+impl Objects {
+    fn put(&mut self, head_name: &str, cm: ConfigMap) {
         let name = cm.name_any();
         let data = cm.data.unwrap_or_default();
         if name == head_name {
-            *target.0 = Some(data);
+            self.head = Some(data);
         } else {
-            target.1.insert(name, data);
+            self.hashes.insert(name.clone(), encoding::data_hash(&data));
+            self.shards.insert(name, data);
         }
     }
+
+    fn remove_shard(&mut self, name: &str) {
+        self.shards.remove(name);
+        self.hashes.remove(name);
+    }
+
+    /// Drop the data of every shard `held` (the served version's shards) holds.
+    fn drop_held(&mut self, held: &ShardHashes) {
+        let hashes = &mut self.hashes;
+        self.shards.retain(|name, _| {
+            let is_held = hashes
+                .get(name)
+                .is_some_and(|hash| held.holds_shard(name, hash));
+            if is_held {
+                hashes.remove(name);
+            }
+            !is_held
+        });
+    }
+}
+
+/// The ConfigMaps seen so far, and those of a re-list in progress (swapped in on `InitDone`).
+#[derive(Debug, Default)]
+struct Seen {
+    current: Objects,
+    relist: Option<Objects>,
 }
 
 /// Watch the directory ConfigMaps of `server` in `namespace` forever, publishing every new
@@ -97,33 +120,32 @@ async fn watch_configmaps(client: Client, namespace: &str, server: &str, publish
         };
         let settled = match event {
             Event::Init => {
-                seen.relist = Some((None, BTreeMap::new()));
+                seen.relist = Some(Objects::default());
                 false
             }
             Event::InitApply(cm) => {
-                if let Some((head, shards)) = seen.relist.as_mut() {
-                    Seen::put(&head_name, (head, shards), cm);
+                if let Some(relist) = seen.relist.as_mut() {
+                    relist.put(&head_name, cm);
                 }
                 false
             }
             Event::InitDone => {
-                if let Some((head, shards)) = seen.relist.take() {
-                    seen.head = head;
-                    seen.shards = shards;
+                if let Some(relist) = seen.relist.take() {
+                    seen.current = relist;
                 }
                 true
             }
             Event::Apply(cm) => {
-                Seen::put(&head_name, (&mut seen.head, &mut seen.shards), cm);
+                seen.current.put(&head_name, cm);
                 true
             }
             Event::Delete(cm) => {
                 let name = cm.name_any();
                 if name == head_name {
                     // A deleted head is a glitch or a deleted server: keep serving.
-                    seen.head = None;
+                    seen.current.head = None;
                 } else {
-                    seen.shards.remove(&name);
+                    seen.current.remove_shard(&name);
                 }
                 true
             }
@@ -131,12 +153,54 @@ async fn watch_configmaps(client: Client, namespace: &str, server: &str, publish
         if !settled {
             continue;
         }
+        let current = &mut seen.current;
         let serving = publisher.current();
-        let assembly = assemble(seen.head.as_ref(), &seen.shards, serving.as_deref());
+        let assembly = assemble(current.head.as_ref(), &current.shards, serving.as_deref());
         publisher.settle(&format!("ConfigMap {head_name}"), assembly);
         if let Some(serving) = publisher.current() {
-            seen.shards
-                .retain(|name, data| !serving.hashes.holds_shard(name, &encoding::data_hash(data)));
+            current.drop_held(&serving.hashes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_map(name: &str, data: &Data) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cm.data = Some(data.clone());
+        cm
+    }
+
+    #[test]
+    fn the_data_of_shards_the_served_version_holds_is_dropped_and_only_theirs() {
+        let encoded = encoding::encode(&virtmail_crds::Directory::synthetic(20_000));
+        let shards: BTreeMap<String, Data> = encoded
+            .shards
+            .iter()
+            .map(|s| (s.name.clone(), (*s.data).clone()))
+            .collect();
+        let held = encoding::decode_reusing(&encoded.head, |n| shards.get(n), None)
+            .expect("decode")
+            .hashes;
+        let mut objects = Objects::default();
+        objects.put(
+            "mail-directory",
+            config_map("mail-directory", &encoded.head),
+        );
+        for (name, data) in &shards {
+            objects.put("mail-directory", config_map(name, data));
+        }
+        // A newer content of the first shard, not yet named by a head.
+        let (first, data) = shards.iter().next().expect("a shard");
+        let mut newer = data.clone();
+        newer.insert("aliases.jsonl".into(), String::new());
+        objects.put("mail-directory", config_map(first, &newer));
+        objects.drop_held(&held);
+        assert_eq!(objects.shards.keys().collect::<Vec<_>>(), [first]);
+        assert_eq!(objects.hashes.keys().collect::<Vec<_>>(), [first]);
+        assert!(objects.head.is_some());
     }
 }
