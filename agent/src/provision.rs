@@ -129,22 +129,10 @@ impl Plan {
     }
 }
 
-/// Provision every mailbox of `directory` below the already-open `base`. Blocking; call it on a
-/// thread of its own (it switches that thread's file system identity while it works).
-pub fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> Vec<Report> {
-    let plan = Plan::new(directory);
-    directory
-        .mailboxes
-        .parts()
-        .iter()
-        .flat_map(|part| provision_part(base, base_path, part, &plan))
-        .collect()
-}
-
 /// Provision the mailboxes of one part of the mailbox table (a shard slot) as `plan` says: a
 /// round goes part by part, so it holds one part's reports at a time, and after a new version
-/// only the parts it does not share with the last version provisioned. Blocking, as
-/// [`provision_all`].
+/// only the parts it does not share with the last version provisioned. Blocking; call it on a
+/// thread of its own (it switches that thread's file system identity while it works).
 pub fn provision_part(
     base: &OwnedFd,
     base_path: &str,
@@ -169,8 +157,8 @@ pub fn provision_part(
         .collect()
 }
 
-/// Provision one mailbox, its parent directory's mode decided from this mailbox alone (see
-/// [`provision_all`] for a whole directory).
+/// Provision one mailbox, its parent directory's mode decided from this mailbox alone (a round
+/// decides it from every mailbox: [`Plan`]).
 pub fn provision_one(base: &OwnedFd, entry: &MailboxEntry, dotlock: bool) -> State {
     let modes = parent_modes([entry], dotlock);
     let mode = split_parent(&entry.path)
@@ -461,6 +449,17 @@ fn dotlock_possible(parent: &OwnedFd, leaf: &str, entry: &MailboxEntry) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every mailbox of `directory`, part by part, as a round does.
+    fn provision_all(base: &OwnedFd, base_path: &str, directory: &Directory) -> Vec<Report> {
+        let plan = Plan::new(directory);
+        directory
+            .mailboxes
+            .parts()
+            .iter()
+            .flat_map(|part| provision_part(base, base_path, part, &plan))
+            .collect()
+    }
     use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
     use virtmail_crds::directory::Deferral;
 

@@ -258,8 +258,9 @@ impl Context {
         Some((compiled, encoder, made, edited))
     }
 
-    /// Drop the snapshots and status tasks of servers no longer in the cache: a deleted server
-    /// is never reconciled again, and its snapshot holds a whole compiled directory.
+    /// Drop the snapshots, status tasks and shard listings of servers no longer in the cache: a
+    /// deleted server is never reconciled again, and its snapshot holds a whole compiled
+    /// directory.
     fn forget_deleted_servers(&self) {
         let exists = |key: &String| {
             let (namespace, name) = key.split_once('/').unwrap_or(("", key));
@@ -269,6 +270,7 @@ impl Context {
         };
         keep_servers(&self.snapshots, exists);
         keep_servers(&self.owed_statuses, exists);
+        keep_servers(&self.listed_shards, exists);
         self.member_status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
