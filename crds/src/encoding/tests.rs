@@ -15,11 +15,17 @@ fn shard_map(encoded: &Encoded) -> BTreeMap<String, Data> {
         .collect()
 }
 
-#[test]
-fn round_trip() {
-    let d = directory(1000);
+/// A directory of `mailboxes`, its encoding, and its shards by name.
+fn encoded_with_shards(mailboxes: usize) -> (Directory, Encoded, BTreeMap<String, Data>) {
+    let d = directory(mailboxes);
     let encoded = encode(&d);
     let shards = shard_map(&encoded);
+    (d, encoded, shards)
+}
+
+#[test]
+fn round_trip() {
+    let (d, encoded, shards) = encoded_with_shards(1000);
     let decoded = decode(&encoded.head, |n| shards.get(n)).expect("decode");
     assert_eq!(decoded, d);
     assert_eq!(encoded.head[KEY_SCHEMA], SCHEMA);
@@ -257,9 +263,7 @@ fn a_head_whose_slot_count_does_not_place_its_records_is_refused() {
     // The slot count is not part of the version, so a head edited to name another count still
     // matches its hashes; lookups would then miss records (and bounce mail), so every record
     // must hash to the slot it is in.
-    let d = directory(20_000);
-    let encoded = encode(&d);
-    let shards = shard_map(&encoded);
+    let (_, encoded, shards) = encoded_with_shards(20_000);
     let slots: usize = encoded.head[KEY_SLOTS].parse().expect("slot count");
     assert!(slots > 1);
     let mut forged = encoded.head.clone();
@@ -281,9 +285,7 @@ fn a_head_whose_slot_count_does_not_place_its_records_is_refused() {
 
 #[test]
 fn a_head_without_a_slot_count_decodes_whole() {
-    let d = directory(5_000);
-    let encoded = encode(&d);
-    let shards = shard_map(&encoded);
+    let (d, encoded, shards) = encoded_with_shards(5_000);
     let mut older = encoded.head.clone();
     older.remove(KEY_SLOTS);
     let decoded = decode_reusing(&older, |n| shards.get(n), None).expect("decode");

@@ -276,19 +276,13 @@ fn main() {
         assert_ne!(smtp.rcpt(&address).code, 250, "{address} exists already");
         let (tx, rx) = mpsc::channel();
         let start = Instant::now();
-        let deadline = start + SAMPLE_TIMEOUT;
         let poll = args.poll;
         let map_probe = {
-            let (map, address, tx) = (map.clone(), address.clone(), tx.clone());
-            std::thread::spawn(move || {
-                while Instant::now() < deadline {
-                    let reply = query_once(&map, &format!("mailbox {address}"));
-                    if reply.is_some_and(|r| r.starts_with("OK ")) {
-                        let _ = tx.send(("socketmap", start.elapsed()));
-                        return;
-                    }
-                    std::thread::sleep(poll);
-                }
+            let (map, address) = (map.clone(), address.clone());
+            spawn_probe("socketmap", start, poll, tx.clone(), move || {
+                query_once(&map, &format!("mailbox {address}"))
+                    .is_some_and(|r| r.starts_with("OK "))
+                    .then(|| start.elapsed())
             })
         };
         smtp.quit();
@@ -296,19 +290,13 @@ fn main() {
         // rejecting it (no 250 within 60 s while the agent answered OK), new sessions do not.
         let rcpt_probe = {
             let address = address.clone();
-            std::thread::spawn(move || {
-                while Instant::now() < deadline {
-                    let mut smtp = Smtp::connect(port);
-                    assert_eq!(smtp.mail(SENDER, "").code, 250);
-                    let accepted = smtp.rcpt(&address).code == 250;
-                    let elapsed = start.elapsed();
-                    smtp.quit();
-                    if accepted {
-                        let _ = tx.send(("rcpt", elapsed));
-                        return;
-                    }
-                    std::thread::sleep(poll);
-                }
+            spawn_probe("rcpt", start, poll, tx, move || {
+                let mut smtp = Smtp::connect(port);
+                assert_eq!(smtp.mail(SENDER, "").code, 250);
+                let accepted = smtp.rcpt(&address).code == 250;
+                let elapsed = start.elapsed();
+                smtp.quit();
+                accepted.then_some(elapsed)
             })
         };
         let applied = run_with_stdin(
@@ -369,6 +357,29 @@ fn main() {
     report(&args, &samples);
 }
 
+/// What a probe reports: which, and when (from the sample's start).
+type Accepted = (&'static str, Duration);
+
+/// Run `probe` on a thread of its own every `poll` until it reports the moment of acceptance,
+/// which is sent with `label`, or the sample times out (nothing is sent).
+fn spawn_probe(
+    label: &'static str,
+    start: Instant,
+    poll: Duration,
+    tx: mpsc::Sender<Accepted>,
+    mut probe: impl FnMut() -> Option<Duration> + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while start.elapsed() < SAMPLE_TIMEOUT {
+            if let Some(elapsed) = probe() {
+                let _ = tx.send((label, elapsed));
+                return;
+            }
+            std::thread::sleep(poll);
+        }
+    })
+}
+
 /// The agent's RCPT reply code for `address` in a new LMTP session.
 fn agent_rcpt(lmtp: &std::path::Path, address: &str) -> String {
     let mut session = Lmtp::session(lmtp);
@@ -399,14 +410,10 @@ fn edit_sample(
     let start = Instant::now();
     let probe = {
         let (lmtp, address) = (lmtp.to_path_buf(), address.clone());
-        std::thread::spawn(move || {
-            while start.elapsed() < SAMPLE_TIMEOUT {
-                if agent_rcpt(&lmtp, &address).starts_with("250") {
-                    let _ = tx.send(start.elapsed());
-                    return;
-                }
-                std::thread::sleep(poll);
-            }
+        spawn_probe("agent rcpt", start, poll, tx, move || {
+            agent_rcpt(&lmtp, &address)
+                .starts_with("250")
+                .then(|| start.elapsed())
         })
     };
     let patched = run(kubectl().args([
@@ -419,7 +426,7 @@ fn edit_sample(
     ]));
     let apply_call = start.elapsed();
     patched.expect("kubectl patch");
-    let to_agent = rx
+    let (_, to_agent) = rx
         .recv()
         .unwrap_or_else(|_| panic!("sample {n}: {address} not accepted within {SAMPLE_TIMEOUT:?}"));
     let _ = probe.join();
