@@ -153,7 +153,8 @@ pub struct Compiled {
     pub directory: Directory,
     /// One entry per problem, in input order within each kind.
     pub diagnostics: Vec<Diagnostic>,
-    /// Every object that belongs to this server (served or diagnosed).
+    /// Every object that belongs to this server (served or diagnosed), sorted (kind, then
+    /// name), so that an in-place change finds and places a member by binary search.
     pub members: Vec<ObjectRef>,
     /// Domains this server selects but an older MailServer of the namespace serves.
     pub ceded: Vec<CededDomain>,
@@ -327,6 +328,8 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
     compiler.catch_alls();
     compiler.alias_loops();
     compiler.pattern_loops();
+    compiler.members.sort_unstable();
+    compiler.members.dedup();
     Compiled {
         directory: compiler.directory,
         diagnostics: compiler.diagnostics,
@@ -501,16 +504,13 @@ impl<'a> Compiler<'a> {
                 continue;
             };
             if let Some(existing) = self.directory.mailboxes.get(&key) {
-                let message = format!("{key} is already defined by Mailbox/{}", existing.object);
+                let message = address_taken(&key, &existing.object);
                 self.diagnose(object, Reason::AddressConflict, Effect::Excluded, message);
                 continue;
             }
             let (entry, problem) = self.mailbox_entry(&key, mailbox, &object);
             let problem = problem.or_else(|| {
-                // The path and every name the agent derives from it: none may touch another
-                // mailbox's path or derived names.
-                let mut names = vec![(entry.path.trim_end_matches('/').to_string(), "the path")];
-                names.extend(derived_names(&entry.path, entry.format));
+                let names = claimed_names(&entry.path, entry.format);
                 let conflict = names.iter().find_map(|(name, what)| {
                     path_overlap(&claimed_paths, name).map(|other| (name, *what, other))
                 });
@@ -1132,6 +1132,19 @@ fn derived_names(path: &str, format: MailboxFormat) -> Vec<(String, &'static str
             ]
         }
     }
+}
+
+/// Why a Mailbox lost its address to an older one (`holder`).
+fn address_taken(key: &str, holder: &str) -> String {
+    format!("{key} is already defined by Mailbox/{holder}")
+}
+
+/// What a mailbox at `path` claims: the path and every name the agent derives from it. None
+/// may touch another mailbox's path or derived names.
+fn claimed_names(path: &str, format: MailboxFormat) -> Vec<(String, &'static str)> {
+    let mut names = vec![(path.trim_end_matches('/').to_string(), "the path")];
+    names.extend(derived_names(path, format));
+    names
 }
 
 /// The owner of a claimed path equal to, inside, or containing `path`.

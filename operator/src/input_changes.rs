@@ -1,7 +1,7 @@
 //! What changed among the compiler's inputs, and when. Every change moves one epoch (a snapshot
 //! compiled at epoch E is current while the epoch is still E) and is remembered for a while
-//! with its namespace and what it was, so that a reconcile can tell a run of in-place Mailbox
-//! edits, which it applies to the kept compile, from anything else, which needs a full one.
+//! with its namespace and what it was, so that a reconcile can tell a run of Mailbox changes,
+//! which it applies to the kept compile, from anything else, which needs a full one.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -14,9 +14,9 @@ const REMEMBERED: usize = 10_000;
 /// One change of a compiler input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// The Mailbox of this name was created or its spec or labels changed (not deleted).
+    /// The Mailbox of this name was created, deleted, or its spec or labels changed.
     Mailbox(String),
-    /// Anything else: a MailDomain or MailAlias, a deletion, a relist that lost objects.
+    /// Anything else: a MailDomain or MailAlias, a relist that lost objects.
     Other,
 }
 

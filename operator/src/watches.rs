@@ -84,14 +84,9 @@ fn uid_key<K: Resource>(object: &K) -> u64 {
     hasher.finish()
 }
 
-/// A Mailbox's change as the reconcile tells it apart: an edit it may apply in place, or a
-/// deletion under way (the object goes: a full compile).
+/// A Mailbox's change (created, edited or deleted), which the reconcile may apply in place.
 fn mailbox_change(mailbox: &Mailbox) -> Change {
-    if mailbox.meta().deletion_timestamp.is_some() {
-        Change::Other
-    } else {
-        Change::Mailbox(mailbox.name_any())
-    }
+    Change::Mailbox(mailbox.name_any())
 }
 
 /// What [`compiler_input_changes`] remembers of one object: 24 bytes, not the object.
@@ -165,7 +160,7 @@ where
                 }
                 Ok(watcher::Event::Delete(o)) => {
                     seen.remove(&uid_key(&o));
-                    vec![(o.meta().namespace.clone(), Change::Other)]
+                    vec![(o.meta().namespace.clone(), classify(&o))]
                 }
                 Ok(watcher::Event::Init) => {
                     for entry in seen.values_mut() {

@@ -94,6 +94,16 @@ impl MockApi {
         found[0]
     }
 
+    /// The ConfigMap of this name as last written.
+    fn config_map(&self, name: &str) -> Option<Value> {
+        self.0
+            .lock()
+            .expect("mock state")
+            .config_maps
+            .get(name)
+            .cloned()
+    }
+
     fn count(&self, method: &Method, path_end: &str) -> usize {
         self.log().iter().filter(|s| s.is(method, path_end)).count()
     }
@@ -405,5 +415,55 @@ async fn an_in_place_mailbox_edit_publishes_its_shard_and_only_its_status() {
         ),
         "{:?}",
         snapshot.made
+    );
+}
+
+#[tokio::test]
+async fn a_mailbox_created_and_one_deleted_are_applied_in_place() {
+    use crate::input_changes::Change;
+    let (api, server, ctx) = with_mailboxes(&["alice", "bob"]);
+    reconcile_and_publish_members(&ctx, &server).await;
+
+    // Bob goes and Carol comes: the caches hold both changes, the watches count them.
+    ctx.mailboxes
+        .apply(&Event::Delete(fixtures::mailbox("ns", "bob", 1, false)));
+    let carol = fixtures::mailbox("ns", "carol", 1, false);
+    api.hold(&carol);
+    ctx.mailboxes.apply(&Event::Apply(carol));
+    ctx.input_changes.record([
+        (Some("ns".into()), Change::Mailbox("bob".into())),
+        (Some("ns".into()), Change::Mailbox("carol".into())),
+    ]);
+    let before = api.log().len();
+    reconcile_and_publish_members(&ctx, &server).await;
+    let second: Vec<Seen> = api.log().split_off(before);
+    let count = |path_end: &str| second.iter().filter(|s| s.is(&PATCH, path_end)).count();
+    assert_eq!(count("/configmaps/mail-directory-00"), 1, "{second:#?}");
+    assert_eq!(count("/configmaps/mail-directory"), 1, "{second:#?}");
+    assert_eq!(count("/mailboxes/carol/status"), 1, "{second:#?}");
+    assert_eq!(count("/mailboxes/bob/status"), 0, "{second:#?}");
+    assert_eq!(count("/mailboxes/alice/status"), 0, "{second:#?}");
+    let snapshot = ctx.snapshots.lock().expect("snapshots")[&server_key(&server)].clone();
+    assert!(
+        matches!(
+            snapshot.made,
+            Made::InPlace {
+                entries: 2,
+                shards: 1,
+                copied: false
+            }
+        ),
+        "{:?}",
+        snapshot.made
+    );
+    let keys: Vec<&String> = snapshot.compiled.directory.mailboxes.keys().collect();
+    assert_eq!(keys, ["alice@example.test", "carol@example.test"]);
+    let shard = api
+        .config_map("mail-directory-00")
+        .expect("the shard was written")
+        .to_string();
+    assert!(
+        shard.contains("carol@example.test") && !shard.contains("bob@example.test"),
+        "{shard}"
     );
 }

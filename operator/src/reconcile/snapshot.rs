@@ -112,7 +112,7 @@ pub(super) struct Snapshot {
 pub(super) enum Made {
     /// Compiled and encoded from scratch.
     Full,
-    /// Mailbox edits applied to the previous snapshot; only their shards encoded again.
+    /// Mailbox changes applied to the previous snapshot; only their shards encoded again.
     InPlace {
         /// Mailbox entries that changed.
         entries: usize,
@@ -142,7 +142,7 @@ impl Snapshot {
 
 impl Context {
     /// The server's snapshot for these inputs: the kept one if its key still holds; else the
-    /// kept one with the Mailbox edits since applied in place, when those were all that
+    /// kept one with the Mailbox changes since applied in place, when those were all that
     /// changed (see [`recompile_mailbox`]); else a new compile. The outdated snapshot is let
     /// go first (with the status task that works from it), so the old and the new directory are
     /// never in memory together.
@@ -211,8 +211,8 @@ impl Context {
         snapshot
     }
 
-    /// The kept snapshot with the Mailbox edits since its epoch applied in place, or none when
-    /// anything else changed or an edit needs a full compile.
+    /// The kept snapshot with the Mailbox changes since its epoch (edits, creations, deletions)
+    /// applied in place, or none when anything else changed or a change needs a full compile.
     fn apply_mailbox_edits(
         &self,
         server: &MailServer,
@@ -237,10 +237,8 @@ impl Context {
         };
         let mut keys = Vec::new();
         for name in &names {
-            let mailbox = self.mailboxes.get(namespace, name)?;
-            if let Some(key) = recompile_mailbox(&mut compiled, inputs, &mailbox).ok()? {
-                keys.push(key);
-            }
+            let mailbox = self.mailboxes.get(namespace, name);
+            keys.extend(recompile_mailbox(&mut compiled, inputs, name, mailbox.as_deref()).ok()?);
         }
         let update = encoder.update_mailboxes(&compiled.directory, keys.iter().map(String::as_str));
         let made = Made::InPlace {
@@ -248,12 +246,15 @@ impl Context {
             shards: update.shards,
             copied,
         };
+        // Statuses are owed to the changed Mailboxes that are members now: a deleted one has
+        // none, and one of another server's domains is that server's to report.
         let edited = names
             .into_iter()
             .map(|name| ObjectRef {
                 kind: Kind::Mailbox,
                 name,
             })
+            .filter(|object| compiled.members.binary_search(object).is_ok())
             .collect();
         Some((compiled, encoder, made, edited))
     }

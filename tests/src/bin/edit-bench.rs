@@ -1,11 +1,12 @@
 //! Edit benchmark (not a test): the operator's CPU work for one Mailbox edit at N mailboxes,
 //! without an apiserver. Baseline in the same run: what every edit cost before in-place edits, a
 //! full compile and encode of the whole namespace. Measured: the same edit applied to the kept
-//! compile (`recompile_mailbox`) and encoding (`Encoder::update_mailboxes`). Each edit suspends
-//! or resumes another Mailbox; medians and p99 over the edits, and the ratio.
+//! compile (`recompile_mailbox`) and encoding (`Encoder::update_mailboxes`). The changes take
+//! turns: suspend or resume a Mailbox, create one at a new address, delete one. Medians and p99
+//! per kind of change, and the ratio.
 //!
 //! ```text
-//! cargo run --release -p virtmail-tests --bin edit-bench -- [N ...] [--edits E]   (default: 10000 100000, 50 edits)
+//! cargo run --release -p virtmail-tests --bin edit-bench -- [N ...] [--edits E]   (default: 10000 100000, 50 changes of each kind)
 //! ```
 
 use std::path::Path;
@@ -52,6 +53,58 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// One Mailbox change of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Suspend or resume a Mailbox (a spec edit that keeps the address).
+    Edit,
+    /// Create a Mailbox at a new address.
+    Create,
+    /// Delete a Mailbox.
+    Delete,
+}
+
+impl Change {
+    const ALL: [Change; 3] = [Change::Edit, Change::Create, Change::Delete];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Change::Edit => "edit",
+            Change::Create => "create",
+            Change::Delete => "delete",
+        }
+    }
+}
+
+/// Make `change` (the `round`th) in `resources`; the name of the Mailbox it touched.
+fn make(resources: &mut Resources, change: Change, round: usize) -> String {
+    let n = resources.mailboxes.len();
+    match change {
+        Change::Edit => {
+            let mailbox = &mut resources.mailboxes[(round * 7919) % n];
+            mailbox.spec.suspended = !mailbox.spec.suspended;
+            mailbox.metadata.name.clone().expect("named")
+        }
+        Change::Create => {
+            let name = format!("added{round}");
+            let manifest = mailbox(
+                &name,
+                &format!("address: added{round}@domain{}.test", round % 100),
+            );
+            let mut created = Resources::default();
+            created
+                .add_yaml(Path::new("created.yaml"), &manifest)
+                .expect("manifest");
+            resources.mailboxes.extend(created.mailboxes);
+            name
+        }
+        Change::Delete => {
+            let gone = resources.mailboxes.remove((round * 7919) % n);
+            gone.metadata.name.expect("named")
+        }
+    }
+}
+
 fn main() {
     let mut sizes = Vec::new();
     let mut edits = 50;
@@ -68,50 +121,58 @@ fn main() {
     }
     println!("machine: {}", machine_line());
     println!(
-        "| mailboxes | full compile + encode, median (ms, baseline) | p99 (ms) | in place, median (ms) | p99 (ms) | median ratio | shards encoded again per edit |"
+        "| mailboxes | change | full compile + encode, median (ms, baseline) | p99 (ms) | in place, median (ms) | p99 (ms) | median ratio | shards encoded again per change |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for n in sizes {
         eprintln!("{n} mailboxes …");
         let mut resources = namespace(n);
         let server = resources.server(None).expect("server");
         let mut compiled = compile(resources.inputs(&server));
         let mut encoder = Encoder::new(&compiled.directory);
-        let (mut full, mut in_place, mut shards) = (Vec::new(), Vec::new(), 0);
-        for edit in 0..edits {
-            let index = (edit * 7919) % n;
-            let spec = &mut resources.mailboxes[index].spec;
-            spec.suspended = !spec.suspended;
+        let mut samples: Vec<(Change, Duration, Duration, usize)> = Vec::new();
+        for round in 0..edits * Change::ALL.len() {
+            let change = Change::ALL[round % Change::ALL.len()];
+            let name = make(&mut resources, change, round);
 
             let started = Instant::now();
             let reference = compile(resources.inputs(&server));
             let reference_encoded = encode(&reference.directory);
-            full.push(started.elapsed());
+            let full = started.elapsed();
 
             let started = Instant::now();
-            let key = recompile_mailbox(
-                &mut compiled,
-                resources.inputs(&server),
-                &resources.mailboxes[index],
-            )
-            .expect("a suspension is applied in place");
-            let update = encoder.update_mailboxes(&compiled.directory, key.as_deref());
-            in_place.push(started.elapsed());
-            shards += update.shards;
+            let current = resources
+                .mailboxes
+                .iter()
+                .find(|m| m.metadata.name.as_deref() == Some(&name));
+            let keys = recompile_mailbox(&mut compiled, resources.inputs(&server), &name, current)
+                .unwrap_or_else(|_| panic!("a {} is applied in place", change.as_str()));
+            let update =
+                encoder.update_mailboxes(&compiled.directory, keys.iter().map(String::as_str));
+            let in_place = started.elapsed();
+            samples.push((change, full, in_place, update.shards));
 
             assert_eq!(compiled, reference, "in place equals a full compile");
             assert_eq!(encoder.encoded(), &reference_encoded, "and its encoding");
         }
-        let (full_median, in_place_median) = (percentile(&full, 0.5), percentile(&in_place, 0.5));
-        println!(
-            "| {n} | {:.1} | {:.1} | {:.2} | {:.2} | {:.4} | {:.1} |",
-            ms(full_median),
-            ms(percentile(&full, 0.99)),
-            ms(in_place_median),
-            ms(percentile(&in_place, 0.99)),
-            in_place_median.as_secs_f64() / full_median.as_secs_f64(),
-            shards as f64 / edits as f64,
-        );
+        for change in Change::ALL {
+            let of: Vec<_> = samples.iter().filter(|s| s.0 == change).collect();
+            let full: Vec<Duration> = of.iter().map(|s| s.1).collect();
+            let in_place: Vec<Duration> = of.iter().map(|s| s.2).collect();
+            let shards: usize = of.iter().map(|s| s.3).sum();
+            let (full_median, in_place_median) =
+                (percentile(&full, 0.5), percentile(&in_place, 0.5));
+            println!(
+                "| {n} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.4} | {:.1} |",
+                change.as_str(),
+                ms(full_median),
+                ms(percentile(&full, 0.99)),
+                ms(in_place_median),
+                ms(percentile(&in_place, 0.99)),
+                in_place_median.as_secs_f64() / full_median.as_secs_f64(),
+                shards as f64 / of.len() as f64,
+            );
+        }
     }
     println!(
         "command: cargo run --release -p virtmail-tests --bin edit-bench -- {}",

@@ -1,3 +1,4 @@
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -10,12 +11,13 @@ use crate::test_rng::Rng;
 
 const HEADER: &str = "apiVersion: virtmail.io/v1alpha1\n";
 
-/// A server's namespace with what makes compiles interesting: an address two Mailboxes claim,
-/// paths that overlap, a domain with a uid range, owners below the minimum, autoreplies, an
-/// alias and a catch-all pointing at mailboxes.
-fn resources(outbound: bool) -> Resources {
+/// A server's namespace. With `conflicts`, what makes compiles interesting: an address two
+/// Mailboxes claim, paths that overlap, owners below the minimum. Either way a domain with a uid
+/// range, a catch-all, autoreplies, an alias pointing at a mailbox, and a domain the server does
+/// not select (another server's).
+fn resources(outbound: bool, conflicts: bool) -> Resources {
     let mut y = format!(
-        "{HEADER}kind: MailServer\nmetadata: {{name: mail}}\nspec: {{minimumUid: 100{}}}\n",
+        "{HEADER}kind: MailServer\nmetadata: {{name: mail}}\nspec: {{minimumUid: 100, domainSelector: {{matchExpressions: [{{key: tier, operator: NotIn, values: [other]}}]}}{}}}\n",
         if outbound {
             ", outbound: {relayHost: \"[smtp.example.test]:587\"}"
         } else {
@@ -26,17 +28,27 @@ fn resources(outbound: bool) -> Resources {
         (0, ""),
         (1, ", uidRange: {min: 5000, max: 5099}"),
         (2, ", catchAll: user2@domain2.test"),
+        (3, ""),
     ] {
+        let labels = if d == 3 {
+            ", labels: {tier: other}"
+        } else {
+            ""
+        };
         y.push_str(&format!(
-            "---\n{HEADER}kind: MailDomain\nmetadata: {{name: d{d}}}\nspec: {{domain: domain{d}.test, postmaster: user{d}@domain{d}.test, defaults: {{uid: 5000, gid: 5000}}{extra}}}\n"
+            "---\n{HEADER}kind: MailDomain\nmetadata: {{name: d{d}{labels}}}\nspec: {{domain: domain{d}.test, postmaster: user{d}@domain{d}.test, defaults: {{uid: 5000, gid: 5000}}{extra}}}\n"
         ));
     }
     for i in 0..60 {
-        let mut spec = format!("address: user{}@domain{}.test", i % 50, i % 3);
-        if i % 3 == 0 {
+        let mut spec = if conflicts {
+            format!("address: user{}@domain{}.test", i % 50, i % 3)
+        } else {
+            format!("address: user{i}@domain{}.test", i % 3)
+        };
+        if conflicts && i % 3 == 0 {
             spec.push_str(&format!(", path: shared/p{}", i % 5));
         }
-        if i % 11 == 0 {
+        if conflicts && i % 11 == 0 {
             spec.push_str(", uid: 50");
         }
         y.push_str(&format!(
@@ -49,6 +61,24 @@ fn resources(outbound: bool) -> Resources {
     let mut resources = Resources::default();
     resources.add_yaml(Path::new("namespace.yaml"), &y).unwrap();
     resources
+}
+
+/// A new Mailbox: mostly a fresh address of a served domain; sometimes a taken one, another
+/// server's domain, an unknown domain, a postmaster, a catch-all or a shared path.
+fn new_mailbox(name: String, rng: &mut Rng) -> Mailbox {
+    let local = match rng.below(12) {
+        0 => "postmaster".to_string(),
+        1 => "user2".to_string(),
+        n => format!("user{}", 40 + n * 10 + rng.below(10)),
+    };
+    let mut spec = format!("address: {local}@domain{}.test", rng.below(5));
+    if rng.below(8) == 0 {
+        spec.push_str(&format!(", path: shared/p{}", rng.below(8)));
+    }
+    let y = format!("{HEADER}kind: Mailbox\nmetadata: {{name: {name}}}\nspec: {{{spec}}}\n");
+    let mut resources = Resources::default();
+    resources.add_yaml(Path::new("new.yaml"), &y).unwrap();
+    resources.mailboxes.pop().unwrap()
 }
 
 /// One random spec edit of a random Mailbox; most keep the address, as self-service edits do.
@@ -95,54 +125,105 @@ fn edit(mailbox: &mut Mailbox, rng: &mut Rng) {
     }
 }
 
+/// What one step did to the namespace.
+enum Step {
+    Edited,
+    Created,
+    Deleted,
+}
+
 #[test]
-fn in_place_mailbox_edits_equal_a_full_compile_after_every_step() {
-    let (mut in_place, mut full) = (0, 0);
-    for (seed, outbound) in [(1u64, true), (2, false), (3, true)] {
+fn in_place_mailbox_changes_equal_a_full_compile_after_every_step() {
+    // (step, applied in place) → how often.
+    let mut tally: BTreeMap<(&str, bool), usize> = BTreeMap::new();
+    for (seed, outbound, conflicts) in [
+        (1u64, true, true),
+        (2, false, true),
+        (3, true, false),
+        (4, false, false),
+        (5, true, false),
+    ] {
         let mut rng = Rng::new(seed);
-        let mut resources = resources(outbound);
+        let mut resources = resources(outbound, conflicts);
         let server = resources.server(None).unwrap();
         let mut compiled = compile(resources.inputs(&server));
-        assert!(
+        assert_eq!(
             compiled.diagnostics.len() > 5,
-            "the namespace has conflicts to keep"
+            conflicts,
+            "the namespace has conflicts to keep, or none"
         );
-        for step in 0..300 {
-            let index = rng.below(resources.mailboxes.len());
-            edit(&mut resources.mailboxes[index], &mut rng);
+        let mut created = 0;
+        for step in 0..400 {
+            let (kind, name) = match rng.below(10) {
+                0..=5 if !resources.mailboxes.is_empty() => {
+                    let index = rng.below(resources.mailboxes.len());
+                    edit(&mut resources.mailboxes[index], &mut rng);
+                    (Step::Edited, resources.mailboxes[index].name_any())
+                }
+                6..=7 => {
+                    created += 1;
+                    let name = format!("new{created}");
+                    resources
+                        .mailboxes
+                        .push(new_mailbox(name.clone(), &mut rng));
+                    (Step::Created, name)
+                }
+                _ if !resources.mailboxes.is_empty() => {
+                    let index = rng.below(resources.mailboxes.len());
+                    (Step::Deleted, resources.mailboxes.remove(index).name_any())
+                }
+                _ => continue,
+            };
+            let current = resources.mailboxes.iter().find(|m| m.name_any() == name);
             let reference = compile(resources.inputs(&server));
             let before = compiled.clone();
-            match recompile_mailbox(
-                &mut compiled,
-                resources.inputs(&server),
-                &resources.mailboxes[index],
-            ) {
+            let result =
+                recompile_mailbox(&mut compiled, resources.inputs(&server), &name, current);
+            let what = match kind {
+                Step::Edited => "edited",
+                Step::Created => "created",
+                Step::Deleted => "deleted",
+            };
+            *tally.entry((what, result.is_ok())).or_default() += 1;
+            match result {
                 Ok(changed) => {
-                    in_place += 1;
                     assert_eq!(
                         compiled, reference,
-                        "seed {seed}, step {step}: Mailbox/m{index} edited in place"
+                        "seed {seed}, step {step}: Mailbox/{name} {what} in place"
                     );
-                    let key = fold(&resources.mailboxes[index].spec.address);
+                    let differ: BTreeSet<&String> = before
+                        .directory
+                        .mailboxes
+                        .keys()
+                        .chain(compiled.directory.mailboxes.keys())
+                        .filter(|k| {
+                            before.directory.mailboxes.get(*k)
+                                != compiled.directory.mailboxes.get(*k)
+                        })
+                        .collect();
                     assert_eq!(
-                        changed.is_some(),
-                        before.directory.mailboxes.get(&key)
-                            != compiled.directory.mailboxes.get(&key),
-                        "the changed key is reported exactly when the entry changed"
+                        changed.iter().collect::<BTreeSet<_>>(),
+                        differ,
+                        "seed {seed}, step {step}: the changed keys are exactly the entries that changed"
                     );
                 }
                 Err(NeedsFullCompile) => {
-                    full += 1;
-                    assert_eq!(compiled, before, "a refused edit leaves the compile alone");
+                    assert_eq!(
+                        compiled, before,
+                        "a refused change leaves the compile alone"
+                    );
                     compiled = reference;
                 }
             }
         }
     }
-    // Both paths were taken, the in-place one more often (the edits here are harsher than
-    // self-service ones: a third of them break something).
-    assert!(
-        in_place > full && full > 20,
-        "in place {in_place}, full {full}"
-    );
+    // Every kind of change was taken both ways; in place more often than not (the changes here
+    // are harsher than self-service ones: many of them break something).
+    for what in ["edited", "created", "deleted"] {
+        let (in_place, full) = (tally[&(what, true)], tally[&(what, false)]);
+        assert!(
+            in_place > full && full > 10,
+            "{what}: in place {in_place}, full {full}; {tally:?}"
+        );
+    }
 }
