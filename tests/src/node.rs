@@ -102,9 +102,10 @@ pub fn wait_for(ns: &TestNamespace, object: &str, condition: &str, timeout: Dura
     };
     if let Err(e) = result {
         panic!(
-            "{object} in {} did not reach {condition} within {timeout:?}: {e}\n{}",
+            "{object} in {} did not reach {condition} within {timeout:?}: {e}\n{}\n{}",
             ns.name(),
-            describe(ns, object)
+            describe(ns, object),
+            node_report(ns.cluster(), ns.name())
         );
     }
 }
@@ -315,11 +316,61 @@ pub fn operator(cluster: &'static Cluster) {
         ]));
         if let Err(e) = out {
             panic!(
-                "helm install of the operator failed: {e}\n{}",
-                operator_logs(cluster)
+                "helm install of the operator failed: {e}\n{}\n{}",
+                operator_logs(cluster),
+                node_report(cluster, OPERATOR_NAMESPACE)
             );
         }
     });
+}
+
+/// Why pods of `namespace` may not run, for failure messages: their description, the node's
+/// conditions, the latest Events, and the tails of the kubelet's and containerd's logs.
+pub fn node_report(cluster: &Cluster, namespace: &str) -> String {
+    let mut out = String::new();
+    let mut section = |title: &str, text: Result<String, String>| {
+        out.push_str(&format!("--- {title}\n"));
+        out.push_str(&text.unwrap_or_else(|e| format!("({e})\n")));
+    };
+    let kubectl = |args: &[&str]| run(cluster.kubectl().args(args)).map_err(|e| e.to_string());
+    section("pods", kubectl(&["-n", namespace, "describe", "pods"]));
+    section(
+        "node",
+        kubectl(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*].status.conditions[*]}{.type}={.status} {.reason}: {.message}{\"\\n\"}{end}",
+        ]),
+    );
+    section(
+        "events",
+        kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]).map(|text| tail(&text, 40)),
+    );
+    let logs = cluster
+        .node()
+        .storage
+        .parent()
+        .map(|state| state.join("logs"))
+        .unwrap_or_default();
+    for component in ["kubelet", "containerd"] {
+        let path = logs.join(format!("{component}.log"));
+        section(
+            &format!("{} (tail)", path.display()),
+            std::fs::read_to_string(&path)
+                .map(|text| tail(&text, 40))
+                .map_err(|e| e.to_string()),
+        );
+    }
+    out
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let mut out = all[all.len().saturating_sub(lines)..].join("\n");
+    out.push('\n');
+    out
 }
 
 /// `helm uninstall`, waiting; a missing release is fine.
