@@ -749,10 +749,7 @@ impl<'a> Compiler<'a> {
                 },
             };
             if let Some(existing) = self.directory.aliases.get(&key) {
-                let message = format!(
-                    "{key} is already defined by MailAlias/{}",
-                    existing.object.as_deref().unwrap_or("?")
-                );
+                let message = alias_taken(&key, existing.object.as_deref().unwrap_or("?"));
                 self.diagnose(object, Reason::AddressConflict, Effect::Excluded, message);
                 continue;
             }
@@ -1139,6 +1136,11 @@ fn address_taken(key: &str, holder: &str) -> String {
     format!("{key} is already defined by Mailbox/{holder}")
 }
 
+/// Why a MailAlias lost its address to an older one (`holder`).
+fn alias_taken(key: &str, holder: &str) -> String {
+    format!("{key} is already defined by MailAlias/{holder}")
+}
+
 /// What a mailbox at `path` claims: the path and every name the agent derives from it. None
 /// may touch another mailbox's path or derived names.
 fn claimed_names(path: &str, format: MailboxFormat) -> Vec<(String, &'static str)> {
@@ -1230,7 +1232,7 @@ fn cyclic_nodes(edges: &[Vec<usize>]) -> Vec<bool> {
 }
 
 mod in_place;
-pub use in_place::{NeedsFullCompile, recompile_mailbox};
+pub use in_place::{NeedsFullCompile, recompile_alias, recompile_mailbox};
 
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ mod test_rng;
 
 pub use compile::{
     CededDomain, Compiled, Diagnostic, Effect, Inputs, Kind, NeedsFullCompile, ObjectRef, Objects,
-    Reason, compile, recompile_mailbox,
+    Reason, compile, recompile_alias, recompile_mailbox,
 };
 pub use directory::Directory;
 pub use resources::*;

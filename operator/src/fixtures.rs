@@ -1,7 +1,9 @@
 //! Objects the unit tests share.
 
 use serde_json::json;
-use virtmail_crds::{Compiled, Inputs, MailDomain, MailServer, Mailbox, Objects, compile};
+use virtmail_crds::{
+    Compiled, Inputs, MailAlias, MailDomain, MailServer, Mailbox, Objects, compile,
+};
 
 /// A Mailbox `name@example.test`, `Ready` or without conditions.
 pub fn mailbox(namespace: &str, name: &str, generation: i64, ready: bool) -> Mailbox {
@@ -58,4 +60,16 @@ pub fn domain(namespace: &str) -> MailDomain {
                  "defaults": {"uid": 5000, "gid": 5000, "format": "Mbox"}},
     }))
     .expect("a MailDomain")
+}
+
+/// A MailAlias of `address` forwarding to `to`.
+pub fn alias(namespace: &str, name: &str, address: &str, to: &str) -> MailAlias {
+    serde_json::from_value(json!({
+        "apiVersion": "virtmail.io/v1alpha1",
+        "kind": "MailAlias",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{namespace}-{name}"),
+                     "generation": 1},
+        "spec": {"address": address, "to": [to]},
+    }))
+    .expect("a MailAlias")
 }

@@ -1,7 +1,7 @@
 //! What changed among the compiler's inputs, and when. Every change moves one epoch (a snapshot
 //! compiled at epoch E is current while the epoch is still E) and is remembered for a while
-//! with its namespace and what it was, so that a reconcile can tell a run of Mailbox changes,
-//! which it applies to the kept compile, from anything else, which needs a full one.
+//! with its namespace and what it was, so that a reconcile can tell a run of Mailbox and MailAlias
+//! changes, which it applies to the kept compile, from anything else, which needs a full one.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -16,8 +16,17 @@ const REMEMBERED: usize = 10_000;
 pub enum Change {
     /// The Mailbox of this name was created, deleted, or its spec or labels changed.
     Mailbox(String),
-    /// Anything else: a MailDomain or MailAlias, a relist that lost objects.
+    /// The MailAlias of this name was created, deleted, or its spec or labels changed.
+    Alias(String),
+    /// Anything else: a MailDomain, a relist that lost objects.
     Other,
+}
+
+/// The Mailboxes and MailAliases of one namespace that changed, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberChanges {
+    pub mailboxes: BTreeSet<String>,
+    pub aliases: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -64,26 +73,30 @@ impl InputChanges {
         }
     }
 
-    /// The Mailboxes of `namespace` changed after epoch `since`, when those were all the changes
-    /// there (none when something else changed, or the log no longer reaches back that far).
-    pub fn mailbox_edits_since(&self, namespace: &str, since: u64) -> Option<BTreeSet<String>> {
+    /// The Mailboxes and MailAliases of `namespace` changed after epoch `since`, when those
+    /// were all the changes there (none when something else changed, or the log no longer
+    /// reaches back that far).
+    pub fn member_changes_since(&self, namespace: &str, since: u64) -> Option<MemberChanges> {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         if since < log.forgotten {
             return None;
         }
-        let mut names = BTreeSet::new();
+        let mut changes = MemberChanges::default();
         for entry in log.entries.iter().filter(|e| e.epoch > since) {
             if entry.namespace.as_deref() != Some(namespace) {
                 continue;
             }
             match &entry.change {
                 Change::Mailbox(name) => {
-                    names.insert(name.clone());
+                    changes.mailboxes.insert(name.clone());
+                }
+                Change::Alias(name) => {
+                    changes.aliases.insert(name.clone());
                 }
                 Change::Other => return None,
             }
         }
-        Some(names)
+        Some(changes)
     }
 }
 
@@ -95,29 +108,37 @@ mod tests {
         (Some(namespace.into()), Change::Mailbox(name.into()))
     }
 
+    fn mailboxes(names: &[&str]) -> Option<MemberChanges> {
+        Some(MemberChanges {
+            mailboxes: names.iter().map(|n| n.to_string()).collect(),
+            aliases: BTreeSet::new(),
+        })
+    }
+
     #[test]
-    fn mailbox_edits_are_told_apart_from_anything_else_per_namespace() {
+    fn member_changes_are_told_apart_from_anything_else_per_namespace() {
         let changes = InputChanges::default();
         changes.record([mailbox("a", "alice")]);
         let since = changes.epoch();
         changes.record([mailbox("a", "bob")]);
         changes.record([mailbox("a", "alice")]);
+        changes.record([(Some("a".into()), Change::Alias("sales".into()))]);
         changes.record([(Some("b".into()), Change::Other)]);
-        assert_eq!(changes.epoch(), 4);
+        assert_eq!(changes.epoch(), 5);
         assert_eq!(
-            changes.mailbox_edits_since("a", since),
-            Some(BTreeSet::from(["alice".to_string(), "bob".to_string()]))
+            changes.member_changes_since("a", since),
+            Some(MemberChanges {
+                mailboxes: BTreeSet::from(["alice".to_string(), "bob".to_string()]),
+                aliases: BTreeSet::from(["sales".to_string()]),
+            })
         );
-        assert_eq!(changes.mailbox_edits_since("b", since), None);
-        assert_eq!(
-            changes.mailbox_edits_since("c", since),
-            Some(BTreeSet::new())
-        );
+        assert_eq!(changes.member_changes_since("b", since), None);
+        assert_eq!(changes.member_changes_since("c", since), mailboxes(&[]));
         changes.record([(Some("a".into()), Change::Other)]);
-        assert_eq!(changes.mailbox_edits_since("a", since), None);
+        assert_eq!(changes.member_changes_since("a", since), None);
         assert_eq!(
-            changes.mailbox_edits_since("a", changes.epoch()),
-            Some(BTreeSet::new())
+            changes.member_changes_since("a", changes.epoch()),
+            mailboxes(&[])
         );
     }
 
@@ -127,11 +148,11 @@ mod tests {
         for _ in 0..REMEMBERED + 5 {
             changes.record([mailbox("a", "alice")]);
         }
-        assert_eq!(changes.mailbox_edits_since("a", 2), None);
+        assert_eq!(changes.member_changes_since("a", 2), None);
         let recent = changes.epoch() - 3;
         assert_eq!(
-            changes.mailbox_edits_since("a", recent),
-            Some(BTreeSet::from(["alice".to_string()]))
+            changes.member_changes_since("a", recent),
+            mailboxes(&["alice"])
         );
     }
 }

@@ -371,7 +371,9 @@ pub async fn run(
             move |o: PartialObjectMeta<Mailbox>| servers_in(&s2, o.namespace()),
         )
         .watches_stream(
-            compiler_input_changes(alias_stream, input_changes, |_| Change::Other),
+            compiler_input_changes(alias_stream, input_changes, |alias| {
+                Change::Alias(alias.name_any())
+            }),
             move |o: PartialObjectMeta<MailAlias>| servers_in(&s3, o.namespace()),
         )
         .graceful_shutdown_on(shutdown)

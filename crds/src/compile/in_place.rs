@@ -20,6 +20,15 @@
 //! - the members list is sorted, so a member comes and goes in place; diagnostics keep the
 //!   compile's order, so a change that makes one appear is not applied in place.
 //!
+//! A MailAlias (not a pattern) comes, goes or changes in place the same way
+//! ([`recompile_alias`]): its address and its alias graph component are all it can touch. Its
+//! old entry goes and its new one comes unless a younger MailAlias lost the address to it, the
+//! address is a domain's `postmaster@` (the implied alias), its domain has pattern aliases
+//! (whose loop check resolves addresses through exact aliases), the new entry has a problem of
+//! its own, or the new targets lead back to it through other aliases (a loop, whose diagnostics
+//! only a full compile orders). While any alias loop is reported, every alias change compiles
+//! from scratch.
+//!
 //! Anything else is [`NeedsFullCompile`]: the caller compiles from scratch, which stays the
 //! reference. A property test holds every in-place result to a full compile of the same inputs.
 
@@ -28,12 +37,12 @@ use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
 use super::{
-    Compiled, Compiler, Inputs, Kind, ObjectRef, Reason, address_taken, claimed_names, fold,
-    in_namespace, path_overlap,
+    Compiled, Compiler, Inputs, Kind, ObjectRef, Reason, address_taken, alias_taken, claimed_names,
+    fold, in_namespace, path_overlap,
 };
 use crate::address;
-use crate::directory::{MailboxEntry, pattern};
-use crate::resources::{MailDomain, Mailbox};
+use crate::directory::{AliasEntry, MailboxEntry, pattern};
+use crate::resources::{MailAlias, MailDomain, Mailbox};
 
 /// The change cannot be applied in place; compile from scratch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +110,193 @@ pub fn recompile_mailbox(
         }
     }
     Ok(changed.into_iter().map(|(key, _)| key).collect())
+}
+
+/// Apply the current state of the MailAlias `name` (`None`: deleted) to `compiled`, as
+/// [`recompile_mailbox`] does for a Mailbox. Returns the alias keys whose entries were added,
+/// removed or changed.
+pub fn recompile_alias(
+    compiled: &mut Compiled,
+    inputs: Inputs<'_>,
+    name: &str,
+    alias: Option<&MailAlias>,
+) -> Result<Vec<String>, NeedsFullCompile> {
+    let object = ObjectRef {
+        kind: Kind::MailAlias,
+        name: name.to_string(),
+    };
+    let namespace = inputs.server.meta().namespace.as_deref();
+    let alias = alias.filter(|a| in_namespace(namespace, a.meta()));
+    let new_key = alias.map(|a| fold(&a.spec.address));
+    let old_key = if compiled.members.binary_search(&object).is_ok() {
+        Some(held_alias_key(compiled, name, new_key.as_deref()).ok_or(NeedsFullCompile)?)
+    } else {
+        None
+    };
+    let loops = compiled
+        .diagnostics
+        .iter()
+        .any(|d| d.reason == Reason::AliasLoop);
+    if loops {
+        return Err(NeedsFullCompile);
+    }
+    if let Some(old) = &old_key {
+        check_alias_removal(compiled, &object, old)?;
+    }
+    let added = match alias {
+        Some(alias) => alias_addition(compiled, inputs, &object, alias)?,
+        None => None,
+    };
+    let mut changed = Vec::new();
+    if let Some(old) = old_key {
+        let entry = compiled.directory.aliases.remove(&old);
+        compiled.diagnostics.retain(|d| d.object != object);
+        if let Ok(index) = compiled.members.binary_search(&object) {
+            compiled.members.remove(index);
+        }
+        changed.push((old, entry));
+    }
+    if let Some((key, entry)) = added {
+        match changed.iter().position(|(old, _)| *old == key) {
+            Some(same) if changed[same].1.as_ref() == Some(&entry) => {
+                changed.remove(same);
+            }
+            Some(_) => {}
+            None => changed.push((key.clone(), None)),
+        }
+        compiled.directory.aliases.insert(key, entry);
+        if let Err(index) = compiled.members.binary_search(&object) {
+            compiled.members.insert(index, object);
+        }
+    }
+    Ok(changed.into_iter().map(|(key, _)| key).collect())
+}
+
+/// The alias key `name` holds, as [`held_key`] finds a mailbox's.
+fn held_alias_key(compiled: &Compiled, name: &str, current: Option<&str>) -> Option<String> {
+    let aliases = &compiled.directory.aliases;
+    let holds = |entry: &AliasEntry| entry.object.as_deref() == Some(name);
+    if let Some(key) = current
+        && aliases.get(key).is_some_and(holds)
+    {
+        return Some(key.to_string());
+    }
+    aliases
+        .iter()
+        .find(|(_, entry)| holds(entry))
+        .map(|(key, _)| key.clone())
+}
+
+/// Whether an exact alias at `key` may come or go without another pass noticing: it is no
+/// domain's `postmaster@` and no pattern alias of its domain resolves addresses through it.
+fn alias_key_is_plain(compiled: &Compiled, key: &str) -> bool {
+    let Some((local, domain)) = address::split(key) else {
+        return false;
+    };
+    local != "postmaster" && pattern::key_pattern(key).is_none() && !has_patterns(compiled, domain)
+}
+
+/// Whether `domain` has pattern aliases.
+fn has_patterns(compiled: &Compiled, domain: &str) -> bool {
+    let prefix = pattern::key_prefix(domain);
+    compiled
+        .directory
+        .aliases
+        .range(prefix.clone()..)
+        .next()
+        .is_some_and(|(k, _)| k.starts_with(&prefix))
+}
+
+/// Removing `object`'s alias at `key` changes nothing but its own entry, diagnostics and
+/// membership (with no loop anywhere, a removal cannot make or break one).
+fn check_alias_removal(
+    compiled: &Compiled,
+    object: &ObjectRef,
+    key: &str,
+) -> Result<(), NeedsFullCompile> {
+    let taken = alias_taken(key, &object.name);
+    let lost = compiled.diagnostics.iter().any(|d| {
+        d.object.kind == Kind::MailAlias
+            && d.reason == Reason::AddressConflict
+            && d.message == taken
+    });
+    if lost || !alias_key_is_plain(compiled, key) {
+        return Err(NeedsFullCompile);
+    }
+    Ok(())
+}
+
+/// A MailAlias the compile did not hold (or held elsewhere): its entry when it takes an address
+/// of a served domain nobody else holds, with valid targets that do not lead back to it; `None`
+/// when its address belongs to another server's domain.
+fn alias_addition(
+    compiled: &Compiled,
+    inputs: Inputs<'_>,
+    object: &ObjectRef,
+    alias: &MailAlias,
+) -> Result<Option<(String, AliasEntry)>, NeedsFullCompile> {
+    let key = fold(&alias.spec.address);
+    let (local, domain) = address::split(&key).ok_or(NeedsFullCompile)?;
+    let syntax_ok = if local.is_empty() {
+        address::valid_domain(domain)
+    } else {
+        address::valid_address(&key)
+    };
+    if !syntax_ok || alias.spec.pattern.is_some() {
+        return Err(NeedsFullCompile);
+    }
+    if !compiled.directory.domains.contains_key(domain) {
+        return if known_domain(inputs, domain) {
+            Ok(None)
+        } else {
+            Err(NeedsFullCompile)
+        };
+    }
+    let taken = compiled
+        .directory
+        .aliases
+        .get(&key)
+        .is_some_and(|e| e.object.as_deref() != Some(object.name.as_str()));
+    let valid_targets =
+        !alias.spec.to.is_empty() && alias.spec.to.iter().all(|t| address::valid_address(t));
+    if taken || !valid_targets || !alias_key_is_plain(compiled, &key) {
+        return Err(NeedsFullCompile);
+    }
+    if leads_back(compiled, &key, &alias.spec.to) {
+        return Err(NeedsFullCompile);
+    }
+    Ok(Some((
+        key,
+        AliasEntry {
+            to: alias.spec.to.clone(),
+            defer: None,
+            object: Some(object.name.clone()),
+        },
+    )))
+}
+
+/// Whether `targets` (other than `key` itself, the "keep a copy" idiom) reach `key` through
+/// exact aliases: the loop check of the component the new edges join.
+fn leads_back(compiled: &Compiled, key: &str, targets: &[String]) -> bool {
+    let aliases = &compiled.directory.aliases;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<String> = targets
+        .iter()
+        .map(|t| fold(t))
+        .filter(|t| t != key)
+        .collect();
+    while let Some(node) = stack.pop() {
+        if node == key {
+            return true;
+        }
+        if !seen.insert(node.clone()) {
+            continue;
+        }
+        if let Some(entry) = aliases.get(&node) {
+            stack.extend(entry.to.iter().map(|t| fold(t)).filter(|t| *t != node));
+        }
+    }
+    false
 }
 
 /// The key of the entry `name` holds: found at its current address when it still holds that,
@@ -190,16 +386,29 @@ fn touches_claims(
         .into_iter()
         .map(|(name, _)| (name, String::new()))
         .collect();
+    // Names that touch share their first component (equal, or one inside the other), and a
+    // mailbox's derived names lie beside its path: a mailbox below a directory none of ours
+    // starts with is passed over without building its names.
+    let firsts: Vec<&str> = mine.keys().map(|n| first_component(n)).collect();
     compiled
         .directory
         .mailboxes
         .values()
         .filter(|other| other.object != name && counts(other))
+        .filter(|other| {
+            let path = other.path.trim_end_matches('/');
+            !path.contains('/') || firsts.contains(&first_component(path))
+        })
         .any(|other| {
             claimed_names(&other.path, other.format)
                 .iter()
                 .any(|(name, _)| path_overlap(&mine, name).is_some())
         })
+}
+
+/// A relative path's first component.
+fn first_component(path: &str) -> &str {
+    path.split('/').next().unwrap_or(path)
 }
 
 /// The served domain of `key` and its MailDomain, when `key` is a valid mailbox address.

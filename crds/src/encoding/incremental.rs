@@ -170,14 +170,26 @@ impl Encoder {
         new: &Directory,
         keys: impl IntoIterator<Item = &'k str>,
     ) -> Update {
-        let changes = keys
-            .into_iter()
-            .map(|key| {
-                let line = new.mailboxes.get(key).map(|e| mailbox_line(key, e));
-                (1, key.to_string(), line)
-            })
-            .collect();
-        self.apply(new, changes)
+        self.update_entries(new, keys, [])
+    }
+
+    /// Move to `new`, which differs from the directory this encoder last encoded at most in
+    /// the mailbox entries `mailboxes` and the alias entries `aliases` (and the settings).
+    pub fn update_entries<'k>(
+        &mut self,
+        new: &Directory,
+        mailboxes: impl IntoIterator<Item = &'k str>,
+        aliases: impl IntoIterator<Item = &'k str>,
+    ) -> Update {
+        let mailboxes = mailboxes.into_iter().map(|key| {
+            let line = new.mailboxes.get(key).map(|e| mailbox_line(key, e));
+            (1, key.to_string(), line)
+        });
+        let aliases = aliases.into_iter().map(|key| {
+            let line = new.aliases.get(key).map(|e| alias_line(key, e));
+            (2, key.to_string(), line)
+        });
+        self.apply(new, mailboxes.chain(aliases).collect())
     }
 
     fn apply(&mut self, new: &Directory, changes: Vec<Change>) -> Update {

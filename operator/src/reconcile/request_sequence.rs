@@ -467,3 +467,42 @@ async fn a_mailbox_created_and_one_deleted_are_applied_in_place() {
         "{shard}"
     );
 }
+
+#[tokio::test]
+async fn a_mail_alias_created_is_applied_in_place() {
+    use crate::input_changes::Change;
+    let (api, server, ctx) = with_mailboxes(&["alice", "bob"]);
+    reconcile_and_publish_members(&ctx, &server).await;
+
+    let sales = fixtures::alias("ns", "sales", "sales@example.test", "bob@example.test");
+    api.hold(&sales);
+    ctx.aliases.apply(&Event::Apply(sales));
+    ctx.input_changes
+        .record([(Some("ns".into()), Change::Alias("sales".into()))]);
+    let before = api.log().len();
+    reconcile_and_publish_members(&ctx, &server).await;
+    let second: Vec<Seen> = api.log().split_off(before);
+    let count = |path_end: &str| second.iter().filter(|s| s.is(&PATCH, path_end)).count();
+    assert_eq!(count("/configmaps/mail-directory-00"), 1, "{second:#?}");
+    assert_eq!(count("/configmaps/mail-directory"), 1, "{second:#?}");
+    assert_eq!(count("/mailaliases/sales/status"), 1, "{second:#?}");
+    assert_eq!(count("/mailboxes/bob/status"), 0, "{second:#?}");
+    let snapshot = ctx.snapshots.lock().expect("snapshots")[&server_key(&server)].clone();
+    assert!(
+        matches!(
+            snapshot.made,
+            Made::InPlace {
+                entries: 1,
+                shards: 1,
+                copied: false
+            }
+        ),
+        "{:?}",
+        snapshot.made
+    );
+    let shard = api
+        .config_map("mail-directory-00")
+        .expect("the shard was written")
+        .to_string();
+    assert!(shard.contains("sales@example.test"), "{shard}");
+}

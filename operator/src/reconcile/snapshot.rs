@@ -11,7 +11,7 @@ use tracing::info;
 use virtmail_crds::encoding::{self, Encoder};
 use virtmail_crds::{
     Compiled, Inputs, Kind, MailAlias, MailDomain, MailServer, Mailbox, ObjectRef, Objects,
-    compile, recompile_mailbox,
+    compile, recompile_alias, recompile_mailbox,
 };
 
 use super::status::Owed;
@@ -112,9 +112,10 @@ pub(super) struct Snapshot {
 pub(super) enum Made {
     /// Compiled and encoded from scratch.
     Full,
-    /// Mailbox changes applied to the previous snapshot; only their shards encoded again.
+    /// Mailbox and MailAlias changes applied to the previous snapshot; only their shards
+    /// encoded again.
     InPlace {
-        /// Mailbox entries that changed.
+        /// Mailbox and alias entries that changed.
         entries: usize,
         /// Shards encoded again.
         shards: usize,
@@ -142,8 +143,8 @@ impl Snapshot {
 
 impl Context {
     /// The server's snapshot for these inputs: the kept one if its key still holds; else the
-    /// kept one with the Mailbox changes since applied in place, when those were all that
-    /// changed (see [`recompile_mailbox`]); else a new compile. The outdated snapshot is let
+    /// kept one with the Mailbox and MailAlias changes since applied in place, when those were
+    /// all that changed (see [`recompile_mailbox`], [`recompile_alias`]); else a new compile. The outdated snapshot is let
     /// go first (with the status task that works from it), so the old and the new directory are
     /// never in memory together.
     pub(super) async fn snapshot(&self, server: &MailServer, namespace: &str) -> Arc<Snapshot> {
@@ -211,17 +212,17 @@ impl Context {
         snapshot
     }
 
-    /// The kept snapshot with the Mailbox changes since its epoch (edits, creations, deletions)
-    /// applied in place, or none when anything else changed or a change needs a full compile.
+    /// The kept snapshot with the Mailbox and MailAlias changes since its epoch (edits,
+    /// creations, deletions) applied in place, or none when anything else changed or a change needs a full compile.
     fn apply_mailbox_edits(
         &self,
         server: &MailServer,
         namespace: &str,
         kept: Arc<Snapshot>,
     ) -> Option<(Compiled, Encoder, Made, BTreeSet<ObjectRef>)> {
-        let names = self
+        let changes = self
             .input_changes
-            .mailbox_edits_since(namespace, kept.key.epoch)?;
+            .member_changes_since(namespace, kept.key.epoch)?;
         // Ours alone unless a reconcile still holds it; then a copy.
         let (mut compiled, mut encoder, copied) = match Arc::try_unwrap(kept) {
             Ok(kept) => (kept.compiled, kept.encoder, false),
@@ -235,25 +236,41 @@ impl Context {
             mailboxes: Objects::Slice(&[]),
             aliases: Objects::Slice(&[]),
         };
-        let mut keys = Vec::new();
-        for name in &names {
+        // Mailboxes first, then aliases: each step starts from the compile of the inputs as
+        // the steps before it left them.
+        let mut mailbox_keys = Vec::new();
+        for name in &changes.mailboxes {
             let mailbox = self.mailboxes.get(namespace, name);
-            keys.extend(recompile_mailbox(&mut compiled, inputs, name, mailbox.as_deref()).ok()?);
+            mailbox_keys
+                .extend(recompile_mailbox(&mut compiled, inputs, name, mailbox.as_deref()).ok()?);
         }
-        let update = encoder.update_mailboxes(&compiled.directory, keys.iter().map(String::as_str));
+        let mut alias_keys = Vec::new();
+        for name in &changes.aliases {
+            let alias = self.aliases.get(namespace, name);
+            alias_keys.extend(recompile_alias(&mut compiled, inputs, name, alias.as_deref()).ok()?);
+        }
+        let update = encoder.update_entries(
+            &compiled.directory,
+            mailbox_keys.iter().map(String::as_str),
+            alias_keys.iter().map(String::as_str),
+        );
         let made = Made::InPlace {
-            entries: keys.len(),
+            entries: mailbox_keys.len() + alias_keys.len(),
             shards: update.shards,
             copied,
         };
-        // Statuses are owed to the changed Mailboxes that are members now: a deleted one has
+        // Statuses are owed to the changed objects that are members now: a deleted one has
         // none, and one of another server's domains is that server's to report.
-        let edited = names
-            .into_iter()
-            .map(|name| ObjectRef {
-                kind: Kind::Mailbox,
-                name,
-            })
+        let mailboxes = changes.mailboxes.into_iter().map(|name| ObjectRef {
+            kind: Kind::Mailbox,
+            name,
+        });
+        let aliases = changes.aliases.into_iter().map(|name| ObjectRef {
+            kind: Kind::MailAlias,
+            name,
+        });
+        let edited = mailboxes
+            .chain(aliases)
             .filter(|object| compiled.members.binary_search(object).is_ok())
             .collect();
         Some((compiled, encoder, made, edited))

@@ -2,8 +2,9 @@
 //! without an apiserver. Baseline in the same run: what every edit cost before in-place edits, a
 //! full compile and encode of the whole namespace. Measured: the same edit applied to the kept
 //! compile (`recompile_mailbox`) and encoding (`Encoder::update_mailboxes`). The changes take
-//! turns: suspend or resume a Mailbox, create one at a new address, delete one. Medians and p99
-//! per kind of change, and the ratio.
+//! turns: suspend or resume a Mailbox, create one at a new address, delete one, create a
+//! MailAlias forwarding a new address to a Mailbox. Medians and p99 per kind of change, and the
+//! ratio.
 //!
 //! ```text
 //! cargo run --release -p virtmail-tests --bin edit-bench -- [N ...] [--edits E]   (default: 10000 100000, 50 changes of each kind)
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use virtmail_crds::encoding::{Encoder, encode};
 use virtmail_crds::manifests::Resources;
-use virtmail_crds::{compile, recompile_mailbox};
-use virtmail_tests::fixtures::{mail_domain, mail_server, mailbox, stream};
+use virtmail_crds::{compile, recompile_alias, recompile_mailbox};
+use virtmail_tests::fixtures::{mail_alias, mail_domain, mail_server, mailbox, stream};
 use virtmail_tests::process::machine_line;
 
 /// A namespace of `n` Mailboxes over 100 domains, as the operator's caches hold it.
@@ -62,16 +63,19 @@ enum Change {
     Create,
     /// Delete a Mailbox.
     Delete,
+    /// Create a MailAlias forwarding a new address to a Mailbox.
+    Alias,
 }
 
 impl Change {
-    const ALL: [Change; 3] = [Change::Edit, Change::Create, Change::Delete];
+    const ALL: [Change; 4] = [Change::Edit, Change::Create, Change::Delete, Change::Alias];
 
     fn as_str(self) -> &'static str {
         match self {
             Change::Edit => "edit",
             Change::Create => "create",
             Change::Delete => "delete",
+            Change::Alias => "alias",
         }
     }
 }
@@ -101,6 +105,23 @@ fn make(resources: &mut Resources, change: Change, round: usize) -> String {
         Change::Delete => {
             let gone = resources.mailboxes.remove((round * 7919) % n);
             gone.metadata.name.expect("named")
+        }
+        Change::Alias => {
+            let name = format!("forward{round}");
+            let target = resources.mailboxes[(round * 7919) % n].spec.address.clone();
+            let manifest = mail_alias(
+                &name,
+                &format!(
+                    "address: forward{round}@domain{}.test, to: [\"{target}\"]",
+                    round % 100
+                ),
+            );
+            let mut created = Resources::default();
+            created
+                .add_yaml(Path::new("created.yaml"), &manifest)
+                .expect("manifest");
+            resources.aliases.extend(created.aliases);
+            name
         }
     }
 }
@@ -141,14 +162,24 @@ fn main() {
             let full = started.elapsed();
 
             let started = Instant::now();
-            let current = resources
-                .mailboxes
-                .iter()
-                .find(|m| m.metadata.name.as_deref() == Some(&name));
-            let keys = recompile_mailbox(&mut compiled, resources.inputs(&server), &name, current)
-                .unwrap_or_else(|_| panic!("a {} is applied in place", change.as_str()));
-            let update =
-                encoder.update_mailboxes(&compiled.directory, keys.iter().map(String::as_str));
+            let inputs = resources.inputs(&server);
+            let update = if change == Change::Alias {
+                let current = resources
+                    .aliases
+                    .iter()
+                    .find(|a| a.metadata.name.as_deref() == Some(&name));
+                let keys = recompile_alias(&mut compiled, inputs, &name, current)
+                    .unwrap_or_else(|_| panic!("an alias is applied in place"));
+                encoder.update_entries(&compiled.directory, [], keys.iter().map(String::as_str))
+            } else {
+                let current = resources
+                    .mailboxes
+                    .iter()
+                    .find(|m| m.metadata.name.as_deref() == Some(&name));
+                let keys = recompile_mailbox(&mut compiled, inputs, &name, current)
+                    .unwrap_or_else(|_| panic!("a {} is applied in place", change.as_str()));
+                encoder.update_mailboxes(&compiled.directory, keys.iter().map(String::as_str))
+            };
             let in_place = started.elapsed();
             samples.push((change, full, in_place, update.shards));
 
