@@ -41,7 +41,7 @@ use super::{
     fold, in_namespace, path_overlap,
 };
 use crate::address;
-use crate::directory::{AliasEntry, MailboxEntry, pattern};
+use crate::directory::{AliasEntry, Directory, MailboxEntry, Table, pattern};
 use crate::resources::{MailAlias, MailDomain, Mailbox};
 
 /// The change cannot be applied in place; compile from scratch.
@@ -87,9 +87,27 @@ pub fn recompile_mailbox(
         Some(mailbox) => addition(compiled, inputs, &object, mailbox)?,
         None => None,
     };
+    Ok(replace_entry(
+        compiled,
+        |d| &mut d.mailboxes,
+        object,
+        old_key,
+        added,
+    ))
+}
+
+/// Take `object`'s entry at `old_key` (with its diagnostics and membership) out of the table
+/// `table` picks, and put `added` in. Returns the keys whose entries changed.
+fn replace_entry<T: Clone + PartialEq>(
+    compiled: &mut Compiled,
+    table: fn(&mut Directory) -> &mut Table<T>,
+    object: ObjectRef,
+    old_key: Option<String>,
+    added: Option<(String, T)>,
+) -> Vec<String> {
     let mut changed = Vec::new();
     if let Some(old) = old_key {
-        let entry = compiled.directory.mailboxes.remove(&old);
+        let entry = table(&mut compiled.directory).remove(&old);
         compiled.diagnostics.retain(|d| d.object != object);
         if let Ok(index) = compiled.members.binary_search(&object) {
             compiled.members.remove(index);
@@ -104,12 +122,12 @@ pub fn recompile_mailbox(
             Some(_) => {}
             None => changed.push((key.clone(), None)),
         }
-        compiled.directory.mailboxes.insert(key, entry);
+        table(&mut compiled.directory).insert(key, entry);
         if let Err(index) = compiled.members.binary_search(&object) {
             compiled.members.insert(index, object);
         }
     }
-    Ok(changed.into_iter().map(|(key, _)| key).collect())
+    changed.into_iter().map(|(key, _)| key).collect()
 }
 
 /// Apply the current state of the MailAlias `name` (`None`: deleted) to `compiled`, as
@@ -147,29 +165,13 @@ pub fn recompile_alias(
         Some(alias) => alias_addition(compiled, inputs, &object, alias)?,
         None => None,
     };
-    let mut changed = Vec::new();
-    if let Some(old) = old_key {
-        let entry = compiled.directory.aliases.remove(&old);
-        compiled.diagnostics.retain(|d| d.object != object);
-        if let Ok(index) = compiled.members.binary_search(&object) {
-            compiled.members.remove(index);
-        }
-        changed.push((old, entry));
-    }
-    if let Some((key, entry)) = added {
-        match changed.iter().position(|(old, _)| *old == key) {
-            Some(same) if changed[same].1.as_ref() == Some(&entry) => {
-                changed.remove(same);
-            }
-            Some(_) => {}
-            None => changed.push((key.clone(), None)),
-        }
-        compiled.directory.aliases.insert(key, entry);
-        if let Err(index) = compiled.members.binary_search(&object) {
-            compiled.members.insert(index, object);
-        }
-    }
-    Ok(changed.into_iter().map(|(key, _)| key).collect())
+    Ok(replace_entry(
+        compiled,
+        |d| &mut d.aliases,
+        object,
+        old_key,
+        added,
+    ))
 }
 
 /// The alias key `name` holds, as [`held_key`] finds a mailbox's.
@@ -330,17 +332,10 @@ fn other_passes_ignore(
         .and_then(|d| d.spec.catch_all.as_deref())
         .is_some_and(|local| format!("{}@{domain}", fold(local)) == key);
     let served = compiled.directory.domains.get(domain);
-    let prefix = pattern::key_prefix(domain);
-    let patterns = compiled
-        .directory
-        .aliases
-        .range(prefix.clone()..)
-        .next()
-        .is_some_and(|(k, _)| k.starts_with(&prefix));
     local != "postmaster"
         && !catch_all
         && served.is_some_and(|d| d.catch_all.as_deref() != Some(key))
-        && !patterns
+        && !has_patterns(compiled, domain)
 }
 
 /// Removing `object`'s entry at `key` changes nothing but its own entry, diagnostics and
