@@ -506,3 +506,33 @@ async fn a_mail_alias_created_is_applied_in_place() {
         .to_string();
     assert!(shard.contains("sales@example.test"), "{shard}");
 }
+
+#[tokio::test]
+async fn a_batch_of_member_changes_larger_than_the_in_place_limit_compiles_from_scratch() {
+    use crate::input_changes::Change;
+    let (api, server, ctx) = with_mailboxes(&["alice"]);
+    reconcile_and_publish_members(&ctx, &server).await;
+
+    // A bulk import: more new Mailboxes than are worth applying one walk at a time.
+    let names: Vec<String> = (0..=snapshot::IN_PLACE_LIMIT)
+        .map(|i| format!("new{i}"))
+        .collect();
+    for name in &names {
+        let mailbox = fixtures::mailbox("ns", name, 1, false);
+        api.hold(&mailbox);
+        ctx.mailboxes.apply(&Event::Apply(mailbox));
+    }
+    ctx.input_changes.record(
+        names
+            .iter()
+            .map(|name| (Some("ns".to_string()), Change::Mailbox(name.clone()))),
+    );
+    reconcile_and_publish_members(&ctx, &server).await;
+    let snapshot = ctx.snapshots.lock().expect("snapshots")[&server_key(&server)].clone();
+    assert_eq!(snapshot.made, Made::Full);
+    assert_eq!(
+        snapshot.compiled.directory.mailboxes.len(),
+        names.len() + 1,
+        "every new Mailbox is in the directory"
+    );
+}
