@@ -66,12 +66,13 @@ pub fn recompile_mailbox(
     let namespace = inputs.server.meta().namespace.as_deref();
     let mailbox = mailbox.filter(|m| in_namespace(namespace, m.meta()));
     let new_key = mailbox.map(|m| fold(&m.spec.address));
-    let old_key = if compiled.members.binary_search(&object).is_ok() {
-        // A member without an entry lost its address or has none valid: a diagnostic in order.
-        Some(held_key(compiled, name, new_key.as_deref()).ok_or(NeedsFullCompile)?)
-    } else {
-        None
-    };
+    let old_key = previous_key(
+        compiled,
+        &object,
+        |d| &d.mailboxes,
+        |e| e.object == name,
+        new_key.as_deref(),
+    )?;
     if let (Some(old), Some(mailbox)) = (&old_key, mailbox)
         && Some(old) == new_key.as_ref()
         && let Ok(changed) = edit(compiled, inputs, &object, old, mailbox)
@@ -139,6 +140,13 @@ pub fn recompile_alias(
     name: &str,
     alias: Option<&MailAlias>,
 ) -> Result<Vec<String>, NeedsFullCompile> {
+    if compiled
+        .diagnostics
+        .iter()
+        .any(|d| d.reason == Reason::AliasLoop)
+    {
+        return Err(NeedsFullCompile);
+    }
     let object = ObjectRef {
         kind: Kind::MailAlias,
         name: name.to_string(),
@@ -146,18 +154,13 @@ pub fn recompile_alias(
     let namespace = inputs.server.meta().namespace.as_deref();
     let alias = alias.filter(|a| in_namespace(namespace, a.meta()));
     let new_key = alias.map(|a| fold(&a.spec.address));
-    let old_key = if compiled.members.binary_search(&object).is_ok() {
-        Some(held_alias_key(compiled, name, new_key.as_deref()).ok_or(NeedsFullCompile)?)
-    } else {
-        None
-    };
-    let loops = compiled
-        .diagnostics
-        .iter()
-        .any(|d| d.reason == Reason::AliasLoop);
-    if loops {
-        return Err(NeedsFullCompile);
-    }
+    let old_key = previous_key(
+        compiled,
+        &object,
+        |d| &d.aliases,
+        |e| e.object.as_deref() == Some(name),
+        new_key.as_deref(),
+    )?;
     if let Some(old) = &old_key {
         check_alias_removal(compiled, &object, old)?;
     }
@@ -172,21 +175,6 @@ pub fn recompile_alias(
         old_key,
         added,
     ))
-}
-
-/// The alias key `name` holds, as [`held_key`] finds a mailbox's.
-fn held_alias_key(compiled: &Compiled, name: &str, current: Option<&str>) -> Option<String> {
-    let aliases = &compiled.directory.aliases;
-    let holds = |entry: &AliasEntry| entry.object.as_deref() == Some(name);
-    if let Some(key) = current
-        && aliases.get(key).is_some_and(holds)
-    {
-        return Some(key.to_string());
-    }
-    aliases
-        .iter()
-        .find(|(_, entry)| holds(entry))
-        .map(|(key, _)| key.clone())
 }
 
 /// Whether an exact alias at `key` may come or go without another pass noticing: it is no
@@ -301,19 +289,31 @@ fn leads_back(compiled: &Compiled, key: &str, targets: &[String]) -> bool {
     false
 }
 
-/// The key of the entry `name` holds: found at its current address when it still holds that,
-/// else by a walk over the mailboxes (an address changed or the Mailbox went).
-fn held_key(compiled: &Compiled, name: &str, current: Option<&str>) -> Option<String> {
-    let mailboxes = &compiled.directory.mailboxes;
-    if let Some(key) = current
-        && mailboxes.get(key).is_some_and(|e| e.object == name)
-    {
-        return Some(key.to_string());
+/// The key of `object`'s entry in the table `table` picks before this change: none when it was
+/// no member. A member without an entry lost its address or has none valid (a diagnostic in the
+/// compile's order): a full compile. Found at its current address when it still holds that,
+/// else by a walk over the table (an address changed or the object went).
+fn previous_key<T: Clone>(
+    compiled: &Compiled,
+    object: &ObjectRef,
+    table: fn(&Directory) -> &Table<T>,
+    holds: impl Fn(&T) -> bool,
+    current: Option<&str>,
+) -> Result<Option<String>, NeedsFullCompile> {
+    if compiled.members.binary_search(object).is_err() {
+        return Ok(None);
     }
-    mailboxes
+    let table = table(&compiled.directory);
+    if let Some(key) = current
+        && table.get(key).is_some_and(&holds)
+    {
+        return Ok(Some(key.to_string()));
+    }
+    let (key, _) = table
         .iter()
-        .find(|(_, entry)| entry.object == name)
-        .map(|(key, _)| key.clone())
+        .find(|(_, entry)| holds(entry))
+        .ok_or(NeedsFullCompile)?;
+    Ok(Some(key.clone()))
 }
 
 /// Whether mailbox `key` of a served `domain` may come or go without another pass noticing:
