@@ -366,6 +366,18 @@ async fn reconcile_and_publish_members(ctx: &Arc<Context>, server: &MailServer) 
     }
 }
 
+/// Reconcile after changes the caches and the watches already hold; the requests it made.
+async fn reconcile_again(api: &MockApi, ctx: &Arc<Context>, server: &MailServer) -> Vec<Seen> {
+    let before = api.log().len();
+    reconcile_and_publish_members(ctx, server).await;
+    api.log().split_off(before)
+}
+
+/// The snapshot the server's last reconcile kept.
+fn kept_snapshot(ctx: &Context, server: &MailServer) -> Arc<Snapshot> {
+    ctx.snapshots.lock().expect("snapshots")[&server_key(server)].clone()
+}
+
 #[tokio::test]
 async fn an_in_place_mailbox_edit_publishes_its_shard_and_only_its_status() {
     use crate::input_changes::Change;
@@ -387,9 +399,7 @@ async fn an_in_place_mailbox_edit_publishes_its_shard_and_only_its_status() {
     ctx.mailboxes.apply(&Event::Apply(edited));
     ctx.input_changes
         .record([(Some("ns".into()), Change::Mailbox("bob".into()))]);
-    let before = api.log().len();
-    reconcile_and_publish_members(&ctx, &server).await;
-    let second: Vec<Seen> = api.log().split_off(before);
+    let second = reconcile_again(&api, &ctx, &server).await;
     let count = |path_end: &str| second.iter().filter(|s| s.is(&PATCH, path_end)).count();
     assert_eq!(count("/configmaps/mail-directory-00"), 1, "{second:#?}");
     assert_eq!(count("/configmaps/mail-directory"), 1, "{second:#?}");
@@ -403,7 +413,7 @@ async fn an_in_place_mailbox_edit_publishes_its_shard_and_only_its_status() {
         !second.iter().any(|s| s.is(&Method::GET, "/configmaps")),
         "{second:#?}"
     );
-    let snapshot = ctx.snapshots.lock().expect("snapshots")[&server_key(&server)].clone();
+    let snapshot = kept_snapshot(&ctx, &server);
     assert!(
         matches!(
             snapshot.made,
@@ -434,16 +444,14 @@ async fn a_mailbox_created_and_one_deleted_are_applied_in_place() {
         (Some("ns".into()), Change::Mailbox("bob".into())),
         (Some("ns".into()), Change::Mailbox("carol".into())),
     ]);
-    let before = api.log().len();
-    reconcile_and_publish_members(&ctx, &server).await;
-    let second: Vec<Seen> = api.log().split_off(before);
+    let second = reconcile_again(&api, &ctx, &server).await;
     let count = |path_end: &str| second.iter().filter(|s| s.is(&PATCH, path_end)).count();
     assert_eq!(count("/configmaps/mail-directory-00"), 1, "{second:#?}");
     assert_eq!(count("/configmaps/mail-directory"), 1, "{second:#?}");
     assert_eq!(count("/mailboxes/carol/status"), 1, "{second:#?}");
     assert_eq!(count("/mailboxes/bob/status"), 0, "{second:#?}");
     assert_eq!(count("/mailboxes/alice/status"), 0, "{second:#?}");
-    let snapshot = ctx.snapshots.lock().expect("snapshots")[&server_key(&server)].clone();
+    let snapshot = kept_snapshot(&ctx, &server);
     assert!(
         matches!(
             snapshot.made,
@@ -479,15 +487,13 @@ async fn a_mail_alias_created_is_applied_in_place() {
     ctx.aliases.apply(&Event::Apply(sales));
     ctx.input_changes
         .record([(Some("ns".into()), Change::Alias("sales".into()))]);
-    let before = api.log().len();
-    reconcile_and_publish_members(&ctx, &server).await;
-    let second: Vec<Seen> = api.log().split_off(before);
+    let second = reconcile_again(&api, &ctx, &server).await;
     let count = |path_end: &str| second.iter().filter(|s| s.is(&PATCH, path_end)).count();
     assert_eq!(count("/configmaps/mail-directory-00"), 1, "{second:#?}");
     assert_eq!(count("/configmaps/mail-directory"), 1, "{second:#?}");
     assert_eq!(count("/mailaliases/sales/status"), 1, "{second:#?}");
     assert_eq!(count("/mailboxes/bob/status"), 0, "{second:#?}");
-    let snapshot = ctx.snapshots.lock().expect("snapshots")[&server_key(&server)].clone();
+    let snapshot = kept_snapshot(&ctx, &server);
     assert!(
         matches!(
             snapshot.made,
@@ -528,7 +534,7 @@ async fn a_batch_of_member_changes_larger_than_the_in_place_limit_compiles_from_
             .map(|name| (Some("ns".to_string()), Change::Mailbox(name.clone()))),
     );
     reconcile_and_publish_members(&ctx, &server).await;
-    let snapshot = ctx.snapshots.lock().expect("snapshots")[&server_key(&server)].clone();
+    let snapshot = kept_snapshot(&ctx, &server);
     assert_eq!(snapshot.made, Made::Full);
     assert_eq!(
         snapshot.compiled.directory.mailboxes.len(),

@@ -80,6 +80,15 @@ impl Change {
     }
 }
 
+/// The objects of one manifest.
+fn parsed(manifest: &str) -> Resources {
+    let mut resources = Resources::default();
+    resources
+        .add_yaml(Path::new("created.yaml"), manifest)
+        .expect("manifest");
+    resources
+}
+
 /// Make `change` (the `round`th) in `resources`; the name of the Mailbox it touched.
 fn make(resources: &mut Resources, change: Change, round: usize) -> String {
     let n = resources.mailboxes.len();
@@ -95,11 +104,7 @@ fn make(resources: &mut Resources, change: Change, round: usize) -> String {
                 &name,
                 &format!("address: added{round}@domain{}.test", round % 100),
             );
-            let mut created = Resources::default();
-            created
-                .add_yaml(Path::new("created.yaml"), &manifest)
-                .expect("manifest");
-            resources.mailboxes.extend(created.mailboxes);
+            resources.mailboxes.extend(parsed(&manifest).mailboxes);
             name
         }
         Change::Delete => {
@@ -116,11 +121,7 @@ fn make(resources: &mut Resources, change: Change, round: usize) -> String {
                     round % 100
                 ),
             );
-            let mut created = Resources::default();
-            created
-                .add_yaml(Path::new("created.yaml"), &manifest)
-                .expect("manifest");
-            resources.aliases.extend(created.aliases);
+            resources.aliases.extend(parsed(&manifest).aliases);
             name
         }
     }
