@@ -8,18 +8,36 @@
 //! - a watch event that only reports the operator's own write does not trigger a reconcile
 //!   (every other change still does: drift is repaired).
 //!
+//! The watch event of a write often arrives before the write's answer, which carries the
+//! version to match it by. So a write is announced before it is sent ([`OwnedVersions::writing`]):
+//! events of that object arriving meanwhile are held back, and the answer settles them
+//! ([`OwnedVersions::wrote`]): an event of the version the write produced was the write itself;
+//! any other version was another change, and the writer is told to look again.
+//!
 //! Knowledge is never required for correctness: an unknown object is applied, an unknown event
 //! triggers.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kube::Resource;
 use kube::runtime::watcher;
 
 /// An owned object: kind, namespace, name.
 pub type OwnedKey = (Cow<'static, str>, String, String);
+
+/// A write announced and not yet answered longer than this is no longer waited for: its events
+/// trigger again (a reconcile dropped mid-write must not silence an object for good).
+const IN_FLIGHT_LIMIT: Duration = Duration::from_secs(60);
+
+/// A write sent and not yet answered, with the versions its object's watch reported meanwhile.
+#[derive(Debug)]
+struct InFlight {
+    since: Instant,
+    seen: Vec<String>,
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -29,6 +47,8 @@ struct State {
     written: HashMap<OwnedKey, (String, String)>,
     /// Kinds being relisted, with the keys listed so far.
     relisting: HashMap<Cow<'static, str>, HashSet<OwnedKey>>,
+    /// The operator's writes sent and not yet answered.
+    in_flight: HashMap<OwnedKey, InFlight>,
 }
 
 /// See the module documentation. Shared by the owned-object watches and the reconciles.
@@ -72,9 +92,37 @@ impl OwnedVersions {
         self.lock().observed.contains_key(key)
     }
 
-    /// Record the operator's write of content `hash`, which produced `version`.
-    pub fn wrote(&self, key: OwnedKey, hash: String, version: String) {
-        self.lock().written.insert(key, (hash, version));
+    /// Announce a write of `key` about to be sent: until it is answered ([`Self::wrote`]) or
+    /// given up ([`Self::failed`]), the object's watch events are held back.
+    pub fn writing(&self, key: &OwnedKey) {
+        self.lock().in_flight.insert(
+            key.clone(),
+            InFlight {
+                since: Instant::now(),
+                seen: Vec::new(),
+            },
+        );
+    }
+
+    /// Record the operator's write of content `hash`, which produced `version`. Returns whether
+    /// the watch reported another version of the object while the write was in flight: a change
+    /// by someone else (or an older event), which the writer must look at again, as its event
+    /// was held back.
+    #[must_use = "a change seen during the write was held back: look again"]
+    pub fn wrote(&self, key: OwnedKey, hash: String, version: String) -> bool {
+        let mut state = self.lock();
+        let other_change = state
+            .in_flight
+            .remove(&key)
+            .is_some_and(|flight| flight.seen.iter().any(|seen| *seen != version));
+        state.written.insert(key, (hash, version));
+        other_change
+    }
+
+    /// A write announced with [`Self::writing`] failed: events of the object trigger again. (The
+    /// failed reconcile is retried, so what was held back meanwhile is looked at then.)
+    pub fn failed(&self, key: &OwnedKey) {
+        self.lock().in_flight.remove(key);
     }
 
     /// Forget an object the operator deleted.
@@ -116,8 +164,19 @@ impl OwnedVersions {
                 if let Some(listed) = state.relisting.get_mut(&kind) {
                     listed.insert(key.clone());
                 }
+                let held_back = match state.in_flight.get_mut(&key) {
+                    Some(flight) if flight.since.elapsed() < IN_FLIGHT_LIMIT => {
+                        flight.seen.push(version.clone());
+                        true
+                    }
+                    _ => false,
+                };
                 state.observed.insert(key, version);
-                if own_write { Vec::new() } else { vec![object] }
+                if own_write || held_back {
+                    Vec::new()
+                } else {
+                    vec![object]
+                }
             }
             watcher::Event::Delete(object) => {
                 state.observed.remove(&key_of(&object));
@@ -160,7 +219,7 @@ mod tests {
     fn an_apply_is_skipped_only_while_the_object_is_at_our_last_write() {
         let owned = OwnedVersions::default();
         assert!(!owned.unchanged(&key("a"), "h1", None), "never written");
-        owned.wrote(key("a"), "h1".into(), "5".into());
+        let _ = owned.wrote(key("a"), "h1".into(), "5".into());
         owned.observe(watcher::Event::Apply(config_map("a", "5")));
         assert!(owned.unchanged(&key("a"), "h1", None));
         assert!(!owned.unchanged(&key("a"), "h2", None), "new content");
@@ -174,7 +233,7 @@ mod tests {
     #[test]
     fn own_writes_do_not_trigger_but_edits_and_deletes_do() {
         let owned = OwnedVersions::default();
-        owned.wrote(key("a"), "h1".into(), "5".into());
+        let _ = owned.wrote(key("a"), "h1".into(), "5".into());
         assert!(
             owned
                 .observe(watcher::Event::Apply(config_map("a", "5")))
@@ -199,10 +258,80 @@ mod tests {
     }
 
     #[test]
+    fn the_event_of_a_write_arriving_before_its_answer_does_not_trigger() {
+        let owned = OwnedVersions::default();
+        let _ = owned.wrote(key("a"), "h1".into(), "5".into());
+        owned.writing(&key("a"));
+        assert!(
+            owned
+                .observe(watcher::Event::Apply(config_map("a", "6")))
+                .is_empty(),
+            "held back while the write is in flight"
+        );
+        assert!(
+            !owned.wrote(key("a"), "h2".into(), "6".into()),
+            "the event was the write itself"
+        );
+        assert!(owned.unchanged(&key("a"), "h2", None));
+        assert_eq!(
+            owned
+                .observe(watcher::Event::Apply(config_map("a", "7")))
+                .len(),
+            1,
+            "once answered, another change triggers again"
+        );
+    }
+
+    #[test]
+    fn another_change_seen_during_a_write_asks_to_look_again() {
+        let owned = OwnedVersions::default();
+        owned.writing(&key("a"));
+        assert!(
+            owned
+                .observe(watcher::Event::Apply(config_map("a", "6")))
+                .is_empty()
+        );
+        assert!(
+            owned
+                .observe(watcher::Event::Apply(config_map("a", "7")))
+                .is_empty()
+        );
+        assert!(
+            owned.wrote(key("a"), "h".into(), "6".into()),
+            "version 7 was someone else's change"
+        );
+        assert!(
+            !owned.unchanged(&key("a"), "h", None),
+            "the object is no longer at our write"
+        );
+        // Deletions are never held back.
+        owned.writing(&key("b"));
+        assert_eq!(
+            owned
+                .observe(watcher::Event::Delete(config_map("b", "8")))
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_failed_write_holds_nothing_back_after_it() {
+        let owned = OwnedVersions::default();
+        owned.writing(&key("a"));
+        owned.failed(&key("a"));
+        assert_eq!(
+            owned
+                .observe(watcher::Event::Apply(config_map("a", "6")))
+                .len(),
+            1
+        );
+    }
+
+    #[test]
     fn objects_missing_from_a_relist_are_applied_again() {
         let owned = OwnedVersions::default();
         for name in ["a", "b"] {
-            owned.wrote(key(name), "h".into(), "5".into());
+            let _ = owned.wrote(key(name), "h".into(), "5".into());
             owned.observe(watcher::Event::Apply(config_map(name, "5")));
         }
         owned.observe::<ConfigMap>(watcher::Event::Init);
@@ -215,7 +344,7 @@ mod tests {
     #[test]
     fn forgotten_objects_are_applied_again() {
         let owned = OwnedVersions::default();
-        owned.wrote(key("a"), "h".into(), "5".into());
+        let _ = owned.wrote(key("a"), "h".into(), "5".into());
         owned.observe(watcher::Event::Apply(config_map("a", "5")));
         owned.forget(&key("a"));
         assert!(!owned.unchanged(&key("a"), "h", None));

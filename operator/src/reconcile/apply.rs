@@ -50,9 +50,35 @@ where
         .await?)
 }
 
-/// Server-side apply of one owned object unless it still holds exactly this content from the
-/// operator's last write (see [`crate::owned`]).
-async fn apply_if_changed<K>(ctx: &Context, namespace: &str, object: &K) -> Result<()>
+/// Server-side apply of one owned object of content `hash`, announced to [`crate::owned`] while
+/// it is in flight (so that its own watch event triggers no reconcile). Returns whether the
+/// object's watch reported another change meanwhile, which the reconcile must look at again.
+async fn apply_owned<K>(ctx: &Context, namespace: &str, object: &K, hash: String) -> Result<bool>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let key = owned::key::<K>(namespace, &object.name_any());
+    ctx.owned.writing(&key);
+    match apply(&ctx.client, namespace, object).await {
+        Ok(written) => {
+            Ok(ctx
+                .owned
+                .wrote(key, hash, written.resource_version().unwrap_or_default()))
+        }
+        Err(error) => {
+            ctx.owned.failed(&key);
+            Err(error)
+        }
+    }
+}
+
+/// [`apply_owned`] unless the object still holds exactly this content from the operator's last
+/// write (see [`crate::owned`]).
+async fn apply_if_changed<K>(ctx: &Context, namespace: &str, object: &K) -> Result<bool>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -63,20 +89,19 @@ where
     let key = owned::key::<K>(namespace, &object.name_any());
     let hash = owned::content_hash(object);
     if ctx.owned.unchanged(&key, &hash, None) {
-        return Ok(());
+        return Ok(false);
     }
-    let written = apply(&ctx.client, namespace, object).await?;
-    ctx.owned
-        .wrote(key, hash, written.resource_version().unwrap_or_default());
-    Ok(())
+    apply_owned(ctx, namespace, object, hash).await
 }
 
-/// The content hash the build step put on a shard ConfigMap.
-fn shard_hash(cm: &ConfigMap) -> String {
-    cm.annotations()
-        .get(encoding::ANNOTATION_SHARD_HASH)
-        .cloned()
-        .unwrap_or_default()
+/// What the apply step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// Nothing: the directory write budget puts the reconcile off this long.
+    Paced(Duration),
+    /// Everything; `look_again` when an owned object was changed by someone else while the
+    /// operator wrote it (its watch event was held back; see [`crate::owned`]).
+    Done { look_again: bool },
 }
 
 /// The apply step: shards, head, then the rest; finally shards the head no longer names.
@@ -88,7 +113,7 @@ pub(super) async fn apply_desired(
     namespace: &str,
     encoded: &encoding::Encoded,
     desired: &Desired,
-) -> Result<Option<Duration>> {
+) -> Result<Applied> {
     let client = &ctx.client;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let server_name = server.name_any();
@@ -143,41 +168,39 @@ pub(super) async fn apply_desired(
             + encoding::data_size(&encoded.head) as u64;
         let whole = encoded.shard_bytes() + encoding::data_size(&encoded.head) as u64;
         if let Err(wait) = ctx.budget().take(written, whole, Instant::now()) {
-            return Ok(Some(wait));
+            return Ok(Applied::Paced(wait));
         }
         ctx.metrics.observe_written(written);
     }
-    let results: Vec<Result<ConfigMap>> = stream::iter(to_apply)
+    let results: Vec<Result<bool>> = stream::iter(to_apply)
         .map(|index| {
             // Indices, not references: a stream of borrowed shards is not `Send` for every
             // lifetime, which the controller requires.
-            let config_map = build::shard_config_map(server, &encoded.shards[index]);
-            async move { apply(client, namespace, &config_map).await }
+            let shard = &encoded.shards[index];
+            let config_map = build::shard_config_map(server, shard);
+            let hash = shard.hash.clone();
+            async move { apply_owned(ctx, namespace, &config_map, hash).await }
         })
         .buffer_unordered(8)
         .collect()
         .await;
+    let mut look_again = false;
     for result in results {
-        let cm = result?;
-        ctx.owned.wrote(
-            shard_key(&cm.name_any()),
-            shard_hash(&cm),
-            cm.resource_version().unwrap_or_default(),
-        );
+        look_again |= result?;
     }
     // Each of the rest is skipped while it holds our last write (an edit of one Mailbox
     // changes only a shard and the head).
-    apply_if_changed(ctx, namespace, &desired.head).await?;
-    apply_if_changed(ctx, namespace, &desired.postfix).await?;
-    apply_if_changed(ctx, namespace, &desired.service_account).await?;
-    apply_if_changed(ctx, namespace, &desired.role).await?;
-    apply_if_changed(ctx, namespace, &desired.role_binding).await?;
-    apply_if_changed(ctx, namespace, &desired.service).await?;
-    apply_if_changed(ctx, namespace, &desired.network_policy).await?;
-    apply_if_changed(ctx, namespace, &desired.stateful_set).await?;
+    look_again |= apply_if_changed(ctx, namespace, &desired.head).await?;
+    look_again |= apply_if_changed(ctx, namespace, &desired.postfix).await?;
+    look_again |= apply_if_changed(ctx, namespace, &desired.service_account).await?;
+    look_again |= apply_if_changed(ctx, namespace, &desired.role).await?;
+    look_again |= apply_if_changed(ctx, namespace, &desired.role_binding).await?;
+    look_again |= apply_if_changed(ctx, namespace, &desired.service).await?;
+    look_again |= apply_if_changed(ctx, namespace, &desired.network_policy).await?;
+    look_again |= apply_if_changed(ctx, namespace, &desired.stateful_set).await?;
     match &desired.pod_disruption_budget {
         Some(pdb) => {
-            apply_if_changed(ctx, namespace, pdb).await?;
+            look_again |= apply_if_changed(ctx, namespace, pdb).await?;
         }
         None => {
             // Only a budget the watch has seen can be there to delete.
@@ -211,5 +234,5 @@ pub(super) async fn apply_desired(
             .unwrap_or_else(|e| e.into_inner())
             .insert(server_key, names);
     }
-    Ok(None)
+    Ok(Applied::Done { look_again })
 }

@@ -32,7 +32,7 @@ use crate::input_changes::InputChanges;
 use crate::metrics::Metrics;
 use crate::owned::OwnedVersions;
 use crate::pacing::WriteBudget;
-use apply::apply_desired;
+use apply::{Applied, apply_desired};
 #[cfg(test)]
 use snapshot::Made;
 use snapshot::{Snapshot, wait_ready};
@@ -220,9 +220,10 @@ async fn reconcile_inner(
     let desired = build::desired(server, encoded, &ctx.config);
     // apply
     let step = Instant::now();
-    if let Some(wait) = apply_desired(ctx, server, &namespace, encoded, &desired).await? {
-        return Ok((paced(server, ctx, wait), None));
-    }
+    let look_again = match apply_desired(ctx, server, &namespace, encoded, &desired).await? {
+        Applied::Paced(wait) => return Ok((paced(server, ctx, wait), None)),
+        Applied::Done { look_again } => look_again,
+    };
     let apply_took = step.elapsed();
     // status: the server's now; the members' in the background (see spawn_member_status)
     let step = Instant::now();
@@ -242,7 +243,13 @@ async fn reconcile_inner(
         ?status_took,
         "reconciled"
     );
-    Ok((Action::requeue(Duration::from_secs(600)), Some(snapshot)))
+    // A change of an owned object made while the operator wrote it had its trigger held back.
+    let next = if look_again {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(600)
+    };
+    Ok((Action::requeue(next), Some(snapshot)))
 }
 
 /// A reconcile put off by the directory write budget.

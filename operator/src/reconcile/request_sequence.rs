@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::client::Body;
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
@@ -40,6 +41,10 @@ struct ApiState {
     config_maps: BTreeMap<String, Value>,
     resource_version: u64,
     log: Vec<Seen>,
+    /// Watch events fed to these versions before each ConfigMap write is answered, as a real
+    /// watch can deliver them: the write's own, and with `intruder` a change by someone else
+    /// right after it.
+    echo: Option<(Arc<OwnedVersions>, bool)>,
 }
 
 /// The mock API's log, shared with the task answering its requests.
@@ -147,7 +152,25 @@ impl MockApi {
                 state.resource_version += 1;
                 let mut stored = body;
                 stored["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
-                state.config_maps.insert(name, stored.clone());
+                state.config_maps.insert(name.clone(), stored.clone());
+                if let Some((owned, intruder)) = state.echo.clone() {
+                    let event = |version: u64| {
+                        let mut cm: ConfigMap =
+                            serde_json::from_value(stored.clone()).expect("a ConfigMap");
+                        cm.metadata.namespace = Some("ns".into());
+                        cm.metadata.resource_version = Some(version.to_string());
+                        Event::Apply(cm)
+                    };
+                    let triggered = owned.observe(event(state.resource_version));
+                    assert!(
+                        triggered.is_empty(),
+                        "the write's own event triggers: {name}"
+                    );
+                    if intruder {
+                        state.resource_version += 1;
+                        let _ = owned.observe(event(state.resource_version));
+                    }
+                }
                 (StatusCode::OK, stored)
             }
             ("DELETE", Some(name)) => match state.config_maps.remove(&name) {
@@ -236,11 +259,49 @@ fn directory(server: &MailServer, shards: &[(usize, &str)]) -> Encoded {
 }
 
 async fn apply(ctx: &Context, server: &MailServer, encoded: &Encoded) {
+    assert_eq!(
+        apply_once(ctx, server, encoded).await,
+        Applied::Done { look_again: false }
+    );
+}
+
+async fn apply_once(ctx: &Context, server: &MailServer, encoded: &Encoded) -> Applied {
     let desired = build::desired(server, encoded, &ctx.config);
-    let paced = apply_desired(ctx, server, "ns", encoded, &desired)
+    apply_desired(ctx, server, "ns", encoded, &desired)
         .await
-        .expect("applied");
-    assert_eq!(paced, None, "unpaced");
+        .expect("applied")
+}
+
+#[tokio::test]
+async fn the_event_of_an_own_write_arriving_before_its_answer_needs_no_second_look() {
+    let api = MockApi::default();
+    let server = fixtures::server("ns", "mail", 1);
+    let ctx = context(&api, &server);
+    api.0.lock().expect("mock state").echo = Some((ctx.owned.clone(), false));
+    // The mock asserts that each ConfigMap's event, fed before the answer, triggers nothing.
+    apply(&ctx, &server, &directory(&server, &[(0, "a"), (1, "b")])).await;
+    apply(&ctx, &server, &directory(&server, &[(0, "a"), (1, "b2")])).await;
+    assert_eq!(api.count(&PATCH, "/configmaps/mail-directory-01"), 2);
+}
+
+#[tokio::test]
+async fn a_change_by_someone_else_during_a_write_asks_for_a_second_look() {
+    let api = MockApi::default();
+    let server = fixtures::server("ns", "mail", 1);
+    let ctx = context(&api, &server);
+    api.0.lock().expect("mock state").echo = Some((ctx.owned.clone(), true));
+    assert_eq!(
+        apply_once(&ctx, &server, &directory(&server, &[(0, "a")])).await,
+        Applied::Done { look_again: true }
+    );
+    // The next apply finds the shard changed under it and writes it again.
+    api.0.lock().expect("mock state").echo = None;
+    let before = api.count(&PATCH, "/configmaps/mail-directory-00");
+    apply(&ctx, &server, &directory(&server, &[(0, "a")])).await;
+    assert_eq!(
+        api.count(&PATCH, "/configmaps/mail-directory-00"),
+        before + 1
+    );
 }
 
 const PATCH: Method = Method::PATCH;
