@@ -12,6 +12,8 @@
 #   bench/operator.sh [N ...]          default: 1000 10000
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 SIZES=("${@:-1000 10000}")
 # shellcheck disable=SC2206
 SIZES=(${SIZES[*]})
@@ -28,7 +30,6 @@ trap 'kill "$(cat "$W/op.pid" 2>/dev/null)" 2>/dev/null || true; tools/cluster.s
 "$K" create namespace virtmail-system >/dev/null 2>&1 || true
 "$OP" rbac | "$K" apply -f - >/dev/null
 
-now() { date +%s.%N; }
 start_operator() { # N NAMESPACE LOG-SUFFIX
   KUBECONFIG="$VIRTMAIL_KUBECONFIG_OPERATOR" RUST_LOG="${RUST_LOG:-warn}" "$OP" run --namespace "$2" --http 127.0.0.1:0 \
     --lease-name "bench-$1" >"$W/op-$1-$3.log" 2>&1 &
@@ -37,20 +38,12 @@ start_operator() { # N NAMESPACE LOG-SUFFIX
 stop_operator() {
   kill "$(cat "$W/op.pid")"; wait "$(cat "$W/op.pid")" 2>/dev/null || true
 }
-peak_rss() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$(cat "$W/op.pid")/status"; }
-apiserver_peak_rss() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$(awk '{print $1}' "$VIRTMAIL_CLUSTER_DIR/pids/kube-apiserver")/status"; }
-etcd_mib() { du -sm "$VIRTMAIL_CLUSTER_DIR/etcd" | cut -f1; }
-cpu_seconds() { # user + system CPU time of the operator so far
-  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$(cat "$W/op.pid")/stat"
-}
-percentile() { # P VALUES...: nearest-rank percentile
-  python3 -c 'import math,sys; p=float(sys.argv[1]); v=sorted(float(a) for a in sys.argv[2:]); print(v[max(0, math.ceil(p/100*len(v))-1)])' "$@"
-}
+peak_rss() { peak_mib "$(cat "$W/op.pid")"; }
+cpu_seconds() { cpu_seconds_of "$(cat "$W/op.pid")"; } # the operator's
 version() { "$K" -n "$1" get mailserver mail -o jsonpath='{.status.directory.version}'; } # NAMESPACE
 wait_new_version() { # NAMESPACE VERSION-BEFORE
   until [[ "$(version "$1")" != "$2" ]]; do sleep 0.05; done
 }
-median() { python3 -c 'import statistics,sys; print(statistics.median(float(a) for a in sys.argv[1:]))' "$@"; }
 # One timed change: watches on the head ConfigMap and the MailServer are opened first (so that
 # seeing the new version costs no kubectl start-up), then kubectl runs the change (its stdin is
 # the function's); prints "change→MailServer-status kubectl-call change→head" seconds. The head is
@@ -105,7 +98,7 @@ change_rows() { # N NAMESPACE
 ready() { # NAMESPACE MAILBOX
   [[ "$("$K" -n "$1" get mailbox "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]
 }
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
+machine_line
 EDITS="${VIRTMAIL_BENCH_EDITS:-100}"
 CHANGES="${VIRTMAIL_BENCH_CHANGES:-20}"
 : >"$W/changes"

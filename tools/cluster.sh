@@ -571,7 +571,7 @@ start_etcd() {
     --listen-peer-urls "http://127.0.0.1:$p_peer" --initial-advertise-peer-urls "http://127.0.0.1:$p_peer" \
     --initial-cluster "virtmail=http://127.0.0.1:$p_peer" --initial-cluster-state new \
     --auto-compaction-mode periodic --auto-compaction-retention 1h \
-    --quota-backend-bytes $((2 * 1024 * 1024 * 1024)) --log-level warn --logger zap
+    --quota-backend-bytes "${VIRTMAIL_ETCD_QUOTA_BYTES:-$((2 * 1024 * 1024 * 1024))}" --log-level warn --logger zap
 }
 
 # kube-apiserver on the plane's recorded ports (also used by start-apiserver).

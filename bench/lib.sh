@@ -1,0 +1,25 @@
+# Helpers shared by the shell benchmarks (sourced, not run): clocks, statistics, and the memory
+# and disk readings of the private control plane and the operator.
+
+now() { date +%s.%N; }
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(a) for a in sys.argv[1:]))' "$@"; }
+percentile() { # P VALUES...: nearest-rank percentile
+  python3 -c 'import math,sys; p=float(sys.argv[1]); v=sorted(float(a) for a in sys.argv[2:]); print(v[max(0, math.ceil(p/100*len(v))-1)])' "$@"
+}
+# Memory of a process in MiB: its peak (VmHWM) or its resident set now (VmRSS).
+peak_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; } # PID
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }  # PID
+cpu_seconds_of() { # PID: user + system CPU time so far
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
+}
+# The private plane's components (tools/cluster.sh records their pids and ports).
+plane_pid() { awk '{print $1}' "$VIRTMAIL_CLUSTER_DIR/pids/$1"; } # kube-apiserver | etcd
+apiserver_peak_rss() { peak_mib "$(plane_pid kube-apiserver)"; }
+etcd_mib() { du -sm "$VIRTMAIL_CLUSTER_DIR/etcd" | cut -f1; } # data directory: database + WAL
+etcd_metric() { # NAME: one gauge of etcd's /metrics
+  curl -fsS "http://127.0.0.1:$(awk '$1 == "etcd" {print $2}' "$VIRTMAIL_CLUSTER_DIR/ports")/metrics" \
+    | awk -v m="$1" '$1 == m {printf "%.0f", $2 / 1048576}'
+}
+machine_line() {
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
+}
