@@ -20,6 +20,12 @@ etcd_metric() { # NAME: one gauge of etcd's /metrics
   curl -fsS "http://127.0.0.1:$(awk '$1 == "etcd" {print $2}' "$VIRTMAIL_CLUSTER_DIR/ports")/metrics" \
     | awk -v m="$1" '$1 == m {printf "%.0f", $2 / 1048576}'
 }
+# A gauge or counter of a process's Prometheus endpoint on loopback, found by its pid.
+metric_of() { # PID NAME
+  local port
+  port=$(ss -Hltnp | awk -v pid="pid=$1," 'index($0, pid) {n = split($4, a, ":"); print a[n]; exit}')
+  curl -fsS "http://127.0.0.1:$port/metrics" | awk -v m="$2" '$1 == m {print $2}'
+}
 machine_line() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 }

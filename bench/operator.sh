@@ -2,7 +2,7 @@
 # Operator benchmark (not a test): time from creating N Mailbox objects to the directory with all
 # of them being published (the head ConfigMap's summary says mailboxes=N), time from a Mailbox
 # edit to the next directory version (median and p99 of VIRTMAIL_BENCH_EDITS back-to-back edits,
-# default 100), the operator's CPU time per edit, and its peak RSS; then Mailboxes created and
+# default 100), the operator's CPU time and reconciles per edit, and its peak RSS; then Mailboxes created and
 # deleted one at a time (VIRTMAIL_BENCH_CHANGES of each, default 20), from the stored change to
 # the head ConfigMap, with the operator's CPU time per change. Runs against a private real
 # control plane (tools/cluster.sh). Baseline in the same run: how long the apiserver takes to
@@ -102,8 +102,8 @@ machine_line
 EDITS="${VIRTMAIL_BENCH_EDITS:-100}"
 CHANGES="${VIRTMAIL_BENCH_CHANGES:-20}"
 : >"$W/changes"
-echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | create → every member Ready (s) | first edit → new version (s) | edit → new version, median of $EDITS (s) | p99 (s) | kubectl patch call, median (s, baseline) | edit stored → new version, median (s) | p99 (s) | edit stored → head ConfigMap, median (s) | p99 (s) | operator CPU per edit (ms) | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) | etcd data (MiB) | apiserver peak RSS (MiB) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| mailboxes | creates accepted (s, baseline) | create → published (s) | lag after last create (s) | create → every member Ready (s) | first edit → new version (s) | edit → new version, median of $EDITS (s) | p99 (s) | kubectl patch call, median (s, baseline) | edit stored → new version, median (s) | p99 (s) | edit stored → head ConfigMap, median (s) | p99 (s) | operator CPU per edit (ms) | reconciles per edit | operator peak RSS (MiB) | cold start → published (s) | cold start peak RSS (MiB) | etcd data (MiB) | apiserver peak RSS (MiB) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${SIZES[@]}"; do
   ns="bench-$n"
   "$K" create namespace "$ns" >/dev/null
@@ -139,6 +139,7 @@ PY
   # whole series (the edited Mailboxes' status writes included) divided by the edits.
   edits=() calls=() heads=()
   cpu_before=$(cpu_seconds)
+  reconciles_before=$(metric_of "$(cat "$W/op.pid")" virtmail_operator_reconciles_total)
   for ((e = 0; e < EDITS; e++)); do
     read -r t c h < <(timed_edit "$ns" "u$((9 + 2 * e))")
     edits+=("$t") calls+=("$c") heads+=("$h")
@@ -146,6 +147,7 @@ PY
   done
   sleep 1 # the last edit's member status
   cpu_per_edit=$(python3 -c "print(($(cpu_seconds) - $cpu_before) * 1000 / $EDITS)")
+  reconciles=$(python3 -c "print(($(metric_of "$(cat "$W/op.pid")" virtmail_operator_reconciles_total) - $reconciles_before) / $EDITS)")
   edit=$(median "${edits[@]}") p99=$(percentile 99 "${edits[@]}") call=$(median "${calls[@]}")
   # From the apiserver's answer to the patch (the edit is stored) to the new version.
   accepted=() to_head=()
@@ -170,7 +172,7 @@ PY
   cold_rss=$(peak_rss)
   stop_operator
   lag=$(python3 -c "print(max(0.0, $published - $created))")
-  printf '| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %s | %.1f | %s | %s | %s |\n' "$n" "$created" "$published" "$lag" "$all_ready" "$first" "$edit" "$p99" "$call" "$acc_median" "$acc_p99" "$head_median" "$head_p99" "$cpu_per_edit" "$rss" "$cold" "$cold_rss" "$(etcd_mib)" "$(apiserver_peak_rss)"
+  printf '| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %.2f | %s | %.1f | %s | %s | %s |\n' "$n" "$created" "$published" "$lag" "$all_ready" "$first" "$edit" "$p99" "$call" "$acc_median" "$acc_p99" "$head_median" "$head_p99" "$cpu_per_edit" "$reconciles" "$rss" "$cold" "$cold_rss" "$(etcd_mib)" "$(apiserver_peak_rss)"
 done
 echo
 echo "Mailboxes created and deleted one at a time ($CHANGES of each):"

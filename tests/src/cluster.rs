@@ -442,11 +442,20 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<String, CommandE
             stdout: String::new(),
             stderr: e.to_string(),
         })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A command that exits without reading its input is not an error here.
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let output = child.wait_with_output().map_err(|e| CommandError {
+    // The input is written beside the reading of the outputs: a command that answers as it
+    // reads (kubectl prints a line per object) would otherwise fill its output pipe while this
+    // side still writes, and both would wait for ever.
+    let stdin = child.stdin.take();
+    let output = std::thread::scope(|scope| {
+        if let Some(mut stdin) = stdin {
+            // A command that exits without reading its input is not an error here.
+            scope.spawn(move || {
+                let _ = stdin.write_all(input.as_bytes());
+            });
+        }
+        child.wait_with_output()
+    })
+    .map_err(|e| CommandError {
         command: command.clone(),
         status: None,
         stdout: String::new(),
@@ -656,6 +665,23 @@ mod tests {
         assert_eq!(env["VIRTMAIL_X"], "/with space/x");
         assert_eq!(env["Q"], "/q r");
         assert_eq!(env.len(), 3);
+    }
+
+    #[test]
+    fn a_large_input_to_a_command_that_answers_as_it_reads_does_not_stall() {
+        // `cat` echoes as it reads, as kubectl prints a line per object it creates; 4 MiB is
+        // far beyond a pipe's buffer in both directions.
+        let input = "mailbox.virtmail.io/e-0 created\n".repeat(128 * 1024);
+        let (done, finished) = std::sync::mpsc::channel();
+        let sent = input.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(run_with_stdin(&mut Command::new("cat"), &sent));
+        });
+        let output = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("run_with_stdin stalled: the input and the output pipe wait for each other")
+            .expect("cat");
+        assert_eq!(output.len(), input.len());
     }
 
     #[test]
