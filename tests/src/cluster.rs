@@ -678,7 +678,7 @@ mod tests {
             let _ = done.send(run_with_stdin(&mut Command::new("cat"), &sent));
         });
         let output = finished
-            .recv_timeout(std::time::Duration::from_secs(60))
+            .recv_timeout(Duration::from_secs(60))
             .expect("run_with_stdin stalled: the input and the output pipe wait for each other")
             .expect("cat");
         assert_eq!(output.len(), input.len());
