@@ -17,7 +17,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use virtmail_crds::MailServer;
@@ -28,42 +28,41 @@ use crate::build::{self, Desired, FIELD_MANAGER};
 use crate::error::Result;
 use crate::owned;
 
-/// Server-side apply of one object, with the operator's field manager (forced: the operator owns
-/// these fields).
-async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-    K::DynamicType: Default,
+/// What the apply step writes: a namespaced object it can send and read back.
+trait OwnedObject:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let name = object.meta().name.clone().unwrap_or_default();
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(object),
-        )
-        .await?)
 }
 
-/// Server-side apply of one owned object of content `hash`, announced to [`crate::owned`] while
-/// it is in flight (so that its own watch event triggers no reconcile). Returns whether the
-/// object's watch reported another change meanwhile, which the reconcile must look at again.
-async fn apply_owned<K>(ctx: &Context, namespace: &str, object: &K, hash: String) -> Result<bool>
-where
+impl<K> OwnedObject for K where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + DeserializeOwned
         + Serialize
-        + std::fmt::Debug,
+        + std::fmt::Debug
 {
-    let key = owned::key::<K>(namespace, &object.name_any());
+}
+
+/// Server-side apply of one owned object of content `hash`, with the operator's field manager
+/// (forced: the operator owns these fields), announced to [`crate::owned`] while it is in flight
+/// (so that its own watch event triggers no reconcile). Returns whether the object's watch
+/// reported another change meanwhile, which the reconcile must look at again.
+async fn apply_owned<K: OwnedObject>(
+    ctx: &Context,
+    namespace: &str,
+    object: &K,
+    hash: String,
+) -> Result<bool> {
+    let name = object.name_any();
+    let key = owned::key::<K>(namespace, &name);
     ctx.owned.writing(&key);
-    match apply(&ctx.client, namespace, object).await {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch(&name, &params, &Patch::Apply(object)).await {
         Ok(written) => {
             Ok(ctx
                 .owned
@@ -71,21 +70,18 @@ where
         }
         Err(error) => {
             ctx.owned.failed(&key);
-            Err(error)
+            Err(error.into())
         }
     }
 }
 
 /// [`apply_owned`] unless the object still holds exactly this content from the operator's last
 /// write (see [`crate::owned`]).
-async fn apply_if_changed<K>(ctx: &Context, namespace: &str, object: &K) -> Result<bool>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
+async fn apply_if_changed<K: OwnedObject>(
+    ctx: &Context,
+    namespace: &str,
+    object: &K,
+) -> Result<bool> {
     let key = owned::key::<K>(namespace, &object.name_any());
     let hash = owned::content_hash(object);
     if ctx.owned.unchanged(&key, &hash, None) {

@@ -272,12 +272,19 @@ async fn apply_once(ctx: &Context, server: &MailServer, encoded: &Encoded) -> Ap
         .expect("applied")
 }
 
-#[tokio::test]
-async fn the_event_of_an_own_write_arriving_before_its_answer_needs_no_second_look() {
+/// A mock API and context for server `mail` whose ConfigMap writes feed their watch events
+/// before answering (with `intruder`, also someone else's change after each).
+fn with_echo(intruder: bool) -> (MockApi, MailServer, Arc<Context>) {
     let api = MockApi::default();
     let server = fixtures::server("ns", "mail", 1);
     let ctx = context(&api, &server);
-    api.0.lock().expect("mock state").echo = Some((ctx.owned.clone(), false));
+    api.0.lock().expect("mock state").echo = Some((ctx.owned.clone(), intruder));
+    (api, server, ctx)
+}
+
+#[tokio::test]
+async fn the_event_of_an_own_write_arriving_before_its_answer_needs_no_second_look() {
+    let (api, server, ctx) = with_echo(false);
     // The mock asserts that each ConfigMap's event, fed before the answer, triggers nothing.
     apply(&ctx, &server, &directory(&server, &[(0, "a"), (1, "b")])).await;
     apply(&ctx, &server, &directory(&server, &[(0, "a"), (1, "b2")])).await;
@@ -286,10 +293,7 @@ async fn the_event_of_an_own_write_arriving_before_its_answer_needs_no_second_lo
 
 #[tokio::test]
 async fn a_change_by_someone_else_during_a_write_asks_for_a_second_look() {
-    let api = MockApi::default();
-    let server = fixtures::server("ns", "mail", 1);
-    let ctx = context(&api, &server);
-    api.0.lock().expect("mock state").echo = Some((ctx.owned.clone(), true));
+    let (api, server, ctx) = with_echo(true);
     assert_eq!(
         apply_once(&ctx, &server, &directory(&server, &[(0, "a")])).await,
         Applied::Done { look_again: true }
