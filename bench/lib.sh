@@ -29,3 +29,29 @@ metric_of() { # PID NAME
 machine_line() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 }
+
+# A fresh private plane for the bench whose work directory is W (the plane's state in
+# $W/cluster), with the release operator built (OP), the CRDs and the operator's RBAC installed,
+# and kubectl in K. At exit the operator start_operator started and the plane are stopped.
+bench_plane() { # W
+  W="$1"
+  export VIRTMAIL_CLUSTER_DIR="$W/cluster"
+  mkdir -p "$W"
+  cd "$ROOT"
+  cargo build --quiet --release --bin virtmail-operator
+  OP="$ROOT/target/release/virtmail-operator"
+  tools/cluster.sh down >/dev/null 2>&1 || true
+  eval "$(tools/cluster.sh up)"
+  K="$VIRTMAIL_KUBECTL"
+  trap 'kill "$(cat "$W/op.pid" 2>/dev/null)" 2>/dev/null || true; tools/cluster.sh down >/dev/null 2>&1 || true' EXIT
+  "$K" apply --server-side -f crds/ >/dev/null
+  "$K" create namespace virtmail-system >/dev/null 2>&1 || true
+  "$OP" rbac | "$K" apply -f - >/dev/null
+}
+op_pid() { cat "$W/op.pid"; }
+start_operator() { # NAMESPACE LEASE-NAME LOG-FILE
+  KUBECONFIG="$VIRTMAIL_KUBECONFIG_OPERATOR" RUST_LOG="${RUST_LOG:-warn}" "$OP" run --namespace "$1" \
+    --http 127.0.0.1:0 --lease-name "$2" >"$3" 2>&1 &
+  echo $! >"$W/op.pid"
+}
+stop_operator() { kill "$(op_pid)"; wait "$(op_pid)" 2>/dev/null || true; }

@@ -17,29 +17,10 @@ source "$ROOT/bench/lib.sh"
 SIZES=("${@:-1000 10000}")
 # shellcheck disable=SC2206
 SIZES=(${SIZES[*]})
-export VIRTMAIL_CLUSTER_DIR="$ROOT/target/bench-operator/cluster"
-W="$ROOT/target/bench-operator"
-mkdir -p "$W"
-cd "$ROOT"
-cargo build --quiet --release --bin virtmail-operator
-OP="$ROOT/target/release/virtmail-operator"
-eval "$(tools/cluster.sh up)"
-K="$VIRTMAIL_KUBECTL"
-trap 'kill "$(cat "$W/op.pid" 2>/dev/null)" 2>/dev/null || true; tools/cluster.sh down >/dev/null 2>&1 || true' EXIT
-"$K" apply --server-side -f crds/ >/dev/null
-"$K" create namespace virtmail-system >/dev/null 2>&1 || true
-"$OP" rbac | "$K" apply -f - >/dev/null
+bench_plane "$ROOT/target/bench-operator"
 
-start_operator() { # N NAMESPACE LOG-SUFFIX
-  KUBECONFIG="$VIRTMAIL_KUBECONFIG_OPERATOR" RUST_LOG="${RUST_LOG:-warn}" "$OP" run --namespace "$2" --http 127.0.0.1:0 \
-    --lease-name "bench-$1" >"$W/op-$1-$3.log" 2>&1 &
-  echo $! >"$W/op.pid"
-}
-stop_operator() {
-  kill "$(cat "$W/op.pid")"; wait "$(cat "$W/op.pid")" 2>/dev/null || true
-}
-peak_rss() { peak_mib "$(cat "$W/op.pid")"; }
-cpu_seconds() { cpu_seconds_of "$(cat "$W/op.pid")"; } # the operator's
+peak_rss() { peak_mib "$(op_pid)"; }
+cpu_seconds() { cpu_seconds_of "$(op_pid)"; } # the operator's
 version() { "$K" -n "$1" get mailserver mail -o jsonpath='{.status.directory.version}'; } # NAMESPACE
 wait_new_version() { # NAMESPACE VERSION-BEFORE
   until [[ "$(version "$1")" != "$2" ]]; do sleep 0.05; done
@@ -107,7 +88,7 @@ echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|-
 for n in "${SIZES[@]}"; do
   ns="bench-$n"
   "$K" create namespace "$ns" >/dev/null
-  start_operator "$n" "$ns" warm
+  start_operator "$ns" "bench-$n" "$W/op-$n-warm.log"
   printf 'apiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail}\nspec: {}\n---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: bench}\nspec: {domain: bench.test, postmaster: u0@bench.test, defaults: {uid: 5000, gid: 5000}}\n' | "$K" -n "$ns" apply -f - >/dev/null
   rm -f "$W/part-$n."*
   python3 - "$n" "$W/part-$n" <<'PY'
@@ -139,7 +120,7 @@ PY
   # whole series (the edited Mailboxes' status writes included) divided by the edits.
   edits=() calls=() heads=()
   cpu_before=$(cpu_seconds)
-  reconciles_before=$(metric_of "$(cat "$W/op.pid")" virtmail_operator_reconciles_total)
+  reconciles_before=$(metric_of "$(op_pid)" virtmail_operator_reconciles_total)
   for ((e = 0; e < EDITS; e++)); do
     read -r t c h < <(timed_edit "$ns" "u$((9 + 2 * e))")
     edits+=("$t") calls+=("$c") heads+=("$h")
@@ -147,7 +128,7 @@ PY
   done
   sleep 1 # the last edit's member status
   cpu_per_edit=$(python3 -c "print(($(cpu_seconds) - $cpu_before) * 1000 / $EDITS)")
-  reconciles=$(python3 -c "print(($(metric_of "$(cat "$W/op.pid")" virtmail_operator_reconciles_total) - $reconciles_before) / $EDITS)")
+  reconciles=$(python3 -c "print(($(metric_of "$(op_pid)" virtmail_operator_reconciles_total) - $reconciles_before) / $EDITS)")
   edit=$(median "${edits[@]}") p99=$(percentile 99 "${edits[@]}") call=$(median "${calls[@]}")
   # From the apiserver's answer to the patch (the edit is stored) to the new version.
   accepted=() to_head=()
@@ -166,7 +147,7 @@ PY
   before="$(version "$ns")"
   "$K" -n "$ns" patch mailbox u8 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
   start=$(now)
-  start_operator "$n" "$ns" cold
+  start_operator "$ns" "bench-$n" "$W/op-$n-cold.log"
   wait_new_version "$ns" "$before"
   cold=$(python3 -c "print($(now) - $start)")
   cold_rss=$(peak_rss)

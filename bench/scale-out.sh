@@ -23,28 +23,9 @@ TOTAL="${1:-1000000}" SERVERS="${2:-10}" STEP="${3:-50000}"
 MIN_FREE_MIB="${VIRTMAIL_BENCH_MIN_FREE_MIB:-3072}"
 PUBLISH_TIMEOUT="${VIRTMAIL_BENCH_PUBLISH_TIMEOUT:-600}"
 NS=scale
-export VIRTMAIL_CLUSTER_DIR="$ROOT/target/bench-scale/cluster"
-W="$ROOT/target/bench-scale"
-mkdir -p "$W"
-cd "$ROOT"
-cargo build --quiet --release --bin virtmail-operator
-OP="$ROOT/target/release/virtmail-operator"
-tools/cluster.sh down >/dev/null 2>&1 || true
-eval "$(tools/cluster.sh up)"
-K="$VIRTMAIL_KUBECTL"
-trap 'kill "$(cat "$W/op.pid" 2>/dev/null)" 2>/dev/null || true; tools/cluster.sh down >/dev/null 2>&1 || true' EXIT
-"$K" apply --server-side -f crds/ >/dev/null
-"$K" create namespace virtmail-system >/dev/null 2>&1 || true
-"$OP" rbac | "$K" apply -f - >/dev/null
+bench_plane "$ROOT/target/bench-scale"
 "$K" create namespace "$NS" >/dev/null
 
-op_pid() { cat "$W/op.pid"; }
-start_operator() { # LOG-SUFFIX
-  KUBECONFIG="$VIRTMAIL_KUBECONFIG_OPERATOR" RUST_LOG="${RUST_LOG:-warn}" "$OP" run --namespace "$NS" \
-    --http 127.0.0.1:0 --lease-name bench-scale >"$W/op-$1.log" 2>&1 &
-  echo $! >"$W/op.pid"
-}
-stop_operator() { kill "$(op_pid)"; wait "$(op_pid)" 2>/dev/null || true; }
 alive() { kill -0 "$1" 2>/dev/null; } # PID
 free_mib() { awk '/MemAvailable/ {printf "%.0f", $2/1024}' /proc/meminfo; }
 # Mailboxes in the published directories of all servers (the heads' summaries).
@@ -66,7 +47,7 @@ for ((s = 0; s < SERVERS; s++)); do
   printf -- '---\napiVersion: virtmail.io/v1alpha1\nkind: MailServer\nmetadata: {name: mail-%d}\nspec: {domainSelector: {matchLabels: {bench/server: "%d"}}}\n' "$s" "$s"
   printf -- '---\napiVersion: virtmail.io/v1alpha1\nkind: MailDomain\nmetadata: {name: d%d, labels: {bench/server: "%d"}}\nspec: {domain: d%d.test, postmaster: u0@d%d.test, defaults: {uid: 5000, gid: 5000}}\n' "$s" "$s" "$s" "$s"
 done | "$K" -n "$NS" apply -f - >/dev/null
-start_operator warm
+start_operator "$NS" bench-scale "$W/op-warm.log"
 
 machine_line
 echo "bench/scale-out.sh $TOTAL $SERVERS $STEP   (etcd quota $(( ${VIRTMAIL_ETCD_QUOTA_BYTES:-2147483648} / 1048576 )) MiB)"
@@ -130,20 +111,20 @@ fi
 echo "all $created Mailboxes published over $SERVERS servers"
 
 # One edit: from the stored edit (kubectl's answer) to the new version in its server's head.
-before=$(head_version mail-1)
+before=$(head_version "mail-$((1 % SERVERS))")
 "$K" -n "$NS" patch mailbox u1 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
 stored=$(now)
-until [[ "$(head_version mail-1)" != "$before" ]]; do sleep 0.05; done
+until [[ "$(head_version "mail-$((1 % SERVERS))")" != "$before" ]]; do sleep 0.05; done
 echo "one edit, stored → head ConfigMap: $(python3 -c "print(round($(now) - $stored, 3))") s (polled every 50 ms)"
 echo "operator peak RSS while creating: $(peak_mib "$(op_pid)") MiB"
 stop_operator
 
 # Cold start: one Mailbox edited while no operator runs, then a new operator against all of them.
-before=$(head_version mail-2)
+before=$(head_version "mail-$((2 % SERVERS))")
 "$K" -n "$NS" patch mailbox u2 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
 start=$(now)
-start_operator cold
-until [[ "$(head_version mail-2)" != "$before" ]]; do
+start_operator "$NS" bench-scale "$W/op-cold.log"
+until [[ "$(head_version "mail-$((2 % SERVERS))")" != "$before" ]]; do
   alive "$(op_pid)" || { echo "broke first: the cold-started operator exited: $(tail -3 "$W/op-cold.log")"; exit 0; }
   sleep 0.2
 done
