@@ -92,6 +92,14 @@ impl OwnedVersions {
         self.lock().observed.contains_key(key)
     }
 
+    /// Whether the object is there as far as the operator knows: the watch has seen it or the
+    /// operator wrote it, and the watch has not seen it deleted since. (A guess for choosing
+    /// between replacing and creating it; the apiserver has the last word.)
+    pub fn exists(&self, key: &OwnedKey) -> bool {
+        let state = self.lock();
+        state.observed.contains_key(key) || state.written.contains_key(key)
+    }
+
     /// Announce a write of `key` about to be sent: until it is answered ([`Self::wrote`]) or
     /// given up ([`Self::failed`]), the object's watch events are held back.
     pub fn writing(&self, key: &OwnedKey) {
@@ -179,7 +187,9 @@ impl OwnedVersions {
                 }
             }
             watcher::Event::Delete(object) => {
-                state.observed.remove(&key_of(&object));
+                let key = key_of(&object);
+                state.observed.remove(&key);
+                state.written.remove(&key);
                 vec![object]
             }
         }
@@ -360,5 +370,18 @@ mod tests {
             content_hash(&config_map("a", "1")),
             content_hash(&config_map("b", "1"))
         );
+    }
+
+    #[test]
+    fn an_object_exists_once_seen_or_written_until_its_deletion_is_seen() {
+        let owned = OwnedVersions::default();
+        assert!(!owned.exists(&key("a")));
+        let _ = owned.wrote(key("a"), "h1".into(), "5".into());
+        assert!(owned.exists(&key("a")), "written by the operator");
+        owned.observe(watcher::Event::Delete(config_map("a", "5")));
+        assert!(!owned.exists(&key("a")), "deleted by hand");
+        assert!(!owned.unchanged(&key("a"), "h1", None));
+        owned.observe(watcher::Event::Apply(config_map("b", "2")));
+        assert!(owned.exists(&key("b")), "seen by the watch");
     }
 }

@@ -1,8 +1,8 @@
 //! The apply step: server-side apply of the desired objects with the operator's one field
-//! manager. Directory shards go first, then the head that names them, then the rest; shards the
-//! head no longer names are deleted only after the new head is applied, so a reader never finds
-//! a head naming a missing shard. Objects still holding the operator's last write are skipped
-//! (see [`crate::owned`]).
+//! manager (directory shards are written whole instead; see [`write_shard`]). Directory shards go
+//! first, then the head that names them, then the rest; shards the head no longer names are
+//! deleted only after the new head is applied, so a reader never finds a head naming a missing
+//! shard. Objects still holding the operator's last write are skipped (see [`crate::owned`]).
 //!
 //! The shards that exist are listed only when the directory's shard names differ from those of
 //! the server's last listing (or after a start): only then can a shard be left over that the head
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -63,6 +63,76 @@ async fn apply_owned<K: OwnedObject>(
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     match api.patch(&name, &params, &Patch::Apply(object)).await {
+        Ok(written) => {
+            Ok(ctx
+                .owned
+                .wrote(key, hash, written.resource_version().unwrap_or_default()))
+        }
+        Err(error) => {
+            ctx.owned.failed(&key);
+            Err(error.into())
+        }
+    }
+}
+
+/// What the apiserver is asked to answer a shard write with: the metadata alone (the version
+/// is all the operator reads), not the half mebibyte of data it was just sent.
+pub(super) const METADATA_ONLY: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// Write one directory shard of content `hash`: replaced whole when it is there as far as
+/// [`crate::owned`] knows, created otherwise (either falls back to the other when the apiserver
+/// disagrees), announced to [`crate::owned`] like [`apply_owned`].
+///
+/// Not a server-side apply: the apiserver parses an apply body as YAML, which for a shard of
+/// half a mebibyte doubles the write's time (measured against a real apiserver: 36 against
+/// 17 ms median, 66 against 23 ms at the 90th percentile), and an edit's publication waits for
+/// it. A shard is the operator's alone, so replacing it whole loses no one's fields; the field
+/// manager is the same.
+async fn write_shard(
+    ctx: &Context,
+    namespace: &str,
+    shard: &ConfigMap,
+    hash: String,
+) -> Result<bool> {
+    let name = shard.name_any();
+    let key = owned::key::<ConfigMap>(namespace, &name);
+    ctx.owned.writing(&key);
+    let request = kube::core::Request::new(ConfigMap::url_path(&(), Some(namespace)));
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    let send = |replace: bool| {
+        let request = &request;
+        let params = &params;
+        let name = &name;
+        async move {
+            let body = serde_json::to_vec(shard).map_err(kube::Error::SerdeError)?;
+            let mut http_request = if replace {
+                request.replace(name, params, body)
+            } else {
+                request.create(params, body)
+            }
+            .map_err(kube::Error::BuildRequest)?;
+            http_request.headers_mut().insert(
+                http::header::ACCEPT,
+                http::HeaderValue::from_static(METADATA_ONLY),
+            );
+            ctx.client
+                .request::<PartialObjectMeta<ConfigMap>>(http_request)
+                .await
+        }
+    };
+    let replace = ctx.owned.exists(&key);
+    let written = match send(replace).await {
+        // Deleted since the watch saw it, or created since it last looked.
+        Err(kube::Error::Api(e)) if (replace && e.code == 404) || (!replace && e.code == 409) => {
+            send(!replace).await
+        }
+        other => other,
+    };
+    match written {
         Ok(written) => {
             Ok(ctx
                 .owned
@@ -175,7 +245,7 @@ pub(super) async fn apply_desired(
             let shard = &encoded.shards[index];
             let config_map = build::shard_config_map(server, shard);
             let hash = shard.hash.clone();
-            async move { apply_owned(ctx, namespace, &config_map, hash).await }
+            async move { write_shard(ctx, namespace, &config_map, hash).await }
         })
         .buffer_unordered(8)
         .collect()

@@ -18,6 +18,7 @@ use virtmail_crds::encoding::{self, Encoded, Shard};
 
 use super::*;
 use crate::fixtures;
+use apply::METADATA_ONLY;
 
 /// One request as the mock API saw it.
 #[derive(Debug, Clone)]
@@ -25,11 +26,21 @@ struct Seen {
     method: Method,
     /// The path without the query.
     path: String,
+    /// The ConfigMap written, by name (from the path, or from the body of a create).
+    config_map: Option<String>,
+    /// The `Accept` header.
+    accept: Option<String>,
 }
 
 impl Seen {
     fn is(&self, method: &Method, path_end: &str) -> bool {
         self.method == *method && self.path.ends_with(path_end)
+    }
+
+    /// Whether this request writes the ConfigMap `name` (applied, replaced or created).
+    fn writes(&self, name: &str) -> bool {
+        [Method::PATCH, Method::PUT, Method::POST].contains(&self.method)
+            && self.config_map.as_deref() == Some(name)
     }
 }
 
@@ -61,7 +72,12 @@ impl MockApi {
                 let (parts, body) = request.into_parts();
                 let body = body.collect_bytes().await.expect("request body");
                 let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let (status, answer) = api.answer(&parts.method, &parts.uri, body);
+                let accept = parts
+                    .headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let (status, answer) = api.answer(&parts.method, &parts.uri, accept, body);
                 respond.send_response(
                     Response::builder()
                         .status(status)
@@ -113,18 +129,48 @@ impl MockApi {
         self.log().iter().filter(|s| s.is(method, path_end)).count()
     }
 
-    fn answer(&self, method: &Method, uri: &http::Uri, body: Value) -> (StatusCode, Value) {
+    /// How many requests wrote the ConfigMap `name`.
+    fn writes(&self, name: &str) -> usize {
+        self.log().iter().filter(|s| s.writes(name)).count()
+    }
+
+    /// The index in the log of the one request that wrote the ConfigMap `name`.
+    fn write_position(&self, name: &str) -> usize {
+        let log = self.log();
+        let found: Vec<usize> = (0..log.len()).filter(|&i| log[i].writes(name)).collect();
+        assert_eq!(found.len(), 1, "one write of {name} in {log:#?}");
+        found[0]
+    }
+
+    fn answer(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        accept: Option<String>,
+        body: Value,
+    ) -> (StatusCode, Value) {
         let mut state = self.0.lock().expect("mock state");
         let path = uri.path().to_string();
-        state.log.push(Seen {
-            method: method.clone(),
-            path: path.clone(),
-        });
         let segments: Vec<&str> = path.split('/').collect();
         let config_map = match segments.as_slice() {
             [.., "configmaps", name] => Some(name.to_string()),
             _ => None,
         };
+        let created = (method == Method::POST && path.ends_with("/configmaps"))
+            .then(|| body["metadata"]["name"].as_str().map(str::to_string))
+            .flatten();
+        state.log.push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            config_map: config_map.clone().or(created.clone()),
+            accept,
+        });
+        if let Some(name) = created {
+            return match state.config_maps.contains_key(&name) {
+                true => conflict(),
+                false => (StatusCode::CREATED, state.store_config_map(&name, body)),
+            };
+        }
         match (method.as_str(), config_map) {
             ("GET", None) if path.ends_with("/configmaps") => {
                 let selector = uri
@@ -148,31 +194,11 @@ impl MockApi {
                             "metadata": {}, "items": items }),
                 )
             }
-            ("PATCH", Some(name)) => {
-                state.resource_version += 1;
-                let mut stored = body;
-                stored["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
-                state.config_maps.insert(name.clone(), stored.clone());
-                if let Some((owned, intruder)) = state.echo.clone() {
-                    let event = |version: u64| {
-                        let mut cm: ConfigMap =
-                            serde_json::from_value(stored.clone()).expect("a ConfigMap");
-                        cm.metadata.namespace = Some("ns".into());
-                        cm.metadata.resource_version = Some(version.to_string());
-                        Event::Apply(cm)
-                    };
-                    let triggered = owned.observe(event(state.resource_version));
-                    assert!(
-                        triggered.is_empty(),
-                        "the write's own event triggers: {name}"
-                    );
-                    if intruder {
-                        state.resource_version += 1;
-                        let _ = owned.observe(event(state.resource_version));
-                    }
-                }
-                (StatusCode::OK, stored)
-            }
+            ("PATCH", Some(name)) => (StatusCode::OK, state.store_config_map(&name, body)),
+            ("PUT", Some(name)) => match state.config_maps.contains_key(&name) {
+                true => (StatusCode::OK, state.store_config_map(&name, body)),
+                false => not_found(),
+            },
             ("DELETE", Some(name)) => match state.config_maps.remove(&name) {
                 Some(deleted) => (StatusCode::OK, deleted),
                 None => not_found(),
@@ -200,6 +226,36 @@ impl MockApi {
     }
 }
 
+impl ApiState {
+    /// Keep a ConfigMap written as `name` at a new resourceVersion, feeding its watch events
+    /// first if asked to (see `echo`); what the write answers.
+    fn store_config_map(&mut self, name: &str, body: Value) -> Value {
+        self.resource_version += 1;
+        let mut stored = body;
+        stored["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        self.config_maps.insert(name.to_string(), stored.clone());
+        if let Some((owned, intruder)) = self.echo.clone() {
+            let event = |version: u64| {
+                let mut cm: ConfigMap =
+                    serde_json::from_value(stored.clone()).expect("a ConfigMap");
+                cm.metadata.namespace = Some("ns".into());
+                cm.metadata.resource_version = Some(version.to_string());
+                Event::Apply(cm)
+            };
+            let triggered = owned.observe(event(self.resource_version));
+            assert!(
+                triggered.is_empty(),
+                "the write's own event triggers: {name}"
+            );
+            if intruder {
+                self.resource_version += 1;
+                let _ = owned.observe(event(self.resource_version));
+            }
+        }
+        stored
+    }
+}
+
 /// Whether a stored object carries every `key=value` label of `selector`.
 fn has_labels(object: &Value, selector: &str) -> bool {
     selector
@@ -209,6 +265,14 @@ fn has_labels(object: &Value, selector: &str) -> bool {
             Some((key, value)) => object["metadata"]["labels"][key] == value,
             None => false,
         })
+}
+
+fn conflict() -> (StatusCode, Value) {
+    (
+        StatusCode::CONFLICT,
+        json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "already exists", "reason": "AlreadyExists", "code": 409 }),
+    )
 }
 
 fn not_found() -> (StatusCode, Value) {
@@ -288,7 +352,7 @@ async fn the_event_of_an_own_write_arriving_before_its_answer_needs_no_second_lo
     // The mock asserts that each ConfigMap's event, fed before the answer, triggers nothing.
     apply(&ctx, &server, &directory(&server, &[(0, "a"), (1, "b")])).await;
     apply(&ctx, &server, &directory(&server, &[(0, "a"), (1, "b2")])).await;
-    assert_eq!(api.count(&PATCH, "/configmaps/mail-directory-01"), 2);
+    assert_eq!(api.writes("mail-directory-01"), 2);
 }
 
 #[tokio::test]
@@ -300,12 +364,9 @@ async fn a_change_by_someone_else_during_a_write_asks_for_a_second_look() {
     );
     // The next apply finds the shard changed under it and writes it again.
     api.0.lock().expect("mock state").echo = None;
-    let before = api.count(&PATCH, "/configmaps/mail-directory-00");
+    let before = api.writes("mail-directory-00");
     apply(&ctx, &server, &directory(&server, &[(0, "a")])).await;
-    assert_eq!(
-        api.count(&PATCH, "/configmaps/mail-directory-00"),
-        before + 1
-    );
+    assert_eq!(api.writes("mail-directory-00"), before + 1);
 }
 
 const PATCH: Method = Method::PATCH;
@@ -321,14 +382,14 @@ async fn shards_go_before_the_head_unchanged_ones_not_at_all_and_orphans_after_t
         &directory(&server, &[(0, "a"), (1, "b"), (2, "c")]),
     )
     .await;
-    let head = api.position(&PATCH, "/configmaps/mail-directory");
+    let head = api.write_position("mail-directory");
     for shard in [
         "mail-directory-00",
         "mail-directory-01",
         "mail-directory-02",
     ] {
         assert!(
-            api.position(&PATCH, &format!("/configmaps/{shard}")) < head,
+            api.write_position(shard) < head,
             "{shard} before the head: {:#?}",
             api.log()
         );
@@ -339,15 +400,14 @@ async fn shards_go_before_the_head_unchanged_ones_not_at_all_and_orphans_after_t
     let before = api.log().len();
     apply(&ctx, &server, &directory(&server, &[(0, "a"), (1, "b2")])).await;
     let second: Vec<Seen> = api.log().split_off(before);
-    let at = |method: &Method, end: &str| second.iter().position(|s| s.is(method, end));
-    assert_eq!(
-        at(&PATCH, "/configmaps/mail-directory-00"),
-        None,
-        "{second:#?}"
-    );
-    let changed = at(&PATCH, "/configmaps/mail-directory-01").expect("changed shard applied");
-    let head = at(&PATCH, "/configmaps/mail-directory").expect("head applied");
-    let orphan = at(&Method::DELETE, "/configmaps/mail-directory-02").expect("orphan deleted");
+    let written = |name: &str| second.iter().position(|s| s.writes(name));
+    assert_eq!(written("mail-directory-00"), None, "{second:#?}");
+    let changed = written("mail-directory-01").expect("changed shard written");
+    let head = written("mail-directory").expect("head applied");
+    let orphan = second
+        .iter()
+        .position(|s| s.is(&Method::DELETE, "/configmaps/mail-directory-02"))
+        .expect("orphan deleted");
     assert!(changed < head && head < orphan, "{second:#?}");
     assert_eq!(
         api.count(&Method::DELETE, "/configmaps/mail-directory-02"),
@@ -392,8 +452,8 @@ async fn statuses_are_patched_only_after_the_directory_is_published() {
         .expect("member status task spawned");
     task.await.expect("member status task");
 
-    let head = api.position(&PATCH, "/configmaps/mail-directory");
-    let shard = api.position(&PATCH, "/configmaps/mail-directory-00");
+    let head = api.write_position("mail-directory");
+    let shard = api.write_position("mail-directory-00");
     let server_status = api.position(&PATCH, "/mailservers/mail/status");
     let mailbox_status = api.position(&PATCH, "/mailboxes/alice/status");
     let domain_status = api.position(&PATCH, "/maildomains/example/status");
@@ -466,8 +526,9 @@ async fn an_in_place_mailbox_edit_publishes_its_shard_and_only_its_status() {
         .record([(Some("ns".into()), Change::Mailbox("bob".into()))]);
     let second = reconcile_again(&api, &ctx, &server).await;
     let count = |path_end: &str| second.iter().filter(|s| s.is(&PATCH, path_end)).count();
-    assert_eq!(count("/configmaps/mail-directory-00"), 1, "{second:#?}");
-    assert_eq!(count("/configmaps/mail-directory"), 1, "{second:#?}");
+    let writes = |name: &str| second.iter().filter(|s| s.writes(name)).count();
+    assert_eq!(writes("mail-directory-00"), 1, "{second:#?}");
+    assert_eq!(writes("mail-directory"), 1, "{second:#?}");
     assert_eq!(count("/mailboxes/bob/status"), 1, "{second:#?}");
     // Alice's status still differs from what her cached object shows (this mock does not feed
     // patches back into the caches), so a pass over every member would patch it again.
@@ -511,8 +572,9 @@ async fn a_mailbox_created_and_one_deleted_are_applied_in_place() {
     ]);
     let second = reconcile_again(&api, &ctx, &server).await;
     let count = |path_end: &str| second.iter().filter(|s| s.is(&PATCH, path_end)).count();
-    assert_eq!(count("/configmaps/mail-directory-00"), 1, "{second:#?}");
-    assert_eq!(count("/configmaps/mail-directory"), 1, "{second:#?}");
+    let writes = |name: &str| second.iter().filter(|s| s.writes(name)).count();
+    assert_eq!(writes("mail-directory-00"), 1, "{second:#?}");
+    assert_eq!(writes("mail-directory"), 1, "{second:#?}");
     assert_eq!(count("/mailboxes/carol/status"), 1, "{second:#?}");
     assert_eq!(count("/mailboxes/bob/status"), 0, "{second:#?}");
     assert_eq!(count("/mailboxes/alice/status"), 0, "{second:#?}");
@@ -554,8 +616,9 @@ async fn a_mail_alias_created_is_applied_in_place() {
         .record([(Some("ns".into()), Change::Alias("sales".into()))]);
     let second = reconcile_again(&api, &ctx, &server).await;
     let count = |path_end: &str| second.iter().filter(|s| s.is(&PATCH, path_end)).count();
-    assert_eq!(count("/configmaps/mail-directory-00"), 1, "{second:#?}");
-    assert_eq!(count("/configmaps/mail-directory"), 1, "{second:#?}");
+    let writes = |name: &str| second.iter().filter(|s| s.writes(name)).count();
+    assert_eq!(writes("mail-directory-00"), 1, "{second:#?}");
+    assert_eq!(writes("mail-directory"), 1, "{second:#?}");
     assert_eq!(count("/mailaliases/sales/status"), 1, "{second:#?}");
     assert_eq!(count("/mailboxes/bob/status"), 0, "{second:#?}");
     let snapshot = kept_snapshot(&ctx, &server);
@@ -605,5 +668,83 @@ async fn a_batch_of_member_changes_larger_than_the_in_place_limit_compiles_from_
         snapshot.compiled.directory.mailboxes.len(),
         names.len() + 1,
         "every new Mailbox is in the directory"
+    );
+}
+
+#[tokio::test]
+async fn shards_are_created_then_replaced_whole_and_answered_with_their_metadata_only() {
+    let (api, server, ctx) = with_echo(false);
+    apply(&ctx, &server, &directory(&server, &[(0, "a")])).await;
+    apply(&ctx, &server, &directory(&server, &[(0, "a2")])).await;
+    let shard_writes: Vec<Seen> = api
+        .log()
+        .into_iter()
+        .filter(|s| s.writes("mail-directory-00"))
+        .collect();
+    let methods: Vec<&Method> = shard_writes.iter().map(|s| &s.method).collect();
+    assert_eq!(methods, [&Method::POST, &Method::PUT], "{shard_writes:#?}");
+    for write in &shard_writes {
+        assert_eq!(
+            write.accept.as_deref(),
+            Some(METADATA_ONLY),
+            "{shard_writes:#?}"
+        );
+    }
+    assert!(
+        api.config_map("mail-directory-00")
+            .expect("stored")
+            .to_string()
+            .contains("a2"),
+        "the replacement holds the new content"
+    );
+    // Everything else is still applied server-side (the head here).
+    let head: Vec<Method> = api
+        .log()
+        .into_iter()
+        .filter(|s| s.writes("mail-directory"))
+        .map(|s| s.method)
+        .collect();
+    assert_eq!(head, [Method::PATCH]);
+}
+
+#[tokio::test]
+async fn a_shard_write_falls_back_when_the_watch_is_out_of_date() {
+    // The watch saw a shard that is gone: the replace finds nothing, so it is created.
+    let (api, server, ctx) = with_echo(false);
+    let mut seen = ConfigMap::default();
+    seen.metadata.name = Some("mail-directory-00".into());
+    seen.metadata.namespace = Some("ns".into());
+    seen.metadata.resource_version = Some("7".into());
+    let _ = ctx.owned.observe(Event::Apply(seen));
+    apply(&ctx, &server, &directory(&server, &[(0, "a")])).await;
+    let methods: Vec<Method> = api
+        .log()
+        .into_iter()
+        .filter(|s| s.writes("mail-directory-00"))
+        .map(|s| s.method)
+        .collect();
+    assert_eq!(methods, [Method::PUT, Method::POST]);
+    assert!(api.config_map("mail-directory-00").is_some());
+
+    // A shard there that the watch has not seen yet: the create conflicts, so it is replaced.
+    let (api, server, ctx) = with_echo(false);
+    api.0.lock().expect("mock state").config_maps.insert(
+        "mail-directory-00".into(),
+        json!({"metadata": {"name": "mail-directory-00", "resourceVersion": "1"}, "data": {}}),
+    );
+    apply(&ctx, &server, &directory(&server, &[(0, "a")])).await;
+    let methods: Vec<Method> = api
+        .log()
+        .into_iter()
+        .filter(|s| s.writes("mail-directory-00"))
+        .map(|s| s.method)
+        .collect();
+    assert_eq!(methods, [Method::POST, Method::PUT]);
+    assert!(
+        api.config_map("mail-directory-00")
+            .expect("stored")
+            .to_string()
+            .contains("\"a\\n\""),
+        "replaced with the shard's content"
     );
 }
