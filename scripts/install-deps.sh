@@ -5,13 +5,13 @@ set -euo pipefail
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Debian packages: Postfix and Dovecot (end-to-end mail tests), etcd (the control plane),
+# Debian packages: Postfix and Dovecot (end-to-end mail tests),
 # openssl and curl (control-plane certificates and health checks), python3 (LMTP conformance client), util-linux (mount),
 # gcc, libc6-dev and make (the linker, and the build of the operator's allocator, jemalloc);
 # for the node (tools/cluster.sh up --node): runc, the CNI plugins, iptables, conntrack and
 # iproute2; for the images (tools/images.sh): buildah and mmdebstrap; strace (a crash test kills
 # a delivery at an exact system call).
-APT_PACKAGES=(postfix dovecot-imapd dovecot-lmtpd etcd-server openssl curl python3 util-linux procps tzdata gcc libc6-dev make
+APT_PACKAGES=(postfix dovecot-imapd dovecot-lmtpd openssl curl python3 util-linux procps tzdata gcc libc6-dev make
   runc containernetworking-plugins iptables conntrack iproute2 buildah mmdebstrap strace)
 
 missing=()
@@ -44,7 +44,7 @@ done
 
 if [ -x "$(dirname "$0")/../tools/cluster.sh" ]; then
   if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then
-    echo "error: Go is missing: it builds kube-apiserver, kube-controller-manager and helm (tools/)" >&2
+    echo "error: Go is missing: it builds etcd, kube-apiserver, kube-controller-manager and helm (tools/)" >&2
     exit 1
   fi
   log "building control-plane and node tools (cached under target/tools; first build takes minutes)"

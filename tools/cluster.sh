@@ -175,6 +175,9 @@ cmd_build() {
   build_one kube k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$kflags"
   build_one kube k8s.io/kubernetes/cmd/kube-proxy kube-proxy "$kflags"
   build_one helm helm.sh/helm/v4/cmd/helm helm "$hflags"
+  # etcd: a release kube-apiserver supports (its watch-progress requests let it serve consistent
+  # lists from its cache, as in a real cluster).
+  build_one etcd go.etcd.io/etcd/server/v3 etcd ""
   # containerd 2.x for the node (pure Go; the snapshotters that need C libraries left out).
   local cflags="-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
   BUILD_TAGS="no_btrfs no_devmapper no_zfs" build_one containerd github.com/containerd/containerd/v2/cmd/containerd containerd "$cflags"
@@ -203,7 +206,7 @@ find_etcd() {
 
 need_binaries() {
   local missing=() b key
-  for b in kube:kube-apiserver kube:kube-controller-manager kube:kubectl helm:helm chart:helm-docs; do
+  for b in etcd:etcd kube:kube-apiserver kube:kube-controller-manager kube:kubectl helm:helm chart:helm-docs; do
     key="$(module_key "${b%%:*}")"; b="${b#*:}"
     if [[ ! -x "$TOOLS_BIN/$b" || "$(cat "$TOOLS_BIN/.$b.key" 2>/dev/null)" != "$key" ]]; then missing+=("$b"); fi
   done
@@ -215,7 +218,7 @@ need_binaries() {
     log "missing or stale: ${missing[*]}; building"
     cmd_build
   fi
-  find_etcd >/dev/null || die "etcd not found${VIRTMAIL_ETCD:+ at VIRTMAIL_ETCD=$VIRTMAIL_ETCD}: install Debian's etcd-server (apt-get install -y etcd-server) or set VIRTMAIL_ETCD=/path/to/etcd"
+  find_etcd >/dev/null || die "etcd not found${VIRTMAIL_ETCD:+ at VIRTMAIL_ETCD=$VIRTMAIL_ETCD}: run tools/cluster.sh build (it builds etcd into $TOOLS_BIN) or set VIRTMAIL_ETCD=/path/to/etcd"
   command -v openssl >/dev/null || die "openssl not found (apt-get install -y openssl)"
   command -v curl >/dev/null || die "curl not found (apt-get install -y curl)"
 }

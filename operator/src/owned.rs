@@ -127,6 +127,13 @@ impl OwnedVersions {
         other_change
     }
 
+    /// Record that the object, read at `version`, holds content `hash` exactly as the operator
+    /// writes it: an apply of that content is skipped while the object stays at that version,
+    /// as after the operator's own write.
+    pub fn holds(&self, key: OwnedKey, hash: String, version: String) {
+        self.lock().written.insert(key, (hash, version));
+    }
+
     /// A write announced with [`Self::writing`] failed: events of the object trigger again. (The
     /// failed reconcile is retried, so what was held back meanwhile is looked at then.)
     pub fn failed(&self, key: &OwnedKey) {

@@ -160,6 +160,57 @@ async fn apply_if_changed<K: OwnedObject>(
     apply_owned(ctx, namespace, object, hash).await
 }
 
+/// Record as the operator's own the listed shards that already hold what `encoded` wants there:
+/// those whose hash annotation names the wanted content, read and checked against that hash.
+/// The apply then skips them. After a start the operator knows none of its writes, and would
+/// otherwise write every shard again (at 450,000 Mailboxes, 56 MB through the apiserver and the
+/// directory write budget before the first server is published); a read costs no etcd write.
+async fn adopt_shards_holding(
+    ctx: &Context,
+    config_maps: &Api<ConfigMap>,
+    namespace: &str,
+    encoded: &encoding::Encoded,
+    listed: &[&PartialObjectMeta<ConfigMap>],
+) -> Result<()> {
+    let wanted: HashMap<&str, &str> = encoded
+        .shards
+        .iter()
+        .map(|shard| (shard.name.as_str(), shard.hash.as_str()))
+        .collect();
+    let candidates: Vec<(String, String, String)> = listed
+        .iter()
+        .filter_map(|meta| {
+            let name = meta.name_any();
+            let hash = *wanted.get(name.as_str())?;
+            let annotated = meta.annotations().get(encoding::ANNOTATION_SHARD_HASH)?;
+            let version = meta.resource_version()?;
+            let key = owned::key::<ConfigMap>(namespace, &name);
+            (annotated == hash && !ctx.owned.unchanged(&key, hash, Some(&version)))
+                .then(|| (name, hash.to_string(), version))
+        })
+        .collect();
+    let reads: Vec<Result<()>> = stream::iter(candidates)
+        .map(|(name, hash, version)| async move {
+            let Some(shard) = config_maps.get_opt(&name).await? else {
+                return Ok(());
+            };
+            let holds = shard.resource_version().as_deref() == Some(version.as_str())
+                && shard
+                    .data
+                    .as_ref()
+                    .is_some_and(|data| encoding::data_hash(data) == hash);
+            if holds {
+                ctx.owned
+                    .holds(owned::key::<ConfigMap>(namespace, &name), hash, version);
+            }
+            Ok(())
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    reads.into_iter().collect()
+}
+
 /// What the apply step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Applied {
@@ -199,11 +250,15 @@ pub(super) async fn apply_desired(
         let existing = config_maps
             .list_metadata(&ListParams::default().labels(&shard_selector))
             .await?;
+        let owned: Vec<_> = existing
+            .items
+            .iter()
+            .filter(|m| build::owned_by(*m, server))
+            .collect();
+        adopt_shards_holding(ctx, &config_maps, namespace, encoded, &owned).await?;
         Some(
-            existing
-                .items
+            owned
                 .iter()
-                .filter(|m| build::owned_by(*m, server))
                 .map(|m| (m.name_any(), m.resource_version().unwrap_or_default()))
                 .collect(),
         )

@@ -199,6 +199,10 @@ impl MockApi {
                 true => (StatusCode::OK, state.store_config_map(&name, body)),
                 false => not_found(),
             },
+            ("GET", Some(name)) => match state.config_maps.get(&name) {
+                Some(stored) => (StatusCode::OK, stored.clone()),
+                None => not_found(),
+            },
             ("DELETE", Some(name)) => match state.config_maps.remove(&name) {
                 Some(deleted) => (StatusCode::OK, deleted),
                 None => not_found(),
@@ -314,7 +318,7 @@ fn directory(server: &MailServer, shards: &[(usize, &str)]) -> Encoded {
                 [(encoding::KEY_MAILBOXES.to_string(), format!("{line}\n"))].into();
             Shard {
                 name: encoding::shard_name(&server.name_any(), index),
-                hash: crate::owned::content_hash(&data),
+                hash: encoding::data_hash(&data),
                 data: data.into(),
             }
         })
@@ -746,5 +750,45 @@ async fn a_shard_write_falls_back_when_the_watch_is_out_of_date() {
             .to_string()
             .contains("\"a\\n\""),
         "replaced with the shard's content"
+    );
+}
+
+#[tokio::test]
+async fn after_a_start_shards_that_hold_what_is_wanted_are_read_not_written_again() {
+    let api = MockApi::default();
+    let server = fixtures::server("ns", "mail", 1);
+    let wanted = directory(&server, &[(0, "a"), (1, "b"), (2, "c")]);
+    apply(&context(&api, &server), &server, &wanted).await;
+    // Shard 02 edited by hand while no operator ran (its hash annotation left as it was).
+    api.0
+        .lock()
+        .expect("mock state")
+        .config_maps
+        .get_mut("mail-directory-02")
+        .expect("stored")["data"]["mailboxes.jsonl"] = json!("forged\n");
+
+    let restarted = context(&api, &server);
+    let before = api.log().len();
+    apply(&restarted, &server, &wanted).await;
+    let second: Vec<Seen> = api.log().split_off(before);
+    let read = |name: &str| {
+        second
+            .iter()
+            .any(|s| s.is(&Method::GET, &format!("/configmaps/{name}")))
+    };
+    let written = |name: &str| second.iter().any(|s| s.writes(name));
+    for name in ["mail-directory-00", "mail-directory-01"] {
+        assert!(read(name) && !written(name), "{name}: {second:#?}");
+    }
+    assert!(
+        written("mail-directory-02"),
+        "the forged shard is repaired: {second:#?}"
+    );
+    assert!(
+        api.config_map("mail-directory-02")
+            .expect("stored")
+            .to_string()
+            .contains("\"c\\n\""),
+        "with the wanted content"
     );
 }
