@@ -10,9 +10,13 @@
 #   - the machine's available memory under VIRTMAIL_BENCH_MIN_FREE_MIB (default 3072; the run
 #     stops before the kernel kills something),
 #   - the operator not publishing a round within VIRTMAIL_BENCH_PUBLISH_TIMEOUT s (default 600).
-# If writes still work at the end: one Mailbox edit, timed from the stored edit to its server's
-# head ConfigMap, and a cold start (the operator restarted against everything, timed to the edited
-# server's new version, with its peak RSS).
+# VIRTMAIL_BENCH_MAX_MINUTES (default: none) ends the creating after the round that passes it,
+# for a run that must fit a session; that is said, and is not a break.
+# Unless etcd refused a write or a component is gone, then: once the last round's members are
+# Ready (the operator's status writes done, at most 10 minutes), VIRTMAIL_BENCH_EDITS (default 5)
+# Mailbox edits, each timed from the stored edit to its server's head ConfigMap (seen by a watch
+# opened before it), and a cold start (the operator restarted against everything, timed to an
+# edited server's new version, with its peak RSS).
 #   bench/scale-out.sh [TOTAL [SERVERS [STEP]]]      default: 1000000 10 50000
 # etcd's quota is tools/cluster.sh's (2 GiB; VIRTMAIL_ETCD_QUOTA_BYTES moves it).
 set -euo pipefail
@@ -22,6 +26,8 @@ source "$ROOT/bench/lib.sh"
 TOTAL="${1:-1000000}" SERVERS="${2:-10}" STEP="${3:-50000}"
 MIN_FREE_MIB="${VIRTMAIL_BENCH_MIN_FREE_MIB:-3072}"
 PUBLISH_TIMEOUT="${VIRTMAIL_BENCH_PUBLISH_TIMEOUT:-600}"
+MAX_MINUTES="${VIRTMAIL_BENCH_MAX_MINUTES:-}"
+EDITS="${VIRTMAIL_BENCH_EDITS:-5}"
 NS=scale
 bench_plane "$ROOT/target/bench-scale"
 "$K" create namespace "$NS" >/dev/null
@@ -54,7 +60,7 @@ echo "bench/scale-out.sh $TOTAL $SERVERS $STEP   (etcd quota $(( ${VIRTMAIL_ETCD
 echo
 echo "| mailboxes | round: creates/s | round published after (s) | etcd database (MiB) | in use (MiB) | etcd data dir (MiB) | apiserver RSS / peak (MiB) | operator RSS / peak (MiB) | operator CPU so far (s) | machine available (MiB) |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-created=0 broke=""
+created=0 broke="" hard="" stopped="" run_start=$(now)
 while ((created < TOTAL)); do
   round=$((TOTAL - created < STEP ? TOTAL - created : STEP))
   python3 - "$created" "$round" "$SERVERS" "$W/part" <<'PY'
@@ -77,6 +83,7 @@ PY
     # (Counting what this round created would mean listing every Mailbox: at 450,000 kubectl
     # printed nothing within 200 s.)
     broke="a create refused in the round after $created Mailboxes: $(cat "$W"/create.*.err | grep -m1 -i error || true)"
+    hard=1
     break
   fi
   created=$((created + round))
@@ -99,32 +106,66 @@ PY
     "$(cpu_seconds_of "$(op_pid)")" "$(free_mib)"
   broke="$(broken)"
   [[ -n "$broke" ]] && break
+  if [[ -n "$MAX_MINUTES" ]] && (($(python3 -c "print(int($(now) - $run_start > $MAX_MINUTES * 60))"))); then
+    stopped="the time budget (VIRTMAIL_BENCH_MAX_MINUTES=$MAX_MINUTES) ended the creating at $created Mailboxes"
+    break
+  fi
 done
 echo
+components_alive() { alive "$(plane_pid etcd)" && alive "$(plane_pid kube-apiserver)" && alive "$(op_pid)"; }
 if [[ -n "$broke" ]]; then
   echo "broke first: $broke"
   if alive "$(plane_pid kube-apiserver)"; then
     echo "apiserver RSS $(rss_mib "$(plane_pid kube-apiserver)") MiB (peak $(peak_mib "$(plane_pid kube-apiserver)")), etcd database $(etcd_metric etcd_mvcc_db_total_size_in_bytes) MiB"
   fi
-  exit 0
+  if [[ -n "$hard" ]] || ! components_alive; then exit 0; fi
+  echo "writes still work: the edits and the cold start at $created Mailboxes follow"
+elif [[ -n "$stopped" ]]; then
+  echo "$stopped (nothing broke)"
+else
+  echo "all $created Mailboxes published over $SERVERS servers"
 fi
-echo "all $created Mailboxes published over $SERVERS servers"
 
-# One edit: from the stored edit (kubectl's answer) to the new version in its server's head.
-before=$(head_version "mail-$((1 % SERVERS))")
-"$K" -n "$NS" patch mailbox u1 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
-stored=$(now)
-until [[ "$(head_version "mail-$((1 % SERVERS))")" != "$before" ]]; do sleep 0.05; done
-echo "one edit, stored → head ConfigMap: $(python3 -c "print(round($(now) - $stored, 3))") s (polled every 50 ms)"
+# The last round's members Ready (each server writes its members' statuses oldest first).
+settle_start=$(now)
+for ((s = 0; s < SERVERS; s++)); do
+  last=$((created - 1 - (created - 1 - s + SERVERS) % SERVERS)) # the newest Mailbox of server s
+  until [[ "$("$K" -n "$NS" get mailbox "u$last" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; do
+    (($(python3 -c "print(int($(now) - $settle_start > 600))"))) && { echo "members not all Ready after 600 s: the edits run beside status writes"; break 2; }
+    sleep 2
+  done
+done
+echo "last round's members Ready $(python3 -c "print(round($(now) - $settle_start))") s after it was published"
+
+# Edits: from the stored edit (kubectl's answer) to the new version in its server's head ConfigMap,
+# seen by a watch opened before the edit.
+times=()
+for ((e = 1; e <= EDITS; e++)); do
+  server="mail-$((e % SERVERS))"
+  before=$(head_version "$server")
+  exec {hfd}< <("$K" -n "$NS" get configmap "$server-directory" -w -o jsonpath='{.data.version}{"\n"}' </dev/null)
+  hwatcher=$!
+  read -r -u "$hfd" v
+  "$K" -n "$NS" patch mailbox "u$e" --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
+  stored=$(now)
+  while read -r -u "$hfd" v; do [[ -n "$v" && "$v" != "$before" ]] && break; done
+  times+=("$(python3 -c "print(round($(now) - $stored, 3))")")
+  kill "$hwatcher" 2>/dev/null || true
+  exec {hfd}<&-
+  sleep 0.5
+done
+echo "edits, stored → head ConfigMap (s): ${times[*]}; median $(median "${times[@]}")"
 echo "operator peak RSS while creating: $(peak_mib "$(op_pid)") MiB"
 stop_operator
 
 # Cold start: one Mailbox edited while no operator runs, then a new operator against all of them.
-before=$(head_version "mail-$((2 % SERVERS))")
-"$K" -n "$NS" patch mailbox u2 --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
+cold_box=$((EDITS + 1)) # not among the edited ones
+cold_server="mail-$((cold_box % SERVERS))"
+before=$(head_version "$cold_server")
+"$K" -n "$NS" patch mailbox "u$cold_box" --type=merge -p '{"spec":{"suspended":true}}' >/dev/null
 start=$(now)
 start_operator "$NS" bench-scale "$W/op-cold.log"
-until [[ "$(head_version "mail-$((2 % SERVERS))")" != "$before" ]]; do
+until [[ "$(head_version "$cold_server")" != "$before" ]]; do
   alive "$(op_pid)" || { echo "broke first: the cold-started operator exited: $(tail -3 "$W/op-cold.log")"; exit 0; }
   sleep 0.2
 done
