@@ -127,15 +127,18 @@ else
 fi
 
 # The last round's members Ready (each server writes its members' statuses oldest first).
-settle_start=$(now)
+settle_start=$(now) settled="last round's members Ready"
 for ((s = 0; s < SERVERS; s++)); do
   last=$((created - 1 - (created - 1 - s + SERVERS) % SERVERS)) # the newest Mailbox of server s
   until [[ "$("$K" -n "$NS" get mailbox "u$last" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; do
-    (($(python3 -c "print(int($(now) - $settle_start > 600))"))) && { echo "members not all Ready after 600 s: the edits run beside status writes"; break 2; }
+    if (($(python3 -c "print(int($(now) - $settle_start > 600))"))); then
+      settled="members not all Ready"
+      break 2
+    fi
     sleep 2
   done
 done
-echo "last round's members Ready $(python3 -c "print(round($(now) - $settle_start))") s after it was published"
+echo "$settled $(python3 -c "print(round($(now) - $settle_start))") s after the last round was published (the edits follow; they run beside status writes while members are not all Ready)"
 
 # Edits: from the stored edit (kubectl's answer) to the new version in its server's head ConfigMap,
 # seen by a watch opened before the edit.
