@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams};
@@ -47,10 +47,28 @@ impl<K> OwnedObject for K where
 {
 }
 
+/// Send one write of an owned object of content `hash`, announced to [`crate::owned`] while it
+/// is in flight (so that its own watch event triggers no reconcile), and settle it with the
+/// resourceVersion `send` returns. Returns whether the object's watch reported another change
+/// meanwhile, which the reconcile must look at again.
+async fn announced_write(
+    ctx: &Context,
+    key: owned::OwnedKey,
+    hash: String,
+    send: impl Future<Output = kube::Result<String>>,
+) -> Result<bool> {
+    ctx.owned.writing(&key);
+    match send.await {
+        Ok(version) => Ok(ctx.owned.wrote(key, hash, version)),
+        Err(error) => {
+            ctx.owned.failed(&key);
+            Err(error.into())
+        }
+    }
+}
+
 /// Server-side apply of one owned object of content `hash`, with the operator's field manager
-/// (forced: the operator owns these fields), announced to [`crate::owned`] while it is in flight
-/// (so that its own watch event triggers no reconcile). Returns whether the object's watch
-/// reported another change meanwhile, which the reconcile must look at again.
+/// (forced: the operator owns these fields); see [`announced_write`].
 async fn apply_owned<K: OwnedObject>(
     ctx: &Context,
     namespace: &str,
@@ -58,21 +76,13 @@ async fn apply_owned<K: OwnedObject>(
     hash: String,
 ) -> Result<bool> {
     let name = object.name_any();
-    let key = owned::key::<K>(namespace, &name);
-    ctx.owned.writing(&key);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    match api.patch(&name, &params, &Patch::Apply(object)).await {
-        Ok(written) => {
-            Ok(ctx
-                .owned
-                .wrote(key, hash, written.resource_version().unwrap_or_default()))
-        }
-        Err(error) => {
-            ctx.owned.failed(&key);
-            Err(error.into())
-        }
-    }
+    let send = async {
+        let written = api.patch(&name, &params, &Patch::Apply(object)).await?;
+        Ok(written.resource_version().unwrap_or_default())
+    };
+    announced_write(ctx, owned::key::<K>(namespace, &name), hash, send).await
 }
 
 /// What the apiserver is asked to answer a shard write with: the metadata alone (the version
@@ -82,7 +92,7 @@ pub(super) const METADATA_ONLY: &str =
 
 /// Write one directory shard of content `hash`: replaced whole when it is there as far as
 /// [`crate::owned`] knows, created otherwise (either falls back to the other when the apiserver
-/// disagrees), announced to [`crate::owned`] like [`apply_owned`].
+/// disagrees); see [`announced_write`].
 ///
 /// Not a server-side apply: the apiserver parses an apply body as YAML, which for a shard of
 /// half a mebibyte doubles the write's time (measured against a real apiserver: 36 against
@@ -95,54 +105,50 @@ async fn write_shard(
     shard: &ConfigMap,
     hash: String,
 ) -> Result<bool> {
-    let name = shard.name_any();
-    let key = owned::key::<ConfigMap>(namespace, &name);
-    ctx.owned.writing(&key);
+    let key = owned::key::<ConfigMap>(namespace, &shard.name_any());
+    let replace = ctx.owned.exists(&key);
+    let send = async {
+        match send_shard(ctx, namespace, shard, replace).await {
+            // Deleted since the watch saw it, or created since it last looked.
+            Err(kube::Error::Api(e))
+                if (replace && e.code == 404) || (!replace && e.code == 409) =>
+            {
+                send_shard(ctx, namespace, shard, !replace).await
+            }
+            other => other,
+        }
+    };
+    announced_write(ctx, key, hash, send).await
+}
+
+/// One replace (or create) of a shard, answered with its metadata; its new resourceVersion.
+async fn send_shard(
+    ctx: &Context,
+    namespace: &str,
+    shard: &ConfigMap,
+    replace: bool,
+) -> kube::Result<String> {
     let request = kube::core::Request::new(ConfigMap::url_path(&(), Some(namespace)));
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PostParams::default()
     };
-    let send = |replace: bool| {
-        let request = &request;
-        let params = &params;
-        let name = &name;
-        async move {
-            let body = serde_json::to_vec(shard).map_err(kube::Error::SerdeError)?;
-            let mut http_request = if replace {
-                request.replace(name, params, body)
-            } else {
-                request.create(params, body)
-            }
-            .map_err(kube::Error::BuildRequest)?;
-            http_request.headers_mut().insert(
-                http::header::ACCEPT,
-                http::HeaderValue::from_static(METADATA_ONLY),
-            );
-            ctx.client
-                .request::<PartialObjectMeta<ConfigMap>>(http_request)
-                .await
-        }
-    };
-    let replace = ctx.owned.exists(&key);
-    let written = match send(replace).await {
-        // Deleted since the watch saw it, or created since it last looked.
-        Err(kube::Error::Api(e)) if (replace && e.code == 404) || (!replace && e.code == 409) => {
-            send(!replace).await
-        }
-        other => other,
-    };
-    match written {
-        Ok(written) => {
-            Ok(ctx
-                .owned
-                .wrote(key, hash, written.resource_version().unwrap_or_default()))
-        }
-        Err(error) => {
-            ctx.owned.failed(&key);
-            Err(error.into())
-        }
+    let body = serde_json::to_vec(shard).map_err(kube::Error::SerdeError)?;
+    let mut http_request = if replace {
+        request.replace(&shard.name_any(), &params, body)
+    } else {
+        request.create(&params, body)
     }
+    .map_err(kube::Error::BuildRequest)?;
+    http_request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(METADATA_ONLY),
+    );
+    let written = ctx
+        .client
+        .request::<PartialObjectMeta<ConfigMap>>(http_request)
+        .await?;
+    Ok(written.resource_version().unwrap_or_default())
 }
 
 /// [`apply_owned`] unless the object still holds exactly this content from the operator's last
@@ -189,10 +195,10 @@ async fn adopt_shards_holding(
                 .then(|| (name, hash.to_string(), version))
         })
         .collect();
-    let reads: Vec<Result<()>> = stream::iter(candidates)
+    stream::iter(candidates)
         .map(|(name, hash, version)| async move {
             let Some(shard) = config_maps.get_opt(&name).await? else {
-                return Ok(());
+                return Result::<()>::Ok(());
             };
             let holds = shard.resource_version().as_deref() == Some(version.as_str())
                 && shard
@@ -206,9 +212,9 @@ async fn adopt_shards_holding(
             Ok(())
         })
         .buffer_unordered(8)
-        .collect()
-        .await;
-    reads.into_iter().collect()
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }
 
 /// What the apply step did.

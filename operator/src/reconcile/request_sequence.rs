@@ -134,6 +134,15 @@ impl MockApi {
         self.log().iter().filter(|s| s.writes(name)).count()
     }
 
+    /// The methods of the requests that wrote the ConfigMap `name`, in order.
+    fn write_methods(&self, name: &str) -> Vec<Method> {
+        self.log()
+            .into_iter()
+            .filter(|s| s.writes(name))
+            .map(|s| s.method)
+            .collect()
+    }
+
     /// The index in the log of the one request that wrote the ConfigMap `name`.
     fn write_position(&self, name: &str) -> usize {
         let log = self.log();
@@ -685,8 +694,11 @@ async fn shards_are_created_then_replaced_whole_and_answered_with_their_metadata
         .into_iter()
         .filter(|s| s.writes("mail-directory-00"))
         .collect();
-    let methods: Vec<&Method> = shard_writes.iter().map(|s| &s.method).collect();
-    assert_eq!(methods, [&Method::POST, &Method::PUT], "{shard_writes:#?}");
+    assert_eq!(
+        api.write_methods("mail-directory-00"),
+        [Method::POST, Method::PUT],
+        "{shard_writes:#?}"
+    );
     for write in &shard_writes {
         assert_eq!(
             write.accept.as_deref(),
@@ -702,12 +714,7 @@ async fn shards_are_created_then_replaced_whole_and_answered_with_their_metadata
         "the replacement holds the new content"
     );
     // Everything else is still applied server-side (the head here).
-    let head: Vec<Method> = api
-        .log()
-        .into_iter()
-        .filter(|s| s.writes("mail-directory"))
-        .map(|s| s.method)
-        .collect();
+    let head = api.write_methods("mail-directory");
     assert_eq!(head, [Method::PATCH]);
 }
 
@@ -721,12 +728,7 @@ async fn a_shard_write_falls_back_when_the_watch_is_out_of_date() {
     seen.metadata.resource_version = Some("7".into());
     let _ = ctx.owned.observe(Event::Apply(seen));
     apply(&ctx, &server, &directory(&server, &[(0, "a")])).await;
-    let methods: Vec<Method> = api
-        .log()
-        .into_iter()
-        .filter(|s| s.writes("mail-directory-00"))
-        .map(|s| s.method)
-        .collect();
+    let methods = api.write_methods("mail-directory-00");
     assert_eq!(methods, [Method::PUT, Method::POST]);
     assert!(api.config_map("mail-directory-00").is_some());
 
@@ -737,12 +739,7 @@ async fn a_shard_write_falls_back_when_the_watch_is_out_of_date() {
         json!({"metadata": {"name": "mail-directory-00", "resourceVersion": "1"}, "data": {}}),
     );
     apply(&ctx, &server, &directory(&server, &[(0, "a")])).await;
-    let methods: Vec<Method> = api
-        .log()
-        .into_iter()
-        .filter(|s| s.writes("mail-directory-00"))
-        .map(|s| s.method)
-        .collect();
+    let methods = api.write_methods("mail-directory-00");
     assert_eq!(methods, [Method::POST, Method::PUT]);
     assert!(
         api.config_map("mail-directory-00")
