@@ -312,6 +312,29 @@ fn metric(port: u16, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
 }
 
+/// After a start the operator knows none of its writes: it reads the shards it finds, and writes
+/// none that already holds what it wants (nor the head naming them).
+#[test]
+fn a_restarted_operator_writes_no_shard_that_already_holds_its_content() {
+    let ns = cluster().namespace("operator-restart-shards");
+    let (first, local) = publish_example(&ns, "3-many-virtual-users");
+    drop(first);
+    let port = free_port();
+    let _operator = operator::start_with(ns.name(), &format!("lease-{}", ns.name()), port, &[]);
+    wait_for("the restarted operator's /metrics", WAIT, || {
+        http_get(port, "/metrics")
+    });
+    wait_for("the restarted operator's first reconcile", WAIT, || {
+        (metric(port, "virtmail_operator_reconciles_total") >= 1).then_some(())
+    });
+    assert_eq!(status_version(&ns, "mail"), Some(local.version.clone()));
+    assert_eq!(
+        metric(port, "virtmail_operator_directory_written_bytes_total"),
+        0,
+        "no directory bytes written again"
+    );
+}
+
 #[test]
 fn directory_writes_over_budget_are_paced_and_then_published() {
     let ns = cluster().namespace("operator-paced");
